@@ -1,0 +1,253 @@
+"""Scale/zero-point, quantize, dequantize and per-channel error, with ONNX semantics.
+
+Same (outer, C, inner) view and the same two loop shapes as _reduce.pyx. Codes are written as raw
+bytes (uint8): a signed code's byte is its two's complement, so one kernel serves INT8 and UINT8
+(and the INT4/UINT4 codes that _pack.pyx packs afterwards).
+"""
+from cython.parallel cimport prange
+from libc.math cimport fabs
+
+from _restrict cimport const_float_rp, const_int_rp, uchar_rp
+from _scratch cimport double_zeros, float_zeros
+
+cdef enum:
+    BLOCK = 65536      # values per parallel task along a run
+    COLS = 256         # columns per parallel task in the row layout
+    ERR_BLOCK = 4096   # values per partial sum of the error kernel (a multiple of 4)
+
+# 1.5 * 2**23: adding then subtracting it rounds a float with |v| < 2**22 to the nearest
+# integer, ties to even, in the default rounding mode. It is rint() without a libm call, so the
+# loop vectorises on baseline x86-64 (SSE2 has no rounding instruction).
+cdef float MAGIC = 12582912.0
+cdef float FLT_MIN_NORMAL = 1.1754943508222875e-38
+
+
+def scales(const float[::1] lo, const float[::1] hi, int qmin, int qmax, bint symmetric,
+           float[::1] scale, int[::1] zero_point):
+    """ONNX-style scale and zero point per channel from its range.
+
+    The range is first widened to contain 0 (so 0.0 is exactly representable); symmetric uses
+    [-absmax, absmax] and the zero point rint((qmin + qmax) / 2) (0 for INT8 [-127, 127], 128
+    for UINT8, as onnxruntime). scale = (hi - lo) / (qmax - qmin), computed in
+    double and stored as float32; zero_point = rint(qmin - lo / scale) saturated to [qmin, qmax].
+    A zero range (all-zero channel) gets scale 1 so that dequantization stays exact.
+    """
+    cdef Py_ssize_t c
+    cdef double l, h, a, s
+    cdef float sf
+    cdef double z
+    for c in range(lo.shape[0]):
+        l = lo[c] if lo[c] < 0 else 0.0
+        h = hi[c] if hi[c] > 0 else 0.0
+        if symmetric:
+            a = -l if -l > h else h
+            l = -a
+            h = a
+        s = (h - l) / <double>(qmax - qmin)
+        sf = <float>s
+        if not (sf >= FLT_MIN_NORMAL):
+            sf = 1.0
+        if symmetric:
+            z = (qmin + qmax) / 2.0
+        else:
+            z = qmin - l / <double>sf
+        z = (z + 6755399441055744.0) - 6755399441055744.0  # rint in double (1.5 * 2**52)
+        if z < qmin:
+            z = qmin
+        if z > qmax:
+            z = qmax
+        scale[c] = sf
+        zero_point[c] = <int>z
+
+
+cdef inline void _quantize_run(const_float_rp x, Py_ssize_t n, float s, int z, int qmin, int qmax,
+                               uchar_rp out) noexcept nogil:
+    # Clamping v = x / s to [qmin - z, qmax - z] before rounding gives the same code as
+    # saturate(rint(v) + z), since both bounds are integers; it also keeps the float->int cast
+    # defined. NaN would land on qmin (non-finite input is refused before this runs).
+    cdef float lo = qmin - z, hi = qmax - z
+    cdef float v
+    cdef Py_ssize_t i
+    for i in range(n):
+        v = x[i] / s
+        v = v if v > lo else lo
+        v = v if v < hi else hi
+        v = (v + MAGIC) - MAGIC
+        out[i] = <unsigned char>(<int>v + z)
+
+
+cdef inline void _quantize_rows(const_float_rp x, Py_ssize_t rows, Py_ssize_t row_len,
+                                Py_ssize_t c0, Py_ssize_t c1, const_float_rp s, const_int_rp z,
+                                const_float_rp lo, const_float_rp hi,
+                                uchar_rp out) noexcept nogil:
+    cdef Py_ssize_t r, c
+    cdef float v
+    for r in range(rows):
+        for c in range(c0, c1):
+            v = x[r * row_len + c] / s[c]
+            v = v if v > lo[c] else lo[c]
+            v = v if v < hi[c] else hi[c]
+            v = (v + MAGIC) - MAGIC
+            out[r * row_len + c] = <unsigned char>(<int>v + z[c])
+
+
+def quantize(const float[:, :, ::1] x, const float[::1] scale, const int[::1] zero_point,
+             int qmin, int qmax, unsigned char[:, :, ::1] out, int n_threads):
+    """q = saturate(rint(x / scale[c]) + zero_point[c]) into out (same shape), as raw bytes."""
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c
+    cdef const float* src = &x[0, 0, 0]
+    cdef unsigned char* dst = &out[0, 0, 0]
+    cdef float[::1] lo, hi
+    if inner == 1:
+        lo = float_zeros(C)
+        hi = float_zeros(C)
+        for c in range(C):
+            lo[c] = qmin - zero_point[c]
+            hi[c] = qmax - zero_point[c]
+        ntasks = (C + COLS - 1) // COLS
+        for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
+            start = t * COLS
+            stop = start + COLS
+            if stop > C:
+                stop = C
+            _quantize_rows(src, outer, C, start, stop, &scale[0], &zero_point[0], &lo[0], &hi[0], dst)
+        return
+    nblocks = (inner + BLOCK - 1) // BLOCK
+    ntasks = outer * C * nblocks
+    for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
+        r = t // nblocks
+        b = t - r * nblocks
+        c = r % C
+        start = r * inner + b * BLOCK
+        stop = r * inner + inner if b == nblocks - 1 else start + BLOCK
+        _quantize_run(src + start, stop - start, scale[c], zero_point[c], qmin, qmax, dst + start)
+
+
+ctypedef fused code_t:
+    signed char
+    unsigned char
+
+
+def dequantize(const code_t[:, :, ::1] q, const float[::1] scale, const int[::1] zero_point,
+               float[:, :, ::1] out, int n_threads):
+    """out = (q - zero_point[c]) * scale[c] in float32, exactly as ONNX DequantizeLinear."""
+    cdef Py_ssize_t C = q.shape[1], inner = q.shape[2]
+    cdef Py_ssize_t r, i, c
+    cdef const code_t* src = &q[0, 0, 0]
+    cdef float* dst = &out[0, 0, 0]
+    for r in prange(q.shape[0] * C, nogil=True, schedule="static", num_threads=n_threads):
+        c = r % C
+        for i in range(r * inner, (r + 1) * inner):
+            dst[i] = <float>(src[i] - zero_point[c]) * scale[c]
+
+
+cdef inline float _dq(unsigned char code, bint signed_codes, float s, int z) noexcept nogil:
+    # Spelled out: a conditional expression would promote both arms to unsigned char.
+    cdef int v
+    if signed_codes:
+        v = <signed char>code
+    else:
+        v = code
+    return <float>(v - z) * s
+
+
+cdef inline float _maxabs(float m, double d) noexcept nogil:
+    cdef float a = <float>fabs(d)
+    return a if a > m else m
+
+
+def channel_error(const float[:, :, ::1] x, const unsigned char[:, :, ::1] q, bint signed_codes,
+                  const float[::1] scale, const int[::1] zero_point,
+                  double[::1] sse, float[::1] max_abs, int n_threads):
+    """Per-channel sum of squared error and max abs error of the dequantized codes vs x.
+
+    The error of one value is d = double(x) - double(dequantized), dequantized in float32 as
+    DequantizeLinear does. Sums are in double with a fixed order, so results are identical for
+    any thread count: runs are cut into ERR_BLOCK-value blocks; inside a block value i goes to
+    lane i % 4 (lanes summed sequentially, then (l0 + l1) + (l2 + l3)); block sums are added in
+    (outer, block) order. In the row layout (inner == 1) each column is summed row by row.
+    """
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c, i
+    cdef const float* src = &x[0, 0, 0]
+    cdef const unsigned char* codes = &q[0, 0, 0]
+    cdef double[::1] part_sum
+    cdef float[::1] part_max
+    cdef double d, l0, l1, l2, l3
+    cdef float m, s
+    cdef int z
+    if inner == 1:
+        for c in range(C):
+            sse[c] = 0.0
+            max_abs[c] = 0.0
+        ntasks = (C + COLS - 1) // COLS
+        for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
+            start = t * COLS
+            stop = start + COLS
+            if stop > C:
+                stop = C
+            for r in range(outer):
+                for c in range(start, stop):
+                    d = <double>src[r * C + c] - <double>_dq(codes[r * C + c], signed_codes,
+                                                              scale[c], zero_point[c])
+                    sse[c] += d * d
+                    max_abs[c] = _maxabs(max_abs[c], d)
+        return
+    nblocks = (inner + ERR_BLOCK - 1) // ERR_BLOCK
+    ntasks = outer * C * nblocks
+    part_sum = double_zeros(ntasks)
+    part_max = float_zeros(ntasks)
+    for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
+        r = t // nblocks
+        b = t - r * nblocks
+        c = r % C
+        s = scale[c]
+        z = zero_point[c]
+        start = r * inner + b * ERR_BLOCK
+        stop = r * inner + inner if b == nblocks - 1 else start + ERR_BLOCK
+        l0 = 0.0
+        l1 = 0.0
+        l2 = 0.0
+        l3 = 0.0
+        m = 0.0
+        i = start
+        while i + 4 <= stop:
+            d = <double>src[i] - <double>_dq(codes[i], signed_codes, s, z)
+            l0 = l0 + d * d
+            m = _maxabs(m, d)
+            d = <double>src[i + 1] - <double>_dq(codes[i + 1], signed_codes, s, z)
+            l1 = l1 + d * d
+            m = _maxabs(m, d)
+            d = <double>src[i + 2] - <double>_dq(codes[i + 2], signed_codes, s, z)
+            l2 = l2 + d * d
+            m = _maxabs(m, d)
+            d = <double>src[i + 3] - <double>_dq(codes[i + 3], signed_codes, s, z)
+            l3 = l3 + d * d
+            m = _maxabs(m, d)
+            i = i + 4
+        # The tail of the last block continues the lane pattern: lanes 0, 1, 2 in order.
+        if i < stop:
+            d = <double>src[i] - <double>_dq(codes[i], signed_codes, s, z)
+            l0 = l0 + d * d
+            m = _maxabs(m, d)
+        if i + 1 < stop:
+            d = <double>src[i + 1] - <double>_dq(codes[i + 1], signed_codes, s, z)
+            l1 = l1 + d * d
+            m = _maxabs(m, d)
+        if i + 2 < stop:
+            d = <double>src[i + 2] - <double>_dq(codes[i + 2], signed_codes, s, z)
+            l2 = l2 + d * d
+            m = _maxabs(m, d)
+        part_sum[t] = (l0 + l1) + (l2 + l3)
+        part_max[t] = m
+    for c in range(C):
+        sse[c] = 0.0
+        max_abs[c] = 0.0
+    for r in range(outer):
+        for c in range(C):
+            for b in range(nblocks):
+                t = (r * C + c) * nblocks + b
+                sse[c] += part_sum[t]
+                if part_max[t] > max_abs[c]:
+                    max_abs[c] = part_max[t]

@@ -1,0 +1,146 @@
+"""Min/max reductions, per tensor and per channel.
+
+Every kernel sees a tensor as a C-contiguous 3-D view (outer, C, inner): the channel axis in the
+middle, everything before it folded into `outer`, everything after it into `inner`. Per-tensor is
+(1, 1, N). Two loop shapes cover every layout:
+
+- inner > 1 (Conv weights along axis 0, per-tensor): contiguous runs of `inner` values share one
+  channel; the runs are cut into blocks of BLOCK values, and the blocks are the parallel tasks.
+- inner == 1 (MatMul/Gemm weights along their last axis): each row holds one value per channel;
+  threads take blocks of COLS columns and walk all rows, updating per-channel results elementwise.
+
+Inputs are validated by quantrs.kernels before anything here runs; kernels never raise.
+"""
+from cython.parallel cimport prange
+
+from _restrict cimport const_float_rp, float_rp
+from _scratch cimport float_zeros as _float_empty, int_zeros as _int_zeros
+
+cdef enum:
+    BLOCK = 65536  # values per parallel task along a run
+    COLS = 256     # columns per parallel task in the row layout
+
+BLOCK_SIZE = BLOCK
+COL_BLOCK = COLS
+
+
+cdef inline void _minmax_run(const float* x, Py_ssize_t n, float* lo_out, float* hi_out,
+                             int* bad_out) noexcept nogil:
+    # Four independent accumulator pairs keep the CPU's pipelines busy; `v - v` is 0 for every
+    # finite value and NaN for NaN/Inf, so `bad` flags non-finite input at the cost of one add.
+    cdef float lo0 = x[0], lo1 = x[0], lo2 = x[0], lo3 = x[0]
+    cdef float hi0 = x[0], hi1 = x[0], hi2 = x[0], hi3 = x[0]
+    cdef float z0 = 0, z1 = 0, z2 = 0, z3 = 0
+    cdef float v0, v1, v2, v3
+    cdef Py_ssize_t i = 0
+    while i + 4 <= n:
+        v0 = x[i]
+        v1 = x[i + 1]
+        v2 = x[i + 2]
+        v3 = x[i + 3]
+        lo0 = v0 if v0 < lo0 else lo0
+        lo1 = v1 if v1 < lo1 else lo1
+        lo2 = v2 if v2 < lo2 else lo2
+        lo3 = v3 if v3 < lo3 else lo3
+        hi0 = v0 if v0 > hi0 else hi0
+        hi1 = v1 if v1 > hi1 else hi1
+        hi2 = v2 if v2 > hi2 else hi2
+        hi3 = v3 if v3 > hi3 else hi3
+        z0 = z0 + (v0 - v0)
+        z1 = z1 + (v1 - v1)
+        z2 = z2 + (v2 - v2)
+        z3 = z3 + (v3 - v3)
+        i += 4
+    while i < n:
+        v0 = x[i]
+        lo0 = v0 if v0 < lo0 else lo0
+        hi0 = v0 if v0 > hi0 else hi0
+        z0 = z0 + (v0 - v0)
+        i += 1
+    lo0 = lo1 if lo1 < lo0 else lo0
+    lo2 = lo3 if lo3 < lo2 else lo2
+    hi0 = hi1 if hi1 > hi0 else hi0
+    hi2 = hi3 if hi3 > hi2 else hi2
+    lo_out[0] = lo2 if lo2 < lo0 else lo0
+    hi_out[0] = hi2 if hi2 > hi0 else hi0
+    z0 = (z0 + z1) + (z2 + z3)
+    bad_out[0] = z0 != z0
+
+
+cdef inline void _minmax_rows(const_float_rp x, Py_ssize_t rows, Py_ssize_t row_len,
+                              Py_ssize_t c0, Py_ssize_t c1, float_rp lo, float_rp hi,
+                              float_rp z) noexcept nogil:
+    # Columns [c0, c1) of a (rows, row_len) matrix: per-column min/max, elementwise over rows.
+    # The non-finite check is per column too (z[c] turns NaN), so nothing is reduced across
+    # columns and the loop vectorises.
+    cdef Py_ssize_t r, c
+    cdef float v
+    cdef const float* row
+    for c in range(c0, c1):
+        lo[c] = x[c]
+        hi[c] = x[c]
+        z[c] = 0
+    for r in range(rows):
+        row = x + r * row_len
+        for c in range(c0, c1):
+            v = row[c]
+            lo[c] = v if v < lo[c] else lo[c]
+            hi[c] = v if v > hi[c] else hi[c]
+            z[c] = z[c] + (v - v)
+
+
+def minmax(const float[:, :, ::1] x, float[::1] lo, float[::1] hi, int n_threads):
+    """Per-channel min and max of x viewed as (outer, C, inner); results into lo[C], hi[C].
+
+    Returns True when x holds a NaN or an infinity (lo/hi are then meaningless).
+    """
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    cdef Py_ssize_t runs = outer * C
+    cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c, o, ncolblocks
+    cdef int any_bad = 0
+    cdef const float* base = &x[0, 0, 0]
+    cdef float[::1] part_lo, part_hi
+    cdef int[::1] part_bad
+    cdef float v
+
+    if inner == 1:
+        ncolblocks = (C + COLS - 1) // COLS
+        part_lo = _float_empty(C)  # per-column non-finite markers
+        for t in prange(ncolblocks, nogil=True, schedule="static", num_threads=n_threads):
+            start = t * COLS
+            stop = start + COLS
+            if stop > C:
+                stop = C
+            _minmax_rows(base, outer, C, start, stop, &lo[0], &hi[0], &part_lo[0])
+        for c in range(C):
+            any_bad = any_bad | (part_lo[c] != part_lo[c])
+        return bool(any_bad)
+
+    nblocks = (inner + BLOCK - 1) // BLOCK
+    ntasks = runs * nblocks
+    part_lo = _float_empty(ntasks)
+    part_hi = _float_empty(ntasks)
+    part_bad = _int_zeros(ntasks)
+    for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
+        r = t // nblocks
+        b = t - r * nblocks
+        start = b * BLOCK
+        stop = start + BLOCK
+        if stop > inner:
+            stop = inner
+        _minmax_run(base + r * inner + start, stop - start, &part_lo[t], &part_hi[t], &part_bad[t])
+    # Fold the blocks of every run into its channel (serial: ntasks is small next to the data).
+    for c in range(C):
+        lo[c] = part_lo[c * nblocks]
+        hi[c] = part_hi[c * nblocks]
+    for t in range(ntasks):
+        c = (t // nblocks) % C
+        v = part_lo[t]
+        if v < lo[c]:
+            lo[c] = v
+        v = part_hi[t]
+        if v > hi[c]:
+            hi[c] = v
+        any_bad = any_bad | part_bad[t]
+    return bool(any_bad)
+

@@ -1,0 +1,60 @@
+"""quantrs: quantize float32 ONNX models to INT8 and INT4.
+
+    >>> import quantrs
+    >>> report = quantrs.quantize("model.onnx", "model_int8.onnx",
+    ...                           quantrs.QuantizeConfig(bits=8, per_channel=True))
+
+Heavy modules (numpy, onnx, onnxruntime) are imported on first use, so `quantrs --version`
+answers at once.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("quantrs")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "quantize": "quantrs.pipeline",
+    "inspect_model": "quantrs.info",
+    "QuantizeConfig": "quantrs.config",
+    "QuantizeReport": "quantrs.report",
+    "InfoReport": "quantrs.report",
+    "QuantrsError": "quantrs.errors",
+    "ModelLoadError": "quantrs.errors",
+    "UnsupportedModelError": "quantrs.errors",
+    "NonFiniteWeightError": "quantrs.errors",
+    "OutputError": "quantrs.errors",
+    "ConfigError": "quantrs.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:
+    from quantrs.config import QuantizeConfig
+    from quantrs.errors import (
+        ConfigError,
+        ModelLoadError,
+        NonFiniteWeightError,
+        OutputError,
+        QuantrsError,
+        UnsupportedModelError,
+    )
+    from quantrs.info import inspect_model
+    from quantrs.pipeline import quantize
+    from quantrs.report import InfoReport, QuantizeReport
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'quantrs' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

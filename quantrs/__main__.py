@@ -1,0 +1,3 @@
+from quantrs.cli import main
+
+main()

@@ -1,0 +1,54 @@
+"""Typed, frozen configuration of a quantization run, validated at construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from quantrs.errors import ConfigError
+
+__all__ = ["QuantizeConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizeConfig:
+    """How `quantrs.quantize` treats the weights of a model.
+
+    Attributes:
+        bits: 8 (INT8/UINT8) or 4 (INT4/UINT4).
+        per_channel: one scale per output channel (axis chosen from the graph) instead of one
+            per tensor.
+        symmetric: signed codes with zero point 0 and range [-(2**(bits-1) - 1), 2**(bits-1) - 1];
+            otherwise unsigned codes with a zero point (asymmetric).
+        native_int4: store 4-bit codes as ONNX INT4/UINT4 (opset 21, two per byte). False keeps
+            each 4-bit code in its own INT8/UINT8 byte, for runtimes without opset 21.
+        min_elements: tensors with fewer elements stay float (the scale, zero point and extra
+            node would cost more than they save).
+        exclude: initializer names that stay float.
+        n_threads: threads for the kernels; None uses every CPU available (OMP_NUM_THREADS).
+        check_output: run onnx.checker on the written model.
+    """
+
+    bits: int = 8
+    per_channel: bool = False
+    symmetric: bool = False
+    native_int4: bool = True
+    min_elements: int = 1024
+    exclude: tuple[str, ...] = field(default=())
+    n_threads: int | None = None
+    check_output: bool = True
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8) or isinstance(self.bits, bool):
+            raise ConfigError(f"bits must be 4 or 8, not {self.bits!r}")
+        for name in ("per_channel", "symmetric", "native_int4", "check_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, not {getattr(self, name)!r}")
+        if not isinstance(self.min_elements, int) or isinstance(self.min_elements, bool) or self.min_elements < 0:
+            raise ConfigError(f"min_elements must be a non-negative integer, not {self.min_elements!r}")
+        if isinstance(self.exclude, str) or not all(isinstance(n, str) for n in self.exclude):
+            raise ConfigError("exclude must be a sequence of initializer names")
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.n_threads is not None and (
+            not isinstance(self.n_threads, int) or isinstance(self.n_threads, bool) or self.n_threads < 1
+        ):
+            raise ConfigError(f"n_threads must be a positive integer, not {self.n_threads!r}")

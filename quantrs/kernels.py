@@ -1,0 +1,223 @@
+"""Typed numpy front of the compiled kernels (csrc/).
+
+This module owns every check: dtypes, shapes, contiguity, ranges and the thread count are
+validated here, output arrays are allocated here, and only then does compiled code run. No
+Cython type leaks out: callers pass and get numpy arrays.
+
+Tensors are seen as 3-D views (outer, C, inner) around a channel axis; see channel_view().
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantrs import _build, _pack, _quant, _reduce
+from quantrs.errors import ConfigError, NonFiniteWeightError
+
+__all__ = [
+    "PARALLEL_MIN_ELEMENTS",
+    "openmp_enabled",
+    "default_threads",
+    "channel_view",
+    "minmax",
+    "scales",
+    "quantize",
+    "dequantize",
+    "channel_error",
+    "pack4",
+    "unpack4",
+]
+
+# Below this many elements a kernel runs on one thread: starting OpenMP's team costs more than
+# it saves (measured in bench/test_bench_kernels.py::threads, see bench/RESULTS.md).
+PARALLEL_MIN_ELEMENTS = 1 << 18
+
+
+def openmp_enabled() -> bool:
+    """True when the kernels were built with OpenMP."""
+    return _build.openmp_enabled()
+
+
+def default_threads() -> int:
+    """Threads a kernel may use: OpenMP's default (OMP_NUM_THREADS), capped by the CPUs this
+    process may run on; 1 in the serial build."""
+    if not openmp_enabled():
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(_build.max_threads(), cpus))
+
+
+def _threads(n_threads: int | None, size: int) -> int:
+    if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
+        raise ConfigError(f"n_threads must be a positive integer or None, not {n_threads!r}")
+    if size < PARALLEL_MIN_ELEMENTS:
+        return 1
+    return default_threads() if n_threads is None else n_threads
+
+
+def channel_view(x: np.ndarray, axis: int | None) -> np.ndarray:
+    """View x as (outer, C, inner) around `axis` (None: per tensor, (1, 1, size)). No copy for a
+    C-contiguous x."""
+    if axis is None:
+        return x.reshape(1, 1, x.size)
+    if not -x.ndim <= axis < x.ndim:
+        raise ConfigError(f"axis {axis} is out of range for a tensor of shape {x.shape}")
+    axis %= x.ndim
+    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
+    inner = int(np.prod(x.shape[axis + 1 :], dtype=np.int64))
+    return x.reshape(outer, x.shape[axis], inner)
+
+
+def _float32_view(x: np.ndarray, axis: int | None, what: str) -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{what}: expected a numpy array, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise TypeError(f"{what}: expected float32, got {x.dtype}")
+    if x.size == 0:
+        raise ValueError(f"{what}: the tensor is empty")
+    return channel_view(np.ascontiguousarray(x), axis)
+
+
+@dataclass(frozen=True)
+class Range:
+    """Per-channel minimum and maximum (float32 arrays of length C)."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def minmax(
+    x: np.ndarray, axis: int | None = None, *, n_threads: int | None = None, name: str = "tensor"
+) -> Range:
+    """Per-channel (or per-tensor) min and max; raises NonFiniteWeightError on NaN/Inf.
+
+    NaN/Inf policy: no scale can represent them and onnxruntime would carry them into every
+    output, so quantrs refuses such a tensor with an error naming it.
+    """
+    x3 = _float32_view(x, axis, name)
+    lo = np.empty(x3.shape[1], dtype=np.float32)
+    hi = np.empty(x3.shape[1], dtype=np.float32)
+    if _reduce.minmax(x3, lo, hi, _threads(n_threads, x3.size)):
+        raise NonFiniteWeightError(f"{name} holds NaN or infinite values")
+    return Range(lo, hi)
+
+
+def _check_qrange(qmin: int, qmax: int) -> None:
+    if not (-128 <= qmin < qmax <= 255) or (qmin < 0 and qmax > 127):
+        raise ConfigError(f"[{qmin}, {qmax}] is not an 8-bit (or smaller) integer range")
+
+
+def scales(rng: Range, qmin: int, qmax: int, *, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Scale (float32) and zero point (int32) for each channel of `rng` (see csrc/_quant.pyx)."""
+    _check_qrange(qmin, qmax)
+    lo = np.ascontiguousarray(rng.lo, dtype=np.float32)
+    hi = np.ascontiguousarray(rng.hi, dtype=np.float32)
+    if lo.shape != hi.shape or lo.ndim != 1:
+        raise ValueError("lo and hi must be 1-D arrays of the same length")
+    scale = np.empty(lo.shape, dtype=np.float32)
+    zero_point = np.empty(lo.shape, dtype=np.int32)
+    _quant.scales(lo, hi, qmin, qmax, bool(symmetric), scale, zero_point)
+    return scale, zero_point
+
+
+def _check_params(scale: np.ndarray, zero_point: np.ndarray, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    scale = np.ascontiguousarray(scale, dtype=np.float32).reshape(-1)
+    zero_point = np.ascontiguousarray(zero_point, dtype=np.int32).reshape(-1)
+    if scale.size != channels or zero_point.size != channels:
+        raise ValueError(
+            f"expected {channels} scale(s) and zero point(s), got {scale.size} and {zero_point.size}"
+        )
+    if not (np.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError("scales must be finite and positive")
+    return scale, zero_point
+
+
+def quantize(
+    x: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+    *,
+    n_threads: int | None = None,
+) -> np.ndarray:
+    """ONNX QuantizeLinear codes of x as raw bytes (uint8, shape of x): view them as int8 when
+    the range is signed."""
+    _check_qrange(qmin, qmax)
+    x3 = _float32_view(x, axis, "x")
+    scale, zero_point = _check_params(scale, zero_point, x3.shape[1])
+    if ((zero_point < qmin) | (zero_point > qmax)).any():
+        raise ValueError(f"zero points must lie in [{qmin}, {qmax}]")
+    out = np.empty(x.shape, dtype=np.uint8)
+    _quant.quantize(x3, scale, zero_point, qmin, qmax, channel_view(out, axis), _threads(n_threads, x3.size))
+    return out
+
+
+def dequantize(
+    codes: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    axis: int | None = None,
+    *,
+    n_threads: int | None = None,
+) -> np.ndarray:
+    """ONNX DequantizeLinear: (codes - zero_point) * scale in float32; codes int8 or uint8."""
+    if codes.dtype not in (np.int8, np.uint8):
+        raise TypeError(f"codes must be int8 or uint8, got {codes.dtype}")
+    q3 = channel_view(np.ascontiguousarray(codes), axis)
+    scale, zero_point = _check_params(scale, zero_point, q3.shape[1])
+    out = np.empty(codes.shape, dtype=np.float32)
+    _quant.dequantize(q3, scale, zero_point, channel_view(out, axis), _threads(n_threads, q3.size))
+    return out
+
+
+def channel_error(
+    x: np.ndarray,
+    codes: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    axis: int | None = None,
+    *,
+    signed: bool,
+    n_threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel sum of squared error (float64) and max abs error (float32) of the
+    dequantized codes against x. `codes` are the raw bytes quantize() returned."""
+    x3 = _float32_view(x, axis, "x")
+    if codes.shape != x.shape or codes.dtype not in (np.int8, np.uint8):
+        raise ValueError("codes must be int8/uint8 bytes of the same shape as x")
+    q3 = channel_view(np.ascontiguousarray(codes).view(np.uint8), axis)
+    scale, zero_point = _check_params(scale, zero_point, x3.shape[1])
+    sse = np.empty(x3.shape[1], dtype=np.float64)
+    max_abs = np.empty(x3.shape[1], dtype=np.float32)
+    _quant.channel_error(x3, q3, bool(signed), scale, zero_point, sse, max_abs, _threads(n_threads, x3.size))
+    return sse, max_abs
+
+
+def pack4(codes: np.ndarray, *, n_threads: int | None = None) -> np.ndarray:
+    """Pack 4-bit codes (the low nibble of each byte) two per byte, low nibble first."""
+    if codes.dtype not in (np.int8, np.uint8):
+        raise TypeError(f"codes must be int8 or uint8, got {codes.dtype}")
+    flat = np.ascontiguousarray(codes).reshape(-1).view(np.uint8)
+    out = np.empty((flat.size + 1) // 2, dtype=np.uint8)
+    _pack.pack4(flat, out, _threads(n_threads, flat.size))
+    return out
+
+
+def unpack4(packed: np.ndarray, count: int, *, signed: bool, n_threads: int | None = None) -> np.ndarray:
+    """Unpack `count` 4-bit codes into bytes (sign-extended when signed: view as int8)."""
+    if packed.dtype != np.uint8:
+        raise TypeError(f"packed codes must be uint8, got {packed.dtype}")
+    flat = np.ascontiguousarray(packed).reshape(-1)
+    if not 0 <= count <= 2 * flat.size or flat.size != (count + 1) // 2:
+        raise ValueError(f"{flat.size} packed bytes cannot hold exactly {count} codes")
+    out = np.empty(count, dtype=np.uint8)
+    _pack.unpack4(flat, bool(signed), out, _threads(n_threads, count))
+    return out

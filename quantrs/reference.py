@@ -1,0 +1,108 @@
+"""Plain-numpy twins of the compiled kernels.
+
+Each function here defines what its kernel in csrc/ must return, bit for bit: the tests hold
+the kernels to it (hypothesis), and the benchmarks use it as the baseline. Arrays are the same
+(outer, C, inner) views the kernels take (see quantrs.kernels.channel_view). Readability beats
+speed here, but everything is vectorised so the baselines are fair.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "minmax",
+    "scales",
+    "quantize",
+    "dequantize",
+    "channel_error",
+    "pack4",
+    "unpack4",
+    "ERR_BLOCK",
+]
+
+ERR_BLOCK = 4096  # must equal ERR_BLOCK in csrc/_quant.pyx
+
+
+def minmax(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Per-channel min and max over axes 0 and 2, and whether x has a NaN or an infinity."""
+    bad = not bool(np.isfinite(x3).all())
+    return x3.min(axis=(0, 2)), x3.max(axis=(0, 2)), bad
+
+
+def scales(
+    lo: np.ndarray, hi: np.ndarray, qmin: int, qmax: int, symmetric: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scale (float32) and zero point (int32) per channel, as onnxruntime's compute_scale_zp."""
+    lo = np.minimum(lo.astype(np.float64), 0.0)
+    hi = np.maximum(hi.astype(np.float64), 0.0)
+    if symmetric:
+        absmax = np.maximum(-lo, hi)
+        lo, hi = -absmax, absmax
+    scale = ((hi - lo) / float(qmax - qmin)).astype(np.float32)
+    scale[~(scale >= np.finfo(np.float32).tiny)] = 1.0
+    if symmetric:
+        zp = np.full(lo.shape, np.rint((qmin + qmax) / 2.0))
+    else:
+        zp = np.rint(qmin - lo / scale.astype(np.float64))
+    return scale, np.clip(zp, qmin, qmax).astype(np.int32)
+
+
+def quantize(
+    x3: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qmin: int, qmax: int
+) -> np.ndarray:
+    """ONNX QuantizeLinear: saturate(rint(x / scale) + zero_point), codes as raw uint8 bytes."""
+    s = scale.reshape(1, -1, 1)
+    z = zero_point.reshape(1, -1, 1).astype(np.float32)
+    q = np.clip(np.rint(x3 / s) + z, qmin, qmax)
+    return q.astype(np.int32).astype(np.uint8)  # a negative code keeps its two's-complement byte
+
+
+def dequantize(q3: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.ndarray:
+    """ONNX DequantizeLinear in float32: (q - zero_point) * scale."""
+    diff = q3.astype(np.int32) - zero_point.reshape(1, -1, 1)
+    return diff.astype(np.float32) * scale.reshape(1, -1, 1)
+
+
+def channel_error(
+    x3: np.ndarray, q3: np.ndarray, signed: bool, scale: np.ndarray, zero_point: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel sum of squared error (float64) and max abs error (float32).
+
+    Sums follow the kernel's fixed order (csrc/_quant.pyx, channel_error), reproduced with
+    sequential cumulative sums so that the results agree bit for bit.
+    """
+    codes = q3.view(np.int8) if signed else q3
+    d = x3.astype(np.float64) - dequantize(codes, scale, zero_point).astype(np.float64)
+    max_abs = np.abs(d).astype(np.float32).max(axis=(0, 2))
+    sq = d * d
+    outer, channels, inner = x3.shape
+    if inner == 1:
+        return np.cumsum(sq[:, :, 0], axis=0)[-1], max_abs
+    nblocks = -(-inner // ERR_BLOCK)
+    padded = np.zeros((outer, channels, nblocks * ERR_BLOCK), dtype=np.float64)
+    padded[:, :, :inner] = sq
+    lanes = padded.reshape(outer, channels, nblocks, ERR_BLOCK // 4, 4)
+    lane_sums = np.cumsum(lanes, axis=3)[:, :, :, -1, :]
+    block_sums = (lane_sums[..., 0] + lane_sums[..., 1]) + (lane_sums[..., 2] + lane_sums[..., 3])
+    ordered = block_sums.transpose(1, 0, 2).reshape(channels, outer * nblocks)
+    return np.cumsum(ordered, axis=1)[:, -1], max_abs
+
+
+def pack4(codes: np.ndarray) -> np.ndarray:
+    """Two 4-bit codes per byte, the first in the low nibble; an odd tail fills a low nibble."""
+    flat = codes.reshape(-1) & 0x0F
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, dtype=flat.dtype)])
+    return (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+
+
+def unpack4(packed: np.ndarray, count: int, signed: bool) -> np.ndarray:
+    """Inverse of pack4: `count` codes as bytes, sign-extended when signed."""
+    out = np.empty(packed.size * 2, dtype=np.uint8)
+    out[0::2] = packed & 0x0F
+    out[1::2] = packed >> 4
+    out = out[:count]
+    if signed:
+        out = np.where(out & 0x08, out | 0xF0, out).astype(np.uint8)
+    return out

@@ -1,0 +1,96 @@
+"""Quantize one weight tensor: range -> scale/zero point -> codes (-> packed 4-bit) -> error.
+
+The numeric work happens in the compiled kernels (quantrs.kernels); this module only decides the
+integer type and its range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import TensorProto
+
+from quantrs import kernels
+
+__all__ = ["Scheme", "QuantizedTensor", "scheme_for", "quantize_tensor"]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """An integer encoding: bits, signedness, code range and how the codes are stored."""
+
+    bits: int
+    signed: bool
+    symmetric: bool
+    packed: bool  # 4-bit codes stored two per byte as ONNX INT4/UINT4
+
+    @property
+    def qmin(self) -> int:
+        # Symmetric signed ranges drop the most negative code so that +x and -x map alike
+        # (INT8 [-127, 127], INT4 [-7, 7]), as onnxruntime does.
+        if not self.signed:
+            return 0
+        return -(1 << (self.bits - 1)) + (1 if self.symmetric else 0)
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+    @property
+    def onnx_type(self) -> int:
+        if self.packed:
+            return TensorProto.INT4 if self.signed else TensorProto.UINT4
+        return TensorProto.INT8 if self.signed else TensorProto.UINT8
+
+    @property
+    def min_opset(self) -> int:
+        """The lowest ai.onnx opset whose DequantizeLinear accepts this storage type."""
+        return 21 if self.packed else 10
+
+
+def scheme_for(bits: int, *, symmetric: bool, native_int4: bool) -> Scheme:
+    """Symmetric means signed codes with zero point 0; asymmetric means unsigned codes."""
+    return Scheme(bits=bits, signed=symmetric, symmetric=symmetric, packed=bits == 4 and native_int4)
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """Codes and parameters of one quantized tensor, ready for DequantizeLinear."""
+
+    shape: tuple[int, ...]
+    scheme: Scheme
+    axis: int | None
+    data: np.ndarray  # uint8 bytes: one code per byte, or two per byte when scheme.packed
+    scale: np.ndarray  # float32, shape (C,) or (1,) per tensor
+    zero_point: np.ndarray  # int32, same shape as scale
+    mse: float
+    max_abs_error: float
+
+
+def quantize_tensor(
+    x: np.ndarray,
+    scheme: Scheme,
+    axis: int | None,
+    *,
+    name: str = "tensor",
+    n_threads: int | None = None,
+) -> QuantizedTensor:
+    """Quantize a float32 array along `axis` (None: per tensor) with `scheme`."""
+    rng = kernels.minmax(x, axis, n_threads=n_threads, name=name)
+    scale, zero_point = kernels.scales(rng, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric)
+    codes = kernels.quantize(x, scale, zero_point, scheme.qmin, scheme.qmax, axis, n_threads=n_threads)
+    sse, max_abs = kernels.channel_error(
+        x, codes, scale, zero_point, axis, signed=scheme.signed, n_threads=n_threads
+    )
+    data = kernels.pack4(codes, n_threads=n_threads) if scheme.packed else codes.reshape(-1)
+    return QuantizedTensor(
+        shape=tuple(x.shape),
+        scheme=scheme,
+        axis=axis,
+        data=data,
+        scale=scale,
+        zero_point=zero_point,
+        mse=float(sse.sum() / max(x.size, 1)),
+        max_abs_error=float(max_abs.max()),
+    )

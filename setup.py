@@ -1,0 +1,91 @@
+"""Build the compiled kernels in csrc/.
+
+Everything but the extension list lives in pyproject.toml. Switches (environment variables):
+
+- QUANTRS_NO_OPENMP=1       build the serial version even where the compiler has OpenMP;
+- QUANTRS_FAIL_NO_OPENMP=1  fail instead of falling back to the serial build;
+- QUANTRS_CYTHON_DEBUG=1    turn boundscheck/initializedcheck back on to hunt memory bugs.
+
+No host-CPU flags (-march=native) ever: a wheel must run on any x86-64 / aarch64 machine.
+"""
+
+import os
+import sys
+import tempfile
+import textwrap
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+KERNEL_MODULES = ("_build", "_reduce", "_quant", "_pack")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _openmp_flags(compiler) -> list[str] | None:
+    """Return the OpenMP compile/link flag if this compiler builds and links an OpenMP program."""
+    flag = "/openmp" if compiler.compiler_type == "msvc" else "-fopenmp"
+    source = textwrap.dedent(
+        """
+        #include <omp.h>
+        int main(void) {
+            int n = 0;
+            #pragma omp parallel reduction(+:n)
+            n += 1;
+            return n > 0 ? 0 : 1;
+        }
+        """
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "probe.c")
+        with open(path, "w") as f:
+            f.write(source)
+        try:
+            objects = compiler.compile([path], output_dir=tmp, extra_postargs=[flag])
+            compiler.link_executable(objects, "probe", output_dir=tmp, extra_postargs=[flag])
+        except Exception:  # any compile or link failure means: no usable OpenMP
+            return None
+    return [flag]
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        flags = None if _flag("QUANTRS_NO_OPENMP") else _openmp_flags(self.compiler)
+        if flags is None:
+            if _flag("QUANTRS_FAIL_NO_OPENMP"):
+                sys.exit("quantrs: OpenMP is not available and QUANTRS_FAIL_NO_OPENMP is set")
+            print(
+                "\n*** quantrs: building the SERIAL kernels (no OpenMP). "
+                "They are correct but use one core. ***\n",
+                file=sys.stderr,
+            )
+            flags = []
+        for ext in self.extensions:
+            ext.extra_compile_args += flags
+            ext.extra_link_args += flags
+        super().build_extensions()
+
+
+debug = _flag("QUANTRS_CYTHON_DEBUG")
+directives = {
+    "language_level": 3,
+    "boundscheck": debug,
+    "initializedcheck": debug,
+    "wraparound": False,
+    "nonecheck": False,
+    "cdivision": True,
+    "embedsignature": True,
+}
+
+extensions = [
+    Extension(f"quantrs.{name}", [f"csrc/{name}.pyx"], extra_compile_args=["-O3"] if os.name != "nt" else [])
+    for name in KERNEL_MODULES
+]
+
+setup(
+    ext_modules=cythonize(extensions, include_path=["csrc"], compiler_directives=directives, quiet=True),
+    cmdclass={"build_ext": BuildExt},
+)
