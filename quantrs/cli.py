@@ -91,6 +91,7 @@ def quantize(
     ] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Kernel threads (default: all CPUs).")] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Report as text or JSON (on stdout).")] = OutputFormat.text,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Quantize the weights of MODEL to INT8 or INT4 and write a QDQ model to --output."""
     from quantrs.config import QuantizeConfig
@@ -109,7 +110,7 @@ def quantize(
             exclude=tuple(exclude or ()),
             n_threads=threads,
         )
-        with _progress() as progress:
+        with _progress(quiet) as progress:
             report = run(model, output, config, progress=progress)
     except QuantrsError as exc:
         raise _fail(str(exc)) from None
@@ -146,10 +147,10 @@ def _print_json(data: dict) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _progress():
+def _progress(quiet: bool):
     from quantrs._console import tensor_progress
 
-    return tensor_progress(disabled=_State.quiet)
+    return tensor_progress(disabled=quiet or _State.quiet)
 
 
 def main() -> None:

@@ -1,0 +1,123 @@
+"""The command line: exit codes, one-line errors without tracebacks, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import onnx
+import pytest
+from builders import BUILDERS
+from typer.testing import CliRunner
+
+from quantrs.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("quantrs ")
+
+
+def test_help_lists_commands():
+    result = invoke("-h")
+    assert result.exit_code == 0
+    assert "quantize" in result.stdout and "info" in result.stdout
+
+
+def test_quantize_text(save, tmp_path):
+    src = save(BUILDERS["conv_net"]()[0])
+    result = invoke("quantize", src, "-o", tmp_path / "q.onnx", "--per-channel", "--min-elements", "0")
+    assert result.exit_code == 0, result.output
+    assert "Quantized" in result.stdout and "3 tensors quantized" in result.stdout
+    onnx.checker.check_model(str(tmp_path / "q.onnx"))
+
+
+def test_quantize_json(save, tmp_path):
+    src = save(BUILDERS["mlp"]()[0])
+    result = invoke("quantize", src, "-o", tmp_path / "q.onnx", "-b", "4", "--symmetric", "--min-elements", "0", "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["bits"] == 4 and data["storage"] == "INT4" and data["quantized_count"] == 2
+    assert data["opset_after"] == 21 and data["compression"] > 1
+    tensors = {t["name"]: t for t in data["tensors"]}
+    assert tensors["w1"]["quantized"] and tensors["w1"]["storage"] == "INT4"
+    assert not tensors["b1"]["quantized"] and tensors["b1"]["reason"].startswith("not a weight")
+
+
+def test_info_json(save):
+    src = save(BUILDERS["conv_net"]()[0])
+    result = invoke("info", src, "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["opsets"] == {"ai.onnx": 13}
+    assert data["op_counts"]["Conv"] == 2 and data["node_count"] == 7
+    assert data["inputs"][0] == {"name": "x", "dtype": "FLOAT", "shape": ["N", 3, 16, 16]}
+    assert data["float_weight_count"] == 6
+    assert data["float_weight_bytes"] == 4 * data["float_weight_elements"]
+    assert isinstance(data["build"]["openmp"], bool) and data["build"]["threads"] >= 1
+
+
+def test_info_text(save):
+    result = invoke("info", save(BUILDERS["mlp"]()[0]))
+    assert result.exit_code == 0
+    assert "MatMul" in result.stdout and "OpenMP" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["quantize", "info"])
+def test_bad_input_is_one_line_exit_1(command, tmp_path):
+    bad = tmp_path / "garbage.onnx"
+    bad.write_bytes(b"\x00\x01garbage" * 50)
+    args = [command, bad] + (["-o", tmp_path / "q.onnx"] if command == "quantize" else [])
+    result = invoke(*args)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "garbage.onnx" in lines[0] and "not a valid ONNX model" in lines[0]
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_missing_file_exit_1(tmp_path):
+    result = invoke("quantize", tmp_path / "missing.onnx", "-o", tmp_path / "q.onnx")
+    assert result.exit_code == 1
+    assert "missing.onnx: no such file" in result.stderr
+
+
+def test_same_output_refused(save):
+    src = save(BUILDERS["mlp"]()[0])
+    result = invoke("quantize", src, "-o", src, "--min-elements", "0")
+    assert result.exit_code == 1 and "the output path is the input model" in result.stderr
+
+
+def test_usage_errors_exit_2(save, tmp_path):
+    src = save(BUILDERS["mlp"]()[0])
+    assert invoke("quantize", src, "-o", tmp_path / "q.onnx", "--bits", "3").exit_code == 2
+    assert invoke("quantize", src).exit_code == 2  # -o is required
+    assert invoke("quantize", src, "-o", tmp_path / "q.onnx", "--format", "xml").exit_code == 2
+
+
+def test_python_dash_m_and_console_script(save, tmp_path):
+    src = save(BUILDERS["mlp"]()[0])
+    result = subprocess.run(
+        [sys.executable, "-m", "quantrs", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--min-elements", "0", "--format", "json", "-q"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["quantized_count"] == 2
+    bad = subprocess.run([sys.executable, "-m", "quantrs", "info", str(tmp_path / "nope.onnx")], capture_output=True, text=True, check=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_version_does_not_import_heavy_modules():
+    code = "import sys; sys.argv=['quantrs','--version']\nfrom quantrs.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('numpy','onnx','onnxruntime') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ})
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -1,0 +1,171 @@
+"""Loading, bad input, external data and atomic output."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from builders import BUILDERS
+
+import quantrs
+from quantrs import QuantizeConfig
+from quantrs.errors import ModelLoadError, NonFiniteWeightError, OutputError, UnsupportedModelError
+from quantrs.model import load_model
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"nope\.onnx: no such file"):
+        quantrs.quantize(tmp_path / "nope.onnx", tmp_path / "out.onnx")
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a model at all\n" * 10, bytes(range(256)) * 3])
+def test_not_onnx(tmp_path, content):
+    src = tmp_path / "bad.onnx"
+    src.write_bytes(content)
+    with pytest.raises(ModelLoadError, match=r"bad\.onnx: .*(not a valid ONNX|empty)"):
+        quantrs.quantize(src, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_truncated_model(tmp_path, save):
+    model, _ = BUILDERS["conv_net"]()
+    data = save(model).read_bytes()
+    src = tmp_path / "truncated.onnx"
+    src.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ModelLoadError, match=r"truncated\.onnx"):
+        quantrs.quantize(src, tmp_path / "out.onnx", QuantizeConfig(min_elements=0))
+    assert sorted(os.listdir(tmp_path)) == ["model.onnx", "truncated.onnx"]
+
+
+def test_no_float_weights(tmp_path, save):
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    src = save(onnx.helper.make_model(graph))
+    with pytest.raises((ModelLoadError, UnsupportedModelError), match=r"model\.onnx: .*(no float32 weights|no graph)"):
+        quantrs.quantize(src, tmp_path / "out.onnx")
+
+
+def test_all_weights_too_small(save, tmp_path):
+    model, _ = BUILDERS["mlp"]()
+    with pytest.raises(UnsupportedModelError, match=r"none of the 3 float32 weights can be quantized"):
+        quantrs.quantize(save(model), tmp_path / "out.onnx", QuantizeConfig(min_elements=10**9))
+
+
+def test_output_equal_to_input_is_refused(save):
+    model, _ = BUILDERS["mlp"]()
+    src = save(model)
+    before = src.read_bytes()
+    with pytest.raises(OutputError, match="the output path is the input model"):
+        quantrs.quantize(src, src, QuantizeConfig(min_elements=0))
+    assert src.read_bytes() == before
+
+
+def test_output_folder_missing(save, tmp_path):
+    model, _ = BUILDERS["mlp"]()
+    with pytest.raises(OutputError, match="does not exist"):
+        quantrs.quantize(save(model), tmp_path / "no" / "out.onnx", QuantizeConfig(min_elements=0))
+
+
+def test_nan_weight_is_refused_and_nothing_written(save, tmp_path):
+    model, _ = BUILDERS["mlp"]()
+    w = onnx.numpy_helper.to_array(model.graph.initializer[0]).copy()
+    w[3, 4] = np.nan
+    model.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w, "w1"))
+    with pytest.raises(NonFiniteWeightError, match=r"model\.onnx: w1 holds NaN"):
+        quantrs.quantize(save(model), tmp_path / "out.onnx", QuantizeConfig(min_elements=0))
+    assert sorted(os.listdir(tmp_path)) == ["model.onnx"]
+
+
+def test_existing_output_is_replaced_atomically(save, tmp_path):
+    model, _ = BUILDERS["mlp"]()
+    dst = tmp_path / "out.onnx"
+    dst.write_bytes(b"old")
+    quantrs.quantize(save(model), dst, QuantizeConfig(min_elements=0))
+    onnx.checker.check_model(str(dst))
+    assert sorted(os.listdir(tmp_path)) == ["model.onnx", "out.onnx"]  # no temporary left behind
+
+
+def _save_external(model, folder, name="model.onnx"):
+    path = folder / name
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    return path
+
+
+def test_external_data_model_is_quantized(tmp_path):
+    model, feeds = BUILDERS["conv_net"]()
+    src = _save_external(model, tmp_path)
+    loaded = load_model(src)
+    assert {w.location for w in loaded.weights} == {"weights.bin"}
+    assert isinstance(loaded.weights.array("conv1.w"), np.memmap)
+    report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(min_elements=0, per_channel=True))
+    assert report.files_written == [str(tmp_path / "q.onnx")]  # small enough for one file
+    ref = ort.InferenceSession(str(src)).run(None, feeds)[0]
+    out = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, feeds)[0]
+    assert np.abs(out - ref).max() < 0.03 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("location", ["/etc/passwd", "../outside.bin", "sub/../../outside.bin"])
+def test_external_data_escaping_the_folder_is_refused(tmp_path, location):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (tmp_path / "outside.bin").write_bytes(bytes(64 * 128 * 4))
+    model, _ = BUILDERS["mlp"]()
+    src = _save_external(model, folder)
+    tampered = onnx.load(str(src), load_external_data=False)
+    for t in tampered.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(tampered, str(src))
+    with pytest.raises(ModelLoadError, match="escapes the model's folder|must be a relative path"):
+        quantrs.quantize(src, folder / "q.onnx", QuantizeConfig(min_elements=0))
+    assert not (folder / "q.onnx").exists()
+
+
+def test_external_data_through_a_symlink_is_refused(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    model, _ = BUILDERS["mlp"]()
+    src = _save_external(model, folder)
+    real = tmp_path / "elsewhere.bin"
+    os.replace(folder / "weights.bin", real)
+    os.symlink(real, folder / "weights.bin")
+    with pytest.raises(ModelLoadError, match="escapes the model's folder|symbolic link"):
+        quantrs.quantize(src, folder / "q.onnx", QuantizeConfig(min_elements=0))
+
+
+def test_external_data_hard_link_is_refused(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    model, _ = BUILDERS["mlp"]()
+    src = _save_external(model, folder)
+    os.link(folder / "weights.bin", tmp_path / "second-name.bin")
+    with pytest.raises(ModelLoadError, match="hard link"):
+        quantrs.quantize(src, folder / "q.onnx", QuantizeConfig(min_elements=0))
+
+
+def test_external_data_shorter_than_declared(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    model, _ = BUILDERS["mlp"]()
+    src = _save_external(model, folder)
+    data = (folder / "weights.bin").read_bytes()
+    (folder / "weights.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="does not fit"):
+        quantrs.quantize(src, folder / "q.onnx", QuantizeConfig(min_elements=0))
+
+
+def test_external_data_output_on_request(tmp_path, save):
+    from quantrs.model import save_model
+
+    model, feeds = BUILDERS["mlp"]()
+    written = save_model(model, tmp_path / "ext.onnx", external_data=True)
+    assert [p.name for p in written] == ["ext.onnx", "ext.onnx.data"]
+    ort.InferenceSession(str(tmp_path / "ext.onnx")).run(None, feeds)
