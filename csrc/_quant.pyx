@@ -76,19 +76,27 @@ cdef inline void _quantize_run(const_float_rp x, Py_ssize_t n, float s, int z, i
         out[i] = <unsigned char>(<int>v + z)
 
 
-cdef inline void _quantize_rows(const_float_rp x, Py_ssize_t rows, Py_ssize_t row_len,
-                                Py_ssize_t c0, Py_ssize_t c1, const_float_rp s, const_int_rp z,
-                                const_float_rp lo, const_float_rp hi,
-                                uchar_rp out) noexcept nogil:
-    cdef Py_ssize_t r, c
+cdef inline void _quantize_row(const_float_rp x, Py_ssize_t n, const_float_rp s, const_int_rp z,
+                               const_float_rp lo, const_float_rp hi, uchar_rp out) noexcept nogil:
+    # One row segment: n values, each with its own channel's parameters.
+    cdef Py_ssize_t c
     cdef float v
+    for c in range(n):
+        v = x[c] / s[c]
+        v = v if v > lo[c] else lo[c]
+        v = v if v < hi[c] else hi[c]
+        v = (v + MAGIC) - MAGIC
+        out[c] = <unsigned char>(<int>v + z[c])
+
+
+cdef inline void _quantize_rows(const float* x, Py_ssize_t rows, Py_ssize_t row_len,
+                                Py_ssize_t c0, Py_ssize_t c1, const float* s, const int* z,
+                                const float* lo, const float* hi,
+                                unsigned char* out) noexcept nogil:
+    cdef Py_ssize_t r
     for r in range(rows):
-        for c in range(c0, c1):
-            v = x[r * row_len + c] / s[c]
-            v = v if v > lo[c] else lo[c]
-            v = v if v < hi[c] else hi[c]
-            v = (v + MAGIC) - MAGIC
-            out[r * row_len + c] = <unsigned char>(<int>v + z[c])
+        _quantize_row(x + r * row_len + c0, c1 - c0, s + c0, z + c0, lo + c0, hi + c0,
+                      out + r * row_len + c0)
 
 
 def quantize(const float[:, :, ::1] x, const float[::1] scale, const int[::1] zero_point,

@@ -32,8 +32,9 @@ __all__ = [
 ]
 
 # Below this many elements a kernel runs on one thread: starting OpenMP's team costs more than
-# it saves (measured in bench/test_bench_kernels.py::threads, see bench/RESULTS.md).
-PARALLEL_MIN_ELEMENTS = 1 << 18
+# it saves: at 2**14 values 2 threads are slower, from 2**16 on faster (measured by
+# bench/test_bench_kernels.py::test_thread_threshold, see bench/RESULTS.md).
+PARALLEL_MIN_ELEMENTS = 1 << 16
 
 
 def openmp_enabled() -> bool:

@@ -1,0 +1,114 @@
+"""Each compiled kernel beside its numpy twin (quantrs.reference) in one benchmark group, so the
+table shows the ratio measured in the same run. `copyto` rows give the memory-bandwidth
+ceiling of this machine in the same run.
+
+    pytest bench --benchmark-only --benchmark-json=bench/kernels.json
+    python bench/summarize.py bench/kernels.json
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from quantrs import kernels as K
+from quantrs import reference as R
+
+INT8 = (0, 255, False)  # asymmetric UINT8, the default
+
+
+def numpy_per_channel_int8(x: np.ndarray, axis: int) -> np.ndarray:
+    x3 = K.channel_view(x, axis)
+    lo, hi, _ = R.minmax(x3)
+    scale, zp = R.scales(lo, hi, *INT8)
+    return R.quantize(x3, scale, zp, INT8[0], INT8[1])
+
+
+def quantrs_per_channel_int8(x: np.ndarray, axis: int, n_threads: int) -> np.ndarray:
+    rng = K.minmax(x, axis, n_threads=n_threads)
+    scale, zp = K.scales(rng, INT8[0], INT8[1], symmetric=False)
+    return K.quantize(x, scale, zp, INT8[0], INT8[1], axis, n_threads=n_threads)
+
+
+SHAPE_NAMES = ["matmul-4096x4096", "conv-256x256x3x3", "matmul-10000x10000"]
+
+
+@pytest.mark.parametrize("shape", SHAPE_NAMES)
+@pytest.mark.parametrize("impl", ["copyto", "numpy", "quantrs-1t", "quantrs-2t"])
+def test_quantize_int8_per_channel(benchmark, weights, shape, impl):
+    """min/max + scales + codes: the whole per-channel INT8 quantization of one weight."""
+    x, axis = weights(shape)
+    benchmark.group = f"quantize-int8-per-channel {shape}"
+    benchmark.extra_info["bytes"] = x.nbytes
+    if impl == "copyto":
+        out = np.empty_like(x)
+        benchmark(np.copyto, out, x)
+    elif impl == "numpy":
+        benchmark.pedantic(numpy_per_channel_int8, (x, axis), rounds=3, iterations=1)
+    else:
+        benchmark(quantrs_per_channel_int8, x, axis, 1 if impl == "quantrs-1t" else 2)
+
+
+@pytest.mark.parametrize("impl", ["numpy", "quantrs-1t", "quantrs-2t"])
+def test_minmax(benchmark, weights, impl):
+    x, axis = weights("matmul-4096x4096")
+    benchmark.group = "minmax matmul-4096x4096"
+    benchmark.extra_info["bytes"] = x.nbytes
+    if impl == "numpy":
+        benchmark(R.minmax, K.channel_view(x, axis))
+    else:
+        benchmark(K.minmax, x, axis, n_threads=1 if impl == "quantrs-1t" else 2)
+
+
+@pytest.fixture(scope="module")
+def codes_case(weights):
+    x, axis = weights("conv-256x256x3x3")
+    rng = K.minmax(x, axis)
+    scale, zp = K.scales(rng, 0, 15, symmetric=False)
+    codes = K.quantize(x, scale, zp, 0, 15, axis)
+    return x, axis, scale, zp, codes
+
+
+@pytest.mark.parametrize("impl", ["numpy", "quantrs-1t", "quantrs-2t"])
+def test_channel_error(benchmark, codes_case, impl):
+    x, axis, scale, zp, codes = codes_case
+    benchmark.group = "channel-error conv-256x256x3x3"
+    benchmark.extra_info["bytes"] = x.nbytes
+    if impl == "numpy":
+        benchmark(R.channel_error, K.channel_view(x, axis), K.channel_view(codes, axis), False, scale, zp)
+    else:
+        benchmark(K.channel_error, x, codes, scale, zp, axis, signed=False, n_threads=1 if impl == "quantrs-1t" else 2)
+
+
+@pytest.mark.parametrize("impl", ["numpy", "quantrs-1t", "quantrs-2t"])
+def test_pack4(benchmark, codes_case, impl):
+    codes = codes_case[4].reshape(-1)
+    benchmark.group = "pack4 conv-256x256x3x3"
+    benchmark.extra_info["bytes"] = codes.nbytes
+    if impl == "numpy":
+        benchmark(R.pack4, codes)
+    else:
+        benchmark(K.pack4, codes, n_threads=1 if impl == "quantrs-1t" else 2)
+
+
+@pytest.mark.parametrize("impl", ["numpy", "quantrs-1t", "quantrs-2t"])
+def test_unpack4(benchmark, codes_case, impl):
+    codes = codes_case[4].reshape(-1)
+    packed = K.pack4(codes)
+    benchmark.group = "unpack4 conv-256x256x3x3"
+    benchmark.extra_info["bytes"] = codes.nbytes
+    if impl == "numpy":
+        benchmark(R.unpack4, packed, codes.size, False)
+    else:
+        benchmark(K.unpack4, packed, codes.size, signed=False, n_threads=1 if impl == "quantrs-1t" else 2)
+
+
+@pytest.mark.parametrize("elements", [1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_thread_threshold(benchmark, force_threads, elements, n_threads):
+    """Where do 2 threads start to pay? Sets kernels.PARALLEL_MIN_ELEMENTS."""
+    # A MatMul-like [K, 1024] weight: 4 column blocks, so 2 threads have work to share.
+    x = np.random.default_rng(0).standard_normal((elements // 1024, 1024), dtype=np.float32)
+    benchmark.group = f"threads {elements} elements"
+    benchmark.extra_info["bytes"] = x.nbytes
+    benchmark(quantrs_per_channel_int8, x, 1, n_threads)
