@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -110,14 +109,17 @@ def test_python_dash_m_and_console_script(save, tmp_path):
         capture_output=True,
         text=True,
         check=False,
+        cwd=tmp_path,  # not the repository root, whose quantrs/ has no compiled kernels
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["quantized_count"] == 2
-    bad = subprocess.run([sys.executable, "-m", "quantrs", "info", str(tmp_path / "nope.onnx")], capture_output=True, text=True, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "quantrs", "info", str(tmp_path / "nope.onnx")], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_version_does_not_import_heavy_modules():
+def test_version_does_not_import_heavy_modules(tmp_path):
     code = "import sys; sys.argv=['quantrs','--version']\nfrom quantrs.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('numpy','onnx','onnxruntime') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "[]"
