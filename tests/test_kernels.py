@@ -181,3 +181,12 @@ def test_build_reports_openmp_state():
     assert K.default_threads() >= 1
     if not K.openmp_enabled():
         assert K.default_threads() == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(codes=hnp.arrays(np.int8, st.integers(1, 5000), elements=st.integers(-8, 7)))
+def test_pack4_kernel_equals_numpy_helper_int4(codes):
+    import ml_dtypes
+    from onnx import numpy_helper
+
+    assert K.pack4(codes, n_threads=2).tobytes() == numpy_helper.from_array(codes.astype(ml_dtypes.int4)).raw_data

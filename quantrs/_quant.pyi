@@ -1,0 +1,19 @@
+import numpy as np
+
+def scales(
+    lo: np.ndarray, hi: np.ndarray, qmin: int, qmax: int, symmetric: bool, scale: np.ndarray, zero_point: np.ndarray
+) -> None: ...
+def quantize(
+    x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qmin: int, qmax: int, out: np.ndarray, n_threads: int
+) -> None: ...
+def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, out: np.ndarray, n_threads: int) -> None: ...
+def channel_error(
+    x: np.ndarray,
+    q: np.ndarray,
+    signed_codes: bool,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    sse: np.ndarray,
+    max_abs: np.ndarray,
+    n_threads: int,
+) -> None: ...
