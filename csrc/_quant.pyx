@@ -7,7 +7,7 @@ bytes (uint8): a signed code's byte is its two's complement, so one kernel serve
 from cython.parallel cimport prange
 from libc.math cimport fabs
 
-from _restrict cimport const_float_rp, const_int_rp, uchar_rp
+from _restrict cimport const_float_rp, const_float_up, const_int_rp, float_u, uchar_rp
 from _scratch cimport double_zeros, float_zeros
 
 cdef enum:
@@ -60,7 +60,7 @@ def scales(const float[::1] lo, const float[::1] hi, int qmin, int qmax, bint sy
         zero_point[c] = <int>z
 
 
-cdef inline void _quantize_run(const_float_rp x, Py_ssize_t n, float s, int z, int qmin, int qmax,
+cdef inline void _quantize_run(const_float_up x, Py_ssize_t n, float s, int z, int qmin, int qmax,
                                uchar_rp out) noexcept nogil:
     # Clamping v = x / s to [qmin - z, qmax - z] before rounding gives the same code as
     # saturate(rint(v) + z), since both bounds are integers; it also keeps the float->int cast
@@ -76,7 +76,7 @@ cdef inline void _quantize_run(const_float_rp x, Py_ssize_t n, float s, int z, i
         out[i] = <unsigned char>(<int>v + z)
 
 
-cdef inline void _quantize_row(const_float_rp x, Py_ssize_t n, const_float_rp s, const_int_rp z,
+cdef inline void _quantize_row(const_float_up x, Py_ssize_t n, const_float_rp s, const_int_rp z,
                                const_float_rp lo, const_float_rp hi, uchar_rp out) noexcept nogil:
     # One row segment: n values, each with its own channel's parameters.
     cdef Py_ssize_t c
@@ -89,7 +89,7 @@ cdef inline void _quantize_row(const_float_rp x, Py_ssize_t n, const_float_rp s,
         out[c] = <unsigned char>(<int>v + z[c])
 
 
-cdef inline void _quantize_rows(const float* x, Py_ssize_t rows, Py_ssize_t row_len,
+cdef inline void _quantize_rows(const float_u* x, Py_ssize_t rows, Py_ssize_t row_len,
                                 Py_ssize_t c0, Py_ssize_t c1, const float* s, const int* z,
                                 const float* lo, const float* hi,
                                 unsigned char* out) noexcept nogil:
@@ -104,7 +104,7 @@ def quantize(const float[:, :, ::1] x, const float[::1] scale, const int[::1] ze
     """q = saturate(rint(x / scale[c]) + zero_point[c]) into out (same shape), as raw bytes."""
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c
-    cdef const float* src = &x[0, 0, 0]
+    cdef const float_u* src = <const float_u*>&x[0, 0, 0]
     cdef unsigned char* dst = &out[0, 0, 0]
     cdef float[::1] lo, hi
     if inner == 1:
@@ -178,7 +178,7 @@ def channel_error(const float[:, :, ::1] x, const unsigned char[:, :, ::1] q, bi
     """
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c, i
-    cdef const float* src = &x[0, 0, 0]
+    cdef const float_u* src = <const float_u*>&x[0, 0, 0]
     cdef const unsigned char* codes = &q[0, 0, 0]
     cdef double[::1] part_sum
     cdef float[::1] part_max

@@ -13,7 +13,7 @@ Inputs are validated by quantrs.kernels before anything here runs; kernels never
 """
 from cython.parallel cimport prange
 
-from _restrict cimport const_float_rp, float_rp
+from _restrict cimport const_float_up, float_rp, float_u
 from _scratch cimport float_zeros as _float_empty, int_zeros as _int_zeros
 
 cdef enum:
@@ -24,7 +24,7 @@ BLOCK_SIZE = BLOCK
 COL_BLOCK = COLS
 
 
-cdef inline void _minmax_run(const float* x, Py_ssize_t n, float* lo_out, float* hi_out,
+cdef inline void _minmax_run(const_float_up x, Py_ssize_t n, float* lo_out, float* hi_out,
                              int* bad_out) noexcept nogil:
     # Four independent accumulator pairs keep the CPU's pipelines busy; `v - v` is 0 for every
     # finite value and NaN for NaN/Inf, so `bad` flags non-finite input at the cost of one add.
@@ -67,7 +67,7 @@ cdef inline void _minmax_run(const float* x, Py_ssize_t n, float* lo_out, float*
     bad_out[0] = z0 != z0
 
 
-cdef inline void _minmax_rows(const_float_rp x, Py_ssize_t rows, Py_ssize_t row_len,
+cdef inline void _minmax_rows(const_float_up x, Py_ssize_t rows, Py_ssize_t row_len,
                               Py_ssize_t c0, Py_ssize_t c1, float_rp lo, float_rp hi,
                               float_rp z) noexcept nogil:
     # Columns [c0, c1) of a (rows, row_len) matrix: per-column min/max, elementwise over rows.
@@ -75,7 +75,7 @@ cdef inline void _minmax_rows(const_float_rp x, Py_ssize_t rows, Py_ssize_t row_
     # columns and the loop vectorises.
     cdef Py_ssize_t r, c
     cdef float v
-    cdef const float* row
+    cdef const float_u* row
     for c in range(c0, c1):
         lo[c] = x[c]
         hi[c] = x[c]
@@ -98,7 +98,7 @@ def minmax(const float[:, :, ::1] x, float[::1] lo, float[::1] hi, int n_threads
     cdef Py_ssize_t runs = outer * C
     cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c, o, ncolblocks
     cdef int any_bad = 0
-    cdef const float* base = &x[0, 0, 0]
+    cdef const float_u* base = <const float_u*>&x[0, 0, 0]
     cdef float[::1] part_lo, part_hi
     cdef int[::1] part_bad
     cdef float v

@@ -190,3 +190,15 @@ def test_pack4_kernel_equals_numpy_helper_int4(codes):
     from onnx import numpy_helper
 
     assert K.pack4(codes, n_threads=2).tobytes() == numpy_helper.from_array(codes.astype(ml_dtypes.int4)).raw_data
+
+
+@pytest.mark.parametrize("offset", [1, 2, 3])
+@pytest.mark.parametrize("axis", [None, 0, 1])
+@threads
+def test_unaligned_input_from_a_mapped_file(offset, axis, threads):
+    """Weights are read in place from ONNX files, where they need not be 4-byte aligned."""
+    values = np.random.default_rng(offset).standard_normal(300 * 700).astype(np.float32)
+    buffer = b"\0" * offset + values.tobytes()
+    x = np.frombuffer(buffer, np.float32, count=values.size, offset=offset).reshape(300, 700)
+    assert not x.flags.aligned
+    check_all_kernels(x, axis, RANGES[2], threads)

@@ -1,0 +1,3 @@
+import numpy as np
+
+def scan_fields(buf: np.ndarray, start: int, end: int) -> list[tuple[int, int, int, int, int]]: ...
