@@ -22,25 +22,25 @@ def stdout_console() -> Console:
 
 
 @contextmanager
-def tensor_progress(*, disabled: bool) -> Iterator[Callable[[int, int, int], None]]:
+def tensor_progress(*, disabled: bool) -> Iterator[Callable[[int, int, int, int], None]]:
     """A progress bar over tensors and bytes on stderr, drawn only on a terminal."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     console = stderr_console()
     bar = Progress(
         TextColumn("quantizing"),
         BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("tensors, {task.fields[mb]:.0f} MB"),
+        TextColumn("{task.fields[tensors]} tensors, {task.fields[mb]:.0f}/{task.fields[total_mb]:.0f} MB"),
         TimeElapsedColumn(),
+        TimeRemainingColumn(),
         console=console,
         transient=True,
         disable=disabled or not console.is_terminal,
     )
-    task = bar.add_task("quantize", total=None, mb=0.0)
+    task = bar.add_task("quantize", total=None, tensors="0", mb=0.0, total_mb=0.0)
 
-    def update(done: int, total: int, nbytes: int) -> None:
-        bar.update(task, completed=done, total=total, mb=nbytes / 1e6)
+    def update(done: int, total: int, nbytes: int, total_bytes: int) -> None:
+        bar.update(task, completed=nbytes, total=total_bytes, tensors=f"{done}/{total}", mb=nbytes / 1e6, total_mb=total_bytes / 1e6)
 
     with bar:
         yield update

@@ -90,6 +90,9 @@ def quantize(
         Optional[list[str]], typer.Option("--exclude", help="Initializer name to leave in float (repeatable).")
     ] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Kernel threads (default: all CPUs).")] = None,
+    external_data: Annotated[
+        bool, typer.Option("--external-data", help="Write the weights to OUTPUT.data beside the model.")
+    ] = False,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Report as text or JSON (on stdout).")] = OutputFormat.text,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -109,6 +112,7 @@ def quantize(
             min_elements=min_elements,
             exclude=tuple(exclude or ()),
             n_threads=threads,
+            external_data=external_data,
         )
         with _progress(quiet) as progress:
             report = run(model, output, config, progress=progress)

@@ -25,7 +25,9 @@ class QuantizeConfig:
             node would cost more than they save).
         exclude: initializer names that stay float.
         n_threads: threads for the kernels; None uses every CPU available (OMP_NUM_THREADS).
-        check_output: run onnx.checker on the written model.
+        check_output: run onnx.checker on the rewritten graph before writing.
+        external_data: write the weights to `<output>.data` beside the model even when a single
+            file would do (inputs with external data and outputs over 2 GiB always get it).
     """
 
     bits: int = 8
@@ -36,11 +38,12 @@ class QuantizeConfig:
     exclude: tuple[str, ...] = field(default=())
     n_threads: int | None = None
     check_output: bool = True
+    external_data: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8) or isinstance(self.bits, bool):
             raise ConfigError(f"bits must be 4 or 8, not {self.bits!r}")
-        for name in ("per_channel", "symmetric", "native_int4", "check_output"):
+        for name in ("per_channel", "symmetric", "native_int4", "check_output", "external_data"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, not {getattr(self, name)!r}")
         if not isinstance(self.min_elements, int) or isinstance(self.min_elements, bool) or self.min_elements < 0:

@@ -1,4 +1,4 @@
-"""Reading ONNX models and writing them back, atomically.
+"""Reading ONNX models without copying their weights (writing is quantrs.writer's).
 
 The graph is parsed with `onnx`; the weights stay behind one small interface, WeightStore
 (name -> read-only array, dtype, shape, where the bytes live), so that the rest of quantrs never
@@ -9,6 +9,7 @@ touching its callers. External data is memory-mapped and must stay inside the mo
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import shutil
 import tempfile
@@ -20,14 +21,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from quantrs._wire import scan_fields
 from quantrs.errors import ModelLoadError, OutputError
 
-__all__ = ["WeightInfo", "WeightStore", "LoadedModel", "load_model", "save_model", "PROTOBUF_LIMIT"]
+__all__ = ["WeightInfo", "WeightStore", "LoadedModel", "load_model", "resolve_external_path"]
 
 logger = logging.getLogger(__name__)
-
-# A serialized protobuf message cannot exceed 2 GiB; bigger models keep weights as external data.
-PROTOBUF_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -54,12 +53,29 @@ class WeightInfo:
 
 
 class WeightStore:
-    """Read-only access to a model's initializers by name."""
+    """Read-only access to a model's initializers by name, without copying their bytes.
 
-    def __init__(self, graph: onnx.GraphProto, base_dir: Path, model_path: Path) -> None:
+    Embedded payloads are views of the memory-mapped model file (located by the wire-format
+    scan in load_model); external data files are memory-mapped too, once each. `release()` hands
+    a tensor's pages back to the OS, so that streaming through a model larger than RAM keeps the
+    resident set small.
+    """
+
+    def __init__(
+        self,
+        graph: onnx.GraphProto,
+        base_dir: Path | None,
+        model_path: Path | None,
+        *,
+        file_map: mmap.mmap | None = None,
+        embedded: dict[str, tuple[int, int]] | None = None,
+    ) -> None:
         self._tensors = {t.name: t for t in graph.initializer}
         self._base_dir = base_dir
         self._model_path = model_path
+        self._file_map = file_map
+        self._embedded = embedded or {}  # name -> (offset, length) of raw_data in the model file
+        self._external_maps: dict[Path, mmap.mmap] = {}
 
     def __contains__(self, name: str) -> bool:
         return name in self._tensors
@@ -77,55 +93,97 @@ class WeightStore:
             location = _external_fields(t).get("location", "")
         return WeightInfo(name=name, data_type=t.data_type, shape=tuple(t.dims), location=location)
 
-    def array(self, name: str) -> np.ndarray:
-        """The initializer's values as a read-only array (a view of the file where possible)."""
+    def payload(self, name: str) -> np.ndarray | None:
+        """The tensor's raw bytes (uint8, a view of a mapped file), or None when the values sit
+        in the parsed TensorProto itself (typed fields such as float_data)."""
         t = self._tensors[name]
         if t.data_location == TensorProto.EXTERNAL:
-            arr = self._external_array(t)
-        elif t.HasField("raw_data") and t.data_type not in _SUB_BYTE:
-            dtype = helper.tensor_dtype_to_np_dtype(t.data_type)
-            raw = t.raw_data
-            expected = int(np.prod(t.dims, dtype=np.int64)) * np.dtype(dtype).itemsize
-            if len(raw) != expected:
-                raise ModelLoadError(
-                    f"{self._model_path}: initializer {name!r} holds {len(raw)} bytes, "
-                    f"its shape {list(t.dims)} needs {expected} (truncated or corrupt file)"
-                )
-            arr = np.frombuffer(raw, dtype=dtype).reshape(tuple(t.dims))
-        else:
+            path, offset, length = self._external_range(t)
+            return np.frombuffer(self._map_external(path), dtype=np.uint8, count=length, offset=offset)
+        if name in self._embedded:
+            offset, length = self._embedded[name]
+            return np.frombuffer(self._file_map, dtype=np.uint8, count=length, offset=offset)
+        if t.HasField("raw_data"):
+            return np.frombuffer(t.raw_data, dtype=np.uint8)
+        return None
+
+    def array(self, name: str) -> np.ndarray:
+        """The initializer's values as a read-only array (a view of the mapped file where possible)."""
+        t = self._tensors[name]
+        raw = self.payload(name)
+        if raw is None or t.data_type in _SUB_BYTE:
             try:
-                arr = onnx.numpy_helper.to_array(t)
+                arr = onnx.numpy_helper.to_array(t) if raw is None else _unpack_sub_byte(t, raw)
             except Exception as exc:  # onnx raises bare ValueError/TypeError on bad payloads
                 raise ModelLoadError(f"{self._model_path}: cannot read initializer {name!r}: {exc}") from None
+        else:
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+            count = int(np.prod(t.dims, dtype=np.int64))
+            if raw.size != count * dtype.itemsize:
+                raise ModelLoadError(
+                    f"{self._model_path}: initializer {name!r} holds {raw.size} bytes, "
+                    f"its shape {list(t.dims)} needs {count * dtype.itemsize} (truncated or corrupt file)"
+                )
+            arr = raw.view(dtype).reshape(tuple(t.dims))
         arr = arr.view()
         arr.flags.writeable = False
         return arr
 
-    def _external_array(self, t: TensorProto) -> np.ndarray:
+    def release(self, name: str) -> None:
+        """Drop the tensor's mapped pages from this process (they stay in the page cache)."""
+        t = self._tensors[name]
+        if t.data_location == TensorProto.EXTERNAL:
+            path, offset, length = self._external_range(t)
+            _drop_pages(self._map_external(path), offset, length)
+        elif name in self._embedded and self._file_map is not None:
+            _drop_pages(self._file_map, *self._embedded[name])
+
+    def _external_range(self, t: TensorProto) -> tuple[Path, int, int]:
         fields = _external_fields(t)
+        if self._base_dir is None:
+            raise ModelLoadError(f"{self._model_path}: initializer {t.name!r} has external data but no folder")
         path = resolve_external_path(self._base_dir, fields.get("location", ""), self._model_path)
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
-        offset = int(fields.get("offset", 0))
         count = int(np.prod(t.dims, dtype=np.int64))
-        length = int(fields.get("length", count * dtype.itemsize))
+        needed = (count + 1) // 2 if t.data_type in _SUB_BYTE else count * dtype.itemsize
+        offset = int(fields.get("offset", 0))
+        length = int(fields.get("length", needed))
         file_size = path.stat().st_size
-        if length != count * dtype.itemsize or offset < 0 or offset + length > file_size:
+        if length != needed or offset < 0 or offset + length > file_size:
             raise ModelLoadError(
                 f"{self._model_path}: external data of {t.name!r} ({path.name}, offset {offset}, "
                 f"length {length}) does not fit its shape {list(t.dims)} or the file ({file_size} bytes)"
             )
-        if count == 0:
-            return np.empty(tuple(t.dims), dtype=dtype)
-        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(t.dims))
+        return path, offset, length
 
-    def materialize(self, t: TensorProto) -> None:
-        """Make an externally stored initializer embedded (its bytes copied into raw_data)."""
-        if t.data_location != TensorProto.EXTERNAL:
-            return
-        values = np.ascontiguousarray(self._external_array(t))
-        del t.external_data[:]
-        t.data_location = TensorProto.DEFAULT
-        t.raw_data = values.tobytes()
+    def _map_external(self, path: Path) -> mmap.mmap | bytes:
+        if path not in self._external_maps:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size == 0:
+                    return b""
+                self._external_maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return self._external_maps[path]
+
+
+def _unpack_sub_byte(t: TensorProto, raw: np.ndarray) -> np.ndarray:
+    copy = TensorProto()
+    copy.CopyFrom(t)
+    copy.raw_data = raw.tobytes()
+    copy.data_location = TensorProto.DEFAULT
+    del copy.external_data[:]
+    return onnx.numpy_helper.to_array(copy)
+
+
+_PAGE = mmap.PAGESIZE
+
+
+def _drop_pages(mapping: mmap.mmap | bytes, offset: int, length: int) -> None:
+    if not isinstance(mapping, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = -(-offset // _PAGE) * _PAGE  # whole pages inside the range only
+    stop = (offset + length) // _PAGE * _PAGE
+    if stop > start:
+        mapping.madvise(mmap.MADV_DONTNEED, start, stop - start)
 
 
 _SUB_BYTE = {TensorProto.INT4, TensorProto.UINT4}
@@ -180,7 +238,12 @@ def default_opset(model: onnx.ModelProto) -> int:
 
 
 def load_model(path: str | os.PathLike[str]) -> LoadedModel:
-    """Parse an ONNX file. Raises ModelLoadError naming the file for anything that is not one."""
+    """Parse an ONNX file without copying its weights. Raises ModelLoadError naming the file for
+    anything that is not one.
+
+    The file is memory-mapped; the protobuf wire format is scanned (csrc/_wire.pyx) to find each
+    initializer's raw_data, and everything else is parsed with `onnx` from the remaining bytes.
+    """
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
@@ -189,61 +252,55 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     size = path.stat().st_size
     if size == 0:
         raise ModelLoadError(f"{path}: the file is empty, not an ONNX model")
+    with open(path, "rb") as f:
+        file_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf's DecodeError and friends: not ONNX, or truncated
+        proto, embedded = _parse_skeleton(np.frombuffer(file_map, dtype=np.uint8))
+    except Exception as exc:  # malformed wire format, protobuf DecodeError: not ONNX, or truncated
         raise ModelLoadError(f"{path}: not a valid ONNX model ({_one_line(exc)})") from None
     if not proto.HasField("graph") or (len(proto.graph.node) == 0 and len(proto.graph.initializer) == 0):
         raise ModelLoadError(f"{path}: not a valid ONNX model (no graph)")
     if proto.ir_version < 3 or not proto.opset_import:
         raise ModelLoadError(f"{path}: not a valid ONNX model (ir_version {proto.ir_version}, no opset)")
-    return LoadedModel(path=path, proto=proto, weights=WeightStore(proto.graph, path.parent, path), file_size=size)
+    weights = WeightStore(proto.graph, path.parent, path, file_map=file_map, embedded=embedded)
+    return LoadedModel(path=path, proto=proto, weights=weights, file_size=size)
+
+
+_GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9  # ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
+
+
+def _parse_skeleton(buf: np.ndarray) -> tuple[onnx.ModelProto, dict[str, tuple[int, int]]]:
+    """The model without its initializers' raw_data, and where each raw_data lies in `buf`.
+
+    A protobuf message may be parsed from any subset of its fields, so each level is parsed from
+    the concatenation of its fields minus the one holding the payload; no length needs rewriting.
+    """
+
+    def join(fields, skip: int) -> bytes:
+        return b"".join(buf[f[2] : f[4]].tobytes() for f in fields if f[0] != skip)
+
+    top = scan_fields(buf, 0, buf.size)
+    model = onnx.ModelProto()
+    model.ParseFromString(join(top, _GRAPH))
+    graphs = [f for f in top if f[0] == _GRAPH and f[1] == 2]
+    if len(graphs) != 1:  # absent, or split in parts that protobuf would merge: parse it all
+        model.ParseFromString(buf.tobytes())
+        return model, {}
+    graph_fields = scan_fields(buf, graphs[0][3], graphs[0][4])
+    model.graph.ParseFromString(join(graph_fields, _INITIALIZER))
+    embedded: dict[str, tuple[int, int]] = {}
+    for field in graph_fields:
+        if field[0] != _INITIALIZER or field[1] != 2:
+            continue
+        tensor_fields = scan_fields(buf, field[3], field[4])
+        tensor = model.graph.initializer.add()
+        tensor.ParseFromString(join(tensor_fields, _RAW_DATA))
+        raw = [f for f in tensor_fields if f[0] == _RAW_DATA and f[1] == 2]
+        if raw:
+            embedded[tensor.name] = (raw[-1][3], raw[-1][4] - raw[-1][3])
+    return model, embedded
 
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], *, external_data: bool | None = None) -> list[Path]:
-    """Write `model` to `path` atomically; returns the files written.
-
-    Everything is first written into a temporary folder beside `path` and moved into place only
-    when complete, so a failure never leaves a partial output. External data (`<name>.data`
-    beside the model) is used when asked, or automatically when the model would exceed the 2 GiB
-    protobuf limit.
-    """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{path}: the output folder {folder} does not exist")
-    if external_data is None:
-        external_data = model.ByteSize() > PROTOBUF_LIMIT - (1 << 24)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write to {folder} ({exc.strerror})") from None
-    try:
-        written = []
-        if external_data:
-            data_name = path.name + ".data"
-            onnx.save_model(
-                model,
-                str(tmp / path.name),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=1024,
-            )
-            if (tmp / data_name).exists():
-                os.replace(tmp / data_name, folder / data_name)
-                written.append(folder / data_name)
-        else:
-            onnx.save_model(model, str(tmp / path.name))
-        os.replace(tmp / path.name, path)
-        written.insert(0, path)
-        return written
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write the model ({exc.strerror or exc})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

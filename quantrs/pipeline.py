@@ -1,4 +1,9 @@
-"""The one pipeline behind every entry point: load -> plan -> quantize -> rewrite -> save -> report."""
+"""The one pipeline behind every entry point: load -> plan -> rewrite -> quantize while streaming
+the output -> report.
+
+Memory stays flat whatever the model's size: the input is memory-mapped, each weight is
+quantized only when the writer reaches it, and its pages are handed back right after.
+"""
 
 from __future__ import annotations
 
@@ -6,25 +11,28 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
-from quantrs import __version__
+from quantrs import __version__, kernels
 from quantrs.config import QuantizeConfig
 from quantrs.errors import OutputError, QuantrsError, UnsupportedModelError
-from quantrs.model import PROTOBUF_LIMIT, load_model, save_model
+from quantrs.model import LoadedModel, load_model
 from quantrs.plan import TensorPlan, plan_weights
-from quantrs.qdq import convert_opset, insert_weight_dq, merge_metadata, required_opset
+from quantrs.qdq import DQSpec, DQTensors, convert_opset, initializers_as_inputs, insert_weight_dq, merge_metadata, required_opset
 from quantrs.report import QuantizeReport, TensorReport
 from quantrs.tensor import QuantizedTensor, quantize_tensor, scheme_for
+from quantrs.writer import OutTensor, Payload, write_model
 
 __all__ = ["quantize"]
 
 logger = logging.getLogger(__name__)
 
-# Called after each quantized tensor with (tensors done, tensors planned, bytes done).
-ProgressCallback = Callable[[int, int, int], None]
+# Called after each quantized tensor with (tensors done, tensors planned, bytes done, bytes planned).
+ProgressCallback = Callable[[int, int, int, int], None]
 
 
 def quantize(
@@ -37,6 +45,8 @@ def quantize(
     """Quantize the float32 weights of an ONNX model and write a QDQ model that runs in onnxruntime.
 
     The input file is never modified; the output appears only once it is completely written.
+    Inputs with external data, outputs over 2 GiB, or `config.external_data` give an output with
+    external data (`<output>.data`); otherwise the output is a single file.
 
     Raises:
         ModelLoadError: the input is missing, not ONNX, or corrupt.
@@ -49,37 +59,22 @@ def quantize(
     src, dst = Path(input_path), Path(output_path)
     _check_paths(src, dst)
     model = load_model(src)
+    _check_external_collision(model, dst)
     proto = model.proto
     plans = plan_weights(proto.graph, model.weights, config)
-    todo = [p for p in plans if p.quantize]
-    if not todo:
+    scheme = scheme_for(config.bits, symmetric=config.symmetric, native_int4=config.native_int4)
+    specs = {p.name: DQSpec(p.name, p.shape, scheme, p.axis) for p in plans if p.quantize}
+    if not specs:
         raise UnsupportedModelError(f"{src}: {_nothing_to_quantize(plans)}")
 
-    scheme = scheme_for(config.bits, symmetric=config.symmetric, native_int4=config.native_int4)
-    results: dict[str, QuantizedTensor] = {}
-    done_bytes = 0
-    for i, plan in enumerate(todo, 1):
-        array = model.weights.array(plan.name)
-        try:
-            results[plan.name] = quantize_tensor(array, scheme, plan.axis, name=plan.name, n_threads=config.n_threads)
-        except QuantrsError as exc:
-            raise type(exc)(f"{src}: {exc}") from None
-        done_bytes += array.nbytes
-        if progress is not None:
-            progress(i, len(todo), done_bytes)
-
     opset_before = model.opset
-    target = max(opset_before, required_opset(results))
+    target = max(opset_before, required_opset(specs.values()))
     if target != opset_before:
         logger.info("converting %s from opset %d to %d", src, opset_before, target)
         try:
             proto = convert_opset(proto, target)
         except UnsupportedModelError as exc:
             raise UnsupportedModelError(f"{src}: {exc}") from None
-    for t in proto.graph.initializer:
-        if t.name not in results:
-            model.weights.materialize(t)  # external float tensors that stay float are copied over
-    insert_weight_dq(proto, results)
     merge_metadata(
         proto,
         {
@@ -91,14 +86,22 @@ def quantize(
             **({"quantrs.opset_converted_from": str(opset_before)} if target != opset_before else {}),
         },
     )
-    too_big = proto.ByteSize() > PROTOBUF_LIMIT - (1 << 24)
-    if config.check_output and not too_big:
-        _check(proto, src)
-    written = save_model(proto, dst)
-    if config.check_output and too_big:
-        _check(str(dst), src)
+    dq = insert_weight_dq(proto.graph, specs)
+    if config.check_output:
+        _check(proto, dq, src)
 
-    reports = [_tensor_report(p, results.get(p.name)) for p in plans]
+    stream = _Stream(model, specs, dq, config, progress)
+    external = True if (config.external_data or _has_external_data(model)) else None
+    out_tensors = stream.out_tensors(proto.graph)
+    del proto.graph.initializer[:]
+    try:
+        written = write_model(proto, out_tensors, dst, external_data=external)
+    except QuantrsError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise type(exc)(f"{src}: {exc}") from None
+
+    reports = [_tensor_report(p, stream.results.get(p.name)) for p in plans]
     return QuantizeReport(
         input=str(src),
         output=str(dst),
@@ -112,13 +115,114 @@ def quantize(
         opset_converted=target != opset_before,
         input_bytes=model.file_size + _external_bytes(model),
         output_bytes=sum(p.stat().st_size for p in written),
-        float_weight_bytes=sum(model.weights.info(n).nbytes for n in results),
-        quantized_weight_bytes=sum(qt.data.nbytes + qt.scale.nbytes for qt in results.values()),
-        quantized_count=len(results),
-        skipped_count=len(plans) - len(results),
+        float_weight_bytes=sum(model.weights.info(n).nbytes for n in specs),
+        quantized_weight_bytes=stream.quantized_bytes,
+        quantized_count=len(specs),
+        skipped_count=len(plans) - len(specs),
         seconds=round(time.perf_counter() - started, 4),
         tensors=reports,
     )
+
+
+@dataclass
+class _Summary:
+    """What the report keeps of a quantized tensor once its codes are written and freed."""
+
+    axis: int | None
+    storage: str
+    mse: float
+    max_abs_error: float
+
+
+@dataclass
+class _Stream:
+    """Produces the output's initializers in file order, quantizing each weight when reached."""
+
+    model: LoadedModel
+    specs: dict[str, DQSpec]
+    dq: dict[str, DQTensors]
+    config: QuantizeConfig
+    progress: ProgressCallback | None
+    results: dict[str, _Summary] = field(default_factory=dict)
+    quantized_bytes: int = 0
+    _current: tuple[str, QuantizedTensor] | None = None
+    _done_bytes: int = 0
+
+    def out_tensors(self, graph: onnx.GraphProto) -> list[OutTensor]:
+        weights = self.model.weights
+        out: list[OutTensor] = []
+        for header in graph.initializer:  # the float tensors that stay as they are
+            out.append(OutTensor(_bare(header), self._kept_payload(header)))
+        for name, spec in self.specs.items():
+            tensors = self.dq[name]
+            count = int(np.prod(spec.shape, dtype=np.int64))
+            codes_size = (count + 1) // 2 if spec.scheme.packed else count
+            param_bytes = (spec.channels + 1) // 2 if spec.scheme.packed else spec.channels
+            last = "zero_point" if tensors.zero_point is not None else "scale"
+            out.append(OutTensor(tensors.codes, Payload(codes_size, lambda n=name: self._quantized(n).data)))
+            out.append(
+                OutTensor(tensors.scale, Payload(4 * spec.channels, lambda n=name: self._quantized(n).scale, self._finisher(name, last == "scale")))
+            )
+            if tensors.zero_point is not None:
+                out.append(OutTensor(tensors.zero_point, Payload(param_bytes, lambda n=name: self._zero_points(n), self._finisher(name, True))))
+        self._total_bytes = sum(weights.info(n).nbytes for n in self.specs)
+        return out
+
+    def _kept_payload(self, header: onnx.TensorProto) -> Payload | None:
+        raw = self.model.weights.payload(header.name)
+        if raw is None:
+            return None
+        name = header.name
+        return Payload(raw.size, lambda: self.model.weights.payload(name), lambda: self.model.weights.release(name))
+
+    def _quantized(self, name: str) -> QuantizedTensor:
+        if self._current is None or self._current[0] != name:
+            spec = self.specs[name]
+            array = self.model.weights.array(name)
+            try:
+                qt = quantize_tensor(array, spec.scheme, spec.axis, name=name, n_threads=self.config.n_threads)
+            except QuantrsError as exc:
+                raise type(exc)(f"{self.model.path}: {exc}") from None
+            self._current = (name, qt)
+        return self._current[1]
+
+    def _zero_points(self, name: str) -> np.ndarray:
+        qt = self._quantized(name)
+        zero_points = qt.zero_point.astype(np.uint8)  # codes as bytes, like the weights
+        return kernels.pack4(zero_points) if qt.scheme.packed else zero_points
+
+    def _finisher(self, name: str, last: bool) -> Callable[[], None] | None:
+        if not last:
+            return None
+
+        def finish() -> None:
+            qt = self._quantized(name)
+            self.results[name] = _Summary(
+                qt.axis, onnx.TensorProto.DataType.Name(qt.scheme.onnx_type), qt.mse, qt.max_abs_error
+            )
+            self.quantized_bytes += qt.data.nbytes + qt.scale.nbytes
+            self._current = None
+            self.model.weights.release(name)
+            self._done_bytes += self.model.weights.info(name).nbytes
+            if self.progress is not None:
+                self.progress(len(self.results), len(self.specs), self._done_bytes, self._total_bytes)
+
+        return finish
+
+
+def _bare(header: onnx.TensorProto) -> onnx.TensorProto:
+    """The header of a kept tensor without any reference to where its bytes came from."""
+    t = onnx.TensorProto()
+    t.CopyFrom(header)
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        t.data_location = onnx.TensorProto.DEFAULT
+        del t.external_data[:]
+    t.ClearField("raw_data")
+    return t
+
+
+def _has_external_data(model: LoadedModel) -> bool:
+    return any(info.location != "embedded" for info in model.weights)
 
 
 def _check_paths(src: Path, dst: Path) -> None:
@@ -128,16 +232,30 @@ def _check_paths(src: Path, dst: Path) -> None:
         raise OutputError(f"{dst}: the output path is a folder")
 
 
-def _check(model: onnx.ModelProto | str, src: Path) -> None:
+def _check_external_collision(model: LoadedModel, dst: Path) -> None:
+    data = (dst.parent / (dst.name + ".data")).resolve()
+    for info in model.weights:
+        if info.location != "embedded" and (model.path.parent / info.location).resolve() == data:
+            raise OutputError(f"{dst}: its external data file {data.name} would overwrite the input's weights")
+
+
+def _check(model: onnx.ModelProto, dq: dict[str, DQTensors], src: Path) -> None:
+    """onnx.checker on the rewritten graph, with initializers stood in for by inputs (their
+    bytes are not in memory yet)."""
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for tensors in dq.values():
+        skeleton.graph.initializer.extend(t for t in (tensors.codes, tensors.scale, tensors.zero_point) if t is not None)
     try:
-        onnx.checker.check_model(model)
+        with initializers_as_inputs(skeleton):
+            onnx.checker.check_model(skeleton)
     except onnx.checker.ValidationError as exc:
         raise UnsupportedModelError(
             f"{src}: the quantized model fails onnx.checker: {str(exc).strip().splitlines()[0]}"
         ) from None
 
 
-def _external_bytes(model) -> int:
+def _external_bytes(model: LoadedModel) -> int:
     files = {info.location for info in model.weights if info.location != "embedded"}
     return sum((model.path.parent / f).stat().st_size for f in files)
 
@@ -150,8 +268,8 @@ def _nothing_to_quantize(plans: list[TensorPlan]) -> str:
     return f"none of the {len(floats)} float32 weights can be quantized ({examples})"
 
 
-def _tensor_report(plan: TensorPlan, qt: QuantizedTensor | None) -> TensorReport:
-    if qt is None:
+def _tensor_report(plan: TensorPlan, summary: _Summary | None) -> TensorReport:
+    if summary is None:
         return TensorReport(plan.name, list(plan.shape), plan.dtype, False, plan.reason)
     return TensorReport(
         name=plan.name,
@@ -159,8 +277,8 @@ def _tensor_report(plan: TensorPlan, qt: QuantizedTensor | None) -> TensorReport
         dtype=plan.dtype,
         quantized=True,
         reason=plan.reason,
-        axis=plan.axis,
-        storage=onnx.TensorProto.DataType.Name(qt.scheme.onnx_type),
-        mse=qt.mse,
-        max_abs_error=qt.max_abs_error,
+        axis=summary.axis,
+        storage=summary.storage,
+        mse=summary.mse,
+        max_abs_error=summary.max_abs_error,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 
 import numpy as np
@@ -92,6 +93,25 @@ def test_existing_output_is_replaced_atomically(save, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["model.onnx", "out.onnx"]  # no temporary left behind
 
 
+def _maps_a_file(array: np.ndarray) -> bool:
+    """True when the array is a view of a memory-mapped file (no copy was made)."""
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return isinstance(base, mmap.mmap) and not array.flags.writeable
+
+
+def test_embedded_weights_are_views_of_the_mapped_file(save):
+    model, _ = BUILDERS["conv_net"]()
+    loaded = load_model(save(model))
+    w = loaded.weights.array("conv2.w")
+    assert _maps_a_file(w)
+    np.testing.assert_array_equal(w, onnx.numpy_helper.to_array(model.graph.initializer[2]))
+    assert not loaded.proto.graph.initializer[2].HasField("raw_data")  # the graph holds no weight bytes
+
+
 def _save_external(model, folder, name="model.onnx"):
     path = folder / name
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
@@ -103,12 +123,35 @@ def test_external_data_model_is_quantized(tmp_path):
     src = _save_external(model, tmp_path)
     loaded = load_model(src)
     assert {w.location for w in loaded.weights} == {"weights.bin"}
-    assert isinstance(loaded.weights.array("conv1.w"), np.memmap)
+    assert _maps_a_file(loaded.weights.array("conv1.w"))
     report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(min_elements=0, per_channel=True))
-    assert report.files_written == [str(tmp_path / "q.onnx")]  # small enough for one file
+    # External data in, external data out (next to the output model).
+    assert report.files_written == [str(tmp_path / "q.onnx"), str(tmp_path / "q.onnx.data")]
     ref = ort.InferenceSession(str(src)).run(None, feeds)[0]
     out = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, feeds)[0]
     assert np.abs(out - ref).max() < 0.03 * np.abs(ref).max()
+
+
+def test_external_data_in_one_file_per_tensor(tmp_path):
+    model, feeds = BUILDERS["mlp"]()
+    src = tmp_path / "model.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0)
+    assert len(list(tmp_path.iterdir())) == 4  # the model and one file per initializer
+    report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(min_elements=0, bits=4, per_channel=True))
+    assert report.quantized_count == 2
+    ref = ort.InferenceSession(str(src)).run(None, feeds)[0]
+    out = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, feeds)[0]
+    assert np.abs(out - ref).max() < 0.35 * np.abs(ref).max()
+
+
+def test_output_data_file_may_not_overwrite_the_inputs(tmp_path):
+    model, _ = BUILDERS["mlp"]()
+    src = tmp_path / "model.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, location="q.onnx.data", size_threshold=0)
+    before = (tmp_path / "q.onnx.data").read_bytes()
+    with pytest.raises(OutputError, match="would overwrite the input's weights"):
+        quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(min_elements=0))
+    assert (tmp_path / "q.onnx.data").read_bytes() == before
 
 
 @pytest.mark.parametrize("location", ["/etc/passwd", "../outside.bin", "sub/../../outside.bin"])
@@ -163,9 +206,7 @@ def test_external_data_shorter_than_declared(tmp_path):
 
 
 def test_external_data_output_on_request(tmp_path, save):
-    from quantrs.model import save_model
-
     model, feeds = BUILDERS["mlp"]()
-    written = save_model(model, tmp_path / "ext.onnx", external_data=True)
-    assert [p.name for p in written] == ["ext.onnx", "ext.onnx.data"]
+    report = quantrs.quantize(save(model), tmp_path / "ext.onnx", QuantizeConfig(min_elements=0, external_data=True))
+    assert [p.rsplit("/", 1)[-1] for p in report.files_written] == ["ext.onnx", "ext.onnx.data"]
     ort.InferenceSession(str(tmp_path / "ext.onnx")).run(None, feeds)
