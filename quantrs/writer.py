@@ -26,7 +26,6 @@ __all__ = ["Payload", "OutTensor", "write_model", "PROTOBUF_LIMIT"]
 
 # A serialized protobuf message cannot exceed 2 GiB; bigger models keep weights as external data.
 PROTOBUF_LIMIT = 2**31 - 1
-_LIMIT_MARGIN = 1 << 20
 _GRAPH_TAG = bytes([(7 << 3) | 2])  # ModelProto.graph, length-delimited
 _INITIALIZER_TAG = bytes([(5 << 3) | 2])  # GraphProto.initializer
 _RAW_DATA_TAG = bytes([(9 << 3) | 2])  # TensorProto.raw_data
@@ -78,7 +77,7 @@ def write_model(
     path: str | os.PathLike[str],
     *,
     external_data: bool | None = None,
-    limit: int = PROTOBUF_LIMIT,
+    limit: int | None = None,
 ) -> list[Path]:
     """Write `model` (whose graph holds no initializers) plus `tensors` to `path`, atomically.
 
@@ -86,6 +85,8 @@ def write_model(
     payloads of tensors of EXTERNAL_MIN_BYTES or more go to `<name>.data` beside the model.
     Returns the files written. Nothing appears at `path` unless everything was written.
     """
+    limit = PROTOBUF_LIMIT if limit is None else limit
+    limit -= min(1 << 20, limit // 16)  # headroom for what the size estimate leaves out
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
@@ -94,7 +95,7 @@ def write_model(
         raise ValueError("write_model takes the initializers separately, not in model.graph")
     if external_data is None:
         single = _single_file_size(model, tensors)
-        external_data = single > limit - _LIMIT_MARGIN
+        external_data = single > limit
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
     except OSError as exc:
@@ -109,6 +110,8 @@ def write_model(
         _write_single(model, tensors, tmp / path.name)
         os.replace(tmp / path.name, path)
         return [path]
+    except OutputError:
+        raise
     except OSError as exc:
         raise OutputError(f"{path}: cannot write the model ({exc.strerror or exc})") from None
     finally:
@@ -193,7 +196,7 @@ def _write_external(
             layout.append((tensor, None))
         graph.graph.initializer.append(header)
     small = [t.payload for t, off in layout if off is None and t.payload is not None]
-    if graph.ByteSize() + sum(p.size for p in small) > limit - _LIMIT_MARGIN:
+    if graph.ByteSize() + sum(p.size for p in small) > limit:
         raise OutputError(f"{model_path.name}: the graph itself exceeds the 2 GiB protobuf limit")
     # Payloads are produced strictly in file order; the model file is written after them so
     # that small tensors kept inline can be produced in that same order.

@@ -1,0 +1,71 @@
+"""Streaming: memory does not grow with the model, outputs past 2 GiB go to external data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import quantrs
+from quantrs import QuantizeConfig, writer
+from quantrs.synthetic import matmul_stack
+
+PEAK_RSS = """
+import json, resource, sys
+import quantrs
+report = quantrs.quantize(sys.argv[1], sys.argv[2], quantrs.QuantizeConfig(bits=int(sys.argv[3]), per_channel=True))
+print(json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "quantized": report.quantized_count}))
+"""
+
+
+def peak_rss_mb(src, dst, bits: int, cwd) -> tuple[float, int]:
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(src), str(dst), str(bits)], capture_output=True, text=True, check=True, cwd=cwd)
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return data["peak_kb"] / 1024, data["quantized"]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_peak_memory_does_not_grow_with_the_number_of_layers(tmp_path, bits):
+    hidden = 2048  # 16 MiB of float32 per layer
+    small = matmul_stack(tmp_path / "l2.onnx", 2, hidden)
+    large = matmul_stack(tmp_path / "l16.onnx", 16, hidden)
+    rss_small, n_small = peak_rss_mb(small, tmp_path / "q2.onnx", bits, tmp_path)
+    rss_large, n_large = peak_rss_mb(large, tmp_path / "q16.onnx", bits, tmp_path)
+    assert (n_small, n_large) == (2, 16)
+    # 14 more layers are 224 MiB of weights; holding them (or their codes) would show here.
+    assert rss_large - rss_small < 40, (rss_small, rss_large)
+
+
+def test_output_over_the_protobuf_limit_gets_external_data(tmp_path, monkeypatch):
+    src = matmul_stack(tmp_path / "m.onnx", 3, 1024)  # an INT8 output of ~3 MB
+    monkeypatch.setattr(writer, "PROTOBUF_LIMIT", 1 << 20)  # pretend 2 GiB is 1 MiB
+    report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(per_channel=True))
+    assert [p.rsplit("/", 1)[-1] for p in report.files_written] == ["q.onnx", "q.onnx.data"]
+    x = {"x": np.random.default_rng(0).standard_normal((2, 1024)).astype(np.float32)}
+    ref = ort.InferenceSession(str(src)).run(None, x)[0]
+    out = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, x)[0]
+    assert np.abs(out - ref).max() < 0.03 * np.abs(ref).max()
+
+
+@pytest.mark.slow
+def test_real_output_over_2_gib(tmp_path):
+    """A 2.2 GB model whose largest weight stays float: the output cannot be one protobuf."""
+    if shutil.disk_usage(tmp_path).free < 8 * 2**30:
+        pytest.skip("needs 8 GiB of free disk")
+    hidden = 8192  # 256 MiB per layer
+    src = matmul_stack(tmp_path / "big.onnx", 9, hidden, external_data=True)
+    config = QuantizeConfig(per_channel=True, exclude=tuple(f"layer{i}.weight" for i in range(9) if i != 0))
+    report = quantrs.quantize(src, tmp_path / "q.onnx", config)
+    assert report.quantized_count == 1
+    assert [p.rsplit("/", 1)[-1] for p in report.files_written] == ["q.onnx", "q.onnx.data"]
+    assert report.output_bytes > 2**31
+    onnx.checker.check_model(str(tmp_path / "q.onnx"))
+    model = onnx.load(str(tmp_path / "q.onnx"), load_external_data=False)
+    codes = next(t for t in model.graph.initializer if t.name == "layer0.weight_quantized")
+    assert codes.data_location == onnx.TensorProto.EXTERNAL and codes.data_type == onnx.TensorProto.UINT8
