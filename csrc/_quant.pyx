@@ -7,7 +7,7 @@ bytes (uint8): a signed code's byte is its two's complement, so one kernel serve
 from cython.parallel cimport prange
 from libc.math cimport fabs
 
-from _restrict cimport const_float_rp, const_float_up, const_int_rp, float_u, uchar_rp
+from _restrict cimport const_float_rp, const_float_up, const_int_rp, double_rp, float_rp, float_u, uchar_rp
 from _scratch cimport double_zeros, float_zeros
 
 cdef enum:
@@ -252,6 +252,115 @@ def channel_error(const float[:, :, ::1] x, const unsigned char[:, :, ::1] q, bi
     for c in range(C):
         sse[c] = 0.0
         max_abs[c] = 0.0
+    for r in range(outer):
+        for c in range(C):
+            for b in range(nblocks):
+                t = (r * C + c) * nblocks + b
+                sse[c] += part_sum[t]
+                if part_max[t] > max_abs[c]:
+                    max_abs[c] = part_max[t]
+
+
+cdef inline float _code(float x, float s, float lo, float hi) noexcept nogil:
+    cdef float v = x / s
+    v = v if v > lo else lo
+    v = v if v < hi else hi
+    return (v + MAGIC) - MAGIC
+
+
+cdef inline void _quantize_error_block(const_float_up x, Py_ssize_t n, float s, int z, int qmin,
+                                       int qmax, uchar_rp out, bint signed_codes, double* sum_out,
+                                       float* max_out) noexcept nogil:
+    # One error block (n <= ERR_BLOCK values of one channel, 16 KiB: it stays in L1 between the
+    # two loops): the vectorised quantize loop, then the error of the codes just written, summed
+    # in channel_error's order (value i into lane i % 4).
+    cdef double l0 = 0.0, l1 = 0.0, l2 = 0.0, l3 = 0.0
+    cdef float m = 0.0
+    cdef Py_ssize_t i = 0
+    _quantize_run(x, n, s, z, qmin, qmax, out)
+    while i + 4 <= n:
+        l0 = l0 + _sq(x[i], _dq(out[i], signed_codes, s, z), &m)
+        l1 = l1 + _sq(x[i + 1], _dq(out[i + 1], signed_codes, s, z), &m)
+        l2 = l2 + _sq(x[i + 2], _dq(out[i + 2], signed_codes, s, z), &m)
+        l3 = l3 + _sq(x[i + 3], _dq(out[i + 3], signed_codes, s, z), &m)
+        i = i + 4
+    if i < n:
+        l0 = l0 + _sq(x[i], _dq(out[i], signed_codes, s, z), &m)
+    if i + 1 < n:
+        l1 = l1 + _sq(x[i + 1], _dq(out[i + 1], signed_codes, s, z), &m)
+    if i + 2 < n:
+        l2 = l2 + _sq(x[i + 2], _dq(out[i + 2], signed_codes, s, z), &m)
+    sum_out[0] = (l0 + l1) + (l2 + l3)
+    max_out[0] = m
+
+
+cdef inline double _sq(float x, float dq, float* m) noexcept nogil:
+    cdef double d = <double>x - <double>dq
+    cdef float a = <float>fabs(d)
+    if a > m[0]:
+        m[0] = a
+    return d * d
+
+
+cdef inline void _quantize_error_row(const_float_up x, Py_ssize_t n, const_float_rp s,
+                                     const_int_rp z, const_float_rp lo, const_float_rp hi,
+                                     uchar_rp out, double_rp sse, float_rp mx) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef float r, dq, a
+    cdef double d
+    for c in range(n):
+        r = _code(x[c], s[c], lo[c], hi[c])
+        out[c] = <unsigned char>(<int>r + z[c])
+        dq = r * s[c]
+        d = <double>x[c] - <double>dq
+        sse[c] = sse[c] + d * d
+        a = <float>fabs(d)
+        mx[c] = a if a > mx[c] else mx[c]
+
+
+def quantize_error(const float[:, :, ::1] x, const float[::1] scale, const int[::1] zero_point,
+                   int qmin, int qmax, unsigned char[:, :, ::1] out,
+                   double[::1] sse, float[::1] max_abs, int n_threads):
+    """quantize() and channel_error() in one pass over x: the same codes, and the same sums
+    (bit for bit, in channel_error's order), for the cost of reading the weight once."""
+    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c
+    cdef const float_u* src = <const float_u*>&x[0, 0, 0]
+    cdef unsigned char* dst = &out[0, 0, 0]
+    cdef float[::1] lo, hi
+    cdef double[::1] part_sum
+    cdef float[::1] part_max
+    for c in range(C):
+        sse[c] = 0.0
+        max_abs[c] = 0.0
+    if inner == 1:
+        lo = float_zeros(C)
+        hi = float_zeros(C)
+        for c in range(C):
+            lo[c] = qmin - zero_point[c]
+            hi[c] = qmax - zero_point[c]
+        ntasks = (C + COLS - 1) // COLS
+        for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
+            start = t * COLS
+            stop = start + COLS
+            if stop > C:
+                stop = C
+            for r in range(outer):
+                _quantize_error_row(src + r * C + start, stop - start, &scale[start], &zero_point[start],
+                                    &lo[start], &hi[start], dst + r * C + start, &sse[start], &max_abs[start])
+        return
+    nblocks = (inner + ERR_BLOCK - 1) // ERR_BLOCK
+    ntasks = outer * C * nblocks
+    part_sum = double_zeros(ntasks)
+    part_max = float_zeros(ntasks)
+    for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
+        r = t // nblocks
+        b = t - r * nblocks
+        c = r % C
+        start = r * inner + b * ERR_BLOCK
+        stop = r * inner + inner if b == nblocks - 1 else start + ERR_BLOCK
+        _quantize_error_block(src + start, stop - start, scale[c], zero_point[c], qmin, qmax,
+                              dst + start, qmin < 0, &part_sum[t], &part_max[t])
     for r in range(outer):
         for c in range(C):
             for b in range(nblocks):

@@ -18,4 +18,5 @@ cdef extern from *:
     ctypedef const float* const_float_rp "const float * __restrict__"
     ctypedef const int* const_int_rp "const int * __restrict__"
     ctypedef float* float_rp "float * __restrict__"
+    ctypedef double* double_rp "double * __restrict__"
     ctypedef unsigned char* uchar_rp "unsigned char * __restrict__"

@@ -11,13 +11,9 @@ answers at once.
 from __future__ import annotations
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("quantrs")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+from quantrs._version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {

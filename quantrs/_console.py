@@ -3,27 +3,38 @@ Colour and TTY handling are left to rich (NO_COLOR, FORCE_COLOR, non-TTY output)
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["stdout_console", "stderr_console", "tensor_progress"]
 
 
 @cache
 def stderr_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True)
 
 
 def stdout_console() -> Console:
+    from rich.console import Console
+
     return Console()
 
 
 @contextmanager
-def tensor_progress(*, disabled: bool) -> Iterator[Callable[[int, int, int, int], None]]:
-    """A progress bar over tensors and bytes on stderr, drawn only on a terminal."""
+def tensor_progress(*, disabled: bool) -> Iterator[Callable[[int, int, int, int], None] | None]:
+    """A progress bar over tensors and bytes on stderr, drawn only on a terminal (None otherwise,
+    without importing rich's progress machinery)."""
+    if disabled or not sys.stderr.isatty():
+        yield None
+        return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     console = stderr_console()
@@ -35,7 +46,6 @@ def tensor_progress(*, disabled: bool) -> Iterator[Callable[[int, int, int, int]
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=disabled or not console.is_terminal,
     )
     task = bar.add_task("quantize", total=None, tensors="0", mb=0.0, total_mb=0.0)
 

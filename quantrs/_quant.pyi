@@ -17,3 +17,14 @@ def channel_error(
     max_abs: np.ndarray,
     n_threads: int,
 ) -> None: ...
+def quantize_error(
+    x: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    qmin: int,
+    qmax: int,
+    out: np.ndarray,
+    sse: np.ndarray,
+    max_abs: np.ndarray,
+    n_threads: int,
+) -> None: ...

@@ -52,17 +52,20 @@ def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what quantrs does (on stderr).")] = False,
 ) -> None:
     _State.quiet = quiet
-    _setup_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.WARNING)
+    if verbose:
+        _setup_verbose_logging()
+    # Otherwise warnings reach stderr through logging's last-resort handler, and rich's logging
+    # machinery is not even imported (start-up time matters for small models).
 
 
-def _setup_logging(level: int) -> None:
+def _setup_verbose_logging() -> None:
     from rich.logging import RichHandler
 
     from quantrs._console import stderr_console
 
     logger = logging.getLogger("quantrs")
     logger.handlers[:] = [RichHandler(console=stderr_console(), show_path=False)]
-    logger.setLevel(level)
+    logger.setLevel(logging.DEBUG)
     logger.propagate = False
 
 

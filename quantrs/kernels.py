@@ -25,6 +25,7 @@ __all__ = [
     "minmax",
     "scales",
     "quantize",
+    "quantize_with_error",
     "dequantize",
     "channel_error",
     "pack4",
@@ -161,6 +162,42 @@ def quantize(
     return out
 
 
+def quantize_with_error(
+    x: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    qmin: int,
+    qmax: int,
+    axis: int | None = None,
+    *,
+    n_threads: int | None = None,
+    out: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """quantize() and channel_error() in one pass over x (the same results, bit for bit).
+
+    Returns (codes, per-channel sum of squared error, per-channel max abs error). `out`, if
+    given, is a C-contiguous uint8 array of x's size to write the codes into (a buffer reused
+    across tensors avoids faulting in fresh pages for every weight).
+    """
+    _check_qrange(qmin, qmax)
+    x3 = _float32_view(x, axis, "x")
+    scale, zero_point = _check_params(scale, zero_point, x3.shape[1])
+    if ((zero_point < qmin) | (zero_point > qmax)).any():
+        raise ValueError(f"zero points must lie in [{qmin}, {qmax}]")
+    if out is None:
+        codes = np.empty(x.shape, dtype=np.uint8)
+    else:
+        if out.dtype != np.uint8 or out.size != x.size or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be a writable C-contiguous uint8 array of x's size")
+        codes = out.reshape(x.shape)
+    sse = np.empty(x3.shape[1], dtype=np.float64)
+    max_abs = np.empty(x3.shape[1], dtype=np.float32)
+    _quant.quantize_error(
+        x3, scale, zero_point, qmin, qmax, channel_view(codes, axis), sse, max_abs, _threads(n_threads, x3.size)
+    )
+    return codes, sse, max_abs
+
+
 def dequantize(
     codes: np.ndarray,
     scale: np.ndarray,
@@ -202,12 +239,17 @@ def channel_error(
     return sse, max_abs
 
 
-def pack4(codes: np.ndarray, *, n_threads: int | None = None) -> np.ndarray:
-    """Pack 4-bit codes (the low nibble of each byte) two per byte, low nibble first."""
+def pack4(codes: np.ndarray, *, n_threads: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Pack 4-bit codes (the low nibble of each byte) two per byte, low nibble first.
+
+    `out`, if given, is a writable C-contiguous uint8 array of ceil(n / 2) bytes to fill."""
     if codes.dtype not in (np.int8, np.uint8):
         raise TypeError(f"codes must be int8 or uint8, got {codes.dtype}")
     flat = np.ascontiguousarray(codes).reshape(-1).view(np.uint8)
-    out = np.empty((flat.size + 1) // 2, dtype=np.uint8)
+    if out is None:
+        out = np.empty((flat.size + 1) // 2, dtype=np.uint8)
+    elif out.dtype != np.uint8 or out.shape != ((flat.size + 1) // 2,) or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out must be a writable C-contiguous uint8 array of {(flat.size + 1) // 2} bytes")
     _pack.pack4(flat, out, _threads(n_threads, flat.size))
     return out
 

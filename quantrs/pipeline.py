@@ -24,7 +24,7 @@ from quantrs.model import LoadedModel, load_model
 from quantrs.plan import TensorPlan, plan_weights
 from quantrs.qdq import DQSpec, DQTensors, convert_opset, initializers_as_inputs, insert_weight_dq, merge_metadata, required_opset
 from quantrs.report import QuantizeReport, TensorReport
-from quantrs.tensor import QuantizedTensor, quantize_tensor, scheme_for
+from quantrs.tensor import QuantizedTensor, Scratch, quantize_tensor, scheme_for
 from quantrs.writer import OutTensor, Payload, write_model
 
 __all__ = ["quantize"]
@@ -147,6 +147,7 @@ class _Stream:
     quantized_bytes: int = 0
     _current: tuple[str, QuantizedTensor] | None = None
     _done_bytes: int = 0
+    _scratch: Scratch = field(default_factory=Scratch)
 
     def out_tensors(self, graph: onnx.GraphProto) -> list[OutTensor]:
         weights = self.model.weights
@@ -180,7 +181,9 @@ class _Stream:
             spec = self.specs[name]
             array = self.model.weights.array(name)
             try:
-                qt = quantize_tensor(array, spec.scheme, spec.axis, name=name, n_threads=self.config.n_threads)
+                qt = quantize_tensor(
+                    array, spec.scheme, spec.axis, name=name, n_threads=self.config.n_threads, scratch=self._scratch
+                )
             except QuantrsError as exc:
                 raise type(exc)(f"{self.model.path}: {exc}") from None
             self._current = (name, qt)

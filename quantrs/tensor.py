@@ -6,6 +6,7 @@ integer type and its range.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,7 @@ from onnx import TensorProto
 
 from quantrs import kernels
 
-__all__ = ["Scheme", "QuantizedTensor", "scheme_for", "quantize_tensor"]
+__all__ = ["Scheme", "QuantizedTensor", "Scratch", "scheme_for", "quantize_tensor"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,23 @@ class QuantizedTensor:
     max_abs_error: float
 
 
+class Scratch:
+    """Two reusable, page-aligned byte buffers for codes (and packed codes).
+
+    Streaming quantization writes each tensor's codes out before quantizing the next, so the
+    same memory can serve every tensor: fresh pages for every weight would cost a page fault per
+    4 KiB (on these VMs first-touched memory runs at well under 1 GB/s).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: list[np.ndarray] = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
+
+    def get(self, slot: int, size: int) -> np.ndarray:
+        if self._buffers[slot].size < size:
+            self._buffers[slot] = np.frombuffer(mmap.mmap(-1, max(size, 1)), dtype=np.uint8)
+        return self._buffers[slot][:size]
+
+
 def quantize_tensor(
     x: np.ndarray,
     scheme: Scheme,
@@ -75,15 +93,24 @@ def quantize_tensor(
     *,
     name: str = "tensor",
     n_threads: int | None = None,
+    scratch: Scratch | None = None,
 ) -> QuantizedTensor:
-    """Quantize a float32 array along `axis` (None: per tensor) with `scheme`."""
+    """Quantize a float32 array along `axis` (None: per tensor) with `scheme`.
+
+    With `scratch`, the returned `data` lives in the scratch buffers and is valid until the next
+    call that uses them.
+    """
     rng = kernels.minmax(x, axis, n_threads=n_threads, name=name)
     scale, zero_point = kernels.scales(rng, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric)
-    codes = kernels.quantize(x, scale, zero_point, scheme.qmin, scheme.qmax, axis, n_threads=n_threads)
-    sse, max_abs = kernels.channel_error(
-        x, codes, scale, zero_point, axis, signed=scheme.signed, n_threads=n_threads
+    out = scratch.get(0, x.size) if scratch is not None else None
+    codes, sse, max_abs = kernels.quantize_with_error(
+        x, scale, zero_point, scheme.qmin, scheme.qmax, axis, n_threads=n_threads, out=out
     )
-    data = kernels.pack4(codes, n_threads=n_threads) if scheme.packed else codes.reshape(-1)
+    if scheme.packed:
+        packed = scratch.get(1, (x.size + 1) // 2) if scratch is not None else None
+        data = kernels.pack4(codes, n_threads=n_threads, out=packed)
+    else:
+        data = codes.reshape(-1)
     return QuantizedTensor(
         shape=tuple(x.shape),
         scheme=scheme,

@@ -68,6 +68,11 @@ def check_all_kernels(x: np.ndarray, axis, qrange, n_threads: int) -> None:
     assert sse.tobytes() == sse_ref.tobytes()
     np.testing.assert_array_equal(max_abs, max_ref)
 
+    fused_codes, fused_sse, fused_max = K.quantize_with_error(x, scale, zp, qmin, qmax, axis, n_threads=n_threads)
+    np.testing.assert_array_equal(fused_codes.reshape(x3.shape), codes_ref)
+    assert fused_sse.tobytes() == sse_ref.tobytes()
+    np.testing.assert_array_equal(fused_max, max_ref)
+
 
 @settings(max_examples=150, deadline=None)
 @given(data=st.data(), qrange=st.sampled_from(RANGES))
