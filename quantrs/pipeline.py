@@ -147,34 +147,40 @@ class _Stream:
     quantized_bytes: int = 0
     _current: tuple[str, QuantizedTensor] | None = None
     _done_bytes: int = 0
+    _total_bytes: int = 0
     _scratch: Scratch = field(default_factory=Scratch)
 
+    def __post_init__(self) -> None:
+        self._total_bytes = sum(self.model.weights.info(n).nbytes for n in self.specs)
+
     def out_tensors(self, graph: onnx.GraphProto) -> list[OutTensor]:
-        weights = self.model.weights
-        out: list[OutTensor] = []
-        for header in graph.initializer:  # the float tensors that stay as they are
-            out.append(OutTensor(_bare(header), self._kept_payload(header)))
+        """Kept float tensors first (headers from `graph`), then each weight's replacements."""
+        out = [OutTensor(_bare(header), self._kept_payload(header.name)) for header in graph.initializer]
         for name, spec in self.specs.items():
-            tensors = self.dq[name]
-            count = int(np.prod(spec.shape, dtype=np.int64))
-            codes_size = (count + 1) // 2 if spec.scheme.packed else count
-            param_bytes = (spec.channels + 1) // 2 if spec.scheme.packed else spec.channels
-            last = "zero_point" if tensors.zero_point is not None else "scale"
-            out.append(OutTensor(tensors.codes, Payload(codes_size, lambda n=name: self._quantized(n).data)))
-            out.append(
-                OutTensor(tensors.scale, Payload(4 * spec.channels, lambda n=name: self._quantized(n).scale, self._finisher(name, last == "scale")))
-            )
-            if tensors.zero_point is not None:
-                out.append(OutTensor(tensors.zero_point, Payload(param_bytes, lambda n=name: self._zero_points(n), self._finisher(name, True))))
-        self._total_bytes = sum(weights.info(n).nbytes for n in self.specs)
+            out += self._replacements(name, spec, self.dq[name])
         return out
 
-    def _kept_payload(self, header: onnx.TensorProto) -> Payload | None:
-        raw = self.model.weights.payload(header.name)
+    def _replacements(self, name: str, spec: DQSpec, tensors: DQTensors) -> list[OutTensor]:
+        """Codes, scale (and zero point) of one weight. The weight is quantized when the writer
+        asks for its codes, and finished (reported, pages released) after the last piece."""
+        count = int(np.prod(spec.shape, dtype=np.int64))
+        packed = spec.scheme.packed
+        out = [
+            OutTensor(tensors.codes, Payload((count + 1) // 2 if packed else count, lambda: self._quantized(name).data)),
+            OutTensor(tensors.scale, Payload(4 * spec.channels, lambda: self._quantized(name).scale)),
+        ]
+        if tensors.zero_point is not None:
+            size = (spec.channels + 1) // 2 if packed else spec.channels
+            out.append(OutTensor(tensors.zero_point, Payload(size, lambda: self._zero_points(name))))
+        out[-1].payload.release = lambda: self._finish(name)
+        return out
+
+    def _kept_payload(self, name: str) -> Payload | None:
+        weights = self.model.weights
+        raw = weights.payload(name)
         if raw is None:
             return None
-        name = header.name
-        return Payload(raw.size, lambda: self.model.weights.payload(name), lambda: self.model.weights.release(name))
+        return Payload(raw.size, lambda: weights.payload(name), lambda: weights.release(name))
 
     def _quantized(self, name: str) -> QuantizedTensor:
         if self._current is None or self._current[0] != name:
@@ -194,23 +200,16 @@ class _Stream:
         zero_points = qt.zero_point.astype(np.uint8)  # codes as bytes, like the weights
         return kernels.pack4(zero_points) if qt.scheme.packed else zero_points
 
-    def _finisher(self, name: str, last: bool) -> Callable[[], None] | None:
-        if not last:
-            return None
-
-        def finish() -> None:
-            qt = self._quantized(name)
-            self.results[name] = _Summary(
-                qt.axis, onnx.TensorProto.DataType.Name(qt.scheme.onnx_type), qt.mse, qt.max_abs_error
-            )
-            self.quantized_bytes += qt.data.nbytes + qt.scale.nbytes
-            self._current = None
-            self.model.weights.release(name)
-            self._done_bytes += self.model.weights.info(name).nbytes
-            if self.progress is not None:
-                self.progress(len(self.results), len(self.specs), self._done_bytes, self._total_bytes)
-
-        return finish
+    def _finish(self, name: str) -> None:
+        qt = self._quantized(name)
+        storage = onnx.TensorProto.DataType.Name(qt.scheme.onnx_type)
+        self.results[name] = _Summary(qt.axis, storage, qt.mse, qt.max_abs_error)
+        self.quantized_bytes += qt.data.nbytes + qt.scale.nbytes
+        self._current = None
+        self.model.weights.release(name)
+        self._done_bytes += self.model.weights.info(name).nbytes
+        if self.progress is not None:
+            self.progress(len(self.results), len(self.specs), self._done_bytes, self._total_bytes)
 
 
 def _bare(header: onnx.TensorProto) -> onnx.TensorProto:
