@@ -18,6 +18,9 @@ from quantrs._version import __version__
 # public name -> module that defines it
 _EXPORTS = {
     "quantize": "quantrs.pipeline",
+    "dry_run": "quantrs.pipeline",
+    "quantize_batch": "quantrs.batch",
+    "load_config": "quantrs.configfile",
     "inspect_model": "quantrs.info",
     "QuantizeConfig": "quantrs.config",
     "QuantizeReport": "quantrs.report",
@@ -28,23 +31,29 @@ _EXPORTS = {
     "NonFiniteWeightError": "quantrs.errors",
     "OutputError": "quantrs.errors",
     "ConfigError": "quantrs.errors",
+    "SchedulerError": "quantrs.errors",
+    "PlanReport": "quantrs.report",
+    "BatchReport": "quantrs.report",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
+    from quantrs.batch import quantize_batch
     from quantrs.config import QuantizeConfig
+    from quantrs.configfile import load_config
     from quantrs.errors import (
         ConfigError,
         ModelLoadError,
         NonFiniteWeightError,
         OutputError,
         QuantrsError,
+        SchedulerError,
         UnsupportedModelError,
     )
     from quantrs.info import inspect_model
-    from quantrs.pipeline import quantize
-    from quantrs.report import InfoReport, QuantizeReport
+    from quantrs.pipeline import dry_run, quantize
+    from quantrs.report import BatchReport, InfoReport, PlanReport, QuantizeReport
 
 
 def __getattr__(name: str) -> Any:

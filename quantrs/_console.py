@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["stdout_console", "stderr_console", "tensor_progress"]
+__all__ = ["stdout_console", "stderr_console", "progress_bar"]
 
 
 @cache
@@ -29,9 +29,9 @@ def stdout_console() -> Console:
 
 
 @contextmanager
-def tensor_progress(*, disabled: bool) -> Iterator[Callable[[int, int, int, int], None] | None]:
-    """A progress bar over tensors and bytes on stderr, drawn only on a terminal (None otherwise,
-    without importing rich's progress machinery)."""
+def progress_bar(what: str, *, disabled: bool) -> Iterator[Callable[[int, int, int, int], None] | None]:
+    """A progress bar on stderr over items (`what`: tensors, models) and bytes, with the time
+    left; drawn only on a terminal (None otherwise, without importing rich's progress)."""
     if disabled or not sys.stderr.isatty():
         yield None
         return
@@ -41,16 +41,16 @@ def tensor_progress(*, disabled: bool) -> Iterator[Callable[[int, int, int, int]
     bar = Progress(
         TextColumn("quantizing"),
         BarColumn(),
-        TextColumn("{task.fields[tensors]} tensors, {task.fields[mb]:.0f}/{task.fields[total_mb]:.0f} MB"),
+        TextColumn("{task.fields[items]} " + what + ", {task.fields[mb]:.0f}/{task.fields[total_mb]:.0f} MB"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
         transient=True,
     )
-    task = bar.add_task("quantize", total=None, tensors="0", mb=0.0, total_mb=0.0)
+    task = bar.add_task("quantize", total=None, items="0", mb=0.0, total_mb=0.0)
 
     def update(done: int, total: int, nbytes: int, total_bytes: int) -> None:
-        bar.update(task, completed=nbytes, total=total_bytes, tensors=f"{done}/{total}", mb=nbytes / 1e6, total_mb=total_bytes / 1e6)
+        bar.update(task, completed=nbytes, total=total_bytes, items=f"{done}/{total}", mb=nbytes / 1e6, total_mb=total_bytes / 1e6)
 
     with bar:
         yield update

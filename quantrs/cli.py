@@ -7,9 +7,13 @@ and `quantrs -h` answer at once.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import sys
+import typing
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -77,56 +81,191 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+# Options shared by quantize, batch and config. Their defaults are None ("not given") so that a
+# flag given on the command line can override a config file; unset means QuantizeConfig's default.
+_QUANTIZE_OPTIONS = [
+    ("bits", Optional[int], typer.Option("--bits", "-b", help="8 (INT8, the default) or 4 (INT4).", show_default=False)),
+    ("per_channel", Optional[bool], typer.Option("--per-channel/--per-tensor", help="One scale per output channel (default: per tensor).", show_default=False)),
+    ("symmetric", Optional[bool], typer.Option("--symmetric/--asymmetric", help="Signed codes with zero point 0 (default: asymmetric).", show_default=False)),
+    ("int4_as_int8", Optional[bool], typer.Option("--int4-as-int8", help="Keep 4-bit codes one per INT8 byte (opset 13) for runtimes without opset 21.", show_default=False)),
+    ("min_elements", Optional[int], typer.Option("--min-elements", help="Leave tensors with fewer values in float (default 1024).", show_default=False)),
+    ("exclude", Optional[list[str]], typer.Option("--exclude", help="Initializer to leave in float (repeatable).", show_default=False)),
+    ("exclude_op_type", Optional[list[str]], typer.Option("--exclude-op-type", help="Leave the weights of this op type in float, e.g. Gemm (repeatable).", show_default=False)),
+    ("exclude_regex", Optional[list[str]], typer.Option("--exclude-regex", help="Leave initializers whose name matches in float (repeatable).", show_default=False)),
+    ("layer_bits", Optional[list[str]], typer.Option("--layer-bits", help="NAME=4|8: this initializer's bit width (repeatable).", show_default=False)),
+    ("threads", Optional[int], typer.Option("--threads", help="Kernel threads (default: all CPUs).", show_default=False)),
+    ("external_data", Optional[bool], typer.Option("--external-data", help="Write the weights to OUTPUT.data beside the model.", show_default=False)),
+]
+
+
+def with_quantize_options(command: Callable) -> Callable:
+    """Give a command every quantize option; they reach it as `options`, a dict of the
+    QuantizeConfig fields that were given on the command line."""
+    signature = inspect.signature(command)
+    hints = typing.get_type_hints(command, include_extras=True)  # this module's annotations are strings
+    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != "options"]
+    params += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind, option])
+        for name, kind, option in _QUANTIZE_OPTIONS
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        given = {name: kwargs.pop(name) for name, _, _ in _QUANTIZE_OPTIONS}
+        return command(*args, options=_config_fields(given), **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _config_fields(given: dict) -> dict:
+    fields = {
+        "bits": given["bits"],
+        "per_channel": given["per_channel"],
+        "symmetric": given["symmetric"],
+        "native_int4": False if given["int4_as_int8"] else None,
+        "min_elements": given["min_elements"],
+        "exclude": given["exclude"] or None,
+        "exclude_op_types": given["exclude_op_type"] or None,
+        "exclude_regex": given["exclude_regex"] or None,
+        "layer_bits": _layer_bits(given["layer_bits"]) or None,
+        "n_threads": given["threads"],
+        "external_data": given["external_data"],
+    }
+    if fields["bits"] is not None and fields["bits"] not in (4, 8):
+        raise typer.BadParameter("must be 4 or 8", param_hint="'--bits'")
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _layer_bits(values: list[str] | None) -> dict[str, int]:
+    out = {}
+    for value in values or ():
+        name, sep, bits = value.rpartition("=")
+        if not sep or not name or bits not in ("4", "8"):
+            raise typer.BadParameter(f"{value!r} is not NAME=4 or NAME=8", param_hint="'--layer-bits'")
+        out[name] = int(bits)
+    return out
+
+
 @app.command()
+@with_quantize_options
 def quantize(
     model: Annotated[Path, typer.Argument(help="The float32 ONNX model.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the quantized model.")],
-    bits: Annotated[int, typer.Option("--bits", "-b", help="8 (INT8) or 4 (INT4).")] = 8,
-    per_channel: Annotated[bool, typer.Option("--per-channel", help="One scale per output channel.")] = False,
-    symmetric: Annotated[bool, typer.Option("--symmetric", help="Signed codes with zero point 0.")] = False,
-    int4_as_int8: Annotated[
-        bool,
-        typer.Option("--int4-as-int8", help="Keep 4-bit codes one per INT8 byte (opset 13) for runtimes without opset 21."),
-    ] = False,
-    min_elements: Annotated[int, typer.Option("--min-elements", help="Leave smaller tensors in float.")] = 1024,
-    exclude: Annotated[
-        Optional[list[str]], typer.Option("--exclude", help="Initializer name to leave in float (repeatable).")
-    ] = None,
-    threads: Annotated[Optional[int], typer.Option("--threads", help="Kernel threads (default: all CPUs).")] = None,
-    external_data: Annotated[
-        bool, typer.Option("--external-data", help="Write the weights to OUTPUT.data beside the model.")
-    ] = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the quantized model.", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be quantized (bits, axis, or why not); write nothing.")] = False,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Report as text or JSON (on stdout).")] = OutputFormat.text,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    *,
+    options: dict,
 ) -> None:
     """Quantize the weights of MODEL to INT8 or INT4 and write a QDQ model to --output."""
     from quantrs.config import QuantizeConfig
     from quantrs.errors import QuantrsError
+    from quantrs.pipeline import dry_run as plan_only
     from quantrs.pipeline import quantize as run
 
+    if output is None and not dry_run:
+        raise typer.BadParameter("is required (or use --dry-run)", param_hint="'--output' / '-o'")
     try:
-        if bits not in (4, 8):
-            raise typer.BadParameter("must be 4 or 8", param_hint="'--bits'")
-        config = QuantizeConfig(
-            bits=bits,
-            per_channel=per_channel,
-            symmetric=symmetric,
-            native_int4=not int4_as_int8,
-            min_elements=min_elements,
-            exclude=tuple(exclude or ()),
-            n_threads=threads,
-            external_data=external_data,
-        )
+        config = QuantizeConfig(**options)
+        if dry_run:
+            _emit([plan_only(model, config, output_path=output)], fmt, "render_plans")
+            return
         with _progress(quiet) as progress:
             report = run(model, output, config, progress=progress)
     except QuantrsError as exc:
         raise _fail(str(exc)) from None
-    if fmt is OutputFormat.json:
-        _print_json(report.to_dict())
-    else:
-        from quantrs.render import render_quantize
+    _emit(report, fmt, "render_quantize")
 
-        render_quantize(report)
+
+@app.command()
+@with_quantize_options
+def batch(
+    models: Annotated[list[str], typer.Argument(help="Models: files, folders (their *.onnx) or glob patterns.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The folder to write the quantized models to.", show_default=False)],
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Models quantized at once, in local processes.")] = 1,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip models whose output exists (rerun after an interruption).")] = False,
+    continue_on_error: Annotated[bool, typer.Option("--continue-on-error", help="Go on with the other models when one fails.")] = False,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run on this Dask scheduler (tcp://host:8786); needs quantrs[dask].", show_default=False)] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="Summary as text or JSON (on stdout).")] = OutputFormat.text,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    *,
+    options: dict,
+) -> None:
+    """Quantize many models into one folder; exit code 1 if any failed."""
+    from quantrs.batch import expand_inputs, make_jobs, run_batch
+    from quantrs.config import QuantizeConfig
+    from quantrs.errors import QuantrsError
+
+    try:
+        work = make_jobs(expand_inputs(models), output, QuantizeConfig(**options))
+        with _progress(quiet, what="models") as progress:
+            report = run_batch(
+                work, n_jobs=jobs, skip_existing=skip_existing, continue_on_error=continue_on_error, scheduler=scheduler, progress=progress
+            )
+    except QuantrsError as exc:
+        raise _fail(str(exc)) from None
+    _emit(report, fmt, "render_batch")
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+@with_quantize_options
+def config(
+    file: Annotated[Path, typer.Argument(help="A YAML (.yaml/.yml) or TOML (.toml) config file.", show_default=False)],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan of every model; write nothing.")] = False,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Override the file's batch.jobs.", show_default=False)] = None,
+    skip_existing: Annotated[Optional[bool], typer.Option("--skip-existing/--no-skip-existing", help="Override the file's batch.skip_existing.", show_default=False)] = None,
+    continue_on_error: Annotated[Optional[bool], typer.Option("--continue-on-error/--stop-on-error", help="Override the file's batch.continue_on_error.", show_default=False)] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run on this Dask scheduler; needs quantrs[dask].", show_default=False)] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="Text or JSON (on stdout).")] = OutputFormat.text,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    *,
+    options: dict,
+) -> None:
+    """Run the models and batch a config file describes. Flags given here override the file."""
+    from quantrs.batch import run_batch
+    from quantrs.configfile import jobs_from_config, load_config
+    from quantrs.errors import QuantrsError
+    from quantrs.pipeline import dry_run as plan_only
+
+    try:
+        loaded = load_config(file)
+        work = jobs_from_config(loaded, file.parent, options)
+        if dry_run:
+            _emit([plan_only(j.input, j.config, output_path=j.output) for j in work], fmt, "render_plans")
+            return
+        section = loaded.batch
+        with _progress(quiet, what="models") as progress:
+            report = run_batch(
+                work,
+                n_jobs=jobs if jobs is not None else (section.jobs if section else 1),
+                skip_existing=_first(skip_existing, section and section.skip_existing, False),
+                continue_on_error=_first(continue_on_error, section and section.continue_on_error, False),
+                scheduler=scheduler,
+                progress=progress,
+            )
+    except QuantrsError as exc:
+        raise _fail(str(exc)) from None
+    _emit(report, fmt, "render_batch")
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+def _first(*values):
+    return next(v for v in values if v is not None)
+
+
+def _emit(report, fmt: OutputFormat, renderer: str) -> None:
+    """JSON of the report object(s) on stdout, or the rich rendering for people."""
+    if fmt is OutputFormat.json:
+        data = [r.to_dict() for r in report] if isinstance(report, list) else report.to_dict()
+        _print_json(data)
+        return
+    from quantrs import render
+
+    getattr(render, renderer)(report)
 
 
 @app.command()
@@ -142,22 +281,17 @@ def info(
         report = inspect_model(model)
     except QuantrsError as exc:
         raise _fail(str(exc)) from None
-    if fmt is OutputFormat.json:
-        _print_json(report.to_dict())
-    else:
-        from quantrs.render import render_info
-
-        render_info(report)
+    _emit(report, fmt, "render_info")
 
 
 def _print_json(data: dict) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _progress(quiet: bool):
-    from quantrs._console import tensor_progress
+def _progress(quiet: bool, what: str = "tensors"):
+    from quantrs._console import progress_bar
 
-    return tensor_progress(disabled=quiet or _State.quiet)
+    return progress_bar(what, disabled=quiet or _State.quiet)
 
 
 def main() -> None:

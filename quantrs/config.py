@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from quantrs.errors import ConfigError
@@ -24,6 +26,11 @@ class QuantizeConfig:
         min_elements: tensors with fewer elements stay float (the scale, zero point and extra
             node would cost more than they save).
         exclude: initializer names that stay float.
+        exclude_op_types: op types (e.g. "Gemm") whose weights stay float.
+        exclude_regex: regular expressions; initializers whose name matches one (re.search)
+            stay float.
+        layer_bits: per-initializer bit width overriding `bits`, e.g. {"head.weight": 8} (kept
+            as sorted (name, bits) pairs, so that the config stays hashable and picklable).
         n_threads: threads for the kernels; None uses every CPU available (OMP_NUM_THREADS).
         check_output: run onnx.checker on the rewritten graph before writing.
         external_data: write the weights to `<output>.data` beside the model even when a single
@@ -36,6 +43,9 @@ class QuantizeConfig:
     native_int4: bool = True
     min_elements: int = 1024
     exclude: tuple[str, ...] = field(default=())
+    exclude_op_types: tuple[str, ...] = field(default=())
+    exclude_regex: tuple[str, ...] = field(default=())
+    layer_bits: tuple[tuple[str, int], ...] = field(default=())
     n_threads: int | None = None
     check_output: bool = True
     external_data: bool = False
@@ -48,9 +58,24 @@ class QuantizeConfig:
                 raise ConfigError(f"{name} must be true or false, not {getattr(self, name)!r}")
         if not isinstance(self.min_elements, int) or isinstance(self.min_elements, bool) or self.min_elements < 0:
             raise ConfigError(f"min_elements must be a non-negative integer, not {self.min_elements!r}")
-        if isinstance(self.exclude, str) or not all(isinstance(n, str) for n in self.exclude):
-            raise ConfigError("exclude must be a sequence of initializer names")
-        object.__setattr__(self, "exclude", tuple(self.exclude))
+        for name in ("exclude", "exclude_op_types", "exclude_regex"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(n, str) for n in value):
+                raise ConfigError(f"{name} must be a list of strings, not {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        for pattern in self.exclude_regex:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ConfigError(f"exclude_regex {pattern!r} is not a valid regular expression ({exc})") from None
+        try:
+            pairs = dict(self.layer_bits.items() if isinstance(self.layer_bits, Mapping) else self.layer_bits)
+        except (TypeError, ValueError):
+            raise ConfigError(f"layer_bits must map initializer names to 4 or 8, not {self.layer_bits!r}") from None
+        for name, bits in pairs.items():
+            if not isinstance(name, str) or bits not in (4, 8) or isinstance(bits, bool):
+                raise ConfigError(f"layer_bits: {name!r} must map to 4 or 8, not {bits!r}")
+        object.__setattr__(self, "layer_bits", tuple(sorted(pairs.items())))
         if self.n_threads is not None and (
             not isinstance(self.n_threads, int) or isinstance(self.n_threads, bool) or self.n_threads < 1
         ):

@@ -10,6 +10,7 @@ __all__ = [
     "NonFiniteWeightError",
     "OutputError",
     "ConfigError",
+    "SchedulerError",
 ]
 
 
@@ -35,3 +36,7 @@ class OutputError(QuantrsError, OSError):
 
 class ConfigError(QuantrsError, ValueError):
     """An option or configuration value is invalid."""
+
+
+class SchedulerError(QuantrsError, ConnectionError):
+    """The Dask scheduler given for a batch cannot be reached or used."""

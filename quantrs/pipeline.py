@@ -23,11 +23,11 @@ from quantrs.errors import OutputError, QuantrsError, UnsupportedModelError
 from quantrs.model import LoadedModel, load_model
 from quantrs.plan import TensorPlan, plan_weights
 from quantrs.qdq import DQSpec, DQTensors, convert_opset, initializers_as_inputs, insert_weight_dq, merge_metadata, required_opset
-from quantrs.report import QuantizeReport, TensorReport
+from quantrs.report import PlanEntry, PlanReport, QuantizeReport, TensorReport
 from quantrs.tensor import QuantizedTensor, Scratch, quantize_tensor, scheme_for
 from quantrs.writer import OutTensor, Payload, write_model
 
-__all__ = ["quantize"]
+__all__ = ["quantize", "dry_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +62,11 @@ def quantize(
     _check_external_collision(model, dst)
     proto = model.proto
     plans = plan_weights(proto.graph, model.weights, config)
-    scheme = scheme_for(config.bits, symmetric=config.symmetric, native_int4=config.native_int4)
-    specs = {p.name: DQSpec(p.name, p.shape, scheme, p.axis) for p in plans if p.quantize}
+    specs = {
+        p.name: DQSpec(p.name, p.shape, scheme_for(p.bits, symmetric=config.symmetric, native_int4=config.native_int4), p.axis)
+        for p in plans
+        if p.quantize
+    }
     if not specs:
         raise UnsupportedModelError(f"{src}: {_nothing_to_quantize(plans)}")
 
@@ -82,7 +85,7 @@ def quantize(
             "quantrs.bits": str(config.bits),
             "quantrs.scheme": "symmetric" if config.symmetric else "asymmetric",
             "quantrs.granularity": "per-channel" if config.per_channel else "per-tensor",
-            "quantrs.storage": onnx.TensorProto.DataType.Name(scheme.onnx_type),
+            "quantrs.storage": _storage_names(specs),
             **({"quantrs.opset_converted_from": str(opset_before)} if target != opset_before else {}),
         },
     )
@@ -109,7 +112,7 @@ def quantize(
         bits=config.bits,
         per_channel=config.per_channel,
         symmetric=config.symmetric,
-        storage=onnx.TensorProto.DataType.Name(scheme.onnx_type),
+        storage=_storage_names(specs),
         opset_before=opset_before,
         opset_after=target,
         opset_converted=target != opset_before,
@@ -122,6 +125,22 @@ def quantize(
         seconds=round(time.perf_counter() - started, 4),
         tensors=reports,
     )
+
+
+def dry_run(
+    input_path: str | os.PathLike[str],
+    config: QuantizeConfig | None = None,
+    *,
+    output_path: str | os.PathLike[str] | None = None,
+) -> PlanReport:
+    """What quantize() would do with each initializer (bits, axis, or why not), writing nothing."""
+    config = config or QuantizeConfig()
+    model = load_model(input_path)
+    entries = [
+        PlanEntry(p.name, list(p.shape), p.dtype, p.quantize, p.reason, p.bits, p.axis)
+        for p in plan_weights(model.proto.graph, model.weights, config)
+    ]
+    return PlanReport(str(input_path), None if output_path is None else str(output_path), entries)
 
 
 @dataclass
@@ -210,6 +229,12 @@ class _Stream:
         self._done_bytes += self.model.weights.info(name).nbytes
         if self.progress is not None:
             self.progress(len(self.results), len(self.specs), self._done_bytes, self._total_bytes)
+
+
+def _storage_names(specs: dict[str, DQSpec]) -> str:
+    """The ONNX types the codes are stored as, e.g. "UINT8" or "UINT4+UINT8" (mixed bit widths)."""
+    names = sorted({onnx.TensorProto.DataType.Name(s.scheme.onnx_type) for s in specs.values()}, key=lambda n: ("4" in n, n))
+    return "+".join(names)
 
 
 def _bare(header: onnx.TensorProto) -> onnx.TensorProto:

@@ -7,9 +7,10 @@ the kernels.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import onnx
 from onnx import TensorProto, helper
@@ -22,7 +23,8 @@ __all__ = ["TensorPlan", "plan_weights", "WEIGHT_INPUTS"]
 
 @dataclass(frozen=True)
 class TensorPlan:
-    """One initializer's fate. `axis` is the per-channel axis (None: per tensor)."""
+    """One initializer's fate. `axis` is the per-channel axis (None: per tensor); `bits` the
+    code width when quantized."""
 
     name: str
     shape: tuple[int, ...]
@@ -30,6 +32,7 @@ class TensorPlan:
     quantize: bool
     reason: str  # why it is skipped; how it is used when quantized
     axis: int | None = None
+    bits: int | None = None
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -79,10 +82,27 @@ def plan_weights(graph: onnx.GraphProto, weights: WeightStore, config: QuantizeC
     graph_inputs = {i.name for i in graph.input}
     in_subgraphs = _subgraph_names(graph)
     excluded = set(config.exclude)
-    return [
-        _plan_one(info, uses.get(info.name, []), config, excluded, graph_inputs, graph_outputs, in_subgraphs)
-        for info in weights
-    ]
+    patterns = [re.compile(p) for p in config.exclude_regex]
+    plans = []
+    for info in weights:
+        plan = _plan_one(info, uses.get(info.name, []), config, excluded, graph_inputs, graph_outputs, in_subgraphs)
+        plans.append(_apply_overrides(plan, uses.get(info.name, []), config, patterns))
+    return plans
+
+
+def _apply_overrides(
+    plan: TensorPlan, uses: list[tuple[onnx.NodeProto, int]], config: QuantizeConfig, patterns: list[re.Pattern[str]]
+) -> TensorPlan:
+    """Per-layer options: op-type and regex exclusions, and per-tensor bit widths."""
+    if not plan.quantize:
+        return plan
+    excluded_ops = sorted({node.op_type for node, _ in uses} & set(config.exclude_op_types))
+    if excluded_ops:
+        return replace(plan, quantize=False, axis=None, reason=f"used by an excluded op type ({', '.join(excluded_ops)})")
+    for pattern in patterns:
+        if pattern.search(plan.name):
+            return replace(plan, quantize=False, axis=None, reason=f"excluded by the pattern {pattern.pattern!r}")
+    return replace(plan, bits=dict(config.layer_bits).get(plan.name, config.bits))
 
 
 def _plan_one(

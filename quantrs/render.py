@@ -7,9 +7,9 @@ from collections import Counter
 from rich.table import Table
 
 from quantrs._console import stdout_console
-from quantrs.report import InfoReport, QuantizeReport
+from quantrs.report import BatchReport, InfoReport, PlanReport, QuantizeReport
 
-__all__ = ["render_quantize", "render_info", "human_bytes"]
+__all__ = ["render_quantize", "render_info", "render_plans", "render_batch", "human_bytes"]
 
 
 def human_bytes(n: float) -> str:
@@ -89,3 +89,39 @@ def render_info(report: InfoReport) -> None:
         f"  quantrs {b.quantrs}: OpenMP {'on' if b.openmp else 'off (serial build)'}, {b.threads} thread(s); "
         f"numpy {b.numpy}, onnx {b.onnx}, onnxruntime {b.onnxruntime}"
     )
+
+
+def render_plans(plans: list[PlanReport]) -> None:
+    """The dry run: for each model, every float32 tensor with its bits and axis, or why not."""
+    console = stdout_console()
+    for plan in plans:
+        target = f" -> {plan.output}" if plan.output else ""
+        console.print(f"[bold]{plan.input}[/]{target}: {plan.quantized_count} tensors would be quantized")
+        table = Table(show_edge=False)
+        for col in ("tensor", "shape", "bits", "axis", "use / reason"):
+            table.add_column(col)
+        floats = [t for t in plan.tensors if t.dtype == "FLOAT"]
+        for t in floats:
+            bits = str(t.bits) if t.quantize else "-"
+            axis = "-" if t.axis is None else str(t.axis)
+            reason = t.reason if t.quantize else f"[dim]skip: {t.reason}[/]"
+            table.add_row(t.name, "x".join(map(str, t.shape)) or "scalar", bits, axis, reason)
+        console.print(table)
+        others = len(plan.tensors) - len(floats)
+        if others:
+            console.print(f"  and {others} tensors that are not float32")
+
+
+def render_batch(report: BatchReport) -> None:
+    console = stdout_console()
+    table = Table(show_edge=False)
+    for col in ("model", "status", "size", "time", "error"):
+        table.add_column(col, justify="right" if col in ("size", "time") else "left")
+    colours = {"ok": "green", "failed": "red", "skipped": "yellow", "cancelled": "yellow"}
+    for r in report.results:
+        size = f"{human_bytes(r.input_bytes)} -> {human_bytes(r.output_bytes)}" if r.output_bytes else human_bytes(r.input_bytes)
+        table.add_row(r.input, f"[{colours[r.status]}]{r.status}[/]", size, f"{r.seconds:.2f} s", r.error or "")
+    console.print(table)
+    counts = ", ".join(f"{report.count(s)} {s}" for s in ("ok", "failed", "skipped", "cancelled") if report.count(s))
+    where = f"on {report.scheduler}" if report.scheduler else f"with {report.jobs} job(s)"
+    console.print(f"{len(report.results)} models {where} in {report.seconds:.2f} s: {counts}")

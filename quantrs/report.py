@@ -8,7 +8,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["TensorReport", "QuantizeReport", "ValueInfo", "InfoReport", "BuildInfo"]
+__all__ = [
+    "TensorReport",
+    "QuantizeReport",
+    "ValueInfo",
+    "InfoReport",
+    "BuildInfo",
+    "PlanEntry",
+    "PlanReport",
+    "ModelResult",
+    "BatchReport",
+]
 
 
 @dataclass(frozen=True)
@@ -92,3 +102,67 @@ class InfoReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One initializer in a dry run: what quantize would do with it, and why."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+    quantize: bool
+    reason: str
+    bits: int | None = None
+    axis: int | None = None
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    input: str
+    output: str | None
+    tensors: list[PlanEntry]
+
+    @property
+    def quantized_count(self) -> int:
+        return sum(t.quantize for t in self.tensors)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["quantized_count"] = self.quantized_count
+        return data
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """The outcome of one model in a batch. status: ok, failed, skipped (output existed),
+    or cancelled (the batch stopped at an earlier failure)."""
+
+    input: str
+    output: str
+    status: str
+    error: str | None = None
+    input_bytes: int = 0
+    output_bytes: int = 0
+    quantized_count: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    results: list[ModelResult]
+    jobs: int
+    scheduler: str | None
+    seconds: float
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def ok(self) -> bool:
+        return self.count("failed") == 0 and self.count("cancelled") == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["summary"] = {s: self.count(s) for s in ("ok", "failed", "skipped", "cancelled")}
+        return data

@@ -1,0 +1,256 @@
+"""Many models in one run: on local processes (--jobs N) or on a Dask cluster (--scheduler).
+
+Safe to interrupt and rerun: every output is written atomically (quantrs.writer), so an output
+that exists is complete, and --skip-existing finishes the rest. A failing model is reported with
+its error; with continue_on_error the others go on, without it the batch stops cleanly (models
+already running finish, the rest are reported as cancelled).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantrs.config import QuantizeConfig
+from quantrs.errors import ConfigError, QuantrsError, SchedulerError
+from quantrs.report import BatchReport, ModelResult
+
+__all__ = ["Job", "expand_inputs", "make_jobs", "run_job", "run_batch", "quantize_batch"]
+
+logger = logging.getLogger(__name__)
+
+# Called after each model with (models done, models in all, input bytes done, input bytes in all).
+BatchProgress = Callable[[int, int, int, int], None]
+
+
+@dataclass(frozen=True)
+class Job:
+    input: Path
+    output: Path
+    config: QuantizeConfig
+
+
+def expand_inputs(patterns: Sequence[str | os.PathLike[str]], base: Path | None = None) -> list[Path]:
+    """Files, folders (their *.onnx) and glob patterns, in order, without duplicates.
+
+    A pattern that matches no ONNX model is an error naming it: a typo should not pass as an
+    empty batch. Relative patterns are taken from `base` (the current folder by default).
+    """
+    found: list[Path] = []
+    for pattern in patterns:
+        text = str(pattern)
+        path = Path(text) if base is None or os.path.isabs(text) else base / text
+        if path.is_dir():
+            matches = sorted(p for p in path.glob("*.onnx") if p.is_file())
+        elif path.is_file():
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        if not matches:
+            raise ConfigError(f"{text}: matches no ONNX model")
+        found.extend(matches)
+    unique: dict[Path, Path] = {}  # resolved -> as the user spelled it
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
+
+
+def make_jobs(inputs: Sequence[Path], output_dir: Path, config: QuantizeConfig) -> list[Job]:
+    """One job per input, writing `output_dir/<input file name>`."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"{output_dir}: the output folder is a file")
+    seen: dict[str, Path] = {}
+    jobs = []
+    for src in inputs:
+        if src.name in seen:
+            raise ConfigError(f"{src} and {seen[src.name]} would both be written to {output_dir / src.name}")
+        seen[src.name] = src
+        jobs.append(Job(src, output_dir / src.name, config))
+    return jobs
+
+
+def run_job(job: Job) -> ModelResult:
+    """Quantize one model; never raises: failures come back as a result with the error."""
+    from quantrs.pipeline import quantize
+
+    started = time.perf_counter()
+    base = dict(input=str(job.input), output=str(job.output), input_bytes=_size(job.input))
+    try:
+        job.output.parent.mkdir(parents=True, exist_ok=True)
+        report = quantize(job.input, job.output, job.config)
+    except QuantrsError as exc:
+        return ModelResult(**base, status="failed", error=str(exc), seconds=_since(started))
+    except OSError as exc:
+        return ModelResult(**base, status="failed", error=f"{job.output}: {exc.strerror or exc}", seconds=_since(started))
+    except Exception as exc:  # a bug in quantrs: report it for this model, keep the batch going
+        logger.exception("internal error on %s", job.input)
+        return ModelResult(**base, status="failed", error=f"internal error: {type(exc).__name__}: {exc}", seconds=_since(started))
+    return ModelResult(
+        **base,
+        status="ok",
+        output_bytes=report.output_bytes,
+        quantized_count=report.quantized_count,
+        seconds=_since(started),
+    )
+
+
+def run_batch(
+    jobs: Sequence[Job],
+    *,
+    n_jobs: int = 1,
+    skip_existing: bool = False,
+    continue_on_error: bool = False,
+    scheduler: str | None = None,
+    progress: BatchProgress | None = None,
+) -> BatchReport:
+    """Run every job and return one result per job, in the jobs' order."""
+    if n_jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, not {n_jobs}")
+    started = time.perf_counter()
+    results: dict[int, ModelResult] = {}
+    todo: list[int] = []
+    for i, job in enumerate(jobs):
+        if skip_existing and job.output.exists():
+            results[i] = ModelResult(str(job.input), str(job.output), "skipped", input_bytes=_size(job.input), output_bytes=_size(job.output))
+        else:
+            todo.append(i)
+    tracker = _Tracker(jobs, todo, progress)
+    if scheduler is not None:
+        _run_on_dask(jobs, todo, results, scheduler, continue_on_error, tracker)
+    elif n_jobs == 1 or len(todo) <= 1:
+        _run_here(jobs, todo, results, continue_on_error, tracker)
+    else:
+        _run_on_processes(jobs, todo, results, n_jobs, continue_on_error, tracker)
+    for i in todo:
+        if i not in results:
+            results[i] = ModelResult(str(jobs[i].input), str(jobs[i].output), "cancelled", input_bytes=_size(jobs[i].input))
+    return BatchReport(
+        results=[results[i] for i in range(len(jobs))],
+        jobs=n_jobs,
+        scheduler=scheduler,
+        seconds=_since(started),
+    )
+
+
+@dataclass
+class _Tracker:
+    jobs: Sequence[Job]
+    todo: list[int]
+    progress: BatchProgress | None
+    done: int = 0
+    done_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        self.total_bytes = sum(_size(self.jobs[i].input) for i in self.todo)
+
+    def finished(self, result: ModelResult) -> None:
+        self.done += 1
+        self.done_bytes += result.input_bytes
+        if self.progress is not None:
+            self.progress(self.done, len(self.todo), self.done_bytes, self.total_bytes)
+
+
+def _run_here(jobs, todo, results, continue_on_error, tracker) -> None:
+    for i in todo:
+        results[i] = run_job(jobs[i])
+        tracker.finished(results[i])
+        if results[i].status == "failed" and not continue_on_error:
+            return
+
+
+def _threads_per_job(job: Job, n_jobs: int) -> Job:
+    # n processes each starting an OpenMP team as large as the machine would oversubscribe it.
+    if job.config.n_threads is not None:
+        return job
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return dataclasses.replace(job, config=dataclasses.replace(job.config, n_threads=max(1, cpus // n_jobs)))
+
+
+def _run_on_processes(jobs, todo, results, n_jobs, continue_on_error, tracker) -> None:
+    # spawn, not fork: a forked child of a process that ran OpenMP code can deadlock in libgomp.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(n_jobs, len(todo)), mp_context=context) as pool:
+        pending: dict[Future, int] = {pool.submit(run_job, _threads_per_job(jobs[i], n_jobs)): i for i in todo}
+        stop = False
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
+                if future.cancelled():
+                    continue
+                try:
+                    results[i] = future.result()
+                except Exception as exc:  # the worker process died (killed, out of memory)
+                    results[i] = ModelResult(str(jobs[i].input), str(jobs[i].output), "failed", error=f"worker died: {exc}")
+                tracker.finished(results[i])
+                if results[i].status == "failed" and not continue_on_error and not stop:
+                    stop = True
+                    for other in pending:
+                        other.cancel()  # not started yet: cancelled; running: left to finish
+
+
+def _run_on_dask(jobs, todo, results, address, continue_on_error, tracker) -> None:
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise ConfigError("--scheduler needs Dask: pip install 'quantrs[dask]'") from None
+    try:
+        client = Client(address, timeout="10s")
+    except Exception as exc:  # OSError, TimeoutError, ValueError for a malformed address
+        raise SchedulerError(f"cannot reach the Dask scheduler at {address} ({exc})") from None
+    with client:
+        futures = {client.submit(run_job, jobs[i], key=f"quantrs-{i}-{jobs[i].input.name}", pure=False): i for i in todo}
+        stream = as_completed(list(futures))
+        for future in stream:
+            i = futures[future]
+            try:
+                results[i] = future.result()
+            except Exception as exc:  # the task itself failed on the worker (it died, lost data)
+                results[i] = ModelResult(str(jobs[i].input), str(jobs[i].output), "failed", error=f"worker error: {exc}")
+            tracker.finished(results[i])
+            if results[i].status == "failed" and not continue_on_error:
+                remaining = [f for f in futures if futures[f] not in results]
+                client.cancel(remaining)
+                break
+
+
+def quantize_batch(
+    inputs: Sequence[str | os.PathLike[str]],
+    output_dir: str | os.PathLike[str],
+    config: QuantizeConfig | None = None,
+    *,
+    jobs: int = 1,
+    skip_existing: bool = False,
+    continue_on_error: bool = False,
+    scheduler: str | None = None,
+    progress: BatchProgress | None = None,
+) -> BatchReport:
+    """Quantize every model that `inputs` (files, folders, globs) name into `output_dir`.
+
+    `jobs` local processes, or the Dask cluster at `scheduler` (one task per model).
+    """
+    work = make_jobs(expand_inputs(inputs), Path(output_dir), config or QuantizeConfig())
+    return run_batch(
+        work, n_jobs=jobs, skip_existing=skip_existing, continue_on_error=continue_on_error, scheduler=scheduler, progress=progress
+    )
+
+
+def _size(path: Path) -> int:
+    try:
+        size = path.stat().st_size
+        data = path.with_name(path.name + ".data")
+        return size + (data.stat().st_size if data.exists() else 0)
+    except OSError:
+        return 0
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 4)

@@ -1,0 +1,162 @@
+"""Config files (YAML or TOML, one schema): global options, a `models` list with per-model
+overrides, and a `batch` section. Validated with pydantic; every error names the file and the
+field path.
+
+    bits: 4
+    per_channel: true
+    models:
+      - input: models/resnet18.onnx
+        output: quantized/resnet18_int4.onnx
+        bits: 8                      # per-model override
+    batch:
+      input_dir: "models/*.onnx"     # a glob, a folder, or a list of them
+      output_dir: quantized/
+      skip_existing: true
+
+Relative paths are relative to the config file's folder; batch.skip_existing, continue_on_error
+and jobs apply to every model the file names. Precedence, highest first: a
+command-line flag, the model's own setting, the file's global setting, the built-in default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from quantrs.config import QuantizeConfig
+from quantrs.errors import ConfigError
+
+if TYPE_CHECKING:
+    from quantrs.batch import Job
+
+__all__ = ["Options", "ModelEntry", "BatchSection", "ConfigFile", "load_config", "resolve", "jobs_from_config"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """Every QuantizeConfig field, optional: None means "not set here"."""
+
+    __pydantic_config__ = {"extra": "forbid"}
+
+    bits: Literal[4, 8] | None = None
+    per_channel: bool | None = None
+    symmetric: bool | None = None
+    native_int4: bool | None = None
+    min_elements: int | None = None
+    exclude: list[str] | None = None
+    exclude_op_types: list[str] | None = None
+    exclude_regex: list[str] | None = None
+    layer_bits: dict[str, Literal[4, 8]] | None = None
+    n_threads: int | None = None
+    external_data: bool | None = None
+
+    def set_fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Options) if getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelEntry(Options):
+    __pydantic_config__ = {"extra": "forbid"}
+
+    input: str
+    output: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchSection:
+    __pydantic_config__ = {"extra": "forbid"}
+
+    input_dir: str | list[str]
+    output_dir: str
+    skip_existing: bool = False
+    continue_on_error: bool = False
+    jobs: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigFile(Options):
+    __pydantic_config__ = {"extra": "forbid"}
+
+    models: list[ModelEntry] = field(default_factory=list)
+    batch: BatchSection | None = None
+
+
+def load_config(path: str | Path) -> ConfigFile:
+    """Read and validate a .yaml/.yml or .toml config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            import yaml
+
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        elif suffix == ".toml":
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        else:
+            raise ConfigError(f"{path}: unknown config format {suffix!r} (use .yaml, .yml or .toml)")
+    except ConfigError:
+        raise
+    except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: not valid {suffix[1:].upper()} ({first})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    return _validate(raw, path)
+
+
+def _validate(raw: dict, path: Path) -> ConfigFile:
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        config = TypeAdapter(ConfigFile).validate_python(raw)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            message = "unknown key" if error["type"] == "unexpected_keyword_argument" else error["msg"]
+            problems.append(f"{where}: {message}")
+        raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+    for where, options in [("(top level)", config)] + [(f"models.{i}", m) for i, m in enumerate(config.models)]:
+        try:
+            QuantizeConfig(**options.set_fields())
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {where}: {exc}") from None
+    return config
+
+
+def resolve(*layers: Options | dict[str, Any] | None) -> QuantizeConfig:
+    """A QuantizeConfig from option layers, lowest precedence first (later layers win)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        if layer is None:
+            continue
+        merged.update(layer.set_fields() if isinstance(layer, Options) else {k: v for k, v in layer.items() if v is not None})
+    return QuantizeConfig(**merged)
+
+
+def jobs_from_config(config: ConfigFile, base: Path, cli: dict[str, Any] | None = None) -> list[Job]:
+    """Every model the file names: its `models` entries, then what its `batch` section matches.
+
+    Each job's options: defaults < the file's globals < the model's own < `cli` (flags given on
+    the command line). Relative paths are taken from `base`, the config file's folder.
+    """
+    from quantrs.batch import Job, expand_inputs, make_jobs
+
+    def at(p: str) -> Path:
+        return Path(p) if Path(p).is_absolute() else base / p
+
+    jobs = [Job(at(m.input), at(m.output), resolve(config, m, cli)) for m in config.models]
+    if config.batch is not None:
+        patterns = [config.batch.input_dir] if isinstance(config.batch.input_dir, str) else config.batch.input_dir
+        jobs += make_jobs(expand_inputs(patterns, base), at(config.batch.output_dir), resolve(config, cli))
+    if not jobs:
+        raise ConfigError("the config names no model: add a `models` list or a `batch` section")
+    return jobs

@@ -1,0 +1,138 @@
+"""Bulk quantization: local processes, failures, interruption and resume, and a Dask cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import onnx
+import pytest
+from builders import BUILDERS
+from typer.testing import CliRunner
+
+import quantrs
+from quantrs import QuantizeConfig
+from quantrs.batch import expand_inputs
+from quantrs.cli import app
+from quantrs.errors import ConfigError
+from quantrs.synthetic import matmul_stack
+
+runner = CliRunner()
+SMALL = QuantizeConfig(min_elements=0, per_channel=True)
+
+
+@pytest.fixture
+def models(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name, build in BUILDERS.items():
+        onnx.save(build()[0], str(folder / f"{name}.onnx"))
+    return folder
+
+
+def break_one(folder, name="a_broken.onnx"):
+    (folder / name).write_bytes(b"not an onnx model" * 20)
+
+
+def valid_outputs(folder) -> list[str]:
+    names = []
+    for path in sorted(folder.iterdir()):
+        assert not path.name.startswith("."), f"temporary left behind: {path}"
+        onnx.checker.check_model(str(path))
+        names.append(path.name)
+    return names
+
+
+def test_inputs_from_files_folders_and_globs(models):
+    from_folder = expand_inputs([models])
+    from_glob = expand_inputs([str(models / "*.onnx")])
+    assert from_folder == from_glob and len(from_folder) == len(BUILDERS)
+    assert expand_inputs([models / "mlp.onnx", str(models / "m*.onnx")]) == [models / "mlp.onnx"]  # no duplicates
+    with pytest.raises(ConfigError, match=r"nothing\*\.onnx: matches no ONNX model"):
+        expand_inputs([str(models / "nothing*.onnx")])
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_continue_on_error_reports_the_failure_and_finishes_the_rest(models, tmp_path, jobs):
+    break_one(models)
+    report = quantrs.quantize_batch([models], tmp_path / "out", SMALL, jobs=jobs, continue_on_error=True)
+    status = {r.input.rsplit("/", 1)[-1]: r for r in report.results}
+    assert status["a_broken.onnx"].status == "failed" and "not a valid ONNX model" in status["a_broken.onnx"].error
+    assert report.count("ok") == len(BUILDERS) and not report.ok
+    assert valid_outputs(tmp_path / "out") == sorted(f"{n}.onnx" for n in BUILDERS)
+
+
+def test_first_failure_stops_the_batch_then_skip_existing_finishes_it(models, tmp_path):
+    break_one(models, "d_broken.onnx")  # sorted after conv_*.onnx, before the rest
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["batch", str(models), "-o", str(out), "--min-elements", "0", "--format", "json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["summary"] == {"ok": 2, "failed": 1, "skipped": 0, "cancelled": len(BUILDERS) - 2}
+    assert valid_outputs(out) == ["conv_net.onnx", "conv_transpose.onnx"]
+    (models / "d_broken.onnx").unlink()
+    again = runner.invoke(app, ["batch", str(models), "-o", str(out), "--min-elements", "0", "--skip-existing", "--format", "json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["summary"] == {"ok": len(BUILDERS) - 2, "failed": 0, "skipped": 2, "cancelled": 0}
+    assert len(valid_outputs(out)) == len(BUILDERS)
+
+
+def test_a_batch_killed_mid_run_resumes_with_skip_existing(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for i in range(6):
+        matmul_stack(folder / f"m{i}.onnx", 4, 1024, seed=i)  # 16 MB each
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "quantrs", "batch", str(folder), "-o", str(out), "-q", "--threads", "1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out.exists() and any(p.suffix == ".onnx" for p in out.iterdir())):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert 1 <= len(done) < 6, done  # killed part-way
+    for name in done:
+        onnx.checker.check_model(str(out / name))  # whatever is there is complete
+    resumed = subprocess.run(cmd + ["--skip-existing", "--format", "json"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)["summary"]
+    assert summary["skipped"] == len(done) and summary["ok"] == 6 - len(done)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [f"m{i}.onnx" for i in range(6)]
+
+
+def test_same_file_name_from_two_folders_is_refused(models, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    onnx.save(BUILDERS["mlp"]()[0], str(other / "mlp.onnx"))
+    with pytest.raises(ConfigError, match="would both be written to"):
+        quantrs.quantize_batch([models, other], tmp_path / "out", SMALL)
+
+
+def test_unreachable_scheduler_is_one_line(models, tmp_path):
+    pytest.importorskip("distributed")
+    result = runner.invoke(app, ["batch", str(models), "-o", str(tmp_path / "out"), "--scheduler", "tcp://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_batch_on_a_local_dask_cluster(models, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    break_one(models)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        report = quantrs.quantize_batch(
+            [models], tmp_path / "out", SMALL, scheduler=cluster.scheduler_address, continue_on_error=True
+        )
+    assert report.scheduler == cluster.scheduler_address
+    assert report.count("ok") == len(BUILDERS) and report.count("failed") == 1
+    failed = next(r for r in report.results if r.status == "failed")
+    assert failed.input.endswith("a_broken.onnx") and "not a valid ONNX model" in failed.error
+    assert len(valid_outputs(tmp_path / "out")) == len(BUILDERS)
