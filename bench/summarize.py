@@ -35,6 +35,8 @@ def _impl(bench: dict) -> str:
     params = bench.get("params") or {}
     if "impl" in params:
         return params["impl"]
+    if "jobs" in params:
+        return f"{params['jobs']} job(s)"
     return f"{params.get('n_threads', '?')} thread(s)"
 
 
