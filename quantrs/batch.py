@@ -179,11 +179,25 @@ def _process_context() -> multiprocessing.context.BaseContext:
     libgomp. A fork server is a fresh process that imports quantrs once (no OpenMP team yet) and
     forks every worker from there, so workers start in milliseconds instead of re-importing numpy
     and onnx as spawned ones do (~0.3 s each)."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["quantrs.pipeline"])
-        return context
-    return multiprocessing.get_context("spawn")
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["quantrs.pipeline"])
+    # Python 3.11's fork server ignores the parent's sys.path and puts the current folder first,
+    # so a quantrs source checkout there would shadow the installed package. PYTHONSAFEPATH
+    # keeps the current folder off its path (it is read once, when the server starts).
+    saved = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        forkserver.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = saved
+    return context
 
 
 def _run_on_processes(jobs, todo, results, n_jobs, continue_on_error, tracker) -> None:
