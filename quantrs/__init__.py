@@ -21,6 +21,10 @@ _EXPORTS = {
     "dry_run": "quantrs.pipeline",
     "quantize_batch": "quantrs.batch",
     "load_config": "quantrs.configfile",
+    "validate": "quantrs.validation",
+    "Thresholds": "quantrs.validation",
+    "benchmark": "quantrs.benchmarking",
+    "write_html_report": "quantrs.html_report",
     "inspect_model": "quantrs.info",
     "QuantizeConfig": "quantrs.config",
     "QuantizeReport": "quantrs.report",
@@ -34,12 +38,17 @@ _EXPORTS = {
     "SchedulerError": "quantrs.errors",
     "PlanReport": "quantrs.report",
     "BatchReport": "quantrs.report",
+    "ValidationReport": "quantrs.report",
+    "BenchmarkReport": "quantrs.report",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from quantrs.batch import quantize_batch
+    from quantrs.benchmarking import benchmark
+    from quantrs.html_report import write_html_report
+    from quantrs.validation import Thresholds, validate
     from quantrs.config import QuantizeConfig
     from quantrs.configfile import load_config
     from quantrs.errors import (
@@ -53,7 +62,7 @@ if TYPE_CHECKING:
     )
     from quantrs.info import inspect_model
     from quantrs.pipeline import dry_run, quantize
-    from quantrs.report import BatchReport, InfoReport, PlanReport, QuantizeReport
+    from quantrs.report import BatchReport, BenchmarkReport, InfoReport, PlanReport, QuantizeReport, ValidationReport
 
 
 def __getattr__(name: str) -> Any:

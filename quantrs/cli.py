@@ -269,6 +269,59 @@ def _emit(report, fmt: OutputFormat, renderer: str) -> None:
 
 
 @app.command()
+def validate(
+    original: Annotated[Path, typer.Argument(help="The float model.", show_default=False)],
+    quantized: Annotated[Path, typer.Argument(help="The quantized model.", show_default=False)],
+    data: Annotated[Optional[Path], typer.Option("--data", help="Samples: .npy, .npz (by input name) or a folder of them. Default: generated from the inputs.", show_default=False)] = None,
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Generated samples when --data is not given.")] = 8,
+    detailed: Annotated[bool, typer.Option("--detailed", help="Per-layer errors, a ranking of the layers that hurt most, and a suggested --exclude list.")] = False,
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Fail when an output's cosine similarity is lower.", show_default=False)] = None,
+    max_relative_error: Annotated[Optional[float], typer.Option("--max-relative-error", help="Fail when an output's relative L2 error is higher.", show_default=False)] = None,
+    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Fail when a classifier output's top-1 agreement is lower (0-1).", show_default=False)] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here (needs quantrs[report]).", show_default=False)] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="Text or JSON (on stdout).")] = OutputFormat.text,
+) -> None:
+    """Check that QUANTIZED still behaves like ORIGINAL; exit code 1 if a check or threshold fails."""
+    from quantrs.errors import QuantrsError
+    from quantrs.validation import Thresholds
+    from quantrs.validation import validate as run
+
+    try:
+        thresholds = Thresholds(min_cosine=min_cosine, max_relative_l2=max_relative_error, min_top1=min_top1)
+        result = run(original, quantized, data=data, samples=samples, detailed=detailed or report is not None, thresholds=thresholds)
+        if report is not None:
+            from quantrs.html_report import write_html_report
+
+            write_html_report(result, report)
+    except QuantrsError as exc:
+        raise _fail(str(exc)) from None
+    _emit(result, fmt, "render_validation")
+    if not result.passed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def benchmark(
+    original: Annotated[Path, typer.Argument(help="The float model.", show_default=False)],
+    quantized: Annotated[Path, typer.Argument(help="The quantized model.", show_default=False)],
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed inference runs per model.")] = 20,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 3,
+    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="onnxruntime intra-op threads (default: its own).", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="A sample to run (.npy/.npz/folder); default: generated.", show_default=False)] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="Text or JSON (on stdout).")] = OutputFormat.text,
+) -> None:
+    """Compare file size, weight bytes by type, load time and inference latency in onnxruntime."""
+    from quantrs.benchmarking import benchmark as run
+    from quantrs.errors import QuantrsError
+
+    try:
+        result = run(original, quantized, runs=runs, warmup=warmup, threads=threads, data=data)
+    except QuantrsError as exc:
+        raise _fail(str(exc)) from None
+    _emit(result, fmt, "render_benchmark")
+
+
+@app.command()
 def info(
     model: Annotated[Path, typer.Argument(help="An ONNX model.", show_default=False)],
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Text or JSON (on stdout).")] = OutputFormat.text,

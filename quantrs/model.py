@@ -48,6 +48,8 @@ class WeightInfo:
 
     @property
     def nbytes(self) -> int:
+        if self.data_type in _SUB_BYTE:
+            return (self.size + 1) // 2  # two 4-bit values per byte
         np_type = helper.tensor_dtype_to_np_dtype(self.data_type)
         return self.size * np.dtype(np_type).itemsize
 

@@ -7,9 +7,17 @@ from collections import Counter
 from rich.table import Table
 
 from quantrs._console import stdout_console
-from quantrs.report import BatchReport, InfoReport, PlanReport, QuantizeReport
+from quantrs.report import BatchReport, BenchmarkReport, InfoReport, PlanReport, QuantizeReport, ValidationReport
 
-__all__ = ["render_quantize", "render_info", "render_plans", "render_batch", "human_bytes"]
+__all__ = [
+    "render_quantize",
+    "render_info",
+    "render_plans",
+    "render_batch",
+    "render_validation",
+    "render_benchmark",
+    "human_bytes",
+]
 
 
 def human_bytes(n: float) -> str:
@@ -125,3 +133,65 @@ def render_batch(report: BatchReport) -> None:
     counts = ", ".join(f"{report.count(s)} {s}" for s in ("ok", "failed", "skipped", "cancelled") if report.count(s))
     where = f"on {report.scheduler}" if report.scheduler else f"with {report.jobs} job(s)"
     console.print(f"{len(report.results)} models {where} in {report.seconds:.2f} s: {counts}")
+
+
+def _mark(passed: bool) -> str:
+    return "[green]✓[/]" if passed else "[bold red]✗[/]"
+
+
+def render_validation(report: ValidationReport) -> None:
+    console = stdout_console()
+    console.print(f"[bold]{report.original}[/] vs [bold]{report.quantized}[/]")
+    ratio = report.original_bytes / report.quantized_bytes if report.quantized_bytes else 0
+    console.print(f"  {human_bytes(report.original_bytes)} -> {human_bytes(report.quantized_bytes)} ({ratio:.2f}x smaller)")
+    for c in report.checks:
+        console.print(f"{_mark(c.passed)} {c.name}" + (f": {c.detail}" if c.detail else ""), highlight=False)
+    if report.outputs:
+        table = Table(title=f"output agreement over {report.samples} sample(s) ({report.samples_source})", title_justify="left", show_edge=False)
+        for col in ("output", "cosine", "max abs error", "relative L2", "top-1"):
+            table.add_column(col, justify="left" if col == "output" else "right")
+        for o in report.outputs:
+            top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.2%}"
+            table.add_row(o.name, f"{o.cosine:.6f}", f"{o.max_abs_error:.4g}", f"{o.relative_l2:.4g}", top1)
+        console.print(table)
+    for t in report.thresholds:
+        relation = ">=" if t.name.startswith("min") else "<="
+        verdict = "" if t.passed else " [bold red]MISSED[/]"
+        console.print(f"{_mark(t.passed)} {t.name}: {t.output} {t.value:.6g} {relation} {t.limit}{verdict}", highlight=False)
+    if report.layers is not None:
+        table = Table(title="layers ranked by the error they inject (worst first)", title_justify="left", show_edge=False)
+        for col in ("#", "weight", "consumer", "storage", "weight SQNR dB", "local SQNR dB", "local rel. L2"):
+            table.add_column(col, justify="right" if "SQNR" in col or col in ("#", "local rel. L2") else "left")
+        for i, l in enumerate(report.layers, 1):
+            local = "-" if l.local_sqnr_db is None else f"{l.local_sqnr_db:.2f}"
+            rel = "-" if l.local_relative_l2 is None else f"{l.local_relative_l2:.4g}"
+            table.add_row(str(i), l.name, l.consumer, l.storage, f"{l.weight_sqnr_db:.2f}", local, rel)
+        console.print(table)
+    if report.suggested_exclude:
+        flags = " ".join(f"--exclude {name}" for name in report.suggested_exclude)
+        console.print(f"suggestion ({report.suggestion_note}): {flags}", highlight=False)
+    elif report.suggestion_note:
+        console.print(f"no suggestion: {report.suggestion_note}")
+    console.print("[bold green]VALIDATION PASSED[/]" if report.passed else "[bold red]VALIDATION FAILED[/]")
+
+
+def render_benchmark(report: BenchmarkReport) -> None:
+    console = stdout_console()
+    table = Table(show_edge=False)
+    table.add_column("")
+    table.add_column("original", justify="right")
+    table.add_column("quantized", justify="right")
+    o, q = report.original, report.quantized
+    table.add_row("file", human_bytes(o.file_bytes), human_bytes(q.file_bytes))
+    for dtype in sorted(set(o.weight_bytes_by_dtype) | set(q.weight_bytes_by_dtype)):
+        table.add_row(f"  {dtype} weights", human_bytes(o.weight_bytes_by_dtype.get(dtype, 0)), human_bytes(q.weight_bytes_by_dtype.get(dtype, 0)))
+    table.add_row("load (median)", f"{o.load_seconds * 1e3:.1f} ms", f"{q.load_seconds * 1e3:.1f} ms")
+    table.add_row("latency median", f"{o.latency_ms_median:.3f} ms", f"{q.latency_ms_median:.3f} ms")
+    table.add_row("latency p10-p90", f"{o.latency_ms_p10:.3f}-{o.latency_ms_p90:.3f} ms", f"{q.latency_ms_p10:.3f}-{q.latency_ms_p90:.3f} ms")
+    console.print(table)
+    threads = "onnxruntime's default" if report.threads is None else str(report.threads)
+    console.print(
+        f"{report.compression:.2f}x smaller, {report.speedup:.2f}x the speed; {report.runs} runs after {report.warmup} "
+        f"warm-up, threads: {threads}, inputs {report.batch_inputs}",
+        highlight=False,
+    )

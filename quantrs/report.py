@@ -18,6 +18,13 @@ __all__ = [
     "PlanReport",
     "ModelResult",
     "BatchReport",
+    "Check",
+    "OutputAgreement",
+    "ThresholdResult",
+    "LayerError",
+    "ValidationReport",
+    "ModelTiming",
+    "BenchmarkReport",
 ]
 
 
@@ -165,4 +172,109 @@ class BatchReport:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["summary"] = {s: self.count(s) for s in ("ok", "failed", "skipped", "cancelled")}
+        return data
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class OutputAgreement:
+    """How closely one output of the quantized model follows the original, over all samples."""
+
+    name: str
+    cosine: float
+    max_abs_error: float
+    relative_l2: float
+    top1_agreement: float | None  # classifier-like outputs (float, last axis >= 2) only
+
+
+@dataclass(frozen=True)
+class ThresholdResult:
+    name: str  # min_cosine, max_relative_l2, min_top1
+    limit: float
+    output: str
+    value: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """One quantized weight: its own error, and the error it causes at its consumer's output
+    when that node alone runs on the original model's activations ("local" error)."""
+
+    name: str
+    storage: str
+    consumer: str  # "MatMul 'fc1'"
+    weight_mse: float
+    weight_sqnr_db: float
+    local_relative_l2: float | None
+    local_sqnr_db: float | None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    original: str
+    quantized: str
+    original_bytes: int
+    quantized_bytes: int
+    samples: int
+    samples_source: str  # a path, or "generated from the model's inputs"
+    checks: list[Check]
+    outputs: list[OutputAgreement]
+    thresholds: list[ThresholdResult]
+    layers: list[LayerError] | None = None  # ranked, worst first (--detailed)
+    suggested_exclude: list[str] | None = None
+    suggested_outputs: list[OutputAgreement] | None = None
+    suggestion_note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks) and all(t.passed for t in self.thresholds)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["passed"] = self.passed
+        return data
+
+
+@dataclass(frozen=True)
+class ModelTiming:
+    path: str
+    file_bytes: int
+    weight_bytes_by_dtype: dict[str, int]
+    load_seconds: float  # median of session creations
+    latency_ms_median: float
+    latency_ms_p10: float
+    latency_ms_p90: float
+    latency_ms_stdev: float
+
+
+@dataclass(frozen=True)
+class BenchmarkReport:
+    original: ModelTiming
+    quantized: ModelTiming
+    runs: int
+    warmup: int
+    threads: int | None
+    batch_inputs: str
+
+    @property
+    def compression(self) -> float:
+        return self.original.file_bytes / self.quantized.file_bytes if self.quantized.file_bytes else 0.0
+
+    @property
+    def speedup(self) -> float:
+        q = self.quantized.latency_ms_median
+        return self.original.latency_ms_median / q if q else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["compression"] = round(self.compression, 4)
+        data["speedup"] = round(self.speedup, 4)
         return data

@@ -1,0 +1,395 @@
+"""`quantrs validate`: is a quantized model still the model it came from, and where is it not?
+
+1. Structure: same inputs and outputs, every node input defined, onnx.checker, well-formed
+   DequantizeLinear nodes with finite positive scales.
+2. Agreement: both models run in onnxruntime on the same inputs (the user's samples or inputs
+   generated from the signature); per output: cosine similarity, max abs error, relative L2
+   error, and top-1 agreement for classifier-like outputs. User thresholds decide pass/fail.
+3. Detailed (per layer): each quantized weight's error (MSE, SQNR), and the error it causes at
+   its consumer's output when that node alone runs on the original model's activations, so
+   layers are ranked by what they inject, not by what accumulates downstream. When a threshold
+   is missed, the worst layers are put back in float one by one until the model passes: that
+   is the suggested --exclude list.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from quantrs import kernels
+from quantrs.model import LoadedModel, load_model
+from quantrs.report import Check, LayerError, OutputAgreement, ThresholdResult, ValidationReport
+from quantrs.samples import generate_samples, input_specs, load_samples
+
+__all__ = ["validate", "Thresholds"]
+
+logger = logging.getLogger(__name__)
+
+Feeds = list[dict[str, np.ndarray]]
+MAX_SUGGESTION_STEPS = 24
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    min_cosine: float | None = None
+    max_relative_l2: float | None = None
+    min_top1: float | None = None
+
+    def evaluate(self, outputs: list[OutputAgreement]) -> list[ThresholdResult]:
+        results = []
+        for out in outputs:
+            if self.min_cosine is not None:
+                results.append(ThresholdResult("min_cosine", self.min_cosine, out.name, out.cosine, out.cosine >= self.min_cosine))
+            if self.max_relative_l2 is not None:
+                results.append(
+                    ThresholdResult("max_relative_l2", self.max_relative_l2, out.name, out.relative_l2, out.relative_l2 <= self.max_relative_l2)
+                )
+            if self.min_top1 is not None and out.top1_agreement is not None:
+                results.append(ThresholdResult("min_top1", self.min_top1, out.name, out.top1_agreement, out.top1_agreement >= self.min_top1))
+        return results
+
+
+def validate(
+    original: str | os.PathLike[str],
+    quantized: str | os.PathLike[str],
+    *,
+    data: str | os.PathLike[str] | None = None,
+    samples: int = 8,
+    detailed: bool = False,
+    thresholds: Thresholds | None = None,
+) -> ValidationReport:
+    """Compare a quantized model with its original. Raises ModelLoadError/ConfigError for bad
+    files or samples; a model that fails a check or a threshold gives a report with passed False."""
+    thresholds = thresholds or Thresholds()
+    orig, quant = load_model(original), load_model(quantized)
+    checks = check_structure(orig, quant)
+    specs = input_specs(orig.proto)
+    feeds = load_samples(data, specs) if data is not None else generate_samples(orig.proto, samples)
+    source = str(data) if data is not None else "generated from the model's inputs"
+
+    outputs: list[OutputAgreement] = []
+    try:
+        reference = _run(str(orig.path), feeds)
+        got = _run(str(quant.path), feeds)
+        outputs = agreements(reference, got)
+        checks.append(Check("runs in onnxruntime", True, f"{len(feeds)} sample(s)"))
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException
+        checks.append(Check("runs in onnxruntime", False, _first_line(exc)))
+        reference = None
+    results = thresholds.evaluate(outputs)
+
+    layers = suggestion = suggested_outputs = None
+    note = ""
+    if detailed and reference is not None:
+        layers = rank_layers(orig, quant, feeds)
+        if any(not r.passed for r in results):
+            suggestion, suggested_outputs, note = suggest_exclude(orig, quant, layers, feeds, reference, thresholds)
+    return ValidationReport(
+        original=str(orig.path),
+        quantized=str(quant.path),
+        original_bytes=_file_bytes(orig),
+        quantized_bytes=_file_bytes(quant),
+        samples=len(feeds),
+        samples_source=source,
+        checks=checks,
+        outputs=outputs,
+        thresholds=results,
+        layers=layers,
+        suggested_exclude=suggestion,
+        suggested_outputs=suggested_outputs,
+        suggestion_note=note,
+    )
+
+
+# --- structure -----------------------------------------------------------------------------
+
+
+def _signature(values) -> list[tuple]:
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim) if t.HasField("shape") else None
+        out.append((v.name, t.elem_type, dims))
+    return out
+
+
+def check_structure(orig: LoadedModel, quant: LoadedModel) -> list[Check]:
+    g0, g1 = orig.proto.graph, quant.proto.graph
+    inits0 = {t.name for t in g0.initializer}
+    inits1 = {t.name for t in g1.initializer}
+    in0 = [v for v in g0.input if v.name not in inits0]
+    in1 = [v for v in g1.input if v.name not in inits1]
+    checks = [
+        _compare("inputs unchanged", _signature(in0), _signature(in1)),
+        _compare("outputs unchanged", _signature(g0.output), _signature(g1.output)),
+    ]
+    defined = {v.name for v in g1.input} | inits1 | {""}
+    undefined = []
+    for node in g1.node:
+        undefined += [f"{name!r} (input of {node.op_type} {node.name!r})" for name in node.input if name not in defined]
+        defined.update(node.output)
+    checks.append(Check("every node input is defined", not undefined, "; ".join(undefined[:3]) or f"{len(g1.node)} nodes"))
+    try:
+        from quantrs.qdq import initializers_as_inputs
+
+        with initializers_as_inputs(quant.proto) as skeleton:  # weights are not in memory
+            onnx.checker.check_model(skeleton)
+        checks.append(Check("onnx.checker", True))
+    except onnx.checker.ValidationError as exc:
+        checks.append(Check("onnx.checker", False, _first_line(exc)))
+    checks.append(_check_dequantize_nodes(quant))
+    return checks
+
+
+def _compare(name: str, before, after) -> Check:
+    if before == after:
+        return Check(name, True, ", ".join(v[0] for v in after))
+    return Check(name, False, f"original {[v[0] for v in before]}, quantized {[v[0] for v in after]} (or their types/shapes differ)")
+
+
+def _check_dequantize_nodes(quant: LoadedModel) -> Check:
+    weights = quant.weights
+    problems, count = [], 0
+    for node in quant.proto.graph.node:
+        if node.op_type != "DequantizeLinear":
+            continue
+        count += 1
+        x, scale_name = node.input[0], node.input[1]
+        zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if x not in weights or scale_name not in weights:
+            continue  # activation Q/DQ pairs: their tensors are computed, not stored
+        info, scale_info = weights.info(x), weights.info(scale_name)
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+        if info.data_type not in _INTEGER_CODES:
+            problems.append(f"{node.name}: codes are {info.dtype_name}")
+        if scale_info.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16):
+            problems.append(f"{node.name}: scale is {scale_info.dtype_name}")
+        elif len(scale_info.shape) == 1 and scale_info.shape[0] != 1:
+            if not -len(info.shape) <= axis < len(info.shape) or info.shape[axis] != scale_info.shape[0]:
+                problems.append(f"{node.name}: {scale_info.shape[0]} scales for axis {axis} of shape {list(info.shape)}")
+        elif len(scale_info.shape) > 1 and "block_size" not in [a.name for a in node.attribute]:
+            problems.append(f"{node.name}: scale of rank {len(scale_info.shape)} without block_size")
+        if zp_name and zp_name in weights and weights.info(zp_name).data_type != info.data_type:
+            problems.append(f"{node.name}: zero point is {weights.info(zp_name).dtype_name}, codes are {info.dtype_name}")
+        scale = np.asarray(weights.array(scale_name), dtype=np.float64)
+        if not (np.isfinite(scale).all() and (scale > 0).all()):
+            problems.append(f"{node.name}: scales hold NaN, infinity, zero or negative values")
+    detail = "; ".join(problems[:3]) if problems else f"{count} DequantizeLinear node(s), scales finite and positive"
+    return Check("DequantizeLinear nodes well-formed", not problems, detail)
+
+
+_INTEGER_CODES = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4, TensorProto.INT16, TensorProto.UINT16, TensorProto.INT32}
+
+
+# --- agreement -----------------------------------------------------------------------------
+
+
+def _session(model: str | bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _run(model: str | bytes, feeds: Feeds, outputs: list[str] | None = None) -> dict[str, list[np.ndarray]]:
+    session = _session(model)
+    names = outputs or [o.name for o in session.get_outputs()]
+    results: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed in feeds:
+        for name, value in zip(names, session.run(names, feed)):
+            results[name].append(np.asarray(value))
+    return results
+
+
+def agreements(reference: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]]) -> list[OutputAgreement]:
+    out = []
+    for name, ref_values in reference.items():
+        a = np.concatenate([r.astype(np.float64).ravel() for r in ref_values])
+        b = np.concatenate([g.astype(np.float64).ravel() for g in got[name]])
+        na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+        diff = float(np.linalg.norm(a - b))
+        cosine = 1.0 if na == 0 and nb == 0 else (float(a @ b) / (na * nb) if na and nb else 0.0)
+        relative = 0.0 if diff == 0 else (diff / na if na else math.inf)
+        top1 = None
+        if ref_values[0].dtype.kind == "f" and ref_values[0].ndim >= 2 and ref_values[0].shape[-1] >= 2:
+            hits = [np.argmax(r, axis=-1) == np.argmax(g, axis=-1) for r, g in zip(ref_values, got[name])]
+            top1 = float(np.concatenate([h.ravel() for h in hits]).mean())
+        out.append(OutputAgreement(name, cosine, float(np.abs(a - b).max()) if a.size else 0.0, relative, top1))
+    return out
+
+
+# --- per layer -----------------------------------------------------------------------------
+
+
+def dequantized_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tuple[onnx.NodeProto, np.ndarray, str]]:
+    """name -> (DequantizeLinear node, dequantized weight, storage) for every weight-only DQ
+    whose output replaces a float initializer of the original."""
+    out = {}
+    weights = quant.weights
+    for node in quant.proto.graph.node:
+        if node.op_type != "DequantizeLinear" or node.output[0] not in orig.weights:
+            continue
+        if any(name and name not in weights for name in node.input):
+            continue
+        info = weights.info(node.input[0])
+        codes = np.asarray(weights.array(node.input[0])).astype(np.int16)
+        scale = np.asarray(weights.array(node.input[1]), dtype=np.float32)
+        zp = np.asarray(weights.array(node.input[2])).astype(np.int32) if len(node.input) > 2 and node.input[2] else np.zeros(scale.shape, np.int32)
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1) if scale.ndim == 1 and scale.size > 1 else None
+        typed = codes.astype(np.int8) if codes.min() < 0 or info.data_type in (TensorProto.INT8, TensorProto.INT4) else codes.astype(np.uint8)
+        value = kernels.dequantize(typed, scale.reshape(-1), zp.reshape(-1), axis)
+        out[node.output[0]] = (node, value, info.dtype_name)
+    return out
+
+
+def _sqnr_db(signal: np.ndarray, noise: np.ndarray) -> float:
+    p_signal = float(np.sum(signal.astype(np.float64) ** 2))
+    p_noise = float(np.sum(noise.astype(np.float64) ** 2))
+    if p_noise == 0:
+        return math.inf
+    return 10 * math.log10(p_signal / p_noise) if p_signal else -math.inf
+
+
+def rank_layers(orig: LoadedModel, quant: LoadedModel, feeds: Feeds) -> list[LayerError]:
+    """Every quantized weight with its error, worst first (by local output error, then weight SQNR)."""
+    deq = dequantized_weights(orig, quant)
+    graph = orig.proto.graph
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            if name in deq and name not in consumers:
+                consumers[name] = node
+    # One run of the original model yields every activation the consumers read.
+    initializers = {t.name for t in graph.initializer}
+    graph_inputs = {v.name for v in graph.input}
+    wanted = sorted({i for n in consumers.values() for i in n.input if i and i not in initializers and i not in graph_inputs})
+    captured = _capture(orig, feeds, wanted) if wanted else {}
+    layers = []
+    for name, (_, dequantized, storage) in deq.items():
+        original = np.asarray(orig.weights.array(name), dtype=np.float32)
+        noise = original - dequantized
+        node = consumers.get(name)
+        local_rel = local_db = None
+        note = ""
+        if node is None:
+            note = "no consumer in the original graph"
+        else:
+            try:
+                local_rel, local_db = _local_error(orig, node, name, dequantized, feeds, captured)
+            except Exception as exc:  # an op onnxruntime cannot run alone; keep the weight figures
+                note = f"local error unavailable: {_first_line(exc)}"
+        layers.append(
+            LayerError(
+                name=name,
+                storage=storage,
+                consumer=f"{node.op_type} {node.name!r}" if node is not None else "",
+                weight_mse=float(np.mean(noise.astype(np.float64) ** 2)),
+                weight_sqnr_db=_sqnr_db(original, noise),
+                local_relative_l2=local_rel,
+                local_sqnr_db=local_db,
+                note=note,
+            )
+        )
+    layers.sort(key=lambda l: (-(l.local_relative_l2 if l.local_relative_l2 is not None else -1.0), l.weight_sqnr_db))
+    return layers
+
+
+def _capture(orig: LoadedModel, feeds: Feeds, names: list[str]) -> dict[str, list[np.ndarray]]:
+    model = onnx.load(str(orig.path))
+    known = {v.name for v in model.graph.output}
+    inferred = {}
+    try:
+        inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
+    except Exception:  # shape inference is best effort; outputs without types still run
+        pass
+    for name in names:
+        if name not in known:
+            model.graph.output.append(inferred.get(name) or helper.make_empty_tensor_value_info(name))
+    return _run(model.SerializeToString(), feeds, names)
+
+
+def _local_error(orig: LoadedModel, node: onnx.NodeProto, weight: str, dequantized: np.ndarray, feeds: Feeds, captured) -> tuple[float, float]:
+    """Run `node` alone on the original activations with the float and the dequantized weight."""
+    inits = {t.name for t in orig.proto.graph.initializer}
+    outputs = {}
+    for variant, value in (("float", np.asarray(orig.weights.array(weight))), ("quantized", dequantized)):
+        tensors, inputs, feed_names = [], [], []
+        for name in node.input:
+            if not name:
+                continue
+            if name == weight:
+                tensors.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+            elif name in inits:
+                tensors.append(numpy_helper.from_array(np.ascontiguousarray(orig.weights.array(name)), name))
+            elif name not in feed_names:
+                sample = captured[name][0] if name in captured else feeds[0][name]
+                inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(sample.dtype), None))
+                feed_names.append(name)
+        out = helper.make_empty_tensor_value_info(node.output[0])
+        single = helper.make_graph([node], "layer", inputs, [out], tensors)
+        model = helper.make_model(single, opset_imports=orig.proto.opset_import, ir_version=orig.proto.ir_version)
+        per_sample = [{n: (captured[n][i] if n in captured else feeds[i][n]) for n in feed_names} for i in range(len(feeds))]
+        outputs[variant] = np.concatenate([r.ravel() for r in _run(model.SerializeToString(), per_sample)[node.output[0]]])
+    ref, got = outputs["float"].astype(np.float64), outputs["quantized"].astype(np.float64)
+    norm = float(np.linalg.norm(ref))
+    diff = float(np.linalg.norm(ref - got))
+    return (diff / norm if norm else (0.0 if diff == 0 else math.inf)), _sqnr_db(ref, ref - got)
+
+
+def suggest_exclude(
+    orig: LoadedModel, quant: LoadedModel, layers: list[LayerError], feeds: Feeds, reference, thresholds: Thresholds
+) -> tuple[list[str] | None, list[OutputAgreement] | None, str]:
+    """Put the worst layers back in float, one more at a time, until every threshold passes."""
+    if quant.file_size > 1 << 30:
+        return None, None, "not tried: the model is too large to rebuild in memory for each step"
+    full = onnx.load(str(quant.path))
+    excluded: list[str] = []
+    for layer in layers[:MAX_SUGGESTION_STEPS]:
+        excluded.append(layer.name)
+        hybrid = _with_float_weights(full, orig, excluded)
+        got = _run(hybrid.SerializeToString(), feeds)
+        outputs = agreements(reference, got)
+        if all(r.passed for r in thresholds.evaluate(outputs)):
+            return list(excluded), outputs, f"leaving {len(excluded)} layer(s) in float meets every threshold"
+    return None, None, f"even {len(excluded)} layer(s) left in float do not meet the thresholds"
+
+
+def _with_float_weights(quantized: onnx.ModelProto, orig: LoadedModel, names: list[str]) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    model.CopyFrom(quantized)
+    graph = model.graph
+    chosen = set(names)
+    dropped = set()
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.output[0] in chosen:
+            dropped.update(i for i in node.input if i)
+        else:
+            nodes.append(node)
+    still_used = {i for n in nodes for i in n.input}
+    kept = [t for t in graph.initializer if t.name not in dropped or t.name in still_used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(orig.weights.array(n)), n) for n in names)
+    return model
+
+
+def _file_bytes(model: LoadedModel) -> int:
+    files = {info.location for info in model.weights if info.location != "embedded"}
+    return model.file_size + sum((model.path.parent / f).stat().st_size for f in files)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,192 @@
+"""validate, benchmark and the HTML report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from builders import BUILDERS
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+import quantrs
+from quantrs import QuantizeConfig, Thresholds
+from quantrs.cli import app
+from quantrs.errors import ConfigError
+
+runner = CliRunner()
+
+
+def three_layer_mlp():
+    """x -> fc1 -> Relu -> fc2 -> Relu -> fc3."""
+    rng = np.random.default_rng(5)
+    inits = {}
+    for name, shape in (("fc1", (32, 64)), ("fc2", (64, 64)), ("fc3", (64, 10))):
+        inits[name] = (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "fc1"], ["h1"], name="fc1"),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("MatMul", ["r1", "fc2"], ["h2"], name="fc2"),
+        helper.make_node("Relu", ["h2"], ["r2"]),
+        helper.make_node("MatMul", ["r2", "fc3"], ["y"], name="fc3"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp3",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.fixture
+def broken_pair(tmp_path):
+    """A correct INT8 model whose fc2 layer is then deliberately broken: its per-channel scales
+    are shuffled (still finite and positive, so the structure checks pass)."""
+    src = tmp_path / "float.onnx"
+    onnx.save(three_layer_mlp(), str(src))
+    dst = tmp_path / "int8.onnx"
+    quantrs.quantize(src, dst, QuantizeConfig(min_elements=0, per_channel=True))
+    model = onnx.load(str(dst))
+    scale = next(t for t in model.graph.initializer if t.name == "fc2_scale")
+    shuffled = np.random.default_rng(0).permutation(numpy_helper.to_array(scale) * np.linspace(0.2, 3, 64, dtype=np.float32))
+    scale.CopyFrom(numpy_helper.from_array(shuffled.astype(np.float32), "fc2_scale"))
+    onnx.save(model, str(dst))
+    return src, dst
+
+
+def test_broken_layer_is_ranked_first_and_excluding_it_passes(broken_pair):
+    src, dst = broken_pair
+    report = quantrs.validate(src, dst, detailed=True, thresholds=Thresholds(min_cosine=0.999))
+    assert all(c.passed for c in report.checks)
+    assert not report.passed and not report.thresholds[0].passed
+    assert [l.name for l in report.layers][0] == "fc2"
+    assert report.layers[0].local_sqnr_db < report.layers[1].local_sqnr_db - 10
+    assert report.suggested_exclude == ["fc2"]
+    assert report.suggested_outputs[0].cosine >= 0.999
+    # Quantized again the right way (or without that layer), the model passes.
+    for excluded in ((), tuple(report.suggested_exclude)):
+        fixed = dst.with_name("fixed.onnx")
+        quantrs.quantize(src, fixed, QuantizeConfig(min_elements=0, per_channel=True, exclude=excluded))
+        assert quantrs.validate(src, fixed, thresholds=Thresholds(min_cosine=0.999)).passed
+
+
+def test_cli_exit_code_says_which_threshold_was_missed(broken_pair):
+    src, dst = broken_pair
+    result = runner.invoke(app, ["validate", str(src), str(dst), "--min-cosine", "0.999"])
+    assert result.exit_code == 1
+    assert "min_cosine: y" in result.stdout and "MISSED" in result.stdout and "VALIDATION FAILED" in result.stdout
+    ok = runner.invoke(app, ["validate", str(src), str(dst), "--min-cosine", "0.5"])
+    assert ok.exit_code == 0 and "VALIDATION PASSED" in ok.stdout
+
+
+def test_json_has_the_same_data(broken_pair):
+    src, dst = broken_pair
+    result = runner.invoke(app, ["validate", str(src), str(dst), "--detailed", "--min-cosine", "0.999", "--format", "json"])
+    data = json.loads(result.stdout)
+    assert set(data) >= {"original", "quantized", "checks", "outputs", "thresholds", "layers", "suggested_exclude", "passed", "samples"}
+    assert data["passed"] is False and data["samples"] == 8
+    assert {c["name"] for c in data["checks"]} >= {"inputs unchanged", "outputs unchanged", "onnx.checker", "runs in onnxruntime"}
+    output = data["outputs"][0]
+    assert set(output) == {"name", "cosine", "max_abs_error", "relative_l2", "top1_agreement"}
+    assert isinstance(output["cosine"], float) and 0 <= output["top1_agreement"] <= 1
+    layer = data["layers"][0]
+    assert set(layer) == {"name", "storage", "consumer", "weight_mse", "weight_sqnr_db", "local_relative_l2", "local_sqnr_db", "note"}
+    assert layer["name"] == "fc2" and data["suggested_exclude"] == ["fc2"]
+    assert data["thresholds"][0] == {"name": "min_cosine", "limit": 0.999, "output": "y", "value": data["outputs"][0]["cosine"], "passed": False}
+
+
+def test_structure_problems_are_found(tmp_path, save):
+    model, _ = BUILDERS["mlp"]()
+    src = save(model)
+    dst = tmp_path / "q.onnx"
+    quantrs.quantize(src, dst, QuantizeConfig(min_elements=0))
+    tampered = onnx.load(str(dst))
+    scale = next(t for t in tampered.graph.initializer if t.name == "w1_scale")
+    scale.CopyFrom(numpy_helper.from_array(np.array(np.nan, np.float32), "w1_scale"))
+    tampered.graph.output[0].name = "renamed"
+    tampered.graph.node[-1].output[0] = "renamed"
+    bad = tmp_path / "bad.onnx"
+    onnx.save(tampered, str(bad))
+    report = quantrs.validate(src, bad)
+    failed = {c.name: c.detail for c in report.checks if not c.passed}
+    assert "outputs unchanged" in failed
+    assert "scales hold NaN" in failed["DequantizeLinear nodes well-formed"]
+    assert not report.passed
+
+
+def test_samples_from_npz_and_folder_and_their_errors(tmp_path, save):
+    model, feeds = BUILDERS["embedding"]()
+    src = save(model)
+    dst = tmp_path / "q.onnx"
+    quantrs.quantize(src, dst, QuantizeConfig(min_elements=0, per_channel=True))
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i in range(3):
+        np.savez(folder / f"s{i}.npz", ids=np.random.default_rng(i).integers(0, 200, (2, 5)))
+    report = quantrs.validate(src, dst, data=folder)
+    assert report.samples == 3 and report.outputs[0].cosine > 0.99
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 5), np.float32))
+    with pytest.raises(ConfigError, match=r"wrong\.npy: input 'ids' is float32, the model expects int64"):
+        quantrs.validate(src, dst, data=tmp_path / "wrong.npy")
+    np.savez(tmp_path / "missing.npz", other=np.zeros((2, 5), np.int64))
+    with pytest.raises(ConfigError, match=r"missing\.npz: missing input\(s\) ids"):
+        quantrs.validate(src, dst, data=tmp_path / "missing.npz")
+    result = runner.invoke(app, ["validate", str(src), str(dst), "--data", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "nowhere: no such samples file or folder" in result.stderr
+
+
+def test_generated_inputs_respect_token_ids(tmp_path, save):
+    model, _ = BUILDERS["embedding"]()  # ids feed a 200-row table, with symbolic B and T dims
+    src = save(model)
+    dst = tmp_path / "q.onnx"
+    quantrs.quantize(src, dst, QuantizeConfig(min_elements=0))
+    report = quantrs.validate(src, dst, samples=3)
+    assert report.passed and report.outputs[0].cosine > 0.99
+
+
+def test_html_report_renders(broken_pair, tmp_path):
+    pytest.importorskip("matplotlib")
+    src, dst = broken_pair
+    page = tmp_path / "report.html"
+    result = runner.invoke(app, ["validate", str(src), str(dst), "--min-cosine", "0.999", "--report", str(page)])
+    assert result.exit_code == 1  # the threshold is still missed; the report is written anyway
+    text = page.read_text()
+    assert text.startswith("<!doctype html>") and "FAILED" in text
+    assert text.count("data:image/png;base64,") >= 2  # the ranking chart and distributions
+    assert "fc2" in text and "<script" not in text  # self-contained, no external resources
+
+
+def test_benchmark_reports_sizes_and_latency(broken_pair):
+    src, dst = broken_pair
+    report = quantrs.benchmark(src, dst, runs=5, warmup=1, threads=1)
+    assert report.compression > 2
+    assert report.original.weight_bytes_by_dtype == {"FLOAT": (32 * 64 + 64 * 64 + 64 * 10) * 4}
+    assert report.quantized.weight_bytes_by_dtype["UINT8"] == 32 * 64 + 64 * 64 + 64 * 10 + 64 + 64 + 10  # codes + zero points
+    for timing in (report.original, report.quantized):
+        assert 0 < timing.latency_ms_p10 <= timing.latency_ms_median <= timing.latency_ms_p90
+        assert timing.load_seconds > 0
+    result = runner.invoke(app, ["benchmark", str(src), str(dst), "--runs", "3", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["runs"] == 3 and data["compression"] > 2 and "latency_ms_median" in data["quantized"]
+
+
+def test_real_model_validates_end_to_end(tmp_path):
+    magika = pytest.importorskip("magika")
+    model = next(Path(magika.__file__).parent.glob("models/*/model.onnx"))
+    dst = tmp_path / "magika_int8.onnx"
+    quantrs.quantize(model, dst, QuantizeConfig(per_channel=True))
+    files = sorted(p for p in Path(np.__file__).parent.rglob("*.py"))[:16]
+    batch = np.full((len(files), 2048), 256, np.int32)
+    for i, f in enumerate(files):
+        head = np.frombuffer(f.read_bytes()[:2048], np.uint8)
+        batch[i, : head.size] = head
+    np.save(tmp_path / "bytes.npy", batch)
+    report = quantrs.validate(model, dst, data=tmp_path / "bytes.npy", detailed=True, thresholds=Thresholds(min_cosine=0.99, min_top1=0.9))
+    assert report.passed, report.thresholds
+    assert len(report.layers) == 3 and all(l.local_sqnr_db is not None and l.local_sqnr_db > 20 for l in report.layers)
