@@ -99,6 +99,16 @@ cdef inline void _quantize_rows(const float_u* x, Py_ssize_t rows, Py_ssize_t ro
                       out + r * row_len + c0)
 
 
+cdef tuple _clamp_bounds(const int[::1] zero_point, int qmin, int qmax):
+    # Per-channel bounds of x / scale before rounding: [qmin - zero_point, qmax - zero_point].
+    cdef Py_ssize_t c, C = zero_point.shape[0]
+    cdef float[::1] lo = float_zeros(C), hi = float_zeros(C)
+    for c in range(C):
+        lo[c] = qmin - zero_point[c]
+        hi[c] = qmax - zero_point[c]
+    return lo, hi
+
+
 def quantize(const float[:, :, ::1] x, const float[::1] scale, const int[::1] zero_point,
              int qmin, int qmax, unsigned char[:, :, ::1] out, int n_threads):
     """q = saturate(rint(x / scale[c]) + zero_point[c]) into out (same shape), as raw bytes."""
@@ -108,11 +118,7 @@ def quantize(const float[:, :, ::1] x, const float[::1] scale, const int[::1] ze
     cdef unsigned char* dst = &out[0, 0, 0]
     cdef float[::1] lo, hi
     if inner == 1:
-        lo = float_zeros(C)
-        hi = float_zeros(C)
-        for c in range(C):
-            lo[c] = qmin - zero_point[c]
-            hi[c] = qmax - zero_point[c]
+        lo, hi = _clamp_bounds(zero_point, qmin, qmax)
         ntasks = (C + COLS - 1) // COLS
         for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
             start = t * COLS
@@ -334,11 +340,7 @@ def quantize_error(const float[:, :, ::1] x, const float[::1] scale, const int[:
         sse[c] = 0.0
         max_abs[c] = 0.0
     if inner == 1:
-        lo = float_zeros(C)
-        hi = float_zeros(C)
-        for c in range(C):
-            lo[c] = qmin - zero_point[c]
-            hi[c] = qmax - zero_point[c]
+        lo, hi = _clamp_bounds(zero_point, qmin, qmax)
         ntasks = (C + COLS - 1) // COLS
         for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
             start = t * COLS

@@ -140,6 +140,15 @@ def _check_params(scale: np.ndarray, zero_point: np.ndarray, channels: int) -> t
     return scale, zero_point
 
 
+def _check_quantize_args(x, scale, zero_point, qmin: int, qmax: int, axis: int | None):
+    _check_qrange(qmin, qmax)
+    x3 = _float32_view(x, axis, "x")
+    scale, zero_point = _check_params(scale, zero_point, x3.shape[1])
+    if ((zero_point < qmin) | (zero_point > qmax)).any():
+        raise ValueError(f"zero points must lie in [{qmin}, {qmax}]")
+    return x3, scale, zero_point
+
+
 def quantize(
     x: np.ndarray,
     scale: np.ndarray,
@@ -152,11 +161,7 @@ def quantize(
 ) -> np.ndarray:
     """ONNX QuantizeLinear codes of x as raw bytes (uint8, shape of x): view them as int8 when
     the range is signed."""
-    _check_qrange(qmin, qmax)
-    x3 = _float32_view(x, axis, "x")
-    scale, zero_point = _check_params(scale, zero_point, x3.shape[1])
-    if ((zero_point < qmin) | (zero_point > qmax)).any():
-        raise ValueError(f"zero points must lie in [{qmin}, {qmax}]")
+    x3, scale, zero_point = _check_quantize_args(x, scale, zero_point, qmin, qmax, axis)
     out = np.empty(x.shape, dtype=np.uint8)
     _quant.quantize(x3, scale, zero_point, qmin, qmax, channel_view(out, axis), _threads(n_threads, x3.size))
     return out
@@ -179,11 +184,7 @@ def quantize_with_error(
     given, is a C-contiguous uint8 array of x's size to write the codes into (a buffer reused
     across tensors avoids faulting in fresh pages for every weight).
     """
-    _check_qrange(qmin, qmax)
-    x3 = _float32_view(x, axis, "x")
-    scale, zero_point = _check_params(scale, zero_point, x3.shape[1])
-    if ((zero_point < qmin) | (zero_point > qmax)).any():
-        raise ValueError(f"zero points must lie in [{qmin}, {qmax}]")
+    x3, scale, zero_point = _check_quantize_args(x, scale, zero_point, qmin, qmax, axis)
     if out is None:
         codes = np.empty(x.shape, dtype=np.uint8)
     else:
