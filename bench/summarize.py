@@ -37,6 +37,10 @@ def _impl(bench: dict) -> str:
         return params["impl"]
     if "jobs" in params:
         return f"{params['jobs']} job(s)"
+    if "method" in params:
+        return params["method"]
+    if "model" in params:
+        return params["model"]
     return f"{params.get('n_threads', '?')} thread(s)"
 
 

@@ -9,7 +9,9 @@ cdef extern from *:
     #else
         #define QUANTRS_OPENMP 0
         static inline int omp_get_max_threads(void) { return 1; }
+        static inline int omp_get_thread_num(void) { return 0; }
     #endif
     """
     const bint QUANTRS_OPENMP
     int omp_get_max_threads() noexcept nogil
+    int omp_get_thread_num() noexcept nogil

@@ -22,6 +22,8 @@ _EXPORTS = {
     "quantize_batch": "quantrs.batch",
     "load_config": "quantrs.configfile",
     "validate": "quantrs.validation",
+    "calibrate": "quantrs.calibration",
+    "CalibrationConfig": "quantrs.calibration",
     "Thresholds": "quantrs.validation",
     "benchmark": "quantrs.benchmarking",
     "write_html_report": "quantrs.html_report",
@@ -40,6 +42,7 @@ _EXPORTS = {
     "BatchReport": "quantrs.report",
     "ValidationReport": "quantrs.report",
     "BenchmarkReport": "quantrs.report",
+    "CalibrationReport": "quantrs.report",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -47,6 +50,7 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from quantrs.batch import quantize_batch
     from quantrs.benchmarking import benchmark
+    from quantrs.calibration import CalibrationConfig, calibrate
     from quantrs.html_report import write_html_report
     from quantrs.validation import Thresholds, validate
     from quantrs.config import QuantizeConfig
@@ -62,7 +66,15 @@ if TYPE_CHECKING:
     )
     from quantrs.info import inspect_model
     from quantrs.pipeline import dry_run, quantize
-    from quantrs.report import BatchReport, BenchmarkReport, InfoReport, PlanReport, QuantizeReport, ValidationReport
+    from quantrs.report import (
+        BatchReport,
+        BenchmarkReport,
+        CalibrationReport,
+        InfoReport,
+        PlanReport,
+        QuantizeReport,
+        ValidationReport,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -269,6 +269,42 @@ def _emit(report, fmt: OutputFormat, renderer: str) -> None:
 
 
 @app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="The float32 ONNX model.", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="Calibration samples: .npy, .npz (by input name) or a folder of them.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the quantized model.", show_default=False)],
+    method: Annotated[str, typer.Option("--method", help="Range selection: minmax, percentile, entropy or mse.")] = "minmax",
+    percentile: Annotated[float, typer.Option("--percentile", help="For --method percentile: the share of values kept.")] = 99.999,
+    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="One weight scale per output channel.")] = True,
+    symmetric_activations: Annotated[bool, typer.Option("--symmetric-activations", help="INT8 activations with zero point 0 (default UINT8).")] = False,
+    reduce_range: Annotated[bool, typer.Option("--reduce-range", help="7-bit weights, for x86 CPUs without VNNI (see README).")] = False,
+    max_samples: Annotated[Optional[int], typer.Option("--max-samples", min=1, help="Use at most this many samples.", show_default=False)] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Node or weight name to leave in float (repeatable).", show_default=False)] = None,
+    exclude_op_type: Annotated[Optional[list[str]], typer.Option("--exclude-op-type", help="Op type to leave in float (repeatable).", show_default=False)] = None,
+    exclude_regex: Annotated[Optional[list[str]], typer.Option("--exclude-regex", help="Leave nodes or weights whose name matches in float (repeatable).", show_default=False)] = None,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="Report as text or JSON (on stdout).")] = OutputFormat.text,
+) -> None:
+    """Static INT8: calibrate activation ranges on --data, quantize weights and activations (QDQ)."""
+    from quantrs.calibration import CalibrationConfig
+    from quantrs.calibration import calibrate as run
+    from quantrs.config import QuantizeConfig
+    from quantrs.errors import QuantrsError
+
+    try:
+        weights = QuantizeConfig(
+            min_elements=0, exclude=tuple(exclude or ()), exclude_op_types=tuple(exclude_op_type or ()), exclude_regex=tuple(exclude_regex or ())
+        )
+        config = CalibrationConfig(
+            method=method, percentile=percentile, per_channel=per_channel, symmetric_activations=symmetric_activations,
+            reduce_range=reduce_range, max_samples=max_samples, weights=weights,
+        )
+        report = run(model, output, data, config)
+    except QuantrsError as exc:
+        raise _fail(str(exc)) from None
+    _emit(report, fmt, "render_calibration")
+
+
+@app.command()
 def validate(
     original: Annotated[Path, typer.Argument(help="The float model.", show_default=False)],
     quantized: Annotated[Path, typer.Argument(help="The quantized model.", show_default=False)],

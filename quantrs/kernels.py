@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantrs import _build, _pack, _quant, _reduce
+from quantrs import _build, _hist, _pack, _quant, _reduce
 from quantrs.errors import ConfigError, NonFiniteWeightError
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "channel_error",
     "pack4",
     "unpack4",
+    "histogram",
 ]
 
 # Below this many elements a kernel runs on one thread: starting OpenMP's team costs more than
@@ -265,3 +266,15 @@ def unpack4(packed: np.ndarray, count: int, *, signed: bool, n_threads: int | No
     out = np.empty(count, dtype=np.uint8)
     _pack.unpack4(flat, bool(signed), out, _threads(n_threads, count))
     return out
+
+
+def histogram(x: np.ndarray, lo: float, hi: float, counts: np.ndarray, *, n_threads: int | None = None) -> np.ndarray:
+    """Add the values of x (float32, any shape) to `counts` (int64 bins over [lo, hi)); values
+    outside the range count in the end bins. Returns `counts`."""
+    flat = _float32_view(x, None, "x").reshape(-1)
+    if counts.dtype != np.int64 or counts.ndim != 1 or counts.size == 0 or not counts.flags.c_contiguous or not counts.flags.writeable:
+        raise ValueError("counts must be a writable 1-D C-contiguous int64 array")
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        raise ValueError(f"histogram range [{lo}, {hi}) must be finite with hi > lo")
+    _hist.histogram(flat, float(lo), float(hi), counts, _threads(n_threads, flat.size))
+    return counts

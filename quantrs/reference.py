@@ -18,6 +18,7 @@ __all__ = [
     "channel_error",
     "pack4",
     "unpack4",
+    "histogram",
     "ERR_BLOCK",
 ]
 
@@ -106,3 +107,11 @@ def unpack4(packed: np.ndarray, count: int, signed: bool) -> np.ndarray:
     if signed:
         out = np.where(out & 0x08, out | 0xF0, out).astype(np.uint8)
     return out
+
+
+def histogram(x: np.ndarray, lo: float, hi: float, nbins: int) -> np.ndarray:
+    """Counts of x in `nbins` equal bins of [lo, hi); values outside land in the end bins."""
+    v = (x.astype(np.float64).ravel() - lo) * (nbins / (hi - lo))
+    v = v[~np.isnan(v)]
+    bins = np.clip(np.floor(v), 0, nbins - 1).astype(np.int64)
+    return np.bincount(bins, minlength=nbins).astype(np.int64)

@@ -7,7 +7,15 @@ from collections import Counter
 from rich.table import Table
 
 from quantrs._console import stdout_console
-from quantrs.report import BatchReport, BenchmarkReport, InfoReport, PlanReport, QuantizeReport, ValidationReport
+from quantrs.report import (
+    BatchReport,
+    BenchmarkReport,
+    CalibrationReport,
+    InfoReport,
+    PlanReport,
+    QuantizeReport,
+    ValidationReport,
+)
 
 __all__ = [
     "render_quantize",
@@ -16,6 +24,7 @@ __all__ = [
     "render_batch",
     "render_validation",
     "render_benchmark",
+    "render_calibration",
     "human_bytes",
 ]
 
@@ -195,3 +204,19 @@ def render_benchmark(report: BenchmarkReport) -> None:
         f"warm-up, threads: {threads}, inputs {report.batch_inputs}",
         highlight=False,
     )
+
+
+def render_calibration(report: CalibrationReport) -> None:
+    console = stdout_console()
+    console.print(f"[bold green]Calibrated[/] {report.input} -> {report.output}")
+    console.print(
+        f"  {report.method} ranges from {report.samples} sample(s); {len(report.activations)} activations, "
+        f"{len(report.quantized_weights)} weights (INT8) and {len(report.quantized_biases)} biases (INT32) quantized"
+    )
+    console.print(f"  size {human_bytes(report.input_bytes)} -> {human_bytes(report.output_bytes)} in {report.seconds:.2f} s")
+    table = Table(title="activation ranges", title_justify="left", show_edge=False)
+    for col in ("tensor", "min", "max", "scale", "zero point"):
+        table.add_column(col, justify="left" if col == "tensor" else "right")
+    for a in report.activations:
+        table.add_row(a.name, f"{a.lo:.4g}", f"{a.hi:.4g}", f"{a.scale:.4g}", str(a.zero_point))
+    console.print(table)

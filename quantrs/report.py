@@ -25,6 +25,8 @@ __all__ = [
     "ValidationReport",
     "ModelTiming",
     "BenchmarkReport",
+    "ActivationRange",
+    "CalibrationReport",
 ]
 
 
@@ -278,3 +280,30 @@ class BenchmarkReport:
         data["compression"] = round(self.compression, 4)
         data["speedup"] = round(self.speedup, 4)
         return data
+
+
+@dataclass(frozen=True)
+class ActivationRange:
+    name: str
+    lo: float
+    hi: float
+    scale: float
+    zero_point: int
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    input: str
+    output: str
+    files_written: list[str]
+    method: str
+    samples: int
+    activations: list[ActivationRange]
+    quantized_weights: list[str]
+    quantized_biases: list[str]
+    input_bytes: int
+    output_bytes: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

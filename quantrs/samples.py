@@ -8,6 +8,7 @@ of either (one sample per file, in name order). Each file is one batch as the mo
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from onnx import helper
 
 from quantrs.errors import ConfigError
 
-__all__ = ["InputSpec", "input_specs", "load_samples", "generate_samples"]
+__all__ = ["InputSpec", "input_specs", "iter_samples", "load_samples", "generate_samples", "check_sample"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 def load_samples(path: str | os.PathLike[str], specs: list[InputSpec], *, limit: int | None = None) -> list[dict[str, np.ndarray]]:
     """Read samples and check each against the model's inputs (names, dtype, rank, fixed dims,
     no NaN), raising ConfigError naming the file and the input."""
+    return list(iter_samples(path, specs, limit=limit))
+
+
+def iter_samples(path: str | os.PathLike[str], specs: list[InputSpec], *, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """load_samples, one file at a time: memory does not grow with the number of samples."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
@@ -54,10 +60,8 @@ def load_samples(path: str | os.PathLike[str], specs: list[InputSpec], *, limit:
         files = [path]
     else:
         raise ConfigError(f"{path}: no such samples file or folder")
-    feeds = []
     for file in files[:limit]:
-        feeds.append(_check_sample(_read(file, specs), specs, file))
-    return feeds
+        yield check_sample(_read(file, specs), specs, str(file))
 
 
 def _read(file: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
@@ -75,7 +79,12 @@ def _read(file: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
         raise ConfigError(f"{file}: cannot read the sample ({exc})") from None
 
 
-def _check_sample(sample: dict[str, np.ndarray], specs: list[InputSpec], file: Path) -> dict[str, np.ndarray]:
+def check_sample(sample: dict[str, np.ndarray], specs: list[InputSpec], file: str) -> dict[str, np.ndarray]:
+    """The sample, if it fits the model's inputs; ConfigError naming `file` (or "sample N") and
+    the input otherwise."""
+    if not isinstance(sample, dict):
+        raise ConfigError(f"{file}: a sample must map input names to arrays, not {type(sample).__name__}")
+    sample = {k: np.asarray(v) for k, v in sample.items()}
     expected = {s.name for s in specs}
     missing = sorted(expected - set(sample))
     if missing:

@@ -1,0 +1,3 @@
+import numpy as np
+
+def histogram(x: np.ndarray, lo: float, hi: float, counts: np.ndarray, n_threads: int) -> None: ...

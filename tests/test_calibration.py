@@ -1,0 +1,335 @@
+"""Static INT8: histogram kernel, range pickers against plain numpy references, end-to-end QDQ
+models in onnxruntime, flat memory over samples."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from builders import BUILDERS
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+import quantrs
+from quantrs import CalibrationConfig, QuantizeConfig
+from quantrs import kernels as K
+from quantrs import reference as R
+from quantrs.cli import app
+from quantrs.errors import ConfigError
+from quantrs.ranges import NBINS, HistogramCollector, pick_range
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "small_cnn.onnx"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def parallel_even_when_tiny():
+    saved = K.PARALLEL_MIN_ELEMENTS
+    K.PARALLEL_MIN_ELEMENTS = 0
+    yield
+    K.PARALLEL_MIN_ELEMENTS = saved
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    x=hnp.arrays(np.float32, st.integers(1, 3000), elements=st.floats(-100, 100, width=32)),
+    bins=st.integers(1, 300),
+    threads=st.sampled_from([1, 2]),
+)
+def test_histogram_kernel_equals_twin(x, bins, threads):
+    lo, hi = -50.0, 75.0  # values outside land in the end bins
+    counts = K.histogram(x, lo, hi, np.zeros(bins, np.int64), n_threads=threads)
+    np.testing.assert_array_equal(counts, R.histogram(x, lo, hi, bins))
+
+
+def test_histogram_large_input_two_threads():
+    x = np.random.default_rng(0).standard_normal(1_000_003).astype(np.float32)
+    one = K.histogram(x, -3, 3, np.zeros(NBINS, np.int64), n_threads=1)
+    two = K.histogram(x, -3, 3, np.zeros(NBINS, np.int64), n_threads=2)
+    np.testing.assert_array_equal(one, two)
+    np.testing.assert_array_equal(one, R.histogram(x, -3, 3, NBINS))
+
+
+def test_collector_widening_is_exact():
+    rng = np.random.default_rng(1)
+    parts = [rng.standard_normal(10_000).astype(np.float32) * s for s in (0.1, 1, 3, 20)]
+    collector = HistogramCollector("t")
+    for part in parts:
+        collector.add(part)
+    everything = np.concatenate(parts)
+    assert collector.lo == everything.min() and collector.hi == everything.max()
+    direct = R.histogram(everything, -collector.radius, collector.radius, NBINS)
+    assert collector.counts.sum() == everything.size
+    assert np.abs(collector.counts - direct).max() <= 2  # only values on a shared edge may differ
+
+
+def collect(x: np.ndarray) -> HistogramCollector:
+    collector = HistogramCollector("t")
+    for part in np.array_split(x.astype(np.float32), 8):
+        collector.add(part)
+    return collector
+
+
+def test_minmax_is_exact():
+    x = np.random.default_rng(2).standard_normal(50_000)
+    assert pick_range(collect(x), "minmax") == (float(x.astype(np.float32).min()), float(x.astype(np.float32).max()))
+
+
+@pytest.mark.parametrize("p", [99.0, 99.9, 99.99])
+def test_percentile_matches_numpy(p):
+    x = np.random.default_rng(3).standard_normal(400_000).astype(np.float32)
+    stats = collect(x)
+    lo, hi = pick_range(stats, "percentile", percentile=p)
+    want_lo, want_hi = np.percentile(x, [(100 - p) / 2, 100 - (100 - p) / 2])
+    width = 2 * stats.radius / NBINS
+    assert abs(lo - want_lo) <= 2 * width and abs(hi - want_hi) <= 2 * width
+
+
+def quantization_mse(x: np.ndarray, threshold: float) -> float:
+    """The real error of quantizing x to 255 levels over [-T, T] (numpy, no histogram)."""
+    step = 2 * threshold / 254
+    q = np.clip(np.rint(x / step), -127, 127)
+    return float(np.mean((x - q * step) ** 2))
+
+
+@pytest.mark.parametrize("dist", ["normal", "laplace", "uniform"])
+def test_mse_pick_is_near_the_brute_force_optimum(dist):
+    rng = np.random.default_rng(4)
+    x = {"normal": rng.standard_normal, "laplace": lambda n: rng.laplace(size=n), "uniform": lambda n: rng.uniform(-1, 1, n)}[dist](200_000)
+    x = x.astype(np.float32).astype(np.float64)
+    _, hi = pick_range(collect(x), "mse")
+    grid = np.linspace(0.05, 1.0, 200) * np.abs(x).max()
+    best = min(quantization_mse(x, t) for t in grid)
+    assert quantization_mse(x, hi) <= best * 1.05
+
+
+def entropy_reference(x: np.ndarray, bins: int, levels: int = 128) -> float:
+    """TensorRT's KL calibration written with plain loops, on np.histogram of |x|."""
+    hist, edges = np.histogram(np.abs(x), bins=bins, range=(0, np.abs(x).max()))
+    hist = hist.astype(np.float64)
+    best, best_kl = bins, math.inf
+    for i in range(levels, bins + 1):
+        p = hist[:i].copy()
+        p[-1] += hist[i:].sum()
+        q = np.zeros(i)
+        for level in range(levels):
+            start, stop = level * i // levels, (level + 1) * i // levels
+            chunk = hist[start:stop]
+            used = chunk > 0
+            if used.any():
+                q[start:stop][used] = chunk.sum() / used.sum()
+        mask = p > 0
+        if not (q[mask] > 0).all():
+            continue
+        pn, qn = p / p.sum(), q / q.sum()
+        kl = float(np.sum(pn[mask] * np.log(pn[mask] / qn[mask])))
+        if kl < best_kl:
+            best, best_kl = i, kl
+    return edges[best]
+
+
+@pytest.mark.parametrize("dist", ["normal", "laplace"])
+def test_entropy_matches_the_plain_reference(dist):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(100_000) if dist == "normal" else rng.laplace(size=100_000)).astype(np.float32)
+    # Symmetric data whose |max| sets the collector's radius exactly: same |x| bins as the reference.
+    x = np.concatenate([x, -x])
+    stats = HistogramCollector("t")
+    stats.add(x)  # one piece: the radius is exactly max |x|
+    assert stats.radius == float(np.abs(x).max())
+    _, hi = pick_range(stats, "entropy", levels=256)
+    want = entropy_reference(x, NBINS // 2, levels=128)
+    assert hi == pytest.approx(want, rel=1e-9)
+    if dist == "laplace":  # heavy tails: KL clips well inside the range
+        assert hi < 0.8 * np.abs(x).max()
+
+
+def run(path, feeds):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def cosine(a, b):
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def image_samples(n, shape=(1, 3, 32, 32), seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"image": rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
+def test_cnn_is_quantized_statically_and_agrees(tmp_path, method):
+    dst = tmp_path / "static.onnx"
+    report = quantrs.calibrate(EXAMPLE, dst, image_samples(16), CalibrationConfig(method=method))
+    assert report.samples == 16 and len(report.quantized_weights) == 7 and len(report.quantized_biases) == 7
+    model = onnx.load(str(dst))
+    onnx.checker.check_model(model, full_check=True)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") == len(report.activations)
+    relus = [n.name for n in model.graph.node if n.op_type == "Relu"]
+    assert relus == ["block.relu"]  # the Relus after a Conv are folded into UINT8 quantizers
+    biases = [t for t in model.graph.initializer if t.name.endswith(".bias_quantized")]
+    assert biases and all(t.data_type == TensorProto.INT32 for t in biases)
+    weights = [t for t in model.graph.initializer if t.name.endswith(".weight_quantized")]
+    assert all(t.data_type == TensorProto.INT8 for t in weights)
+    held_out = {"image": np.random.default_rng(99).standard_normal((16, 3, 32, 32)).astype(np.float32)}
+    assert cosine(run(EXAMPLE, held_out), run(dst, held_out)) > 0.99
+
+
+def test_bias_scale_is_input_scale_times_weight_scale(tmp_path):
+    dst = tmp_path / "static.onnx"
+    quantrs.calibrate(EXAMPLE, dst, image_samples(4))
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(dst)).graph.initializer}
+    expected = inits["image_act_scale"] * inits["stem.weight_scale"]
+    np.testing.assert_array_equal(inits["stem.bias_scale"], expected.astype(np.float32))
+
+
+def test_reduce_range_and_symmetric_activations(tmp_path):
+    dst = tmp_path / "static.onnx"
+    quantrs.calibrate(EXAMPLE, dst, image_samples(8), CalibrationConfig(reduce_range=True, symmetric_activations=True))
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(dst)).graph.initializer}
+    assert np.abs(inits["stage3.weight_quantized"]).max() <= 63
+    zero_points = [v for k, v in inits.items() if k.endswith("_act_zero_point")]
+    assert zero_points and all(v.dtype == np.int8 and v == 0 for v in zero_points)
+    held_out = {"image": np.random.default_rng(7).standard_normal((8, 3, 32, 32)).astype(np.float32)}
+    assert cosine(run(EXAMPLE, held_out), run(dst, held_out)) > 0.98
+
+
+def encoder_block(d: int = 32, seq: int = 6):
+    """Self-attention + feed-forward with residuals and LayerNorm; inputs x and an additive mask."""
+    rng = np.random.default_rng(0)
+    w = {n: (rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32) for n, s in
+         (("wq", (d, d)), ("wk", (d, d)), ("wv", (d, d)), ("wo", (d, d)), ("w1", (d, 4 * d)), ("w2", (4 * d, d)))}  # fmt: skip
+    w["gamma"], w["beta"] = np.ones(d, np.float32), np.zeros(d, np.float32)
+    w["scale"] = np.array(1 / np.sqrt(d), np.float32)
+    n = helper.make_node
+    nodes = [
+        n("MatMul", ["x", "wq"], ["q"]), n("MatMul", ["x", "wk"], ["k"]), n("MatMul", ["x", "wv"], ["v"]),
+        n("Transpose", ["k"], ["kt"], perm=[0, 2, 1]), n("MatMul", ["q", "kt"], ["s0"]), n("Mul", ["s0", "scale"], ["s1"]),
+        n("Add", ["s1", "mask"], ["s2"]), n("Softmax", ["s2"], ["p"], axis=-1), n("MatMul", ["p", "v"], ["ctx"]),
+        n("MatMul", ["ctx", "wo"], ["att"]), n("Add", ["x", "att"], ["r1"]),
+        n("LayerNormalization", ["r1", "gamma", "beta"], ["h"], axis=-1),
+        n("MatMul", ["h", "w1"], ["f1"]), n("Relu", ["f1"], ["f2"]), n("MatMul", ["f2", "w2"], ["f3"]),
+        n("Add", ["h", "f3"], ["r2"]), n("LayerNormalization", ["r2", "gamma", "beta"], ["y"], axis=-1),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "encoder",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", seq, d]), helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", 1, seq])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", seq, d])],
+        [numpy_helper.from_array(v, k) for k, v in w.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def encoder_samples(n, seed=0, d=32, seq=6):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        mask = np.zeros((2, 1, seq), np.float32)
+        mask[:, :, seq - 2 :] = -1e4 * rng.integers(0, 2, size=(2, 1, 2))
+        out.append({"x": rng.standard_normal((2, seq, d)).astype(np.float32), "mask": mask})
+    return out
+
+
+def test_transformer_block_with_two_inputs_from_npz_folder(tmp_path):
+    src = tmp_path / "encoder.onnx"
+    onnx.save(encoder_block(), str(src))
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i, sample in enumerate(encoder_samples(12)):
+        np.savez(folder / f"{i:03d}.npz", **sample)
+    dst = tmp_path / "encoder_int8.onnx"
+    report = quantrs.calibrate(src, dst, folder, CalibrationConfig(method="percentile", percentile=99.99))
+    assert report.samples == 12 and len(report.quantized_weights) == 6
+    held_out = encoder_samples(1, seed=42)[0]
+    assert cosine(run(src, held_out), run(dst, held_out)) > 0.99
+
+
+def test_real_cnn_from_a_package(tmp_path):
+    magika = pytest.importorskip("magika")
+    model = next(Path(magika.__file__).parent.glob("models/*/model.onnx"))
+    files = sorted(p for p in Path(np.__file__).parent.rglob("*.py"))[:96]
+    rows = np.full((len(files), 2048), 256, np.int32)
+    for i, f in enumerate(files):
+        head = np.frombuffer(f.read_bytes()[:2048], np.uint8)
+        rows[i, : head.size] = head
+    calibration = [{"bytes": rows[i : i + 4]} for i in range(0, 64, 4)]
+    dst = tmp_path / "magika_static.onnx"
+    report = quantrs.calibrate(model, dst, calibration, CalibrationConfig(method="minmax"))
+    assert "Conv" in [n.op_type for n in onnx.load(str(model)).graph.node] and report.quantized_weights
+    held_out = rows[64:]
+    ref, got = run(model, {"bytes": held_out}), run(dst, {"bytes": held_out})
+    assert float((ref.argmax(1) == got.argmax(1)).mean()) >= 0.9
+
+
+def test_exclusions_keep_layers_float(tmp_path):
+    dst = tmp_path / "static.onnx"
+    report = quantrs.calibrate(EXAMPLE, dst, image_samples(4), CalibrationConfig(weights=QuantizeConfig(exclude_op_types=("Gemm",), exclude=("stem",))))
+    assert "head.weight" not in report.quantized_weights and "stem.weight" not in report.quantized_weights
+    model = onnx.load(str(dst))
+    head = next(n for n in model.graph.node if n.op_type == "Gemm")
+    assert head.input[1] == "head.weight" and head.input[0] == "flat"  # float weight, float input
+
+
+@pytest.mark.parametrize(
+    "samples, message",
+    [
+        ([{"image": np.zeros((1, 3, 16, 16), np.float32)}], r"sample 0: input 'image' has 16 on axis 2, the model expects 32"),
+        ([{"image": np.full((1, 3, 32, 32), np.nan, np.float32)}], r"sample 0: input 'image' holds NaN"),
+        ([{"picture": np.zeros((1, 3, 32, 32), np.float32)}], r"sample 0: missing input\(s\) image"),
+        ([], "no calibration samples"),
+    ],
+)
+def test_bad_samples_are_named(tmp_path, samples, message):
+    with pytest.raises(ConfigError, match=message):
+        quantrs.calibrate(EXAMPLE, tmp_path / "out.onnx", samples)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_cli_calibrate_json_and_errors(tmp_path):
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for i, sample in enumerate(image_samples(4)):
+        np.save(folder / f"{i}.npy", sample["image"])
+    runner = CliRunner()
+    result = runner.invoke(app, ["calibrate", str(EXAMPLE), "--data", str(folder), "-o", str(tmp_path / "s.onnx"), "--method", "mse", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["method"] == "mse" and data["samples"] == 4 and data["activations"][0]["name"] == "image"
+    bad = runner.invoke(app, ["calibrate", str(EXAMPLE), "--data", str(folder), "-o", str(tmp_path / "t.onnx"), "--method", "magic"])
+    assert bad.exit_code == 1 and "method must be one of" in bad.stderr
+
+
+PEAK = """
+import json, resource, sys
+import numpy as np
+import quantrs
+n = int(sys.argv[3])
+samples = ({"image": np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float32)} for i in range(n))
+quantrs.calibrate(sys.argv[1], sys.argv[2], samples, quantrs.CalibrationConfig(method=sys.argv[4]))
+print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+"""
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy"])
+def test_memory_does_not_grow_with_samples(tmp_path, method):
+    def peak(n):
+        out = subprocess.run([sys.executable, "-c", PEAK, str(EXAMPLE), str(tmp_path / f"o{n}.onnx"), str(n), method], capture_output=True, text=True, check=True, cwd=tmp_path)
+        return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+    small, large = peak(10), peak(1000)
+    assert large - small < 25, (small, large)  # 1000 samples of activations would be ~700 MB
