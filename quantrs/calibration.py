@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ QUANTIZED_OPS = COMPUTE_OPS | {
     "Slice", "Gather",
 }  # fmt: skip
 MIN_QDQ_OPSET = 13
+FIDELITY_SAMPLES = 8  # the last samples seen are replayed through both models for the report
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +63,7 @@ class CalibrationConfig:
         reduce_range: 7-bit weights ([-63, 63]): avoids the saturation of onnxruntime's u8s8
             integer kernels on x86 CPUs without VNNI (AVX2-only); costs a little accuracy.
         max_samples: stop after this many samples (None: all).
+        min_samples: refuse to calibrate on fewer samples than this.
         weights: the weight options (exclusions, min_elements) shared with `quantize`; its
             bits/symmetric are ignored (static weights are INT8 symmetric).
     """
@@ -71,6 +74,7 @@ class CalibrationConfig:
     symmetric_activations: bool = False
     reduce_range: bool = False
     max_samples: int | None = None
+    min_samples: int = 1
     weights: QuantizeConfig = field(default_factory=lambda: QuantizeConfig(min_elements=0))
 
     def __post_init__(self) -> None:
@@ -80,6 +84,8 @@ class CalibrationConfig:
             raise ConfigError(f"percentile must be in (50, 100], not {self.percentile}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"max_samples must be at least 1, not {self.max_samples}")
+        if self.min_samples < 1 or (self.max_samples is not None and self.min_samples > self.max_samples):
+            raise ConfigError(f"min_samples must be between 1 and max_samples, not {self.min_samples}")
 
 
 def calibrate(
@@ -112,7 +118,7 @@ def calibrate(
     if not activations:
         raise UnsupportedModelError(f"{src}: no Conv, MatMul or Gemm activation to quantize")
 
-    stats, count = _collect(model, src, data, activations, config)
+    stats, count, held_out = _collect(model, src, data, activations, config)
     ranges = {name: pick_range(stats[name], config.method, percentile=config.percentile) for name in activations}
     act_scheme = Scheme(bits=8, signed=config.symmetric_activations, symmetric=config.symmetric_activations, packed=False)
     act_params = {name: _activation_params(lo, hi, act_scheme) for name, (lo, hi) in ranges.items()}
@@ -145,6 +151,9 @@ def calibrate(
     skeleton.CopyFrom(model)
     del skeleton.graph.initializer[:]
     written = write_model(skeleton, tensors, dst)
+    from quantrs.validation import agreements, run_model
+
+    fidelity = agreements(run_model(str(src), held_out), run_model(str(dst), held_out))
     return CalibrationReport(
         input=str(src),
         output=str(dst),
@@ -156,6 +165,8 @@ def calibrate(
         quantized_biases=sorted(biases),
         input_bytes=src.stat().st_size,
         output_bytes=sum(p.stat().st_size for p in written),
+        fidelity=fidelity,
+        fidelity_samples=len(held_out),
         seconds=round(time.perf_counter() - started, 4),
     )
 
@@ -233,6 +244,7 @@ def _collect(model, src: Path, data, activations: list[str], config: Calibration
     specs = input_specs(model)
     samples = iter_samples(data, specs, limit=config.max_samples) if isinstance(data, (str, os.PathLike)) else data
     count = 0
+    held_out: deque[dict[str, np.ndarray]] = deque(maxlen=FIDELITY_SAMPLES)  # the last few, for the report
     for sample in samples:
         if config.max_samples is not None and count >= config.max_samples:
             break
@@ -246,10 +258,11 @@ def _collect(model, src: Path, data, activations: list[str], config: Calibration
         for name in activations:
             if name in inputs:
                 stats[name].add(feed[name])
+        held_out.append(feed)
         count += 1
-    if count == 0:
-        raise ConfigError(f"{src}: no calibration samples")
-    return stats, count
+    if count < config.min_samples:
+        raise ConfigError(f"{src}: {count} calibration sample(s), at least {config.min_samples} needed" if count else f"{src}: no calibration samples")
+    return stats, count, list(held_out)
 
 
 def _activation_params(lo: float, hi: float, scheme: Scheme) -> tuple[np.float32, int]:

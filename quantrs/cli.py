@@ -279,6 +279,7 @@ def calibrate(
     symmetric_activations: Annotated[bool, typer.Option("--symmetric-activations", help="INT8 activations with zero point 0 (default UINT8).")] = False,
     reduce_range: Annotated[bool, typer.Option("--reduce-range", help="7-bit weights, for x86 CPUs without VNNI (see README).")] = False,
     max_samples: Annotated[Optional[int], typer.Option("--max-samples", min=1, help="Use at most this many samples.", show_default=False)] = None,
+    min_samples: Annotated[int, typer.Option("--min-samples", min=1, help="Refuse to calibrate on fewer samples.")] = 1,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Node or weight name to leave in float (repeatable).", show_default=False)] = None,
     exclude_op_type: Annotated[Optional[list[str]], typer.Option("--exclude-op-type", help="Op type to leave in float (repeatable).", show_default=False)] = None,
     exclude_regex: Annotated[Optional[list[str]], typer.Option("--exclude-regex", help="Leave nodes or weights whose name matches in float (repeatable).", show_default=False)] = None,
@@ -296,7 +297,7 @@ def calibrate(
         )
         config = CalibrationConfig(
             method=method, percentile=percentile, per_channel=per_channel, symmetric_activations=symmetric_activations,
-            reduce_range=reduce_range, max_samples=max_samples, weights=weights,
+            reduce_range=reduce_range, max_samples=max_samples, min_samples=min_samples, weights=weights,
         )
         report = run(model, output, data, config)
     except QuantrsError as exc:

@@ -214,6 +214,13 @@ def render_calibration(report: CalibrationReport) -> None:
         f"{len(report.quantized_weights)} weights (INT8) and {len(report.quantized_biases)} biases (INT32) quantized"
     )
     console.print(f"  size {human_bytes(report.input_bytes)} -> {human_bytes(report.output_bytes)} in {report.seconds:.2f} s")
+    for o in report.fidelity:
+        top1 = "" if o.top1_agreement is None else f", top-1 agreement {o.top1_agreement:.2%}"
+        console.print(
+            f"  {o.name}: cosine {o.cosine:.6f}, relative L2 {o.relative_l2:.4g}{top1} "
+            f"(float vs quantized on the last {report.fidelity_samples} sample(s))",
+            highlight=False,
+        )
     table = Table(title="activation ranges", title_justify="left", show_edge=False)
     for col in ("tensor", "min", "max", "scale", "zero point"):
         table.add_column(col, justify="left" if col == "tensor" else "right")

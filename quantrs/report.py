@@ -303,6 +303,8 @@ class CalibrationReport:
     quantized_biases: list[str]
     input_bytes: int
     output_bytes: int
+    fidelity: list[OutputAgreement]  # float vs quantized on the last calibration samples
+    fidelity_samples: int
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:

@@ -77,8 +77,8 @@ def validate(
 
     outputs: list[OutputAgreement] = []
     try:
-        reference = _run(str(orig.path), feeds)
-        got = _run(str(quant.path), feeds)
+        reference = run_model(str(orig.path), feeds)
+        got = run_model(str(quant.path), feeds)
         outputs = agreements(reference, got)
         checks.append(Check("runs in onnxruntime", True, f"{len(feeds)} sample(s)"))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException
@@ -200,7 +200,8 @@ def _session(model: str | bytes):
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def _run(model: str | bytes, feeds: Feeds, outputs: list[str] | None = None) -> dict[str, list[np.ndarray]]:
+def run_model(model: str | bytes, feeds: Feeds, outputs: list[str] | None = None) -> dict[str, list[np.ndarray]]:
+    """Every output (or `outputs`) of the model for each feed, in onnxruntime on the CPU."""
     session = _session(model)
     names = outputs or [o.name for o in session.get_outputs()]
     results: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -314,7 +315,7 @@ def _capture(orig: LoadedModel, feeds: Feeds, names: list[str]) -> dict[str, lis
     for name in names:
         if name not in known:
             model.graph.output.append(inferred.get(name) or helper.make_empty_tensor_value_info(name))
-    return _run(model.SerializeToString(), feeds, names)
+    return run_model(model.SerializeToString(), feeds, names)
 
 
 def _local_error(orig: LoadedModel, node: onnx.NodeProto, weight: str, dequantized: np.ndarray, feeds: Feeds, captured) -> tuple[float, float]:
@@ -338,7 +339,7 @@ def _local_error(orig: LoadedModel, node: onnx.NodeProto, weight: str, dequantiz
         single = helper.make_graph([node], "layer", inputs, [out], tensors)
         model = helper.make_model(single, opset_imports=orig.proto.opset_import, ir_version=orig.proto.ir_version)
         per_sample = [{n: (captured[n][i] if n in captured else feeds[i][n]) for n in feed_names} for i in range(len(feeds))]
-        outputs[variant] = np.concatenate([r.ravel() for r in _run(model.SerializeToString(), per_sample)[node.output[0]]])
+        outputs[variant] = np.concatenate([r.ravel() for r in run_model(model.SerializeToString(), per_sample)[node.output[0]]])
     ref, got = outputs["float"].astype(np.float64), outputs["quantized"].astype(np.float64)
     norm = float(np.linalg.norm(ref))
     diff = float(np.linalg.norm(ref - got))
@@ -356,7 +357,7 @@ def suggest_exclude(
     for layer in layers[:MAX_SUGGESTION_STEPS]:
         excluded.append(layer.name)
         hybrid = _with_float_weights(full, orig, excluded)
-        got = _run(hybrid.SerializeToString(), feeds)
+        got = run_model(hybrid.SerializeToString(), feeds)
         outputs = agreements(reference, got)
         if all(r.passed for r in thresholds.evaluate(outputs)):
             return list(excluded), outputs, f"leaving {len(excluded)} layer(s) in float meets every threshold"

@@ -185,6 +185,12 @@ def test_cnn_is_quantized_statically_and_agrees(tmp_path, method):
     assert all(t.data_type == TensorProto.INT8 for t in weights)
     held_out = {"image": np.random.default_rng(99).standard_normal((16, 3, 32, 32)).astype(np.float32)}
     assert cosine(run(EXAMPLE, held_out), run(dst, held_out)) > 0.99
+    assert report.fidelity_samples == 8 and report.fidelity[0].name == "probabilities" and report.fidelity[0].cosine > 0.99
+
+
+def test_too_few_samples(tmp_path):
+    with pytest.raises(ConfigError, match="3 calibration sample\\(s\\), at least 10 needed"):
+        quantrs.calibrate(EXAMPLE, tmp_path / "out.onnx", image_samples(3), CalibrationConfig(min_samples=10))
 
 
 def test_bias_scale_is_input_scale_times_weight_scale(tmp_path):
