@@ -273,33 +273,22 @@ def _activation_params(lo: float, hi: float, scheme: Scheme) -> tuple[np.float32
 
 def _quantize_weights(graph, loaded, plans, scheme: Scheme, config: CalibrationConfig) -> dict[str, np.ndarray]:
     """Replace each planned weight by INT8 codes + DequantizeLinear; returns name -> scales."""
-    scales = {}
-    kept = []
-    new_nodes = []
+    scales, replacements = {}, {}
     for tensor in graph.initializer:
         plan = plans.get(tensor.name)
         if plan is None:
-            kept.append(tensor)
             continue
         values = loaded.weights.array(tensor.name)
         qt = quantize_tensor(values, scheme, plan.axis, name=tensor.name, n_threads=config.weights.n_threads)
-        codes = numpy_helper.from_array(qt.data.view(np.int8).reshape(qt.shape), f"{tensor.name}_quantized")
-        scale = numpy_helper.from_array(qt.scale if plan.axis is not None else qt.scale.reshape(()), f"{tensor.name}_scale")
-        kept += [codes, scale]
-        attrs = {} if plan.axis is None else {"axis": plan.axis}
-        new_nodes.append(helper.make_node("DequantizeLinear", [codes.name, scale.name], [tensor.name], name=f"{tensor.name}_DequantizeLinear", **attrs))
+        scale = qt.scale if plan.axis is not None else qt.scale.reshape(())
+        replacements[tensor.name] = (qt.data.view(np.int8).reshape(qt.shape), scale, plan.axis)
         scales[tensor.name] = qt.scale
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    nodes = new_nodes + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
+    _replace_with_dequantized(graph, replacements)
     return scales
 
 
 def _quantize_biases(graph, initializers, weight_scales, act_params, excluded: set[str]) -> list[str]:
     """Conv and Gemm biases as INT32 at scale = input scale x weight scale, zero point 0."""
-    done = []
     replaced = {}
     for i, node in enumerate(graph.node):
         if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or _node_key(i, node) in excluded:
@@ -316,21 +305,26 @@ def _quantize_biases(graph, initializers, weight_scales, act_params, excluded: s
             scale = np.full(bias.shape, scale.reshape(-1)[0], np.float32)
         codes = np.clip(np.rint(bias.astype(np.float64) / scale.astype(np.float64)), -(2**31), 2**31 - 1).astype(np.int32)
         replaced[b] = (codes, scale)
-        done.append(b)
-    if not replaced:
-        return done
-    kept = [t for t in graph.initializer if t.name not in replaced]
+    _replace_with_dequantized(graph, {name: (codes, scale, 0) for name, (codes, scale) in replaced.items()})
+    return list(replaced)
+
+
+def _replace_with_dequantized(graph, replacements: dict[str, tuple[np.ndarray, np.ndarray, int | None]]) -> None:
+    """Swap each named float initializer for its integer codes and scale, read through a
+    DequantizeLinear whose output keeps the name (placed first: it reads only initializers)."""
+    if not replacements:
+        return
+    kept = [t for t in graph.initializer if t.name not in replacements]
     nodes = []
-    for name, (codes, scale) in replaced.items():
-        kept.append(numpy_helper.from_array(codes, f"{name}_quantized"))
-        kept.append(numpy_helper.from_array(scale, f"{name}_scale"))
-        nodes.append(helper.make_node("DequantizeLinear", [f"{name}_quantized", f"{name}_scale"], [name], name=f"{name}_DequantizeLinear", axis=0))
+    for name, (codes, scale, axis) in replacements.items():
+        kept += [numpy_helper.from_array(codes, f"{name}_quantized"), numpy_helper.from_array(scale, f"{name}_scale")]
+        attrs = {} if axis is None else {"axis": axis}
+        nodes.append(helper.make_node("DequantizeLinear", [f"{name}_quantized", f"{name}_scale"], [name], name=f"{name}_DequantizeLinear", **attrs))
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    all_nodes = nodes + list(graph.node)
+    nodes += list(graph.node)
     del graph.node[:]
-    graph.node.extend(all_nodes)
-    return done
+    graph.node.extend(nodes)
 
 
 def _fold_relus(graph, params, excluded: set[str]) -> None:
