@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from quantrs.synthetic import layers_for, matmul_stack

@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantrs import __version__, kernels
 from quantrs.config import QuantizeConfig
-from quantrs.errors import ConfigError, OutputError, QuantrsError, UnsupportedModelError
+from quantrs.errors import ConfigError, OutputError, UnsupportedModelError
 from quantrs.plan import plan_weights
 from quantrs.qdq import merge_metadata
 from quantrs.ranges import METHODS, HistogramCollector, pick_range

@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from quantrs._wire import scan_fields
-from quantrs.errors import ModelLoadError, OutputError
+from quantrs.errors import ModelLoadError
 
 __all__ = ["WeightInfo", "WeightStore", "LoadedModel", "load_model", "resolve_external_path"]
 

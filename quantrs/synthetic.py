@@ -12,7 +12,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper
 
 from quantrs.writer import OutTensor, Payload, write_model
