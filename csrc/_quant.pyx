@@ -183,14 +183,12 @@ def channel_error(const float[:, :, ::1] x, const unsigned char[:, :, ::1] q, bi
     (outer, block) order. In the row layout (inner == 1) each column is summed row by row.
     """
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c, i
+    cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c
     cdef const float_u* src = <const float_u*>&x[0, 0, 0]
     cdef const unsigned char* codes = &q[0, 0, 0]
     cdef double[::1] part_sum
     cdef float[::1] part_max
-    cdef double d, l0, l1, l2, l3
-    cdef float m, s
-    cdef int z
+    cdef double d
     if inner == 1:
         for c in range(C):
             sse[c] = 0.0
@@ -216,45 +214,49 @@ def channel_error(const float[:, :, ::1] x, const unsigned char[:, :, ::1] q, bi
         r = t // nblocks
         b = t - r * nblocks
         c = r % C
-        s = scale[c]
-        z = zero_point[c]
         start = r * inner + b * ERR_BLOCK
         stop = r * inner + inner if b == nblocks - 1 else start + ERR_BLOCK
-        l0 = 0.0
-        l1 = 0.0
-        l2 = 0.0
-        l3 = 0.0
-        m = 0.0
-        i = start
-        while i + 4 <= stop:
-            d = <double>src[i] - <double>_dq(codes[i], signed_codes, s, z)
-            l0 = l0 + d * d
-            m = _maxabs(m, d)
-            d = <double>src[i + 1] - <double>_dq(codes[i + 1], signed_codes, s, z)
-            l1 = l1 + d * d
-            m = _maxabs(m, d)
-            d = <double>src[i + 2] - <double>_dq(codes[i + 2], signed_codes, s, z)
-            l2 = l2 + d * d
-            m = _maxabs(m, d)
-            d = <double>src[i + 3] - <double>_dq(codes[i + 3], signed_codes, s, z)
-            l3 = l3 + d * d
-            m = _maxabs(m, d)
-            i = i + 4
-        # The tail of the last block continues the lane pattern: lanes 0, 1, 2 in order.
-        if i < stop:
-            d = <double>src[i] - <double>_dq(codes[i], signed_codes, s, z)
-            l0 = l0 + d * d
-            m = _maxabs(m, d)
-        if i + 1 < stop:
-            d = <double>src[i + 1] - <double>_dq(codes[i + 1], signed_codes, s, z)
-            l1 = l1 + d * d
-            m = _maxabs(m, d)
-        if i + 2 < stop:
-            d = <double>src[i + 2] - <double>_dq(codes[i + 2], signed_codes, s, z)
-            l2 = l2 + d * d
-            m = _maxabs(m, d)
-        part_sum[t] = (l0 + l1) + (l2 + l3)
-        part_max[t] = m
+        _error_block(src + start, codes + start, stop - start, signed_codes, scale[c], zero_point[c],
+                     &part_sum[t], &part_max[t])
+    _fold_blocks(part_sum, part_max, outer, C, nblocks, sse, max_abs)
+
+
+cdef inline void _error_block(const_float_up x, const unsigned char* codes, Py_ssize_t n,
+                              bint signed_codes, float s, int z, double* sum_out,
+                              float* max_out) noexcept nogil:
+    # One block (n <= ERR_BLOCK values of one channel): value i goes to lane i % 4, the tail of
+    # the last block continues the lane pattern, lanes are summed as (l0 + l1) + (l2 + l3).
+    cdef double l0 = 0.0, l1 = 0.0, l2 = 0.0, l3 = 0.0
+    cdef float m = 0.0
+    cdef Py_ssize_t i = 0
+    while i + 4 <= n:
+        l0 = l0 + _sq(x[i], _dq(codes[i], signed_codes, s, z), &m)
+        l1 = l1 + _sq(x[i + 1], _dq(codes[i + 1], signed_codes, s, z), &m)
+        l2 = l2 + _sq(x[i + 2], _dq(codes[i + 2], signed_codes, s, z), &m)
+        l3 = l3 + _sq(x[i + 3], _dq(codes[i + 3], signed_codes, s, z), &m)
+        i = i + 4
+    if i < n:
+        l0 = l0 + _sq(x[i], _dq(codes[i], signed_codes, s, z), &m)
+    if i + 1 < n:
+        l1 = l1 + _sq(x[i + 1], _dq(codes[i + 1], signed_codes, s, z), &m)
+    if i + 2 < n:
+        l2 = l2 + _sq(x[i + 2], _dq(codes[i + 2], signed_codes, s, z), &m)
+    sum_out[0] = (l0 + l1) + (l2 + l3)
+    max_out[0] = m
+
+
+cdef inline double _sq(float x, float dq, float* m) noexcept nogil:
+    cdef double d = <double>x - <double>dq
+    cdef float a = <float>fabs(d)
+    if a > m[0]:
+        m[0] = a
+    return d * d
+
+
+cdef void _fold_blocks(double[::1] part_sum, float[::1] part_max, Py_ssize_t outer, Py_ssize_t C,
+                       Py_ssize_t nblocks, double[::1] sse, float[::1] max_abs):
+    # Block results into channels, in (outer, block) order: the order the sums are defined in.
+    cdef Py_ssize_t r, c, b, t
     for c in range(C):
         sse[c] = 0.0
         max_abs[c] = 0.0
@@ -277,35 +279,10 @@ cdef inline float _code(float x, float s, float lo, float hi) noexcept nogil:
 cdef inline void _quantize_error_block(const_float_up x, Py_ssize_t n, float s, int z, int qmin,
                                        int qmax, uchar_rp out, bint signed_codes, double* sum_out,
                                        float* max_out) noexcept nogil:
-    # One error block (n <= ERR_BLOCK values of one channel, 16 KiB: it stays in L1 between the
-    # two loops): the vectorised quantize loop, then the error of the codes just written, summed
-    # in channel_error's order (value i into lane i % 4).
-    cdef double l0 = 0.0, l1 = 0.0, l2 = 0.0, l3 = 0.0
-    cdef float m = 0.0
-    cdef Py_ssize_t i = 0
+    # One error block (16 KiB of input: it stays in L1 between the two loops): the vectorised
+    # quantize loop, then the error of the codes just written, in channel_error's order.
     _quantize_run(x, n, s, z, qmin, qmax, out)
-    while i + 4 <= n:
-        l0 = l0 + _sq(x[i], _dq(out[i], signed_codes, s, z), &m)
-        l1 = l1 + _sq(x[i + 1], _dq(out[i + 1], signed_codes, s, z), &m)
-        l2 = l2 + _sq(x[i + 2], _dq(out[i + 2], signed_codes, s, z), &m)
-        l3 = l3 + _sq(x[i + 3], _dq(out[i + 3], signed_codes, s, z), &m)
-        i = i + 4
-    if i < n:
-        l0 = l0 + _sq(x[i], _dq(out[i], signed_codes, s, z), &m)
-    if i + 1 < n:
-        l1 = l1 + _sq(x[i + 1], _dq(out[i + 1], signed_codes, s, z), &m)
-    if i + 2 < n:
-        l2 = l2 + _sq(x[i + 2], _dq(out[i + 2], signed_codes, s, z), &m)
-    sum_out[0] = (l0 + l1) + (l2 + l3)
-    max_out[0] = m
-
-
-cdef inline double _sq(float x, float dq, float* m) noexcept nogil:
-    cdef double d = <double>x - <double>dq
-    cdef float a = <float>fabs(d)
-    if a > m[0]:
-        m[0] = a
-    return d * d
+    _error_block(x, out, n, signed_codes, s, z, sum_out, max_out)
 
 
 cdef inline void _quantize_error_row(const_float_up x, Py_ssize_t n, const_float_rp s,
@@ -363,10 +340,4 @@ def quantize_error(const float[:, :, ::1] x, const float[::1] scale, const int[:
         stop = r * inner + inner if b == nblocks - 1 else start + ERR_BLOCK
         _quantize_error_block(src + start, stop - start, scale[c], zero_point[c], qmin, qmax,
                               dst + start, qmin < 0, &part_sum[t], &part_max[t])
-    for r in range(outer):
-        for c in range(C):
-            for b in range(nblocks):
-                t = (r * C + c) * nblocks + b
-                sse[c] += part_sum[t]
-                if part_max[t] > max_abs[c]:
-                    max_abs[c] = part_max[t]
+    _fold_blocks(part_sum, part_max, outer, C, nblocks, sse, max_abs)

@@ -51,8 +51,6 @@ def _time_model(path: Path, feed: dict[str, np.ndarray], runs: int, warmup: int,
     by_dtype: dict[str, int] = defaultdict(int)
     for info in model.weights:
         by_dtype[info.dtype_name] += info.nbytes
-    files = {info.location for info in model.weights if info.location != "embedded"}
-    file_bytes = model.file_size + sum((path.parent / f).stat().st_size for f in files)
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -73,7 +71,7 @@ def _time_model(path: Path, feed: dict[str, np.ndarray], runs: int, warmup: int,
     deciles = statistics.quantiles(latencies, n=10) if len(latencies) >= 2 else [latencies[0]] * 9
     return ModelTiming(
         path=str(path),
-        file_bytes=file_bytes,
+        file_bytes=model.total_bytes,
         weight_bytes_by_dtype=dict(sorted(by_dtype.items(), key=lambda kv: -kv[1])),
         load_seconds=statistics.median(loads),
         latency_ms_median=statistics.median(latencies),

@@ -193,21 +193,15 @@ def batch(
     options: dict,
 ) -> None:
     """Quantize many models into one folder; exit code 1 if any failed."""
-    from quantrs.batch import expand_inputs, make_jobs, run_batch
+    from quantrs.batch import expand_inputs, make_jobs
     from quantrs.config import QuantizeConfig
     from quantrs.errors import QuantrsError
 
     try:
         work = make_jobs(expand_inputs(models), output, QuantizeConfig(**options))
-        with _progress(quiet, what="models") as progress:
-            report = run_batch(
-                work, n_jobs=jobs, skip_existing=skip_existing, continue_on_error=continue_on_error, scheduler=scheduler, progress=progress
-            )
+        _run_batch(work, fmt, quiet, n_jobs=jobs, skip_existing=skip_existing, continue_on_error=continue_on_error, scheduler=scheduler)
     except QuantrsError as exc:
         raise _fail(str(exc)) from None
-    _emit(report, fmt, "render_batch")
-    if not report.ok:
-        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -225,7 +219,6 @@ def config(
     options: dict,
 ) -> None:
     """Run the models and batch a config file describes. Flags given here override the file."""
-    from quantrs.batch import run_batch
     from quantrs.configfile import jobs_from_config, load_config
     from quantrs.errors import QuantrsError
     from quantrs.pipeline import dry_run as plan_only
@@ -237,17 +230,25 @@ def config(
             _emit([plan_only(j.input, j.config, output_path=j.output) for j in work], fmt, "render_plans")
             return
         section = loaded.batch
-        with _progress(quiet, what="models") as progress:
-            report = run_batch(
-                work,
-                n_jobs=jobs if jobs is not None else (section.jobs if section else 1),
-                skip_existing=_first(skip_existing, section and section.skip_existing, False),
-                continue_on_error=_first(continue_on_error, section and section.continue_on_error, False),
-                scheduler=scheduler,
-                progress=progress,
-            )
+        _run_batch(
+            work,
+            fmt,
+            quiet,
+            n_jobs=jobs if jobs is not None else (section.jobs if section else 1),
+            skip_existing=_first(skip_existing, section and section.skip_existing, False),
+            continue_on_error=_first(continue_on_error, section and section.continue_on_error, False),
+            scheduler=scheduler,
+        )
     except QuantrsError as exc:
         raise _fail(str(exc)) from None
+
+
+def _run_batch(work, fmt: OutputFormat, quiet: bool, **options) -> None:
+    """Run the jobs with a progress bar, print the summary, exit 1 if any model failed."""
+    from quantrs.batch import run_batch
+
+    with _progress(quiet, what="models") as progress:
+        report = run_batch(work, progress=progress, **options)
     _emit(report, fmt, "render_batch")
     if not report.ok:
         raise typer.Exit(code=1)

@@ -51,7 +51,6 @@ def inspect_model(path: str | os.PathLike[str]) -> InfoReport:
     graph = model.proto.graph
     initializer_names = {t.name for t in graph.initializer}
     floats = [w for w in model.weights if w.data_type == TensorProto.FLOAT]
-    external = any(w.location != "embedded" for w in model.weights)
     return InfoReport(
         path=str(model.path),
         file_bytes=model.file_size,
@@ -66,6 +65,6 @@ def inspect_model(path: str | os.PathLike[str]) -> InfoReport:
         float_weight_count=len(floats),
         float_weight_elements=sum(w.size for w in floats),
         float_weight_bytes=sum(w.nbytes for w in floats),
-        external_data=external,
+        external_data=bool(model.external_files),
         build=build_info(),
     )

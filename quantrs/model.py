@@ -229,6 +229,16 @@ class LoadedModel:
         """The default-domain (ai.onnx) opset version."""
         return default_opset(self.proto)
 
+    @property
+    def external_files(self) -> set[str]:
+        """The external-data files the weights live in (relative to the model's folder)."""
+        return {info.location for info in self.weights if info.location != "embedded"}
+
+    @property
+    def total_bytes(self) -> int:
+        """The model file plus its external-data files."""
+        return self.file_size + sum((self.path.parent / f).stat().st_size for f in self.external_files)
+
 
 def default_opset(model: onnx.ModelProto) -> int:
     for entry in model.opset_import:

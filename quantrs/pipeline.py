@@ -116,7 +116,7 @@ def quantize(
         opset_before=opset_before,
         opset_after=target,
         opset_converted=target != opset_before,
-        input_bytes=model.file_size + _external_bytes(model),
+        input_bytes=model.total_bytes,
         output_bytes=sum(p.stat().st_size for p in written),
         float_weight_bytes=sum(model.weights.info(n).nbytes for n in specs),
         quantized_weight_bytes=stream.quantized_bytes,
@@ -249,7 +249,7 @@ def _bare(header: onnx.TensorProto) -> onnx.TensorProto:
 
 
 def _has_external_data(model: LoadedModel) -> bool:
-    return any(info.location != "embedded" for info in model.weights)
+    return bool(model.external_files)
 
 
 def _check_paths(src: Path, dst: Path) -> None:
@@ -261,8 +261,8 @@ def _check_paths(src: Path, dst: Path) -> None:
 
 def _check_external_collision(model: LoadedModel, dst: Path) -> None:
     data = (dst.parent / (dst.name + ".data")).resolve()
-    for info in model.weights:
-        if info.location != "embedded" and (model.path.parent / info.location).resolve() == data:
+    for location in model.external_files:
+        if (model.path.parent / location).resolve() == data:
             raise OutputError(f"{dst}: its external data file {data.name} would overwrite the input's weights")
 
 
@@ -280,11 +280,6 @@ def _check(model: onnx.ModelProto, dq: dict[str, DQTensors], src: Path) -> None:
         raise UnsupportedModelError(
             f"{src}: the quantized model fails onnx.checker: {str(exc).strip().splitlines()[0]}"
         ) from None
-
-
-def _external_bytes(model: LoadedModel) -> int:
-    files = {info.location for info in model.weights if info.location != "embedded"}
-    return sum((model.path.parent / f).stat().st_size for f in files)
 
 
 def _nothing_to_quantize(plans: list[TensorPlan]) -> str:

@@ -94,8 +94,8 @@ def validate(
     return ValidationReport(
         original=str(orig.path),
         quantized=str(quant.path),
-        original_bytes=_file_bytes(orig),
-        quantized_bytes=_file_bytes(quant),
+        original_bytes=orig.total_bytes,
+        quantized_bytes=quant.total_bytes,
         samples=len(feeds),
         samples_source=source,
         checks=checks,
@@ -383,11 +383,6 @@ def _with_float_weights(quantized: onnx.ModelProto, orig: LoadedModel, names: li
     graph.initializer.extend(kept)
     graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(orig.weights.array(n)), n) for n in names)
     return model
-
-
-def _file_bytes(model: LoadedModel) -> int:
-    files = {info.location for info in model.weights if info.location != "embedded"}
-    return model.file_size + sum((model.path.parent / f).stat().st_size for f in files)
 
 
 def _first_line(exc: BaseException) -> str:
