@@ -8,12 +8,17 @@ from cython.parallel cimport prange
 from libc.math cimport fabs
 
 from _restrict cimport const_float_rp, const_float_up, const_int_rp, double_rp, float_rp, float_u, uchar_rp
+from _rows cimport ROW_GROUP_MIN, ROW_GROUPS_MAX, RowTile, row_groups, row_spans, row_tile
 from _scratch cimport double_zeros, float_zeros
 
 cdef enum:
     BLOCK = 65536      # values per parallel task along a run
-    COLS = 256         # columns per parallel task in the row layout
     ERR_BLOCK = 4096   # values per partial sum of the error kernel (a multiple of 4)
+
+# The summation order's constants, for tests to check quantrs.reference against.
+ERR_BLOCK_VALUES = ERR_BLOCK
+ROW_GROUP_MIN_ROWS = ROW_GROUP_MIN
+ROW_GROUPS_MAX_COUNT = ROW_GROUPS_MAX
 
 # 1.5 * 2**23: adding then subtracting it rounds a float with |v| < 2**22 to the nearest
 # integer, ties to even, in the default rounding mode. It is rint() without a libm call, so the
@@ -89,16 +94,6 @@ cdef inline void _quantize_row(const_float_up x, Py_ssize_t n, const_float_rp s,
         out[c] = <unsigned char>(<int>v + z[c])
 
 
-cdef inline void _quantize_rows(const float_u* x, Py_ssize_t rows, Py_ssize_t row_len,
-                                Py_ssize_t c0, Py_ssize_t c1, const float* s, const int* z,
-                                const float* lo, const float* hi,
-                                unsigned char* out) noexcept nogil:
-    cdef Py_ssize_t r
-    for r in range(rows):
-        _quantize_row(x + r * row_len + c0, c1 - c0, s + c0, z + c0, lo + c0, hi + c0,
-                      out + r * row_len + c0)
-
-
 cdef tuple _clamp_bounds(const int[::1] zero_point, int qmin, int qmax):
     # Per-channel bounds of x / scale before rounding: [qmin - zero_point, qmax - zero_point].
     cdef Py_ssize_t c, C = zero_point.shape[0]
@@ -117,15 +112,15 @@ def quantize(const float[:, :, ::1] x, const float[::1] scale, const int[::1] ze
     cdef const float_u* src = <const float_u*>&x[0, 0, 0]
     cdef unsigned char* dst = &out[0, 0, 0]
     cdef float[::1] lo, hi
+    cdef RowTile tile
     if inner == 1:
         lo, hi = _clamp_bounds(zero_point, qmin, qmax)
-        ntasks = (C + COLS - 1) // COLS
-        for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
-            start = t * COLS
-            stop = start + COLS
-            if stop > C:
-                stop = C
-            _quantize_rows(src, outer, C, start, stop, &scale[0], &zero_point[0], &lo[0], &hi[0], dst)
+        for t in prange(row_groups(outer) * row_spans(C), nogil=True, schedule="static",
+                        num_threads=n_threads):
+            tile = row_tile(t, outer, C)
+            for r in range(tile.r0, tile.r1):
+                _quantize_row(src + r * C + tile.c0, tile.c1 - tile.c0, &scale[tile.c0],
+                              &zero_point[tile.c0], &lo[tile.c0], &hi[tile.c0], dst + r * C + tile.c0)
         return
     nblocks = (inner + BLOCK - 1) // BLOCK
     ntasks = outer * C * nblocks
@@ -166,6 +161,32 @@ cdef inline float _dq(unsigned char code, bint signed_codes, float s, int z) noe
     return <float>(v - z) * s
 
 
+cdef inline void _error_row(const_float_up x, const unsigned char* codes, Py_ssize_t n,
+                            bint signed_codes, const_float_rp s, const_int_rp z, double_rp sse,
+                            float_rp mx) noexcept nogil:
+    # One row segment of the row layout: value c adds to channel c's running sums.
+    cdef Py_ssize_t c
+    cdef double d
+    for c in range(n):
+        d = <double>x[c] - <double>_dq(codes[c], signed_codes, s[c], z[c])
+        sse[c] = sse[c] + d * d
+        mx[c] = _maxabs(mx[c], d)
+
+
+cdef void _fold_row_groups(double[::1] part_sum, float[::1] part_max, Py_ssize_t ngroups,
+                           Py_ssize_t C, double[::1] sse, float[::1] max_abs):
+    # Group results into channels, in group order (the order the sums are defined in).
+    cdef Py_ssize_t g, c
+    for c in range(C):
+        sse[c] = 0.0
+        max_abs[c] = 0.0
+    for g in range(ngroups):
+        for c in range(C):
+            sse[c] += part_sum[g * C + c]
+            if part_max[g * C + c] > max_abs[c]:
+                max_abs[c] = part_max[g * C + c]
+
+
 cdef inline float _maxabs(float m, double d) noexcept nogil:
     cdef float a = <float>fabs(d)
     return a if a > m else m
@@ -180,7 +201,8 @@ def channel_error(const float[:, :, ::1] x, const unsigned char[:, :, ::1] q, bi
     DequantizeLinear does. Sums are in double with a fixed order, so results are identical for
     any thread count: runs are cut into ERR_BLOCK-value blocks; inside a block value i goes to
     lane i % 4 (lanes summed sequentially, then (l0 + l1) + (l2 + l3)); block sums are added in
-    (outer, block) order. In the row layout (inner == 1) each column is summed row by row.
+    (outer, block) order. In the row layout (inner == 1) each column is summed row by row within
+    each row group (csrc/_rows.pxd), and the group sums are added in group order.
     """
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c
@@ -188,23 +210,18 @@ def channel_error(const float[:, :, ::1] x, const unsigned char[:, :, ::1] q, bi
     cdef const unsigned char* codes = &q[0, 0, 0]
     cdef double[::1] part_sum
     cdef float[::1] part_max
-    cdef double d
+    cdef RowTile tile
     if inner == 1:
-        for c in range(C):
-            sse[c] = 0.0
-            max_abs[c] = 0.0
-        ntasks = (C + COLS - 1) // COLS
-        for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
-            start = t * COLS
-            stop = start + COLS
-            if stop > C:
-                stop = C
-            for r in range(outer):
-                for c in range(start, stop):
-                    d = <double>src[r * C + c] - <double>_dq(codes[r * C + c], signed_codes,
-                                                              scale[c], zero_point[c])
-                    sse[c] += d * d
-                    max_abs[c] = _maxabs(max_abs[c], d)
+        part_sum = double_zeros(row_groups(outer) * C)
+        part_max = float_zeros(row_groups(outer) * C)
+        for t in prange(row_groups(outer) * row_spans(C), nogil=True, schedule="static",
+                        num_threads=n_threads):
+            tile = row_tile(t, outer, C)
+            for r in range(tile.r0, tile.r1):
+                _error_row(src + r * C + tile.c0, codes + r * C + tile.c0, tile.c1 - tile.c0,
+                           signed_codes, &scale[tile.c0], &zero_point[tile.c0],
+                           &part_sum[tile.group * C + tile.c0], &part_max[tile.group * C + tile.c0])
+        _fold_row_groups(part_sum, part_max, row_groups(outer), C, sse, max_abs)
         return
     nblocks = (inner + ERR_BLOCK - 1) // ERR_BLOCK
     ntasks = outer * C * nblocks
@@ -313,20 +330,20 @@ def quantize_error(const float[:, :, ::1] x, const float[::1] scale, const int[:
     cdef float[::1] lo, hi
     cdef double[::1] part_sum
     cdef float[::1] part_max
-    for c in range(C):
-        sse[c] = 0.0
-        max_abs[c] = 0.0
+    cdef RowTile tile
     if inner == 1:
         lo, hi = _clamp_bounds(zero_point, qmin, qmax)
-        ntasks = (C + COLS - 1) // COLS
-        for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
-            start = t * COLS
-            stop = start + COLS
-            if stop > C:
-                stop = C
-            for r in range(outer):
-                _quantize_error_row(src + r * C + start, stop - start, &scale[start], &zero_point[start],
-                                    &lo[start], &hi[start], dst + r * C + start, &sse[start], &max_abs[start])
+        part_sum = double_zeros(row_groups(outer) * C)
+        part_max = float_zeros(row_groups(outer) * C)
+        for t in prange(row_groups(outer) * row_spans(C), nogil=True, schedule="static",
+                        num_threads=n_threads):
+            tile = row_tile(t, outer, C)
+            for r in range(tile.r0, tile.r1):
+                _quantize_error_row(src + r * C + tile.c0, tile.c1 - tile.c0, &scale[tile.c0],
+                                    &zero_point[tile.c0], &lo[tile.c0], &hi[tile.c0],
+                                    dst + r * C + tile.c0, &part_sum[tile.group * C + tile.c0],
+                                    &part_max[tile.group * C + tile.c0])
+        _fold_row_groups(part_sum, part_max, row_groups(outer), C, sse, max_abs)
         return
     nblocks = (inner + ERR_BLOCK - 1) // ERR_BLOCK
     ntasks = outer * C * nblocks

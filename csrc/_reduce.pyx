@@ -7,21 +7,21 @@ middle, everything before it folded into `outer`, everything after it into `inne
 - inner > 1 (Conv weights along axis 0, per-tensor): contiguous runs of `inner` values share one
   channel; the runs are cut into blocks of BLOCK values, and the blocks are the parallel tasks.
 - inner == 1 (MatMul/Gemm weights along their last axis): each row holds one value per channel;
-  threads take blocks of COLS columns and walk all rows, updating per-channel results elementwise.
+  a task walks a group of rows (see _rows.pxd), updating per-channel partial results
+  elementwise; the groups' partials are folded at the end.
 
 Inputs are validated by quantrs.kernels before anything here runs; kernels never raise.
 """
 from cython.parallel cimport prange
 
 from _restrict cimport const_float_up, float_rp, float_u
+from _rows cimport RowTile, row_groups, row_spans, row_tile
 from _scratch cimport float_zeros as _float_empty, int_zeros as _int_zeros
 
 cdef enum:
     BLOCK = 65536  # values per parallel task along a run
-    COLS = 256     # columns per parallel task in the row layout
 
 BLOCK_SIZE = BLOCK
-COL_BLOCK = COLS
 
 
 cdef inline void _minmax_run(const_float_up x, Py_ssize_t n, float* lo_out, float* hi_out,
@@ -96,24 +96,34 @@ def minmax(const float[:, :, ::1] x, float[::1] lo, float[::1] hi, int n_threads
     """
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     cdef Py_ssize_t runs = outer * C
-    cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c, o, ncolblocks
+    cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c, ngroups
     cdef int any_bad = 0
     cdef const float_u* base = <const float_u*>&x[0, 0, 0]
-    cdef float[::1] part_lo, part_hi
+    cdef float[::1] part_lo, part_hi, part_z
+    cdef RowTile tile
     cdef int[::1] part_bad
     cdef float v
 
     if inner == 1:
-        ncolblocks = (C + COLS - 1) // COLS
-        part_lo = _float_empty(C)  # per-column non-finite markers
-        for t in prange(ncolblocks, nogil=True, schedule="static", num_threads=n_threads):
-            start = t * COLS
-            stop = start + COLS
-            if stop > C:
-                stop = C
-            _minmax_rows(base, outer, C, start, stop, &lo[0], &hi[0], &part_lo[0])
+        ngroups = row_groups(outer)
+        part_lo = _float_empty(ngroups * C)
+        part_hi = _float_empty(ngroups * C)
+        part_z = _float_empty(ngroups * C)  # per-column non-finite markers
+        for t in prange(ngroups * row_spans(C), nogil=True, schedule="static", num_threads=n_threads):
+            tile = row_tile(t, outer, C)
+            _minmax_rows(base + tile.r0 * C, tile.r1 - tile.r0, C, tile.c0, tile.c1,
+                         &part_lo[tile.group * C], &part_hi[tile.group * C], &part_z[tile.group * C])
         for c in range(C):
-            any_bad = any_bad | (part_lo[c] != part_lo[c])
+            lo[c] = part_lo[c]
+            hi[c] = part_hi[c]
+        for t in range(C, ngroups * C):
+            c = t % C
+            if part_lo[t] < lo[c]:
+                lo[c] = part_lo[t]
+            if part_hi[t] > hi[c]:
+                hi[c] = part_hi[t]
+        for t in range(ngroups * C):
+            any_bad = any_bad | (part_z[t] != part_z[t])
         return bool(any_bad)
 
     nblocks = (inner + BLOCK - 1) // BLOCK

@@ -1,5 +1,9 @@
 import numpy as np
 
+ERR_BLOCK_VALUES: int
+ROW_GROUP_MIN_ROWS: int
+ROW_GROUPS_MAX_COUNT: int
+
 def scales(
     lo: np.ndarray, hi: np.ndarray, qmin: int, qmax: int, symmetric: bool, scale: np.ndarray, zero_point: np.ndarray
 ) -> None: ...

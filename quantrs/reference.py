@@ -23,6 +23,13 @@ __all__ = [
 ]
 
 ERR_BLOCK = 4096  # must equal ERR_BLOCK in csrc/_quant.pyx
+ROW_GROUP_MIN = 8  # must equal ROW_GROUP_MIN in csrc/_rows.pxd
+ROW_GROUPS_MAX = 64  # must equal ROW_GROUPS_MAX in csrc/_rows.pxd
+
+
+def row_group(outer: int) -> int:
+    """Rows per summation group in the row layout (inner == 1), as csrc/_rows.pxd."""
+    return max(-(-outer // ROW_GROUPS_MAX), ROW_GROUP_MIN)
 
 
 def minmax(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -79,7 +86,12 @@ def channel_error(
     sq = d * d
     outer, channels, inner = x3.shape
     if inner == 1:
-        return np.cumsum(sq[:, :, 0], axis=0)[-1], max_abs
+        rows = row_group(outer)
+        groups = -(-outer // rows)
+        padded_rows = np.zeros((groups * rows, channels), dtype=np.float64)
+        padded_rows[:outer] = sq[:, :, 0]
+        group_sums = np.cumsum(padded_rows.reshape(groups, rows, channels), axis=1)[:, -1, :]
+        return np.cumsum(group_sums, axis=0)[-1], max_abs
     nblocks = -(-inner // ERR_BLOCK)
     padded = np.zeros((outer, channels, nblocks * ERR_BLOCK), dtype=np.float64)
     padded[:, :, :inner] = sq

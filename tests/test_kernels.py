@@ -88,7 +88,9 @@ def test_kernels_equal_twins(data, qrange, threads):
     [
         ((3, 70_000), 0),  # runs longer than one parallel block (65,536)
         ((2, 3, 9_000), 1),  # several error blocks (4,096) per run, outer > 1
-        ((5, 700), 1),  # row layout wider than one column block (256)
+        ((5, 9_000), 1),  # row layout wider than one column span (4,096)
+        ((1_000, 5), 1),  # row layout: 63 row groups of 16 rows, the last one short
+        ((9, 3), 1),  # row layout: two groups of the minimum 8 rows
         ((140_000,), None),  # per-tensor across several blocks
         ((4, 6, 1, 1), 1),  # ConvTranspose-like short runs
     ],
@@ -98,6 +100,13 @@ def test_kernels_equal_twins(data, qrange, threads):
 def test_kernels_equal_twins_across_blocks(shape, axis, qrange, threads):
     x = np.random.default_rng(7).standard_normal(shape).astype(np.float32) * 3
     check_all_kernels(x, axis, qrange, threads)
+
+
+def test_reference_mirrors_the_kernels_summation_order_constants():
+    from quantrs import _quant
+
+    assert (R.ROW_GROUP_MIN, R.ROW_GROUPS_MAX) == (_quant.ROW_GROUP_MIN_ROWS, _quant.ROW_GROUPS_MAX_COUNT)
+    assert R.ERR_BLOCK == _quant.ERR_BLOCK_VALUES
 
 
 def test_one_and_two_threads_agree_at_real_sizes():
