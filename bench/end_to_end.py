@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +21,14 @@ from quantrs.synthetic import layers_for, matmul_stack
 
 HERE = Path(__file__).resolve().parent
 HIDDEN = 4096
+# The console script of this environment, as the other tools run on sys.executable: a `quantrs`
+# found on PATH may be a version manager's shim (pyenv's costs ~50 ms a call, not quantrs' time).
+_SCRIPT = Path(sys.executable).with_name("quantrs")
+QUANTRS = str(_SCRIPT) if _SCRIPT.exists() else (shutil.which("quantrs") or "quantrs")
 
 TOOLS = {
-    "quantrs int8": ["quantrs", "quantize", "{src}", "-o", "{dst}", "--per-channel", "-q"],
-    "quantrs int4": ["quantrs", "quantize", "{src}", "-o", "{dst}", "--per-channel", "--bits", "4", "-q"],
+    "quantrs int8": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--per-channel", "-q"],
+    "quantrs int4": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--per-channel", "--bits", "4", "-q"],
     "quantize-rs 0.10 int8": [sys.executable, "-c", "import quantize_rs, sys; quantize_rs.quantize(sys.argv[1], sys.argv[2], bits=8, per_channel=True)", "{src}", "{dst}"],
     "quantize-rs 0.10 int4": [sys.executable, "-c", "import quantize_rs, sys; quantize_rs.quantize(sys.argv[1], sys.argv[2], bits=4, per_channel=True, native_int4=True)", "{src}", "{dst}"],
     "ort quantize_dynamic int8": [

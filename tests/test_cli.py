@@ -123,3 +123,20 @@ def test_version_does_not_import_heavy_modules(tmp_path):
     code = "import sys; sys.argv=['quantrs','--version']\nfrom quantrs.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('numpy','onnx','onnxruntime') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_quantize_imports_only_what_it_uses(tmp_path):
+    """Start-up is a large share of quantizing a small model: `quantize` must not pull in
+    onnxruntime (it does not run the model) or pydantic (typer >= 0.29 coerces options through
+    it, ~70 ms a command; pyproject caps typer below 0.29 for that reason)."""
+    model = tmp_path / "m.onnx"
+    onnx.save(BUILDERS["mlp"]()[0], model)
+    code = (
+        "import sys\nfrom quantrs.cli import main\n"
+        f"sys.argv = ['quantrs', 'quantize', {str(model)!r}, '-o', {str(tmp_path / 'q.onnx')!r}, '-q']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print(sorted(m for m in ('onnxruntime', 'pydantic', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "q.onnx").exists()
