@@ -41,6 +41,8 @@ def _impl(bench: dict) -> str:
         return params["method"]
     if "model" in params:
         return params["model"]
+    if "offset" in params:
+        return f"offset {params['offset']} B"
     return f"{params.get('n_threads', '?')} thread(s)"
 
 

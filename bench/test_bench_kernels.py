@@ -60,6 +60,30 @@ def test_minmax(benchmark, weights, impl):
         benchmark(K.minmax, x, axis, n_threads=1 if impl == "quantrs-1t" else 2)
 
 
+def at_byte_offset(x: np.ndarray, offset: int) -> np.ndarray:
+    """A copy of x whose data starts `offset` bytes past a page boundary, as a tensor's bytes
+    do inside a memory-mapped ONNX file (protobuf puts them anywhere)."""
+    buf = np.empty(x.nbytes + 2 * 4096, dtype=np.uint8)
+    start = -buf.ctypes.data % 4096 + offset
+    out = np.ndarray(x.shape, dtype=x.dtype, buffer=buf, offset=start)
+    out[...] = x
+    return out
+
+
+@pytest.mark.parametrize("offset", [0, 4, 8, 1])
+def test_quantize_with_error_input_offset(benchmark, weights, offset):
+    """The fused quantize + error pass of the pipeline, 2 threads, on input that starts 0, 4, 8
+    or 1 bytes past a 16-byte boundary: the speed must not depend on where the bytes start."""
+    x, axis = weights("matmul-4096x4096")
+    rng = K.minmax(x, axis)
+    scale, zp = K.scales(rng, 0, 15, symmetric=False)
+    xo = at_byte_offset(x, offset)
+    out = np.empty(x.shape, dtype=np.uint8)
+    benchmark.group = "quantize+error int4 matmul-4096x4096, input offset"
+    benchmark.extra_info["bytes"] = x.nbytes
+    benchmark(K.quantize_with_error, xo, scale, zp, 0, 15, axis, n_threads=2, out=out)
+
+
 @pytest.fixture(scope="module")
 def codes_case(weights):
     x, axis = weights("conv-256x256x3x3")
@@ -107,7 +131,8 @@ def test_unpack4(benchmark, codes_case, impl):
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_thread_threshold(benchmark, force_threads, elements, n_threads):
     """Where do 2 threads start to pay? Sets kernels.PARALLEL_MIN_ELEMENTS."""
-    # A MatMul-like [K, 1024] weight: 4 column blocks, so 2 threads have work to share.
+    # A MatMul-like [K, 1024] weight. Up to 2^16 values it is one row group (>= 64 rows,
+    # csrc/_rows.pxd), so a second thread has nothing to take; from 2^18 on it has several.
     x = np.random.default_rng(0).standard_normal((elements // 1024, 1024), dtype=np.float32)
     benchmark.group = f"threads {elements} elements"
     benchmark.extra_info["bytes"] = x.nbytes

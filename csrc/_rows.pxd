@@ -10,8 +10,8 @@
 # each group separately and then the groups in order, so that order must not move with threads.
 cdef enum:
     ROW_SPAN = 4096        # columns per task (16 KiB of float32 row)
-    ROW_GROUP_MIN = 8      # fewest rows per group
-    ROW_GROUPS_MAX = 64    # most groups per tensor (bounds the partial results to 64 rows)
+    ROW_GROUP_MIN = 64     # fewest rows per group: per-group partials cost C values per group
+    ROW_GROUPS_MAX = 16    # most groups per tensor: enough to share among threads
 
 
 cdef struct RowTile:

@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 # Below this many elements a kernel runs on one thread: starting OpenMP's team costs more than
-# it saves: at 2**14 values 2 threads are slower, from 2**16 on faster (measured by
+# it saves. Up to 2**16 values 2 threads gain nothing, from 2**18 on 1.5x and more (measured by
 # bench/test_bench_kernels.py::test_thread_threshold, see bench/RESULTS.md).
 PARALLEL_MIN_ELEMENTS = 1 << 16
 

@@ -23,8 +23,8 @@ __all__ = [
 ]
 
 ERR_BLOCK = 4096  # must equal ERR_BLOCK in csrc/_quant.pyx
-ROW_GROUP_MIN = 8  # must equal ROW_GROUP_MIN in csrc/_rows.pxd
-ROW_GROUPS_MAX = 64  # must equal ROW_GROUPS_MAX in csrc/_rows.pxd
+ROW_GROUP_MIN = 64  # must equal ROW_GROUP_MIN in csrc/_rows.pxd
+ROW_GROUPS_MAX = 16  # must equal ROW_GROUPS_MAX in csrc/_rows.pxd
 
 
 def row_group(outer: int) -> int:

@@ -89,8 +89,8 @@ def test_kernels_equal_twins(data, qrange, threads):
         ((3, 70_000), 0),  # runs longer than one parallel block (65,536)
         ((2, 3, 9_000), 1),  # several error blocks (4,096) per run, outer > 1
         ((5, 9_000), 1),  # row layout wider than one column span (4,096)
-        ((1_000, 5), 1),  # row layout: 63 row groups of 16 rows, the last one short
-        ((9, 3), 1),  # row layout: two groups of the minimum 8 rows
+        ((1_100, 5), 1),  # row layout: 16 row groups of 69 rows, the last one short
+        ((130, 3), 1),  # row layout: groups of the minimum 64 rows, the last one of 2
         ((140_000,), None),  # per-tensor across several blocks
         ((4, 6, 1, 1), 1),  # ConvTranspose-like short runs
     ],
