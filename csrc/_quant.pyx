@@ -5,7 +5,7 @@ bytes (uint8): a signed code's byte is its two's complement, so one kernel serve
 (and the INT4/UINT4 codes that _pack.pyx packs afterwards).
 """
 from cython.parallel cimport prange
-from libc.math cimport fabs
+from libc.math cimport fabsf
 
 from _restrict cimport const_float_rp, const_float_up, const_int_rp, double_rp, float_rp, float_u, uchar_rp
 from _rows cimport ROW_GROUP_MIN, ROW_GROUPS_MAX, RowTile, row_groups, row_spans, row_tile
@@ -166,11 +166,12 @@ cdef inline void _error_row(const_float_up x, const unsigned char* codes, Py_ssi
                             float_rp mx) noexcept nogil:
     # One row segment of the row layout: value c adds to channel c's running sums.
     cdef Py_ssize_t c
-    cdef double d
+    cdef float d, a
     for c in range(n):
-        d = <double>x[c] - <double>_dq(codes[c], signed_codes, s[c], z[c])
-        sse[c] = sse[c] + d * d
-        mx[c] = _maxabs(mx[c], d)
+        d = x[c] - _dq(codes[c], signed_codes, s[c], z[c])
+        sse[c] = sse[c] + <double>d * <double>d
+        a = fabsf(d)
+        mx[c] = a if a > mx[c] else mx[c]
 
 
 cdef void _fold_row_groups(double[::1] part_sum, float[::1] part_max, Py_ssize_t ngroups,
@@ -187,17 +188,12 @@ cdef void _fold_row_groups(double[::1] part_sum, float[::1] part_max, Py_ssize_t
                 max_abs[c] = part_max[g * C + c]
 
 
-cdef inline float _maxabs(float m, double d) noexcept nogil:
-    cdef float a = <float>fabs(d)
-    return a if a > m else m
-
-
 def channel_error(const float[:, :, ::1] x, const unsigned char[:, :, ::1] q, bint signed_codes,
                   const float[::1] scale, const int[::1] zero_point,
                   double[::1] sse, float[::1] max_abs, int n_threads):
     """Per-channel sum of squared error and max abs error of the dequantized codes vs x.
 
-    The error of one value is d = double(x) - double(dequantized), dequantized in float32 as
+    The error of one value is d = x - dequantized in float32, dequantized in float32 as
     DequantizeLinear does. Sums are in double with a fixed order, so results are identical for
     any thread count: runs are cut into ERR_BLOCK-value blocks; inside a block value i goes to
     lane i % 4 (lanes summed sequentially, then (l0 + l1) + (l2 + l3)); block sums are added in
@@ -263,11 +259,13 @@ cdef inline void _error_block(const_float_up x, const unsigned char* codes, Py_s
 
 
 cdef inline double _sq(float x, float dq, float* m) noexcept nogil:
-    cdef double d = <double>x - <double>dq
-    cdef float a = <float>fabs(d)
+    # The error in float32 (exact whenever x lies within half a step of a code: Sterbenz), its
+    # square in double (exact: 24-bit mantissas), so only the sums round.
+    cdef float d = x - dq
+    cdef float a = fabsf(d)
     if a > m[0]:
         m[0] = a
-    return d * d
+    return <double>d * <double>d
 
 
 cdef void _fold_blocks(double[::1] part_sum, float[::1] part_max, Py_ssize_t outer, Py_ssize_t C,
@@ -306,15 +304,14 @@ cdef inline void _quantize_error_row(const_float_up x, Py_ssize_t n, const_float
                                      const_int_rp z, const_float_rp lo, const_float_rp hi,
                                      uchar_rp out, double_rp sse, float_rp mx) noexcept nogil:
     cdef Py_ssize_t c
-    cdef float r, dq, a
-    cdef double d
+    cdef float r, dq, d, a
     for c in range(n):
         r = _code(x[c], s[c], lo[c], hi[c])
         out[c] = <unsigned char>(<int>r + z[c])
-        dq = r * s[c]
-        d = <double>x[c] - <double>dq
-        sse[c] = sse[c] + d * d
-        a = <float>fabs(d)
+        dq = r * s[c]  # = _dq(out[c]): the code minus its zero point is r
+        d = x[c] - dq
+        sse[c] = sse[c] + <double>d * <double>d
+        a = fabsf(d)
         mx[c] = a if a > mx[c] else mx[c]
 
 

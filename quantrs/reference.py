@@ -75,15 +75,16 @@ def dequantize(q3: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> np.
 def channel_error(
     x3: np.ndarray, q3: np.ndarray, signed: bool, scale: np.ndarray, zero_point: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel sum of squared error (float64) and max abs error (float32).
+    """Per-channel sum of squared error (float64) and max abs error (float32) of the
+    dequantized codes; each value's error is taken in float32, its square and the sums in float64.
 
     Sums follow the kernel's fixed order (csrc/_quant.pyx, channel_error), reproduced with
     sequential cumulative sums so that the results agree bit for bit.
     """
     codes = q3.view(np.int8) if signed else q3
-    d = x3.astype(np.float64) - dequantize(codes, scale, zero_point).astype(np.float64)
-    max_abs = np.abs(d).astype(np.float32).max(axis=(0, 2))
-    sq = d * d
+    d = x3 - dequantize(codes, scale, zero_point)  # float32, as the kernel
+    max_abs = np.abs(d).max(axis=(0, 2))
+    sq = d.astype(np.float64) ** 2
     outer, channels, inner = x3.shape
     if inner == 1:
         rows = row_group(outer)

@@ -102,6 +102,27 @@ def test_kernels_equal_twins_across_blocks(shape, axis, qrange, threads):
     check_all_kernels(x, axis, qrange, threads)
 
 
+@pytest.mark.parametrize("axis", [0, 1])
+@threads
+def test_error_of_saturated_codes_equals_twin(axis, threads):
+    """A scale far too small for the values: most codes saturate and the float32 error
+    x - dequantized rounds. Kernel and twin still agree bit for bit."""
+    x = np.random.default_rng(11).standard_normal((300, 70)).astype(np.float32) * 1e3
+    channels = x.shape[axis]
+    scale = np.full(channels, 1e-3, dtype=np.float32)
+    zp = np.zeros(channels, dtype=np.int32)
+    x3 = K.channel_view(x, axis)
+    codes_ref = R.quantize(x3, scale, zp, -128, 127)
+    sse_ref, max_ref = R.channel_error(x3, codes_ref, True, scale, zp)
+    codes, sse, max_abs = K.quantize_with_error(x, scale, zp, -128, 127, axis, n_threads=threads)
+    np.testing.assert_array_equal(codes.reshape(x3.shape), codes_ref)
+    assert sse.tobytes() == sse_ref.tobytes()
+    np.testing.assert_array_equal(max_abs, max_ref)
+    sse2, max2 = K.channel_error(x, codes, scale, zp, axis, signed=True, n_threads=threads)
+    assert sse2.tobytes() == sse_ref.tobytes()
+    np.testing.assert_array_equal(max2, max_ref)
+
+
 def test_reference_mirrors_the_kernels_summation_order_constants():
     from quantrs import _quant
 
