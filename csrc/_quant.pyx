@@ -174,6 +174,33 @@ cdef inline void _error_row(const_float_up x, const unsigned char* codes, Py_ssi
         mx[c] = a if a > mx[c] else mx[c]
 
 
+cdef void _row_errors(const float_u* src, unsigned char* codes, bint quantize, bint signed_codes,
+                     Py_ssize_t outer, Py_ssize_t C, const float* scale, const int* zero_point,
+                     const float* lo, const float* hi, double[::1] sse, float[::1] max_abs,
+                     int n_threads):
+    # The row layout of channel_error (quantize False: codes are given) and quantize_error
+    # (quantize True: codes are written, lo/hi are the clamp bounds): per-group partial sums in
+    # parallel, then the groups folded in order.
+    cdef Py_ssize_t ngroups = row_groups(outer), t, r, off, n
+    cdef double[::1] part_sum = double_zeros(ngroups * C)
+    cdef float[::1] part_max = float_zeros(ngroups * C)
+    cdef RowTile tile
+    for t in prange(ngroups * row_spans(C), nogil=True, schedule="static", num_threads=n_threads):
+        tile = row_tile(t, outer, C)
+        n = tile.c1 - tile.c0
+        for r in range(tile.r0, tile.r1):
+            off = r * C + tile.c0
+            if quantize:
+                _quantize_error_row(src + off, n, scale + tile.c0, zero_point + tile.c0, lo + tile.c0,
+                                    hi + tile.c0, codes + off, &part_sum[tile.group * C + tile.c0],
+                                    &part_max[tile.group * C + tile.c0])
+            else:
+                _error_row(src + off, codes + off, n, signed_codes, scale + tile.c0,
+                           zero_point + tile.c0, &part_sum[tile.group * C + tile.c0],
+                           &part_max[tile.group * C + tile.c0])
+    _fold_row_groups(part_sum, part_max, ngroups, C, sse, max_abs)
+
+
 cdef void _fold_row_groups(double[::1] part_sum, float[::1] part_max, Py_ssize_t ngroups,
                            Py_ssize_t C, double[::1] sse, float[::1] max_abs):
     # Group results into channels, in group order (the order the sums are defined in).
@@ -206,18 +233,10 @@ def channel_error(const float[:, :, ::1] x, const unsigned char[:, :, ::1] q, bi
     cdef const unsigned char* codes = &q[0, 0, 0]
     cdef double[::1] part_sum
     cdef float[::1] part_max
-    cdef RowTile tile
     if inner == 1:
-        part_sum = double_zeros(row_groups(outer) * C)
-        part_max = float_zeros(row_groups(outer) * C)
-        for t in prange(row_groups(outer) * row_spans(C), nogil=True, schedule="static",
-                        num_threads=n_threads):
-            tile = row_tile(t, outer, C)
-            for r in range(tile.r0, tile.r1):
-                _error_row(src + r * C + tile.c0, codes + r * C + tile.c0, tile.c1 - tile.c0,
-                           signed_codes, &scale[tile.c0], &zero_point[tile.c0],
-                           &part_sum[tile.group * C + tile.c0], &part_max[tile.group * C + tile.c0])
-        _fold_row_groups(part_sum, part_max, row_groups(outer), C, sse, max_abs)
+        # Read-only here: the codes pointer is only written when quantize is True.
+        _row_errors(src, <unsigned char*>codes, False, signed_codes, outer, C, &scale[0],
+                    &zero_point[0], NULL, NULL, sse, max_abs, n_threads)
         return
     nblocks = (inner + ERR_BLOCK - 1) // ERR_BLOCK
     ntasks = outer * C * nblocks
@@ -327,20 +346,10 @@ def quantize_error(const float[:, :, ::1] x, const float[::1] scale, const int[:
     cdef float[::1] lo, hi
     cdef double[::1] part_sum
     cdef float[::1] part_max
-    cdef RowTile tile
     if inner == 1:
         lo, hi = _clamp_bounds(zero_point, qmin, qmax)
-        part_sum = double_zeros(row_groups(outer) * C)
-        part_max = float_zeros(row_groups(outer) * C)
-        for t in prange(row_groups(outer) * row_spans(C), nogil=True, schedule="static",
-                        num_threads=n_threads):
-            tile = row_tile(t, outer, C)
-            for r in range(tile.r0, tile.r1):
-                _quantize_error_row(src + r * C + tile.c0, tile.c1 - tile.c0, &scale[tile.c0],
-                                    &zero_point[tile.c0], &lo[tile.c0], &hi[tile.c0],
-                                    dst + r * C + tile.c0, &part_sum[tile.group * C + tile.c0],
-                                    &part_max[tile.group * C + tile.c0])
-        _fold_row_groups(part_sum, part_max, row_groups(outer), C, sse, max_abs)
+        _row_errors(src, dst, True, qmin < 0, outer, C, &scale[0], &zero_point[0], &lo[0], &hi[0],
+                    sse, max_abs, n_threads)
         return
     nblocks = (inner + ERR_BLOCK - 1) // ERR_BLOCK
     ntasks = outer * C * nblocks
