@@ -227,30 +227,9 @@ def channel_error(const float[:, :, ::1] x, const unsigned char[:, :, ::1] q, bi
     (outer, block) order. In the row layout (inner == 1) each column is summed row by row within
     each row group (csrc/_rows.pxd), and the group sums are added in group order.
     """
-    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c
-    cdef const float_u* src = <const float_u*>&x[0, 0, 0]
-    cdef const unsigned char* codes = &q[0, 0, 0]
-    cdef double[::1] part_sum
-    cdef float[::1] part_max
-    if inner == 1:
-        # Read-only here: the codes pointer is only written when quantize is True.
-        _row_errors(src, <unsigned char*>codes, False, signed_codes, outer, C, &scale[0],
-                    &zero_point[0], NULL, NULL, sse, max_abs, n_threads)
-        return
-    nblocks = (inner + ERR_BLOCK - 1) // ERR_BLOCK
-    ntasks = outer * C * nblocks
-    part_sum = double_zeros(ntasks)
-    part_max = float_zeros(ntasks)
-    for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
-        r = t // nblocks
-        b = t - r * nblocks
-        c = r % C
-        start = r * inner + b * ERR_BLOCK
-        stop = r * inner + inner if b == nblocks - 1 else start + ERR_BLOCK
-        _error_block(src + start, codes + start, stop - start, signed_codes, scale[c], zero_point[c],
-                     &part_sum[t], &part_max[t])
-    _fold_blocks(part_sum, part_max, outer, C, nblocks, sse, max_abs)
+    # The codes are only read here (the drivers write them when `quantize` is True).
+    _errors(x, <unsigned char*>&q[0, 0, 0], False, signed_codes, scale, zero_point, 0, 0,
+            sse, max_abs, n_threads)
 
 
 cdef inline void _error_block(const_float_up x, const unsigned char* codes, Py_ssize_t n,
@@ -339,28 +318,52 @@ def quantize_error(const float[:, :, ::1] x, const float[::1] scale, const int[:
                    double[::1] sse, float[::1] max_abs, int n_threads):
     """quantize() and channel_error() in one pass over x: the same codes, and the same sums
     (bit for bit, in channel_error's order), for the cost of reading the weight once."""
+    _errors(x, &out[0, 0, 0], True, qmin < 0, scale, zero_point, qmin, qmax, sse, max_abs,
+            n_threads)
+
+
+cdef void _errors(const float[:, :, ::1] x, unsigned char* codes, bint quantize, bint signed_codes,
+                  const float[::1] scale, const int[::1] zero_point, int qmin, int qmax,
+                  double[::1] sse, float[::1] max_abs, int n_threads):
+    # channel_error (quantize False: the codes are given) and quantize_error (quantize True:
+    # the codes are written, saturated to [qmin, qmax]) share their loops and summation order.
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c
     cdef const float_u* src = <const float_u*>&x[0, 0, 0]
-    cdef unsigned char* dst = &out[0, 0, 0]
     cdef float[::1] lo, hi
-    cdef double[::1] part_sum
-    cdef float[::1] part_max
+    cdef const float* lo_p = NULL
+    cdef const float* hi_p = NULL
     if inner == 1:
-        lo, hi = _clamp_bounds(zero_point, qmin, qmax)
-        _row_errors(src, dst, True, qmin < 0, outer, C, &scale[0], &zero_point[0], &lo[0], &hi[0],
-                    sse, max_abs, n_threads)
-        return
-    nblocks = (inner + ERR_BLOCK - 1) // ERR_BLOCK
-    ntasks = outer * C * nblocks
-    part_sum = double_zeros(ntasks)
-    part_max = float_zeros(ntasks)
+        if quantize:
+            lo, hi = _clamp_bounds(zero_point, qmin, qmax)
+            lo_p = &lo[0]
+            hi_p = &hi[0]
+        _row_errors(src, codes, quantize, signed_codes, outer, C, &scale[0], &zero_point[0], lo_p,
+                    hi_p, sse, max_abs, n_threads)
+    else:
+        _block_errors(src, codes, quantize, signed_codes, outer, C, inner, &scale[0],
+                      &zero_point[0], qmin, qmax, sse, max_abs, n_threads)
+
+
+cdef void _block_errors(const float_u* src, unsigned char* codes, bint quantize, bint signed_codes,
+                        Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, const float* scale,
+                        const int* zero_point, int qmin, int qmax, double[::1] sse,
+                        float[::1] max_abs, int n_threads):
+    # Runs cut into ERR_BLOCK-value blocks, one partial sum per block, folded in (outer, block)
+    # order.
+    cdef Py_ssize_t nblocks = (inner + ERR_BLOCK - 1) // ERR_BLOCK
+    cdef Py_ssize_t ntasks = outer * C * nblocks, t, r, b, c, start, stop
+    cdef double[::1] part_sum = double_zeros(ntasks)
+    cdef float[::1] part_max = float_zeros(ntasks)
     for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
         r = t // nblocks
         b = t - r * nblocks
         c = r % C
         start = r * inner + b * ERR_BLOCK
         stop = r * inner + inner if b == nblocks - 1 else start + ERR_BLOCK
-        _quantize_error_block(src + start, stop - start, scale[c], zero_point[c], qmin, qmax,
-                              dst + start, qmin < 0, &part_sum[t], &part_max[t])
+        if quantize:
+            _quantize_error_block(src + start, stop - start, scale[c], zero_point[c], qmin, qmax,
+                                  codes + start, signed_codes, &part_sum[t], &part_max[t])
+        else:
+            _error_block(src + start, codes + start, stop - start, signed_codes, scale[c],
+                         zero_point[c], &part_sum[t], &part_max[t])
     _fold_blocks(part_sum, part_max, outer, C, nblocks, sse, max_abs)
