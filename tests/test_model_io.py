@@ -118,6 +118,18 @@ def _save_external(model, folder, name="model.onnx"):
     return path
 
 
+def _mlp_with_external_data(tmp_path):
+    """An MLP saved with its weights in <tmp>/m/weights.bin: (folder, model path)."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    return folder, _save_external(BUILDERS["mlp"]()[0], folder)
+
+
+def _quantize_refused(src, folder, match: str) -> None:
+    with pytest.raises(ModelLoadError, match=match):
+        quantrs.quantize(src, folder / "q.onnx", QuantizeConfig(min_elements=0))
+
+
 def test_external_data_model_is_quantized(tmp_path):
     model, feeds = BUILDERS["conv_net"]()
     src = _save_external(model, tmp_path)
@@ -156,53 +168,37 @@ def test_output_data_file_may_not_overwrite_the_inputs(tmp_path):
 
 @pytest.mark.parametrize("location", ["/etc/passwd", "../outside.bin", "sub/../../outside.bin"])
 def test_external_data_escaping_the_folder_is_refused(tmp_path, location):
-    folder = tmp_path / "m"
-    folder.mkdir()
     (tmp_path / "outside.bin").write_bytes(bytes(64 * 128 * 4))
-    model, _ = BUILDERS["mlp"]()
-    src = _save_external(model, folder)
+    folder, src = _mlp_with_external_data(tmp_path)
     tampered = onnx.load(str(src), load_external_data=False)
     for t in tampered.graph.initializer:
         for entry in t.external_data:
             if entry.key == "location":
                 entry.value = location
     onnx.save(tampered, str(src))
-    with pytest.raises(ModelLoadError, match="escapes the model's folder|must be a relative path"):
-        quantrs.quantize(src, folder / "q.onnx", QuantizeConfig(min_elements=0))
+    _quantize_refused(src, folder, "escapes the model's folder|must be a relative path")
     assert not (folder / "q.onnx").exists()
 
 
 def test_external_data_through_a_symlink_is_refused(tmp_path):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    model, _ = BUILDERS["mlp"]()
-    src = _save_external(model, folder)
+    folder, src = _mlp_with_external_data(tmp_path)
     real = tmp_path / "elsewhere.bin"
     os.replace(folder / "weights.bin", real)
     os.symlink(real, folder / "weights.bin")
-    with pytest.raises(ModelLoadError, match="escapes the model's folder|symbolic link"):
-        quantrs.quantize(src, folder / "q.onnx", QuantizeConfig(min_elements=0))
+    _quantize_refused(src, folder, "escapes the model's folder|symbolic link")
 
 
 def test_external_data_hard_link_is_refused(tmp_path):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    model, _ = BUILDERS["mlp"]()
-    src = _save_external(model, folder)
+    folder, src = _mlp_with_external_data(tmp_path)
     os.link(folder / "weights.bin", tmp_path / "second-name.bin")
-    with pytest.raises(ModelLoadError, match="hard link"):
-        quantrs.quantize(src, folder / "q.onnx", QuantizeConfig(min_elements=0))
+    _quantize_refused(src, folder, "hard link")
 
 
 def test_external_data_shorter_than_declared(tmp_path):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    model, _ = BUILDERS["mlp"]()
-    src = _save_external(model, folder)
+    folder, src = _mlp_with_external_data(tmp_path)
     data = (folder / "weights.bin").read_bytes()
     (folder / "weights.bin").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ModelLoadError, match="does not fit"):
-        quantrs.quantize(src, folder / "q.onnx", QuantizeConfig(min_elements=0))
+    _quantize_refused(src, folder, "does not fit")
 
 
 def test_external_data_output_on_request(tmp_path, save):
