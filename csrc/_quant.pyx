@@ -2,13 +2,17 @@
 
 Same (outer, C, inner) view and the same two loop shapes as _reduce.pyx. Codes are written as raw
 bytes (uint8): a signed code's byte is its two's complement, so one kernel serves INT8 and UINT8
-(and the INT4/UINT4 codes that _pack.pyx packs afterwards).
+(and the INT4/UINT4 codes that _pack.pyx packs afterwards). Weights are float32, float16 or
+bfloat16 (the `kind` argument, as in _reduce.minmax), widened to float32 a row segment or block
+at a time (see _half.pxd).
 """
 from cython.parallel cimport prange
 from libc.math cimport fabsf
 
-from _restrict cimport const_float_rp, const_float_up, const_int_rp, double_rp, float_rp, float_u, uchar_rp
-from _rows cimport ROW_GROUP_MIN, ROW_GROUPS_MAX, RowTile, row_groups, row_spans, row_tile
+from _half cimport (KIND_BFLOAT16, KIND_FLOAT16, WIDEN_CHUNK, Weights, chunk, const_bf16_up, const_f16_up,
+                   weight_p, weight_view, widened)
+from _restrict cimport const_float_rp, const_float_up, const_int_rp, double_rp, float_rp, uchar_rp
+from _rows cimport ROW_GROUP_MIN, ROW_GROUPS_MAX, ROW_SPAN, RowTile, row_groups, row_spans, row_tile
 from _scratch cimport double_zeros, float_zeros
 
 cdef enum:
@@ -65,29 +69,38 @@ def scales(const float[::1] lo, const float[::1] hi, int qmin, int qmax, bint sy
         zero_point[c] = <int>z
 
 
-cdef inline void _quantize_run(const_float_up x, Py_ssize_t n, float s, int z, int qmin, int qmax,
+cdef inline void _quantize_run(weight_p x, Py_ssize_t n, float s, int z, int qmin, int qmax,
                                uchar_rp out) noexcept nogil:
     # Clamping v = x / s to [qmin - z, qmax - z] before rounding gives the same code as
     # saturate(rint(v) + z), since both bounds are integers; it also keeps the float->int cast
     # defined. NaN would land on qmin (non-finite input is refused before this runs).
+    # 16-bit input is widened a chunk at a time (float32 input is one chunk).
+    cdef float buf[WIDEN_CHUNK]
+    cdef const_float_up y
     cdef float lo = qmin - z, hi = qmax - z
     cdef float v
-    cdef Py_ssize_t i
-    for i in range(n):
-        v = x[i] / s
-        v = v if v > lo else lo
-        v = v if v < hi else hi
-        v = (v + MAGIC) - MAGIC
-        out[i] = <unsigned char>(<int>v + z)
+    cdef Py_ssize_t i, start = 0, m
+    while start < n:
+        m = chunk(x, n - start)
+        y = widened(x + start, m, buf)
+        for i in range(m):
+            v = y[i] / s
+            v = v if v > lo else lo
+            v = v if v < hi else hi
+            v = (v + MAGIC) - MAGIC
+            out[start + i] = <unsigned char>(<int>v + z)
+        start += m
 
 
-cdef inline void _quantize_row(const_float_up x, Py_ssize_t n, const_float_rp s, const_int_rp z,
+cdef inline void _quantize_row(weight_p x, Py_ssize_t n, const_float_rp s, const_int_rp z,
                                const_float_rp lo, const_float_rp hi, uchar_rp out) noexcept nogil:
-    # One row segment: n values, each with its own channel's parameters.
+    # One row segment: n <= ROW_SPAN values, each with its own channel's parameters.
+    cdef float buf[ROW_SPAN]
+    cdef const_float_up y = widened(x, n, buf)
     cdef Py_ssize_t c
     cdef float v
     for c in range(n):
-        v = x[c] / s[c]
+        v = y[c] / s[c]
         v = v if v > lo[c] else lo[c]
         v = v if v < hi[c] else hi[c]
         v = (v + MAGIC) - MAGIC
@@ -104,13 +117,25 @@ cdef tuple _clamp_bounds(const int[::1] zero_point, int qmin, int qmax):
     return lo, hi
 
 
-def quantize(const float[:, :, ::1] x, const float[::1] scale, const int[::1] zero_point,
+def quantize(x, int kind, const float[::1] scale, const int[::1] zero_point,
              int qmin, int qmax, unsigned char[:, :, ::1] out, int n_threads):
-    """q = saturate(rint(x / scale[c]) + zero_point[c]) into out (same shape), as raw bytes."""
-    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    """q = saturate(rint(x / scale[c]) + zero_point[c]) into out (same shape), as raw bytes.
+
+    x and kind as in _reduce.minmax."""
+    cdef Weights w
+    keep = weight_view(x, kind, &w)
+    if w.kind == KIND_FLOAT16:
+        _quantize(<const_f16_up>w.data, w, scale, zero_point, qmin, qmax, &out[0, 0, 0], n_threads)
+    elif w.kind == KIND_BFLOAT16:
+        _quantize(<const_bf16_up>w.data, w, scale, zero_point, qmin, qmax, &out[0, 0, 0], n_threads)
+    else:
+        _quantize(<const_float_up>w.data, w, scale, zero_point, qmin, qmax, &out[0, 0, 0], n_threads)
+
+
+cdef void _quantize(weight_p src, Weights w, const float[::1] scale, const int[::1] zero_point,
+                    int qmin, int qmax, unsigned char* dst, int n_threads):
+    cdef Py_ssize_t outer = w.outer, C = w.C, inner = w.inner
     cdef Py_ssize_t nblocks, ntasks, t, r, b, start, stop, c
-    cdef const float_u* src = <const float_u*>&x[0, 0, 0]
-    cdef unsigned char* dst = &out[0, 0, 0]
     cdef float[::1] lo, hi
     cdef RowTile tile
     if inner == 1:
@@ -161,20 +186,22 @@ cdef inline float _dq(unsigned char code, bint signed_codes, float s, int z) noe
     return <float>(v - z) * s
 
 
-cdef inline void _error_row(const_float_up x, const unsigned char* codes, Py_ssize_t n,
+cdef inline void _error_row(weight_p x, const unsigned char* codes, Py_ssize_t n,
                             bint signed_codes, const_float_rp s, const_int_rp z, double_rp sse,
                             float_rp mx) noexcept nogil:
-    # One row segment of the row layout: value c adds to channel c's running sums.
+    # One row segment of the row layout (n <= ROW_SPAN): value c adds to channel c's sums.
+    cdef float buf[ROW_SPAN]
+    cdef const_float_up y = widened(x, n, buf)
     cdef Py_ssize_t c
     cdef float d, a
     for c in range(n):
-        d = x[c] - _dq(codes[c], signed_codes, s[c], z[c])
+        d = y[c] - _dq(codes[c], signed_codes, s[c], z[c])
         sse[c] = sse[c] + <double>d * <double>d
         a = fabsf(d)
         mx[c] = a if a > mx[c] else mx[c]
 
 
-cdef void _row_errors(const float_u* src, unsigned char* codes, bint quantize, bint signed_codes,
+cdef void _row_errors(weight_p src, unsigned char* codes, bint quantize, bint signed_codes,
                      Py_ssize_t outer, Py_ssize_t C, const float* scale, const int* zero_point,
                      const float* lo, const float* hi, double[::1] sse, float[::1] max_abs,
                      int n_threads):
@@ -215,7 +242,7 @@ cdef void _fold_row_groups(double[::1] part_sum, float[::1] part_max, Py_ssize_t
                 max_abs[c] = part_max[g * C + c]
 
 
-def channel_error(const float[:, :, ::1] x, const unsigned char[:, :, ::1] q, bint signed_codes,
+def channel_error(x, int kind, const unsigned char[:, :, ::1] q, bint signed_codes,
                   const float[::1] scale, const int[::1] zero_point,
                   double[::1] sse, float[::1] max_abs, int n_threads):
     """Per-channel sum of squared error and max abs error of the dequantized codes vs x.
@@ -226,32 +253,35 @@ def channel_error(const float[:, :, ::1] x, const unsigned char[:, :, ::1] q, bi
     lane i % 4 (lanes summed sequentially, then (l0 + l1) + (l2 + l3)); block sums are added in
     (outer, block) order. In the row layout (inner == 1) each column is summed row by row within
     each row group (csrc/_rows.pxd), and the group sums are added in group order.
+    x and kind as in _reduce.minmax: float16/bfloat16 values are widened to float32 first.
     """
     # The codes are only read here (the drivers write them when `quantize` is True).
-    _errors(x, <unsigned char*>&q[0, 0, 0], False, signed_codes, scale, zero_point, 0, 0,
+    _errors(x, kind, <unsigned char*>&q[0, 0, 0], False, signed_codes, scale, zero_point, 0, 0,
             sse, max_abs, n_threads)
 
 
-cdef inline void _error_block(const_float_up x, const unsigned char* codes, Py_ssize_t n,
+cdef inline void _error_block(weight_p x, const unsigned char* codes, Py_ssize_t n,
                               bint signed_codes, float s, int z, double* sum_out,
                               float* max_out) noexcept nogil:
     # One block (n <= ERR_BLOCK values of one channel): value i goes to lane i % 4, the tail of
     # the last block continues the lane pattern, lanes are summed as (l0 + l1) + (l2 + l3).
+    cdef float buf[ERR_BLOCK]
+    cdef const_float_up y = widened(x, n, buf)
     cdef double l0 = 0.0, l1 = 0.0, l2 = 0.0, l3 = 0.0
     cdef float m = 0.0
     cdef Py_ssize_t i = 0
     while i + 4 <= n:
-        l0 = l0 + _sq(x[i], _dq(codes[i], signed_codes, s, z), &m)
-        l1 = l1 + _sq(x[i + 1], _dq(codes[i + 1], signed_codes, s, z), &m)
-        l2 = l2 + _sq(x[i + 2], _dq(codes[i + 2], signed_codes, s, z), &m)
-        l3 = l3 + _sq(x[i + 3], _dq(codes[i + 3], signed_codes, s, z), &m)
+        l0 = l0 + _sq(y[i], _dq(codes[i], signed_codes, s, z), &m)
+        l1 = l1 + _sq(y[i + 1], _dq(codes[i + 1], signed_codes, s, z), &m)
+        l2 = l2 + _sq(y[i + 2], _dq(codes[i + 2], signed_codes, s, z), &m)
+        l3 = l3 + _sq(y[i + 3], _dq(codes[i + 3], signed_codes, s, z), &m)
         i = i + 4
     if i < n:
-        l0 = l0 + _sq(x[i], _dq(codes[i], signed_codes, s, z), &m)
+        l0 = l0 + _sq(y[i], _dq(codes[i], signed_codes, s, z), &m)
     if i + 1 < n:
-        l1 = l1 + _sq(x[i + 1], _dq(codes[i + 1], signed_codes, s, z), &m)
+        l1 = l1 + _sq(y[i + 1], _dq(codes[i + 1], signed_codes, s, z), &m)
     if i + 2 < n:
-        l2 = l2 + _sq(x[i + 2], _dq(codes[i + 2], signed_codes, s, z), &m)
+        l2 = l2 + _sq(y[i + 2], _dq(codes[i + 2], signed_codes, s, z), &m)
     sum_out[0] = (l0 + l1) + (l2 + l3)
     max_out[0] = m
 
@@ -289,46 +319,67 @@ cdef inline float _code(float x, float s, float lo, float hi) noexcept nogil:
     return (v + MAGIC) - MAGIC
 
 
-cdef inline void _quantize_error_block(const_float_up x, Py_ssize_t n, float s, int z, int qmin,
+cdef inline void _quantize_error_block(weight_p x, Py_ssize_t n, float s, int z, int qmin,
                                        int qmax, uchar_rp out, bint signed_codes, double* sum_out,
                                        float* max_out) noexcept nogil:
-    # One error block (16 KiB of input: it stays in L1 between the two loops): the vectorised
-    # quantize loop, then the error of the codes just written, in channel_error's order.
-    _quantize_run(x, n, s, z, qmin, qmax, out)
-    _error_block(x, out, n, signed_codes, s, z, sum_out, max_out)
+    # One error block (16 KiB of float32 input: it stays in L1 between the two loops): the
+    # vectorised quantize loop, then the error of the codes just written, in channel_error's
+    # order. 16-bit input is widened once, for both loops.
+    cdef float buf[ERR_BLOCK]
+    cdef const_float_up y = widened(x, n, buf)
+    _quantize_run(y, n, s, z, qmin, qmax, out)
+    _error_block(y, out, n, signed_codes, s, z, sum_out, max_out)
 
 
-cdef inline void _quantize_error_row(const_float_up x, Py_ssize_t n, const_float_rp s,
+cdef inline void _quantize_error_row(weight_p x, Py_ssize_t n, const_float_rp s,
                                      const_int_rp z, const_float_rp lo, const_float_rp hi,
                                      uchar_rp out, double_rp sse, float_rp mx) noexcept nogil:
+    # One row segment of the row layout (n <= ROW_SPAN).
+    cdef float buf[ROW_SPAN]
+    cdef const_float_up y = widened(x, n, buf)
     cdef Py_ssize_t c
     cdef float r, dq, d, a
     for c in range(n):
-        r = _code(x[c], s[c], lo[c], hi[c])
+        r = _code(y[c], s[c], lo[c], hi[c])
         out[c] = <unsigned char>(<int>r + z[c])
         dq = r * s[c]  # = _dq(out[c]): the code minus its zero point is r
-        d = x[c] - dq
+        d = y[c] - dq
         sse[c] = sse[c] + <double>d * <double>d
         a = fabsf(d)
         mx[c] = a if a > mx[c] else mx[c]
 
 
-def quantize_error(const float[:, :, ::1] x, const float[::1] scale, const int[::1] zero_point,
+def quantize_error(x, int kind, const float[::1] scale, const int[::1] zero_point,
                    int qmin, int qmax, unsigned char[:, :, ::1] out,
                    double[::1] sse, float[::1] max_abs, int n_threads):
     """quantize() and channel_error() in one pass over x: the same codes, and the same sums
     (bit for bit, in channel_error's order), for the cost of reading the weight once."""
-    _errors(x, &out[0, 0, 0], True, qmin < 0, scale, zero_point, qmin, qmax, sse, max_abs,
+    _errors(x, kind, &out[0, 0, 0], True, qmin < 0, scale, zero_point, qmin, qmax, sse, max_abs,
             n_threads)
 
 
-cdef void _errors(const float[:, :, ::1] x, unsigned char* codes, bint quantize, bint signed_codes,
+cdef void _errors(x, int kind, unsigned char* codes, bint quantize, bint signed_codes,
                   const float[::1] scale, const int[::1] zero_point, int qmin, int qmax,
                   double[::1] sse, float[::1] max_abs, int n_threads):
     # channel_error (quantize False: the codes are given) and quantize_error (quantize True:
     # the codes are written, saturated to [qmin, qmax]) share their loops and summation order.
-    cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
-    cdef const float_u* src = <const float_u*>&x[0, 0, 0]
+    cdef Weights w
+    keep = weight_view(x, kind, &w)
+    if w.kind == KIND_FLOAT16:
+        _errors_of(<const_f16_up>w.data, w, codes, quantize, signed_codes, scale, zero_point, qmin,
+                   qmax, sse, max_abs, n_threads)
+    elif w.kind == KIND_BFLOAT16:
+        _errors_of(<const_bf16_up>w.data, w, codes, quantize, signed_codes, scale, zero_point, qmin,
+                   qmax, sse, max_abs, n_threads)
+    else:
+        _errors_of(<const_float_up>w.data, w, codes, quantize, signed_codes, scale, zero_point, qmin,
+                   qmax, sse, max_abs, n_threads)
+
+
+cdef void _errors_of(weight_p src, Weights w, unsigned char* codes, bint quantize, bint signed_codes,
+                     const float[::1] scale, const int[::1] zero_point, int qmin, int qmax,
+                     double[::1] sse, float[::1] max_abs, int n_threads):
+    cdef Py_ssize_t outer = w.outer, C = w.C, inner = w.inner
     cdef float[::1] lo, hi
     cdef const float* lo_p = NULL
     cdef const float* hi_p = NULL
@@ -344,7 +395,7 @@ cdef void _errors(const float[:, :, ::1] x, unsigned char* codes, bint quantize,
                       &zero_point[0], qmin, qmax, sse, max_abs, n_threads)
 
 
-cdef void _block_errors(const float_u* src, unsigned char* codes, bint quantize, bint signed_codes,
+cdef void _block_errors(weight_p src, unsigned char* codes, bint quantize, bint signed_codes,
                         Py_ssize_t outer, Py_ssize_t C, Py_ssize_t inner, const float* scale,
                         const int* zero_point, int qmin, int qmax, double[::1] sse,
                         float[::1] max_abs, int n_threads):

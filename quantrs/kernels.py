@@ -5,6 +5,12 @@ validated here, output arrays are allocated here, and only then does compiled co
 Cython type leaks out: callers pass and get numpy arrays.
 
 Tensors are seen as 3-D views (outer, C, inner) around a channel axis; see channel_view().
+
+Weights (minmax, quantize, quantize_with_error, channel_error) may be float32, float16 or
+bfloat16 (ml_dtypes.bfloat16, the numpy dtype onnx gives BFLOAT16 tensors). The kernels read
+16-bit weights in place and widen each value to float32 as they go (exactly: both formats are
+subsets of float32), so every result is the float32 one of x.astype(np.float32), bit for bit,
+without that copy.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ __all__ = [
     "pack4",
     "unpack4",
     "histogram",
+    "to_float32",
 ]
 
 # Below this many elements a kernel runs on one thread: starting OpenMP's team costs more than
@@ -87,6 +94,33 @@ def _float32_view(x: np.ndarray, axis: int | None, what: str) -> np.ndarray:
     return channel_view(np.ascontiguousarray(x), axis)
 
 
+def _weight_kind(dtype: np.dtype) -> int | None:
+    if dtype == np.float32:
+        return _reduce.WEIGHT_FLOAT32
+    if dtype == np.float16:
+        return _reduce.WEIGHT_FLOAT16
+    # ml_dtypes.bfloat16, matched by name so that quantrs need not import ml_dtypes.
+    if dtype.name == "bfloat16" and dtype.itemsize == 2 and dtype.isnative:
+        return _reduce.WEIGHT_BFLOAT16
+    return None
+
+
+def _weight_view(x: np.ndarray, axis: int | None, what: str) -> tuple[np.ndarray, int]:
+    """(outer, C, inner) view of a weight for the kernels, and its kind: float32 values, or
+    the uint16 bit patterns of float16/bfloat16 values (widened in the kernels)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{what}: expected a numpy array, got {type(x).__name__}")
+    kind = _weight_kind(x.dtype)
+    if kind is None:
+        raise TypeError(f"{what}: expected float32, float16 or bfloat16, got {x.dtype}")
+    if x.size == 0:
+        raise ValueError(f"{what}: the tensor is empty")
+    x = np.ascontiguousarray(x)
+    if kind != _reduce.WEIGHT_FLOAT32:
+        x = x.view(np.uint16)
+    return channel_view(x, axis), kind
+
+
 @dataclass(frozen=True)
 class Range:
     """Per-channel minimum and maximum (float32 arrays of length C)."""
@@ -98,15 +132,16 @@ class Range:
 def minmax(
     x: np.ndarray, axis: int | None = None, *, n_threads: int | None = None, name: str = "tensor"
 ) -> Range:
-    """Per-channel (or per-tensor) min and max; raises NonFiniteWeightError on NaN/Inf.
+    """Per-channel (or per-tensor) min and max (float32, also for float16/bfloat16 x); raises
+    NonFiniteWeightError on NaN/Inf.
 
     NaN/Inf policy: no scale can represent them and onnxruntime would carry them into every
     output, so quantrs refuses such a tensor with an error naming it.
     """
-    x3 = _float32_view(x, axis, name)
+    x3, kind = _weight_view(x, axis, name)
     lo = np.empty(x3.shape[1], dtype=np.float32)
     hi = np.empty(x3.shape[1], dtype=np.float32)
-    if _reduce.minmax(x3, lo, hi, _threads(n_threads, x3.size)):
+    if _reduce.minmax(x3, kind, lo, hi, _threads(n_threads, x3.size)):
         raise NonFiniteWeightError(f"{name} holds NaN or infinite values")
     return Range(lo, hi)
 
@@ -143,11 +178,11 @@ def _check_params(scale: np.ndarray, zero_point: np.ndarray, channels: int) -> t
 
 def _check_quantize_args(x, scale, zero_point, qmin: int, qmax: int, axis: int | None):
     _check_qrange(qmin, qmax)
-    x3 = _float32_view(x, axis, "x")
+    x3, kind = _weight_view(x, axis, "x")
     scale, zero_point = _check_params(scale, zero_point, x3.shape[1])
     if ((zero_point < qmin) | (zero_point > qmax)).any():
         raise ValueError(f"zero points must lie in [{qmin}, {qmax}]")
-    return x3, scale, zero_point
+    return x3, kind, scale, zero_point
 
 
 def quantize(
@@ -160,11 +195,11 @@ def quantize(
     *,
     n_threads: int | None = None,
 ) -> np.ndarray:
-    """ONNX QuantizeLinear codes of x as raw bytes (uint8, shape of x): view them as int8 when
-    the range is signed."""
-    x3, scale, zero_point = _check_quantize_args(x, scale, zero_point, qmin, qmax, axis)
+    """ONNX QuantizeLinear codes of x (float32, float16 or bfloat16) as raw bytes (uint8, shape
+    of x): view them as int8 when the range is signed."""
+    x3, kind, scale, zero_point = _check_quantize_args(x, scale, zero_point, qmin, qmax, axis)
     out = np.empty(x.shape, dtype=np.uint8)
-    _quant.quantize(x3, scale, zero_point, qmin, qmax, channel_view(out, axis), _threads(n_threads, x3.size))
+    _quant.quantize(x3, kind, scale, zero_point, qmin, qmax, channel_view(out, axis), _threads(n_threads, x3.size))
     return out
 
 
@@ -185,7 +220,7 @@ def quantize_with_error(
     given, is a C-contiguous uint8 array of x's size to write the codes into (a buffer reused
     across tensors avoids faulting in fresh pages for every weight).
     """
-    x3, scale, zero_point = _check_quantize_args(x, scale, zero_point, qmin, qmax, axis)
+    x3, kind, scale, zero_point = _check_quantize_args(x, scale, zero_point, qmin, qmax, axis)
     if out is None:
         codes = np.empty(x.shape, dtype=np.uint8)
     else:
@@ -195,7 +230,7 @@ def quantize_with_error(
     sse = np.empty(x3.shape[1], dtype=np.float64)
     max_abs = np.empty(x3.shape[1], dtype=np.float32)
     _quant.quantize_error(
-        x3, scale, zero_point, qmin, qmax, channel_view(codes, axis), sse, max_abs, _threads(n_threads, x3.size)
+        x3, kind, scale, zero_point, qmin, qmax, channel_view(codes, axis), sse, max_abs, _threads(n_threads, x3.size)
     )
     return codes, sse, max_abs
 
@@ -229,15 +264,16 @@ def channel_error(
     n_threads: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel sum of squared error (float64) and max abs error (float32) of the
-    dequantized codes against x. `codes` are the raw bytes quantize() returned."""
-    x3 = _float32_view(x, axis, "x")
+    dequantized codes against x (float32, float16 or bfloat16, widened to float32). `codes` are
+    the raw bytes quantize() returned."""
+    x3, kind = _weight_view(x, axis, "x")
     if codes.shape != x.shape or codes.dtype not in (np.int8, np.uint8):
         raise ValueError("codes must be int8/uint8 bytes of the same shape as x")
     q3 = channel_view(np.ascontiguousarray(codes).view(np.uint8), axis)
     scale, zero_point = _check_params(scale, zero_point, x3.shape[1])
     sse = np.empty(x3.shape[1], dtype=np.float64)
     max_abs = np.empty(x3.shape[1], dtype=np.float32)
-    _quant.channel_error(x3, q3, bool(signed), scale, zero_point, sse, max_abs, _threads(n_threads, x3.size))
+    _quant.channel_error(x3, kind, q3, bool(signed), scale, zero_point, sse, max_abs, _threads(n_threads, x3.size))
     return sse, max_abs
 
 
@@ -278,3 +314,12 @@ def histogram(x: np.ndarray, lo: float, hi: float, counts: np.ndarray, *, n_thre
         raise ValueError(f"histogram range [{lo}, {hi}) must be finite with hi > lo")
     _hist.histogram(flat, float(lo), float(hi), counts, _threads(n_threads, flat.size))
     return counts
+
+
+def to_float32(x: np.ndarray) -> np.ndarray:
+    """x (float32, float16 or bfloat16, any shape) as a new float32 array, widened by the same
+    load the kernels use (exact). For tests: the kernels themselves never make this copy."""
+    x3, kind = _weight_view(x, None, "x")
+    out = np.empty(x.shape, dtype=np.float32)
+    _reduce.to_float32(x3, kind, out.reshape(-1))
+    return out

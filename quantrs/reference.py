@@ -4,6 +4,9 @@ Each function here defines what its kernel in csrc/ must return, bit for bit: th
 the kernels to it (hypothesis), and the benchmarks use it as the baseline. Arrays are the same
 (outer, C, inner) views the kernels take (see quantrs.kernels.channel_view). Readability beats
 speed here, but everything is vectorised so the baselines are fair.
+
+Weights may be float32, float16 or bfloat16: the twins widen them with .astype(np.float32)
+(exact) and compute in float32, which is what the kernels must match.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "as_float32",
     "minmax",
     "scales",
     "quantize",
@@ -32,8 +36,14 @@ def row_group(outer: int) -> int:
     return max(-(-outer // ROW_GROUPS_MAX), ROW_GROUP_MIN)
 
 
+def as_float32(x: np.ndarray) -> np.ndarray:
+    """A float32, float16 or bfloat16 weight as float32 values (exact; no copy for float32)."""
+    return x.astype(np.float32, copy=False)
+
+
 def minmax(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     """Per-channel min and max over axes 0 and 2, and whether x has a NaN or an infinity."""
+    x3 = as_float32(x3)
     bad = not bool(np.isfinite(x3).all())
     return x3.min(axis=(0, 2)), x3.max(axis=(0, 2)), bad
 
@@ -60,6 +70,7 @@ def quantize(
     x3: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qmin: int, qmax: int
 ) -> np.ndarray:
     """ONNX QuantizeLinear: saturate(rint(x / scale) + zero_point), codes as raw uint8 bytes."""
+    x3 = as_float32(x3)
     s = scale.reshape(1, -1, 1)
     z = zero_point.reshape(1, -1, 1).astype(np.float32)
     q = np.clip(np.rint(x3 / s) + z, qmin, qmax)
@@ -81,6 +92,7 @@ def channel_error(
     Sums follow the kernel's fixed order (csrc/_quant.pyx, channel_error), reproduced with
     sequential cumulative sums so that the results agree bit for bit.
     """
+    x3 = as_float32(x3)
     codes = q3.view(np.int8) if signed else q3
     d = x3 - dequantize(codes, scale, zero_point)  # float32, as the kernel
     max_abs = np.abs(d).max(axis=(0, 2))
