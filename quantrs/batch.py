@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantrs.config import QuantizeConfig
-from quantrs.errors import ConfigError, QuantrsError, SchedulerError
+from quantrs.errors import AlreadyQuantizedError, ConfigError, QuantrsError, SchedulerError, UnknownNameError
 from quantrs.report import BatchReport, ModelResult
 
 __all__ = ["Job", "expand_inputs", "make_jobs", "run_job", "run_batch", "quantize_batch"]
@@ -36,6 +36,7 @@ class Job:
     input: Path
     output: Path
     config: QuantizeConfig
+    origin: str = ""  # where the options came from, e.g. "quantize.yaml: models.0" (prefixes option errors)
 
 
 def expand_inputs(patterns: Sequence[str | os.PathLike[str]], base: Path | None = None) -> list[Path]:
@@ -86,6 +87,11 @@ def run_job(job: Job) -> ModelResult:
     try:
         job.output.parent.mkdir(parents=True, exist_ok=True)
         report = quantize(job.input, job.output, job.config)
+    except AlreadyQuantizedError as exc:
+        return ModelResult(**base, status="skipped", error=str(exc), seconds=_since(started))
+    except UnknownNameError as exc:
+        where = f"{job.origin}: " if job.origin else ""
+        return ModelResult(**base, status="failed", error=f"{where}{exc.field}: {exc} ({job.input})", seconds=_since(started))
     except QuantrsError as exc:
         return ModelResult(**base, status="failed", error=str(exc), seconds=_since(started))
     except OSError as exc:

@@ -24,7 +24,7 @@ from quantrs import __version__
 
 app = typer.Typer(
     name="quantrs",
-    help="Quantize float32 ONNX models to INT8 and INT4 (QDQ models that run in onnxruntime).",
+    help="Quantize float ONNX models to INT8 and INT4 (QDQ models that run in onnxruntime).",
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_show_locals=False,
@@ -118,6 +118,10 @@ def with_quantize_options(command: Callable) -> Callable:
     return wrapper
 
 
+# QuantizeConfig field -> the flag that sets it (for errors found once the model is read).
+_FLAGS = {"exclude": "'--exclude'", "layer_bits": "'--layer-bits'"}
+
+
 def _config_fields(given: dict) -> dict:
     fields = {
         "bits": given["bits"],
@@ -150,7 +154,7 @@ def _layer_bits(values: list[str] | None) -> dict[str, int]:
 @app.command()
 @with_quantize_options
 def quantize(
-    model: Annotated[Path, typer.Argument(help="The float32 ONNX model.", show_default=False)],
+    model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the quantized model.", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be quantized (bits, axis, or why not); write nothing.")] = False,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Report as text or JSON (on stdout).")] = OutputFormat.text,
@@ -160,7 +164,7 @@ def quantize(
 ) -> None:
     """Quantize the weights of MODEL to INT8 or INT4 and write a QDQ model to --output."""
     from quantrs.config import QuantizeConfig
-    from quantrs.errors import QuantrsError
+    from quantrs.errors import QuantrsError, UnknownNameError
     from quantrs.pipeline import dry_run as plan_only
     from quantrs.pipeline import quantize as run
 
@@ -173,6 +177,8 @@ def quantize(
             return
         with _progress(quiet) as progress:
             report = run(model, output, config, progress=progress)
+    except UnknownNameError as exc:
+        raise typer.BadParameter(f"{exc} ({model})", param_hint=_FLAGS[exc.field]) from None
     except QuantrsError as exc:
         raise _fail(str(exc)) from None
     _emit(report, fmt, "render_quantize")
@@ -220,14 +226,20 @@ def config(
 ) -> None:
     """Run the models and batch a config file describes. Flags given here override the file."""
     from quantrs.configfile import jobs_from_config, load_config
-    from quantrs.errors import QuantrsError
+    from quantrs.errors import QuantrsError, UnknownNameError
     from quantrs.pipeline import dry_run as plan_only
 
     try:
         loaded = load_config(file)
-        work = jobs_from_config(loaded, file.parent, options)
+        work = jobs_from_config(loaded, file.parent, options, file=file)
         if dry_run:
-            _emit([plan_only(j.input, j.config, output_path=j.output) for j in work], fmt, "render_plans")
+            plans = []
+            for j in work:
+                try:
+                    plans.append(plan_only(j.input, j.config, output_path=j.output))
+                except UnknownNameError as exc:
+                    raise _fail(f"{j.origin}: {exc.field}: {exc} ({j.input})") from None
+            _emit(plans, fmt, "render_plans")
             return
         section = loaded.batch
         _run_batch(
@@ -271,7 +283,7 @@ def _emit(report, fmt: OutputFormat, renderer: str) -> None:
 
 @app.command()
 def calibrate(
-    model: Annotated[Path, typer.Argument(help="The float32 ONNX model.", show_default=False)],
+    model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
     data: Annotated[Path, typer.Option("--data", help="Calibration samples: .npy, .npz (by input name) or a folder of them.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the quantized model.", show_default=False)],
     method: Annotated[str, typer.Option("--method", help="Range selection: minmax, percentile, entropy or mse.")] = "minmax",

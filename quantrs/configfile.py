@@ -142,7 +142,7 @@ def resolve(*layers: Options | dict[str, Any] | None) -> QuantizeConfig:
     return QuantizeConfig(**merged)
 
 
-def jobs_from_config(config: ConfigFile, base: Path, cli: dict[str, Any] | None = None) -> list[Job]:
+def jobs_from_config(config: ConfigFile, base: Path, cli: dict[str, Any] | None = None, *, file: str | Path | None = None) -> list[Job]:
     """Every model the file names: its `models` entries, then what its `batch` section matches.
 
     Each job's options: defaults < the file's globals < the model's own < `cli` (flags given on
@@ -150,13 +150,16 @@ def jobs_from_config(config: ConfigFile, base: Path, cli: dict[str, Any] | None 
     """
     from quantrs.batch import Job, expand_inputs, make_jobs
 
+    source = f"{file}: " if file is not None else ""
+
     def at(p: str) -> Path:
         return Path(p) if Path(p).is_absolute() else base / p
 
-    jobs = [Job(at(m.input), at(m.output), resolve(config, m, cli)) for m in config.models]
+    jobs = [Job(at(m.input), at(m.output), resolve(config, m, cli), origin=f"{source}models.{i}") for i, m in enumerate(config.models)]
     if config.batch is not None:
         patterns = [config.batch.input_dir] if isinstance(config.batch.input_dir, str) else config.batch.input_dir
-        jobs += make_jobs(expand_inputs(patterns, base), at(config.batch.output_dir), resolve(config, cli))
+        found = make_jobs(expand_inputs(patterns, base), at(config.batch.output_dir), resolve(config, cli))
+        jobs += [dataclasses.replace(job, origin=f"{source}(top level)") for job in found]
     if not jobs:
         raise ConfigError("the config names no model: add a `models` list or a `batch` section")
     return jobs

@@ -10,6 +10,8 @@ __all__ = [
     "NonFiniteWeightError",
     "OutputError",
     "ConfigError",
+    "UnknownNameError",
+    "AlreadyQuantizedError",
     "SchedulerError",
 ]
 
@@ -36,6 +38,23 @@ class OutputError(QuantrsError, OSError):
 
 class ConfigError(QuantrsError, ValueError):
     """An option or configuration value is invalid."""
+
+
+class UnknownNameError(ConfigError):
+    """An option names a weight or node the model does not have (`exclude`, `layer_bits`).
+
+    Carries the option's field name, so that the CLI can name its flag and a config file its
+    field path.
+    """
+
+    def __init__(self, field: str, name: str, what: str, suggestions: list[str]) -> None:
+        self.field, self.name, self.what, self.suggestions = field, name, what, list(suggestions)
+        hint = f"; did you mean {' or '.join(repr(s) for s in self.suggestions)}?" if self.suggestions else ""
+        super().__init__(f"{name!r} matches no {what} of the model{hint}")
+
+
+class AlreadyQuantizedError(UnsupportedModelError):
+    """The model is already quantized and holds no float weight left to quantize."""
 
 
 class SchedulerError(QuantrsError, ConnectionError):

@@ -10,7 +10,9 @@ import onnx
 from onnx import TensorProto
 
 from quantrs import __version__, kernels
+from quantrs.graph import MAIN, GraphIndex
 from quantrs.model import load_model
+from quantrs.plan import FLOAT_TYPES, quantized_ops
 from quantrs.report import BuildInfo, InfoReport, ValueInfo
 
 __all__ = ["inspect_model", "build_info"]
@@ -46,11 +48,13 @@ def _value_info(v: onnx.ValueInfoProto) -> ValueInfo:
 
 
 def inspect_model(path: str | os.PathLike[str]) -> InfoReport:
-    """Opsets, inputs/outputs, node counts by op type and float weight totals of a model."""
+    """Opsets, inputs/outputs, node counts by op type (bodies included) and float weight totals
+    of a model (initializers and Constant values, in every scope)."""
     model = load_model(path)
     graph = model.proto.graph
+    index = GraphIndex(graph)
     initializer_names = {t.name for t in graph.initializer}
-    floats = [w for w in model.weights if w.data_type == TensorProto.FLOAT]
+    floats = [w for w in model.weights if w.data_type in FLOAT_TYPES]
     return InfoReport(
         path=str(model.path),
         file_bytes=model.file_size,
@@ -60,11 +64,16 @@ def inspect_model(path: str | os.PathLike[str]) -> InfoReport:
         inputs=[_value_info(v) for v in graph.input if v.name not in initializer_names],
         outputs=[_value_info(v) for v in graph.output],
         node_count=len(graph.node),
-        op_counts=dict(Counter(n.op_type for n in graph.node).most_common()),
+        op_counts=dict(Counter(n.op_type for s in index.scopes for n in s.graph.node).most_common()),
         initializer_count=len(graph.initializer),
         float_weight_count=len(floats),
         float_weight_elements=sum(w.size for w in floats),
         float_weight_bytes=sum(w.nbytes for w in floats),
+        float_weight_dtypes=dict(Counter(w.dtype_name for w in floats).most_common()),
+        constant_weight_count=sum(w.kind == "constant" for w in floats),
+        subgraph_weight_count=sum(w.scope != MAIN for w in floats),
+        subgraph_count=len(index.scopes) - 1,
+        quantized_ops=quantized_ops(index),
         external_data=bool(model.external_files),
         build=build_info(),
     )

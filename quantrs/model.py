@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 
 from quantrs._wire import scan_fields
 from quantrs.errors import ModelLoadError
+from quantrs.graph import MAIN, constant_tensor, walk_graphs
 
 __all__ = ["WeightInfo", "WeightStore", "LoadedModel", "load_model", "resolve_external_path"]
 
@@ -29,12 +30,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WeightInfo:
-    """What quantrs knows about one initializer without reading its values."""
+    """What quantrs knows about one stored tensor without reading its values."""
 
-    name: str
+    name: str  # the value name: the initializer's name or the Constant node's output
     data_type: int  # onnx.TensorProto.DataType
     shape: tuple[int, ...]
     location: str  # "embedded" or the external file's name relative to the model
+    kind: str = "initializer"  # or "constant" (a Constant node's `value`)
+    scope: str = MAIN  # the graph that holds it: "" for the main graph, else the body's path
 
     @property
     def dtype_name(self) -> str:
@@ -53,12 +56,16 @@ class WeightInfo:
 
 
 class WeightStore:
-    """Read-only access to a model's initializers by name, without copying their bytes.
+    """Read-only access to a model's stored tensors by value name, without copying their bytes.
 
-    Embedded payloads are views of the memory-mapped model file (located by the wire-format
-    scan in load_model); external data files are memory-mapped too, once each. `release()` hands
-    a tensor's pages back to the OS, so that streaming through a model larger than RAM keeps the
-    resident set small.
+    Every tensor the graph stores is here: the main graph's initializers, the initializers of
+    If/Loop/Scan bodies and the `value` of Constant nodes, at any depth (a value name is unique
+    across the model, and load_model refuses a model where it is not).
+
+    The main graph's embedded payloads are views of the memory-mapped model file (located by the
+    wire-format scan in load_model); external data files are memory-mapped too, once each. The
+    tensors nested in nodes are parsed with the graph. `release()` hands a tensor's pages back to
+    the OS, so that streaming through a model larger than RAM keeps the resident set small.
     """
 
     def __init__(
@@ -70,12 +77,39 @@ class WeightStore:
         file_map: mmap.mmap | None = None,
         embedded: dict[str, tuple[int, int]] | None = None,
     ) -> None:
-        self._tensors = {t.name: t for t in graph.initializer}
+        self._tensors: dict[str, TensorProto] = {}
+        self._where: dict[str, tuple[str, str]] = {}  # name -> (kind, scope)
+        for scope in walk_graphs(graph):
+            for t in scope.graph.initializer:
+                self._add(t.name, t, "initializer", scope.name, model_path)
+            for node in scope.graph.node:
+                t = constant_tensor(node)
+                if t is not None and node.output and node.output[0]:
+                    self._add(node.output[0], t, "constant", scope.name, model_path)
+        for scope in walk_graphs(graph):
+            for node in scope.graph.node:
+                if constant_tensor(node) is not None:
+                    continue
+                for out in node.output:
+                    if out in self._tensors:
+                        raise ModelLoadError(
+                            f"{model_path}: invalid graph: {out!r} is {_describe(*self._where[out])} and also "
+                            f"the output of {node.op_type} {node.name!r}"
+                        )
         self._base_dir = base_dir
         self._model_path = model_path
         self._file_map = file_map
         self._embedded = embedded or {}  # name -> (offset, length) of raw_data in the model file
         self._external_maps: dict[Path, mmap.mmap] = {}
+
+    def _add(self, name: str, tensor: TensorProto, kind: str, scope: str, model_path: Path | None) -> None:
+        if name in self._tensors:
+            first = _describe(*self._where[name])
+            raise ModelLoadError(
+                f"{model_path}: invalid graph: {name!r} is defined twice ({first}, and {_describe(kind, scope)})"
+            )
+        self._tensors[name] = tensor
+        self._where[name] = (kind, scope)
 
     def __contains__(self, name: str) -> bool:
         return name in self._tensors
@@ -91,7 +125,12 @@ class WeightStore:
         location = "embedded"
         if t.data_location == TensorProto.EXTERNAL:
             location = _external_fields(t).get("location", "")
-        return WeightInfo(name=name, data_type=t.data_type, shape=tuple(t.dims), location=location)
+        kind, scope = self._where[name]
+        return WeightInfo(name=name, data_type=t.data_type, shape=tuple(t.dims), location=location, kind=kind, scope=scope)
+
+    def tensor(self, name: str) -> TensorProto:
+        """The TensorProto as parsed (main-graph initializers without their raw_data)."""
+        return self._tensors[name]
 
     def payload(self, name: str) -> np.ndarray | None:
         """The tensor's raw bytes (uint8, a view of a mapped file), or None when the values sit
@@ -163,6 +202,11 @@ class WeightStore:
                     return b""
                 self._external_maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return self._external_maps[path]
+
+
+def _describe(kind: str, scope: str) -> str:
+    what = "an initializer" if kind == "initializer" else "a Constant node"
+    return f"{what} of the main graph" if scope == MAIN else f"{what} in {scope}"
 
 
 def _unpack_sub_byte(t: TensorProto, raw: np.ndarray) -> np.ndarray:
@@ -265,13 +309,16 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     with open(path, "rb") as f:
         file_map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        proto, embedded = _parse_skeleton(np.frombuffer(file_map, dtype=np.uint8))
+        proto, embedded = _parse_skeleton(np.frombuffer(file_map, dtype=np.uint8), file_map)
     except Exception as exc:  # malformed wire format, protobuf DecodeError: not ONNX, or truncated
         raise ModelLoadError(f"{path}: not a valid ONNX model ({_one_line(exc)})") from None
     if not proto.HasField("graph") or (len(proto.graph.node) == 0 and len(proto.graph.initializer) == 0):
         raise ModelLoadError(f"{path}: not a valid ONNX model (no graph)")
     if proto.ir_version < 3 or not proto.opset_import:
         raise ModelLoadError(f"{path}: not a valid ONNX model (ir_version {proto.ir_version}, no opset)")
+    # Parsing touched the graph's pages (Constant nodes' tensors are now copies in `proto`):
+    # hand them back, so that they are not counted twice; weights fault in again when read.
+    _drop_pages(file_map, 0, size)
     weights = WeightStore(proto.graph, path.parent, path, file_map=file_map, embedded=embedded)
     return LoadedModel(path=path, proto=proto, weights=weights, file_size=size)
 
@@ -279,32 +326,53 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
 _GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9  # ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
 
 
-def _parse_skeleton(buf: np.ndarray) -> tuple[onnx.ModelProto, dict[str, tuple[int, int]]]:
+_PARSE_RUN = 16 << 20  # bytes of fields merged at once; their pages are handed back after
+
+
+def _parse_skeleton(buf: np.ndarray, file_map: mmap.mmap | None = None) -> tuple[onnx.ModelProto, dict[str, tuple[int, int]]]:
     """The model without its initializers' raw_data, and where each raw_data lies in `buf`.
 
-    A protobuf message may be parsed from any subset of its fields, so each level is parsed from
-    the concatenation of its fields minus the one holding the payload; no length needs rewriting.
+    A protobuf message parsed from several pieces is the merge of the pieces, so each level is
+    merged from the runs of its fields that do not hold a payload, straight from the mapped
+    file: nothing is copied but what protobuf itself keeps (Constant nodes' tensors included).
+    Runs are cut at _PARSE_RUN bytes and their pages of `file_map` released once merged, so a
+    graph full of Constant nodes is not resident twice (mapped and parsed) while it is read.
     """
+    view = memoryview(buf)
 
-    def join(fields, skip: int) -> bytes:
-        return b"".join(buf[f[2] : f[4]].tobytes() for f in fields if f[0] != skip)
+    def merge(message, fields, skip: int) -> None:
+        run_start = run_end = None
+        for f in fields:
+            if f[0] == skip or (run_start is not None and f[4] - run_start > _PARSE_RUN):
+                if run_start is not None:
+                    message.MergeFromString(view[run_start:run_end])
+                    if file_map is not None:
+                        _drop_pages(file_map, run_start, run_end - run_start)
+                run_start = None
+                if f[0] == skip:
+                    continue
+            if run_start is None:
+                run_start = f[2]
+            run_end = f[4]
+        if run_start is not None:
+            message.MergeFromString(view[run_start:run_end])
 
     top = scan_fields(buf, 0, buf.size)
     model = onnx.ModelProto()
-    model.ParseFromString(join(top, _GRAPH))
+    merge(model, top, _GRAPH)
     graphs = [f for f in top if f[0] == _GRAPH and f[1] == 2]
     if len(graphs) != 1:  # absent, or split in parts that protobuf would merge: parse it all
-        model.ParseFromString(buf.tobytes())
+        model.ParseFromString(view)
         return model, {}
     graph_fields = scan_fields(buf, graphs[0][3], graphs[0][4])
-    model.graph.ParseFromString(join(graph_fields, _INITIALIZER))
+    merge(model.graph, graph_fields, _INITIALIZER)
     embedded: dict[str, tuple[int, int]] = {}
     for field in graph_fields:
         if field[0] != _INITIALIZER or field[1] != 2:
             continue
         tensor_fields = scan_fields(buf, field[3], field[4])
         tensor = model.graph.initializer.add()
-        tensor.ParseFromString(join(tensor_fields, _RAW_DATA))
+        merge(tensor, tensor_fields, _RAW_DATA)
         raw = [f for f in tensor_fields if f[0] == _RAW_DATA and f[1] == 2]
         if raw:
             embedded[tensor.name] = (raw[-1][3], raw[-1][4] - raw[-1][3])

@@ -19,10 +19,20 @@ import onnx
 
 from quantrs import __version__, kernels
 from quantrs.config import QuantizeConfig
-from quantrs.errors import OutputError, QuantrsError, UnsupportedModelError
+from quantrs.errors import AlreadyQuantizedError, OutputError, QuantrsError, UnsupportedModelError
+from quantrs.graph import MAIN, GraphIndex
 from quantrs.model import LoadedModel, load_model
-from quantrs.plan import TensorPlan, plan_weights
-from quantrs.qdq import DQSpec, DQTensors, convert_opset, initializers_as_inputs, insert_weight_dq, merge_metadata, required_opset
+from quantrs.plan import FLOAT_TYPES, TensorPlan, plan_weights, quantized_ops
+from quantrs.qdq import (
+    DQSpec,
+    DQTensors,
+    convert_opset,
+    detach_nested_weights,
+    initializers_as_inputs,
+    insert_weight_dq,
+    merge_metadata,
+    required_opset,
+)
 from quantrs.report import PlanEntry, PlanReport, QuantizeReport, TensorReport
 from quantrs.tensor import QuantizedTensor, Scratch, quantize_tensor, scheme_for
 from quantrs.writer import OutTensor, Payload, write_model
@@ -61,14 +71,17 @@ def quantize(
     model = load_model(src)
     _check_external_collision(model, dst)
     proto = model.proto
-    plans = plan_weights(proto.graph, model.weights, config)
-    specs = {
-        p.name: DQSpec(p.name, p.shape, scheme_for(p.bits, symmetric=config.symmetric, native_int4=config.native_int4), p.axis)
-        for p in plans
-        if p.quantize
-    }
+    index = GraphIndex(proto.graph)
+    plans = plan_weights(proto.graph, model.weights, config, index)
+    specs = {p.name: _spec(p, config) for p in plans if p.quantize}
+    already = _describe_quantized(quantized_ops(index))
     if not specs:
+        if already:
+            raise AlreadyQuantizedError(f"{src}: already quantized ({already}) and no float weight is left to quantize")
         raise UnsupportedModelError(f"{src}: {_nothing_to_quantize(plans)}")
+    if already:
+        logger.warning("%s: already quantized (%s); quantizing the %d float weight(s) left", src, already, len(specs))
+    detach_nested_weights(proto.graph, specs)
 
     opset_before = model.opset
     target = max(opset_before, required_opset(specs.values()))
@@ -90,10 +103,11 @@ def quantize(
         },
     )
     dq = insert_weight_dq(proto.graph, specs)
+    stream = _Stream(model, specs, dq, config, progress)
+    stream.fill_bodies()
     if config.check_output:
         _check(proto, dq, src)
 
-    stream = _Stream(model, specs, dq, config, progress)
     external = True if (config.external_data or _has_external_data(model)) else None
     out_tensors = stream.out_tensors(proto.graph)
     del proto.graph.initializer[:]
@@ -124,7 +138,34 @@ def quantize(
         skipped_count=len(plans) - len(specs),
         seconds=round(time.perf_counter() - started, 4),
         tensors=reports,
+        already_quantized=already,
     )
+
+
+def _spec(plan: TensorPlan, config: QuantizeConfig) -> DQSpec:
+    """How a planned weight is stored. A table read by Gather keeps one code per byte (Gather
+    has no 4-bit type); float16 weights get float16 scales; bfloat16 ones a float32 scale and a
+    Cast back, since onnxruntime has no DequantizeLinear producing bfloat16."""
+    assert plan.bits is not None
+    packed = config.native_int4 and not plan.lookups
+    scheme = scheme_for(plan.bits, symmetric=config.symmetric, native_int4=packed)
+    data_type = onnx.TensorProto.DataType.Value(plan.dtype)
+    return DQSpec(
+        plan.name,
+        plan.shape,
+        scheme,
+        plan.axis,
+        scale_type=onnx.TensorProto.FLOAT16 if data_type == onnx.TensorProto.FLOAT16 else onnx.TensorProto.FLOAT,
+        cast_to=onnx.TensorProto.BFLOAT16 if data_type == onnx.TensorProto.BFLOAT16 else None,
+        nested=plan.kind != "initializer" or plan.scope != MAIN,
+        in_body=plan.scope != MAIN,
+        lookups=plan.lookups,
+        dense=plan.dense,
+    )
+
+
+def _describe_quantized(ops: dict[str, int]) -> str:
+    return ", ".join(f"{n} {op}" for op, n in ops.items())
 
 
 def dry_run(
@@ -137,7 +178,7 @@ def dry_run(
     config = config or QuantizeConfig()
     model = load_model(input_path)
     entries = [
-        PlanEntry(p.name, list(p.shape), p.dtype, p.quantize, p.reason, p.bits, p.axis)
+        PlanEntry(p.name, list(p.shape), p.dtype, p.quantize, p.reason, p.bits, p.axis, p.kind, p.scope)
         for p in plan_weights(model.proto.graph, model.weights, config)
     ]
     return PlanReport(str(input_path), None if output_path is None else str(output_path), entries)
@@ -173,20 +214,37 @@ class _Stream:
         self._total_bytes = sum(self.model.weights.info(n).nbytes for n in self.specs)
 
     def out_tensors(self, graph: onnx.GraphProto) -> list[OutTensor]:
-        """Kept float tensors first (headers from `graph`), then each weight's replacements."""
+        """Kept float tensors first (headers from `graph`), then each weight's replacements
+        (those of the main graph: a body's own are filled in by fill_bodies)."""
         out = [OutTensor(_bare(header), self._kept_payload(header.name)) for header in graph.initializer]
         for name, spec in self.specs.items():
-            out += self._replacements(name, spec, self.dq[name])
+            if not self.dq[name].in_body:
+                out += self._replacements(name, spec, self.dq[name])
         return out
+
+    def fill_bodies(self) -> None:
+        """Quantize the weights of If/Loop/Scan bodies now and put their codes into the bodies'
+        own initializers (in memory: the writer streams only the main graph's)."""
+        for name, spec in self.specs.items():
+            if self.dq[name].in_body:
+                for piece in self._replacements(name, spec, self.dq[name]):
+                    assert piece.payload is not None
+                    piece.header.raw_data = memoryview(piece.payload.produce()).cast("B").tobytes()
+                    if piece.payload.release is not None:
+                        piece.payload.release()
 
     def _replacements(self, name: str, spec: DQSpec, tensors: DQTensors) -> list[OutTensor]:
         """Codes, scale (and zero point) of one weight. The weight is quantized when the writer
         asks for its codes, and finished (reported, pages released) after the last piece."""
         count = int(np.prod(spec.shape, dtype=np.int64))
         packed = spec.scheme.packed
+        scale_type = np.float16 if spec.scale_type == onnx.TensorProto.FLOAT16 else np.float32
         out = [
             OutTensor(tensors.codes, Payload((count + 1) // 2 if packed else count, lambda: self._quantized(name).data)),
-            OutTensor(tensors.scale, Payload(4 * spec.channels, lambda: self._quantized(name).scale)),
+            OutTensor(
+                tensors.scale,
+                Payload(np.dtype(scale_type).itemsize * spec.channels, lambda: self._quantized(name).scale.astype(scale_type)),
+            ),
         ]
         if tensors.zero_point is not None:
             size = (spec.channels + 1) // 2 if packed else spec.channels
@@ -207,7 +265,13 @@ class _Stream:
             array = self.model.weights.array(name)
             try:
                 qt = quantize_tensor(
-                    array, spec.scheme, spec.axis, name=name, n_threads=self.config.n_threads, scratch=self._scratch
+                    array,
+                    spec.scheme,
+                    spec.axis,
+                    name=name,
+                    n_threads=self.config.n_threads,
+                    scratch=self._scratch,
+                    half_scale=spec.scale_type == onnx.TensorProto.FLOAT16,
                 )
             except QuantrsError as exc:
                 raise type(exc)(f"{self.model.path}: {exc}") from None
@@ -272,7 +336,8 @@ def _check(model: onnx.ModelProto, dq: dict[str, DQTensors], src: Path) -> None:
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(model)
     for tensors in dq.values():
-        skeleton.graph.initializer.extend(t for t in (tensors.codes, tensors.scale, tensors.zero_point) if t is not None)
+        if not tensors.in_body:
+            skeleton.graph.initializer.extend(tensors.all())
     try:
         with initializers_as_inputs(skeleton):
             onnx.checker.check_model(skeleton)
@@ -282,18 +347,23 @@ def _check(model: onnx.ModelProto, dq: dict[str, DQTensors], src: Path) -> None:
         ) from None
 
 
+_FLOAT_NAMES = {onnx.TensorProto.DataType.Name(t) for t in FLOAT_TYPES}
+
+
 def _nothing_to_quantize(plans: list[TensorPlan]) -> str:
-    floats = [p for p in plans if p.dtype == "FLOAT"]
+    floats = [p for p in plans if p.dtype in _FLOAT_NAMES]
     if not floats:
-        return "no float32 weights to quantize"
+        return "no float weights to quantize"
     examples = "; ".join(f"{p.name!r}: {p.reason}" for p in floats[:3])
-    return f"none of the {len(floats)} float32 weights can be quantized ({examples})"
+    return f"none of the {len(floats)} float tensors can be quantized ({examples})"
 
 
 def _tensor_report(plan: TensorPlan, summary: _Summary | None) -> TensorReport:
     if summary is None:
-        return TensorReport(plan.name, list(plan.shape), plan.dtype, False, plan.reason)
+        return TensorReport(plan.name, list(plan.shape), plan.dtype, False, plan.reason, kind=plan.kind, scope=plan.scope)
     return TensorReport(
+        kind=plan.kind,
+        scope=plan.scope,
         name=plan.name,
         shape=list(plan.shape),
         dtype=plan.dtype,

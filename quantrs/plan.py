@@ -1,14 +1,17 @@
-"""Decide, for every initializer, whether it is quantized and along which axis.
+"""Decide, for every stored tensor, whether it is quantized, how, and why not.
 
-The plan is plain data (one TensorPlan per initializer) computed from how the graph uses each
-tensor; every tensor left as it is carries the reason. Per-layer options change the plan, never
-the kernels.
+A weight is a float tensor (float32, float16, bfloat16) that feeds a weight input, wherever the
+graph keeps it: a main-graph initializer, a Constant node, an initializer of an If/Loop/Scan
+body, or a main-graph initializer a body reads; sometimes behind a Cast or a Transpose. The plan
+is plain data (one TensorPlan per stored tensor) computed from how the graph uses each tensor;
+every tensor left as it is carries the reason. Per-layer options change the plan, never the
+kernels.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -16,15 +19,25 @@ import onnx
 from onnx import TensorProto, helper
 
 from quantrs.config import QuantizeConfig
+from quantrs.errors import UnknownNameError
+from quantrs.graph import MAIN, GraphIndex, Use
 from quantrs.model import WeightInfo, WeightStore
 
-__all__ = ["TensorPlan", "plan_weights", "WEIGHT_INPUTS"]
+__all__ = ["TensorPlan", "plan_weights", "WEIGHT_INPUTS", "FLOAT_TYPES", "quantized_ops"]
+
+FLOAT_TYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.BFLOAT16: "bfloat16"}
 
 
 @dataclass(frozen=True)
 class TensorPlan:
-    """One initializer's fate. `axis` is the per-channel axis (None: per tensor); `bits` the
-    code width when quantized."""
+    """One stored tensor's fate.
+
+    `axis` is the per-channel axis of the stored tensor (None: per tensor); `bits` the code width
+    when quantized. `kind` and `scope` say where the tensor lives (an initializer or a Constant
+    node; the main graph or a body). `lookups` are the Gather nodes that read rows of it (an
+    embedding table: rewritten to gather the codes first) and `dense` says whether some other
+    use needs the whole dequantized tensor.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -33,9 +46,13 @@ class TensorPlan:
     reason: str  # why it is skipped; how it is used when quantized
     axis: int | None = None
     bits: int | None = None
+    kind: str = "initializer"
+    scope: str = MAIN
+    lookups: int = 0
+    dense: bool = True
 
 
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+def _attr(node: onnx.NodeProto, name: str, default):
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
@@ -46,6 +63,7 @@ def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
 # the weight's rank; None when this use is not a quantizable weight. A table, not if-chains, so
 # that a new op is one line.
 AxisRule = Callable[[onnx.NodeProto, int], "int | None"]
+_RECURRENT = lambda node, rank: 1 if rank == 3 else None  # noqa: E731  [directions, gates*hidden, in]: the gate rows
 WEIGHT_INPUTS: dict[tuple[str, int], AxisRule] = {
     ("Conv", 1): lambda node, rank: 0 if rank >= 3 else None,
     ("ConvTranspose", 1): lambda node, rank: 1 if rank >= 3 else None,
@@ -55,48 +73,120 @@ WEIGHT_INPUTS: dict[tuple[str, int], AxisRule] = {
     ("Gemm", 1): lambda node, rank: (0 if _attr(node, "transB", 0) else 1) if rank == 2 else None,
     # An embedding table: rows are gathered, so each row is a channel (weight-only).
     ("Gather", 0): lambda node, rank: 0 if rank == 2 and _attr(node, "axis", 0) == 0 else None,
+    # Recurrent layers: W (input 1) and R (input 2); biases and initial states stay float.
+    ("LSTM", 1): _RECURRENT,
+    ("LSTM", 2): _RECURRENT,
+    ("GRU", 1): _RECURRENT,
+    ("GRU", 2): _RECURRENT,
+    ("RNN", 1): _RECURRENT,
+    ("RNN", 2): _RECURRENT,
 }
 
+# Ops a weight may pass through on its way to its consumer: the rewrite quantizes the stored
+# tensor and leaves these nodes in place (they then read the dequantized tensor).
+_PASS_THROUGH = {"Cast", "Transpose"}
 
-def _subgraph_names(graph: onnx.GraphProto) -> set[str]:
-    """Names read by nodes inside If/Loop/Scan bodies (they may capture outer initializers)."""
-    names: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            subgraphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
-            for sub in subgraphs:
-                for inner in sub.node:
-                    names.update(inner.input)
-                names |= _subgraph_names(sub)
-    return names
+# Ops that show a model is already quantized (their counts are reported).
+_QUANTIZED_OPS = {
+    "DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+    "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearAveragePool", "QLinearGlobalAveragePool",
+    "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearWhere", "QGemm", "QAttention",
+    "QOrderedMatMul", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM", "MatMulNBits", "MatMulIntegerToFloat",
+    "GatherBlockQuantized", "MatMulFpQ4", "DequantizeBFP", "QuickGelu_Quant",
+}  # fmt: skip
 
 
-def plan_weights(graph: onnx.GraphProto, weights: WeightStore, config: QuantizeConfig) -> list[TensorPlan]:
-    """One TensorPlan per initializer of the main graph, in the graph's order."""
-    uses: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            if name:
-                uses[name].append((node, index))
-    graph_outputs = {o.name for o in graph.output}
-    graph_inputs = {i.name for i in graph.input}
-    in_subgraphs = _subgraph_names(graph)
-    excluded = set(config.exclude)
+def quantized_ops(index: GraphIndex) -> dict[str, int]:
+    """Quantized ops in the model (every scope), by op type, most frequent first."""
+    counts: dict[str, int] = {}
+    for scope in index.scopes:
+        for node in scope.graph.node:
+            if node.op_type in _QUANTIZED_OPS:
+                counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+@dataclass(frozen=True)
+class _Consumer:
+    """A use that ends a chain of pass-through ops; `perm` maps its axes to the stored tensor's."""
+
+    use: Use
+    perm: tuple[int, ...]
+    direct: bool  # read straight from the stored tensor (no Cast/Transpose between)
+
+
+def _consumers(index: GraphIndex, name: str, rank: int) -> tuple[list[_Consumer], str | None]:
+    """The uses that consume the tensor, following Cast (to a float type) and Transpose; or a
+    reason why the value escapes (it is also a graph output along the way)."""
+    found: list[_Consumer] = []
+    todo = [(name, tuple(range(rank)), True)]
+    while todo:
+        value, perm, direct = todo.pop()
+        if value != name and value in index.graph_outputs:
+            return [], f"its {'transposed' if perm != tuple(range(rank)) else 'cast'} value {value!r} is a graph output"
+        for use in index.uses.get(value, []):
+            node = use.node
+            passes = node.domain in ("", "ai.onnx") and node.op_type in _PASS_THROUGH and use.index == 0
+            if passes and node.op_type == "Cast" and _attr(node, "to", 0) not in FLOAT_TYPES:
+                passes = False
+            if not passes:
+                found.append(_Consumer(use, perm, direct))
+                continue
+            if node.op_type == "Transpose":
+                order = list(_attr(node, "perm", list(range(rank))[::-1]))
+                if sorted(order) != list(range(rank)):
+                    found.append(_Consumer(use, perm, direct))
+                    continue
+                todo.append((node.output[0], tuple(perm[p] for p in order), False))
+            else:
+                todo.append((node.output[0], perm, False))
+    return found, None
+
+
+def plan_weights(graph: onnx.GraphProto, weights: WeightStore, config: QuantizeConfig, index: GraphIndex | None = None) -> list[TensorPlan]:
+    """One TensorPlan per stored tensor (initializers and Constant values, every scope).
+
+    Raises UnknownNameError when `config.exclude` or `config.layer_bits` names something the
+    model does not have (a typo would otherwise pass silently).
+    """
+    index = index or GraphIndex(graph)
+    _check_names(index, weights, config)
+    excluded_nodes = _excluded_node_names(index, config)
     patterns = [re.compile(p) for p in config.exclude_regex]
     plans = []
     for info in weights:
-        plan = _plan_one(info, uses.get(info.name, []), config, excluded, graph_inputs, graph_outputs, in_subgraphs)
-        plans.append(_apply_overrides(plan, uses.get(info.name, []), config, patterns))
+        plan = _plan_one(info, index, config, excluded_nodes)
+        plans.append(_apply_overrides(plan, index, config, patterns))
     return plans
 
 
-def _apply_overrides(
-    plan: TensorPlan, uses: list[tuple[onnx.NodeProto, int]], config: QuantizeConfig, patterns: list[re.Pattern[str]]
-) -> TensorPlan:
+def _excluded_node_names(index: GraphIndex, config: QuantizeConfig) -> set[str]:
+    names = set(config.exclude)
+    return {node.name for scope in index.scopes for node in scope.graph.node if node.name and node.name in names}
+
+
+def _check_names(index: GraphIndex, weights: WeightStore, config: QuantizeConfig) -> None:
+    weight_names = [info.name for info in weights if info.data_type in FLOAT_TYPES]
+    node_names = {node.name for scope in index.scopes for node in scope.graph.node if node.name}
+    for name in config.exclude:
+        if name not in weights and name not in node_names:
+            raise UnknownNameError("exclude", name, "weight or node", _close(name, [*weight_names, *sorted(node_names)]))
+    for name, _ in config.layer_bits:
+        if name not in weights:
+            raise UnknownNameError("layer_bits", name, "weight", _close(name, weight_names))
+
+
+def _close(name: str, candidates: list[str]) -> list[str]:
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+    return close or [c for c in candidates if name.lower() in c.lower()][:3]
+
+
+def _apply_overrides(plan: TensorPlan, index: GraphIndex, config: QuantizeConfig, patterns: list[re.Pattern[str]]) -> TensorPlan:
     """Per-layer options: op-type and regex exclusions, and per-tensor bit widths."""
     if not plan.quantize:
         return plan
-    excluded_ops = sorted({node.op_type for node, _ in uses} & set(config.exclude_op_types))
+    ops = {c.use.op for c in _consumers(index, plan.name, len(plan.shape))[0]}
+    excluded_ops = sorted(ops & set(config.exclude_op_types))
     if excluded_ops:
         return replace(plan, quantize=False, axis=None, reason=f"used by an excluded op type ({', '.join(excluded_ops)})")
     for pattern in patterns:
@@ -105,49 +195,65 @@ def _apply_overrides(
     return replace(plan, bits=dict(config.layer_bits).get(plan.name, config.bits))
 
 
-def _plan_one(
-    info: WeightInfo,
-    uses: list[tuple[onnx.NodeProto, int]],
-    config: QuantizeConfig,
-    excluded: set[str],
-    graph_inputs: set[str],
-    graph_outputs: set[str],
-    in_subgraphs: set[str],
-) -> TensorPlan:
+def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, excluded_nodes: set[str]) -> TensorPlan:
     def skip(reason: str) -> TensorPlan:
-        return TensorPlan(info.name, info.shape, info.dtype_name, False, reason)
+        return TensorPlan(info.name, info.shape, info.dtype_name, False, reason, kind=info.kind, scope=info.scope)
 
-    if info.data_type != TensorProto.FLOAT:
-        return skip(f"not float32 ({info.dtype_name})")
+    if info.data_type not in FLOAT_TYPES:
+        return skip(f"not a float tensor ({info.dtype_name})")
     if info.size == 0:
         return skip("empty")
-    if info.name in excluded:
+    if info.name in config.exclude:
         return skip("excluded by the user")
-    if not uses and info.name not in in_subgraphs:
+    if not index.uses.get(info.name):
         return skip("not used by any node")
-    if info.name in graph_inputs:
+    if info.name in index.graph_inputs:
         return skip("also a graph input (its value can be overridden at run time)")
-    if info.name in graph_outputs:
+    if info.name in index.graph_outputs:
         return skip("also a graph output")
-    if info.name in in_subgraphs:
-        return skip("used inside a subgraph (If/Loop/Scan)")
 
-    axes: set[int | None] = set()
+    consumers, escapes = _consumers(index, info.name, len(info.shape))
+    if escapes:
+        return skip(f"not a weight: {escapes}")
+    axes: set[int] = set()
     roles = []
-    for node, index in uses:
-        rule = WEIGHT_INPUTS.get((node.op_type, index))
+    lookups = 0
+    dense = False
+    for c in consumers:
+        node, where = c.use.node, c.use.index
+        label = f"{node.op_type} {node.name!r}".replace(" ''", "")
+        if node.name and node.name in excluded_nodes:
+            return skip(f"read by {label}, excluded by the user")
+        rule = WEIGHT_INPUTS.get((node.op_type, where))
         if node.domain not in ("", "ai.onnx") or rule is None:
-            return skip(f"not a weight: input {index} of {node.op_type} {node.name!r}".replace(" ''", ""))
+            return skip(f"not a weight: input {where} of {label}")
         axis = rule(node, len(info.shape))
         if axis is None:
-            return skip(f"not a weight: {node.op_type} {node.name!r} uses it with rank {len(info.shape)}")
-        axes.add(axis)
+            return skip(f"not a weight: {label} uses it with rank {len(info.shape)}")
+        axes.add(c.perm[axis])
         roles.append(node.op_type)
+        if node.op_type == "Gather" and c.direct:
+            lookups += 1
+        else:
+            dense = True
     if info.size < config.min_elements:
         return skip(f"too small: {info.size} elements < min_elements {config.min_elements}")
     role = "weight of " + ", ".join(sorted(set(roles)))
+    if any(not c.direct for c in consumers):
+        role += " (through " + ", ".join(sorted({_path_ops(index, info.name)})) + ")"
+
+    def quantized(axis: int | None) -> TensorPlan:
+        return TensorPlan(
+            info.name, info.shape, info.dtype_name, True, role, axis, kind=info.kind, scope=info.scope, lookups=lookups, dense=dense
+        )
+
     if not config.per_channel:
-        return TensorPlan(info.name, info.shape, info.dtype_name, True, role, None)
+        return quantized(None)
     if len(axes) > 1:
-        return skip(f"shared by {len(uses)} nodes that need different channel axes {sorted(axes)}")
-    return TensorPlan(info.name, info.shape, info.dtype_name, True, role, axes.pop())
+        return skip(f"shared by {len(consumers)} nodes that need different channel axes {sorted(axes)}")
+    return quantized(axes.pop())
+
+
+def _path_ops(index: GraphIndex, name: str) -> str:
+    ops = sorted({u.op for u in index.uses.get(name, []) if u.op in _PASS_THROUGH})
+    return "/".join(ops)

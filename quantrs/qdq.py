@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from quantrs.errors import UnsupportedModelError
+from quantrs.graph import GraphIndex, constant_tensor, walk_graphs
 from quantrs.model import default_opset
 from quantrs.tensor import Scheme
 
@@ -24,6 +25,7 @@ __all__ = [
     "DQSpec",
     "DQTensors",
     "convert_opset",
+    "detach_nested_weights",
     "insert_weight_dq",
     "required_opset",
     "merge_metadata",
@@ -37,12 +39,26 @@ PER_AXIS_OPSET = 13  # DequantizeLinear gained `axis` (per-channel) in opset 13
 
 @dataclass(frozen=True)
 class DQSpec:
-    """How one weight will be stored: decided by the plan, before any value is read."""
+    """How one weight will be stored: decided by the plan, before any value is read.
+
+    `scale_type` is the ONNX type of the scale (the weight's own float16, or float32);
+    `cast_to` a type the dequantized float32 weight is cast back to (bfloat16, which onnxruntime's
+    DequantizeLinear does not produce). `nested` weights (Constant nodes, initializers of bodies)
+    get their DequantizeLinear where they were defined, and those of a body (`in_body`) keep
+    their codes in that body; `lookups` Gather nodes read rows of the weight gather-first, and
+    `dense` says whether any other use needs the whole tensor.
+    """
 
     name: str
     shape: tuple[int, ...]
     scheme: Scheme
     axis: int | None
+    scale_type: int = TensorProto.FLOAT
+    cast_to: int | None = None
+    nested: bool = False
+    in_body: bool = False
+    lookups: int = 0
+    dense: bool = True
 
     @property
     def channels(self) -> int:
@@ -59,11 +75,24 @@ class DQSpec:
 
 @dataclass(frozen=True)
 class DQTensors:
-    """The initializers that replace one float weight (headers: no bytes yet)."""
+    """The initializers that replace one float weight (headers: no bytes yet).
+
+    `in_body`: they are initializers of the body that defined the weight (the headers are the
+    body's own messages, to be filled with their bytes before the model is written), not of the
+    main graph (streamed by the writer). onnxruntime fuses DequantizeLinear -> MatMul inside a
+    body only when the codes are that body's own initializers.
+    """
 
     codes: TensorProto
     scale: TensorProto
     zero_point: TensorProto | None
+    in_body: bool = False
+
+    def all(self) -> list[TensorProto]:
+        return [t for t in (self.codes, self.scale, self.zero_point) if t is not None]
+
+
+HALF_SCALE_OPSET = 19  # DequantizeLinear accepts float16/bfloat16 scales from opset 19
 
 
 def required_opset(specs: Iterable[DQSpec]) -> int:
@@ -71,6 +100,10 @@ def required_opset(specs: Iterable[DQSpec]) -> int:
     need = 10
     for spec in specs:
         need = max(need, spec.scheme.min_opset, PER_AXIS_OPSET if spec.axis is not None else 10)
+        if spec.scale_type != TensorProto.FLOAT:
+            need = max(need, HALF_SCALE_OPSET)
+        if spec.lookups and spec.axis is not None:
+            need = max(need, PER_AXIS_OPSET)
     return need
 
 
@@ -127,18 +160,57 @@ def _min_ir_version(opset: int) -> int:
     return min(candidates) if candidates else onnx.IR_VERSION
 
 
+def detach_nested_weights(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> None:
+    """Take the values of nested weights (Constant nodes, body initializers) out of the graph,
+    leaving a Constant placeholder without data where each was defined.
+
+    The placeholders keep every scope as it was through the opset conversion and the checks
+    (which serialize the model), without carrying the weights' bytes; insert_weight_dq replaces
+    them. The weights' values stay reachable through the WeightStore, which holds its own
+    references to them. Edits `graph` in place.
+    """
+    nested = {name for name, spec in specs.items() if spec.nested}
+    if not nested:
+        return
+    for scope in walk_graphs(graph):
+        g = scope.graph
+        for node in g.node:
+            if node.op_type == "Constant" and node.output and node.output[0] in nested:
+                tensor = constant_tensor(node)
+                assert tensor is not None
+                placeholder = _header("", tensor.data_type, list(tensor.dims))
+                kept = [a for a in node.attribute if a.name != "value"]
+                del node.attribute[:]
+                node.attribute.extend(kept)
+                node.attribute.append(helper.make_attribute("value", placeholder))
+        moved = [t for t in g.initializer if t.name in nested]
+        if moved and scope.path:
+            kept_inits = [t for t in g.initializer if t.name not in nested]
+            del g.initializer[:]
+            g.initializer.extend(kept_inits)
+            placeholders = [
+                helper.make_node("Constant", [], [t.name], value=_header("", t.data_type, list(t.dims))) for t in moved
+            ]
+            nodes = placeholders + list(g.node)
+            del g.node[:]
+            g.node.extend(nodes)
+
+
 def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dict[str, DQTensors]:
     """Add, for each spec, a DequantizeLinear whose output keeps the weight's name (consumers are
     untouched), and return the headers of its codes, scale and zero point.
 
-    Edits `graph` in place: removes the float initializers named in `specs` and puts the new
-    nodes first (they read only initializers, so the graph stays topologically sorted). New names
-    are derived from the weight's name and made unique.
+    Edits `graph` in place. The codes, scales and zero points go where the weight was defined:
+    the main graph's initializers, or the initializers of the body that held the weight. A
+    main-graph initializer is removed and its DequantizeLinear put first in the main graph (it
+    reads only initializers, so the graph stays topologically sorted); a nested weight's
+    placeholder (see detach_nested_weights) is replaced where it stands. Gather lookups of a table become Gather(codes) + Gather(scale) (+ Gather(zero point))
+    -> DequantizeLinear, so that only the rows looked up are dequantized; a table that nothing
+    else reads needs no DequantizeLinear of its own. New names are derived from the weight's name
+    and made unique across the model.
     """
-    taken = {t.name for t in graph.initializer} | {n.name for n in graph.node}
-    for node in graph.node:
-        taken.update(node.input)
-        taken.update(node.output)
+    index = GraphIndex(graph)
+    taken = index.all_names()
 
     def fresh(base: str) -> str:
         name, k = base, 1
@@ -147,23 +219,105 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
         taken.add(name)
         return name
 
-    kept = [t for t in graph.initializer if t.name not in specs]
+    kept = [t for t in graph.initializer if t.name not in specs or specs[t.name].nested]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     tensors: dict[str, DQTensors] = {}
-    dq_nodes = []
+    top: list[onnx.NodeProto] = []
+    replacements: dict[str, list[onnx.NodeProto]] = {}  # placeholder output -> its nodes
+    lookups: dict[int, list[onnx.NodeProto]] = {}  # id(Gather node) -> its nodes
     for name, spec in specs.items():
-        codes = _header(fresh(f"{name}_quantized"), spec.scheme.onnx_type, list(spec.shape))
-        scale = _header(fresh(f"{name}_scale"), TensorProto.FLOAT, spec.param_dims)
-        zero_point = _header(fresh(f"{name}_zero_point"), spec.scheme.onnx_type, spec.param_dims) if spec.has_zero_point else None
-        inputs = [codes.name, scale.name] + ([zero_point.name] if zero_point is not None else [])
-        attrs = {} if spec.axis is None else {"axis": spec.axis}
-        dq_nodes.append(helper.make_node("DequantizeLinear", inputs, [name], name=fresh(f"{name}_DequantizeLinear"), **attrs))
+        code_type = spec.scheme.onnx_type
+        codes = _header(fresh(f"{name}_quantized"), code_type, list(spec.shape))
+        scale = _header(fresh(f"{name}_scale"), spec.scale_type, spec.param_dims)
+        zero_point = _header(fresh(f"{name}_zero_point"), code_type, spec.param_dims) if spec.has_zero_point else None
         tensors[name] = DQTensors(codes, scale, zero_point)
-    nodes = dq_nodes + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
+        nodes = _dequantize(spec, tensors[name], name, fresh) if spec.dense else []
+        if spec.nested:
+            replacements[name] = nodes
+        else:
+            top += nodes
+        for use in index.uses.get(name, []):
+            if use.node.op_type == "Gather" and use.index == 0 and spec.lookups:
+                lookups[id(use.node)] = _lookup(spec, tensors[name], use.node, fresh)
+    for scope in walk_graphs(graph):
+        g = scope.graph
+        nodes = []
+        for node in g.node:
+            if node.op_type == "Constant" and node.output and node.output[0] in replacements:
+                name = node.output[0]
+                nodes += replacements.pop(name)
+                if specs[name].in_body:
+                    g.initializer.extend(tensors[name].all())
+                    k = len(tensors[name].all())
+                    owned = list(g.initializer[len(g.initializer) - k :])  # the body's own messages
+                    tensors[name] = DQTensors(owned[0], owned[1], owned[2] if k == 3 else None, in_body=True)
+            elif id(node) in lookups:
+                nodes += lookups.pop(id(node))
+            else:
+                nodes.append(node)
+        if scope.path == ():
+            nodes = top + nodes
+        del g.node[:]
+        g.node.extend(nodes)
+    missing = sorted(replacements)
+    if missing:  # a placeholder the opset conversion dropped: a bug, not bad input
+        raise RuntimeError(f"the Constant placeholders of {missing} were not found after the opset conversion")
     return tensors
+
+
+def _params(tensors: DQTensors) -> list[str]:
+    return [tensors.codes.name, tensors.scale.name] + ([tensors.zero_point.name] if tensors.zero_point is not None else [])
+
+
+def _dequantize(spec: DQSpec, tensors: DQTensors, name: str, fresh) -> list[onnx.NodeProto]:
+    """DequantizeLinear of the whole weight (and the Cast back to its type, for bfloat16)."""
+    attrs = {} if spec.axis is None else {"axis": spec.axis}
+    out = fresh(f"{name}_dequantized") if spec.cast_to is not None else name
+    nodes = [helper.make_node("DequantizeLinear", _params(tensors), [out], name=fresh(f"{name}_DequantizeLinear"), **attrs)]
+    if spec.cast_to is not None:
+        nodes.append(helper.make_node("Cast", [out], [name], to=spec.cast_to, name=fresh(f"{name}_Cast")))
+    return nodes
+
+
+def _lookup(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fresh) -> list[onnx.NodeProto]:
+    """Gather rows of the codes (and of the per-row scales and zero points), then dequantize
+    only those rows. Per row, the ids are flattened so that the gathered scales are 1-D (what
+    DequantizeLinear's axis needs) and the rows are put back in the ids' shape afterwards."""
+    ids, result = gather.input[1], gather.output[0]
+    base = gather.name or result
+    node = lambda op, inputs, outputs, **attrs: helper.make_node(op, inputs, outputs, name=fresh(f"{base}_{op}"), **attrs)  # noqa: E731
+    final = fresh(f"{result}_dequantized") if spec.cast_to is not None else result
+    if spec.axis is None:
+        rows = fresh(f"{result}_codes")
+        nodes = [
+            node("Gather", [tensors.codes.name, ids], [rows], axis=0),
+            node("DequantizeLinear", [rows, *_params(tensors)[1:]], [final]),
+        ]
+    else:
+        flat_shape, flat_ids, rows, row_scales = (fresh(f"{result}_{s}") for s in ("flat_shape", "flat_ids", "codes", "scales"))
+        row_shape, ids_shape, out_shape, deq = (fresh(f"{result}_{s}") for s in ("row_shape", "ids_shape", "shape", "rows"))
+        params = [rows, row_scales]
+        nodes = [
+            node("Constant", [], [flat_shape], value=helper.make_tensor(flat_shape, TensorProto.INT64, [1], [-1])),
+            node("Reshape", [ids, flat_shape], [flat_ids]),
+            node("Gather", [tensors.codes.name, flat_ids], [rows], axis=0),
+            node("Gather", [tensors.scale.name, flat_ids], [row_scales], axis=0),
+        ]
+        if tensors.zero_point is not None:
+            row_zero_points = fresh(f"{result}_zero_points")
+            nodes.append(node("Gather", [tensors.zero_point.name, flat_ids], [row_zero_points], axis=0))
+            params.append(row_zero_points)
+        nodes += [
+            node("DequantizeLinear", params, [deq], axis=0),
+            node("Shape", [ids], [ids_shape]),
+            node("Constant", [], [row_shape], value=helper.make_tensor(row_shape, TensorProto.INT64, [1], [spec.shape[1]])),
+            node("Concat", [ids_shape, row_shape], [out_shape], axis=0),
+            node("Reshape", [deq, out_shape], [final]),
+        ]
+    if spec.cast_to is not None:
+        nodes.append(node("Cast", [final], [result], to=spec.cast_to))
+    return nodes
 
 
 def _header(name: str, data_type: int, dims: list[int]) -> TensorProto:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from rich.markup import escape
 from rich.table import Table
 
 from quantrs._console import stdout_console
@@ -27,6 +28,26 @@ __all__ = [
     "render_calibration",
     "human_bytes",
 ]
+
+
+FLOAT_NAMES = {"FLOAT", "FLOAT16", "BFLOAT16"}
+
+
+def _located(name: str, kind: str, scope: str) -> str:
+    """A tensor's name (escaped: names are data, not markup), with where it lives when that is
+    not a main-graph initializer."""
+    where = ["Constant"] if kind == "constant" else []
+    if scope:
+        where.append(f"in {scope}")
+    return escape(name) + (f" [dim]({escape(' '.join(where))})[/]" if where else "")
+
+
+def _print_table(console, table: Table) -> None:
+    """Print a table whose cells wrap instead of being cut: names are what users copy into
+    --exclude, so no cell may lose characters to an ellipsis."""
+    for column in table.columns:
+        column.overflow = "fold"
+    console.print(table)
 
 
 def human_bytes(n: float) -> str:
@@ -54,6 +75,8 @@ def render_quantize(report: QuantizeReport) -> None:
         f"  {report.quantized_count} tensors quantized, {report.skipped_count} left as they are, "
         f"in {report.seconds:.2f} s"
     )
+    if report.already_quantized:
+        console.print(f"  the input was already partly quantized ({report.already_quantized})", highlight=False)
     quantized = [t for t in report.tensors if t.quantized]
     if quantized:
         table = Table(title="quantized", title_justify="left", show_edge=False)
@@ -61,21 +84,23 @@ def render_quantize(report: QuantizeReport) -> None:
             table.add_column(col, justify="right" if col in ("MSE", "max abs err", "axis") else "left")
         for t in quantized:
             axis = "-" if t.axis is None else str(t.axis)
-            table.add_row(t.name, "x".join(map(str, t.shape)), axis, t.storage or "", f"{t.mse:.3g}", f"{t.max_abs_error:.3g}")
-        console.print(table)
-    skipped = [t for t in report.tensors if not t.quantized and t.dtype == "FLOAT"]
+            table.add_row(
+                _located(t.name, t.kind, t.scope), "x".join(map(str, t.shape)), axis, t.storage or "", f"{t.mse:.3g}", f"{t.max_abs_error:.3g}"
+            )
+        _print_table(console, table)
+    skipped = [t for t in report.tensors if not t.quantized and t.dtype in FLOAT_NAMES]
     if skipped:
-        table = Table(title="float32 tensors left as they are", title_justify="left", show_edge=False)
+        table = Table(title="float tensors left as they are", title_justify="left", show_edge=False)
         table.add_column("tensor")
         table.add_column("shape")
         table.add_column("reason")
         for t in skipped:
-            table.add_row(t.name, "x".join(map(str, t.shape)) or "scalar", t.reason)
-        console.print(table)
-    others = Counter(t.dtype for t in report.tensors if not t.quantized and t.dtype != "FLOAT")
+            table.add_row(_located(t.name, t.kind, t.scope), "x".join(map(str, t.shape)) or "scalar", escape(t.reason))
+        _print_table(console, table)
+    others = Counter(t.dtype for t in report.tensors if not t.quantized and t.dtype not in FLOAT_NAMES)
     if others:
         listed = ", ".join(f"{n} {dtype}" for dtype, n in sorted(others.items()))
-        console.print(f"  not float32, left as they are: {listed}")
+        console.print(f"  not float, left as they are: {listed}")
 
 
 def render_info(report: InfoReport) -> None:
@@ -90,17 +115,26 @@ def render_info(report: InfoReport) -> None:
         table.add_column("shape")
         for v in values:
             table.add_row(v.name, v.dtype, "[" + ", ".join("?" if d is None else str(d) for d in v.shape) + "]")
-        console.print(table)
+        _print_table(console, table)
     ops = Table(title=f"{report.node_count} nodes", title_justify="left", show_edge=False)
     ops.add_column("op type")
     ops.add_column("count", justify="right")
     for op, n in report.op_counts.items():
         ops.add_row(op, str(n))
-    console.print(ops)
+    _print_table(console, ops)
     console.print(
-        f"  float32 weights: {report.float_weight_count} tensors, {report.float_weight_elements:,} values, "
+        f"  float weights: {report.float_weight_count} tensors, {report.float_weight_elements:,} values, "
         f"{human_bytes(report.float_weight_bytes)}" + (" (external data)" if report.external_data else "")
     )
+    types = ", ".join(f"{n} {dtype}" for dtype, n in report.float_weight_dtypes.items())
+    where = [f"{report.constant_weight_count} in Constant nodes"] if report.constant_weight_count else []
+    if report.subgraph_count:
+        where.append(f"{report.subgraph_weight_count} inside {report.subgraph_count} If/Loop/Scan bodies")
+    if types or where:
+        console.print("    " + "; ".join(x for x in [types, *where] if x), highlight=False)
+    if report.quantized_ops:
+        ops = ", ".join(f"{n} {op}" for op, n in report.quantized_ops.items())
+        console.print(f"  already quantized: {ops}", highlight=False)
     b = report.build
     console.print(
         f"  quantrs {b.quantrs}: OpenMP {'on' if b.openmp else 'off (serial build)'}, {b.threads} thread(s); "
@@ -109,7 +143,7 @@ def render_info(report: InfoReport) -> None:
 
 
 def render_plans(plans: list[PlanReport]) -> None:
-    """The dry run: for each model, every float32 tensor with its bits and axis, or why not."""
+    """The dry run: for each model, every float tensor with its bits and axis, or why not."""
     console = stdout_console()
     for plan in plans:
         target = f" -> {plan.output}" if plan.output else ""
@@ -117,16 +151,16 @@ def render_plans(plans: list[PlanReport]) -> None:
         table = Table(show_edge=False)
         for col in ("tensor", "shape", "bits", "axis", "use / reason"):
             table.add_column(col)
-        floats = [t for t in plan.tensors if t.dtype == "FLOAT"]
+        floats = [t for t in plan.tensors if t.dtype in FLOAT_NAMES]
         for t in floats:
             bits = str(t.bits) if t.quantize else "-"
             axis = "-" if t.axis is None else str(t.axis)
-            reason = t.reason if t.quantize else f"[dim]skip: {t.reason}[/]"
-            table.add_row(t.name, "x".join(map(str, t.shape)) or "scalar", bits, axis, reason)
-        console.print(table)
+            reason = escape(t.reason) if t.quantize else f"[dim]skip: {escape(t.reason)}[/]"
+            table.add_row(_located(t.name, t.kind, t.scope), "x".join(map(str, t.shape)) or "scalar", bits, axis, reason)
+        _print_table(console, table)
         others = len(plan.tensors) - len(floats)
         if others:
-            console.print(f"  and {others} tensors that are not float32")
+            console.print(f"  and {others} tensors that are not float")
 
 
 def render_batch(report: BatchReport) -> None:
@@ -138,7 +172,7 @@ def render_batch(report: BatchReport) -> None:
     for r in report.results:
         size = f"{human_bytes(r.input_bytes)} -> {human_bytes(r.output_bytes)}" if r.output_bytes else human_bytes(r.input_bytes)
         table.add_row(r.input, f"[{colours[r.status]}]{r.status}[/]", size, f"{r.seconds:.2f} s", r.error or "")
-    console.print(table)
+    _print_table(console, table)
     counts = ", ".join(f"{report.count(s)} {s}" for s in ("ok", "failed", "skipped", "cancelled") if report.count(s))
     where = f"on {report.scheduler}" if report.scheduler else f"with {report.jobs} job(s)"
     console.print(f"{len(report.results)} models {where} in {report.seconds:.2f} s: {counts}")
@@ -162,7 +196,7 @@ def render_validation(report: ValidationReport) -> None:
         for o in report.outputs:
             top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.2%}"
             table.add_row(o.name, f"{o.cosine:.6f}", f"{o.max_abs_error:.4g}", f"{o.relative_l2:.4g}", top1)
-        console.print(table)
+        _print_table(console, table)
     for t in report.thresholds:
         relation = ">=" if t.name.startswith("min") else "<="
         verdict = "" if t.passed else " [bold red]MISSED[/]"
@@ -175,7 +209,7 @@ def render_validation(report: ValidationReport) -> None:
             local = "-" if l.local_sqnr_db is None else f"{l.local_sqnr_db:.2f}"
             rel = "-" if l.local_relative_l2 is None else f"{l.local_relative_l2:.4g}"
             table.add_row(str(i), l.name, l.consumer, l.storage, f"{l.weight_sqnr_db:.2f}", local, rel)
-        console.print(table)
+        _print_table(console, table)
     if report.suggested_exclude:
         flags = " ".join(f"--exclude {name}" for name in report.suggested_exclude)
         console.print(f"suggestion ({report.suggestion_note}): {flags}", highlight=False)
@@ -197,7 +231,7 @@ def render_benchmark(report: BenchmarkReport) -> None:
     table.add_row("load (median)", f"{o.load_seconds * 1e3:.1f} ms", f"{q.load_seconds * 1e3:.1f} ms")
     table.add_row("latency median", f"{o.latency_ms_median:.3f} ms", f"{q.latency_ms_median:.3f} ms")
     table.add_row("latency p10-p90", f"{o.latency_ms_p10:.3f}-{o.latency_ms_p90:.3f} ms", f"{q.latency_ms_p10:.3f}-{q.latency_ms_p90:.3f} ms")
-    console.print(table)
+    _print_table(console, table)
     threads = "onnxruntime's default" if report.threads is None else str(report.threads)
     console.print(
         f"{report.compression:.2f}x smaller, {report.speedup:.2f}x the speed; {report.runs} runs after {report.warmup} "
@@ -226,4 +260,4 @@ def render_calibration(report: CalibrationReport) -> None:
         table.add_column(col, justify="left" if col == "tensor" else "right")
     for a in report.activations:
         table.add_row(a.name, f"{a.lo:.4g}", f"{a.hi:.4g}", f"{a.scale:.4g}", str(a.zero_point))
-    console.print(table)
+    _print_table(console, table)

@@ -41,6 +41,8 @@ class TensorReport:
     storage: str | None = None  # ONNX type of the stored codes, e.g. "INT8", "UINT4"
     mse: float | None = None
     max_abs_error: float | None = None
+    kind: str = "initializer"  # or "constant": a Constant node's value
+    scope: str = ""  # "" for the main graph, else the If/Loop/Scan body that holds it
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class QuantizeReport:
     skipped_count: int
     seconds: float
     tensors: list[TensorReport] = field(default_factory=list)
+    already_quantized: str = ""  # quantized ops found in the input, e.g. "12 ConvInteger"
 
     @property
     def compression(self) -> float:
@@ -108,6 +111,11 @@ class InfoReport:
     float_weight_bytes: int
     external_data: bool
     build: BuildInfo
+    float_weight_dtypes: dict[str, int] = field(default_factory=dict)  # FLOAT, FLOAT16, BFLOAT16 -> count
+    constant_weight_count: int = 0  # float tensors held in Constant nodes
+    subgraph_weight_count: int = 0  # float tensors inside If/Loop/Scan bodies
+    subgraph_count: int = 0
+    quantized_ops: dict[str, int] = field(default_factory=dict)  # e.g. {"DequantizeLinear": 12}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,6 +132,8 @@ class PlanEntry:
     reason: str
     bits: int | None = None
     axis: int | None = None
+    kind: str = "initializer"
+    scope: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,8 +154,9 @@ class PlanReport:
 
 @dataclass(frozen=True)
 class ModelResult:
-    """The outcome of one model in a batch. status: ok, failed, skipped (output existed),
-    or cancelled (the batch stopped at an earlier failure)."""
+    """The outcome of one model in a batch. status: ok, failed, skipped (the output existed, or
+    the model is already quantized: `error` says which), or cancelled (the batch stopped at an
+    earlier failure)."""
 
     input: str
     output: str

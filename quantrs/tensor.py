@@ -14,7 +14,7 @@ from onnx import TensorProto
 
 from quantrs import kernels
 
-__all__ = ["Scheme", "QuantizedTensor", "Scratch", "scheme_for", "quantize_tensor"]
+__all__ = ["Scheme", "QuantizedTensor", "Scratch", "scheme_for", "quantize_tensor", "half_scales"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,21 @@ class Scratch:
         return self._buffers[slot][:size]
 
 
+_HALF_TINY = np.float16(2.0**-24)  # the smallest positive float16 (subnormal)
+
+
+def half_scales(scale: np.ndarray, zero_point: np.ndarray, lo: np.ndarray, scheme: Scheme) -> tuple[np.ndarray, np.ndarray]:
+    """Scales rounded up to float16 (never down: the range must still fit the codes), and the
+    asymmetric zero points recomputed for them; per-channel arrays, so plain numpy."""
+    half = scale.astype(np.float16)
+    half = np.where(half.astype(np.float32) < scale, np.nextafter(half, np.float16(np.inf)), half)
+    half = np.maximum(half, _HALF_TINY).astype(np.float32)
+    if not scheme.symmetric:
+        low = np.minimum(lo.astype(np.float64), 0.0)
+        zero_point = np.clip(np.rint(scheme.qmin - low / half.astype(np.float64)), scheme.qmin, scheme.qmax).astype(np.int32)
+    return half, zero_point
+
+
 def quantize_tensor(
     x: np.ndarray,
     scheme: Scheme,
@@ -94,14 +109,18 @@ def quantize_tensor(
     name: str = "tensor",
     n_threads: int | None = None,
     scratch: Scratch | None = None,
+    half_scale: bool = False,
 ) -> QuantizedTensor:
-    """Quantize a float32 array along `axis` (None: per tensor) with `scheme`.
+    """Quantize a float32, float16 or bfloat16 array along `axis` (None: per tensor) with `scheme`.
 
     With `scratch`, the returned `data` lives in the scratch buffers and is valid until the next
-    call that uses them.
+    call that uses them. With `half_scale`, the scales are float16 values (held as float32) so
+    that a float16 DequantizeLinear reproduces exactly what the codes were computed with.
     """
     rng = kernels.minmax(x, axis, n_threads=n_threads, name=name)
     scale, zero_point = kernels.scales(rng, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric)
+    if half_scale:
+        scale, zero_point = half_scales(scale, zero_point, rng.lo, scheme)
     out = scratch.get(0, x.size) if scratch is not None else None
     codes, sse, max_abs = kernels.quantize_with_error(
         x, scale, zero_point, scheme.qmin, scheme.qmax, axis, n_threads=n_threads, out=out

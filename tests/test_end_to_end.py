@@ -33,22 +33,36 @@ def run(path, feeds) -> list[np.ndarray]:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
+def _decode(q: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int) -> np.ndarray:
+    q = q.astype(np.float32)
+    zp = zp.astype(np.float32)
+    if scale.ndim == 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return ((q - zp) * scale).astype(np.float32)
+
+
 def dequantized_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Decode every DequantizeLinear on initializers with numpy_helper (INT4 via ml_dtypes)."""
+    """Decode every DequantizeLinear on initializers with numpy_helper (INT4 via ml_dtypes), and
+    every table read gather-first (its codes, `<table>_scale` and `<table>_zero_point`, one
+    scale per row)."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     out = {}
     for node in model.graph.node:
-        if node.op_type != "DequantizeLinear":
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
             continue
-        q = inits[node.input[0]].astype(np.float32)
         scale = inits[node.input[1]]
-        zp = inits[node.input[2]].astype(np.float32) if len(node.input) > 2 else np.zeros_like(scale)
+        zp = inits[node.input[2]] if len(node.input) > 2 else np.zeros_like(scale)
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        if scale.ndim == 1:
-            shape = [1] * q.ndim
-            shape[axis] = -1
-            scale, zp = scale.reshape(shape), zp.reshape(shape)
-        out[node.output[0]] = ((q - zp) * scale).astype(np.float32)
+        out[node.output[0]] = _decode(inits[node.input[0]], scale, zp, axis)
+    for node in model.graph.node:
+        codes = node.input[0] if node.op_type == "Gather" and node.input else ""
+        if codes.endswith("_quantized") and codes in inits and codes[: -len("_quantized")] not in out:
+            table = codes[: -len("_quantized")]
+            scale = inits[f"{table}_scale"]
+            zp = inits.get(f"{table}_zero_point", np.zeros_like(scale))
+            out[table] = _decode(inits[codes], scale, zp, 0)
     return out
 
 

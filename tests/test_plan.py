@@ -95,13 +95,13 @@ def test_reasons_for_skipped_tensors():
     assert reasons["w_excluded"] == "excluded by the user"
     assert reasons["w_out"] == "also a graph output"
     assert reasons["w_left"].startswith("not a weight: input 0 of MatMul")
-    assert reasons["shape"] == "not float32 (INT64)"
+    assert reasons["shape"] == "not a float tensor (INT64)"
     assert reasons["w_input"].startswith("also a graph input")
-    assert reasons["w_half"] == "not float32 (FLOAT16)"
+    assert reasons["w_half"] == "too small: 64 elements < min_elements 100"  # float16 is a weight like float32
     assert reasons["unused"] == "not used by any node"
 
 
-def test_weights_captured_by_subgraphs_are_left_alone():
+def test_weights_captured_by_subgraphs_are_quantized_in_the_outer_graph():
     w = np.ones((8, 8), np.float32)
     then_branch = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["t"])], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)]
@@ -114,7 +114,7 @@ def test_weights_captured_by_subgraphs_are_left_alone():
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(True), "cond")],
     )
     plans = plan(model)
-    assert plans["w"].reason == "used inside a subgraph (If/Loop/Scan)"
+    assert plans["w"].quantize and plans["w"].axis == 1 and plans["w"].scope == ""
 
 
 def test_gather_on_another_axis_is_not_an_embedding():
