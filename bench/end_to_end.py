@@ -3,6 +3,11 @@ the I/O floor, all in one run. Each tool runs as its own process; wall time and 
 from GNU time, so quantrs' figures include CLI start-up.
 
     python bench/end_to_end.py WORKDIR [--models 100M 400M 600M-ext] [--tools all] [--repeat 3]
+                               [--baseline SRC_TREE]
+
+--baseline adds quantrs as built in another source tree (e.g. a `git worktree` of an earlier
+commit with its kernels built in place), run with the same interpreter, for before/after ratios
+measured in the same run.
 
 Prints Markdown tables (for bench/RESULTS.md). Needs: quantization-rs and onnx_ir installed for
 the comparison tools; ~10 GB of free disk in WORKDIR for the 600M model and the outputs.
@@ -53,6 +58,10 @@ TOOLS = {
 }
 
 
+# python -c "<run quantrs from this tree>" TREE quantize ...: the tree first on sys.path.
+BASELINE = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); from quantrs.cli import main; sys.argv[0] = 'quantrs'; main()"]
+
+
 def model_bytes(src: Path) -> int:
     data = src.with_name(src.name + ".data")
     return src.stat().st_size + (data.stat().st_size if data.exists() else 0)
@@ -86,7 +95,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["100M", "400M", "600M-ext"])
     parser.add_argument("--tools", nargs="+", default=list(TOOLS))
     parser.add_argument("--repeat", type=int, default=3, help="runs of quantrs and the floor (min is kept)")
+    parser.add_argument("--baseline", type=Path, help="a quantrs source tree with its kernels built in place")
     args = parser.parse_args()
+    if args.baseline is not None:
+        for bits in (8, 4):
+            name = f"quantrs@baseline int{bits}"
+            TOOLS[name] = [*BASELINE, str(args.baseline.resolve()), *TOOLS[f"quantrs int{bits}"][1:]]
+            args.tools.insert(args.tools.index(f"quantrs int{bits}") + 1 if f"quantrs int{bits}" in args.tools else 0, name)
     args.workdir.mkdir(parents=True, exist_ok=True)
     warm_up_memory()
     results = {}
@@ -135,7 +150,7 @@ def main() -> None:
 
 def print_table(spec: str, gb: float, rows: list[dict]) -> None:
     floor = {8: rows[0]["seconds"], 4: rows[1]["seconds"]}
-    ours = {r["tool"]: r["seconds"] for r in rows if r["tool"].startswith("quantrs")}
+    ours = {r["tool"]: r["seconds"] for r in rows if r["tool"].startswith("quantrs") and "@" not in r["tool"]}
     print(f"\n### {spec}: {gb:.2f} GB of float32 weights\n")
     print("| tool | wall s | s/GB | peak RSS MB | vs lean floor | quantrs is faster by |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -143,7 +158,8 @@ def print_table(spec: str, gb: float, rows: list[dict]) -> None:
         bits = 4 if "int4" in r["tool"] else 8
         mine = ours.get(f"quantrs int{bits}")
         rss = "" if r["rss_mb"] is None else f"{r['rss_mb']:.0f}"
-        faster = "" if r["tool"].startswith(("quantrs", "lean")) or mine is None else f"{r['seconds'] / mine:.1f}x"
+        ours_now = r["tool"].startswith("quantrs") and "@" not in r["tool"]
+        faster = "" if ours_now or r["tool"].startswith("lean") or mine is None else f"{r['seconds'] / mine:.2f}x"
         print(f"| {r['tool']} | {r['seconds']:.2f} | {r['seconds'] / gb:.2f} | {rss} | {r['seconds'] / floor[bits]:.2f}x | {faster} |")
 
 
