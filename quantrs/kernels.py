@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantrs import _build, _hist, _pack, _quant, _reduce
+from quantrs import _block, _build, _hist, _pack, _quant, _reduce
 from quantrs.errors import ConfigError, NonFiniteWeightError
 
 __all__ = [
@@ -38,6 +38,9 @@ __all__ = [
     "unpack4",
     "histogram",
     "to_float32",
+    "SEARCH_ALPHAS",
+    "Blocks",
+    "quantize_blocks",
 ]
 
 # Below this many elements a kernel runs on one thread: starting OpenMP's team costs more than
@@ -323,3 +326,136 @@ def to_float32(x: np.ndarray) -> np.ndarray:
     out = np.empty(x.shape, dtype=np.float32)
     _reduce.to_float32(x3, kind, out.reshape(-1))
     return out
+
+
+# The range search's grid: shrink factors of each block's min/max range, as float32 values
+# (1.0, 0.95, ..., 0.5). quantrs.reference.SEARCH_ALPHAS must hold the same values.
+SEARCH_ALPHAS: tuple[float, ...] = tuple(float(np.float32(1.0 - 0.05 * k)) for k in range(11))
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Block-wise codes and parameters of one tensor (see quantize_blocks)."""
+
+    codes: np.ndarray  # uint8 bytes (two's complement for signed), shape of x, or x.T's when transposed
+    scale: np.ndarray  # float32, ONNX blocked shape: x.shape with shape[axis] -> ceil(L / block_size)
+    zero_point: np.ndarray  # int32, same shape as scale
+    sse: float  # sum of squared error of the dequantized codes vs x (float64 sums, fixed order)
+    max_abs_error: float
+    sse_minmax: float  # the sse plain min/max ranges give (equal to sse when search=False)
+
+
+def _flag(value, what: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{what} must be True or False, not {value!r}")
+    return bool(value)
+
+
+def quantize_blocks(
+    x: np.ndarray,
+    axis: int,
+    block_size: int,
+    qmin: int,
+    qmax: int,
+    *,
+    symmetric: bool,
+    search: bool = False,
+    half_scale: bool = False,
+    transpose: bool = False,
+    n_threads: int | None = None,
+    out: np.ndarray | None = None,
+    name: str = "tensor",
+    alphas: tuple[float, ...] | None = None,
+) -> Blocks:
+    """Block-wise quantization (ONNX opset-21 QuantizeLinear with `axis` and `block_size`).
+
+    x (float32, float16 or bfloat16, any rank >= 1) is cut into blocks of `block_size`
+    consecutive values along `axis` (the last block short); each block gets the scale and zero
+    point scales() gives its own min/max, and the codes are ONNX QuantizeLinear's, each block's
+    values read from memory once (csrc/_block.pyx). `search` tries, per block, the range
+    shrunk by each of SEARCH_ALPHAS with a least-squares scale for its codes, and keeps the
+    candidate with the smallest squared error (plain min/max included, so sse <= sse_minmax).
+    `alphas` replaces the grid (search is then on when it is not empty): (1.0,) refits the
+    min/max codes' scale and zero point without trying clipped ranges. `half_scale` rounds every
+    scale up to a float16 value (asymmetric zero points recomputed)
+    before the codes are computed. `transpose` (2-D x, axis 0: a MatMul weight [K, N]) writes the
+    codes as [N, K], the layout of onnxruntime's MatMulNBits; scale and zero_point keep the ONNX
+    blocked shape. `out`: a writable C-contiguous uint8 buffer of x.size bytes to write the
+    codes into. Results are identical for any thread count. Raises NonFiniteWeightError (naming
+    `name`) on NaN/Inf.
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(x).__name__}")
+    if x.ndim < 1:
+        raise ValueError(f"{name}: block-wise quantization needs a tensor of rank >= 1")
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise ConfigError(f"axis must be an integer, not {axis!r}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ConfigError(f"axis {axis} is out of range for a tensor of shape {x.shape}")
+    axis = int(axis) % x.ndim
+    if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ConfigError(f"block_size must be a positive integer, not {block_size!r}")
+    _check_qrange(qmin, qmax)
+    symmetric = _flag(symmetric, "symmetric")
+    search = _flag(search, "search")
+    half_scale = _flag(half_scale, "half_scale")
+    transpose = _flag(transpose, "transpose")
+    if transpose and (x.ndim != 2 or axis != 0):
+        raise ConfigError(f"transpose needs a 2-D tensor blocked along axis 0, not shape {x.shape} axis {axis}")
+    x3, kind = _weight_view(x, axis, name)
+    length = x.shape[axis]
+    nblocks = -(-length // int(block_size))
+    block_size = min(int(block_size), length)  # one block per column either way; keeps the kernel's counts small
+    if out is None:
+        codes = np.empty(x.size, dtype=np.uint8)
+    else:
+        if (
+            not isinstance(out, np.ndarray)
+            or out.dtype != np.uint8
+            or out.size != x.size
+            or not out.flags.c_contiguous
+            or not out.flags.writeable
+        ):
+            raise ValueError("out must be a writable C-contiguous uint8 array of x's size")
+        codes = out.reshape(-1)
+    blocked = list(x.shape)
+    blocked[axis] = nblocks
+    scale = np.empty(blocked, dtype=np.float32)
+    zero_point = np.empty(blocked, dtype=np.int32)
+    totals = np.empty(3, dtype=np.float64)
+    if alphas is not None:
+        if not all(isinstance(a, float) and 0.0 < a <= 1.0 for a in alphas):
+            raise ConfigError(f"alphas must be floats in (0, 1], not {alphas!r}")
+        grid = np.asarray(alphas, dtype=np.float32)
+    else:
+        grid = np.asarray(SEARCH_ALPHAS if search else (), dtype=np.float32)
+    alphas_array = grid
+    bad = _block.quantize_blocks(
+        x3,
+        kind,
+        block_size,
+        qmin,
+        qmax,
+        symmetric,
+        alphas_array,
+        half_scale,
+        transpose,
+        codes,
+        scale.reshape(-1),
+        zero_point.reshape(-1),
+        totals,
+        _threads(n_threads, x3.size),
+    )
+    if bad:
+        raise NonFiniteWeightError(f"{name} holds NaN or infinite values")
+    if half_scale and not np.isfinite(scale).all():
+        raise ValueError(f"{name}: a block's scale is above float16's largest value (65504)")
+    shape = (x.shape[1], x.shape[0]) if transpose else x.shape
+    return Blocks(
+        codes=codes.reshape(shape),
+        scale=scale,
+        zero_point=zero_point,
+        sse=float(totals[0]),
+        max_abs_error=float(totals[2]),
+        sse_minmax=float(totals[1]),
+    )

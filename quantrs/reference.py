@@ -23,6 +23,7 @@ __all__ = [
     "pack4",
     "unpack4",
     "histogram",
+    "quantize_blocks",
     "ERR_BLOCK",
 ]
 
@@ -140,3 +141,181 @@ def histogram(x: np.ndarray, lo: float, hi: float, nbins: int) -> np.ndarray:
     v = v[~np.isnan(v)]
     bins = np.clip(np.floor(v), 0, nbins - 1).astype(np.int64)
     return np.bincount(bins, minlength=nbins).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Block-wise quantization (csrc/_block.pyx): ONNX opset-21 blocks along one axis, optional range
+# search. The constants below define the kernel's arithmetic and summation order and must equal
+# csrc/_block.pyx's (tests/test_kernels_block.py checks them).
+
+BLOCK_LANES = 4  # value r of a block (r along the axis) goes to lane r % 4 of its sums
+BLOCK_CHUNK_VALUES = 1 << 17  # about this many values per partial sum of the totals
+BLOCK_MIN_SPAN = 64  # fewest columns per partial sum in the strided layout (inner > 1)
+BLOCK_MAX_SPAN = 4096  # most columns per partial sum in the strided layout
+# The range search's shrink factors of the min/max range, as float32: 1.0, 0.95, ..., 0.5.
+SEARCH_ALPHAS = tuple(float(np.float32(1.0 - 0.05 * k)) for k in range(11))
+_TINY32 = np.float32(np.finfo(np.float32).tiny)
+_HALF_TINY = np.float16(2.0**-24)
+
+
+def block_chunk(block_size: int, inner: int) -> int:
+    """Blocks per partial sum of the totals: consecutive blocks in the contiguous layout (inner
+    == 1), columns of one row of blocks in the strided layout (inner > 1)."""
+    if inner == 1:
+        return max(1, BLOCK_CHUNK_VALUES // block_size)
+    return min(max(BLOCK_MIN_SPAN, BLOCK_CHUNK_VALUES // block_size), BLOCK_MAX_SPAN)
+
+
+def half_up(scale: np.ndarray) -> np.ndarray:
+    """The smallest float16 value >= each (positive) float32 scale, as float32 (at least 2**-24;
+    inf above float16's largest value), as quantrs.tensor.half_scales rounds."""
+    with np.errstate(over="ignore"):
+        half = scale.astype(np.float16)
+        half = np.where(half.astype(np.float32) < scale, np.nextafter(half, np.float16(np.inf)), half)
+    return np.maximum(half, _HALF_TINY).astype(np.float32)
+
+
+def _lane_sum(v: np.ndarray, dtype) -> np.ndarray:
+    """Per-block sums of v (outer, nb, B, inner), zeros past each block's end: value r to lane
+    r % 4, each lane summed in order, then (l0 + l1) + (l2 + l3); in `dtype`."""
+    outer, nb, b, inner = v.shape
+    padded = -(-b // BLOCK_LANES) * BLOCK_LANES
+    if padded != b:
+        v = np.concatenate([v, np.zeros((outer, nb, padded - b, inner), v.dtype)], axis=2)
+    lanes = np.cumsum(v.reshape(outer, nb, padded // BLOCK_LANES, BLOCK_LANES, inner), axis=2, dtype=dtype)[:, :, -1]
+    return (lanes[:, :, 0] + lanes[:, :, 1]) + (lanes[:, :, 2] + lanes[:, :, 3])
+
+
+def _fold_chunks(block_values: np.ndarray, chunk: int) -> float:
+    """Total of per-block values (outer, nb, inner) in the kernel's order: chunks of consecutive
+    blocks summed in order, then the chunk sums in order (see block_chunk)."""
+    outer, nb, inner = block_values.shape
+    rows = block_values.reshape(outer * nb, inner) if inner > 1 else block_values.reshape(1, outer * nb)
+    width = rows.shape[1]
+    spans = -(-width // chunk)
+    padded = np.zeros((rows.shape[0], spans * chunk), dtype=np.float64)
+    padded[:, :width] = rows
+    chunk_sums = np.cumsum(padded.reshape(rows.shape[0], spans, chunk), axis=2)[:, :, -1]
+    return float(np.cumsum(chunk_sums.reshape(-1))[-1])
+
+
+def quantize_blocks(
+    x: np.ndarray,
+    axis: int,
+    block_size: int,
+    qmin: int,
+    qmax: int,
+    *,
+    symmetric: bool,
+    search: bool = False,
+    half_scale: bool = False,
+    transpose: bool = False,
+    alphas: tuple[float, ...] = SEARCH_ALPHAS,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, float]:
+    """Twin of kernels.quantize_blocks: (codes, scale, zero_point, sse, max_abs_error, sse_minmax).
+
+    Blocks of `block_size` values along `axis` (the last one short), each with the scale and
+    zero point of scales() on its own min/max. With `search`, each block also tries the range
+    shrunk by every alpha: codes for that range, the least-squares scale (and zero point) for
+    those codes (float32 sums in lane order, float32 arithmetic), and keeps the candidate whose
+    re-quantized codes have the smallest error; plain min/max comes first, so ties keep it.
+    With `half_scale` every candidate's scale is rounded up to float16 (and an asymmetric zero
+    point recomputed) before its codes and error are taken.
+    """
+    x32 = as_float32(x)
+    ndim = x32.ndim
+    axis %= ndim
+    length = x32.shape[axis]
+    outer = int(np.prod(x32.shape[:axis], dtype=np.int64))
+    inner = int(np.prod(x32.shape[axis + 1 :], dtype=np.int64))
+    b = min(block_size, length)  # as the kernel's front: a block longer than the axis is the axis
+    nb = -(-length // b)
+    xp = np.zeros((outer, nb * b, inner), dtype=np.float32)
+    xp[:, :length] = x32.reshape(outer, length, inner)
+    xp = xp.reshape(outer, nb, b, inner)
+    valid = (np.arange(nb * b) < length).reshape(1, nb, b, 1)
+    count = np.minimum(b, length - b * np.arange(nb)).astype(np.float32).reshape(1, nb, 1)
+    lo = np.where(valid, xp, np.float32(np.inf)).min(axis=2)
+    hi = np.where(valid, xp, np.float32(-np.inf)).max(axis=2)
+    shape = lo.shape
+    f64 = np.float64
+
+    def params(lo_, hi_):
+        s, z = scales(lo_.reshape(-1), hi_.reshape(-1), qmin, qmax, symmetric)
+        return s.reshape(shape), z.reshape(shape)
+
+    def to_half(s, z, low):
+        sh = half_up(s)
+        if not symmetric:
+            with np.errstate(all="ignore"):
+                z = np.clip(np.rint(qmin - low / sh.astype(f64)), qmin, qmax).astype(np.int32)
+        return sh, z
+
+    def codes_of(s, z):
+        """q - z (float32, 0 past the ends), and the error d = x - (q - z) * s (float32)."""
+        s4 = s[:, :, None, :]
+        z4 = z[:, :, None, :].astype(np.float32)
+        with np.errstate(all="ignore"):
+            t = np.clip(np.rint(xp / s4) + z4, qmin, qmax) - z4
+            t = np.where(valid, t, np.float32(0))
+            d = np.where(valid, xp - t * s4, np.float32(0))
+        return t, d
+
+    def error_of(d):
+        return _lane_sum(d.astype(f64) ** 2, f64)
+
+    s0, z0 = params(lo, hi)
+    if half_scale:
+        s0, z0 = to_half(s0, z0, np.minimum(lo.astype(f64), 0.0))
+    err0 = error_of(codes_of(s0, z0)[1])
+    best_s, best_z, best_err = s0, z0, err0
+    if search:
+        sx = _lane_sum(xp, np.float32)
+        for alpha in alphas:
+            a = np.float32(alpha)
+            s_k, z_k = params(a * lo, a * hi)
+            t, _ = codes_of(s_k, z_k)
+            sq = _lane_sum(t, np.float32)
+            sqq = _lane_sum(t * t, np.float32)
+            sxq = _lane_sum(t * xp, np.float32)
+            zk32 = z_k.astype(np.float32)
+            with np.errstate(all="ignore"):
+                if symmetric:
+                    s_star = sxq / sqq
+                    ok = (sqq > 0) & (s_star >= _TINY32) & (s_star < np.inf)
+                    z_star = z_k
+                else:
+                    den = count * sqq - sq * sq
+                    num = count * sxq - sq * sx
+                    s_star = num / den
+                    ok = (den > 0) & (s_star >= _TINY32) & (s_star < np.inf)
+                    offset = (sx - s_star * sq) / count
+                    zf = np.where(ok, zk32 - offset / s_star, zk32)
+                    z_star = np.rint(np.clip(zf, qmin, qmax)).astype(np.int32)
+            s_c = np.where(ok, s_star, s_k).astype(np.float32)
+            z_c = np.where(ok, z_star, z_k).astype(np.int32)
+            if half_scale:
+                s_c, z_c = to_half(s_c, z_c, (qmin - z_c).astype(f64) * s_c.astype(f64))
+            err = error_of(codes_of(s_c, z_c)[1])
+            better = err < best_err
+            best_s = np.where(better, s_c, best_s)
+            best_z = np.where(better, z_c, best_z)
+            best_err = np.where(better, err, best_err)
+    t, d = codes_of(best_s, best_z)
+    q = (t + best_z[:, :, None, :].astype(np.float32)).reshape(outer, nb * b, inner)[:, :length]
+    codes = q.astype(np.int32).astype(np.uint8).reshape(x32.shape)
+    if transpose:
+        codes = np.ascontiguousarray(codes.T)
+    chunk = block_chunk(b, inner)
+    blocked = list(x32.shape)
+    blocked[axis] = nb
+    sse = _fold_chunks(error_of(d), chunk)
+    sse_minmax = _fold_chunks(err0, chunk)
+    return (
+        codes,
+        best_s.reshape(blocked),
+        best_z.reshape(blocked),
+        sse,
+        float(np.abs(d).max()),
+        sse_minmax,
+    )

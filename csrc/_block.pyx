@@ -1,0 +1,1141 @@
+"""Block-wise quantization: ONNX opset-21 QuantizeLinear/DequantizeLinear with `axis` and
+`block_size` (and onnxruntime's MatMulNBits), one scale and zero point per block of `block_size`
+consecutive values along the reduction axis (the last block short), with an optional range search.
+
+The tensor is seen as (outer, L, inner) around the block axis; a block is (o, b, i): rows
+b * B .. b * B + n - 1 (n <= B) of column i. Every block is read from memory once, then from cache:
+
+- contiguous layout (inner == 1: Gemm transB=1 weights [N, K] and embedding tables along their
+  last axis): a block is B consecutive values. A task walks a run of consecutive blocks (which
+  are consecutive in memory), a batch of blocks at a time (<= BATCH_VALUES values, widened from
+  16 bits once); each block's passes (min/max, [search], codes + error) run on it in L1, the
+  loops vectorised along the block: value r of a block is lane r % 4 of every sum.
+- strided layout (inner > 1: MatMul weights [K, N] along axis 0, Conv [O, I, kh, kw] along 1): a
+  block row is B rows x `inner` columns, one (scale, zero point) per column. A task is one block
+  row times a span of columns: the first pass walks its rows (long runs through memory) for
+  per-column min/max; the other passes work on SUB columns at a time, from cache, vectorised
+  along the columns (value r of a block is still lane r % 4 of its column's sums).
+
+Parameters follow _quant.scales exactly, codes are ONNX QuantizeLinear (see _quant._quantize_run)
+and the error of one value is taken as _quant.channel_error does (d = x - dequantized in float32,
+its square in double).
+
+Range search (a grid of shrink factors alpha of the min/max range): per block and per alpha, the
+scale and zero point of scales() on [alpha * lo, alpha * hi], that range's codes, then the least
+squares scale for those codes (q = code - zero point; symmetric: s = sum(q x) / sum(q q);
+asymmetric: x regressed on q, zero point rint(z - offset / s) clamped) with float32 sums in lane
+order and float32 arithmetic, and the error of the codes re-quantized with it (a candidate that is
+not finite and positive keeps the grid point's scale). The plain min/max parameters come first,
+so the search never loses to them (ties keep the earlier candidate). With half_scale every
+candidate's scale is rounded up to float16 (an asymmetric zero point recomputed so its lowest
+value still maps to qmin) before its codes and error are taken.
+
+Totals (sse, sse of plain min/max, max abs error) are summed in a fixed order: each block's sum
+is (l0 + l1) + (l2 + l3) over its lanes; blocks are added in order within a chunk (chunk() blocks
+or columns), and the chunks in order. quantrs.reference.quantize_blocks is the numpy twin.
+"""
+from cython.parallel cimport prange
+from cpython.array cimport array, clone
+from libc.math cimport ceilf, fabsf
+
+from _half cimport (KIND_BFLOAT16, KIND_FLOAT16, Weights, const_bf16_up, const_f16_up, weight_p,
+                   weight_view, widen)
+from _openmp cimport omp_get_thread_num
+from _restrict cimport const_float_rp, const_float_up, const_int_rp, double_rp, float_rp, uchar_rp
+
+cdef extern from *:
+    ctypedef int* int_rp "int * __restrict__"
+
+cdef extern from *:
+    """
+    #include <string.h>
+    static inline unsigned int quantrs_block_f32_bits(float f) { unsigned int u; memcpy(&u, &f, sizeof u); return u; }
+    static inline float quantrs_block_bits_f32(unsigned int u) { float f; memcpy(&f, &u, sizeof f); return f; }
+    static inline int quantrs_block_f32_ibits(float f) { int u; memcpy(&u, &f, sizeof u); return u; }
+    static inline float quantrs_block_ibits_f32(int u) { float f; memcpy(&f, &u, sizeof f); return f; }
+    """
+    unsigned int f32_bits "quantrs_block_f32_bits"(float f) noexcept nogil
+    int f32_ibits "quantrs_block_f32_ibits"(float f) noexcept nogil
+    float ibits_f32 "quantrs_block_ibits_f32"(int u) noexcept nogil
+    float bits_f32 "quantrs_block_bits_f32"(unsigned int u) noexcept nogil
+
+cdef enum:
+    CHUNK_VALUES = 131072  # about this many values per task and per partial sum of the totals
+    MIN_SPAN = 64          # strided layout: fewest columns per task
+    MAX_SPAN = 4096        # strided layout: most columns per task
+    BATCH_VALUES = 4096    # contiguous layout: values per batch of blocks (a multiple of 4)
+    BATCH_BLOCKS = 128     # contiguous layout: most blocks per batch (<= SUB)
+    TILE_MIN_BLOCKS = 8    # contiguous layout: fewest blocks in a batch to search them as a tile
+    SUB = 128              # strided layout: columns per sub-span of the passes from cache
+    TROWS = 256            # strided layout, transposed codes: rows per transposing copy
+
+# The summation order's constants, for tests to check quantrs.reference against.
+LANES = 4
+CHUNK_VALUES_COUNT = CHUNK_VALUES
+MIN_SPAN_COLUMNS = MIN_SPAN
+MAX_SPAN_COLUMNS = MAX_SPAN
+
+cdef float MAGIC = 12582912.0             # 1.5 * 2**23: float rint (see _quant.pyx)
+cdef double MAGIC64 = 6755399441055744.0  # 1.5 * 2**52: double rint
+cdef float FLT_MIN_NORMAL = 1.1754943508222875e-38
+cdef float HALF_MIN_NORMAL = 6.103515625e-05   # 2**-14
+cdef float HALF_MAX = 65504.0
+cdef float TWO_24 = 16777216.0
+cdef float TWO_M24 = 5.9604644775390625e-08
+
+
+cdef struct Job:
+    Py_ssize_t outer, L, inner, B, nb
+    Py_ssize_t chunk       # blocks (contiguous) or columns (strided) per task
+    Py_ssize_t spans       # strided: tasks per block row
+    int qmin, qmax
+    bint symmetric, half, transpose
+    int ngrid
+    const float* alphas
+    unsigned char* out
+    float* scale
+    int* zero_point
+    double* part_sse
+    double* part_minmax
+    float* part_max
+    float* part_bad
+    float* scratch         # strided: per-thread scratch
+    Py_ssize_t scratch_len
+
+
+# ----------------------------------------------------------------------------------------------
+# Scalars: parameters of one block.
+
+cdef inline double _rint64(double v) noexcept nogil:
+    return (v + MAGIC64) - MAGIC64
+
+
+cdef inline int _clamp_int(double z, int qmin, int qmax) noexcept nogil:
+    # z already integral; NaN (non-finite input, refused afterwards) lands on qmin.
+    if not (z >= qmin):
+        return qmin
+    if z > qmax:
+        return qmax
+    return <int>z
+
+
+cdef inline float _half_up(float s) noexcept nogil:
+    # The smallest float16 value >= s > 0 (float16 subnormals are the multiples of 2**-24), as
+    # float32; inf above float16's largest value (quantrs.tensor.half_scales' rule).
+    cdef unsigned int u
+    cdef float r
+    if s < HALF_MIN_NORMAL:
+        return ceilf(s * TWO_24) * TWO_M24
+    u = f32_bits(s)
+    if u & 0x1FFF:
+        u = (u | 0x1FFF) + 1
+    r = bits_f32(u)
+    if r > HALF_MAX:
+        return bits_f32(0x7F800000)  # inf: no float16 value is that large
+    return r
+
+
+cdef inline void _to_half(double low, const Job* j, float* s, int* z) noexcept nogil:
+    # Round the scale up to float16; an asymmetric zero point is recomputed so that `low` (<= 0,
+    # the candidate's lowest value) still maps to qmin: rint(qmin - low / scale), clamped.
+    s[0] = _half_up(s[0])
+    if not j.symmetric:
+        z[0] = _clamp_int(_rint64(j.qmin - low / <double>s[0]), j.qmin, j.qmax)
+
+
+cdef void _params_n(const float* lo, const float* hi, float alpha, Py_ssize_t n, const Job* j,
+                    float_rp s, int_rp z, float_rp lob, float_rp hib) noexcept nogil:
+    # _params for n ranges shrunk by alpha (alpha * lo in float32; 1.0 leaves them as they are),
+    # and the clamp bounds qmin - z, qmax - z of _q. Branch-free, so the loop vectorises.
+    cdef Py_ssize_t c
+    cdef double r = j.qmax - j.qmin, qmin = j.qmin, qmax = j.qmax, l, h, a, zz
+    cdef float lf, hf, sf
+    cdef int zc
+    if j.symmetric:
+        zc = _clamp_int(_rint64((j.qmin + j.qmax) / 2.0), j.qmin, j.qmax)
+        for c in range(n):
+            lf = alpha * lo[c]
+            hf = alpha * hi[c]
+            l = lf if lf < 0 else 0.0
+            h = hf if hf > 0 else 0.0
+            a = -l if -l > h else h
+            sf = <float>((a + a) / r)
+            sf = sf if sf >= FLT_MIN_NORMAL else <float>1.0
+            s[c] = sf
+            z[c] = zc
+            lob[c] = j.qmin - zc
+            hib[c] = j.qmax - zc
+    else:
+        for c in range(n):
+            lf = alpha * lo[c]
+            hf = alpha * hi[c]
+            l = lf if lf < 0 else 0.0
+            h = hf if hf > 0 else 0.0
+            sf = <float>((h - l) / r)
+            sf = sf if sf >= FLT_MIN_NORMAL else <float>1.0
+            zz = qmin - l / <double>sf
+            zz = (zz + MAGIC64) - MAGIC64
+            zz = zz if zz >= qmin else qmin
+            zz = zz if zz <= qmax else qmax
+            s[c] = sf
+            z[c] = <int>zz
+            lob[c] = <float>(qmin - zz)
+            hib[c] = <float>(qmax - zz)
+
+
+cdef void _half_n(const float* lo, Py_ssize_t n, const Job* j, float* s, int* z, float* lob,
+                  float* hib) noexcept nogil:
+    # half_scale for n candidates: lo (the block minima) for plain min/max, NULL for refined
+    # candidates, whose lowest value is (qmin - z) * s.
+    cdef Py_ssize_t c
+    cdef double low
+    for c in range(n):
+        if lo != NULL:
+            low = lo[c] if lo[c] < 0 else 0.0
+        else:
+            low = <double>(j.qmin - z[c]) * <double>s[c]
+        _to_half(low, j, &s[c], &z[c])
+        lob[c] = j.qmin - z[c]
+        hib[c] = j.qmax - z[c]
+
+
+cdef void _refine_n(const float* sq, const float* sqq, const float* sxq, const float* sx,
+                    const float* cnt, const float* gs, const int* gz, Py_ssize_t n, const Job* j,
+                    float_rp s, int_rp z, float_rp lob, float_rp hib) noexcept nogil:
+    # _refine for n grid points (cnt: values per block), branch-free, then half_scale if asked.
+    cdef Py_ssize_t c
+    cdef float st, den, num, off, zf, qmin = j.qmin, qmax = j.qmax
+    cdef int zc
+    cdef bint ok
+    if j.symmetric:
+        for c in range(n):
+            st = sxq[c] / sqq[c]
+            ok = (sqq[c] > 0) & (st >= FLT_MIN_NORMAL) & (st - st == 0)
+            s[c] = st if ok else gs[c]
+            z[c] = gz[c]
+    else:
+        for c in range(n):
+            den = cnt[c] * sqq[c] - sq[c] * sq[c]
+            num = cnt[c] * sxq[c] - sq[c] * sx[c]
+            st = num / den
+            ok = (den > 0) & (st >= FLT_MIN_NORMAL) & (st - st == 0)
+            off = (sx[c] - st * sq[c]) / cnt[c]
+            zf = <float>gz[c] - off / st
+            zf = zf if zf > qmin else qmin
+            zf = zf if zf < qmax else qmax
+            zc = <int>((zf + MAGIC) - MAGIC)
+            s[c] = st if ok else gs[c]
+            z[c] = zc if ok else gz[c]
+    if j.half:
+        _half_n(NULL, n, j, s, z, lob, hib)
+    else:
+        for c in range(n):
+            lob[c] = j.qmin - z[c]
+            hib[c] = j.qmax - z[c]
+
+
+cdef inline float _q(float v, float s, float lob, float hib) noexcept nogil:
+    # code - zero point of QuantizeLinear(v): the quotient clamped to [qmin - z, qmax - z] (the
+    # same code as saturating after rounding: the bounds are integers), then rounded half to even.
+    v = v / s
+    v = v if v > lob else lob
+    v = v if v < hib else hib
+    return (v + MAGIC) - MAGIC
+
+
+# ----------------------------------------------------------------------------------------------
+# Contiguous layout: one block (or a piece of a long one) at a time, vectorised along it. Lane
+# state is carried between the pieces of a block (pieces are multiples of 4 values).
+
+cdef inline int _key(int u) noexcept nogil:
+    # The bits of a float32 as an int that orders like the float (for non-NaN values; -0.0 just
+    # below +0.0). Its own inverse. Integer min/max reductions vectorise, float ones do not
+    # (without -ffast-math), and which of the two zeros is the minimum never changes a scale.
+    return u ^ ((u >> 31) & 0x7FFFFFFF)
+
+
+cdef inline void _c_minmax(const_float_up y, Py_ssize_t n, int* st) noexcept nogil:
+    # st: [min key, max key, non-finite flag], carried from piece to piece.
+    cdef int lo = st[0], hi = st[1], bad = st[2], u, k
+    cdef Py_ssize_t i
+    for i in range(n):
+        u = f32_ibits(y[i])
+        k = _key(u)
+        lo = k if k < lo else lo
+        hi = k if k > hi else hi
+        bad = bad | ((u & 0x7F800000) == 0x7F800000)
+    st[0] = lo
+    st[1] = hi
+    st[2] = bad
+
+
+cdef inline void _c_write(const_float_up y, Py_ssize_t n, float s, int z, float lob, float hib,
+                          uchar_rp out, float_rp d, double* acc, int* mx) noexcept nogil:
+    # Codes into out and the errors into d (one vectorised loop, which also keeps the largest
+    # |error| as bits), then the errors' squares into the lanes acc[4].
+    cdef double a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3]
+    cdef int m = mx[0], u
+    cdef float t, e
+    cdef Py_ssize_t i, k, q = n // 4
+    for i in range(n):
+        t = _q(y[i], s, lob, hib)
+        out[i] = <unsigned char>(<int>t + z)
+        e = y[i] - t * s
+        d[i] = e
+        u = f32_ibits(e) & 0x7FFFFFFF
+        m = u if u > m else m
+    for k in range(q):
+        i = 4 * k
+        a0 = a0 + <double>d[i] * <double>d[i]
+        a1 = a1 + <double>d[i + 1] * <double>d[i + 1]
+        a2 = a2 + <double>d[i + 2] * <double>d[i + 2]
+        a3 = a3 + <double>d[i + 3] * <double>d[i + 3]
+    i = 4 * q
+    if i < n:
+        a0 = a0 + <double>d[i] * <double>d[i]
+    if i + 1 < n:
+        a1 = a1 + <double>d[i + 1] * <double>d[i + 1]
+    if i + 2 < n:
+        a2 = a2 + <double>d[i + 2] * <double>d[i + 2]
+    acc[0] = a0
+    acc[1] = a1
+    acc[2] = a2
+    acc[3] = a3
+    mx[0] = m
+
+
+cdef inline void _c_error(const_float_up y, Py_ssize_t n, float s, float lob, float hib,
+                          double* acc) noexcept nogil:
+    # The error's lanes only (a search candidate).
+    cdef double a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3]
+    cdef float d0, d1, d2, d3
+    cdef Py_ssize_t i, k, m = n // 4
+    for k in range(m):
+        i = 4 * k
+        d0 = y[i] - _q(y[i], s, lob, hib) * s
+        d1 = y[i + 1] - _q(y[i + 1], s, lob, hib) * s
+        d2 = y[i + 2] - _q(y[i + 2], s, lob, hib) * s
+        d3 = y[i + 3] - _q(y[i + 3], s, lob, hib) * s
+        a0 = a0 + <double>d0 * <double>d0
+        a1 = a1 + <double>d1 * <double>d1
+        a2 = a2 + <double>d2 * <double>d2
+        a3 = a3 + <double>d3 * <double>d3
+    i = 4 * m
+    if i < n:
+        d0 = y[i] - _q(y[i], s, lob, hib) * s
+        a0 = a0 + <double>d0 * <double>d0
+    if i + 1 < n:
+        d1 = y[i + 1] - _q(y[i + 1], s, lob, hib) * s
+        a1 = a1 + <double>d1 * <double>d1
+    if i + 2 < n:
+        d2 = y[i + 2] - _q(y[i + 2], s, lob, hib) * s
+        a2 = a2 + <double>d2 * <double>d2
+    acc[0] = a0
+    acc[1] = a1
+    acc[2] = a2
+    acc[3] = a3
+
+
+cdef inline void _c_grid(const_float_up y, Py_ssize_t n, float s, float lob, float hib,
+                         float* acc) noexcept nogil:
+    # One grid point's least-squares sums, lanes: sum q [0:4], sum q*q [4:8], sum q*x [8:12].
+    cdef float q0 = acc[0], q1 = acc[1], q2 = acc[2], q3 = acc[3]
+    cdef float p0 = acc[4], p1 = acc[5], p2 = acc[6], p3 = acc[7]
+    cdef float x0 = acc[8], x1 = acc[9], x2 = acc[10], x3 = acc[11]
+    cdef float t0, t1, t2, t3
+    cdef Py_ssize_t i, k, m = n // 4
+    for k in range(m):
+        i = 4 * k
+        t0 = _q(y[i], s, lob, hib)
+        t1 = _q(y[i + 1], s, lob, hib)
+        t2 = _q(y[i + 2], s, lob, hib)
+        t3 = _q(y[i + 3], s, lob, hib)
+        q0 = q0 + t0
+        q1 = q1 + t1
+        q2 = q2 + t2
+        q3 = q3 + t3
+        p0 = p0 + t0 * t0
+        p1 = p1 + t1 * t1
+        p2 = p2 + t2 * t2
+        p3 = p3 + t3 * t3
+        x0 = x0 + t0 * y[i]
+        x1 = x1 + t1 * y[i + 1]
+        x2 = x2 + t2 * y[i + 2]
+        x3 = x3 + t3 * y[i + 3]
+    i = 4 * m
+    if i < n:
+        t0 = _q(y[i], s, lob, hib)
+        q0 = q0 + t0
+        p0 = p0 + t0 * t0
+        x0 = x0 + t0 * y[i]
+    if i + 1 < n:
+        t1 = _q(y[i + 1], s, lob, hib)
+        q1 = q1 + t1
+        p1 = p1 + t1 * t1
+        x1 = x1 + t1 * y[i + 1]
+    if i + 2 < n:
+        t2 = _q(y[i + 2], s, lob, hib)
+        q2 = q2 + t2
+        p2 = p2 + t2 * t2
+        x2 = x2 + t2 * y[i + 2]
+    acc[0] = q0
+    acc[1] = q1
+    acc[2] = q2
+    acc[3] = q3
+    acc[4] = p0
+    acc[5] = p1
+    acc[6] = p2
+    acc[7] = p3
+    acc[8] = x0
+    acc[9] = x1
+    acc[10] = x2
+    acc[11] = x3
+
+
+cdef inline void _c_sum(const_float_up y, Py_ssize_t n, float* acc) noexcept nogil:
+    # sum x, lanes acc[4].
+    cdef float s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3]
+    cdef Py_ssize_t i, k, m = n // 4
+    for k in range(m):
+        i = 4 * k
+        s0 = s0 + y[i]
+        s1 = s1 + y[i + 1]
+        s2 = s2 + y[i + 2]
+        s3 = s3 + y[i + 3]
+    i = 4 * m
+    if i < n:
+        s0 = s0 + y[i]
+    if i + 1 < n:
+        s1 = s1 + y[i + 1]
+    if i + 2 < n:
+        s2 = s2 + y[i + 2]
+    acc[0] = s0
+    acc[1] = s1
+    acc[2] = s2
+    acc[3] = s3
+
+
+cdef inline double _lanes64(const double* a) noexcept nogil:
+    return (a[0] + a[1]) + (a[2] + a[3])
+
+
+cdef inline float _lanes32(const float* a) noexcept nogil:
+    return (a[0] + a[1]) + (a[2] + a[3])
+
+
+cdef inline const_float_up _at(weight_p x, Py_ssize_t off, Py_ssize_t m, const float* whole,
+                               float* piece) noexcept nogil:
+    # Values [off, off + m) of a batch as float32: in place (float32 input), from the batch's
+    # widened copy (whole), or widened now into piece.
+    if weight_p is const_float_up:
+        return x + off
+    else:
+        if whole != NULL:
+            return whole + off
+        widen(x + off, m, piece)
+        return piece
+
+
+cdef enum Pass:
+    PASS_MINMAX
+    PASS_SUM
+    PASS_GRID
+    PASS_ERROR
+    PASS_WRITE
+
+
+cdef inline void _c_pass(weight_p x, const float* whole, float* buf, float* dbuf, Py_ssize_t n,
+                         Pass kind, float s, int z, float lob, float hib, uchar_rp out, float* facc,
+                         double* dacc, int* iacc) noexcept nogil:
+    # One pass over a block (x: its first value), piece by piece when it is longer than a batch.
+    cdef Py_ssize_t p = 0, m
+    cdef const_float_up y
+    while p < n:
+        m = n - p if n - p < BATCH_VALUES else BATCH_VALUES
+        y = _at(x, p, m, whole + p if whole != NULL else NULL, buf)
+        if kind == PASS_MINMAX:
+            _c_minmax(y, m, iacc)
+        elif kind == PASS_SUM:
+            _c_sum(y, m, facc)
+        elif kind == PASS_GRID:
+            _c_grid(y, m, s, lob, hib, facc)
+        elif kind == PASS_ERROR:
+            _c_error(y, m, s, lob, hib, dacc)
+        else:
+            _c_write(y, m, s, z, lob, hib, out + p, dbuf, dacc, iacc)
+        p += m
+
+
+cdef inline void _zero64(double* a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        a[i] = 0
+
+
+cdef inline void _zero32(float* a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        a[i] = 0
+
+
+cdef void _c_batch(weight_p x, const float* whole, float* buf, float* dbuf, float* tile,
+                   Py_ssize_t m, Py_ssize_t b, const Job* j, unsigned char* out, float* scale,
+                   int* zero_point, double* sse, double* sse_minmax, int* mx_bits,
+                   int* bad) noexcept nogil:
+    # m <= BATCH_BLOCKS consecutive blocks of the contiguous layout, the first one block b of
+    # its row; x (and whole, out) at the batch's first value. Each step runs over the whole
+    # batch: the per-block loops vectorise along the block, the parameter loops across blocks.
+    cdef Py_ssize_t off[BATCH_BLOCKS + 1]
+    cdef Py_ssize_t k, n, r, rows
+    cdef int st[3]
+    cdef float lo[BATCH_BLOCKS]
+    cdef float hi[BATCH_BLOCKS]
+    cdef float cnt[BATCH_BLOCKS]
+    cdef float bs[BATCH_BLOCKS]
+    cdef float bl[BATCH_BLOCKS]
+    cdef float bh[BATCH_BLOCKS]
+    cdef int bz[BATCH_BLOCKS]
+    cdef double e0[BATCH_BLOCKS]
+    cdef double eb[BATCH_BLOCKS]
+    cdef double acc[4]
+    cdef int mx = mx_bits[0], mk
+    cdef bint changed = False
+    cdef bint direct = j.B <= BATCH_VALUES  # every block is one piece: call the loops directly
+    cdef const_float_up y
+    off[0] = 0
+    for k in range(m):
+        n = j.L - b * j.B if j.L - b * j.B < j.B else j.B
+        off[k + 1] = off[k] + n
+        cnt[k] = <float>n
+        b = b + 1 if b + 1 < j.nb else 0
+    # min/max, then the plain parameters
+    for k in range(m):
+        st[0] = 0x7FFFFFFF
+        st[1] = -0x7FFFFFFF - 1
+        st[2] = 0
+        if direct:
+            _c_minmax(_at(x, off[k], 0, whole, NULL), off[k + 1] - off[k], st)
+        else:
+            _c_pass(x + off[k], NULL, buf, dbuf, off[k + 1] - off[k], PASS_MINMAX, 0, 0, 0, 0, NULL,
+                    NULL, NULL, st)
+        lo[k] = ibits_f32(_key(st[0]))
+        hi[k] = ibits_f32(_key(st[1]))
+        bad[0] = bad[0] | st[2]
+    _params_n(lo, hi, 1.0, m, j, bs, bz, bl, bh)
+    if j.half:
+        _half_n(lo, m, j, bs, bz, bl, bh)
+    # Plain min/max's codes are written now (and kept unless the search finds better).
+    for k in range(m):
+        _zero64(acc, 4)
+        mk = 0
+        if direct:
+            _c_write(_at(x, off[k], 0, whole, NULL), off[k + 1] - off[k], bs[k], bz[k], bl[k], bh[k],
+                     out + off[k], dbuf, acc, &mk)
+        else:
+            _c_pass(x + off[k], NULL, buf, dbuf, off[k + 1] - off[k], PASS_WRITE, bs[k], bz[k], bl[k],
+                    bh[k], out + off[k], NULL, acc, &mk)
+        e0[k] = _lanes64(acc)
+        eb[k] = e0[k]
+        mx = mk if mk > mx else mx
+    if j.ngrid > 0:
+        if direct and m >= TILE_MIN_BLOCKS:
+            # Transposed into a tile (block k = column k, zero-padded past its end), so that the
+            # search runs across blocks, as in the strided layout.
+            rows = 0
+            for k in range(m):
+                n = off[k + 1] - off[k]
+                rows = n if n > rows else rows
+            for k in range(m):
+                y = _at(x, off[k], 0, whole, NULL)
+                n = off[k + 1] - off[k]
+                for r in range(n):
+                    tile[r * m + k] = y[r]
+                for r in range(n, rows):
+                    tile[r * m + k] = 0
+            changed = _search(<const_float_up>tile, m, NULL, m, NULL, rows, m, lo, hi, cnt, j, bs, bz,
+                              bl, bh, eb)
+        else:
+            for k in range(m):
+                if _c_search(x + off[k], whole + off[k] if whole != NULL else NULL, buf, dbuf,
+                             off[k + 1] - off[k], lo[k], hi[k], j, bs + k, bz + k, bl + k, bh + k,
+                             eb + k):
+                    changed = True
+        if changed:
+            # A block whose best error is below plain min/max's has other parameters: its codes
+            # are written again (an equal error is a tie, which keeps plain min/max).
+            mx = mx_bits[0]
+            for k in range(m):
+                mk = 0
+                _zero64(acc, 4)
+                if direct:
+                    _c_write(_at(x, off[k], 0, whole, NULL), off[k + 1] - off[k], bs[k], bz[k], bl[k],
+                             bh[k], out + off[k], dbuf, acc, &mk)
+                else:
+                    _c_pass(x + off[k], NULL, buf, dbuf, off[k + 1] - off[k], PASS_WRITE, bs[k], bz[k],
+                            bl[k], bh[k], out + off[k], NULL, acc, &mk)
+                mx = mk if mk > mx else mx
+    for k in range(m):
+        scale[k] = bs[k]
+        zero_point[k] = bz[k]
+        sse[0] = sse[0] + eb[k]
+        sse_minmax[0] = sse_minmax[0] + e0[k]
+    mx_bits[0] = mx
+
+
+cdef bint _c_search(weight_p x, const float* whole, float* buf, float* dbuf, Py_ssize_t n,
+                    float lo, float hi, const Job* j, float* bs, int* bz, float* bl, float* bh,
+                    double* eb) noexcept nogil:
+    # The range search for one block along it (a long block is read piece by piece).
+    cdef float gacc[12]
+    cdef float sx = 0, gs, gl, gh, cs, cl, ch, cnt = <float>n, sq, sqq, sxq
+    cdef int gz, cz, g
+    cdef double acc[4]
+    cdef double e
+    cdef bint changed = False
+    if not j.symmetric:
+        _zero32(gacc, 4)
+        _c_pass(x, whole, buf, dbuf, n, PASS_SUM, 0, 0, 0, 0, NULL, gacc, NULL, NULL)
+        sx = _lanes32(gacc)
+    for g in range(j.ngrid):
+        _params_n(&lo, &hi, j.alphas[g], 1, j, &gs, &gz, &gl, &gh)
+        _zero32(gacc, 12)
+        _c_pass(x, whole, buf, dbuf, n, PASS_GRID, gs, gz, gl, gh, NULL, gacc, NULL, NULL)
+        sq = _lanes32(gacc)
+        sqq = _lanes32(gacc + 4)
+        sxq = _lanes32(gacc + 8)
+        _refine_n(&sq, &sqq, &sxq, &sx, &cnt, &gs, &gz, 1, j, &cs, &cz, &cl, &ch)
+        _zero64(acc, 4)
+        _c_pass(x, whole, buf, dbuf, n, PASS_ERROR, cs, cz, cl, ch, NULL, NULL, acc, NULL)
+        e = _lanes64(acc)
+        if e < eb[0]:
+            eb[0] = e
+            bs[0] = cs
+            bz[0] = cz
+            bl[0] = cl
+            bh[0] = ch
+            changed = True
+    return changed
+
+
+cdef void _contiguous_task(weight_p src, const Job* j, Py_ssize_t t, float* scratch) noexcept nogil:
+    # Task t: blocks [t * chunk, (t + 1) * chunk) in (outer, block) order, a batch at a time.
+    cdef float* buf = scratch
+    cdef float* dbuf = scratch + BATCH_VALUES
+    cdef float* tile = scratch + 2 * BATCH_VALUES
+    cdef Py_ssize_t f = t * j.chunk, last = f + j.chunk
+    cdef Py_ssize_t b = f % j.nb, f2, b2, start, total, n
+    cdef const float* whole
+    cdef int mx = 0, bad = 0
+    cdef double sse = 0, sse_minmax = 0
+    if last > j.outer * j.nb:
+        last = j.outer * j.nb
+    start = (f // j.nb) * j.L + b * j.B
+    while f < last:
+        # A batch: consecutive blocks (consecutive in memory too) of <= BATCH_VALUES values in
+        # all, or one longer block (then read piece by piece).
+        total = 0
+        f2 = f
+        b2 = b
+        while f2 < last and f2 - f < BATCH_BLOCKS:
+            n = j.L - b2 * j.B if j.L - b2 * j.B < j.B else j.B
+            if f2 > f and total + n > BATCH_VALUES:
+                break
+            total += n
+            f2 += 1
+            b2 = b2 + 1 if b2 + 1 < j.nb else 0
+        whole = NULL
+        if weight_p is not const_float_up:
+            if total <= BATCH_VALUES:
+                widen(src + start, total, buf)
+                whole = buf
+        _c_batch(src + start, whole, buf, dbuf, tile, f2 - f, b, j, j.out + start, j.scale + f,
+                 j.zero_point + f, &sse, &sse_minmax, &mx, &bad)
+        f = f2
+        b = b2
+        start += total
+    j.part_sse[t] = sse
+    j.part_minmax[t] = sse_minmax
+    j.part_max[t] = ibits_f32(mx)
+    j.part_bad[t] = bad
+
+
+# ----------------------------------------------------------------------------------------------
+# Strided layout: a block row (B rows x `inner` columns, one block per column), vectorised along
+# the columns. Row r of a block adds to lane r % 4 of its column's sums (lane arrays of SUB).
+# The loops take four rows at a time (lanes 0-3), so that each column's parameters and sums are
+# loaded and stored once per four values.
+
+cdef inline void _rows4(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, Py_ssize_t r,
+                        Py_ssize_t w, float* rowbuf, const_float_up* y) noexcept nogil:
+    # Rows r .. r + 3 of a sub-span as float32: in place (float32), from the task's widened tile
+    # (cache), or widened now into rowbuf (4 x MAX_SPAN floats: a block row too large to keep).
+    cdef int k
+    for k in range(4):
+        if weight_p is const_float_up:
+            y[k] = x + (r + k) * rs
+        else:
+            if cache != NULL:
+                y[k] = cache + (r + k) * cs
+            else:
+                widen(x + (r + k) * rs, w, rowbuf + k * MAX_SPAN)
+                y[k] = rowbuf + k * MAX_SPAN
+
+
+cdef inline const_float_up _row(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs,
+                                Py_ssize_t r, Py_ssize_t w, float* rowbuf) noexcept nogil:
+    # One row r, as _rows4.
+    if weight_p is const_float_up:
+        return x + r * rs
+    else:
+        if cache != NULL:
+            return cache + r * cs
+        widen(x + r * rs, w, rowbuf)
+        return rowbuf
+
+
+cdef inline void _s_minmax4(const_float_up y0, const_float_up y1, const_float_up y2,
+                            const_float_up y3, Py_ssize_t w, float_rp lo, float_rp hi,
+                            float_rp bad) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef float v0, v1, v2, v3, a, b
+    for c in range(w):
+        v0 = y0[c]
+        v1 = y1[c]
+        v2 = y2[c]
+        v3 = y3[c]
+        a = lo[c]
+        a = v0 if v0 < a else a
+        a = v1 if v1 < a else a
+        a = v2 if v2 < a else a
+        a = v3 if v3 < a else a
+        lo[c] = a
+        b = hi[c]
+        b = v0 if v0 > b else b
+        b = v1 if v1 > b else b
+        b = v2 if v2 > b else b
+        b = v3 if v3 > b else b
+        hi[c] = b
+        bad[c] = bad[c] + ((v0 - v0) + (v1 - v1)) + ((v2 - v2) + (v3 - v3))
+
+
+cdef inline void _s_minmax1(const_float_up y, Py_ssize_t w, float_rp lo, float_rp hi,
+                            float_rp bad) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef float v
+    for c in range(w):
+        v = y[c]
+        lo[c] = v if v < lo[c] else lo[c]
+        hi[c] = v if v > hi[c] else hi[c]
+        bad[c] = bad[c] + (v - v)
+
+
+cdef inline void _s_write4(const_float_up y0, const_float_up y1, const_float_up y2,
+                           const_float_up y3, Py_ssize_t w, const_float_rp s, const_int_rp z,
+                           const_float_rp lob, const_float_rp hib, uchar_rp o0, uchar_rp o1,
+                           uchar_rp o2, uchar_rp o3, double_rp l0, double_rp l1, double_rp l2,
+                           double_rp l3, float_rp mx) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef float sc, lb, hb, t0, t1, t2, t3, d0, d1, d2, d3, m
+    cdef int zc
+    for c in range(w):
+        sc = s[c]
+        lb = lob[c]
+        hb = hib[c]
+        zc = z[c]
+        t0 = _q(y0[c], sc, lb, hb)
+        t1 = _q(y1[c], sc, lb, hb)
+        t2 = _q(y2[c], sc, lb, hb)
+        t3 = _q(y3[c], sc, lb, hb)
+        o0[c] = <unsigned char>(<int>t0 + zc)
+        o1[c] = <unsigned char>(<int>t1 + zc)
+        o2[c] = <unsigned char>(<int>t2 + zc)
+        o3[c] = <unsigned char>(<int>t3 + zc)
+        d0 = y0[c] - t0 * sc
+        d1 = y1[c] - t1 * sc
+        d2 = y2[c] - t2 * sc
+        d3 = y3[c] - t3 * sc
+        l0[c] = l0[c] + <double>d0 * <double>d0
+        l1[c] = l1[c] + <double>d1 * <double>d1
+        l2[c] = l2[c] + <double>d2 * <double>d2
+        l3[c] = l3[c] + <double>d3 * <double>d3
+        m = mx[c]
+        d0 = fabsf(d0)
+        d1 = fabsf(d1)
+        d2 = fabsf(d2)
+        d3 = fabsf(d3)
+        m = d0 if d0 > m else m
+        m = d1 if d1 > m else m
+        m = d2 if d2 > m else m
+        m = d3 if d3 > m else m
+        mx[c] = m
+
+
+cdef inline void _s_write1(const_float_up y, Py_ssize_t w, const_float_rp s, const_int_rp z,
+                           const_float_rp lob, const_float_rp hib, uchar_rp out, double_rp lane,
+                           float_rp mx) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef float t, d
+    for c in range(w):
+        t = _q(y[c], s[c], lob[c], hib[c])
+        out[c] = <unsigned char>(<int>t + z[c])
+        d = y[c] - t * s[c]
+        lane[c] = lane[c] + <double>d * <double>d
+        d = fabsf(d)
+        mx[c] = d if d > mx[c] else mx[c]
+
+
+cdef inline void _s_error4(const_float_up y0, const_float_up y1, const_float_up y2,
+                           const_float_up y3, Py_ssize_t w, const_float_rp s, const_float_rp lob,
+                           const_float_rp hib, double_rp l0, double_rp l1, double_rp l2,
+                           double_rp l3) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef float sc, lb, hb, d0, d1, d2, d3
+    for c in range(w):
+        sc = s[c]
+        lb = lob[c]
+        hb = hib[c]
+        d0 = y0[c] - _q(y0[c], sc, lb, hb) * sc
+        d1 = y1[c] - _q(y1[c], sc, lb, hb) * sc
+        d2 = y2[c] - _q(y2[c], sc, lb, hb) * sc
+        d3 = y3[c] - _q(y3[c], sc, lb, hb) * sc
+        l0[c] = l0[c] + <double>d0 * <double>d0
+        l1[c] = l1[c] + <double>d1 * <double>d1
+        l2[c] = l2[c] + <double>d2 * <double>d2
+        l3[c] = l3[c] + <double>d3 * <double>d3
+
+
+cdef inline void _s_error1(const_float_up y, Py_ssize_t w, const_float_rp s, const_float_rp lob,
+                           const_float_rp hib, double_rp lane) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef float d
+    for c in range(w):
+        d = y[c] - _q(y[c], s[c], lob[c], hib[c]) * s[c]
+        lane[c] = lane[c] + <double>d * <double>d
+
+
+cdef inline void _s_grid1(const_float_up y, Py_ssize_t w, const_float_rp s, const_float_rp lob,
+                          const_float_rp hib, float_rp sq, float_rp sqq, float_rp sxq) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef float t, v
+    for c in range(w):
+        v = y[c]
+        t = _q(v, s[c], lob[c], hib[c])
+        sq[c] = sq[c] + t
+        sqq[c] = sqq[c] + t * t
+        sxq[c] = sxq[c] + t * v
+
+
+cdef inline void _s_sum1(const_float_up y, Py_ssize_t w, float_rp sx) noexcept nogil:
+    cdef Py_ssize_t c
+    for c in range(w):
+        sx[c] = sx[c] + y[c]
+
+
+cdef inline double _col64(const double* lanes, Py_ssize_t c) noexcept nogil:
+    return (lanes[c] + lanes[SUB + c]) + (lanes[2 * SUB + c] + lanes[3 * SUB + c])
+
+
+cdef inline float _col32(const float* lanes, Py_ssize_t c) noexcept nogil:
+    return (lanes[c] + lanes[SUB + c]) + (lanes[2 * SUB + c] + lanes[3 * SUB + c])
+
+
+cdef void _s_pass(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, float* rowbuf,
+                  Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t w, Pass kind, const float* s,
+                  const int* z, const float* lob, const float* hib, unsigned char* out,
+                  Py_ssize_t ors, float* facc, double* dacc, float* mx) noexcept nogil:
+    # One pass over rows [r0, r1) of a sub-span (r0 a multiple of 4): out is row r0's first
+    # code, facc/dacc lane arrays of SUB (PASS_GRID: sum q, sum q*q, sum q*x, 4 lanes each).
+    cdef const_float_up y[4]
+    cdef Py_ssize_t r = r0, l
+    while r + 4 <= r1:
+        _rows4(x, rs, cache, cs, r, w, rowbuf, y)
+        if kind == PASS_WRITE:
+            _s_write4(y[0], y[1], y[2], y[3], w, s, z, lob, hib, out, out + ors, out + 2 * ors,
+                      out + 3 * ors, dacc, dacc + SUB, dacc + 2 * SUB, dacc + 3 * SUB, mx)
+            out += 4 * ors
+        elif kind == PASS_ERROR:
+            _s_error4(y[0], y[1], y[2], y[3], w, s, lob, hib, dacc, dacc + SUB, dacc + 2 * SUB,
+                      dacc + 3 * SUB)
+        else:
+            for l in range(4):
+                if kind == PASS_GRID:
+                    _s_grid1(y[l], w, s, lob, hib, facc + l * SUB, facc + (4 + l) * SUB,
+                             facc + (8 + l) * SUB)
+                else:
+                    _s_sum1(y[l], w, facc + l * SUB)
+        r += 4
+    while r < r1:
+        y[0] = _row(x, rs, cache, cs, r, w, rowbuf)
+        l = r & 3
+        if kind == PASS_WRITE:
+            _s_write1(y[0], w, s, z, lob, hib, out, dacc + l * SUB, mx)
+            out += ors
+        elif kind == PASS_ERROR:
+            _s_error1(y[0], w, s, lob, hib, dacc + l * SUB)
+        elif kind == PASS_GRID:
+            _s_grid1(y[0], w, s, lob, hib, facc + l * SUB, facc + (4 + l) * SUB, facc + (8 + l) * SUB)
+        else:
+            _s_sum1(y[0], w, facc + l * SUB)
+        r += 1
+
+
+cdef void _s_write(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, float* rowbuf,
+                   Py_ssize_t n, Py_ssize_t w, const float* s, const int* z, const float* lob,
+                   const float* hib, const Job* j, unsigned char* out, unsigned char* tbytes,
+                   double* lanes, float* mx) noexcept nogil:
+    # Codes of a sub-span (out: its first code), error lanes and per-column max |error|. Codes
+    # go to rows of `inner` bytes, or (transposed) through tbytes to columns of L bytes.
+    cdef Py_ssize_t r, c, rp = 0, rq
+    cdef unsigned char* dst
+    _zero64(lanes, 4 * SUB)
+    _zero32(mx, w)
+    if not j.transpose:
+        _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_WRITE, s, z, lob, hib, out, j.inner, NULL,
+                lanes, mx)
+        return
+    while rp < n:
+        rq = rp + TROWS if rp + TROWS < n else n
+        _s_pass(x, rs, cache, cs, rowbuf, rp, rq, w, PASS_WRITE, s, z, lob, hib, tbytes, SUB, NULL,
+                lanes, mx)
+        for c in range(w):
+            dst = out + c * j.L
+            for r in range(rp, rq):
+                dst[r] = tbytes[(r - rp) * SUB + c]
+        rp = rq
+
+
+cdef bint _search(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, float* rowbuf,
+                  Py_ssize_t n, Py_ssize_t w, const float* lo, const float* hi, const float* cnt,
+                  const Job* j, float* bs, int* bz, float* bl, float* bh, double* eb) noexcept nogil:
+    # The range search for w <= SUB blocks laid out as columns of n rows (a sub-span of a block
+    # row, or a transposed batch of contiguous blocks, zero-padded past each block's cnt values:
+    # zeros add nothing to any sum). bs/bz/bl/bh/eb come in as plain min/max's parameters and
+    # error and leave as the best candidate's. Returns True if any block changed.
+    cdef float gs[SUB]
+    cdef float gl[SUB]
+    cdef float gh[SUB]
+    cdef float ls[SUB]
+    cdef float ll[SUB]
+    cdef float lh[SUB]
+    cdef float sx[SUB]
+    cdef float sq[SUB]
+    cdef float sqq[SUB]
+    cdef float sxq[SUB]
+    cdef float acc[12 * SUB]
+    cdef int gz[SUB]
+    cdef int lz[SUB]
+    cdef double lanes[4 * SUB]
+    cdef Py_ssize_t c
+    cdef int g
+    cdef double e
+    cdef bint changed = False
+    if not j.symmetric:
+        _zero32(acc, 4 * SUB)
+        _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_SUM, NULL, NULL, NULL, NULL, NULL, 0, acc,
+                NULL, NULL)
+        for c in range(w):
+            sx[c] = _col32(acc, c)
+    for g in range(j.ngrid):
+        _params_n(lo, hi, j.alphas[g], w, j, gs, gz, gl, gh)
+        _zero32(acc, 12 * SUB)
+        _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_GRID, gs, gz, gl, gh, NULL, 0, acc, NULL, NULL)
+        for c in range(w):
+            sq[c] = _col32(acc, c)
+            sqq[c] = _col32(acc + 4 * SUB, c)
+            sxq[c] = _col32(acc + 8 * SUB, c)
+        _refine_n(sq, sqq, sxq, sx, cnt, gs, gz, w, j, ls, lz, ll, lh)
+        _zero64(lanes, 4 * SUB)
+        _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_ERROR, ls, lz, ll, lh, NULL, 0, NULL, lanes,
+                NULL)
+        for c in range(w):
+            e = _col64(lanes, c)
+            if e < eb[c]:
+                eb[c] = e
+                bs[c] = ls[c]
+                bz[c] = lz[c]
+                bl[c] = ll[c]
+                bh[c] = lh[c]
+                changed = True
+    return changed
+
+
+cdef void _s_span(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, float* rowbuf,
+                  Py_ssize_t n, Py_ssize_t w, const float* lo, const float* hi, const Job* j,
+                  unsigned char* out, unsigned char* tbytes, Py_ssize_t pidx, double* sse,
+                  double* sse_minmax, float* task_max) noexcept nogil:
+    # One sub-span of w <= SUB columns of a block row: parameters, [search], codes and sums.
+    # pidx: the first column's index into the scale and zero-point arrays.
+    cdef float bs[SUB]
+    cdef float bl[SUB]
+    cdef float bh[SUB]
+    cdef float mx[SUB]
+    cdef float cnt[SUB]
+    cdef int bz[SUB]
+    cdef double lanes[4 * SUB]
+    cdef double e0[SUB]
+    cdef double eb[SUB]
+    cdef Py_ssize_t c
+    cdef float m = task_max[0]
+    _params_n(lo, hi, 1.0, w, j, bs, bz, bl, bh)
+    if j.half:
+        _half_n(lo, w, j, bs, bz, bl, bh)
+    _s_write(x, rs, cache, cs, rowbuf, n, w, bs, bz, bl, bh, j, out, tbytes, lanes, mx)
+    for c in range(w):
+        e0[c] = _col64(lanes, c)
+        eb[c] = e0[c]
+        cnt[c] = <float>n
+    if j.ngrid > 0:
+        if _search(x, rs, cache, cs, rowbuf, n, w, lo, hi, cnt, j, bs, bz, bl, bh, eb):
+            _s_write(x, rs, cache, cs, rowbuf, n, w, bs, bz, bl, bh, j, out, tbytes, lanes, mx)
+    for c in range(w):
+        sse[0] = sse[0] + eb[c]
+        sse_minmax[0] = sse_minmax[0] + e0[c]
+        m = mx[c] if mx[c] > m else m
+        j.scale[pidx + c] = bs[c]
+        j.zero_point[pidx + c] = bz[c]
+    task_max[0] = m
+
+
+cdef void _strided_task(weight_p src, const Job* j, Py_ssize_t t, float* scratch) noexcept nogil:
+    # Task t: block row t // spans (block b of outer index o), columns [c0, c0 + W).
+    cdef Py_ssize_t row = t // j.spans
+    cdef Py_ssize_t o = row // j.nb
+    cdef Py_ssize_t b = row - o * j.nb
+    cdef Py_ssize_t r0 = b * j.B
+    cdef Py_ssize_t n = j.L - r0 if j.L - r0 < j.B else j.B
+    cdef Py_ssize_t c0 = (t - row * j.spans) * j.chunk
+    cdef Py_ssize_t W = j.inner - c0 if j.inner - c0 < j.chunk else j.chunk
+    cdef Py_ssize_t rs = j.inner, r = 0, c, cc = 0, w
+    cdef float* lo = scratch
+    cdef float* hi = lo + MAX_SPAN
+    cdef float* bad = hi + MAX_SPAN
+    cdef float* rowbuf = bad + MAX_SPAN
+    cdef unsigned char* tbytes = <unsigned char*>(rowbuf + 4 * MAX_SPAN)
+    cdef float* tile = rowbuf + 4 * MAX_SPAN + TROWS * SUB // 4
+    cdef float* cache = NULL
+    cdef const_float_up y[4]
+    cdef weight_p x = src + (o * j.L + r0) * j.inner + c0
+    cdef unsigned char* out
+    cdef double sse = 0, sse_minmax = 0
+    cdef float task_max = 0, task_bad = 0
+    cdef int k
+    # Pass 1 walks the rows (long runs through memory): per-column min/max and non-finite
+    # markers; 16-bit input is widened into the task's tile on the way when it fits.
+    if weight_p is not const_float_up:
+        if n * W <= CHUNK_VALUES:
+            cache = tile
+            for r in range(n):
+                widen(x + r * rs, W, cache + r * W)
+    y[0] = _row(x, rs, cache, W, 0, W, rowbuf)
+    for c in range(W):
+        lo[c] = y[0][c]
+        hi[c] = y[0][c]
+        bad[c] = 0
+    r = 0
+    while r + 4 <= n:
+        _rows4(x, rs, cache, W, r, W, rowbuf, y)
+        _s_minmax4(y[0], y[1], y[2], y[3], W, lo, hi, bad)
+        r += 4
+    while r < n:
+        _s_minmax1(_row(x, rs, cache, W, r, W, rowbuf), W, lo, hi, bad)
+        r += 1
+    for c in range(W):
+        task_bad = task_bad + bad[c]
+    while cc < W:
+        w = W - cc if W - cc < SUB else SUB
+        if j.transpose:
+            out = j.out + (c0 + cc) * j.L + r0
+        else:
+            out = j.out + (o * j.L + r0) * j.inner + c0 + cc
+        _s_span(x + cc, rs, cache + cc if cache != NULL else NULL, W, rowbuf, n, w, lo + cc, hi + cc,
+                j, out, tbytes, row * j.inner + c0 + cc, &sse, &sse_minmax, &task_max)
+        cc += w
+    j.part_sse[t] = sse
+    j.part_minmax[t] = sse_minmax
+    j.part_max[t] = task_max
+    j.part_bad[t] = task_bad
+
+
+cdef void _run(weight_p src, Job* j, Py_ssize_t ntasks, int n_threads):
+    cdef Py_ssize_t t
+    for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
+        if j.inner == 1:
+            _contiguous_task(src, j, t, j.scratch + omp_get_thread_num() * j.scratch_len)
+        else:
+            _strided_task(src, j, t, j.scratch + omp_get_thread_num() * j.scratch_len)
+
+
+def quantize_blocks(x, int kind, Py_ssize_t block_size, int qmin, int qmax, bint symmetric,
+                    const float[::1] alphas, bint half_scale, bint transpose,
+                    unsigned char[::1] out, float[::1] scale, int[::1] zero_point,
+                    double[::1] totals, int n_threads):
+    """Block-wise codes, scales and zero points of x (viewed as (outer, L, inner), blocks of
+    block_size along L), see the module docstring. x and kind as in _reduce.minmax.
+
+    alphas: the search grid (empty: no search). out: x.size code bytes, in x's order, or
+    [inner, L] when transpose (outer must be 1). scale, zero_point: (outer, ceil(L / block_size),
+    inner) in C order. totals: sse, sse of plain min/max, max abs error. Returns True when x holds
+    a NaN or an infinity (the results are then meaningless).
+    """
+    cdef Weights w
+    cdef Job j
+    cdef Py_ssize_t ntasks, t, per_thread = 0
+    cdef double[::1] part_sse, part_minmax
+    cdef float[::1] part_max, part_bad, scratch
+    cdef double sse = 0, sse_minmax = 0
+    cdef float mx = 0, bad = 0
+    keep = weight_view(x, kind, &w)
+    j.outer = w.outer
+    j.L = w.C
+    j.inner = w.inner
+    j.B = block_size
+    j.nb = (w.C + block_size - 1) // block_size
+    j.qmin = qmin
+    j.qmax = qmax
+    j.symmetric = symmetric
+    j.half = half_scale
+    j.transpose = transpose and w.inner > 1
+    j.ngrid = alphas.shape[0]
+    j.alphas = &alphas[0] if alphas.shape[0] > 0 else NULL
+    j.out = &out[0]
+    j.scale = &scale[0]
+    j.zero_point = &zero_point[0]
+    if w.inner == 1:
+        j.chunk = CHUNK_VALUES // block_size if CHUNK_VALUES // block_size > 1 else 1
+        j.spans = 0
+        ntasks = (j.outer * j.nb + j.chunk - 1) // j.chunk
+        per_thread = 3 * BATCH_VALUES
+    else:
+        j.chunk = CHUNK_VALUES // block_size
+        j.chunk = j.chunk if j.chunk > MIN_SPAN else MIN_SPAN
+        j.chunk = j.chunk if j.chunk < MAX_SPAN else MAX_SPAN
+        j.spans = (j.inner + j.chunk - 1) // j.chunk
+        ntasks = j.outer * j.nb * j.spans
+        per_thread = 7 * MAX_SPAN + TROWS * SUB // 4 + (CHUNK_VALUES if kind != 0 else 0)
+    part_sse = clone(array("d"), ntasks, False)
+    part_minmax = clone(array("d"), ntasks, False)
+    part_max = clone(array("f"), ntasks, False)
+    part_bad = clone(array("f"), ntasks, False)
+    scratch = clone(array("f"), per_thread * n_threads + 1, False)
+    j.part_sse = &part_sse[0]
+    j.part_minmax = &part_minmax[0]
+    j.part_max = &part_max[0]
+    j.part_bad = &part_bad[0]
+    j.scratch = &scratch[0]
+    j.scratch_len = per_thread
+    if w.kind == KIND_FLOAT16:
+        _run(<const_f16_up>w.data, &j, ntasks, n_threads)
+    elif w.kind == KIND_BFLOAT16:
+        _run(<const_bf16_up>w.data, &j, ntasks, n_threads)
+    else:
+        _run(<const_float_up>w.data, &j, ntasks, n_threads)
+    # The tasks' sums in task order (the order the totals are defined in).
+    for t in range(ntasks):
+        sse += part_sse[t]
+        sse_minmax += part_minmax[t]
+        mx = part_max[t] if part_max[t] > mx else mx
+        bad = bad + part_bad[t]
+    totals[0] = sse
+    totals[1] = sse_minmax
+    totals[2] = mx
+    return not (bad == 0)  # NaN (strided markers) or 1 (contiguous flags)
