@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantrs._cpus import available_cpus
 from quantrs.config import QuantizeConfig
 from quantrs.errors import AlreadyQuantizedError, ConfigError, QuantrsError, SchedulerError, UnknownNameError
 from quantrs.report import BatchReport, ModelResult
@@ -176,8 +177,7 @@ def _threads_per_job(job: Job, n_jobs: int) -> Job:
     # n processes each starting an OpenMP team as large as the machine would oversubscribe it.
     if job.config.n_threads is not None:
         return job
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return dataclasses.replace(job, config=dataclasses.replace(job.config, n_threads=max(1, cpus // n_jobs)))
+    return dataclasses.replace(job, config=dataclasses.replace(job.config, n_threads=max(1, available_cpus() // n_jobs)))
 
 
 def _process_context() -> multiprocessing.context.BaseContext:

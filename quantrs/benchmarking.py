@@ -37,11 +37,43 @@ def benchmark(
     return BenchmarkReport(
         original=_time_model(Path(original), feed, runs, warmup, threads),
         quantized=_time_model(Path(quantized), feed, runs, warmup, threads),
+        runtime_ops=_runtime_ops(Path(quantized), threads),
         runs=runs,
         warmup=warmup,
         threads=threads,
         batch_inputs=", ".join(f"{k}{list(v.shape)}" for k, v in feed.items()),
     )
+
+
+FUSION_CHECK_MAX_BYTES = 512 << 20  # above this, writing the optimized graph costs too much
+
+
+def _runtime_ops(path: Path, threads: int | None) -> dict[str, int] | None:
+    """How onnxruntime runs the quantized weights after its graph optimizations: the counts of
+    its fused integer kernels (MatMulNBits, QLinear*, ...) and of the DequantizeLinear nodes it
+    still executes at every run (weights it dequantizes to compute in float). None for models
+    too large to write the optimized graph of."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    model = load_model(path)
+    if model.total_bytes > FUSION_CHECK_MAX_BYTES:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+    counts: dict[str, int] = defaultdict(int)
+    for node in graph.node:
+        if node.op_type in ("DequantizeLinear", "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "GatherBlockQuantized") or node.op_type.startswith("QLinear"):
+            counts[node.op_type] += 1
+    return dict(sorted(counts.items()))
 
 
 def _time_model(path: Path, feed: dict[str, np.ndarray], runs: int, warmup: int, threads: int | None) -> ModelTiming:

@@ -37,6 +37,15 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
+class Method(str, Enum):
+    """Calibration range pickers (quantrs.ranges.METHODS)."""
+
+    minmax = "minmax"
+    percentile = "percentile"
+    entropy = "entropy"
+    mse = "mse"
+
+
 class _State:
     quiet = False
 
@@ -53,102 +62,105 @@ def _main(
         Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, only errors on stderr.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what quantrs does (on stderr).")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log what quantrs does on stderr: -v each stage, -vv every tensor.")] = 0,
 ) -> None:
     _State.quiet = quiet
     if verbose:
-        _setup_verbose_logging()
+        _setup_verbose_logging(logging.INFO if verbose == 1 else logging.DEBUG)
     # Otherwise warnings reach stderr through logging's last-resort handler, and rich's logging
     # machinery is not even imported (start-up time matters for small models).
 
 
-def _setup_verbose_logging() -> None:
+def _setup_verbose_logging(level: int) -> None:
     from rich.logging import RichHandler
 
     from quantrs._console import stderr_console
 
     logger = logging.getLogger("quantrs")
     logger.handlers[:] = [RichHandler(console=stderr_console(), show_path=False)]
-    logger.setLevel(logging.DEBUG)
+    logger.setLevel(level)
     logger.propagate = False
 
 
-def _fail(message: str) -> typer.Exit:
-    """Print one line on stderr and return the Exit(1) to raise (no traceback)."""
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one line on stderr and return the Exit(code) to raise (no traceback)."""
     from quantrs._console import stderr_console
 
-    stderr_console().print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False, soft_wrap=True)
-    return typer.Exit(code=1)
+    from rich.markup import escape
+
+    # The message is data (paths, tensor names, install hints like quantrs[report]): escaped.
+    stderr_console().print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(code=code)
 
 
-# Options shared by quantize, batch and config. Their defaults are None ("not given") so that a
-# flag given on the command line can override a config file; unset means QuantizeConfig's default.
-_QUANTIZE_OPTIONS = [
-    ("bits", Optional[int], typer.Option("--bits", "-b", help="8 (INT8, the default) or 4 (INT4).", show_default=False)),
-    ("per_channel", Optional[bool], typer.Option("--per-channel/--per-tensor", help="One scale per output channel (default: per tensor).", show_default=False)),
-    ("symmetric", Optional[bool], typer.Option("--symmetric/--asymmetric", help="Signed codes with zero point 0 (default: asymmetric).", show_default=False)),
-    ("int4_as_int8", Optional[bool], typer.Option("--int4-as-int8", help="Keep 4-bit codes one per INT8 byte (opset 13) for runtimes without opset 21.", show_default=False)),
-    ("min_elements", Optional[int], typer.Option("--min-elements", help="Leave tensors with fewer values in float (default 1024).", show_default=False)),
-    ("exclude", Optional[list[str]], typer.Option("--exclude", help="Initializer to leave in float (repeatable).", show_default=False)),
-    ("exclude_op_type", Optional[list[str]], typer.Option("--exclude-op-type", help="Leave the weights of this op type in float, e.g. Gemm (repeatable).", show_default=False)),
-    ("exclude_regex", Optional[list[str]], typer.Option("--exclude-regex", help="Leave initializers whose name matches in float (repeatable).", show_default=False)),
-    ("layer_bits", Optional[list[str]], typer.Option("--layer-bits", help="NAME=4|8: this initializer's bit width (repeatable).", show_default=False)),
-    ("threads", Optional[int], typer.Option("--threads", help="Kernel threads (default: all CPUs).", show_default=False)),
-    ("external_data", Optional[bool], typer.Option("--external-data", help="Write the weights to OUTPUT.data beside the model.", show_default=False)),
-]
+def _quantize_options() -> list[tuple[str, object, typer.models.OptionInfo]]:
+    """(parameter name, type, typer option) for every QuantizeConfig option, from its one
+    declaration (quantrs.config). Defaults are None ("not given"), so that a flag given on the
+    command line can override a config file; unset means QuantizeConfig's default."""
+    from quantrs.config import QuantizeConfig, options
+
+    hints = typing.get_type_hints(QuantizeConfig)
+    out = []
+    for f, spec in options():
+        kind = spec.cli_type or hints[f.name]
+        out.append((f.name, Optional[kind], typer.Option(*spec.flags, help=spec.help, show_default=False)))
+    return out
 
 
 def with_quantize_options(command: Callable) -> Callable:
     """Give a command every quantize option; they reach it as `options`, a dict of the
     QuantizeConfig fields that were given on the command line."""
+    declared = _quantize_options()
     signature = inspect.signature(command)
     hints = typing.get_type_hints(command, include_extras=True)  # this module's annotations are strings
     params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != "options"]
     params += [
         inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind, option])
-        for name, kind, option in _QUANTIZE_OPTIONS
+        for name, kind, option in declared
     ]
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        given = {name: kwargs.pop(name) for name, _, _ in _QUANTIZE_OPTIONS}
-        return command(*args, options=_config_fields(given), **kwargs)
+        given = {name: kwargs.pop(name) for name, _, _ in declared}
+        return command(*args, options=config_fields(given), **kwargs)
 
     wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     return wrapper
 
 
-# QuantizeConfig field -> the flag that sets it (for errors found once the model is read).
-_FLAGS = {"exclude": "'--exclude'", "layer_bits": "'--layer-bits'"}
+def config_fields(given: dict) -> dict:
+    """The QuantizeConfig fields given on the command line (None and empty lists: not given),
+    parsed as their declaration says; a bad value is a usage error naming the flag."""
+    from quantrs.config import options
+    from quantrs.errors import OptionError
+
+    fields = {}
+    for f, spec in options():
+        value = given.get(f.name)
+        if value is None or value == []:
+            continue
+        try:
+            fields[f.name] = spec.parse(value) if spec.parse is not None else value
+        except OptionError as exc:
+            raise typer.BadParameter(exc.message, param_hint=f"'{spec.flag}'") from None
+    return fields
 
 
-def _config_fields(given: dict) -> dict:
-    fields = {
-        "bits": given["bits"],
-        "per_channel": given["per_channel"],
-        "symmetric": given["symmetric"],
-        "native_int4": False if given["int4_as_int8"] else None,
-        "min_elements": given["min_elements"],
-        "exclude": given["exclude"] or None,
-        "exclude_op_types": given["exclude_op_type"] or None,
-        "exclude_regex": given["exclude_regex"] or None,
-        "layer_bits": _layer_bits(given["layer_bits"]) or None,
-        "n_threads": given["threads"],
-        "external_data": given["external_data"],
-    }
-    if fields["bits"] is not None and fields["bits"] not in (4, 8):
-        raise typer.BadParameter("must be 4 or 8", param_hint="'--bits'")
-    return {k: v for k, v in fields.items() if v is not None}
+def quantize_config(options: dict):
+    """QuantizeConfig(**options), a bad value being a usage error (exit 2) naming its flag."""
+    from quantrs.config import QuantizeConfig
+    from quantrs.errors import OptionError
+
+    try:
+        return QuantizeConfig(**options)
+    except OptionError as exc:
+        raise typer.BadParameter(exc.message, param_hint=_flag(exc.field)) from None
 
 
-def _layer_bits(values: list[str] | None) -> dict[str, int]:
-    out = {}
-    for value in values or ():
-        name, sep, bits = value.rpartition("=")
-        if not sep or not name or bits not in ("4", "8"):
-            raise typer.BadParameter(f"{value!r} is not NAME=4 or NAME=8", param_hint="'--layer-bits'")
-        out[name] = int(bits)
-    return out
+def _flag(field: str) -> str:
+    from quantrs.config import options
+
+    return next((f"'{spec.flag}'" for f, spec in options() if f.name == field), f"'{field}'")
 
 
 @app.command()
@@ -163,22 +175,21 @@ def quantize(
     options: dict,
 ) -> None:
     """Quantize the weights of MODEL to INT8 or INT4 and write a QDQ model to --output."""
-    from quantrs.config import QuantizeConfig
     from quantrs.errors import QuantrsError, UnknownNameError
     from quantrs.pipeline import dry_run as plan_only
     from quantrs.pipeline import quantize as run
 
     if output is None and not dry_run:
         raise typer.BadParameter("is required (or use --dry-run)", param_hint="'--output' / '-o'")
+    config = quantize_config(options)
     try:
-        config = QuantizeConfig(**options)
         if dry_run:
-            _emit([plan_only(model, config, output_path=output)], fmt, "render_plans")
+            _emit(plan_only(model, config, output_path=output), fmt, "render_plan")
             return
         with _progress(quiet) as progress:
             report = run(model, output, config, progress=progress)
     except UnknownNameError as exc:
-        raise typer.BadParameter(f"{exc} ({model})", param_hint=_FLAGS[exc.field]) from None
+        raise typer.BadParameter(f"{exc} ({model})", param_hint=_flag(exc.field)) from None
     except QuantrsError as exc:
         raise _fail(str(exc)) from None
     _emit(report, fmt, "render_quantize")
@@ -192,7 +203,7 @@ def batch(
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Models quantized at once, in local processes.")] = 1,
     skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip models whose output exists (rerun after an interruption).")] = False,
     continue_on_error: Annotated[bool, typer.Option("--continue-on-error", help="Go on with the other models when one fails.")] = False,
-    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run on this Dask scheduler (tcp://host:8786); needs quantrs[dask].", show_default=False)] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run on this Dask scheduler (tcp://host:8786); needs quantrs\\[dask].", show_default=False)] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Summary as text or JSON (on stdout).")] = OutputFormat.text,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     *,
@@ -200,11 +211,11 @@ def batch(
 ) -> None:
     """Quantize many models into one folder; exit code 1 if any failed."""
     from quantrs.batch import expand_inputs, make_jobs
-    from quantrs.config import QuantizeConfig
     from quantrs.errors import QuantrsError
 
+    config = quantize_config(options)
     try:
-        work = make_jobs(expand_inputs(models), output, QuantizeConfig(**options))
+        work = make_jobs(expand_inputs(models), output, config)
         _run_batch(work, fmt, quiet, n_jobs=jobs, skip_existing=skip_existing, continue_on_error=continue_on_error, scheduler=scheduler)
     except QuantrsError as exc:
         raise _fail(str(exc)) from None
@@ -218,7 +229,7 @@ def config(
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Override the file's batch.jobs.", show_default=False)] = None,
     skip_existing: Annotated[Optional[bool], typer.Option("--skip-existing/--no-skip-existing", help="Override the file's batch.skip_existing.", show_default=False)] = None,
     continue_on_error: Annotated[Optional[bool], typer.Option("--continue-on-error/--stop-on-error", help="Override the file's batch.continue_on_error.", show_default=False)] = None,
-    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run on this Dask scheduler; needs quantrs[dask].", show_default=False)] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run on this Dask scheduler; needs quantrs\\[dask].", show_default=False)] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Text or JSON (on stdout).")] = OutputFormat.text,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     *,
@@ -229,6 +240,7 @@ def config(
     from quantrs.errors import QuantrsError, UnknownNameError
     from quantrs.pipeline import dry_run as plan_only
 
+    quantize_config(options)  # flags given here: a bad value is a usage error naming the flag
     try:
         loaded = load_config(file)
         work = jobs_from_config(loaded, file.parent, options, file=file)
@@ -259,8 +271,20 @@ def _run_batch(work, fmt: OutputFormat, quiet: bool, **options) -> None:
     """Run the jobs with a progress bar, print the summary, exit 1 if any model failed."""
     from quantrs.batch import run_batch
 
-    with _progress(quiet, what="models") as progress:
-        report = run_batch(work, progress=progress, **options)
+    finished = [0]
+    try:
+        with _progress(quiet, what="models") as bar:
+
+            def progress(done: int, total: int, nbytes: int, total_bytes: int) -> None:
+                finished[0] = done
+                if bar is not None:
+                    bar(done, total, nbytes, total_bytes)
+
+            report = run_batch(work, progress=progress, **options)
+    except KeyboardInterrupt:
+        # Outputs are written atomically: what exists is complete, so a rerun can skip it.
+        left = len(work) - finished[0]
+        raise _fail(f"interrupted: {finished[0]} done, {left} not finished; rerun with --skip-existing to finish them", code=130) from None
     _emit(report, fmt, "render_batch")
     if not report.ok:
         raise typer.Exit(code=1)
@@ -271,9 +295,10 @@ def _first(*values):
 
 
 def _emit(report, fmt: OutputFormat, renderer: str) -> None:
-    """JSON of the report object(s) on stdout, or the rich rendering for people."""
+    """JSON of the report on stdout (always one object: several plans go under "plans"), or the
+    rich rendering for people."""
     if fmt is OutputFormat.json:
-        data = [r.to_dict() for r in report] if isinstance(report, list) else report.to_dict()
+        data = {"plans": [r.to_dict() for r in report]} if isinstance(report, list) else report.to_dict()
         _print_json(data)
         return
     from quantrs import render
@@ -286,8 +311,8 @@ def calibrate(
     model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
     data: Annotated[Path, typer.Option("--data", help="Calibration samples: .npy, .npz (by input name) or a folder of them.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the quantized model.", show_default=False)],
-    method: Annotated[str, typer.Option("--method", help="Range selection: minmax, percentile, entropy or mse.")] = "minmax",
-    percentile: Annotated[float, typer.Option("--percentile", help="For --method percentile: the share of values kept.")] = 99.999,
+    method: Annotated[Method, typer.Option("--method", help="Range selection.")] = "minmax",  # type: ignore[assignment]
+    percentile: Annotated[float, typer.Option("--percentile", help="For --method percentile: the share of values kept, in (50, 100].")] = 99.999,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="One weight scale per output channel.")] = True,
     symmetric_activations: Annotated[bool, typer.Option("--symmetric-activations", help="INT8 activations with zero point 0 (default UINT8).")] = False,
     reduce_range: Annotated[bool, typer.Option("--reduce-range", help="7-bit weights, for x86 CPUs without VNNI (see README).")] = False,
@@ -301,15 +326,16 @@ def calibrate(
     """Static INT8: calibrate activation ranges on --data, quantize weights and activations (QDQ)."""
     from quantrs.calibration import CalibrationConfig
     from quantrs.calibration import calibrate as run
-    from quantrs.config import QuantizeConfig
     from quantrs.errors import QuantrsError
 
+    if not 50 < percentile <= 100:
+        raise typer.BadParameter(f"must be in (50, 100], not {percentile}", param_hint="'--percentile'")
+    weights = quantize_config(
+        {"min_elements": 0, "exclude": tuple(exclude or ()), "exclude_op_types": tuple(exclude_op_type or ()), "exclude_regex": tuple(exclude_regex or ())}
+    )
     try:
-        weights = QuantizeConfig(
-            min_elements=0, exclude=tuple(exclude or ()), exclude_op_types=tuple(exclude_op_type or ()), exclude_regex=tuple(exclude_regex or ())
-        )
         config = CalibrationConfig(
-            method=method, percentile=percentile, per_channel=per_channel, symmetric_activations=symmetric_activations,
+            method=Method(method).value, percentile=percentile, per_channel=per_channel, symmetric_activations=symmetric_activations,
             reduce_range=reduce_range, max_samples=max_samples, min_samples=min_samples, weights=weights,
         )
         report = run(model, output, data, config)
@@ -328,7 +354,7 @@ def validate(
     min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Fail when an output's cosine similarity is lower.", show_default=False)] = None,
     max_relative_error: Annotated[Optional[float], typer.Option("--max-relative-error", help="Fail when an output's relative L2 error is higher.", show_default=False)] = None,
     min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Fail when a classifier output's top-1 agreement is lower (0-1).", show_default=False)] = None,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here (needs quantrs[report]).", show_default=False)] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here (needs quantrs\\[report]).", show_default=False)] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Text or JSON (on stdout).")] = OutputFormat.text,
 ) -> None:
     """Check that QUANTIZED still behaves like ORIGINAL; exit code 1 if a check or threshold fails."""

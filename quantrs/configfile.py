@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from quantrs.config import QuantizeConfig
+from quantrs.config import QuantizeConfig, options
 from quantrs.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -35,26 +36,25 @@ if TYPE_CHECKING:
 __all__ = ["Options", "ModelEntry", "BatchSection", "ConfigFile", "load_config", "resolve", "jobs_from_config"]
 
 
-@dataclass(frozen=True, kw_only=True)
-class Options:
-    """Every QuantizeConfig field, optional: None means "not set here"."""
+def _set_fields(self) -> dict[str, Any]:
+    """The options this layer sets (None means "not set here")."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(Options) if getattr(self, f.name) is not None}
 
-    __pydantic_config__ = {"extra": "forbid"}
 
-    bits: Literal[4, 8] | None = None
-    per_channel: bool | None = None
-    symmetric: bool | None = None
-    native_int4: bool | None = None
-    min_elements: int | None = None
-    exclude: list[str] | None = None
-    exclude_op_types: list[str] | None = None
-    exclude_regex: list[str] | None = None
-    layer_bits: dict[str, Literal[4, 8]] | None = None
-    n_threads: int | None = None
-    external_data: bool | None = None
+def _options_class() -> type:
+    """Every QuantizeConfig option, optional, typed as config files give them (derived from
+    QuantizeConfig's declaration, so the schema follows every new option)."""
+    hints = typing.get_type_hints(QuantizeConfig)
+    fields = [(f.name, spec.file_type or hints[f.name], None) for f, spec in options()]
+    fields = [(name, typing.Optional[kind], dataclasses.field(default=default)) for name, kind, default in fields]  # noqa: UP045
+    cls = dataclasses.make_dataclass(
+        "Options", fields, namespace={"set_fields": _set_fields, "__pydantic_config__": {"extra": "forbid"}, "__module__": __name__}, frozen=True, kw_only=True
+    )
+    cls.__doc__ = "Every QuantizeConfig option, optional: None means \"not set here\"."
+    return cls
 
-    def set_fields(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Options) if getattr(self, f.name) is not None}
+
+Options = _options_class()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,9 +124,9 @@ def _validate(raw: dict, path: Path) -> ConfigFile:
             message = "unknown key" if error["type"] == "unexpected_keyword_argument" else error["msg"]
             problems.append(f"{where}: {message}")
         raise ConfigError(f"{path}: " + "; ".join(problems)) from None
-    for where, options in [("(top level)", config)] + [(f"models.{i}", m) for i, m in enumerate(config.models)]:
+    for where, layer in [("(top level)", config)] + [(f"models.{i}", m) for i, m in enumerate(config.models)]:
         try:
-            QuantizeConfig(**options.set_fields())
+            QuantizeConfig(**layer.set_fields())
         except ConfigError as exc:
             raise ConfigError(f"{path}: {where}: {exc}") from None
     return config

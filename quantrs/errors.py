@@ -10,6 +10,7 @@ __all__ = [
     "NonFiniteWeightError",
     "OutputError",
     "ConfigError",
+    "OptionError",
     "UnknownNameError",
     "AlreadyQuantizedError",
     "SchedulerError",
@@ -38,6 +39,15 @@ class OutputError(QuantrsError, OSError):
 
 class ConfigError(QuantrsError, ValueError):
     """An option or configuration value is invalid."""
+
+
+class OptionError(ConfigError):
+    """An option's value is invalid. Carries the option's field name, so that the CLI can name
+    its flag (a usage error) and a config file the key."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field, self.message = field, message
+        super().__init__(f"{field} {message}")
 
 
 class UnknownNameError(ConfigError):

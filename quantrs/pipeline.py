@@ -52,7 +52,7 @@ def quantize(
     *,
     progress: ProgressCallback | None = None,
 ) -> QuantizeReport:
-    """Quantize the float32 weights of an ONNX model and write a QDQ model that runs in onnxruntime.
+    """Quantize the float weights of an ONNX model and write a QDQ model that runs in onnxruntime.
 
     The input file is never modified; the output appears only once it is completely written.
     Inputs with external data, outputs over 2 GiB, or `config.external_data` give an output with
@@ -69,11 +69,15 @@ def quantize(
     src, dst = Path(input_path), Path(output_path)
     _check_paths(src, dst)
     model = load_model(src)
+    logger.info("loaded %s: %d nodes, %d stored tensors, %.1f MB file, in %.3f s", src, len(model.proto.graph.node), len(model.weights), model.file_size / 1e6, time.perf_counter() - started)
     _check_external_collision(model, dst)
     proto = model.proto
     index = GraphIndex(proto.graph)
     plans = plan_weights(proto.graph, model.weights, config, index)
     specs = {p.name: _spec(p, config) for p in plans if p.quantize}
+    logger.info("plan: %d of %d tensors quantized (%d in Constant nodes, %d inside bodies), %d left as they are", len(specs), len(plans), sum(p.quantize and p.kind == "constant" for p in plans), sum(p.quantize and p.scope != MAIN for p in plans), len(plans) - len(specs))
+    for p in plans:
+        logger.debug("  %s %s: %s", p.name, list(p.shape), ("quantize: " if p.quantize else "skip: ") + p.reason)
     already = _describe_quantized(quantized_ops(index))
     if not specs:
         if already:
@@ -85,7 +89,9 @@ def quantize(
 
     opset_before = model.opset
     target = max(opset_before, required_opset(specs.values()))
-    if target != opset_before:
+    if target == opset_before:
+        logger.info("opset %d kept", target)
+    else:
         logger.info("converting %s from opset %d to %d", src, opset_before, target)
         try:
             proto = convert_opset(proto, target)
@@ -97,20 +103,25 @@ def quantize(
             "quantrs.version": __version__,
             "quantrs.bits": str(config.bits),
             "quantrs.scheme": "symmetric" if config.symmetric else "asymmetric",
-            "quantrs.granularity": "per-channel" if config.per_channel else "per-tensor",
+            "quantrs.granularity": _granularity(config),
+            "quantrs.range": ", ".join(sorted({s.range for s in specs.values()})),
             "quantrs.storage": _storage_names(specs),
             **({"quantrs.opset_converted_from": str(opset_before)} if target != opset_before else {}),
         },
     )
     dq = insert_weight_dq(proto.graph, specs)
     stream = _Stream(model, specs, dq, config, progress)
-    stream.fill_bodies()
+    try:
+        stream.fill_bodies()
+    except QuantrsError as exc:
+        raise type(exc)(f"{src}: {exc}") from None
     if config.check_output:
         _check(proto, dq, src)
 
     external = True if (config.external_data or _has_external_data(model)) else None
     out_tensors = stream.out_tensors(proto.graph)
     del proto.graph.initializer[:]
+    writing = time.perf_counter()
     try:
         written = write_model(proto, out_tensors, dst, external_data=external)
     except QuantrsError as exc:
@@ -118,6 +129,11 @@ def quantize(
             raise
         raise type(exc)(f"{src}: {exc}") from None
 
+    logger.info(
+        "wrote %s in %.3f s (quantizing %.3f s of it, %d weights, %.1f MB -> %.1f MB; mapped pages released after each)",
+        ", ".join(str(p) for p in written), time.perf_counter() - writing, stream.quantize_seconds, len(specs),
+        stream._total_bytes / 1e6, stream.quantized_bytes / 1e6,
+    )  # fmt: skip
     reports = [_tensor_report(p, stream.results.get(p.name)) for p in plans]
     return QuantizeReport(
         input=str(src),
@@ -125,6 +141,7 @@ def quantize(
         files_written=[str(p) for p in written],
         bits=config.bits,
         per_channel=config.per_channel,
+        block_size=config.block_size,
         symmetric=config.symmetric,
         storage=_storage_names(specs),
         opset_before=opset_before,
@@ -161,7 +178,15 @@ def _spec(plan: TensorPlan, config: QuantizeConfig) -> DQSpec:
         in_body=plan.scope != MAIN,
         lookups=plan.lookups,
         dense=plan.dense,
+        block_size=plan.block_size,
+        range=config.range_for(plan.bits, plan.block_size is not None),
     )
+
+
+def _granularity(config: QuantizeConfig) -> str:
+    if config.block_size is not None:
+        return f"blocks of {config.block_size}"
+    return "per-channel" if config.per_channel else "per-tensor"
 
 
 def _describe_quantized(ops: dict[str, int]) -> str:
@@ -192,6 +217,8 @@ class _Summary:
     storage: str
     mse: float
     max_abs_error: float
+    mse_minmax: float | None
+    block_size: int | None
 
 
 @dataclass
@@ -205,6 +232,7 @@ class _Stream:
     progress: ProgressCallback | None
     results: dict[str, _Summary] = field(default_factory=dict)
     quantized_bytes: int = 0
+    quantize_seconds: float = 0.0
     _current: tuple[str, QuantizedTensor] | None = None
     _done_bytes: int = 0
     _total_bytes: int = 0
@@ -263,6 +291,7 @@ class _Stream:
         if self._current is None or self._current[0] != name:
             spec = self.specs[name]
             array = self.model.weights.array(name)
+            began = time.perf_counter()
             try:
                 qt = quantize_tensor(
                     array,
@@ -272,9 +301,14 @@ class _Stream:
                     n_threads=self.config.n_threads,
                     scratch=self._scratch,
                     half_scale=spec.scale_type == onnx.TensorProto.FLOAT16,
+                    block_size=spec.block_size,
+                    range=spec.range,
                 )
-            except QuantrsError as exc:
-                raise type(exc)(f"{self.model.path}: {exc}") from None
+            except QuantrsError as exc:  # the caller names the file
+                raise type(exc)(f"weight {name!r}: {exc}" if name not in str(exc) else str(exc)) from None
+            took = time.perf_counter() - began
+            self.quantize_seconds += took
+            logger.debug("  quantized %s %s in %.4f s: MSE %.3g", name, list(array.shape), took, qt.mse)
             self._current = (name, qt)
         return self._current[1]
 
@@ -286,7 +320,7 @@ class _Stream:
     def _finish(self, name: str) -> None:
         qt = self._quantized(name)
         storage = onnx.TensorProto.DataType.Name(qt.scheme.onnx_type)
-        self.results[name] = _Summary(qt.axis, storage, qt.mse, qt.max_abs_error)
+        self.results[name] = _Summary(qt.axis, storage, qt.mse, qt.max_abs_error, qt.mse_minmax, self.specs[name].block_size)
         self.quantized_bytes += qt.data.nbytes + qt.scale.nbytes
         self._current = None
         self.model.weights.release(name)
@@ -373,4 +407,6 @@ def _tensor_report(plan: TensorPlan, summary: _Summary | None) -> TensorReport:
         storage=summary.storage,
         mse=summary.mse,
         max_abs_error=summary.max_abs_error,
+        mse_minmax=summary.mse_minmax,
+        block_size=summary.block_size,
     )

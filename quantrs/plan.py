@@ -32,8 +32,8 @@ FLOAT_TYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", Ten
 class TensorPlan:
     """One stored tensor's fate.
 
-    `axis` is the per-channel axis of the stored tensor (None: per tensor); `bits` the code width
-    when quantized. `kind` and `scope` say where the tensor lives (an initializer or a Constant
+    `axis` is the per-channel axis of the stored tensor (None: per tensor), or with `block_size`
+    the reduction axis the blocks run along; `bits` the code width when quantized. `kind` and `scope` say where the tensor lives (an initializer or a Constant
     node; the main graph or a body). `lookups` are the Gather nodes that read rows of it (an
     embedding table: rewritten to gather the codes first) and `dense` says whether some other
     use needs the whole dequantized tensor.
@@ -50,6 +50,7 @@ class TensorPlan:
     scope: str = MAIN
     lookups: int = 0
     dense: bool = True
+    block_size: int | None = None  # blocks of this many values along `axis`, the reduction axis
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -80,6 +81,22 @@ WEIGHT_INPUTS: dict[tuple[str, int], AxisRule] = {
     ("GRU", 2): _RECURRENT,
     ("RNN", 1): _RECURRENT,
     ("RNN", 2): _RECURRENT,
+}
+
+# (op_type, input index) -> the reduction (input) axis of a weight in that slot, along which
+# blocks run (--block-size); None: this use is quantized per channel even with blocks (ONNX
+# blocks along one axis only: for a Conv weight [out, in, kh, kw] that is a scale per
+# (out, block of in, kh, kw), kh*kw times the scales of a MatMul block).
+REDUCTION_AXES: dict[tuple[str, int], AxisRule] = {
+    ("MatMul", 1): lambda node, rank: rank - 2,
+    ("Gemm", 1): lambda node, rank: 1 if _attr(node, "transB", 0) else 0,
+    ("Gather", 0): lambda node, rank: 1,  # a table's row: its values are what a lookup returns
+    ("LSTM", 1): lambda node, rank: 2,
+    ("LSTM", 2): lambda node, rank: 2,
+    ("GRU", 1): lambda node, rank: 2,
+    ("GRU", 2): lambda node, rank: 2,
+    ("RNN", 1): lambda node, rank: 2,
+    ("RNN", 2): lambda node, rank: 2,
 }
 
 # Ops a weight may pass through on its way to its consumer: the rewrite quantizes the stored
@@ -216,6 +233,7 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
     if escapes:
         return skip(f"not a weight: {escapes}")
     axes: set[int] = set()
+    reductions: set[int | None] = set()
     roles = []
     lookups = 0
     dense = False
@@ -231,6 +249,8 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
         if axis is None:
             return skip(f"not a weight: {label} uses it with rank {len(info.shape)}")
         axes.add(c.perm[axis])
+        reduction = REDUCTION_AXES.get((node.op_type, where), lambda node, rank: None)(node, len(info.shape))
+        reductions.add(None if reduction is None else c.perm[reduction])
         roles.append(node.op_type)
         if node.op_type == "Gather" and c.direct:
             lookups += 1
@@ -242,16 +262,37 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
     if any(not c.direct for c in consumers):
         role += " (through " + ", ".join(sorted({_path_ops(index, info.name)})) + ")"
 
-    def quantized(axis: int | None) -> TensorPlan:
+    def quantized(axis: int | None, block_size: int | None = None, why: str = "") -> TensorPlan:
         return TensorPlan(
-            info.name, info.shape, info.dtype_name, True, role, axis, kind=info.kind, scope=info.scope, lookups=lookups, dense=dense
+            info.name,
+            info.shape,
+            info.dtype_name,
+            True,
+            role + why,
+            axis,
+            kind=info.kind,
+            scope=info.scope,
+            lookups=lookups,
+            dense=dense,
+            block_size=block_size,
         )
 
-    if not config.per_channel:
+    fallback = ""
+    if config.block_size is not None:
+        reduction = reductions.pop() if len(reductions) == 1 else None
+        if len(reductions) > 0 or reduction is None:
+            fallback = "; per channel: " + ("its uses need different block axes" if len(reductions) else "ONNX blocks a Conv weight along one axis only")
+        elif info.shape[reduction] < config.block_size:
+            fallback = f"; per channel: its input axis holds {info.shape[reduction]} values, less than one block of {config.block_size}"
+        else:
+            return quantized(reduction, config.block_size, f", blocks of {config.block_size} along axis {reduction}")
+    if not config.per_channel and not fallback:
         return quantized(None)
     if len(axes) > 1:
+        if fallback:
+            return quantized(None, why=fallback.replace("per channel", "per tensor") + f" (and its channel axes {sorted(axes)} differ)")
         return skip(f"shared by {len(consumers)} nodes that need different channel axes {sorted(axes)}")
-    return quantized(axes.pop())
+    return quantized(axes.pop(), why=fallback)
 
 
 def _path_ops(index: GraphIndex, name: str) -> str:

@@ -59,10 +59,16 @@ class DQSpec:
     in_body: bool = False
     lookups: int = 0
     dense: bool = True
+    block_size: int | None = None  # blocks along `axis` (opset 21), one scale per block
+    range: str = "minmax"  # minmax, refit or search (see QuantizeConfig.range)
 
     @property
     def channels(self) -> int:
-        return 1 if self.axis is None else self.shape[self.axis]
+        """How many scales (and zero points) the weight has."""
+        count = 1
+        for d in self.param_dims:
+            count *= d
+        return count
 
     @property
     def has_zero_point(self) -> bool:
@@ -70,7 +76,21 @@ class DQSpec:
 
     @property
     def param_dims(self) -> list[int]:
-        return [] if self.axis is None else [self.channels]
+        """The scale's shape: [] per tensor, [C] per channel, or the blocked shape (the weight's,
+        with the block axis divided into blocks, the last one short)."""
+        if self.axis is None:
+            return []
+        if self.block_size is None:
+            return [self.shape[self.axis]]
+        dims = list(self.shape)
+        dims[self.axis] = -(-dims[self.axis] // self.block_size)
+        return dims
+
+    @property
+    def dq_attributes(self) -> dict[str, int]:
+        if self.axis is None:
+            return {}
+        return {"axis": self.axis} if self.block_size is None else {"axis": self.axis, "block_size": self.block_size}
 
 
 @dataclass(frozen=True)
@@ -93,6 +113,7 @@ class DQTensors:
 
 
 HALF_SCALE_OPSET = 19  # DequantizeLinear accepts float16/bfloat16 scales from opset 19
+BLOCKED_OPSET = 21  # DequantizeLinear's block_size
 
 
 def required_opset(specs: Iterable[DQSpec]) -> int:
@@ -104,6 +125,8 @@ def required_opset(specs: Iterable[DQSpec]) -> int:
             need = max(need, HALF_SCALE_OPSET)
         if spec.lookups and spec.axis is not None:
             need = max(need, PER_AXIS_OPSET)
+        if spec.block_size is not None:
+            need = max(need, BLOCKED_OPSET)
     return need
 
 
@@ -272,7 +295,7 @@ def _params(tensors: DQTensors) -> list[str]:
 
 def _dequantize(spec: DQSpec, tensors: DQTensors, name: str, fresh) -> list[onnx.NodeProto]:
     """DequantizeLinear of the whole weight (and the Cast back to its type, for bfloat16)."""
-    attrs = {} if spec.axis is None else {"axis": spec.axis}
+    attrs = spec.dq_attributes
     out = fresh(f"{name}_dequantized") if spec.cast_to is not None else name
     nodes = [helper.make_node("DequantizeLinear", _params(tensors), [out], name=fresh(f"{name}_DequantizeLinear"), **attrs)]
     if spec.cast_to is not None:
@@ -294,6 +317,10 @@ def _lookup(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fresh) -> 
             node("Gather", [tensors.codes.name, ids], [rows], axis=0),
             node("DequantizeLinear", [rows, *_params(tensors)[1:]], [final]),
         ]
+    elif spec.block_size is not None:  # scales [rows, blocks]: gathered like the codes, blocks on the last axis
+        params = [fresh(f"{result}_{part}") for part in ("codes", "scales", "zero_points")[: len(_params(tensors))]]
+        nodes = [node("Gather", [source, ids], [gathered], axis=0) for source, gathered in zip(_params(tensors), params)]
+        nodes.append(node("DequantizeLinear", params, [final], axis=-1, block_size=spec.block_size))
     else:
         flat_shape, flat_ids, rows, row_scales = (fresh(f"{result}_{s}") for s in ("flat_shape", "flat_ids", "codes", "scales"))
         row_shape, ids_shape, out_shape, deq = (fresh(f"{result}_{s}") for s in ("row_shape", "ids_shape", "shape", "rows"))

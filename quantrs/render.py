@@ -21,6 +21,7 @@ from quantrs.report import (
 __all__ = [
     "render_quantize",
     "render_info",
+    "render_plan",
     "render_plans",
     "render_batch",
     "render_validation",
@@ -60,9 +61,9 @@ def human_bytes(n: float) -> str:
 
 def render_quantize(report: QuantizeReport) -> None:
     console = stdout_console()
-    granularity = "per-channel" if report.per_channel else "per-tensor"
+    granularity = f"blocks of {report.block_size}" if report.block_size else ("per-channel" if report.per_channel else "per-tensor")
     scheme = "symmetric" if report.symmetric else "asymmetric"
-    console.print(f"[bold green]Quantized[/] {report.input} -> {report.output}")
+    console.print(f"[bold green]Quantized[/] {escape(report.input)} -> {escape(report.output)}")
     console.print(f"  {report.bits}-bit {granularity} {scheme}, stored as {report.storage}")
     opset = f"{report.opset_before}" + (f" -> {report.opset_after} (converted)" if report.opset_converted else "")
     console.print(f"  opset {opset}")
@@ -80,13 +81,16 @@ def render_quantize(report: QuantizeReport) -> None:
     quantized = [t for t in report.tensors if t.quantized]
     if quantized:
         table = Table(title="quantized", title_justify="left", show_edge=False)
-        for col in ("tensor", "shape", "axis", "storage", "MSE", "max abs err"):
-            table.add_column(col, justify="right" if col in ("MSE", "max abs err", "axis") else "left")
+        searched = any(t.search_gain is not None for t in quantized)
+        columns = ("tensor", "shape", "axis", "storage", "MSE", "max abs err") + (("MSE vs min/max",) if searched else ())
+        for col in columns:
+            table.add_column(col, justify="left" if col in ("tensor", "shape", "storage") else "right")
         for t in quantized:
-            axis = "-" if t.axis is None else str(t.axis)
-            table.add_row(
-                _located(t.name, t.kind, t.scope), "x".join(map(str, t.shape)), axis, t.storage or "", f"{t.mse:.3g}", f"{t.max_abs_error:.3g}"
-            )
+            axis = "-" if t.axis is None else str(t.axis) + (f" (blocks of {t.block_size})" if t.block_size else "")
+            row = [_located(t.name, t.kind, t.scope), "x".join(map(str, t.shape)), axis, t.storage or "", f"{t.mse:.3g}", f"{t.max_abs_error:.3g}"]
+            if searched:
+                row.append("-" if t.search_gain is None else f"{1 / t.search_gain:.2f}x")
+            table.add_row(*row)
         _print_table(console, table)
     skipped = [t for t in report.tensors if not t.quantized and t.dtype in FLOAT_NAMES]
     if skipped:
@@ -105,7 +109,7 @@ def render_quantize(report: QuantizeReport) -> None:
 
 def render_info(report: InfoReport) -> None:
     console = stdout_console()
-    console.print(f"[bold]{report.path}[/]  ({human_bytes(report.file_bytes)})")
+    console.print(f"[bold]{escape(report.path)}[/]  ({human_bytes(report.file_bytes)})")
     opsets = ", ".join(f"{d} {v}" for d, v in report.opsets.items())
     console.print(f"  IR {report.ir_version}, opsets: {opsets}" + (f", producer: {report.producer}" if report.producer else ""))
     for title, values in (("inputs", report.inputs), ("outputs", report.outputs)):
@@ -114,13 +118,13 @@ def render_info(report: InfoReport) -> None:
         table.add_column("type")
         table.add_column("shape")
         for v in values:
-            table.add_row(v.name, v.dtype, "[" + ", ".join("?" if d is None else str(d) for d in v.shape) + "]")
+            table.add_row(escape(v.name), v.dtype, escape("[" + ", ".join("?" if d is None else str(d) for d in v.shape) + "]"))
         _print_table(console, table)
     ops = Table(title=f"{report.node_count} nodes", title_justify="left", show_edge=False)
     ops.add_column("op type")
     ops.add_column("count", justify="right")
     for op, n in report.op_counts.items():
-        ops.add_row(op, str(n))
+        ops.add_row(escape(op), str(n))
     _print_table(console, ops)
     console.print(
         f"  float weights: {report.float_weight_count} tensors, {report.float_weight_elements:,} values, "
@@ -142,12 +146,16 @@ def render_info(report: InfoReport) -> None:
     )
 
 
+def render_plan(plan: PlanReport) -> None:
+    render_plans([plan])
+
+
 def render_plans(plans: list[PlanReport]) -> None:
     """The dry run: for each model, every float tensor with its bits and axis, or why not."""
     console = stdout_console()
     for plan in plans:
-        target = f" -> {plan.output}" if plan.output else ""
-        console.print(f"[bold]{plan.input}[/]{target}: {plan.quantized_count} tensors would be quantized")
+        target = f" -> {escape(plan.output)}" if plan.output else ""
+        console.print(f"[bold]{escape(plan.input)}[/]{target}: {plan.quantized_count} tensors would be quantized")
         table = Table(show_edge=False)
         for col in ("tensor", "shape", "bits", "axis", "use / reason"):
             table.add_column(col)
@@ -166,12 +174,12 @@ def render_plans(plans: list[PlanReport]) -> None:
 def render_batch(report: BatchReport) -> None:
     console = stdout_console()
     table = Table(show_edge=False)
-    for col in ("model", "status", "size", "time", "error"):
+    for col in ("model", "output", "status", "size", "time", "error / note"):
         table.add_column(col, justify="right" if col in ("size", "time") else "left")
     colours = {"ok": "green", "failed": "red", "skipped": "yellow", "cancelled": "yellow"}
     for r in report.results:
         size = f"{human_bytes(r.input_bytes)} -> {human_bytes(r.output_bytes)}" if r.output_bytes else human_bytes(r.input_bytes)
-        table.add_row(r.input, f"[{colours[r.status]}]{r.status}[/]", size, f"{r.seconds:.2f} s", r.error or "")
+        table.add_row(escape(r.input), escape(r.output), f"[{colours[r.status]}]{r.status}[/]", size, f"{r.seconds:.2f} s", escape(r.error or ""))
     _print_table(console, table)
     counts = ", ".join(f"{report.count(s)} {s}" for s in ("ok", "failed", "skipped", "cancelled") if report.count(s))
     where = f"on {report.scheduler}" if report.scheduler else f"with {report.jobs} job(s)"
@@ -184,7 +192,7 @@ def _mark(passed: bool) -> str:
 
 def render_validation(report: ValidationReport) -> None:
     console = stdout_console()
-    console.print(f"[bold]{report.original}[/] vs [bold]{report.quantized}[/]")
+    console.print(f"[bold]{escape(report.original)}[/] vs [bold]{escape(report.quantized)}[/]")
     ratio = report.original_bytes / report.quantized_bytes if report.quantized_bytes else 0
     console.print(f"  {human_bytes(report.original_bytes)} -> {human_bytes(report.quantized_bytes)} ({ratio:.2f}x smaller)")
     for c in report.checks:
@@ -195,12 +203,14 @@ def render_validation(report: ValidationReport) -> None:
             table.add_column(col, justify="left" if col == "output" else "right")
         for o in report.outputs:
             top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.2%}"
-            table.add_row(o.name, f"{o.cosine:.6f}", f"{o.max_abs_error:.4g}", f"{o.relative_l2:.4g}", top1)
+            table.add_row(escape(o.name), f"{o.cosine:.6f}", f"{o.max_abs_error:.4g}", f"{o.relative_l2:.4g}", top1)
         _print_table(console, table)
     for t in report.thresholds:
-        relation = ">=" if t.name.startswith("min") else "<="
+        # The relation printed is the one that holds: "0.98 < 0.99 MISSED", never a false ">=".
+        wanted_at_least = t.name.startswith("min")
+        relation = (">=" if wanted_at_least else "<=") if t.passed else ("<" if wanted_at_least else ">")
         verdict = "" if t.passed else " [bold red]MISSED[/]"
-        console.print(f"{_mark(t.passed)} {t.name}: {t.output} {t.value:.6g} {relation} {t.limit}{verdict}", highlight=False)
+        console.print(f"{_mark(t.passed)} {t.name}: {escape(t.output)} {t.value:.6g} {relation} {t.limit}{verdict}", highlight=False)
     if report.layers is not None:
         table = Table(title="layers ranked by the error they inject (worst first)", title_justify="left", show_edge=False)
         for col in ("#", "weight", "consumer", "storage", "weight SQNR dB", "local SQNR dB", "local rel. L2"):
@@ -208,7 +218,7 @@ def render_validation(report: ValidationReport) -> None:
         for i, l in enumerate(report.layers, 1):
             local = "-" if l.local_sqnr_db is None else f"{l.local_sqnr_db:.2f}"
             rel = "-" if l.local_relative_l2 is None else f"{l.local_relative_l2:.4g}"
-            table.add_row(str(i), l.name, l.consumer, l.storage, f"{l.weight_sqnr_db:.2f}", local, rel)
+            table.add_row(str(i), escape(l.name), escape(l.consumer), l.storage, f"{l.weight_sqnr_db:.2f}", local, rel)
         _print_table(console, table)
     if report.suggested_exclude:
         flags = " ".join(f"--exclude {name}" for name in report.suggested_exclude)
@@ -232,6 +242,15 @@ def render_benchmark(report: BenchmarkReport) -> None:
     table.add_row("latency median", f"{o.latency_ms_median:.3f} ms", f"{q.latency_ms_median:.3f} ms")
     table.add_row("latency p10-p90", f"{o.latency_ms_p10:.3f}-{o.latency_ms_p90:.3f} ms", f"{q.latency_ms_p10:.3f}-{q.latency_ms_p90:.3f} ms")
     _print_table(console, table)
+    if report.runtime_ops is not None:
+        fused = {op: n for op, n in report.runtime_ops.items() if op != "DequantizeLinear"}
+        left = report.runtime_ops.get("DequantizeLinear", 0)
+        fused_text = ", ".join(f"{n} {op}" for op, n in fused.items()) or "none"
+        console.print(
+            f"onnxruntime fuses quantized weights into integer kernels: {fused_text}; "
+            f"{left} DequantizeLinear still run at every inference (their weights are computed in float)",
+            highlight=False,
+        )
     threads = "onnxruntime's default" if report.threads is None else str(report.threads)
     console.print(
         f"{report.compression:.2f}x smaller, {report.speedup:.2f}x the speed; {report.runs} runs after {report.warmup} "
@@ -242,7 +261,7 @@ def render_benchmark(report: BenchmarkReport) -> None:
 
 def render_calibration(report: CalibrationReport) -> None:
     console = stdout_console()
-    console.print(f"[bold green]Calibrated[/] {report.input} -> {report.output}")
+    console.print(f"[bold green]Calibrated[/] {escape(report.input)} -> {escape(report.output)}")
     console.print(
         f"  {report.method} ranges from {report.samples} sample(s); {len(report.activations)} activations, "
         f"{len(report.quantized_weights)} weights (INT8) and {len(report.quantized_biases)} biases (INT32) quantized"
@@ -259,5 +278,5 @@ def render_calibration(report: CalibrationReport) -> None:
     for col in ("tensor", "min", "max", "scale", "zero point"):
         table.add_column(col, justify="left" if col == "tensor" else "right")
     for a in report.activations:
-        table.add_row(a.name, f"{a.lo:.4g}", f"{a.hi:.4g}", f"{a.scale:.4g}", str(a.zero_point))
+        table.add_row(escape(a.name), f"{a.lo:.4g}", f"{a.hi:.4g}", f"{a.scale:.4g}", str(a.zero_point))
     _print_table(console, table)

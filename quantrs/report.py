@@ -43,6 +43,15 @@ class TensorReport:
     max_abs_error: float | None = None
     kind: str = "initializer"  # or "constant": a Constant node's value
     scope: str = ""  # "" for the main graph, else the If/Loop/Scan body that holds it
+    mse_minmax: float | None = None  # with a range search: the MSE plain min/max would give
+    block_size: int | None = None  # blocks along `axis` (the reduction axis)
+
+    @property
+    def search_gain(self) -> float | None:
+        """How many times lower the range search made the weight's MSE (None: no search)."""
+        if self.mse_minmax is None or self.mse is None:
+            return None
+        return self.mse_minmax / self.mse if self.mse > 0 else 1.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,7 @@ class QuantizeReport:
     per_channel: bool
     symmetric: bool
     storage: str
+    block_size: int | None
     opset_before: int
     opset_after: int
     opset_converted: bool
@@ -276,6 +286,9 @@ class BenchmarkReport:
     warmup: int
     threads: int | None
     batch_inputs: str
+    # onnxruntime's ops for the quantized weights after optimization: fused integer kernels
+    # (e.g. MatMulNBits) and the DequantizeLinear nodes it still runs (None: not measured)
+    runtime_ops: dict[str, int] | None = None
 
     @property
     def compression(self) -> float:

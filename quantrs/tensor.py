@@ -63,10 +63,11 @@ class QuantizedTensor:
     scheme: Scheme
     axis: int | None
     data: np.ndarray  # uint8 bytes: one code per byte, or two per byte when scheme.packed
-    scale: np.ndarray  # float32, shape (C,) or (1,) per tensor
+    scale: np.ndarray  # float32, shape (C,), (1,) per tensor, or the blocked shape
     zero_point: np.ndarray  # int32, same shape as scale
     mse: float
     max_abs_error: float
+    mse_minmax: float | None = None  # with a range search: the MSE plain min/max ranges gave
 
 
 class Scratch:
@@ -101,6 +102,59 @@ def half_scales(scale: np.ndarray, zero_point: np.ndarray, lo: np.ndarray, schem
     return half, zero_point
 
 
+def _block_view(x: np.ndarray, axis: int | None, block_size: int | None) -> tuple[np.ndarray, int, int] | None:
+    """(a view of x, its block axis, block size) for the block kernel: the blocks themselves, or
+    for a range search per channel or per tensor one block per channel (the channel axis must
+    be the first or the last; None otherwise: the search does not apply)."""
+    if block_size is not None:
+        assert axis is not None
+        return x, axis, block_size
+    if axis is None:
+        return x.reshape(1, -1), 1, x.size
+    axis %= x.ndim
+    if axis == 0:
+        return x.reshape(x.shape[0], -1), 1, x.size // x.shape[0]
+    if axis == x.ndim - 1:
+        return x.reshape(-1, x.shape[-1]), 0, x.size // x.shape[-1]
+    return None
+
+
+def _quantize_blocks(x, view, scheme: Scheme, axis, *, name, n_threads, scratch, half_scale, alphas) -> QuantizedTensor:
+    values, block_axis, block_size = view
+    out = scratch.get(0, x.size) if scratch is not None else None
+    blocks = kernels.quantize_blocks(
+        values,
+        block_axis,
+        block_size,
+        scheme.qmin,
+        scheme.qmax,
+        symmetric=scheme.symmetric,
+        alphas=alphas,
+        half_scale=half_scale,
+        n_threads=n_threads,
+        out=out,
+        name=name,
+    )
+    codes = blocks.codes
+    if scheme.packed:
+        packed = scratch.get(1, (x.size + 1) // 2) if scratch is not None else None
+        data = kernels.pack4(codes, n_threads=n_threads, out=packed)
+    else:
+        data = codes.reshape(-1)
+    size = max(x.size, 1)
+    return QuantizedTensor(
+        shape=tuple(x.shape),
+        scheme=scheme,
+        axis=axis,
+        data=data,
+        scale=blocks.scale.reshape(-1),
+        zero_point=blocks.zero_point.reshape(-1),
+        mse=blocks.sse / size,
+        max_abs_error=blocks.max_abs_error,
+        mse_minmax=blocks.sse_minmax / size if alphas else None,
+    )
+
+
 def quantize_tensor(
     x: np.ndarray,
     scheme: Scheme,
@@ -110,13 +164,24 @@ def quantize_tensor(
     n_threads: int | None = None,
     scratch: Scratch | None = None,
     half_scale: bool = False,
+    block_size: int | None = None,
+    range: str = "minmax",
 ) -> QuantizedTensor:
-    """Quantize a float32, float16 or bfloat16 array along `axis` (None: per tensor) with `scheme`.
+    """Quantize a float32, float16 or bfloat16 array with `scheme`: along `axis` (None: per
+    tensor), or, with `block_size`, in blocks of that many values along `axis` (the reduction
+    axis; ONNX's blocked layout). `range`: minmax; refit (the least-squares scale and zero
+    point for the min/max codes); search (clipped ranges tried too, see
+    kernels.quantize_blocks).
 
     With `scratch`, the returned `data` lives in the scratch buffers and is valid until the next
     call that uses them. With `half_scale`, the scales are float16 values (held as float32) so
     that a float16 DequantizeLinear reproduces exactly what the codes were computed with.
     """
+    if block_size is not None or range != "minmax":
+        view = _block_view(x, axis, block_size)
+        if view is not None:
+            alphas = {"minmax": (), "refit": (1.0,), "search": kernels.SEARCH_ALPHAS}[range]
+            return _quantize_blocks(x, view, scheme, axis, name=name, n_threads=n_threads, scratch=scratch, half_scale=half_scale, alphas=alphas)
     rng = kernels.minmax(x, axis, n_threads=n_threads, name=name)
     scale, zero_point = kernels.scales(rng, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric)
     if half_scale:

@@ -244,7 +244,14 @@ def dequantized_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tupl
         codes = np.asarray(weights.array(node.input[0])).astype(np.int16)
         scale = np.asarray(weights.array(node.input[1]), dtype=np.float32)
         zp = np.asarray(weights.array(node.input[2])).astype(np.int32) if len(node.input) > 2 and node.input[2] else np.zeros(scale.shape, np.int32)
-        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1) if scale.ndim == 1 and scale.size > 1 else None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("block_size"):  # blocked: each scale covers block_size values along axis
+            axis, block = attrs.get("axis", 1) % codes.ndim, attrs["block_size"]
+            expand = lambda p: np.repeat(p, block, axis=axis).take(np.arange(codes.shape[axis]), axis=axis)  # noqa: E731
+            value = ((codes.astype(np.float32) - expand(zp).astype(np.float32)) * expand(scale)).astype(np.float32)
+            out[node.output[0]] = (node, value, info.dtype_name)
+            continue
+        axis = attrs.get("axis", 1) if scale.ndim == 1 and scale.size > 1 else None
         typed = codes.astype(np.int8) if codes.min() < 0 or info.data_type in (TensorProto.INT8, TensorProto.INT4) else codes.astype(np.uint8)
         value = kernels.dequantize(typed, scale.reshape(-1), zp.reshape(-1), axis)
         out[node.output[0]] = (node, value, info.dtype_name)

@@ -140,3 +140,16 @@ def test_quantize_imports_only_what_it_uses(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "q.onnx").exists()
+
+
+def test_verbose_logs_each_stage_and_vv_each_tensor(save, tmp_path):
+    src = save(BUILDERS["conv_net"]()[0])
+    code = "import sys\nfrom quantrs.cli import main\nsys.argv = ['quantrs', *sys.argv[1:]]\nmain()"
+    base = [sys.executable, "-c", code]
+    one = subprocess.run([*base, "-v", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--per-channel", "--min-elements", "0"], capture_output=True, text=True, cwd=tmp_path, env={**__import__("os").environ, "COLUMNS": "300"})
+    assert one.returncode == 0, one.stderr
+    for stage in ("loaded", "plan: 3 of 6 tensors quantized", "opset 13 kept", "wrote"):
+        assert stage in one.stderr, stage
+    assert "conv1.b" not in one.stderr  # per-tensor lines are -vv
+    two = subprocess.run([*base, "-vv", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--per-channel", "--min-elements", "0"], capture_output=True, text=True, cwd=tmp_path, env={**__import__("os").environ, "COLUMNS": "300"})
+    assert "conv1.b" in two.stderr and "quantized conv1.w" in two.stderr

@@ -120,7 +120,7 @@ def test_bad_toml_and_unknown_suffix(tmp_path):
 def test_config_command_dry_run_writes_nothing(workspace):
     result = runner.invoke(app, ["config", str(workspace / "q.yaml"), "--dry-run", "--format", "json"])
     assert result.exit_code == 0, result.output
-    plans = json.loads(result.stdout)
+    plans = json.loads(result.stdout)["plans"]  # one JSON object, as every command prints
     assert [p["input"].rsplit("/", 1)[-1] for p in plans] == ["mlp.onnx", "conv_net.onnx", "conv_transpose.onnx"]
     conv = {t["name"]: t for t in plans[1]["tensors"]}
     assert conv["conv1.w"]["bits"] == 4 and conv["conv1.w"]["axis"] == 0
@@ -173,7 +173,7 @@ def test_cli_per_layer_flags(save, tmp_path):
          "--exclude", "conv1.w", "--exclude-op-type", "Gemm", "--layer-bits", "conv2.w=4"],
     )
     assert result.exit_code == 0, result.output
-    tensors = {t["name"]: t for t in json.loads(result.stdout)[0]["tensors"]}
+    tensors = {t["name"]: t for t in json.loads(result.stdout)["tensors"]}  # an object, like a run's report
     assert tensors["conv1.w"]["reason"] == "excluded by the user"
     assert tensors["fc.w"]["reason"].startswith("used by an excluded op type")
     assert tensors["conv2.w"]["bits"] == 4 and tensors["conv2.w"]["axis"] == 0
@@ -187,7 +187,7 @@ def test_config_objects_validate_and_pickle():
     config = QuantizeConfig(layer_bits={"b": 4, "a": 8}, exclude=["x"])
     assert config.layer_bits == (("a", 8), ("b", 4)) and config.exclude == ("x",)
     assert pickle.loads(pickle.dumps(config)) == config
-    with pytest.raises(ConfigError, match="layer_bits: 'a' must map to 4 or 8"):
+    with pytest.raises(ConfigError, match="layer_bits 'a' must map to 4 or 8"):
         QuantizeConfig(layer_bits={"a": 2})
     with pytest.raises(ConfigError, match="bits must be 4 or 8"):
         QuantizeConfig(bits=16)

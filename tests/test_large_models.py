@@ -107,3 +107,24 @@ def test_constant_node_weights_cost_at_most_twice_the_model(tmp_path, bits):
     size_kb = src.stat().st_size / 1024
     # Measured: 1.2-1.3x the model (parsed once, pages of the map handed back as parsed).
     assert data["grew_kb"] <= 2 * size_kb, (data["grew_kb"] / size_kb)
+
+
+@pytest.mark.parametrize("params, layers, hidden", [("1M", 1, 1000), ("10M", 1, 3160), ("25M", 1, 4096), ("100M", 6, 4096), ("0.5B", 30, 4096)])
+def test_synthetic_sizes(params, layers, hidden):
+    from quantrs.synthetic import parse_params, shape_for
+
+    assert shape_for(parse_params(params), 4096) == (layers, hidden)
+
+
+@pytest.mark.parametrize("bad", ["abc", "1X", "-5M", "0"])
+def test_synthetic_bad_params_is_a_usage_error(bad, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "quantrs.synthetic", str(tmp_path), "--params", bad], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "--params:" in out.stderr and "Traceback" not in out.stderr
+    assert not any(tmp_path.glob("*.onnx"))
+
+
+def test_synthetic_writes_what_it_says(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "quantrs.synthetic", str(tmp_path), "--params", "1M"], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert "1 layer(s) of 1000x1000, 1,001,000 parameters (asked 1,000,000)" in out.stdout
+    model = onnx.load(str(tmp_path / "matmul_1M.onnx"))
+    assert sum(int(np.prod(t.dims)) for t in model.graph.initializer) == 1_001_000

@@ -190,3 +190,16 @@ def test_real_model_validates_end_to_end(tmp_path):
     report = quantrs.validate(model, dst, data=tmp_path / "bytes.npy", detailed=True, thresholds=Thresholds(min_cosine=0.99, min_top1=0.9))
     assert report.passed, report.thresholds
     assert len(report.layers) == 3 and all(l.local_sqnr_db is not None and l.local_sqnr_db > 20 for l in report.layers)
+
+
+def test_benchmark_says_which_weights_onnxruntime_fuses(tmp_path, save):
+    """onnxruntime fuses DequantizeLinear -> MatMul into MatMulNBits (weight-only MatMul models
+    run faster than float); a Conv's weights are dequantized at every run."""
+    from builders import BUILDERS
+
+    mlp = save(BUILDERS["mlp"]()[0], "mlp.onnx")
+    quantrs.quantize(mlp, tmp_path / "mlp_q.onnx", QuantizeConfig(per_channel=True, min_elements=0))
+    assert quantrs.benchmark(mlp, tmp_path / "mlp_q.onnx", runs=2, warmup=0).runtime_ops.get("MatMulNBits", 0) >= 1
+    cnn = save(BUILDERS["conv_net"]()[0], "cnn.onnx")
+    quantrs.quantize(cnn, tmp_path / "cnn_q.onnx", QuantizeConfig(per_channel=True, min_elements=0, exclude_op_types=("Gemm",)))
+    assert quantrs.benchmark(cnn, tmp_path / "cnn_q.onnx", runs=2, warmup=0).runtime_ops == {"DequantizeLinear": 2}
