@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from quantrs._cpus import available_cpus
@@ -84,7 +85,7 @@ def run_job(job: Job) -> ModelResult:
     from quantrs.pipeline import quantize
 
     started = time.perf_counter()
-    base = dict(input=str(job.input), output=str(job.output), input_bytes=_size(job.input))
+    base: dict[str, Any] = dict(input=str(job.input), output=str(job.output), input_bytes=_size(job.input))
     try:
         job.output.parent.mkdir(parents=True, exist_ok=True)
         report = quantize(job.input, job.output, job.config)

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -318,7 +319,7 @@ def _replace_with_dequantized(graph, replacements: dict[str, tuple[np.ndarray, n
     nodes = []
     for name, (codes, scale, axis) in replacements.items():
         kept += [numpy_helper.from_array(codes, f"{name}_quantized"), numpy_helper.from_array(scale, f"{name}_scale")]
-        attrs = {} if axis is None else {"axis": axis}
+        attrs: dict[str, Any] = {} if axis is None else {"axis": axis}
         nodes.append(helper.make_node("DequantizeLinear", [f"{name}_quantized", f"{name}_scale"], [name], name=f"{name}_DequantizeLinear", **attrs))
     del graph.initializer[:]
     graph.initializer.extend(kept)

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -100,7 +100,7 @@ def _quantize_options() -> list[tuple[str, object, typer.models.OptionInfo]]:
     from quantrs.config import QuantizeConfig, options
 
     hints = typing.get_type_hints(QuantizeConfig)
-    out = []
+    out: list[tuple[str, Any, Any]] = []
     for f, spec in options():
         kind = spec.cli_type or hints[f.name]
         out.append((f.name, Optional[kind], typer.Option(*spec.flags, help=spec.help, show_default=False)))
@@ -186,6 +186,7 @@ def quantize(
         if dry_run:
             _emit(plan_only(model, config, output_path=output), fmt, "render_plan")
             return
+        assert output is not None  # checked above
         with _progress(quiet) as progress:
             report = run(model, output, config, progress=progress)
     except UnknownNameError as exc:

@@ -54,7 +54,14 @@ def _options_class() -> type:
     return cls
 
 
-Options = _options_class()
+if TYPE_CHECKING:  # the class is built at run time from QuantizeConfig's declaration
+
+    @dataclass(frozen=True, kw_only=True)
+    class Options:
+        def set_fields(self) -> dict[str, Any]: ...
+
+else:
+    Options = _options_class()
 
 
 @dataclass(frozen=True, kw_only=True)

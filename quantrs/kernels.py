@@ -15,12 +15,12 @@ without that copy.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from quantrs import _block, _build, _hist, _pack, _quant, _reduce
+from quantrs._cpus import available_cpus
 from quantrs.errors import ConfigError, NonFiniteWeightError
 
 __all__ = [
@@ -56,14 +56,11 @@ def openmp_enabled() -> bool:
 
 def default_threads() -> int:
     """Threads a kernel may use: OpenMP's default (OMP_NUM_THREADS), capped by the CPUs this
-    process may run on; 1 in the serial build."""
+    process may use (its affinity and cgroup CPU quota, see quantrs._cpus); 1 in the serial
+    build."""
     if not openmp_enabled():
         return 1
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(_build.max_threads(), cpus))
+    return max(1, min(_build.max_threads(), available_cpus()))
 
 
 def _threads(n_threads: int | None, size: int) -> int:

@@ -139,7 +139,7 @@ class WeightStore:
         if t.data_location == TensorProto.EXTERNAL:
             path, offset, length = self._external_range(t)
             return np.frombuffer(self._map_external(path), dtype=np.uint8, count=length, offset=offset)
-        if name in self._embedded:
+        if name in self._embedded and self._file_map is not None:
             offset, length = self._embedded[name]
             return np.frombuffer(self._file_map, dtype=np.uint8, count=length, offset=offset)
         if t.HasField("raw_data"):
@@ -179,7 +179,7 @@ class WeightStore:
 
     def _external_range(self, t: TensorProto) -> tuple[Path, int, int]:
         fields = _external_fields(t)
-        if self._base_dir is None:
+        if self._base_dir is None or self._model_path is None:
             raise ModelLoadError(f"{self._model_path}: initializer {t.name!r} has external data but no folder")
         path = resolve_external_path(self._base_dir, fields.get("location", ""), self._model_path)
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
@@ -338,7 +338,7 @@ def _parse_skeleton(buf: np.ndarray, file_map: mmap.mmap | None = None) -> tuple
     Runs are cut at _PARSE_RUN bytes and their pages of `file_map` released once merged, so a
     graph full of Constant nodes is not resident twice (mapped and parsed) while it is read.
     """
-    view = memoryview(buf)
+    view = memoryview(buf)  # type: ignore[arg-type]  # ndarray is a buffer; numpy's stubs say so from Python 3.12
 
     def merge(message, fields, skip: int) -> None:
         run_start = run_end = None

@@ -257,7 +257,7 @@ class _Stream:
             if self.dq[name].in_body:
                 for piece in self._replacements(name, spec, self.dq[name]):
                     assert piece.payload is not None
-                    piece.header.raw_data = memoryview(piece.payload.produce()).cast("B").tobytes()
+                    piece.header.raw_data = memoryview(piece.payload.produce()).cast("B").tobytes()  # type: ignore[arg-type]  # ndarray is a buffer; numpy's stubs say so from Python 3.12
                     if piece.payload.release is not None:
                         piece.payload.release()
 
@@ -277,7 +277,9 @@ class _Stream:
         if tensors.zero_point is not None:
             size = (spec.channels + 1) // 2 if packed else spec.channels
             out.append(OutTensor(tensors.zero_point, Payload(size, lambda: self._zero_points(name))))
-        out[-1].payload.release = lambda: self._finish(name)
+        last = out[-1].payload
+        assert last is not None  # every piece above has a payload
+        last.release = lambda: self._finish(name)
         return out
 
     def _kept_payload(self, name: str) -> Payload | None:
@@ -285,7 +287,7 @@ class _Stream:
         raw = weights.payload(name)
         if raw is None:
             return None
-        return Payload(raw.size, lambda: weights.payload(name), lambda: weights.release(name))
+        return Payload(raw.size, lambda: _present(weights.payload(name)), lambda: weights.release(name))
 
     def _quantized(self, name: str) -> QuantizedTensor:
         if self._current is None or self._current[0] != name:
@@ -327,6 +329,11 @@ class _Stream:
         self._done_bytes += self.model.weights.info(name).nbytes
         if self.progress is not None:
             self.progress(len(self.results), len(self.specs), self._done_bytes, self._total_bytes)
+
+
+def _present(raw: np.ndarray | None) -> np.ndarray:
+    assert raw is not None  # the payload was there when the layout was made
+    return raw
 
 
 def _storage_names(specs: dict[str, DQSpec]) -> str:

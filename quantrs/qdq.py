@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 from onnx import TensorProto, helper
@@ -295,7 +296,7 @@ def _params(tensors: DQTensors) -> list[str]:
 
 def _dequantize(spec: DQSpec, tensors: DQTensors, name: str, fresh) -> list[onnx.NodeProto]:
     """DequantizeLinear of the whole weight (and the Cast back to its type, for bfloat16)."""
-    attrs = spec.dq_attributes
+    attrs: dict[str, Any] = dict(spec.dq_attributes)
     out = fresh(f"{name}_dequantized") if spec.cast_to is not None else name
     nodes = [helper.make_node("DequantizeLinear", _params(tensors), [out], name=fresh(f"{name}_DequantizeLinear"), **attrs)]
     if spec.cast_to is not None:

@@ -53,6 +53,7 @@ class HistogramCollector:
         kernels.histogram(x, -self.radius, self.radius, self.counts)
 
     def _double(self) -> None:
+        assert self.counts is not None  # add() made them before any doubling
         merged = self.counts.reshape(NBINS // 2, 2).sum(axis=1)
         self.counts = np.zeros(NBINS, dtype=np.int64)
         self.counts[NBINS // 4 : NBINS // 4 + NBINS // 2] = merged
@@ -90,8 +91,14 @@ def pick_range(stats: HistogramCollector, method: str, *, percentile: float = 99
     return max(lo, stats.lo), min(hi, stats.hi)
 
 
+def _counts(stats: HistogramCollector) -> np.ndarray:
+    if stats.counts is None:  # pick_range returns min/max before any histogram method runs
+        raise ConfigError(f"activation {stats.name!r} has no histogram (collected with method minmax)")
+    return stats.counts
+
+
 def _percentile(stats: HistogramCollector, p: float) -> tuple[float, float]:
-    counts, edges = stats.counts, stats.edges
+    counts, edges = _counts(stats), stats.edges
     cdf = np.cumsum(counts) / counts.sum()
     tail = (100.0 - p) / 100.0
     if stats.lo >= 0:  # one-sided data (after Relu): clip only the top
@@ -105,8 +112,9 @@ def _percentile(stats: HistogramCollector, p: float) -> tuple[float, float]:
 def _abs_histogram(stats: HistogramCollector) -> tuple[np.ndarray, float]:
     """Counts of |x| over [0, R] (NBINS / 2 bins) and the bin width."""
     half = NBINS // 2
-    folded = stats.counts[half:].copy()
-    folded += stats.counts[:half][::-1]
+    counts = _counts(stats)
+    folded = counts[half:].copy()
+    folded += counts[:half][::-1]
     return folded.astype(np.float64), stats.radius / half
 
 
@@ -155,5 +163,5 @@ def _mse_threshold(stats: HistogramCollector, levels: int) -> float:
         clip = float(np.sum(outside * (centers[i:] - threshold) ** 2))
         err = inside * step * step / 12.0 + clip
         if err < best_err:
-            best, best_err = i, err
+            best, best_err = int(i), err
     return best * width

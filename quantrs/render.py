@@ -137,8 +137,8 @@ def render_info(report: InfoReport) -> None:
     if types or where:
         console.print("    " + "; ".join(x for x in [types, *where] if x), highlight=False)
     if report.quantized_ops:
-        ops = ", ".join(f"{n} {op}" for op, n in report.quantized_ops.items())
-        console.print(f"  already quantized: {ops}", highlight=False)
+        listed = ", ".join(f"{n} {op}" for op, n in report.quantized_ops.items())
+        console.print(f"  already quantized: {listed}", highlight=False)
     b = report.build
     console.print(
         f"  quantrs {b.quantrs}: OpenMP {'on' if b.openmp else 'off (serial build)'}, {b.threads} thread(s); "

@@ -375,7 +375,7 @@ def _with_float_weights(quantized: onnx.ModelProto, orig: LoadedModel, names: li
     model.CopyFrom(quantized)
     graph = model.graph
     chosen = set(names)
-    dropped = set()
+    dropped: set[str] = set()
     nodes = []
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and node.output[0] in chosen:

@@ -144,7 +144,7 @@ def _model_prefix(model: onnx.ModelProto) -> tuple[bytes, bytes]:
 
 def _emit(out, payload: Payload) -> None:
     data = payload.produce()
-    view = memoryview(data).cast("B")
+    view = memoryview(data).cast("B")  # type: ignore[arg-type]  # ndarray is a buffer; numpy's stubs say so from Python 3.12
     if view.nbytes != payload.size:
         raise ValueError(f"a payload produced {view.nbytes} bytes instead of {payload.size}")
     out.write(view)
@@ -207,7 +207,7 @@ def _write_external(
                 continue
             if off is None:
                 produced = tensor.payload.produce()
-                inline[i] = memoryview(produced).cast("B").tobytes()
+                inline[i] = memoryview(produced).cast("B").tobytes()  # type: ignore[arg-type]  # ndarray is a buffer; numpy's stubs say so from Python 3.12
                 if tensor.payload.release is not None:
                     tensor.payload.release()
                 continue
