@@ -24,6 +24,18 @@ def save(tmp_path: Path):
     return _save
 
 
+@pytest.fixture(scope="module")
+def parallel_even_when_tiny():
+    """Let the kernels use the requested threads even on arrays below PARALLEL_MIN_ELEMENTS, so
+    that tiny hypothesis examples run the parallel code paths too."""
+    from quantrs import kernels
+
+    saved = kernels.PARALLEL_MIN_ELEMENTS
+    kernels.PARALLEL_MIN_ELEMENTS = 0
+    yield
+    kernels.PARALLEL_MIN_ELEMENTS = saved
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -25,6 +25,14 @@ for axis in (None, 0, 1):
     q = K.quantize(x, s, z, 0, 255, axis, n_threads=2)
     assert (q.reshape(x3.shape) == R.quantize(x3, s, z, 0, 255)).all()
     assert (K.pack4(q & 15) == R.pack4(q & 15)).all()
+K.PARALLEL_MIN_ELEMENTS = 0
+for axis in (0, 1):  # the block kernel (csrc/_block.pyx)
+    for dtype in (np.float32, np.float16):
+        for search in (False, True):
+            got = K.quantize_blocks(x.astype(dtype), axis, 32, 0, 15, symmetric=False, search=search, n_threads=2)
+            want = R.quantize_blocks(x.astype(dtype), axis, 32, 0, 15, symmetric=False, search=search)
+            assert (got.codes == want[0]).all() and got.scale.tobytes() == want[1].tobytes()
+            assert (got.sse, got.max_abs_error, got.sse_minmax) == want[3:]
 print("serial ok")
 """
 

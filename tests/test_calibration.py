@@ -30,12 +30,8 @@ from quantrs.ranges import NBINS, HistogramCollector, pick_range
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "small_cnn.onnx"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def parallel_even_when_tiny():
-    saved = K.PARALLEL_MIN_ELEMENTS
-    K.PARALLEL_MIN_ELEMENTS = 0
-    yield
-    K.PARALLEL_MIN_ELEMENTS = saved
+# Let the kernels use 2 threads on tiny arrays (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("parallel_even_when_tiny")
 
 
 @settings(max_examples=80, deadline=None)

@@ -17,14 +17,8 @@ finite32 = st.floats(-1e4, 1e4, width=32, allow_nan=False, allow_infinity=False)
 RANGES = [(-127, 127, True), (-128, 127, False), (0, 255, False), (0, 255, True), (-7, 7, True), (0, 15, False), (-8, 7, False)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def parallel_even_when_tiny():
-    """Let the kernels use 2 threads on tiny arrays, so that hypothesis' small examples also
-    exercise the parallel paths."""
-    saved = K.PARALLEL_MIN_ELEMENTS
-    K.PARALLEL_MIN_ELEMENTS = 0
-    yield
-    K.PARALLEL_MIN_ELEMENTS = saved
+# Let the kernels use 2 threads on tiny arrays (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("parallel_even_when_tiny")
 
 
 threads = pytest.mark.parametrize("threads", [1, 2], ids=["1thread", "2threads"])

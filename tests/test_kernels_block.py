@@ -7,10 +7,6 @@ scales and zero points, and the search never loses to plain min/max."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import ml_dtypes
@@ -36,13 +32,8 @@ BLOCK_SIZES = [2, 3, 4, 16, 32, 64, 128]
 threads = pytest.mark.parametrize("threads", [1, 2], ids=["1thread", "2threads"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def parallel_even_when_tiny():
-    """Let the kernels use 2 threads on tiny arrays (as tests/test_kernels.py does)."""
-    saved = K.PARALLEL_MIN_ELEMENTS
-    K.PARALLEL_MIN_ELEMENTS = 0
-    yield
-    K.PARALLEL_MIN_ELEMENTS = saved
+# Let the kernels use 2 threads on tiny arrays (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("parallel_even_when_tiny")
 
 
 def check(x, axis, block_size, qrange, *, search, half_scale=False, transpose=False, threads=2, out=None):
@@ -353,41 +344,3 @@ def test_reference_mirrors_the_kernels_constants():
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SERIAL_CHECK = """
-import numpy as np
-from quantrs import kernels as K, reference as R
-assert not K.openmp_enabled()
-K.PARALLEL_MIN_ELEMENTS = 0
-x = np.random.default_rng(0).standard_normal((300, 700)).astype(np.float32)
-for axis in (0, 1):
-    for dtype in (np.float32, np.float16):
-        for search in (False, True):
-            got = K.quantize_blocks(x.astype(dtype), axis, 32, 0, 15, symmetric=False, search=search, n_threads=2)
-            want = R.quantize_blocks(x.astype(dtype), axis, 32, 0, 15, symmetric=False, search=search)
-            assert (got.codes == want[0]).all() and got.scale.tobytes() == want[1].tobytes()
-            assert (got.sse, got.max_abs_error, got.sse_minmax) == want[3:]
-print("serial blocks ok")
-"""
-
-
-@pytest.mark.skipif(not (ROOT / "setup.py").exists(), reason="needs the source tree")
-def test_serial_build_blocks_equal_twin(tmp_path):
-    """The block kernel built without OpenMP (as tests/test_build.py builds every kernel) gives
-    the twin's results."""
-    pytest.importorskip("Cython")
-    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    shutil.copytree(ROOT / "csrc", tmp_path / "csrc", ignore=shutil.ignore_patterns("*.c", "*.html"))
-    shutil.copytree(ROOT / "quantrs", tmp_path / "quantrs", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    env = {**os.environ, "QUANTRS_NO_OPENMP": "1"}
-    build = subprocess.run(
-        [sys.executable, "setup.py", "build_ext", "--inplace", "-j", "2"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
-    )
-    assert build.returncode == 0, build.stderr[-3000:]
-    run = subprocess.run(
-        [sys.executable, "-c", SERIAL_CHECK], cwd=tmp_path, env={**env, "PYTHONPATH": str(tmp_path)},
-        capture_output=True, text=True, check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "serial blocks ok" in run.stdout

@@ -25,13 +25,8 @@ threads = pytest.mark.parametrize("threads", [1, 2], ids=["1thread", "2threads"]
 RANGES = [(-127, 127, True), (-128, 127, False), (0, 255, False), (0, 15, False), (-8, 7, False)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def parallel_even_when_tiny():
-    """Let the kernels use 2 threads on tiny arrays (as tests/test_kernels.py does)."""
-    saved = K.PARALLEL_MIN_ELEMENTS
-    K.PARALLEL_MIN_ELEMENTS = 0
-    yield
-    K.PARALLEL_MIN_ELEMENTS = saved
+# Let the kernels use 2 threads on tiny arrays (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("parallel_even_when_tiny")
 
 
 def all_patterns(dtype: np.dtype) -> np.ndarray:
