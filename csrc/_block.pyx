@@ -624,22 +624,23 @@ cdef void _contiguous_task(weight_p src, const Job* j, Py_ssize_t t, float* scra
     cdef float* tile = scratch + 2 * BATCH_VALUES
     cdef Py_ssize_t f = t * j.chunk, last = f + j.chunk
     cdef Py_ssize_t b = f % j.nb, f2, b2, start, total, n
+    cdef Py_ssize_t per_batch = BATCH_VALUES // j.B
     cdef const float* whole
     cdef int mx = 0, bad = 0
     cdef double sse = 0, sse_minmax = 0
     if last > j.outer * j.nb:
         last = j.outer * j.nb
+    # A batch: up to per_batch consecutive blocks (consecutive in memory too), so that even
+    # padded to B values each they fit BATCH_VALUES; or one longer block (read piece by piece).
+    per_batch = per_batch if per_batch < BATCH_BLOCKS else BATCH_BLOCKS
+    per_batch = per_batch if per_batch > 1 else 1
     start = (f // j.nb) * j.L + b * j.B
     while f < last:
-        # A batch: consecutive blocks (consecutive in memory too) of <= BATCH_VALUES values in
-        # all, or one longer block (then read piece by piece).
         total = 0
         f2 = f
         b2 = b
-        while f2 < last and f2 - f < BATCH_BLOCKS:
+        while f2 < last and f2 - f < per_batch:
             n = j.L - b2 * j.B if j.L - b2 * j.B < j.B else j.B
-            if f2 > f and total + n > BATCH_VALUES:
-                break
             total += n
             f2 += 1
             b2 = b2 + 1 if b2 + 1 < j.nb else 0

@@ -43,7 +43,7 @@ def test_serial_build_without_openmp(tmp_path):
     for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "csrc", tmp_path / "csrc", ignore=shutil.ignore_patterns("*.c", "*.html"))
-    shutil.copytree(ROOT / "quantrs", tmp_path / "quantrs", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     env = {**os.environ, "QUANTRS_NO_OPENMP": "1"}
     build = subprocess.run(
         [sys.executable, "setup.py", "build_ext", "--inplace", "-j", "2"],
@@ -52,7 +52,7 @@ def test_serial_build_without_openmp(tmp_path):
     assert build.returncode == 0, build.stderr[-3000:]
     assert "SERIAL" in build.stderr  # the build says loudly that it is serial
     check = subprocess.run(
-        [sys.executable, "-c", CHECK], cwd=tmp_path, env={**env, "PYTHONPATH": str(tmp_path)},
+        [sys.executable, "-c", CHECK], cwd=tmp_path, env={**env, "PYTHONPATH": str(tmp_path / "src")},
         capture_output=True, text=True, check=False,
     )
     assert check.returncode == 0, check.stderr[-3000:]

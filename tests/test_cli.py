@@ -109,7 +109,7 @@ def test_python_dash_m_and_console_script(save, tmp_path):
         capture_output=True,
         text=True,
         check=False,
-        cwd=tmp_path,  # not the repository root, whose quantrs/ has no compiled kernels
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["quantized_count"] == 2
@@ -153,3 +153,18 @@ def test_verbose_logs_each_stage_and_vv_each_tensor(save, tmp_path):
     assert "conv1.b" not in one.stderr  # per-tensor lines are -vv
     two = subprocess.run([*base, "-vv", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--per-channel", "--min-elements", "0"], capture_output=True, text=True, cwd=tmp_path, env={**__import__("os").environ, "COLUMNS": "300"})
     assert "conv1.b" in two.stderr and "quantized conv1.w" in two.stderr
+
+
+def test_works_from_the_repository_root():
+    """The README leaves a newcomer in the clone's root: `python -m quantrs` and `import quantrs`
+    must find the installed package there (src layout), not a source folder without kernels."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "examples" / "small_cnn.onnx").exists():
+        pytest.skip("needs the source tree")
+    out = subprocess.run([sys.executable, "-m", "quantrs", "info", "examples/small_cnn.onnx", "--format", "json"], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["build"]["threads"] >= 1
+    code = "import quantrs, quantrs.kernels; print(quantrs.inspect_model('examples/small_cnn.onnx').node_count)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True).stdout.strip() == "17"
