@@ -169,3 +169,54 @@ def test_thread_threshold(benchmark, force_threads, elements, n_threads):
     benchmark.group = f"threads {elements} elements"
     benchmark.extra_info["bytes"] = x.nbytes
     benchmark(quantrs_per_channel_int8, x, 1, n_threads)
+
+
+# Block-wise INT4 (csrc/_block.pyx: min/max, scale, codes and error in one pass per block) beside
+# the per-channel fused pass on the same tensor. MatMul [K, N] is blocked along K (axis 0, the
+# strided layout; its per-channel axis is N), Gemm transB=1 [N, K] along K (axis 1, contiguous
+# blocks; per channel along N). "per-channel" is quantize_with_error alone (scales given);
+# "per-channel-all" adds the min/max pass and scales() it needs, the whole per-channel job.
+BLOCK_LAYOUTS = {"matmul-4096x4096-axis0": (0, 1), "gemm-4096x4096-axis1": (1, 0)}
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("layout", list(BLOCK_LAYOUTS))
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("impl", ["per-channel", "per-channel-all", "blocks", "blocks-search"])
+def test_quantize_blocks(benchmark, half_weights, impl, dtype, layout, n_threads):
+    """Block size 32, UINT4 asymmetric; the bars: blocks at per-channel's GB/s, search <= 1.5x
+    blocks (MatMul, float32, 2 threads)."""
+    x = half_weights[dtype]
+    axis, channel_axis = BLOCK_LAYOUTS[layout]
+    out = np.empty(x.size, dtype=np.uint8)
+    benchmark.group = f"blocks int4 b32 {layout}, {n_threads} thread(s)"
+    benchmark.extra_info["bytes"] = x.nbytes
+    benchmark.extra_info["values"] = x.size
+    name = f"{impl} {dtype}"
+    benchmark.extra_info["impl"] = name
+    if impl == "per-channel":
+        scale, zp = K.scales(K.minmax(x, channel_axis), 0, 15, symmetric=False)
+        benchmark(K.quantize_with_error, x, scale, zp, 0, 15, channel_axis, n_threads=n_threads, out=out)
+    elif impl == "per-channel-all":
+
+        def per_channel_all():
+            scale, zp = K.scales(K.minmax(x, channel_axis, n_threads=n_threads), 0, 15, symmetric=False)
+            return K.quantize_with_error(x, scale, zp, 0, 15, channel_axis, n_threads=n_threads, out=out)
+
+        benchmark(per_channel_all)
+    else:
+        search = impl == "blocks-search"
+        benchmark(K.quantize_blocks, x, axis, 32, 0, 15, symmetric=False, search=search, n_threads=n_threads, out=out)
+
+
+@pytest.mark.parametrize("grid", [0, 1, 2, 3, 6, 11])
+def test_quantize_blocks_search_grid(benchmark, weights, grid):
+    """The search's cost by grid size (the first `grid` of kernels.SEARCH_ALPHAS; 0: no
+    search), MatMul [4096, 4096] along axis 0, block 32, UINT4, 2 threads."""
+    x, _ = weights("matmul-4096x4096")
+    out = np.empty(x.size, dtype=np.uint8)
+    benchmark.group = "blocks int4 b32 matmul-4096x4096-axis0, 2 threads, search grid size"
+    benchmark.extra_info["bytes"] = x.nbytes
+    benchmark.extra_info["impl"] = f"{grid} point(s)"
+    alphas = K.SEARCH_ALPHAS[:grid] if grid else None
+    benchmark(K.quantize_blocks, x, 0, 32, 0, 15, symmetric=False, alphas=alphas, n_threads=2, out=out)

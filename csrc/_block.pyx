@@ -1,38 +1,40 @@
 """Block-wise quantization: ONNX opset-21 QuantizeLinear/DequantizeLinear with `axis` and
-`block_size` (and onnxruntime's MatMulNBits), one scale and zero point per block of `block_size`
+`block_size` (and onnxruntime's MatMulNBits): one scale and zero point per block of `block_size`
 consecutive values along the reduction axis (the last block short), with an optional range search.
 
-The tensor is seen as (outer, L, inner) around the block axis; a block is (o, b, i): rows
-b * B .. b * B + n - 1 (n <= B) of column i. Every block is read from memory once, then from cache:
+The tensor is seen as (outer, L, inner) around the block axis; block (o, b, i) is rows
+b * B .. b * B + n - 1 (n <= B) of column i. Each block is read from memory once, then from cache:
 
 - contiguous layout (inner == 1: Gemm transB=1 weights [N, K] and embedding tables along their
-  last axis): a block is B consecutive values. A task walks a run of consecutive blocks (which
-  are consecutive in memory), a batch of blocks at a time (<= BATCH_VALUES values, widened from
-  16 bits once); each block's passes (min/max, [search], codes + error) run on it in L1, the
-  loops vectorised along the block: value r of a block is lane r % 4 of every sum.
+  last axis): a block is n consecutive values. A task walks a run of consecutive blocks (which
+  are consecutive in memory) a batch at a time (<= BATCH_VALUES values, widened from 16 bits
+  once): min/max of each block, the batch's parameters, then each block's codes and error, the
+  loops vectorised along the block. The search transposes the batch into a tile (block k =
+  column k) and runs the strided layout's loops on it, across blocks.
 - strided layout (inner > 1: MatMul weights [K, N] along axis 0, Conv [O, I, kh, kw] along 1): a
-  block row is B rows x `inner` columns, one (scale, zero point) per column. A task is one block
-  row times a span of columns: the first pass walks its rows (long runs through memory) for
-  per-column min/max; the other passes work on SUB columns at a time, from cache, vectorised
-  along the columns (value r of a block is still lane r % 4 of its column's sums).
+  block row is n rows x `inner` columns, one block per column. A task is one block row times a
+  span of columns: the first pass walks its rows (long runs through memory) for per-column
+  min/max; the other passes take SUB columns at a time from cache, four rows per iteration,
+  vectorised along the columns.
 
-Parameters follow _quant.scales exactly, codes are ONNX QuantizeLinear (see _quant._quantize_run)
-and the error of one value is taken as _quant.channel_error does (d = x - dequantized in float32,
-its square in double).
+Parameters follow _quant.scales exactly, codes are ONNX QuantizeLinear (saturated to [qmin,
+qmax], see _quant._quantize_run) and the error of one value is taken as _quant.channel_error does
+(d = x - dequantized in float32, its square in double).
 
-Range search (a grid of shrink factors alpha of the min/max range): per block and per alpha, the
-scale and zero point of scales() on [alpha * lo, alpha * hi], that range's codes, then the least
-squares scale for those codes (q = code - zero point; symmetric: s = sum(q x) / sum(q q);
-asymmetric: x regressed on q, zero point rint(z - offset / s) clamped) with float32 sums in lane
-order and float32 arithmetic, and the error of the codes re-quantized with it (a candidate that is
-not finite and positive keeps the grid point's scale). The plain min/max parameters come first,
-so the search never loses to them (ties keep the earlier candidate). With half_scale every
-candidate's scale is rounded up to float16 (an asymmetric zero point recomputed so its lowest
-value still maps to qmin) before its codes and error are taken.
+Range search, per block: for each alpha of the grid (SEARCH_ALPHAS in quantrs.kernels), the
+scale and zero point scales() gives [alpha * lo, alpha * hi], that grid point's codes, the least
+squares scale (and zero point) for those codes (_refine_n; float32 sums in lane order, float32
+arithmetic), and the error of the codes re-quantized with it. Plain min/max comes first and
+each grid point's refined candidate after it; the smallest error wins, ties keep the earlier, so
+the search never loses to plain min/max. With half_scale every candidate's scale is rounded up to
+float16 (an asymmetric zero point recomputed so its lowest value still maps to qmin) before its
+codes and error are taken, so the choice is made on what is stored.
 
-Totals (sse, sse of plain min/max, max abs error) are summed in a fixed order: each block's sum
-is (l0 + l1) + (l2 + l3) over its lanes; blocks are added in order within a chunk (chunk() blocks
-or columns), and the chunks in order. quantrs.reference.quantize_blocks is the numpy twin.
+Sums: value r of a block goes to lane r % 4 (lanes summed in order, the block's sum is
+(l0 + l1) + (l2 + l3)), in both layouts. Totals (sse, plain min/max's sse) add the blocks in
+order within a chunk (contiguous: chunk consecutive blocks; strided: one block row's span of
+chunk columns), then the chunks in order: the same for any thread count.
+quantrs.reference.quantize_blocks is the numpy twin.
 """
 from cython.parallel cimport prange
 from cpython.array cimport array, clone
@@ -104,7 +106,7 @@ cdef struct Job:
 
 
 # ----------------------------------------------------------------------------------------------
-# Scalars: parameters of one block.
+# Parameters: plain min/max, grid points, least-squares refinement, float16 rounding.
 
 cdef inline double _rint64(double v) noexcept nogil:
     return (v + MAGIC64) - MAGIC64
@@ -145,8 +147,8 @@ cdef inline void _to_half(double low, const Job* j, float* s, int* z) noexcept n
 
 cdef void _params_n(const float* lo, const float* hi, float alpha, Py_ssize_t n, const Job* j,
                     float_rp s, int_rp z, float_rp lob, float_rp hib) noexcept nogil:
-    # _params for n ranges shrunk by alpha (alpha * lo in float32; 1.0 leaves them as they are),
-    # and the clamp bounds qmin - z, qmax - z of _q. Branch-free, so the loop vectorises.
+    # _quant.scales for n ranges shrunk by alpha (alpha * lo, alpha * hi in float32; 1.0 leaves
+    # them as they are), plus the clamp bounds qmin - z, qmax - z of _q.
     cdef Py_ssize_t c
     cdef double r = j.qmax - j.qmin, qmin = j.qmin, qmax = j.qmax, l, h, a, zz
     cdef float lf, hf, sf
@@ -202,7 +204,11 @@ cdef void _half_n(const float* lo, Py_ssize_t n, const Job* j, float* s, int* z,
 cdef void _refine_n(const float* sq, const float* sqq, const float* sxq, const float* sx,
                     const float* cnt, const float* gs, const int* gz, Py_ssize_t n, const Job* j,
                     float_rp s, int_rp z, float_rp lob, float_rp hib) noexcept nogil:
-    # _refine for n grid points (cnt: values per block), branch-free, then half_scale if asked.
+    # The least-squares scale (and zero point) for n grid points' codes, in float32, from their
+    # lane sums (q = code - gz; cnt values per block): symmetric s = sum(q x) / sum(q q);
+    # asymmetric x regressed on q, s = (n sum(q x) - sum(q) sum(x)) / (n sum(q q) - sum(q)^2),
+    # offset = (sum(x) - s sum(q)) / n, zero point rint(gz - offset / s) clamped. A scale that
+    # is not finite and >= FLT_MIN_NORMAL keeps the grid point's (gs, gz). Then half_scale.
     cdef Py_ssize_t c
     cdef float st, den, num, off, zf, qmin = j.qmin, qmax = j.qmax
     cdef int zc
@@ -244,8 +250,10 @@ cdef inline float _q(float v, float s, float lob, float hib) noexcept nogil:
 
 
 # ----------------------------------------------------------------------------------------------
-# Contiguous layout: one block (or a piece of a long one) at a time, vectorised along it. Lane
-# state is carried between the pieces of a block (pieces are multiples of 4 values).
+# Contiguous layout: one block (or a piece of a long one) at a time, vectorised along it: value
+# r is lane r % 4 of the sums, and lane state is carried between the pieces of a long block
+# (pieces are multiples of 4 values). Min/max and max |error| are taken on the float bits as
+# integers (order-free, and integer reductions vectorise where float ones do not).
 
 cdef inline int _key(int u) noexcept nogil:
     # The bits of a float32 as an int that orders like the float (for non-NaN values; -0.0 just
@@ -502,6 +510,8 @@ cdef void _c_batch(weight_p x, const float* whole, float* buf, float* dbuf, floa
     cdef bint changed = False
     cdef bint direct = j.B <= BATCH_VALUES  # every block is one piece: call the loops directly
     cdef const_float_up y
+    if m < 1:
+        return
     off[0] = 0
     for k in range(m):
         n = j.L - b * j.B if j.L - b * j.B < j.B else j.B
@@ -981,10 +991,11 @@ cdef void _s_span(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, 
     if j.half:
         _half_n(lo, w, j, bs, bz, bl, bh)
     _s_write(x, rs, cache, cs, rowbuf, n, w, bs, bz, bl, bh, j, out, tbytes, lanes, mx)
+    for c in range(SUB):
+        cnt[c] = <float>n
     for c in range(w):
         e0[c] = _col64(lanes, c)
         eb[c] = e0[c]
-        cnt[c] = <float>n
     if j.ngrid > 0:
         if _search(x, rs, cache, cs, rowbuf, n, w, lo, hi, cnt, j, bs, bz, bl, bh, eb):
             _s_write(x, rs, cache, cs, rowbuf, n, w, bs, bz, bl, bh, j, out, tbytes, lanes, mx)

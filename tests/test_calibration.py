@@ -313,6 +313,11 @@ def test_cli_calibrate_json_and_errors(tmp_path):
     assert data["method"] == "mse" and data["samples"] == 4 and data["activations"][0]["name"] == "image"
     bad = runner.invoke(app, ["calibrate", str(EXAMPLE), "--data", str(folder), "-o", str(tmp_path / "t.onnx"), "--method", "magic"])
     assert bad.exit_code == 2 and "'--method'" in bad.stderr  # a usage error naming the flag
+    quiet = runner.invoke(app, ["calibrate", str(EXAMPLE), "--data", str(folder), "-o", str(tmp_path / "u.onnx"), "-q"])
+    assert quiet.exit_code == 0, quiet.output
+    seen = []
+    quantrs.calibrate(EXAMPLE, tmp_path / "v.onnx", image_samples(3), progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 0), (2, 0), (3, 0)]  # an iterable: the total is not known
 
 
 PEAK = """

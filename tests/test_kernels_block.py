@@ -7,8 +7,6 @@ scales and zero points, and the search never loses to plain min/max."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import ml_dtypes
 import numpy as np
 import pytest
@@ -341,6 +339,4 @@ def test_reference_mirrors_the_kernels_constants():
     assert len(K.SEARCH_ALPHAS) == 11 and K.SEARCH_ALPHAS[0] == 1.0 and K.SEARCH_ALPHAS[-1] == 0.5
     assert all(np.float32(a) == a for a in K.SEARCH_ALPHAS)
 
-
-ROOT = Path(__file__).resolve().parents[1]
 

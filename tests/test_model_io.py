@@ -82,6 +82,8 @@ def test_nan_weight_is_refused_and_nothing_written(save, tmp_path):
     with pytest.raises(NonFiniteWeightError, match=r"model\.onnx: w1 holds NaN") as info:
         quantrs.quantize(save(model), tmp_path / "out.onnx", QuantizeConfig(min_elements=0))
     assert str(info.value).count("model.onnx") == 1  # the file is named once
+    assert info.value.file.name == "model.onnx" and info.value.tensor == "w1"  # as data, not only text
+    assert any(frame.name == "minmax" for frame in info.traceback)  # re-raised, not re-made: the cause is kept
     assert sorted(os.listdir(tmp_path)) == ["model.onnx"]
 
 

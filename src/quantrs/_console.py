@@ -29,6 +29,25 @@ def stdout_console() -> Console:
 
 
 @contextmanager
+def count_bar(doing: str, what: str, *, disabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on stderr over a count of `what` (samples, runs), `doing` them (e.g.
+    "calibrating"); a total of 0 means unknown. Drawn only on a terminal (None otherwise)."""
+    if disabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn(doing), BarColumn(), MofNCompleteColumn(), TextColumn(what), TimeElapsedColumn(), console=stderr_console(), transient=True)
+    task = bar.add_task(doing, total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total or None)
+
+    with bar:
+        yield update
+
+
+@contextmanager
 def progress_bar(what: str, *, disabled: bool) -> Iterator[Callable[[int, int, int, int], None] | None]:
     """A progress bar on stderr over items (`what`: tensors, models) and bytes, with the time
     left; drawn only on a terminal (None otherwise, without importing rich's progress)."""

@@ -10,6 +10,7 @@ import os
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from quantrs.model import load_model
 from quantrs.report import BenchmarkReport, ModelTiming
 from quantrs.samples import generate_samples, input_specs, load_samples
+from quantrs.validation import _Steps
 
 __all__ = ["benchmark"]
 
@@ -31,12 +33,15 @@ def benchmark(
     warmup: int = 3,
     threads: int | None = None,
     data: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BenchmarkReport:
+    """Size, load time and latency of both models; `progress(runs done, runs in all)`."""
     orig = load_model(original)
+    step = _Steps(progress, 2 * (runs + warmup))
     feed = load_samples(data, input_specs(orig.proto), limit=1)[0] if data is not None else generate_samples(orig.proto, 1)[0]
     return BenchmarkReport(
-        original=_time_model(Path(original), feed, runs, warmup, threads),
-        quantized=_time_model(Path(quantized), feed, runs, warmup, threads),
+        original=_time_model(Path(original), feed, runs, warmup, threads, step),
+        quantized=_time_model(Path(quantized), feed, runs, warmup, threads, step),
         runtime_ops=_runtime_ops(Path(quantized), threads),
         runs=runs,
         warmup=warmup,
@@ -76,7 +81,7 @@ def _runtime_ops(path: Path, threads: int | None) -> dict[str, int] | None:
     return dict(sorted(counts.items()))
 
 
-def _time_model(path: Path, feed: dict[str, np.ndarray], runs: int, warmup: int, threads: int | None) -> ModelTiming:
+def _time_model(path: Path, feed: dict[str, np.ndarray], runs: int, warmup: int, threads: int | None, step: _Steps) -> ModelTiming:
     import onnxruntime as ort
 
     model = load_model(path)
@@ -95,11 +100,13 @@ def _time_model(path: Path, feed: dict[str, np.ndarray], runs: int, warmup: int,
         loads.append(time.perf_counter() - started)
     for _ in range(warmup):
         session.run(None, feed)
+        step()
     latencies = []
     for _ in range(runs):
         started = time.perf_counter()
         session.run(None, feed)
         latencies.append((time.perf_counter() - started) * 1e3)
+        step()
     deciles = statistics.quantiles(latencies, n=10) if len(latencies) >= 2 else [latencies[0]] * 9
     return ModelTiming(
         path=str(path),

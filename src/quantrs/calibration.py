@@ -16,7 +16,7 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from pathlib import Path
@@ -94,9 +94,12 @@ def calibrate(
     output_path: str | os.PathLike[str],
     data: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]],
     config: CalibrationConfig | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CalibrationReport:
     """Calibrate on `data` (a .npy/.npz file, a folder of them, or an iterable of input dicts)
-    and write a statically quantized QDQ model."""
+    and write a statically quantized QDQ model. `progress(samples done, samples in all or 0 when
+    unknown)` is called after each sample."""
     config = config or CalibrationConfig()
     started = time.perf_counter()
     src, dst = Path(input_path), Path(output_path)
@@ -119,7 +122,7 @@ def calibrate(
     if not activations:
         raise UnsupportedModelError(f"{src}: no Conv, MatMul or Gemm activation to quantize")
 
-    stats, count, held_out = _collect(model, src, data, activations, config)
+    stats, count, held_out = _collect(model, src, data, activations, config, progress)
     ranges = {name: pick_range(stats[name], config.method, percentile=config.percentile) for name in activations}
     act_scheme = Scheme(bits=8, signed=config.symmetric_activations, symmetric=config.symmetric_activations, packed=False)
     act_params = {name: _activation_params(lo, hi, act_scheme) for name, (lo, hi) in ranges.items()}
@@ -223,7 +226,7 @@ def _float_tensors(graph: onnx.GraphProto) -> dict[str, bool]:
     return {v.name: v.type.tensor_type.elem_type == TensorProto.FLOAT for v in values if v.type.HasField("tensor_type")}
 
 
-def _collect(model, src: Path, data, activations: list[str], config: CalibrationConfig):
+def _collect(model, src: Path, data, activations: list[str], config: CalibrationConfig, progress=None):
     """Run the float model with every activation as an output; fold each sample's values into
     the collectors and drop them."""
     import onnxruntime as ort
@@ -261,6 +264,8 @@ def _collect(model, src: Path, data, activations: list[str], config: Calibration
                 stats[name].add(feed[name])
         held_out.append(feed)
         count += 1
+        if progress is not None:
+            progress(count, config.max_samples or 0)
     if count < config.min_samples:
         raise ConfigError(f"{src}: {count} calibration sample(s), at least {config.min_samples} needed" if count else f"{src}: no calibration samples")
     return stats, count, list(held_out)

@@ -93,6 +93,22 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code=code)
 
 
+def command(function: Callable) -> Callable:
+    """Register a command with the one error path: a QuantrsError escaping it is printed as
+    one line on stderr (exit 1); usage errors stay typer's (exit 2)."""
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        from quantrs.errors import QuantrsError
+
+        try:
+            return function(*args, **kwargs)
+        except QuantrsError as exc:
+            raise _fail(str(exc)) from None
+
+    return app.command()(run)
+
+
 def _quantize_options() -> list[tuple[str, object, typer.models.OptionInfo]]:
     """(parameter name, type, typer option) for every QuantizeConfig option, from its one
     declaration (quantrs.config). Defaults are None ("not given"), so that a flag given on the
@@ -142,7 +158,7 @@ def config_fields(given: dict) -> dict:
         try:
             fields[f.name] = spec.parse(value) if spec.parse is not None else value
         except OptionError as exc:
-            raise typer.BadParameter(exc.message, param_hint=f"'{spec.flag}'") from None
+            raise typer.BadParameter(exc.detail, param_hint=f"'{spec.flag}'") from None
     return fields
 
 
@@ -154,7 +170,7 @@ def quantize_config(options: dict):
     try:
         return QuantizeConfig(**options)
     except OptionError as exc:
-        raise typer.BadParameter(exc.message, param_hint=_flag(exc.field)) from None
+        raise typer.BadParameter(exc.detail, param_hint=_flag(exc.field)) from None
 
 
 def _flag(field: str) -> str:
@@ -163,7 +179,7 @@ def _flag(field: str) -> str:
     return next((f"'{spec.flag}'" for f, spec in options() if f.name == field), f"'{field}'")
 
 
-@app.command()
+@command
 @with_quantize_options
 def quantize(
     model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
@@ -175,7 +191,7 @@ def quantize(
     options: dict,
 ) -> None:
     """Quantize the weights of MODEL to INT8 or INT4 and write a QDQ model to --output."""
-    from quantrs.errors import QuantrsError, UnknownNameError
+    from quantrs.errors import UnknownNameError
     from quantrs.pipeline import dry_run as plan_only
     from quantrs.pipeline import quantize as run
 
@@ -189,14 +205,12 @@ def quantize(
         assert output is not None  # checked above
         with _progress(quiet) as progress:
             report = run(model, output, config, progress=progress)
-    except UnknownNameError as exc:
+    except UnknownNameError as exc:  # a flag's value, so a usage error
         raise typer.BadParameter(f"{exc} ({model})", param_hint=_flag(exc.field)) from None
-    except QuantrsError as exc:
-        raise _fail(str(exc)) from None
     _emit(report, fmt, "render_quantize")
 
 
-@app.command()
+@command
 @with_quantize_options
 def batch(
     models: Annotated[list[str], typer.Argument(help="Models: files, folders (their *.onnx) or glob patterns.", show_default=False)],
@@ -212,17 +226,13 @@ def batch(
 ) -> None:
     """Quantize many models into one folder; exit code 1 if any failed."""
     from quantrs.batch import expand_inputs, make_jobs
-    from quantrs.errors import QuantrsError
 
     config = quantize_config(options)
-    try:
-        work = make_jobs(expand_inputs(models), output, config)
-        _run_batch(work, fmt, quiet, n_jobs=jobs, skip_existing=skip_existing, continue_on_error=continue_on_error, scheduler=scheduler)
-    except QuantrsError as exc:
-        raise _fail(str(exc)) from None
+    work = make_jobs(expand_inputs(models), output, config)
+    _run_batch(work, fmt, quiet, n_jobs=jobs, skip_existing=skip_existing, continue_on_error=continue_on_error, scheduler=scheduler)
 
 
-@app.command()
+@command
 @with_quantize_options
 def config(
     file: Annotated[Path, typer.Argument(help="A YAML (.yaml/.yml) or TOML (.toml) config file.", show_default=False)],
@@ -238,34 +248,31 @@ def config(
 ) -> None:
     """Run the models and batch a config file describes. Flags given here override the file."""
     from quantrs.configfile import jobs_from_config, load_config
-    from quantrs.errors import QuantrsError, UnknownNameError
+    from quantrs.errors import UnknownNameError
     from quantrs.pipeline import dry_run as plan_only
 
     quantize_config(options)  # flags given here: a bad value is a usage error naming the flag
-    try:
-        loaded = load_config(file)
-        work = jobs_from_config(loaded, file.parent, options, file=file)
-        if dry_run:
-            plans = []
-            for j in work:
-                try:
-                    plans.append(plan_only(j.input, j.config, output_path=j.output))
-                except UnknownNameError as exc:
-                    raise _fail(f"{j.origin}: {exc.field}: {exc} ({j.input})") from None
-            _emit(plans, fmt, "render_plans")
-            return
-        section = loaded.batch
-        _run_batch(
-            work,
-            fmt,
-            quiet,
-            n_jobs=jobs if jobs is not None else (section.jobs if section else 1),
-            skip_existing=_first(skip_existing, section and section.skip_existing, False),
-            continue_on_error=_first(continue_on_error, section and section.continue_on_error, False),
-            scheduler=scheduler,
-        )
-    except QuantrsError as exc:
-        raise _fail(str(exc)) from None
+    loaded = load_config(file)
+    work = jobs_from_config(loaded, file.parent, options, file=file)
+    if dry_run:
+        plans = []
+        for j in work:
+            try:
+                plans.append(plan_only(j.input, j.config, output_path=j.output))
+            except UnknownNameError as exc:
+                raise _fail(f"{j.origin}: {exc.field}: {exc} ({j.input})") from None
+        _emit(plans, fmt, "render_plans")
+        return
+    section = loaded.batch
+    _run_batch(
+        work,
+        fmt,
+        quiet,
+        n_jobs=jobs if jobs is not None else (section.jobs if section else 1),
+        skip_existing=_first(skip_existing, section and section.skip_existing, False),
+        continue_on_error=_first(continue_on_error, section and section.continue_on_error, False),
+        scheduler=scheduler,
+    )
 
 
 def _run_batch(work, fmt: OutputFormat, quiet: bool, **options) -> None:
@@ -307,7 +314,7 @@ def _emit(report, fmt: OutputFormat, renderer: str) -> None:
     getattr(render, renderer)(report)
 
 
-@app.command()
+@command
 def calibrate(
     model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
     data: Annotated[Path, typer.Option("--data", help="Calibration samples: .npy, .npz (by input name) or a folder of them.", show_default=False)],
@@ -323,29 +330,27 @@ def calibrate(
     exclude_op_type: Annotated[Optional[list[str]], typer.Option("--exclude-op-type", help="Op type to leave in float (repeatable).", show_default=False)] = None,
     exclude_regex: Annotated[Optional[list[str]], typer.Option("--exclude-regex", help="Leave nodes or weights whose name matches in float (repeatable).", show_default=False)] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Report as text or JSON (on stdout).")] = OutputFormat.text,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Static INT8: calibrate activation ranges on --data, quantize weights and activations (QDQ)."""
     from quantrs.calibration import CalibrationConfig
     from quantrs.calibration import calibrate as run
-    from quantrs.errors import QuantrsError
 
     if not 50 < percentile <= 100:
         raise typer.BadParameter(f"must be in (50, 100], not {percentile}", param_hint="'--percentile'")
     weights = quantize_config(
         {"min_elements": 0, "exclude": tuple(exclude or ()), "exclude_op_types": tuple(exclude_op_type or ()), "exclude_regex": tuple(exclude_regex or ())}
     )
-    try:
-        config = CalibrationConfig(
-            method=Method(method).value, percentile=percentile, per_channel=per_channel, symmetric_activations=symmetric_activations,
-            reduce_range=reduce_range, max_samples=max_samples, min_samples=min_samples, weights=weights,
-        )
-        report = run(model, output, data, config)
-    except QuantrsError as exc:
-        raise _fail(str(exc)) from None
+    config = CalibrationConfig(
+        method=Method(method).value, percentile=percentile, per_channel=per_channel, symmetric_activations=symmetric_activations,
+        reduce_range=reduce_range, max_samples=max_samples, min_samples=min_samples, weights=weights,
+    )
+    with _counting(quiet, "calibrating", "samples") as progress:
+        report = run(model, output, data, config, progress=progress)
     _emit(report, fmt, "render_calibration")
 
 
-@app.command()
+@command
 def validate(
     original: Annotated[Path, typer.Argument(help="The float model.", show_default=False)],
     quantized: Annotated[Path, typer.Argument(help="The quantized model.", show_default=False)],
@@ -357,27 +362,25 @@ def validate(
     min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Fail when a classifier output's top-1 agreement is lower (0-1).", show_default=False)] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here (needs quantrs\\[report]).", show_default=False)] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Text or JSON (on stdout).")] = OutputFormat.text,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Check that QUANTIZED still behaves like ORIGINAL; exit code 1 if a check or threshold fails."""
-    from quantrs.errors import QuantrsError
     from quantrs.validation import Thresholds
     from quantrs.validation import validate as run
 
-    try:
-        thresholds = Thresholds(min_cosine=min_cosine, max_relative_l2=max_relative_error, min_top1=min_top1)
-        result = run(original, quantized, data=data, samples=samples, detailed=detailed or report is not None, thresholds=thresholds)
-        if report is not None:
-            from quantrs.html_report import write_html_report
+    thresholds = Thresholds(min_cosine=min_cosine, max_relative_l2=max_relative_error, min_top1=min_top1)
+    with _counting(quiet, "running both models", "sample runs") as progress:
+        result = run(original, quantized, data=data, samples=samples, detailed=detailed or report is not None, thresholds=thresholds, progress=progress)
+    if report is not None:
+        from quantrs.html_report import write_html_report
 
-            write_html_report(result, report)
-    except QuantrsError as exc:
-        raise _fail(str(exc)) from None
+        write_html_report(result, report)
     _emit(result, fmt, "render_validation")
     if not result.passed:
         raise typer.Exit(code=1)
 
 
-@app.command()
+@command
 def benchmark(
     original: Annotated[Path, typer.Argument(help="The float model.", show_default=False)],
     quantized: Annotated[Path, typer.Argument(help="The quantized model.", show_default=False)],
@@ -386,31 +389,25 @@ def benchmark(
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="onnxruntime intra-op threads (default: its own).", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="A sample to run (.npy/.npz/folder); default: generated.", show_default=False)] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Text or JSON (on stdout).")] = OutputFormat.text,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Compare file size, weight bytes by type, load time and inference latency in onnxruntime."""
     from quantrs.benchmarking import benchmark as run
-    from quantrs.errors import QuantrsError
 
-    try:
-        result = run(original, quantized, runs=runs, warmup=warmup, threads=threads, data=data)
-    except QuantrsError as exc:
-        raise _fail(str(exc)) from None
+    with _counting(quiet, "timing", "runs") as progress:
+        result = run(original, quantized, runs=runs, warmup=warmup, threads=threads, data=data, progress=progress)
     _emit(result, fmt, "render_benchmark")
 
 
-@app.command()
+@command
 def info(
     model: Annotated[Path, typer.Argument(help="An ONNX model.", show_default=False)],
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Text or JSON (on stdout).")] = OutputFormat.text,
 ) -> None:
     """Show a model's opset, inputs/outputs, node counts and float weights, and this build."""
-    from quantrs.errors import QuantrsError
     from quantrs.info import inspect_model
 
-    try:
-        report = inspect_model(model)
-    except QuantrsError as exc:
-        raise _fail(str(exc)) from None
+    report = inspect_model(model)
     _emit(report, fmt, "render_info")
 
 
@@ -422,6 +419,12 @@ def _progress(quiet: bool, what: str = "tensors"):
     from quantrs._console import progress_bar
 
     return progress_bar(what, disabled=quiet or _State.quiet)
+
+
+def _counting(quiet: bool, doing: str, what: str):
+    from quantrs._console import count_bar
+
+    return count_bar(doing, what, disabled=quiet or _State.quiet)
 
 
 def main() -> None:

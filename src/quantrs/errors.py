@@ -18,7 +18,30 @@ __all__ = [
 
 
 class QuantrsError(Exception):
-    """Base of every error quantrs raises on purpose (bad input, unsupported model, ...)."""
+    """Base of every error quantrs raises on purpose (bad input, unsupported model, ...).
+
+    The file and the tensor an error is about are data (`file`, `tensor`), filled in by
+    whichever layer knows them (`about`), and rendered once, by str(): "model.onnx: w1 holds
+    NaN or infinite values". Re-raising the same exception keeps its cause and traceback.
+    """
+
+    def __init__(self, message: str = "", *, file: object = None, tensor: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.file = file
+        self.tensor = tensor
+
+    def about(self, *, file: object = None, tensor: str | None = None) -> QuantrsError:
+        """Fill in the file and tensor if not known yet; returns the exception itself."""
+        if self.file is None and file is not None:
+            self.file = file
+        if self.tensor is None and tensor is not None:
+            self.tensor = tensor
+        return self
+
+    def __str__(self) -> str:
+        text = f"{self.tensor} {self.message}" if self.tensor is not None else self.message
+        return f"{self.file}: {text}" if self.file is not None else text
 
 
 class ModelLoadError(QuantrsError, OSError):
@@ -46,8 +69,8 @@ class OptionError(ConfigError):
     its flag (a usage error) and a config file the key."""
 
     def __init__(self, field: str, message: str) -> None:
-        self.field, self.message = field, message
         super().__init__(f"{field} {message}")
+        self.field, self.detail = field, message
 
 
 class UnknownNameError(ConfigError):
@@ -58,9 +81,9 @@ class UnknownNameError(ConfigError):
     """
 
     def __init__(self, field: str, name: str, what: str, suggestions: list[str]) -> None:
-        self.field, self.name, self.what, self.suggestions = field, name, what, list(suggestions)
-        hint = f"; did you mean {' or '.join(repr(s) for s in self.suggestions)}?" if self.suggestions else ""
+        hint = f"; did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
         super().__init__(f"{name!r} matches no {what} of the model{hint}")
+        self.field, self.name, self.what, self.suggestions = field, name, what, list(suggestions)
 
 
 class AlreadyQuantizedError(UnsupportedModelError):

@@ -142,7 +142,7 @@ def minmax(
     lo = np.empty(x3.shape[1], dtype=np.float32)
     hi = np.empty(x3.shape[1], dtype=np.float32)
     if _reduce.minmax(x3, kind, lo, hi, _threads(n_threads, x3.size)):
-        raise NonFiniteWeightError(f"{name} holds NaN or infinite values")
+        raise NonFiniteWeightError("holds NaN or infinite values", tensor=name)
     return Range(lo, hi)
 
 
@@ -444,7 +444,7 @@ def quantize_blocks(
         _threads(n_threads, x3.size),
     )
     if bad:
-        raise NonFiniteWeightError(f"{name} holds NaN or infinite values")
+        raise NonFiniteWeightError("holds NaN or infinite values", tensor=name)
     if half_scale and not np.isfinite(scale).all():
         raise ValueError(f"{name}: a block's scale is above float16's largest value (65504)")
     shape = (x.shape[1], x.shape[0]) if transpose else x.shape

@@ -114,7 +114,8 @@ def quantize(
     try:
         stream.fill_bodies()
     except QuantrsError as exc:
-        raise type(exc)(f"{src}: {exc}") from None
+        exc.about(file=src)
+        raise
     if config.check_output:
         _check(proto, dq, src)
 
@@ -125,9 +126,10 @@ def quantize(
     try:
         written = write_model(proto, out_tensors, dst, external_data=external)
     except QuantrsError as exc:
-        if isinstance(exc, OutputError):
+        if isinstance(exc, OutputError):  # about the output file, which it names
             raise
-        raise type(exc)(f"{src}: {exc}") from None
+        exc.about(file=src)
+        raise
 
     logger.info(
         "wrote %s in %.3f s (quantizing %.3f s of it, %d weights, %.1f MB -> %.1f MB; mapped pages released after each)",
@@ -307,7 +309,8 @@ class _Stream:
                     range=spec.range,
                 )
             except QuantrsError as exc:  # the caller names the file
-                raise type(exc)(f"weight {name!r}: {exc}" if name not in str(exc) else str(exc)) from None
+                exc.about(tensor=name)
+                raise
             took = time.perf_counter() - began
             self.quantize_seconds += took
             logger.debug("  quantized %s %s in %.4f s: MSE %.3g", name, list(array.shape), took, qt.mse)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,7 @@ def validate(
     samples: int = 8,
     detailed: bool = False,
     thresholds: Thresholds | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ValidationReport:
     """Compare a quantized model with its original. Raises ModelLoadError/ConfigError for bad
     files or samples; a model that fails a check or a threshold gives a report with passed False."""
@@ -76,8 +78,9 @@ def validate(
 
     outputs: list[OutputAgreement] = []
     try:
-        reference = run_model(str(orig.path), feeds)
-        got = run_model(str(quant.path), feeds)
+        step = _Steps(progress, 2 * len(feeds))
+        reference = run_model(str(orig.path), feeds, progress=step)
+        got = run_model(str(quant.path), feeds, progress=step)
         outputs = agreements(reference, got)
         checks.append(Check("runs in onnxruntime", True, f"{len(feeds)} sample(s)"))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException
@@ -199,14 +202,31 @@ def _session(model: str | bytes):
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def run_model(model: str | bytes, feeds: Feeds, outputs: list[str] | None = None) -> dict[str, list[np.ndarray]]:
-    """Every output (or `outputs`) of the model for each feed, in onnxruntime on the CPU."""
+class _Steps:
+    """Counts runs towards a total for a progress callback (done, total)."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def run_model(
+    model: str | bytes, feeds: Feeds, outputs: list[str] | None = None, *, progress: Callable[[], None] | None = None
+) -> dict[str, list[np.ndarray]]:
+    """Every output (or `outputs`) of the model for each feed, in onnxruntime on the CPU;
+    `progress()` after each feed."""
     session = _session(model)
     names = outputs or [o.name for o in session.get_outputs()]
     results: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for feed in feeds:
         for name, value in zip(names, session.run(names, feed)):
             results[name].append(np.asarray(value))
+        if progress is not None:
+            progress()
     return results
 
 
