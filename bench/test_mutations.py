@@ -1,0 +1,106 @@
+"""A small mutation check: each plausible mistake at a seam is made in a copy of the installed
+package, and the test named for it must then fail (tests/test_seams.py and others). A mutation
+that the suite no longer notices is a test that stopped biting.
+
+    pytest bench/test_mutations.py -q
+
+Each case copies the installed package (compiled kernels included) to a temporary folder,
+replaces one exact piece of source text, and runs the named tests against that copy
+(PYTHONPATH first). The replaced text must exist: a refactoring that moves it makes the case
+fail loudly here, to be updated, rather than pass without testing anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import quantrs
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = ROOT / "tests"
+
+# (id, file in the package, exact source text, its mutation, tests that must fail)
+MUTATIONS = [
+    (
+        "report prints the skipped count as the quantized count",
+        "render.py",
+        'f"  {report.quantized_count} tensors quantized, {report.skipped_count} left as they are, "',
+        'f"  {report.skipped_count} tensors quantized, {report.skipped_count} left as they are, "',
+        ["test_seams.py::test_report_counts_quantized_and_skipped_apart"],
+    ),
+    (
+        "granularity metadata always per-tensor",
+        "pipeline.py",
+        '"quantrs.granularity": _granularity(config),',
+        '"quantrs.granularity": "per-tensor",',
+        ["test_seams.py::test_metadata_says_the_granularity"],
+    ),
+    (
+        "threads threshold raised so production never uses threads",
+        "kernels.py",
+        "PARALLEL_MIN_ELEMENTS = 1 << 16",
+        "PARALLEL_MIN_ELEMENTS = 1 << 40",
+        ["test_seams.py::test_kernels_use_threads_on_large_tensors"],
+    ),
+    (
+        "external-data offsets no longer page-aligned",
+        "writer.py",
+        "_ALIGN = 4096",
+        "_ALIGN = 1",
+        ["test_seams.py::test_external_data_offsets_are_page_aligned"],
+    ),
+    (
+        "percentile picker's one-sided branch removed",
+        "ranges.py",
+        "if stats.lo >= 0:  # one-sided data",
+        "if False:  # one-sided data",
+        ["test_seams.py::test_percentile_clips_only_the_top_of_one_sided_data"],
+    ),
+    (
+        "top-1 agreement computed with argmin",
+        "validation.py",
+        "hits = [np.argmax(r, axis=-1) == np.argmax(g, axis=-1)",
+        "hits = [np.argmin(r, axis=-1) == np.argmin(g, axis=-1)",
+        ["test_seams.py::test_top1_agreement_compares_the_largest_logits"],
+    ),
+    (
+        "batch no longer splitting threads per job",
+        "batch.py",
+        "n_threads=max(1, available_cpus() // n_jobs)",
+        "n_threads=None",
+        ["test_seams.py::test_batch_splits_threads_between_jobs"],
+    ),
+    (
+        "--int4-as-int8 ignored",
+        "config.py",
+        '"--native-int4/--int4-as-int8",',
+        '"--native-int4/--int4-as-int8-ignored", "--int4-as-int8",',
+        ["test_seams.py::test_int4_as_int8_flag_reaches_the_config"],
+    ),
+]
+
+
+@pytest.mark.skipif(not TESTS.is_dir(), reason="needs the source tree's tests")
+@pytest.mark.parametrize("case", MUTATIONS, ids=[m[0] for m in MUTATIONS])
+def test_mutation_is_caught(case, tmp_path):
+    _, filename, original, mutated, tests = case
+    package = Path(quantrs.__file__).parent
+    copy = tmp_path / "quantrs"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    source = (copy / filename).read_text(encoding="utf-8")
+    assert source.count(original) == 1, f"{filename} no longer holds the text this mutation changes: update the case"
+    (copy / filename).write_text(source.replace(original, mutated), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header", *(str(TESTS / t) for t in tests)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    check = subprocess.run([sys.executable, "-c", "import quantrs; print(quantrs.__file__)"], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert check.stdout.strip().startswith(str(copy)), "the mutated copy was not the package imported"
+    assert run.returncode == 1, f"the mutation survived (exit {run.returncode}):\n{run.stdout[-2000:]}"

@@ -1,0 +1,90 @@
+"""Tests at the joins: each one fails when a specific, plausible mistake is made at a seam
+(report text, metadata, thread policy, file layout, range picking, agreement metrics, batch
+threads). bench/test_mutations.py makes each mistake in a copy of the installed package and
+checks that the test named for it fails."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from builders import BUILDERS
+from typer.testing import CliRunner
+
+import quantrs
+from quantrs import QuantizeConfig, kernels
+from quantrs.cli import app
+
+
+def test_report_counts_quantized_and_skipped_apart(save, tmp_path):
+    src = save(BUILDERS["mlp"]()[0])  # two weights quantized, one bias left
+    result = CliRunner().invoke(app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--min-elements", "0"])
+    assert result.exit_code == 0, result.output
+    assert "2 tensors quantized, 1 left as they are" in result.stdout
+
+
+def test_metadata_says_the_granularity(save, tmp_path):
+    src = save(BUILDERS["mlp"]()[0])
+    expected = {"per-channel": QuantizeConfig(per_channel=True, min_elements=0), "per-tensor": QuantizeConfig(min_elements=0)}
+    for granularity, config in expected.items():
+        quantrs.quantize(src, tmp_path / "q.onnx", config)
+        meta = {p.key: p.value for p in onnx.load(str(tmp_path / "q.onnx")).metadata_props}
+        assert meta["quantrs.granularity"] == granularity
+
+
+def test_kernels_use_threads_on_large_tensors():
+    if kernels.default_threads() < 2:
+        import pytest
+
+        pytest.skip("one CPU: no threads to use")
+    assert kernels._threads(None, (1 << 16) - 1) == 1  # below the measured cross-over: one thread
+    assert kernels._threads(None, 1 << 18) == kernels.default_threads()  # above it: all of them
+
+
+def test_external_data_offsets_are_page_aligned(tmp_path):
+    from quantrs.synthetic import matmul_stack
+
+    src = matmul_stack(tmp_path / "m.onnx", 3, 100)  # 10,000-byte codes: unaligned if packed end to end
+    quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(per_channel=True, min_elements=0, external_data=True))
+    model = onnx.load(str(tmp_path / "q.onnx"), load_external_data=False)
+    offsets = [int(e.value) for t in model.graph.initializer for e in t.external_data if e.key == "offset"]
+    assert len(offsets) >= 3 and all(o % 4096 == 0 for o in offsets)
+
+
+def test_percentile_clips_only_the_top_of_one_sided_data():
+    from quantrs.ranges import HistogramCollector, pick_range
+
+    stats = HistogramCollector("relu_out")
+    stats.add(np.abs(np.random.default_rng(0).standard_normal(100_000)).astype(np.float32) + 0.25)
+    lo, hi = pick_range(stats, "percentile", percentile=99.0)
+    assert lo == stats.lo  # nothing clipped below: the data has no lower tail to clip
+    assert hi < stats.hi
+
+
+def test_top1_agreement_compares_the_largest_logits():
+    from quantrs.validation import agreements
+
+    reference = {"logits": [np.array([[0.1, 0.2, 0.7], [0.5, 0.3, 0.2]], np.float32)]}
+    got = {"logits": [np.array([[0.2, 0.1, 0.7], [0.6, 0.1, 0.3]], np.float32)]}  # same argmax, other argmin
+    assert agreements(reference, got)[0].top1_agreement == 1.0
+
+
+def test_batch_splits_threads_between_jobs(tmp_path):
+    from quantrs._cpus import available_cpus
+    from quantrs.batch import Job, _threads_per_job
+
+    job = Job(Path("a.onnx"), tmp_path / "a.onnx", QuantizeConfig())
+    assert _threads_per_job(job, 2).config.n_threads == max(1, available_cpus() // 2)
+    pinned = dataclasses.replace(job, config=QuantizeConfig(n_threads=3))
+    assert _threads_per_job(pinned, 2).config.n_threads == 3  # the user's choice wins
+
+
+def test_int4_as_int8_flag_reaches_the_config(save, tmp_path):
+    src = save(BUILDERS["mlp"]()[0])
+    args = ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "-b", "4", "--min-elements", "0", "--format", "json", "--int4-as-int8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["storage"] == "UINT8"
