@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quantrs._ort import session
 from quantrs.model import load_model
 from quantrs.report import BenchmarkReport, ModelTiming
 from quantrs.samples import generate_samples, input_specs, load_samples
@@ -61,19 +62,13 @@ def _runtime_ops(path: Path, threads: int | None) -> dict[str, int] | None:
     import tempfile
 
     import onnx
-    import onnxruntime as ort
 
     model = load_model(path)
     if model.total_bytes > FUSION_CHECK_MAX_BYTES:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
+        session(path, threads=threads, optimized_path=Path(tmp) / "optimized.onnx")
+        graph = onnx.load(str(Path(tmp) / "optimized.onnx"), load_external_data=False).graph
     counts: dict[str, int] = defaultdict(int)
     for node in graph.node:
         if node.op_type in ("DequantizeLinear", "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "GatherBlockQuantized") or node.op_type.startswith("QLinear"):
@@ -82,29 +77,23 @@ def _runtime_ops(path: Path, threads: int | None) -> dict[str, int] | None:
 
 
 def _time_model(path: Path, feed: dict[str, np.ndarray], runs: int, warmup: int, threads: int | None, step: _Steps) -> ModelTiming:
-    import onnxruntime as ort
-
     model = load_model(path)
     by_dtype: dict[str, int] = defaultdict(int)
     for info in model.weights:
         by_dtype[info.dtype_name] += info.nbytes
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
     loads = []
     for _ in range(LOADS):
         started = time.perf_counter()
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        timed = session(path, threads=threads)
         loads.append(time.perf_counter() - started)
     for _ in range(warmup):
-        session.run(None, feed)
+        timed.run(None, feed)
         step()
     latencies = []
     for _ in range(runs):
         started = time.perf_counter()
-        session.run(None, feed)
+        timed.run(None, feed)
         latencies.append((time.perf_counter() - started) * 1e3)
         step()
     deciles = statistics.quantiles(latencies, n=10) if len(latencies) >= 2 else [latencies[0]] * 9

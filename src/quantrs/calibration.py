@@ -144,10 +144,9 @@ def calibrate(
             "quantrs.weights": ("INT8 (7-bit range)" if config.reduce_range else "INT8") + (" per-channel" if config.per_channel else " per-tensor"),
         },
     )
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise UnsupportedModelError(f"{src}: the quantized model fails onnx.checker: {str(exc).splitlines()[0]}") from None
+    from quantrs.qdq import check_model
+
+    check_model(model, src)
     from quantrs.writer import OutTensor, write_model
 
     tensors = [OutTensor(t, None) for t in graph.initializer]
@@ -229,7 +228,6 @@ def _float_tensors(graph: onnx.GraphProto) -> dict[str, bool]:
 def _collect(model, src: Path, data, activations: list[str], config: CalibrationConfig, progress=None):
     """Run the float model with every activation as an output; fold each sample's values into
     the collectors and drop them."""
-    import onnxruntime as ort
 
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
@@ -238,10 +236,9 @@ def _collect(model, src: Path, data, activations: list[str], config: Calibration
     for name in activations:
         if name not in outputs and name not in inputs:
             augmented.graph.output.append(helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    session = ort.InferenceSession(augmented.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    from quantrs._ort import session as ort_session
+
+    session = ort_session(augmented.SerializeToString(), optimize=False)  # keep every tensor
     fetch = [n for n in activations if n not in inputs]
     with_histogram = config.method != "minmax"
     stats = {name: HistogramCollector(name, with_histogram) for name in activations}

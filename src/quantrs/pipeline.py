@@ -28,7 +28,7 @@ from quantrs.qdq import (
     DQTensors,
     convert_opset,
     detach_nested_weights,
-    initializers_as_inputs,
+    check_model,
     insert_weight_dq,
     merge_metadata,
     required_opset,
@@ -382,13 +382,7 @@ def _check(model: onnx.ModelProto, dq: dict[str, DQTensors], src: Path) -> None:
     for tensors in dq.values():
         if not tensors.in_body:
             skeleton.graph.initializer.extend(tensors.all())
-    try:
-        with initializers_as_inputs(skeleton):
-            onnx.checker.check_model(skeleton)
-    except onnx.checker.ValidationError as exc:
-        raise UnsupportedModelError(
-            f"{src}: the quantized model fails onnx.checker: {str(exc).strip().splitlines()[0]}"
-        ) from None
+    check_model(skeleton, src)
 
 
 _FLOAT_NAMES = {onnx.TensorProto.DataType.Name(t) for t in FLOAT_TYPES}

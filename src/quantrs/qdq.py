@@ -25,6 +25,7 @@ from quantrs.tensor import Scheme
 __all__ = [
     "DQSpec",
     "DQTensors",
+    "check_model",
     "convert_opset",
     "detach_nested_weights",
     "insert_weight_dq",
@@ -153,6 +154,18 @@ def initializers_as_inputs(model: onnx.ModelProto):
         del graph.input[:]
         graph.input.extend(kept)
         graph.initializer.extend(saved)
+
+
+def check_model(model: onnx.ModelProto, file: object = None) -> None:
+    """onnx.checker on `model` (bodies included), its initializers stood in for by inputs so
+    that no weight is serialized; UnsupportedModelError with the checker's first line (and
+    `file`) when it fails. The one checker call of quantrs."""
+    try:
+        with initializers_as_inputs(model) as skeleton:
+            onnx.checker.check_model(skeleton)
+    except onnx.checker.ValidationError as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"the quantized model fails onnx.checker: {message}", file=file) from None
 
 
 def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:

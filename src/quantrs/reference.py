@@ -179,6 +179,7 @@ def _lane_sum(v: np.ndarray, dtype) -> np.ndarray:
     """Per-block sums of v (outer, nb, B, inner), zeros past each block's end: value r to lane
     r % 4, each lane summed in order, then (l0 + l1) + (l2 + l3); in `dtype`."""
     outer, nb, b, inner = v.shape
+    v = v + v.dtype.type(0)  # -0.0 -> +0.0: the kernel's lanes start at +0.0, and +0.0 + -0.0 is +0.0
     padded = -(-b // BLOCK_LANES) * BLOCK_LANES
     if padded != b:
         v = np.concatenate([v, np.zeros((outer, nb, padded - b, inner), v.dtype)], axis=2)

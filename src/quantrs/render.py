@@ -251,7 +251,7 @@ def render_benchmark(report: BenchmarkReport) -> None:
             f"{left} DequantizeLinear still run at every inference (their weights are computed in float)",
             highlight=False,
         )
-    threads = "onnxruntime's default" if report.threads is None else str(report.threads)
+    threads = "the CPUs this process may use" if report.threads is None else str(report.threads)
     console.print(
         f"{report.compression:.2f}x smaller, {report.speedup:.2f}x the speed; {report.runs} runs after {report.warmup} "
         f"warm-up, threads: {threads}, inputs {report.batch_inputs}",

@@ -139,14 +139,14 @@ def check_structure(orig: LoadedModel, quant: LoadedModel) -> list[Check]:
         undefined += [f"{name!r} (input of {node.op_type} {node.name!r})" for name in node.input if name not in defined]
         defined.update(node.output)
     checks.append(Check("every node input is defined", not undefined, "; ".join(undefined[:3]) or f"{len(g1.node)} nodes"))
-    try:
-        from quantrs.qdq import initializers_as_inputs
+    from quantrs.errors import UnsupportedModelError
+    from quantrs.qdq import check_model
 
-        with initializers_as_inputs(quant.proto) as skeleton:  # weights are not in memory
-            onnx.checker.check_model(skeleton)
+    try:
+        check_model(quant.proto)  # weights are not in memory: stood in for
         checks.append(Check("onnx.checker", True))
-    except onnx.checker.ValidationError as exc:
-        checks.append(Check("onnx.checker", False, _first_line(exc)))
+    except UnsupportedModelError as exc:
+        checks.append(Check("onnx.checker", False, exc.message))
     checks.append(_check_dequantize_nodes(quant))
     return checks
 
@@ -195,11 +195,9 @@ _INTEGER_CODES = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorP
 
 
 def _session(model: str | bytes):
-    import onnxruntime as ort
+    from quantrs._ort import session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return session(model)
 
 
 class _Steps:
