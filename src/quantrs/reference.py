@@ -153,7 +153,7 @@ BLOCK_CHUNK_VALUES = 1 << 17  # about this many values per partial sum of the to
 BLOCK_MIN_SPAN = 64  # fewest columns per partial sum in the strided layout (inner > 1)
 BLOCK_MAX_SPAN = 4096  # most columns per partial sum in the strided layout
 # The range search's shrink factors of the min/max range, as float32: 1.0, 0.95, ..., 0.5.
-SEARCH_ALPHAS = tuple(float(np.float32(1.0 - 0.05 * k)) for k in range(11))
+SEARCH_ALPHAS = tuple(float(np.float32(1.0 - 0.05 * k)) for k in range(3))  # as kernels.SEARCH_ALPHAS
 _TINY32 = np.float32(np.finfo(np.float32).tiny)
 _HALF_TINY = np.float16(2.0**-24)
 
