@@ -34,6 +34,7 @@ QUANTRS = str(_SCRIPT) if _SCRIPT.exists() else (shutil.which("quantrs") or "qua
 TOOLS = {
     "quantrs int8": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--per-channel", "-q"],
     "quantrs int4": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--per-channel", "--bits", "4", "-q"],
+    "quantrs int4 blocks of 32": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--block-size", "32", "--bits", "4", "-q"],
     "quantize-rs 0.10 int8": [sys.executable, "-c", "import quantize_rs, sys; quantize_rs.quantize(sys.argv[1], sys.argv[2], bits=8, per_channel=True)", "{src}", "{dst}"],
     "quantize-rs 0.10 int4": [sys.executable, "-c", "import quantize_rs, sys; quantize_rs.quantize(sys.argv[1], sys.argv[2], bits=4, per_channel=True, native_int4=True)", "{src}", "{dst}"],
     "ort quantize_dynamic int8": [
@@ -50,6 +51,15 @@ TOOLS = {
         "-c",
         "import sys, os, onnx; from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer; "
         "q = MatMulNBitsQuantizer(onnx.load(sys.argv[1]), bits=4, block_size=128, is_symmetric=True); q.process(); "
+        "q.model.save_model_to_file(sys.argv[2], use_external_data_format=os.path.getsize(sys.argv[1]) < 2**20)",
+        "{src}",
+        "{dst}",
+    ],
+    "ort MatMulNBits int4 (block 32)": [
+        sys.executable,
+        "-c",
+        "import sys, os, onnx; from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer; "
+        "q = MatMulNBitsQuantizer(onnx.load(sys.argv[1]), bits=4, block_size=32); q.process(); "
         "q.model.save_model_to_file(sys.argv[2], use_external_data_format=os.path.getsize(sys.argv[1]) < 2**20)",
         "{src}",
         "{dst}",
