@@ -88,3 +88,52 @@ def test_int4_as_int8_flag_reaches_the_config(save, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["storage"] == "UINT8"
+
+
+def test_data_in_brackets_is_printed_as_is(tmp_path):
+    """rich markup must not eat data: file names, shapes and install hints with brackets."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "net[v2].onnx"
+    onnx.save(BUILDERS["conv_net"]()[0], str(src))
+    env = {**os.environ, "COLUMNS": "200"}
+    info = subprocess.run([sys.executable, "-m", "quantrs", "info", str(src)], capture_output=True, text=True, cwd=tmp_path, env=env, check=True)
+    assert "net[v2].onnx" in info.stdout and "[N, 3, 16, 16]" in info.stdout
+    help_text = subprocess.run([sys.executable, "-m", "quantrs", "batch", "-h"], capture_output=True, text=True, cwd=tmp_path, env=env, check=True)
+    assert "quantrs[dask]" in help_text.stdout
+    bad = subprocess.run([sys.executable, "-m", "quantrs", "info", str(tmp_path / "gone[1].onnx")], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert bad.returncode == 1 and "gone[1].onnx: no such file" in bad.stderr
+
+
+def test_long_names_are_folded_not_cut(tmp_path):
+    """Names are what users copy into --exclude: a table may wrap them, never cut them."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    name = "encoder.layer.11.attention.output.dense.weight_with_a_long_exported_suffix_0123456789"
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", name], ["y"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])],
+        [onnx.numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), name)],
+    )
+    src = tmp_path / "m.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), str(src))
+    out = subprocess.run(
+        [sys.executable, "-m", "quantrs", "quantize", str(src), "--dry-run"], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "COLUMNS": "80"}, check=True
+    )
+    cells = "".join(line.split("│")[0].strip().split("┃")[0].strip() for line in out.stdout.splitlines())
+    assert name in cells and "…" not in out.stdout
+
+
+def test_batch_summary_names_each_output(save, tmp_path):
+    src = save(BUILDERS["mlp"]()[0], "one.onnx")
+    result = CliRunner().invoke(app, ["batch", str(src), "-o", str(tmp_path / "out"), "--min-elements", "0", "-q"])
+    assert result.exit_code == 0, result.output
+    header = result.stdout.splitlines()[0]
+    assert "output" in header and "model" in header
