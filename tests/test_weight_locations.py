@@ -558,3 +558,73 @@ def test_config_file_names_the_field_of_an_unknown_name(save, tmp_path):
 
     assert result.exit_code == 1
     assert "q.yaml: models.0: exclude: 'w22' matches no weight" in json.loads(result.stdout)["results"][0]["error"]
+
+
+# --- found in review ----------------------------------------------------------------------------
+
+
+def test_sibling_branches_may_reuse_a_name(save, tmp_path):
+    """Both branches of an If define a Constant 'k': legal ONNX (separate scopes), not a name
+    defined twice; it is left as it is and the rest is quantized."""
+    rng = np.random.default_rng(0)
+
+    def branch(tag):
+        nodes = [
+            helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array([2.0], np.float32))),
+            helper.make_node("MatMul", ["x", "w_main"], [f"m_{tag}"]),
+            helper.make_node("Mul", [f"m_{tag}", "k"], [f"out_{tag}"]),
+        ]
+        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"out_{tag}", TensorProto.FLOAT, [2, 64])])
+
+    node = helper.make_node("If", ["c"], ["y"], then_branch=branch("then"), else_branch=branch("else"), name="by_flag")
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])]
+    model = _model([node], inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])], [numpy_helper.from_array(_w(rng, (64, 64)), "w_main")])
+    feeds = [{"x": rng.standard_normal((2, 64)).astype(np.float32), "c": np.array(flag)} for flag in (True, False)]
+    report, _ = quantize_and_compare(save, tmp_path, model, feeds, QuantizeConfig(per_channel=True, min_elements=0), 0.02)
+    tensors = {t.name: t for t in report.tensors}
+    assert tensors["w_main"].quantized
+    assert not tensors["k"].quantized and "more than one body" in tensors["k"].reason
+
+
+def test_excluding_an_if_node_keeps_the_weights_its_bodies_read(save, tmp_path):
+    model, _ = branching_model()
+    report = quantrs.quantize(save(model), tmp_path / "q.onnx", QuantizeConfig(min_elements=0, exclude=("inner_if",)))
+    tensors = {t.name: t for t in report.tensors}
+    assert not tensors["w_deep_a"].quantized and "inside the body of 'inner_if'" in tensors["w_deep_a"].reason
+    assert tensors["w_else"].quantized and tensors["w_then"].quantized
+
+
+def test_external_data_held_by_bodies_and_constants_moves_with_the_model(tmp_path):
+    """A model saved with external data, whose If branch keeps a float bias too small to
+    quantize (external all the same) and whose main graph has an excluded Constant weight: the
+    output, written elsewhere, must not point at the input's data file."""
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    rng = np.random.default_rng(0)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w_body"], ["h"]), helper.make_node("Add", ["h", "b_body"], ["out_t"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("out_t", TensorProto.FLOAT, [2, 512])],
+        [numpy_helper.from_array(_w(rng, (64, 512)), "w_body"), numpy_helper.from_array(_w(rng, (512,), 0.1), "b_body")],
+    )
+    other = helper.make_graph(
+        [_const("w_const", _w(rng, (64, 512))), helper.make_node("MatMul", ["x", "w_const"], ["out_e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("out_e", TensorProto.FLOAT, [2, 512])],
+    )
+    node = helper.make_node("If", ["c"], ["y"], then_branch=body, else_branch=other, name="pick")
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])]
+    model = _model([node], inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 512])])
+    (tmp_path / "in").mkdir()
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="m.data", size_threshold=1024, convert_attribute=True)
+    onnx.save(model, str(tmp_path / "in" / "m.onnx"))
+    (tmp_path / "out").mkdir()
+    config = QuantizeConfig(per_channel=True, min_elements=1024, exclude=("w_const",))
+    quantrs.quantize(tmp_path / "in" / "m.onnx", tmp_path / "out" / "q.onnx", config)
+    onnx.checker.check_model(str(tmp_path / "out" / "q.onnx"), full_check=True)
+    for flag in (True, False):
+        feeds = {"x": rng.standard_normal((2, 64)).astype(np.float32), "c": np.array(flag)}
+        got, want = run(tmp_path / "out" / "q.onnx", feeds)[0], run(tmp_path / "in" / "m.onnx", feeds)[0]
+        assert rel_l2(got, want) < 0.02

@@ -79,19 +79,21 @@ class WeightStore:
     ) -> None:
         self._tensors: dict[str, TensorProto] = {}
         self._where: dict[str, tuple[str, str]] = {}  # name -> (kind, scope)
+        self._paths: dict[str, tuple[str, ...]] = {}
+        self.ambiguous: set[str] = set()  # defined in sibling bodies (legal): not one tensor
         for scope in walk_graphs(graph):
             for t in scope.graph.initializer:
-                self._add(t.name, t, "initializer", scope.name, model_path)
+                self._add(t.name, t, "initializer", scope.path, model_path)
             for node in scope.graph.node:
                 t = constant_tensor(node)
                 if t is not None and node.output and node.output[0]:
-                    self._add(node.output[0], t, "constant", scope.name, model_path)
+                    self._add(node.output[0], t, "constant", scope.path, model_path)
         for scope in walk_graphs(graph):
             for node in scope.graph.node:
                 if constant_tensor(node) is not None:
                     continue
                 for out in node.output:
-                    if out in self._tensors:
+                    if out in self._tensors and out not in self.ambiguous and _nested(self._paths[out], scope.path):
                         raise ModelLoadError(
                             f"{model_path}: invalid graph: {out!r} is {_describe(*self._where[out])} and also "
                             f"the output of {node.op_type} {node.name!r}"
@@ -102,14 +104,19 @@ class WeightStore:
         self._embedded = embedded or {}  # name -> (offset, length) of raw_data in the model file
         self._external_maps: dict[Path, mmap.mmap] = {}
 
-    def _add(self, name: str, tensor: TensorProto, kind: str, scope: str, model_path: Path | None) -> None:
+    def _add(self, name: str, tensor: TensorProto, kind: str, path: tuple[str, ...], model_path: Path | None) -> None:
+        scope = " > ".join(path)
         if name in self._tensors:
+            if not _nested(self._paths[name], path):  # sibling bodies (an If's two branches) may reuse a name
+                self.ambiguous.add(name)
+                return
             first = _describe(*self._where[name])
             raise ModelLoadError(
                 f"{model_path}: invalid graph: {name!r} is defined twice ({first}, and {_describe(kind, scope)})"
             )
         self._tensors[name] = tensor
         self._where[name] = (kind, scope)
+        self._paths[name] = path
 
     def __contains__(self, name: str) -> bool:
         return name in self._tensors
@@ -127,6 +134,27 @@ class WeightStore:
             location = _external_fields(t).get("location", "")
         kind, scope = self._where[name]
         return WeightInfo(name=name, data_type=t.data_type, shape=tuple(t.dims), location=location, kind=kind, scope=scope)
+
+    def embed_nested_external(self, graph: onnx.GraphProto) -> int:
+        """Read into the graph the external data of every tensor nested in it (Constant values,
+        tensor attributes, bodies' initializers): the writer streams only the main graph's
+        initializers, and a nested tensor left pointing at the input's data file would break
+        the output. Returns how many bytes were read in."""
+        total = 0
+        for scope in walk_graphs(graph):
+            nested = list(scope.graph.initializer) if scope.path else []
+            for node in scope.graph.node:
+                for attr in node.attribute:
+                    nested += [attr.t] if attr.type == onnx.AttributeProto.TENSOR else list(attr.tensors)
+            for t in nested:
+                if t.data_location != TensorProto.EXTERNAL:
+                    continue
+                path, offset, length = self._external_range(t)
+                t.raw_data = np.frombuffer(self._map_external(path), dtype=np.uint8, count=length, offset=offset).tobytes()
+                t.data_location = TensorProto.DEFAULT
+                del t.external_data[:]
+                total += length
+        return total
 
     def tensor(self, name: str) -> TensorProto:
         """The TensorProto as parsed (main-graph initializers without their raw_data)."""
@@ -202,6 +230,11 @@ class WeightStore:
                     return b""
                 self._external_maps[path] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return self._external_maps[path]
+
+
+def _nested(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether one scope is the other or encloses it (where a name must not be defined twice)."""
+    return a[: len(b)] == b or b[: len(a)] == a
 
 
 def _describe(kind: str, scope: str) -> str:

@@ -86,6 +86,9 @@ def quantize(
     if already:
         logger.warning("%s: already quantized (%s); quantizing the %d float weight(s) left", src, already, len(specs))
     detach_nested_weights(proto.graph, specs)
+    embedded = model.weights.embed_nested_external(proto.graph)  # what stays float, out of the input's data file
+    if embedded:
+        logger.info("read %.1f MB of external data held by Constant nodes or bodies into the graph", embedded / 1e6)
 
     opset_before = model.opset
     target = max(opset_before, required_opset(specs.values()))

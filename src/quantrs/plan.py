@@ -172,7 +172,7 @@ def plan_weights(graph: onnx.GraphProto, weights: WeightStore, config: QuantizeC
     patterns = [re.compile(p) for p in config.exclude_regex]
     plans = []
     for info in weights:
-        plan = _plan_one(info, index, config, excluded_nodes)
+        plan = _plan_one(info, index, config, excluded_nodes, weights.ambiguous)
         plans.append(_apply_overrides(plan, index, config, patterns))
     return plans
 
@@ -212,12 +212,14 @@ def _apply_overrides(plan: TensorPlan, index: GraphIndex, config: QuantizeConfig
     return replace(plan, bits=dict(config.layer_bits).get(plan.name, config.bits))
 
 
-def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, excluded_nodes: set[str]) -> TensorPlan:
+def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, excluded_nodes: set[str], ambiguous: set[str]) -> TensorPlan:
     def skip(reason: str) -> TensorPlan:
         return TensorPlan(info.name, info.shape, info.dtype_name, False, reason, kind=info.kind, scope=info.scope)
 
     if info.data_type not in FLOAT_TYPES:
         return skip(f"not a float tensor ({info.dtype_name})")
+    if info.name in ambiguous:
+        return skip("its name is defined in more than one body (sibling If branches): left as it is")
     if info.size == 0:
         return skip("empty")
     if info.name in config.exclude:
@@ -242,6 +244,9 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
         label = f"{node.op_type} {node.name!r}".replace(" ''", "")
         if node.name and node.name in excluded_nodes:
             return skip(f"read by {label}, excluded by the user")
+        inside = [n for n in excluded_nodes if any(f" {n!r} " in f" {level} " for level in c.use.scope.path)]
+        if inside:  # an excluded If/Loop/Scan node: the weights its bodies read stay float too
+            return skip(f"read inside the body of {inside[0]!r}, excluded by the user")
         rule = WEIGHT_INPUTS.get((node.op_type, where))
         if node.domain not in ("", "ai.onnx") or rule is None:
             return skip(f"not a weight: input {where} of {label}")
