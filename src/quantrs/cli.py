@@ -191,7 +191,7 @@ def quantize(
     options: dict,
 ) -> None:
     """Quantize the weights of MODEL to INT8 or INT4 and write a QDQ model to --output."""
-    from quantrs.errors import UnknownNameError
+    from quantrs.errors import OptionError, UnknownNameError
     from quantrs.pipeline import dry_run as plan_only
     from quantrs.pipeline import quantize as run
 
@@ -207,6 +207,8 @@ def quantize(
             report = run(model, output, config, progress=progress)
     except UnknownNameError as exc:  # a flag's value, so a usage error
         raise typer.BadParameter(f"{exc} ({model})", param_hint=_flag(exc.field)) from None
+    except OptionError as exc:  # a flag that does not fit this model
+        raise typer.BadParameter(exc.detail, param_hint=_flag(exc.field)) from None
     _emit(report, fmt, "render_quantize")
 
 

@@ -21,6 +21,8 @@ __all__ = ["QuantizeConfig", "OptionSpec", "options", "BLOCK_SIZES"]
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 RANGES = ("minmax", "refit", "search")
+QUANT_FORMATS = ("qdq", "matmulnbits")
+MATMULNBITS_BLOCK = 32  # --quant-format matmulnbits without --block-size
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,19 @@ class QuantizeConfig:
             "search (also tries clipping the range, lowest weight error). Default: refit for 4-bit blocks, else minmax."
         ),
     )
+    quant_format: str = _option(
+        "qdq",
+        "--quant-format",
+        help=(
+            "qdq (standard DequantizeLinear) or matmulnbits: MatMul weights as onnxruntime's com.microsoft.MatMulNBits "
+            "(packed blocks, fused integer kernel; onnxruntime only). Default qdq."
+        ),
+    )
+    accuracy_level: int | None = _option(
+        None,
+        "--accuracy-level",
+        help="For --quant-format matmulnbits: onnxruntime's compute type for MatMulNBits, 0-4 (4: int8 activations, the CPU default).",
+    )
     native_int4: bool = _option(
         True,
         "--native-int4/--int4-as-int8",
@@ -123,6 +138,10 @@ class QuantizeConfig:
                 raise OptionError(name, f"must be true or false, not {getattr(self, name)!r}")
         if self.block_size is not None and (isinstance(self.block_size, bool) or self.block_size not in BLOCK_SIZES):
             raise OptionError("block_size", f"must be one of {', '.join(map(str, BLOCK_SIZES))}, not {self.block_size!r}")
+        if self.quant_format not in QUANT_FORMATS:
+            raise OptionError("quant_format", f"must be one of {', '.join(QUANT_FORMATS)}, not {self.quant_format!r}")
+        if self.accuracy_level is not None and (isinstance(self.accuracy_level, bool) or self.accuracy_level not in range(5)):
+            raise OptionError("accuracy_level", f"must be 0, 1, 2, 3 or 4, not {self.accuracy_level!r}")
         if self.range is not None and self.range not in RANGES:
             raise OptionError("range", f"must be one of {', '.join(RANGES)}, not {self.range!r}")
         if not isinstance(self.min_elements, int) or isinstance(self.min_elements, bool) or self.min_elements < 0:
@@ -149,6 +168,14 @@ class QuantizeConfig:
             not isinstance(self.n_threads, int) or isinstance(self.n_threads, bool) or self.n_threads < 1
         ):
             raise OptionError("n_threads", f"must be a positive integer, not {self.n_threads!r}")
+
+    @property
+    def blocks(self) -> int | None:
+        """The block size weights are quantized in: --block-size, or 32 with --quant-format
+        matmulnbits (a block format); None: per channel or per tensor."""
+        if self.block_size is None and self.quant_format == "matmulnbits":
+            return MATMULNBITS_BLOCK
+        return self.block_size
 
     def range_for(self, bits: int, blocked: bool) -> str:
         """The range method for a weight of `bits` bits: the option, or refit for 4-bit blocks

@@ -68,8 +68,8 @@ class OptionError(ConfigError):
     """An option's value is invalid. Carries the option's field name, so that the CLI can name
     its flag (a usage error) and a config file the key."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field} {message}")
+    def __init__(self, field: str, message: str, *, file: object = None) -> None:
+        super().__init__(f"{field} {message}", file=file)
         self.field, self.detail = field, message
 
 

@@ -19,11 +19,12 @@ import onnx
 
 from quantrs import __version__, kernels
 from quantrs.config import QuantizeConfig
-from quantrs.errors import AlreadyQuantizedError, OutputError, QuantrsError, UnsupportedModelError
+from quantrs.errors import AlreadyQuantizedError, OptionError, OutputError, QuantrsError, UnsupportedModelError
 from quantrs.graph import MAIN, GraphIndex
 from quantrs.model import LoadedModel, load_model
 from quantrs.plan import FLOAT_TYPES, TensorPlan, plan_weights, quantized_ops
 from quantrs.qdq import (
+    MICROSOFT_DOMAIN,
     DQSpec,
     DQTensors,
     convert_opset,
@@ -34,7 +35,7 @@ from quantrs.qdq import (
     required_opset,
 )
 from quantrs.report import PlanEntry, PlanReport, QuantizeReport, TensorReport
-from quantrs.tensor import QuantizedTensor, Scratch, quantize_tensor, scheme_for
+from quantrs.tensor import QuantizedTensor, Scratch, quantize_matmulnbits, quantize_tensor, scheme_for
 from quantrs.writer import OutTensor, Payload, write_model
 
 __all__ = ["quantize", "dry_run"]
@@ -85,6 +86,8 @@ def quantize(
         raise UnsupportedModelError(f"{src}: {_nothing_to_quantize(plans)}")
     if already:
         logger.warning("%s: already quantized (%s); quantizing the %d float weight(s) left", src, already, len(specs))
+    if config.quant_format == "matmulnbits" and not any(s.nbits for s in specs.values()):
+        raise OptionError("quant_format", f"matmulnbits: {src} has no MatMul weight to write as MatMulNBits")
     detach_nested_weights(proto.graph, specs)
     embedded = model.weights.embed_nested_external(proto.graph)  # what stays float, out of the input's data file
     if embedded:
@@ -113,6 +116,8 @@ def quantize(
         },
     )
     dq = insert_weight_dq(proto.graph, specs)
+    if any(s.nbits for s in specs.values()) and not any(e.domain == MICROSOFT_DOMAIN for e in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
     stream = _Stream(model, specs, dq, config, progress)
     try:
         stream.fill_bodies()
@@ -146,7 +151,7 @@ def quantize(
         files_written=[str(p) for p in written],
         bits=config.bits,
         per_channel=config.per_channel,
-        block_size=config.block_size,
+        block_size=config.blocks,
         symmetric=config.symmetric,
         storage=_storage_names(specs),
         opset_before=opset_before,
@@ -169,7 +174,7 @@ def _spec(plan: TensorPlan, config: QuantizeConfig) -> DQSpec:
     has no 4-bit type); float16 weights get float16 scales; bfloat16 ones a float32 scale and a
     Cast back, since onnxruntime has no DequantizeLinear producing bfloat16."""
     assert plan.bits is not None
-    packed = config.native_int4 and not plan.lookups
+    packed = config.native_int4 and not plan.lookups and not plan.nbits
     scheme = scheme_for(plan.bits, symmetric=config.symmetric, native_int4=packed)
     data_type = onnx.TensorProto.DataType.Value(plan.dtype)
     return DQSpec(
@@ -185,12 +190,14 @@ def _spec(plan: TensorPlan, config: QuantizeConfig) -> DQSpec:
         dense=plan.dense,
         block_size=plan.block_size,
         range=config.range_for(plan.bits, plan.block_size is not None),
+        nbits=plan.nbits,
+        accuracy_level=4 if config.accuracy_level is None else config.accuracy_level,
     )
 
 
 def _granularity(config: QuantizeConfig) -> str:
-    if config.block_size is not None:
-        return f"blocks of {config.block_size}"
+    if config.blocks is not None:
+        return f"blocks of {config.blocks}" + (" (MatMulNBits)" if config.quant_format == "matmulnbits" else "")
     return "per-channel" if config.per_channel else "per-tensor"
 
 
@@ -269,6 +276,8 @@ class _Stream:
     def _replacements(self, name: str, spec: DQSpec, tensors: DQTensors) -> list[OutTensor]:
         """Codes, scale (and zero point) of one weight. The weight is quantized when the writer
         asks for its codes, and finished (reported, pages released) after the last piece."""
+        if spec.nbits:
+            return self._nbits_replacements(name, spec, tensors)
         count = int(np.prod(spec.shape, dtype=np.int64))
         packed = spec.scheme.packed
         scale_type = np.float16 if spec.scale_type == onnx.TensorProto.FLOAT16 else np.float32
@@ -287,6 +296,21 @@ class _Stream:
         last.release = lambda: self._finish(name)
         return out
 
+    def _nbits_replacements(self, name: str, spec: DQSpec, tensors: DQTensors) -> list[OutTensor]:
+        """Packed codes, scales (and packed zero points) of a MatMulNBits weight."""
+        _, n, blocks, blob = spec.nbits_layout
+        scale_type = np.float16 if spec.scale_type == onnx.TensorProto.FLOAT16 else np.float32
+        out = [
+            OutTensor(tensors.codes, Payload(n * blocks * blob, lambda: self._quantized(name).data)),
+            OutTensor(tensors.scale, Payload(np.dtype(scale_type).itemsize * n * blocks, lambda: self._quantized(name).scale.astype(scale_type))),
+        ]
+        if tensors.zero_point is not None:
+            out.append(OutTensor(tensors.zero_point, Payload(n * spec.nbits_zero_point_bytes, lambda: self._quantized(name).zero_point.astype(np.uint8))))
+        last = out[-1].payload
+        assert last is not None
+        last.release = lambda: self._finish(name)
+        return out
+
     def _kept_payload(self, name: str) -> Payload | None:
         weights = self.model.weights
         raw = weights.payload(name)
@@ -300,17 +324,24 @@ class _Stream:
             array = self.model.weights.array(name)
             began = time.perf_counter()
             try:
-                qt = quantize_tensor(
-                    array,
-                    spec.scheme,
-                    spec.axis,
-                    name=name,
-                    n_threads=self.config.n_threads,
-                    scratch=self._scratch,
-                    half_scale=spec.scale_type == onnx.TensorProto.FLOAT16,
-                    block_size=spec.block_size,
-                    range=spec.range,
-                )
+                if spec.nbits:
+                    assert spec.block_size is not None
+                    qt = quantize_matmulnbits(
+                        array, spec.scheme, spec.block_size, range=spec.range, name=name, n_threads=self.config.n_threads,
+                        half_scale=spec.scale_type == onnx.TensorProto.FLOAT16,
+                    )  # fmt: skip
+                else:
+                    qt = quantize_tensor(
+                        array,
+                        spec.scheme,
+                        spec.axis,
+                        name=name,
+                        n_threads=self.config.n_threads,
+                        scratch=self._scratch,
+                        half_scale=spec.scale_type == onnx.TensorProto.FLOAT16,
+                        block_size=spec.block_size,
+                        range=spec.range,
+                    )
             except QuantrsError as exc:  # the caller names the file
                 exc.about(tensor=name)
                 raise

@@ -51,6 +51,7 @@ class TensorPlan:
     lookups: int = 0
     dense: bool = True
     block_size: int | None = None  # blocks of this many values along `axis`, the reduction axis
+    nbits: bool = False  # written as com.microsoft.MatMulNBits (every use a MatMul's weight)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -267,7 +268,7 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
     if any(not c.direct for c in consumers):
         role += " (through " + ", ".join(sorted({_path_ops(index, info.name)})) + ")"
 
-    def quantized(axis: int | None, block_size: int | None = None, why: str = "") -> TensorPlan:
+    def quantized(axis: int | None, block_size: int | None = None, why: str = "", nbits: bool = False) -> TensorPlan:
         return TensorPlan(
             info.name,
             info.shape,
@@ -280,17 +281,22 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
             lookups=lookups,
             dense=dense,
             block_size=block_size,
+            nbits=nbits,
         )
 
+    if config.quant_format == "matmulnbits" and _matmulnbits_weight(info, consumers):
+        block = config.blocks
+        assert block is not None
+        return quantized(0, block, f", as MatMulNBits in blocks of {block} along axis 0", nbits=True)
     fallback = ""
-    if config.block_size is not None:
+    if config.blocks is not None:
         reduction = reductions.pop() if len(reductions) == 1 else None
         if len(reductions) > 0 or reduction is None:
             fallback = "; per channel: " + ("its uses need different block axes" if len(reductions) else "ONNX blocks a Conv weight along one axis only")
-        elif info.shape[reduction] < config.block_size:
-            fallback = f"; per channel: its input axis holds {info.shape[reduction]} values, less than one block of {config.block_size}"
+        elif info.shape[reduction] < config.blocks:
+            fallback = f"; per channel: its input axis holds {info.shape[reduction]} values, less than one block of {config.blocks}"
         else:
-            return quantized(reduction, config.block_size, f", blocks of {config.block_size} along axis {reduction}")
+            return quantized(reduction, config.blocks, f", blocks of {config.blocks} along axis {reduction}")
     if not config.per_channel and not fallback:
         return quantized(None)
     if len(axes) > 1:
@@ -298,6 +304,17 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
             return quantized(None, why=fallback.replace("per channel", "per tensor") + f" (and its channel axes {sorted(axes)} differ)")
         return skip(f"shared by {len(consumers)} nodes that need different channel axes {sorted(axes)}")
     return quantized(axes.pop(), why=fallback)
+
+
+def _matmulnbits_weight(info: WeightInfo, consumers: list[_Consumer]) -> bool:
+    """A [K, N] main-graph initializer that only MatMuls of the main graph read, as their weight:
+    what com.microsoft.MatMulNBits replaces."""
+    return (
+        info.kind == "initializer"
+        and info.scope == MAIN
+        and len(info.shape) == 2
+        and all(c.direct and c.use.op == "MatMul" and c.use.index == 1 and not c.use.scope.path for c in consumers)
+    )
 
 
 def _path_ops(index: GraphIndex, name: str) -> str:

@@ -63,6 +63,21 @@ class DQSpec:
     dense: bool = True
     block_size: int | None = None  # blocks along `axis` (opset 21), one scale per block
     range: str = "minmax"  # minmax, refit or search (see QuantizeConfig.range)
+    nbits: bool = False  # com.microsoft.MatMulNBits instead of DequantizeLinear (MatMul weights [K, N])
+    accuracy_level: int = 4  # MatMulNBits' compute type
+
+    @property
+    def nbits_layout(self) -> tuple[int, int, int, int]:
+        """(K, N, blocks per column, bytes per block) of the MatMulNBits form."""
+        assert self.block_size is not None
+        k, n = self.shape
+        return k, n, -(-k // self.block_size), self.block_size * self.scheme.bits // 8
+
+    @property
+    def nbits_zero_point_bytes(self) -> int:
+        """Bytes per column of MatMulNBits' packed zero points."""
+        _, _, blocks, _ = self.nbits_layout
+        return -(-blocks * self.scheme.bits // 8)
 
     @property
     def channels(self) -> int:
@@ -116,6 +131,7 @@ class DQTensors:
 
 HALF_SCALE_OPSET = 19  # DequantizeLinear accepts float16/bfloat16 scales from opset 19
 BLOCKED_OPSET = 21  # DequantizeLinear's block_size
+MICROSOFT_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops (MatMulNBits)
 
 
 def required_opset(specs: Iterable[DQSpec]) -> int:
@@ -127,7 +143,7 @@ def required_opset(specs: Iterable[DQSpec]) -> int:
             need = max(need, HALF_SCALE_OPSET)
         if spec.lookups and spec.axis is not None:
             need = max(need, PER_AXIS_OPSET)
-        if spec.block_size is not None:
+        if spec.block_size is not None and not spec.nbits:
             need = max(need, BLOCKED_OPSET)
     return need
 
@@ -263,7 +279,18 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
     top: list[onnx.NodeProto] = []
     replacements: dict[str, list[onnx.NodeProto]] = {}  # placeholder output -> its nodes
     lookups: dict[int, list[onnx.NodeProto]] = {}  # id(Gather node) -> its nodes
+    fused: dict[int, onnx.NodeProto] = {}  # id(MatMul) -> its MatMulNBits
     for name, spec in specs.items():
+        if spec.nbits:
+            k, n, blocks, blob = spec.nbits_layout
+            tensors[name] = DQTensors(
+                _header(fresh(f"{name}_quantized"), TensorProto.UINT8, [n, blocks, blob]),
+                _header(fresh(f"{name}_scale"), spec.scale_type, [n, blocks]),
+                _header(fresh(f"{name}_zero_point"), TensorProto.UINT8, [n, spec.nbits_zero_point_bytes]) if spec.has_zero_point else None,
+            )
+            for use in index.uses.get(name, []):
+                fused[id(use.node)] = _matmulnbits(spec, tensors[name], use.node, fresh)
+            continue
         code_type = spec.scheme.onnx_type
         codes = _header(fresh(f"{name}_quantized"), code_type, list(spec.shape))
         scale = _header(fresh(f"{name}_scale"), spec.scale_type, spec.param_dims)
@@ -291,6 +318,8 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
                     tensors[name] = DQTensors(owned[0], owned[1], owned[2] if k == 3 else None, in_body=True)
             elif id(node) in lookups:
                 nodes += lookups.pop(id(node))
+            elif id(node) in fused:
+                nodes.append(fused.pop(id(node)))
             else:
                 nodes.append(node)
         if scope.path == ():
@@ -315,6 +344,24 @@ def _dequantize(spec: DQSpec, tensors: DQTensors, name: str, fresh) -> list[onnx
     if spec.cast_to is not None:
         nodes.append(helper.make_node("Cast", [out], [name], to=spec.cast_to, name=fresh(f"{name}_Cast")))
     return nodes
+
+
+def _matmulnbits(spec: DQSpec, tensors: DQTensors, matmul: onnx.NodeProto, fresh) -> onnx.NodeProto:
+    """MatMul(A, W) as com.microsoft.MatMulNBits(A, packed codes, scales[, zero points])."""
+    k, n, _, _ = spec.nbits_layout
+    inputs = [matmul.input[0], tensors.codes.name, tensors.scale.name] + ([tensors.zero_point.name] if tensors.zero_point is not None else [])
+    return helper.make_node(
+        "MatMulNBits",
+        inputs,
+        list(matmul.output),
+        name=fresh(f"{matmul.name or spec.name}_MatMulNBits"),
+        domain=MICROSOFT_DOMAIN,
+        K=k,
+        N=n,
+        bits=spec.scheme.bits,
+        block_size=spec.block_size,
+        accuracy_level=spec.accuracy_level,
+    )
 
 
 def _lookup(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fresh) -> list[onnx.NodeProto]:

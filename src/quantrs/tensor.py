@@ -205,3 +205,51 @@ def quantize_tensor(
         mse=float(sse.sum() / max(x.size, 1)),
         max_abs_error=float(max_abs.max()),
     )
+
+
+def quantize_matmulnbits(
+    x: np.ndarray,
+    scheme: Scheme,
+    block_size: int,
+    *,
+    range: str,
+    half_scale: bool,
+    name: str = "tensor",
+    n_threads: int | None = None,
+) -> QuantizedTensor:
+    """A MatMul weight [K, N] in onnxruntime's com.microsoft.MatMulNBits layout.
+
+    The codes are the block kernel's along K, written transposed ([N, K]), made unsigned (a
+    signed code q is stored as q + 2**(bits-1), which is MatMulNBits' default zero point), each
+    column padded to whole blocks and packed low nibble first for 4 bits: `data` is
+    [N, blocks, block_size * bits / 8] bytes. `scale` is [N, blocks]; `zero_point` holds the
+    packed zero points ([N, ceil(blocks * bits / 8)] bytes) for asymmetric codes, else nothing.
+    """
+    k, n = x.shape
+    alphas = {"minmax": (), "refit": (1.0,), "search": kernels.SEARCH_ALPHAS}[range]
+    blocks = kernels.quantize_blocks(
+        x, 0, block_size, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric, alphas=alphas,
+        half_scale=half_scale, transpose=True, n_threads=n_threads, name=name,
+    )  # fmt: skip
+    count = -(-k // block_size)
+    offset = 1 << (scheme.bits - 1) if scheme.signed else 0
+    codes = np.full((n, count * block_size), offset if scheme.signed else 0, dtype=np.uint8)
+    codes[:, :k] = blocks.codes + np.uint8(offset)  # a signed code's byte + 2**(bits-1) wraps to the unsigned code
+    zero_points = np.ascontiguousarray(blocks.zero_point.T).astype(np.uint8)  # [N, blocks]
+    if scheme.bits == 4:
+        codes = ((codes[:, 0::2] & 0x0F) | (codes[:, 1::2] << 4)).astype(np.uint8)
+        if count % 2:
+            zero_points = np.concatenate([zero_points, np.zeros((n, 1), np.uint8)], axis=1)
+        zero_points = ((zero_points[:, 0::2] & 0x0F) | (zero_points[:, 1::2] << 4)).astype(np.uint8)
+    size = max(x.size, 1)
+    return QuantizedTensor(
+        shape=tuple(x.shape),
+        scheme=scheme,
+        axis=0,
+        data=np.ascontiguousarray(codes).reshape(-1),
+        scale=np.ascontiguousarray(blocks.scale.T).reshape(-1),
+        zero_point=np.ascontiguousarray(zero_points).reshape(-1).astype(np.int32),
+        mse=blocks.sse / size,
+        max_abs_error=blocks.max_abs_error,
+        mse_minmax=blocks.sse_minmax / size if alphas else None,
+    )

@@ -1,0 +1,73 @@
+"""--quant-format matmulnbits: MatMul weights as onnxruntime's com.microsoft.MatMulNBits (packed
+blocks along K, scales [N, blocks], packed zero points), the rest as QDQ. The same codes and
+scales as the QDQ form, so with accuracy_level 0 (float compute) its outputs equal the QDQ
+model's run without fusion."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from builders import BUILDERS
+from onnx import TensorProto, helper, numpy_helper
+from test_blocks import outlier_mlp, rel_l2, run
+from typer.testing import CliRunner
+
+import quantrs
+from quantrs import QuantizeConfig
+from quantrs.cli import app
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_matmulnbits_equals_the_qdq_form(save, tmp_path, bits, symmetric):
+    model, feeds = outlier_mlp(k=200)  # K = 200: six blocks of 32 and a short one
+    src = save(model)
+    common = dict(bits=bits, block_size=32, symmetric=symmetric)
+    quantrs.quantize(src, tmp_path / "qdq.onnx", QuantizeConfig(**common))
+    report = quantrs.quantize(src, tmp_path / "nb.onnx", QuantizeConfig(**common, quant_format="matmulnbits", accuracy_level=0))
+    out = onnx.load(str(tmp_path / "nb.onnx"))
+    onnx.checker.check_model(out, full_check=True)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("MatMulNBits") == 2 and "DequantizeLinear" not in ops and "MatMul" not in ops
+    assert report.opset_after == 17  # no DequantizeLinear: the model's opset is kept
+    node = next(n for n in out.graph.node if n.op_type == "MatMulNBits")
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs == {"K": 200, "N": 512, "bits": bits, "block_size": 32, "accuracy_level": 0}
+    inits = {t.name: t for t in out.graph.initializer}
+    assert list(inits[node.input[1]].dims) == [512, 7, 32 * bits // 8] and list(inits[node.input[2]].dims) == [512, 7]
+    assert (len(node.input) == 4) != symmetric  # symmetric codes use MatMulNBits' default zero point
+    assert rel_l2(run(tmp_path / "nb.onnx", feeds), run(tmp_path / "qdq.onnx", feeds, exact=True)) < 1e-5
+    if bits == 4:
+        assert report.compression > 5.5
+
+
+def test_default_accuracy_level_and_mixed_formats(save, tmp_path):
+    """The CPU default accuracy level 4 (int8 activations) runs; weights MatMulNBits cannot
+    take (a Gemm's) are written as QDQ blocks in the same model."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((128, 64)).astype(np.float32) / 11, n) for n in ("w_mm", "w_gemm")]
+    nodes = [helper.make_node("MatMul", ["x", "w_mm"], ["h"]), helper.make_node("Gemm", ["x", "w_gemm"], ["g"]), helper.make_node("Add", ["h", "g"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 128])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])], inits
+    )
+    src = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(bits=4, quant_format="matmulnbits", min_elements=0))
+    reasons = {t.name: t.reason for t in report.tensors}
+    assert "as MatMulNBits in blocks of 32" in reasons["w_mm"] and "blocks of 32 along axis 0" in reasons["w_gemm"]
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
+    assert "MatMulNBits" in ops and "DequantizeLinear" in ops
+    feeds = {"x": rng.standard_normal((4, 128)).astype(np.float32)}
+    assert rel_l2(run(tmp_path / "q.onnx", feeds), run(src, feeds)) < 0.25
+
+
+def test_bad_format_options_are_usage_errors(save, tmp_path):
+    runner = CliRunner()
+    cnn = save(BUILDERS["conv_transpose"]()[0], "cnn.onnx")
+    result = runner.invoke(app, ["quantize", str(cnn), "-o", str(tmp_path / "q.onnx"), "--quant-format", "matmulnbits", "--min-elements", "0"])
+    assert result.exit_code == 2 and "'--quant-format'" in result.stderr and "no MatMul weight" in result.stderr
+    mlp = save(BUILDERS["mlp"]()[0], "mlp.onnx")
+    for flags, flag in ((["--accuracy-level", "7"], "--accuracy-level"), (["--quant-format", "gguf"], "--quant-format")):
+        result = runner.invoke(app, ["quantize", str(mlp), "-o", str(tmp_path / "q.onnx"), *flags])
+        assert result.exit_code == 2 and f"'{flag}'" in result.stderr
+    assert not (tmp_path / "q.onnx").exists()
