@@ -276,38 +276,26 @@ class _Stream:
     def _replacements(self, name: str, spec: DQSpec, tensors: DQTensors) -> list[OutTensor]:
         """Codes, scale (and zero point) of one weight. The weight is quantized when the writer
         asks for its codes, and finished (reported, pages released) after the last piece."""
-        if spec.nbits:
-            return self._nbits_replacements(name, spec, tensors)
-        count = int(np.prod(spec.shape, dtype=np.int64))
-        packed = spec.scheme.packed
+        if spec.nbits:  # MatMulNBits' layout: codes and zero points packed per column
+            _, n, blocks, blob = spec.nbits_layout
+            code_bytes, zero_point_bytes = n * blocks * blob, n * spec.nbits_zero_point_bytes
+        else:
+            count = int(np.prod(spec.shape, dtype=np.int64))
+            packed = spec.scheme.packed
+            code_bytes = (count + 1) // 2 if packed else count
+            zero_point_bytes = (spec.channels + 1) // 2 if packed else spec.channels
         scale_type = np.float16 if spec.scale_type == onnx.TensorProto.FLOAT16 else np.float32
         out = [
-            OutTensor(tensors.codes, Payload((count + 1) // 2 if packed else count, lambda: self._quantized(name).data)),
+            OutTensor(tensors.codes, Payload(code_bytes, lambda: self._quantized(name).data)),
             OutTensor(
                 tensors.scale,
                 Payload(np.dtype(scale_type).itemsize * spec.channels, lambda: self._quantized(name).scale.astype(scale_type)),
             ),
         ]
         if tensors.zero_point is not None:
-            size = (spec.channels + 1) // 2 if packed else spec.channels
-            out.append(OutTensor(tensors.zero_point, Payload(size, lambda: self._zero_points(name))))
+            out.append(OutTensor(tensors.zero_point, Payload(zero_point_bytes, lambda: self._zero_points(name))))
         last = out[-1].payload
         assert last is not None  # every piece above has a payload
-        last.release = lambda: self._finish(name)
-        return out
-
-    def _nbits_replacements(self, name: str, spec: DQSpec, tensors: DQTensors) -> list[OutTensor]:
-        """Packed codes, scales (and packed zero points) of a MatMulNBits weight."""
-        _, n, blocks, blob = spec.nbits_layout
-        scale_type = np.float16 if spec.scale_type == onnx.TensorProto.FLOAT16 else np.float32
-        out = [
-            OutTensor(tensors.codes, Payload(n * blocks * blob, lambda: self._quantized(name).data)),
-            OutTensor(tensors.scale, Payload(np.dtype(scale_type).itemsize * n * blocks, lambda: self._quantized(name).scale.astype(scale_type))),
-        ]
-        if tensors.zero_point is not None:
-            out.append(OutTensor(tensors.zero_point, Payload(n * spec.nbits_zero_point_bytes, lambda: self._quantized(name).zero_point.astype(np.uint8))))
-        last = out[-1].payload
-        assert last is not None
         last.release = lambda: self._finish(name)
         return out
 
@@ -353,7 +341,8 @@ class _Stream:
 
     def _zero_points(self, name: str) -> np.ndarray:
         qt = self._quantized(name)
-        zero_points = qt.zero_point.astype(np.uint8)  # codes as bytes, like the weights
+        # codes as bytes, like the weights (MatMulNBits' are packed already; its scheme is not)
+        zero_points = qt.zero_point.astype(np.uint8)
         return kernels.pack4(zero_points) if qt.scheme.packed else zero_points
 
     def _finish(self, name: str) -> None:

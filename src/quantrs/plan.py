@@ -52,6 +52,7 @@ class TensorPlan:
     dense: bool = True
     block_size: int | None = None  # blocks of this many values along `axis`, the reduction axis
     nbits: bool = False  # written as com.microsoft.MatMulNBits (every use a MatMul's weight)
+    ops: tuple[str, ...] = ()  # the op types that consume it (after Cast/Transpose)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -174,7 +175,7 @@ def plan_weights(graph: onnx.GraphProto, weights: WeightStore, config: QuantizeC
     plans = []
     for info in weights:
         plan = _plan_one(info, index, config, excluded_nodes, weights.ambiguous)
-        plans.append(_apply_overrides(plan, index, config, patterns))
+        plans.append(_apply_overrides(plan, config, patterns))
     return plans
 
 
@@ -199,17 +200,20 @@ def _close(name: str, candidates: list[str]) -> list[str]:
     return close or [c for c in candidates if name.lower() in c.lower()][:3]
 
 
-def _apply_overrides(plan: TensorPlan, index: GraphIndex, config: QuantizeConfig, patterns: list[re.Pattern[str]]) -> TensorPlan:
+def _unquantized(plan: TensorPlan, reason: str) -> TensorPlan:
+    return replace(plan, quantize=False, reason=reason, axis=None, block_size=None, nbits=False)
+
+
+def _apply_overrides(plan: TensorPlan, config: QuantizeConfig, patterns: list[re.Pattern[str]]) -> TensorPlan:
     """Per-layer options: op-type and regex exclusions, and per-tensor bit widths."""
     if not plan.quantize:
         return plan
-    ops = {c.use.op for c in _consumers(index, plan.name, len(plan.shape))[0]}
-    excluded_ops = sorted(ops & set(config.exclude_op_types))
+    excluded_ops = sorted(set(plan.ops) & set(config.exclude_op_types))
     if excluded_ops:
-        return replace(plan, quantize=False, axis=None, reason=f"used by an excluded op type ({', '.join(excluded_ops)})")
+        return _unquantized(plan, f"used by an excluded op type ({', '.join(excluded_ops)})")
     for pattern in patterns:
         if pattern.search(plan.name):
-            return replace(plan, quantize=False, axis=None, reason=f"excluded by the pattern {pattern.pattern!r}")
+            return _unquantized(plan, f"excluded by the pattern {pattern.pattern!r}")
     return replace(plan, bits=dict(config.layer_bits).get(plan.name, config.bits))
 
 
@@ -282,6 +286,7 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
             dense=dense,
             block_size=block_size,
             nbits=nbits,
+            ops=tuple(sorted(set(roles))),
         )
 
     if config.quant_format == "matmulnbits" and _matmulnbits_weight(info, consumers):

@@ -102,6 +102,12 @@ def half_scales(scale: np.ndarray, zero_point: np.ndarray, lo: np.ndarray, schem
     return half, zero_point
 
 
+def _alphas(range: str) -> tuple[float, ...]:
+    """The block kernel's grid for a range method: none, the min/max range refitted, or the
+    search grid (see QuantizeConfig.range)."""
+    return {"minmax": (), "refit": (1.0,), "search": kernels.SEARCH_ALPHAS}[range]
+
+
 def _block_view(x: np.ndarray, axis: int | None, block_size: int | None) -> tuple[np.ndarray, int, int] | None:
     """(a view of x, its block axis, block size) for the block kernel: the blocks themselves, or
     for a range search per channel or per tensor one block per channel (the channel axis must
@@ -180,7 +186,7 @@ def quantize_tensor(
     if block_size is not None or range != "minmax":
         view = _block_view(x, axis, block_size)
         if view is not None:
-            alphas = {"minmax": (), "refit": (1.0,), "search": kernels.SEARCH_ALPHAS}[range]
+            alphas = _alphas(range)
             return _quantize_blocks(x, view, scheme, axis, name=name, n_threads=n_threads, scratch=scratch, half_scale=half_scale, alphas=alphas)
     rng = kernels.minmax(x, axis, n_threads=n_threads, name=name)
     scale, zero_point = kernels.scales(rng, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric)
@@ -226,7 +232,7 @@ def quantize_matmulnbits(
     packed zero points ([N, ceil(blocks * bits / 8)] bytes) for asymmetric codes, else nothing.
     """
     k, n = x.shape
-    alphas = {"minmax": (), "refit": (1.0,), "search": kernels.SEARCH_ALPHAS}[range]
+    alphas = _alphas(range)
     blocks = kernels.quantize_blocks(
         x, 0, block_size, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric, alphas=alphas,
         half_scale=half_scale, transpose=True, n_threads=n_threads, name=name,
