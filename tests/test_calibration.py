@@ -192,7 +192,7 @@ def test_bias_scale_is_input_scale_times_weight_scale(tmp_path):
     dst = tmp_path / "static.onnx"
     quantrs.calibrate(EXAMPLE, dst, image_samples(4))
     inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(dst)).graph.initializer}
-    expected = inits["image_act_scale"] * inits["stem.weight_scale"]
+    expected = inits["image_scale"] * inits["stem.weight_scale"]
     np.testing.assert_array_equal(inits["stem.bias_scale"], expected.astype(np.float32))
 
 
@@ -201,7 +201,7 @@ def test_reduce_range_and_symmetric_activations(tmp_path):
     quantrs.calibrate(EXAMPLE, dst, image_samples(8), CalibrationConfig(reduce_range=True, symmetric_activations=True))
     inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(dst)).graph.initializer}
     assert np.abs(inits["stage3.weight_quantized"]).max() <= 63
-    zero_points = [v for k, v in inits.items() if k.endswith("_act_zero_point")]
+    zero_points = [v for k, v in inits.items() if k.endswith("_zero_point")]
     assert zero_points and all(v.dtype == np.int8 and v == 0 for v in zero_points)
     held_out = {"image": np.random.default_rng(7).standard_normal((8, 3, 32, 32)).astype(np.float32)}
     assert cosine(run(EXAMPLE, held_out), run(dst, held_out)) > 0.98

@@ -9,7 +9,20 @@ from typing import Any
 
 from quantrs._cpus import available_cpus
 
-__all__ = ["session"]
+__all__ = ["options", "session"]
+
+
+def options(*, threads: int | None = None, optimize: bool = True) -> Any:
+    """onnxruntime.SessionOptions with quantrs' policy. `optimize=False` keeps every tensor of
+    the graph (no fusion), as calibration needs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads if threads is not None else available_cpus()
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return opts
 
 
 def session(
@@ -19,16 +32,12 @@ def session(
     optimize: bool = True,
     optimized_path: str | os.PathLike[str] | None = None,
 ) -> Any:
-    """An onnxruntime.InferenceSession on the CPU. `optimize=False` keeps every tensor of the
-    graph (no fusion), as calibration needs; `optimized_path` writes the optimized graph."""
+    """An onnxruntime.InferenceSession on the CPU (see options); `optimized_path` writes the
+    optimized graph."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads if threads is not None else available_cpus()
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts = options(threads=threads, optimize=optimize)
     if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
+        opts.optimized_model_filepath = str(optimized_path)
     source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])

@@ -46,6 +46,13 @@ class Method(str, Enum):
     mse = "mse"
 
 
+class Target(str, Enum):
+    """Runtimes static models are laid out for (quantrs.activations.TARGETS)."""
+
+    ort_cpu = "ort-cpu"
+    tensorrt = "tensorrt"
+
+
 class _State:
     quiet = False
 
@@ -319,8 +326,9 @@ def _emit(report, fmt: OutputFormat, renderer: str) -> None:
 @command
 def calibrate(
     model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
-    data: Annotated[Path, typer.Option("--data", help="Calibration samples: .npy, .npz (by input name) or a folder of them.", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="Calibration samples: .npy, .npz (by input name; N samples may be stacked on axis 0), a folder of them, or onnxruntime test_data_set_* folders.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the quantized model.", show_default=False)],
+    target: Annotated[Target, typer.Option("--target", help="ort-cpu: onnxruntime's QDQ form; tensorrt: NVIDIA's explicit-quantization rules (symmetric INT8, float biases, Q/DQ on inputs only).")] = "ort-cpu",  # type: ignore[assignment]
     method: Annotated[Method, typer.Option("--method", help="Range selection.")] = "minmax",  # type: ignore[assignment]
     percentile: Annotated[float, typer.Option("--percentile", help="For --method percentile: the share of values kept, in (50, 100].")] = 99.999,
     per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="One weight scale per output channel.")] = True,
@@ -345,7 +353,7 @@ def calibrate(
     )
     config = CalibrationConfig(
         method=Method(method).value, percentile=percentile, per_channel=per_channel, symmetric_activations=symmetric_activations,
-        reduce_range=reduce_range, max_samples=max_samples, min_samples=min_samples, weights=weights,
+        reduce_range=reduce_range, target=Target(target).value, max_samples=max_samples, min_samples=min_samples, weights=weights,
     )
     with _counting(quiet, "calibrating", "samples") as progress:
         report = run(model, output, data, config, progress=progress)

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ from quantrs.report import PlanEntry, PlanReport, QuantizeReport, TensorReport
 from quantrs.tensor import QuantizedTensor, Scratch, quantize_matmulnbits, quantize_tensor, scheme_for
 from quantrs.writer import OutTensor, Payload, write_model
 
-__all__ = ["quantize", "dry_run"]
+__all__ = ["quantize", "dry_run", "open_model", "plan_model", "rewrite_and_write", "GraphEdit", "WeightStream"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +69,61 @@ def quantize(
     config = config or QuantizeConfig()
     started = time.perf_counter()
     src, dst = Path(input_path), Path(output_path)
+    model = open_model(src, dst)
+    plans, specs, already = plan_model(model, config)
+    if config.quant_format == "matmulnbits" and not any(s.nbits for s in specs.values()):
+        raise OptionError("quant_format", f"matmulnbits: {src} has no MatMul weight to write as MatMulNBits")
+    metadata = {
+        "quantrs.bits": str(config.bits),
+        "quantrs.scheme": "symmetric" if config.symmetric else "asymmetric",
+        "quantrs.granularity": _granularity(config),
+        "quantrs.range": ", ".join(sorted({s.range for s in specs.values()})),
+        "quantrs.storage": _storage_names(specs),
+    }
+    done = rewrite_and_write(model, dst, specs, config, metadata=metadata, progress=progress)
+    stream = done.stream
+    reports = [_tensor_report(p, stream.results.get(p.name)) for p in plans]
+    return QuantizeReport(
+        input=str(src),
+        output=str(dst),
+        files_written=[str(p) for p in done.files],
+        bits=config.bits,
+        per_channel=config.per_channel,
+        block_size=config.blocks,
+        symmetric=config.symmetric,
+        storage=_storage_names(specs),
+        opset_before=done.opset_before,
+        opset_after=done.opset_after,
+        opset_converted=done.opset_after != done.opset_before,
+        input_bytes=model.total_bytes,
+        output_bytes=sum(p.stat().st_size for p in done.files),
+        float_weight_bytes=sum(model.weights.info(n).nbytes for n in specs),
+        quantized_weight_bytes=stream.quantized_bytes,
+        quantized_count=len(specs),
+        skipped_count=len(plans) - len(specs),
+        seconds=round(time.perf_counter() - started, 4),
+        tensors=reports,
+        already_quantized=already,
+    )
+
+
+def open_model(src: Path, dst: Path) -> LoadedModel:
+    """Load the input for writing `dst`: refuses an output that is the input (or a folder), or
+    whose data file would overwrite the input's weights."""
+    began = time.perf_counter()
     _check_paths(src, dst)
     model = load_model(src)
-    logger.info("loaded %s: %d nodes, %d stored tensors, %.1f MB file, in %.3f s", src, len(model.proto.graph.node), len(model.weights), model.file_size / 1e6, time.perf_counter() - started)
+    logger.info("loaded %s: %d nodes, %d stored tensors, %.1f MB file, in %.3f s", src, len(model.proto.graph.node), len(model.weights), model.file_size / 1e6, time.perf_counter() - began)
     _check_external_collision(model, dst)
-    proto = model.proto
-    index = GraphIndex(proto.graph)
-    plans = plan_weights(proto.graph, model.weights, config, index)
+    return model
+
+
+def plan_model(model: LoadedModel, config: QuantizeConfig) -> tuple[list[TensorPlan], dict[str, DQSpec], str]:
+    """The plan of every stored tensor, the storage of those quantized, and what the model
+    already holds quantized ("" if nothing). Raises when nothing is left to quantize."""
+    src = model.path
+    index = GraphIndex(model.proto.graph)
+    plans = plan_weights(model.proto.graph, model.weights, config, index)
     specs = {p.name: _spec(p, config) for p in plans if p.quantize}
     logger.info("plan: %d of %d tensors quantized (%d in Constant nodes, %d inside bodies), %d left as they are", len(specs), len(plans), sum(p.quantize and p.kind == "constant" for p in plans), sum(p.quantize and p.scope != MAIN for p in plans), len(plans) - len(specs))
     for p in plans:
@@ -86,15 +135,49 @@ def quantize(
         raise UnsupportedModelError(f"{src}: {_nothing_to_quantize(plans)}")
     if already:
         logger.warning("%s: already quantized (%s); quantizing the %d float weight(s) left", src, already, len(specs))
-    if config.quant_format == "matmulnbits" and not any(s.nbits for s in specs.values()):
-        raise OptionError("quant_format", f"matmulnbits: {src} has no MatMul weight to write as MatMulNBits")
+    return plans, specs, already
+
+
+class GraphEdit(Protocol):
+    """A further rewrite of the main graph after the weights' DequantizeLinear nodes are in
+    (static quantization's activation QDQ): `min_opset` is the opset it needs; `apply` edits
+    the graph and returns the initializers it adds whose bytes are streamed (after every
+    weight's, so their payloads may read the weights' scales)."""
+
+    min_opset: int
+
+    def apply(self, graph: onnx.GraphProto, stream: WeightStream) -> list[OutTensor]: ...
+
+
+@dataclass
+class Written:
+    files: list[Path]
+    stream: WeightStream
+    opset_before: int
+    opset_after: int
+
+
+def rewrite_and_write(
+    model: LoadedModel,
+    dst: Path,
+    specs: dict[str, DQSpec],
+    config: QuantizeConfig,
+    *,
+    metadata: dict[str, str],
+    edit: GraphEdit | None = None,
+    progress: ProgressCallback | None = None,
+) -> Written:
+    """Rewrite the graph for `specs` (and `edit`), then stream the output to `dst`, quantizing
+    each weight when the writer reaches it. `model.proto` is edited in place."""
+    src = model.path
+    proto = model.proto
     detach_nested_weights(proto.graph, specs)
     embedded = model.weights.embed_nested_external(proto.graph)  # what stays float, out of the input's data file
     if embedded:
         logger.info("read %.1f MB of external data held by Constant nodes or bodies into the graph", embedded / 1e6)
 
     opset_before = model.opset
-    target = max(opset_before, required_opset(specs.values()))
+    target = max(opset_before, required_opset(specs.values()), edit.min_opset if edit is not None else 0)
     if target == opset_before:
         logger.info("opset %d kept", target)
     else:
@@ -107,28 +190,25 @@ def quantize(
         proto,
         {
             "quantrs.version": __version__,
-            "quantrs.bits": str(config.bits),
-            "quantrs.scheme": "symmetric" if config.symmetric else "asymmetric",
-            "quantrs.granularity": _granularity(config),
-            "quantrs.range": ", ".join(sorted({s.range for s in specs.values()})),
-            "quantrs.storage": _storage_names(specs),
+            **metadata,
             **({"quantrs.opset_converted_from": str(opset_before)} if target != opset_before else {}),
         },
     )
     dq = insert_weight_dq(proto.graph, specs)
     if any(s.nbits for s in specs.values()) and not any(e.domain == MICROSOFT_DOMAIN for e in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
-    stream = _Stream(model, specs, dq, config, progress)
+    stream = WeightStream(model, specs, dq, config, progress)
+    extra = edit.apply(proto.graph, stream) if edit is not None else []
     try:
         stream.fill_bodies()
     except QuantrsError as exc:
         exc.about(file=src)
         raise
     if config.check_output:
-        _check(proto, dq, src)
+        _check(proto, dq, [t.header for t in extra], src)
 
     external = True if (config.external_data or _has_external_data(model)) else None
-    out_tensors = stream.out_tensors(proto.graph)
+    out_tensors = stream.out_tensors(proto.graph) + extra
     del proto.graph.initializer[:]
     writing = time.perf_counter()
     try:
@@ -144,29 +224,7 @@ def quantize(
         ", ".join(str(p) for p in written), time.perf_counter() - writing, stream.quantize_seconds, len(specs),
         stream._total_bytes / 1e6, stream.quantized_bytes / 1e6,
     )  # fmt: skip
-    reports = [_tensor_report(p, stream.results.get(p.name)) for p in plans]
-    return QuantizeReport(
-        input=str(src),
-        output=str(dst),
-        files_written=[str(p) for p in written],
-        bits=config.bits,
-        per_channel=config.per_channel,
-        block_size=config.blocks,
-        symmetric=config.symmetric,
-        storage=_storage_names(specs),
-        opset_before=opset_before,
-        opset_after=target,
-        opset_converted=target != opset_before,
-        input_bytes=model.total_bytes,
-        output_bytes=sum(p.stat().st_size for p in written),
-        float_weight_bytes=sum(model.weights.info(n).nbytes for n in specs),
-        quantized_weight_bytes=stream.quantized_bytes,
-        quantized_count=len(specs),
-        skipped_count=len(plans) - len(specs),
-        seconds=round(time.perf_counter() - started, 4),
-        tensors=reports,
-        already_quantized=already,
-    )
+    return Written(written, stream, opset_before, target)
 
 
 def _spec(plan: TensorPlan, config: QuantizeConfig) -> DQSpec:
@@ -234,7 +292,7 @@ class _Summary:
 
 
 @dataclass
-class _Stream:
+class WeightStream:
     """Produces the output's initializers in file order, quantizing each weight when reached."""
 
     model: LoadedModel
@@ -249,6 +307,8 @@ class _Stream:
     _done_bytes: int = 0
     _total_bytes: int = 0
     _scratch: Scratch = field(default_factory=Scratch)
+    keep_scales: set[str] = field(default_factory=set)  # weights whose scales are kept once written
+    scales: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._total_bytes = sum(self.model.weights.info(n).nbytes for n in self.specs)
@@ -256,7 +316,10 @@ class _Stream:
     def out_tensors(self, graph: onnx.GraphProto) -> list[OutTensor]:
         """Kept float tensors first (headers from `graph`), then each weight's replacements
         (those of the main graph: a body's own are filled in by fill_bodies)."""
-        out = [OutTensor(_bare(header), self._kept_payload(header.name)) for header in graph.initializer]
+        out = [
+            OutTensor(_bare(header), self._kept_payload(header.name)) if header.name in self.model.weights else OutTensor(header, None)
+            for header in graph.initializer
+        ]  # fmt: skip  # (tensors the rewrite made hold their values)
         for name, spec in self.specs.items():
             if not self.dq[name].in_body:
                 out += self._replacements(name, spec, self.dq[name])
@@ -350,6 +413,8 @@ class _Stream:
         storage = onnx.TensorProto.DataType.Name(qt.scheme.onnx_type)
         self.results[name] = _Summary(qt.axis, storage, qt.mse, qt.max_abs_error, qt.mse_minmax, self.specs[name].block_size)
         self.quantized_bytes += qt.data.nbytes + qt.scale.nbytes
+        if name in self.keep_scales:
+            self.scales[name] = qt.scale.astype(np.float32)
         self._current = None
         self.model.weights.release(name)
         self._done_bytes += self.model.weights.info(name).nbytes
@@ -397,7 +462,7 @@ def _check_external_collision(model: LoadedModel, dst: Path) -> None:
             raise OutputError(f"{dst}: its external data file {data.name} would overwrite the input's weights")
 
 
-def _check(model: onnx.ModelProto, dq: dict[str, DQTensors], src: Path) -> None:
+def _check(model: onnx.ModelProto, dq: dict[str, DQTensors], extra: list[onnx.TensorProto], src: Path) -> None:
     """onnx.checker on the rewritten graph, with initializers stood in for by inputs (their
     bytes are not in memory yet)."""
     skeleton = onnx.ModelProto()
@@ -405,6 +470,7 @@ def _check(model: onnx.ModelProto, dq: dict[str, DQTensors], src: Path) -> None:
     for tensors in dq.values():
         if not tensors.in_body:
             skeleton.graph.initializer.extend(tensors.all())
+    skeleton.graph.initializer.extend(extra)
     check_model(skeleton, src)
 
 

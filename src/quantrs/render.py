@@ -261,19 +261,29 @@ def render_benchmark(report: BenchmarkReport) -> None:
 
 def render_calibration(report: CalibrationReport) -> None:
     console = stdout_console()
-    console.print(f"[bold green]Calibrated[/] {escape(report.input)} -> {escape(report.output)}")
+    console.print(f"[bold green]Calibrated[/] {escape(report.input)} -> {escape(report.output)} (for {report.target})")
+    biases = f" and {len(report.quantized_biases)} biases (INT32)" if report.quantized_biases else ""
     console.print(
         f"  {report.method} ranges from {report.samples} sample(s); {len(report.activations)} activations, "
-        f"{len(report.quantized_weights)} weights (INT8) and {len(report.quantized_biases)} biases (INT32) quantized"
+        f"{len(report.quantized_weights)} weights (INT8){biases} quantized",
+        highlight=False,
     )
-    console.print(f"  size {human_bytes(report.input_bytes)} -> {human_bytes(report.output_bytes)} in {report.seconds:.2f} s")
+    console.print(
+        f"  size {human_bytes(report.input_bytes)} -> {human_bytes(report.output_bytes)} in {report.seconds:.2f} s "
+        f"({report.inference_seconds:.2f} s of float inference, {report.inference_groups} run(s) per sample)",
+        highlight=False,
+    )
     for o in report.fidelity:
         top1 = "" if o.top1_agreement is None else f", top-1 agreement {o.top1_agreement:.2%}"
         console.print(
-            f"  {o.name}: cosine {o.cosine:.6f}, relative L2 {o.relative_l2:.4g}{top1} "
+            f"  {escape(o.name)}: cosine {o.cosine:.6f}, relative L2 {o.relative_l2:.4g}{top1} "
             f"(float vs quantized on the last {report.fidelity_samples} sample(s))",
             highlight=False,
         )
+    if report.left_float:
+        console.print(f"  {len(report.left_float)} activation(s) left in float:", highlight=False)
+        for item in report.left_float:
+            console.print(f"    {escape(item.name)}: {escape(item.reason)}", highlight=False)
     table = Table(title="activation ranges", title_justify="left", show_edge=False)
     for col in ("tensor", "min", "max", "scale", "zero point"):
         table.add_column(col, justify="left" if col == "tensor" else "right")

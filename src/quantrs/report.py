@@ -316,19 +316,32 @@ class ActivationRange:
 
 
 @dataclass(frozen=True)
+class LeftFloat:
+    """An activation calibration looked at and left in float."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class CalibrationReport:
     input: str
     output: str
     files_written: list[str]
     method: str
+    target: str
     samples: int
     activations: list[ActivationRange]
+    left_float: list[LeftFloat]  # activations calibrated but kept in float, with the reason
+    folded_relus: list[str]  # Relu outputs quantized by their producer's QuantizeLinear
     quantized_weights: list[str]
     quantized_biases: list[str]
     input_bytes: int
     output_bytes: int
     fidelity: list[OutputAgreement]  # float vs quantized on the last calibration samples
     fidelity_samples: int
+    inference_groups: int  # onnxruntime runs per sample (activations held at once are bounded)
+    inference_seconds: float  # of `seconds`, spent inside onnxruntime's float inference
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:

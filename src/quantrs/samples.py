@@ -1,24 +1,74 @@
-"""Model inputs for validation and benchmarks: the user's samples, or inputs generated from the
-model's declared signature.
+"""Model inputs for validation, benchmarks and calibration: the user's samples, or inputs
+generated from the model's declared signature.
 
-Samples: a `.npy` file (a model with one input), a `.npz` file keyed by input name, or a folder
-of either (one sample per file, in name order). Each file is one batch as the model takes it.
+A sample is one feed of the model: a dict mapping every graph input to an array of the dtype,
+rank and fixed dims the model declares (no NaN or infinity). `iter_samples` reads them from:
+
+* a `.npy` file (a model with one input) or a `.npz` file keyed by input name;
+* a folder of such files (taken in name order);
+* onnxruntime test data: a folder holding `test_data_set_0/`, `test_data_set_1/`, ... (taken in
+  numeric order), or one `test_data_set_*` folder itself (any folder of `input_*.pb` files). Each
+  set is one sample; each `input_K.pb` is a serialized onnx TensorProto whose `name` names the
+  input, or, when empty, feeds the K-th model input (`output_*.pb` files are ignored);
+* from Python: an iterable of dicts (input name -> array-like), one dict, or any object with a
+  `get_next()` method returning a dict, then None at the end (the protocol of onnxruntime's
+  `CalibrationDataReader`). Python samples are taken as given, never split.
+
+A `.npy`/`.npz` array may stack several samples on axis 0. For an input of rank r:
+
+* an array of rank r + 1 holds N samples: `array[i]` is sample i;
+* an array of rank r whose axis 0 is not the model's fixed batch size B (an int on axis 0 of the
+  input) but a multiple of it holds N = len / B samples of B rows each;
+* otherwise (a dynamic batch, or the fixed batch itself) the array is one sample, as given.
+
+In a `.npz` every input must hold the same number of samples. A `.npy` is memory-mapped and
+each sample copied out when it is reached, so a stacked file is never read at once (a `.npz`
+cannot be mapped: its arrays are read a file at a time). Inputs of unknown rank are never split.
+
+Every sample is checked against the model's inputs; a bad one raises a one-line ConfigError
+naming where it came from (`data.npz`, `data.npy[3]` for the fourth sample stacked in a file,
+`.../test_data_set_0/input_1.pb`, or `sample 3` for Python samples) and the input.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from quantrs.errors import ConfigError
 
-__all__ = ["InputSpec", "input_specs", "iter_samples", "load_samples", "generate_samples", "check_sample"]
+__all__ = [
+    "InputSpec",
+    "DataReader",
+    "SampleSource",
+    "input_specs",
+    "iter_samples",
+    "load_samples",
+    "describe_source",
+    "generate_samples",
+    "check_sample",
+]
+
+
+class DataReader(Protocol):
+    """onnxruntime's CalibrationDataReader protocol: one sample per call, None at the end."""
+
+    def get_next(self) -> Mapping[str, Any] | None: ...
+
+
+SampleSource: TypeAlias = str | os.PathLike[str] | DataReader | Mapping[str, Any] | Iterable[Mapping[str, Any]]
+
+_SET = re.compile(r"test_data_set_(\d+)")
+_INPUT = re.compile(r"input_(\d+)\.pb")
+_Labelled = Iterator[tuple[str, Mapping[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -43,25 +93,95 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
-def load_samples(path: str | os.PathLike[str], specs: list[InputSpec], *, limit: int | None = None) -> list[dict[str, np.ndarray]]:
-    """Read samples and check each against the model's inputs (names, dtype, rank, fixed dims,
-    no NaN), raising ConfigError naming the file and the input."""
-    return list(iter_samples(path, specs, limit=limit))
+def load_samples(source: SampleSource, specs: list[InputSpec], *, limit: int | None = None) -> list[dict[str, np.ndarray]]:
+    """All of iter_samples, as a list."""
+    return list(iter_samples(source, specs, limit=limit))
 
 
-def iter_samples(path: str | os.PathLike[str], specs: list[InputSpec], *, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """load_samples, one file at a time: memory does not grow with the number of samples."""
-    path = Path(path)
+def iter_samples(source: SampleSource, specs: list[InputSpec], *, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """The samples of `source` (see the module docstring for the accepted forms), each checked
+    against the model's inputs, at most `limit` of them (counted after splitting stacked files).
+    Lazy: memory does not grow with the number of samples, and no sample past `limit` is read
+    (nor `get_next()` called). A missing path or an unusable source raises ConfigError at once;
+    a bad sample raises ConfigError when it is reached."""
+    if limit is not None and limit < 0:
+        raise ConfigError(f"the sample limit must be at least 0, not {limit}")
+    return _checked(_labelled(source, specs), specs, limit)
+
+
+def describe_source(source: SampleSource) -> str:
+    """A few words naming a sample source, for reports and error messages."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if callable(getattr(source, "get_next", None)):
+        return f"{type(source).__name__}.get_next()"
+    if isinstance(source, Mapping):
+        return "one sample from Python"
+    if isinstance(source, (list, tuple)):
+        return f"{len(source)} sample(s) from a Python {type(source).__name__}"
+    return f"samples from a Python {type(source).__name__}"
+
+
+def _checked(samples: _Labelled, specs: list[InputSpec], limit: int | None) -> Iterator[dict[str, np.ndarray]]:
+    if limit == 0:
+        return
+    count = 0
+    for label, sample in samples:
+        yield check_sample(sample, specs, label)
+        count += 1
+        if limit is not None and count >= limit:
+            return  # before asking the source for one more
+
+
+def _labelled(source: SampleSource, specs: list[InputSpec]) -> _Labelled:
+    """(where it came from, sample) pairs, unchecked; path sources are resolved now."""
+    if isinstance(source, (str, os.PathLike)):
+        return _path_samples(Path(source), specs)
+    get_next = getattr(source, "get_next", None)
+    if callable(get_next):
+        return _reader_samples(get_next)
+    if isinstance(source, Mapping):
+        return iter([("sample 0", source)])
+    if isinstance(source, np.ndarray):
+        raise ConfigError("samples: pass a dict {input name: array}, a list of them, or the path of a .npy file, not a bare array")
+    if isinstance(source, Iterable):
+        return ((f"sample {i}", sample) for i, sample in enumerate(source))
+    raise ConfigError(
+        f"samples: expected a path, an iterable of dicts or an object with get_next(), not {type(source).__name__}"
+    )
+
+
+def _reader_samples(get_next: Any) -> _Labelled:
+    index = 0
+    while True:
+        sample = get_next()
+        if sample is None:
+            return
+        yield f"sample {index}", sample
+        index += 1
+
+
+def _path_samples(path: Path, specs: list[InputSpec]) -> _Labelled:
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz"))
-        if not files:
-            raise ConfigError(f"{path}: no .npy or .npz samples in this folder")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise ConfigError(f"{path}: no such samples file or folder")
-    for file in files[:limit]:
-        yield check_sample(_read(file, specs), specs, str(file))
+        files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz") and p.is_file())
+        if files:
+            return _file_samples(files, specs)
+        sets = sorted((p for p in path.iterdir() if p.is_dir() and _SET.fullmatch(p.name)), key=lambda p: int(p.name[14:]))
+        if sets or _set_inputs(path):
+            return _set_samples(sets or [path], specs)
+        raise ConfigError(
+            f"{path}: no .npy or .npz samples in this folder, nor onnxruntime test data (test_data_set_*/input_*.pb)"
+        )
+    if path.is_file():
+        if path.suffix == ".pb":
+            raise ConfigError(f"{path}: pass the test_data_set_* folder holding this tensor (one set is one sample)")
+        return _file_samples([path], specs)
+    raise ConfigError(f"{path}: no such samples file or folder")
+
+
+def _file_samples(files: list[Path], specs: list[InputSpec]) -> _Labelled:
+    for file in files:
+        yield from _split(str(file), _read(file, specs), specs)
 
 
 def _read(file: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
@@ -70,40 +190,161 @@ def _read(file: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
             if len(specs) != 1:
                 names = ", ".join(s.name for s in specs)
                 raise ConfigError(f"{file}: a .npy sample feeds one input, the model has {len(specs)} ({names}); use .npz")
-            return {specs[0].name: np.load(file, allow_pickle=False)}
-        with np.load(file, allow_pickle=False) as data:
+            try:
+                array = np.load(file, mmap_mode="r", allow_pickle=False)  # stacked samples: read one at a time
+            except ValueError:  # e.g. an empty array cannot be mapped
+                array = np.load(file, allow_pickle=False)
+            return {specs[0].name: array}
+        data = np.load(file, allow_pickle=False)
+        if isinstance(data, np.ndarray):
+            raise ConfigError(f"{file}: one .npy array, not a .npz archive keyed by input name; name it .npy")
+        with data:
             return {k: data[k] for k in data.files}
     except ConfigError:
         raise
     except Exception as exc:  # ValueError, OSError, zipfile.BadZipFile: not a numpy file
-        raise ConfigError(f"{file}: cannot read the sample ({exc})") from None
+        raise ConfigError(f"{file}: cannot read the sample ({_first_line(exc)})") from None
 
 
-def check_sample(sample: dict[str, np.ndarray], specs: list[InputSpec], file: str) -> dict[str, np.ndarray]:
-    """The sample, if it fits the model's inputs; ConfigError naming `file` (or "sample N") and
-    the input otherwise."""
-    if not isinstance(sample, dict):
+def _stacking(value: np.ndarray, spec: InputSpec) -> tuple[int, int | None]:
+    """(number of samples in `value`, rows per sample): rows None when each sample is
+    `value[i]` (or `value` itself when the number is 1 and it is not stacked, rows 0)."""
+    rank = len(spec.shape)
+    if rank == 0:
+        return 1, 0
+    if value.ndim == rank + 1:
+        return value.shape[0], None
+    batch = spec.shape[0]
+    if (
+        value.ndim == rank
+        and isinstance(batch, int)
+        and batch > 0
+        and value.shape[0] != batch
+        and value.shape[0] > 0
+        and value.shape[0] % batch == 0
+    ):
+        return value.shape[0] // batch, batch
+    return 1, 0
+
+
+def _split(label: str, arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> _Labelled:
+    """The samples stacked in one file's arrays, each copied out when it is reached."""
+    _check_names(arrays, specs, label)
+    ordered = [(spec, arrays[spec.name]) for spec in specs]
+    plans = {spec.name: _stacking(value, spec) for spec, value in ordered}
+    if all(rows == 0 for _, rows in plans.values()):
+        yield label, {spec.name: np.array(value) for spec, value in ordered}
+        return
+    counts = {name: n for name, (n, _) in plans.items()}
+    first = specs[0].name
+    other = next((name for name in counts if counts[name] != counts[first]), None)
+    if other is not None:
+        for spec, value in ordered:  # an input left whole may just be wrong: say how
+            if plans[spec.name][1] == 0:
+                _check_value(value, spec, label)
+        raise ConfigError(
+            f"{label}: input {first!r} holds {counts[first]} stacked sample(s), input {other!r} {counts[other]}; "
+            "every input must hold the same number"
+        )
+    if counts[first] == 0:
+        raise ConfigError(f"{label}: input {first!r} has shape {arrays[first].shape}: no samples on axis 0")
+    for i in range(counts[first]):
+        sample = {}
+        for spec, value in ordered:
+            rows = plans[spec.name][1]
+            part = value if rows == 0 else value[i] if rows is None else value[i * rows : (i + 1) * rows]
+            sample[spec.name] = np.array(part)  # a copy: never a view of the whole file
+        yield f"{label}[{i}]", sample
+
+
+def _set_inputs(folder: Path) -> list[tuple[int, Path]]:
+    found = ((_INPUT.fullmatch(p.name), p) for p in folder.iterdir() if p.is_file())
+    return sorted((int(m.group(1)), p) for m, p in found if m)
+
+
+def _set_samples(sets: list[Path], specs: list[InputSpec]) -> _Labelled:
+    by_name = {s.name: s for s in specs}
+    for folder in sets:
+        inputs = _set_inputs(folder)
+        if not inputs:
+            raise ConfigError(f"{folder}: no input_*.pb tensors in this test data set")
+        sample: dict[str, np.ndarray] = {}
+        origin: dict[str, Path] = {}
+        for index, file in inputs:
+            tensor = _read_tensor(file)
+            name = tensor.name or (specs[index].name if index < len(specs) else "")
+            if not name:
+                raise ConfigError(f"{file}: an unnamed tensor for input {index}, the model has {len(specs)} input(s)")
+            if name in sample:
+                raise ConfigError(f"{file}: input {name!r} is already given by {origin[name].name}")
+            sample[name] = _tensor_array(tensor, file)
+            origin[name] = file
+        _check_names(sample, specs, str(folder))
+        for name, file in origin.items():
+            _check_value(sample[name], by_name[name], str(file))
+        yield str(folder), sample
+
+
+def _read_tensor(file: Path) -> onnx.TensorProto:
+    tensor = onnx.TensorProto()
+    try:
+        tensor.ParseFromString(file.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read the tensor ({_first_line(exc)})") from None
+    except Exception:  # protobuf's DecodeError
+        raise ConfigError(f"{file}: not a serialized onnx TensorProto") from None
+    if tensor.data_type == onnx.TensorProto.UNDEFINED:
+        raise ConfigError(f"{file}: not a serialized onnx TensorProto (no data type)")
+    return tensor
+
+
+def _tensor_array(tensor: onnx.TensorProto, file: Path) -> np.ndarray:
+    try:
+        return numpy_helper.to_array(tensor, base_dir=str(file.parent))
+    except Exception as exc:  # unknown data type, data not matching dims, missing external data
+        raise ConfigError(f"{file}: cannot read the tensor ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_sample(sample: Mapping[str, Any], specs: list[InputSpec], file: str) -> dict[str, np.ndarray]:
+    """The sample (as a dict of arrays), if it fits the model's inputs; ConfigError naming `file`
+    (or "sample N") and the input otherwise."""
+    if not isinstance(sample, Mapping):
         raise ConfigError(f"{file}: a sample must map input names to arrays, not {type(sample).__name__}")
-    sample = {k: np.asarray(v) for k, v in sample.items()}
+    try:
+        arrays = {k: np.asarray(v) for k, v in sample.items()}
+    except Exception as exc:  # a value numpy cannot take
+        raise ConfigError(f"{file}: a value is not an array ({_first_line(exc)})") from None
+    _check_names(arrays, specs, file)
+    for spec in specs:
+        _check_value(arrays[spec.name], spec, file)
+    return arrays
+
+
+def _check_names(sample: Mapping[str, Any], specs: list[InputSpec], file: str) -> None:
     expected = {s.name for s in specs}
     missing = sorted(expected - set(sample))
     if missing:
         raise ConfigError(f"{file}: missing input(s) {', '.join(missing)}")
-    unknown = sorted(set(sample) - expected)
+    unknown = sorted(set(sample) - expected, key=str)
     if unknown:
-        raise ConfigError(f"{file}: the model has no input named {', '.join(unknown)}")
-    for spec in specs:
-        value = sample[spec.name]
-        if value.dtype != spec.dtype:
-            raise ConfigError(f"{file}: input {spec.name!r} is {value.dtype}, the model expects {spec.dtype}")
-        if spec.shape and value.ndim != len(spec.shape):
-            raise ConfigError(f"{file}: input {spec.name!r} has shape {value.shape}, the model expects rank {len(spec.shape)}")
-        for axis, (got, want) in enumerate(zip(value.shape, spec.shape)):
-            if isinstance(want, int) and want > 0 and got != want:
-                raise ConfigError(f"{file}: input {spec.name!r} has {got} on axis {axis}, the model expects {want}")
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise ConfigError(f"{file}: input {spec.name!r} holds NaN or infinity")
-    return sample
+        raise ConfigError(f"{file}: the model has no input named {', '.join(map(str, unknown))}")
+
+
+def _check_value(value: np.ndarray, spec: InputSpec, file: str) -> None:
+    if value.dtype != spec.dtype:
+        raise ConfigError(f"{file}: input {spec.name!r} is {value.dtype}, the model expects {spec.dtype}")
+    if spec.shape and value.ndim != len(spec.shape):
+        raise ConfigError(f"{file}: input {spec.name!r} has shape {value.shape}, the model expects rank {len(spec.shape)}")
+    for axis, (got, want) in enumerate(zip(value.shape, spec.shape)):
+        if isinstance(want, int) and want > 0 and got != want:
+            raise ConfigError(f"{file}: input {spec.name!r} has {got} on axis {axis}, the model expects {want}")
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise ConfigError(f"{file}: input {spec.name!r} holds NaN or infinity")
 
 
 def _index_limits(model: onnx.ModelProto) -> dict[str, int]:
