@@ -149,15 +149,15 @@ def test_nan_in_a_stacked_slice_names_it(tmp_path):
     np.save(tmp_path / "data.npy", data)
     samples = iter_samples(tmp_path / "data.npy", BATCH1)
     assert len([next(samples) for _ in range(3)]) == 3  # the good ones come first
-    with raises(f"{tmp_path / 'data.npy'}[3]: input 'x' holds NaN or infinity"):
+    with raises(f"{tmp_path / 'data.npy'}[3]: input 'x' holds NaN"):
         next(samples)
 
 
 def test_nan_in_a_batch_split_names_it(tmp_path):
     data = floats(6, 4)
-    data[5, 0] = np.inf
+    data[5, 0] = np.nan
     np.save(tmp_path / "data.npy", data)
-    with raises(f"{tmp_path / 'data.npy'}[2]: input 'x' holds NaN or infinity"):
+    with raises(f"{tmp_path / 'data.npy'}[2]: input 'x' holds NaN"):
         load_samples(tmp_path / "data.npy", BATCH2)
 
 
@@ -332,7 +332,7 @@ def test_a_single_dict_is_one_sample():
 def test_bad_python_samples_are_named():
     bad = floats(1, 4)
     bad[0, 1] = np.nan
-    with raises("sample 2: input 'x' holds NaN or infinity"):
+    with raises("sample 2: input 'x' holds NaN"):
         load_samples([{"x": floats(1, 4)}, {"x": floats(1, 4)}, {"x": bad}], BATCH1)
     with raises("sample 0: input 'x' is float64, the model expects float32"):
         load_samples(({"x": np.zeros((1, 4))} for _ in range(2)), BATCH1)

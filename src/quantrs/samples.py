@@ -2,7 +2,7 @@
 generated from the model's declared signature.
 
 A sample is one feed of the model: a dict mapping every graph input to an array of the dtype,
-rank and fixed dims the model declares (no NaN or infinity). `iter_samples` reads them from:
+rank and fixed dims the model declares (no NaN; infinities are allowed: masks of -inf are data). `iter_samples` reads them from:
 
 * a `.npy` file (a model with one input) or a `.npz` file keyed by input name;
 * a folder of such files (taken in name order);
@@ -343,8 +343,8 @@ def _check_value(value: np.ndarray, spec: InputSpec, file: str) -> None:
     for axis, (got, want) in enumerate(zip(value.shape, spec.shape)):
         if isinstance(want, int) and want > 0 and got != want:
             raise ConfigError(f"{file}: input {spec.name!r} has {got} on axis {axis}, the model expects {want}")
-    if value.dtype.kind == "f" and not np.isfinite(value).all():
-        raise ConfigError(f"{file}: input {spec.name!r} holds NaN or infinity")
+    if value.dtype.kind == "f" and np.isnan(value).any():  # infinity is data (masks of -inf)
+        raise ConfigError(f"{file}: input {spec.name!r} holds NaN")
 
 
 def _index_limits(model: onnx.ModelProto) -> dict[str, int]:

@@ -259,21 +259,37 @@ def dequantized_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tupl
         if any(name and name not in weights for name in node.input):
             continue
         info = weights.info(node.input[0])
-        codes = np.asarray(weights.array(node.input[0])).astype(np.int16)
+        codes = np.asarray(weights.array(node.input[0]))
         scale = np.asarray(weights.array(node.input[1]), dtype=np.float32)
-        zp = np.asarray(weights.array(node.input[2])).astype(np.int32) if len(node.input) > 2 and node.input[2] else np.zeros(scale.shape, np.int32)
+        zp = np.asarray(weights.array(node.input[2])).astype(np.int64) if len(node.input) > 2 and node.input[2] else np.zeros(scale.shape, np.int64)
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("block_size"):  # blocked: each scale covers block_size values along axis
-            axis, block = attrs.get("axis", 1) % codes.ndim, attrs["block_size"]
-            expand = lambda p: np.repeat(p, block, axis=axis).take(np.arange(codes.shape[axis]), axis=axis)  # noqa: E731
-            value = ((codes.astype(np.float32) - expand(zp).astype(np.float32)) * expand(scale)).astype(np.float32)
-            out[node.output[0]] = (node, value, info.dtype_name)
-            continue
-        axis = attrs.get("axis", 1) if scale.ndim == 1 and scale.size > 1 else None
-        typed = codes.astype(np.int8) if codes.min() < 0 or info.data_type in (TensorProto.INT8, TensorProto.INT4) else codes.astype(np.uint8)
-        value = kernels.dequantize(typed, scale.reshape(-1), zp.reshape(-1), axis)
+        code_type = _KERNEL_CODES.get(info.data_type)
+        if attrs.get("block_size") or code_type is None or scale.ndim > 1:
+            # blocks, or codes the kernel does not take (INT32 biases, 16-bit): in numpy, exactly
+            value = _dequantize_exact(codes, scale, zp, attrs.get("axis", 1), attrs.get("block_size"))
+        else:
+            axis = attrs.get("axis", 1) if scale.size > 1 else None
+            value = kernels.dequantize(codes.astype(code_type), scale.reshape(-1), zp.reshape(-1).astype(np.int32), axis)
         out[node.output[0]] = (node, value, info.dtype_name)
     return out
+
+
+_KERNEL_CODES = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT4: np.int8, TensorProto.UINT4: np.uint8}
+
+
+def _dequantize_exact(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int, block: int | None) -> np.ndarray:
+    """DequantizeLinear in numpy for any code type: per tensor, per axis, or in blocks along axis."""
+    if scale.size == 1:
+        return ((codes.astype(np.float64) - float(zp.reshape(-1)[0])) * float(scale.reshape(-1)[0])).astype(np.float32)
+    axis %= codes.ndim
+    if block:  # each scale covers `block` values along axis, the last block short
+        expand = lambda p: np.repeat(p, block, axis=axis).take(np.arange(codes.shape[axis]), axis=axis)  # noqa: E731
+        scale, zp = expand(scale), expand(zp)
+    else:
+        view = [1] * codes.ndim
+        view[axis] = codes.shape[axis]
+        scale, zp = scale.reshape(view), zp.reshape(view)
+    return ((codes.astype(np.float64) - zp) * scale.astype(np.float64)).astype(np.float32)
 
 
 def _sqnr_db(signal: np.ndarray, noise: np.ndarray) -> float:

@@ -1,0 +1,367 @@
+"""Static INT8 through the one pipeline: memory bounded by groups of activations, any model
+quantize handles (Constant weights, external data, name collisions, unknown domains), real
+activations (masks of -inf), the tensorrt layout, onnxruntime's debugging names, and every
+sample form users have."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+import builders
+import quantrs
+from quantrs import CalibrationConfig
+from quantrs.cli import app
+from quantrs.collect import _prefix_model
+from quantrs.model import load_model
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "small_cnn.onnx"
+runner = CliRunner()
+
+
+def run(path, feed: dict) -> list[np.ndarray]:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def relative_l2(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def make(nodes, inputs, outputs, inits, opset: int = 13, extra_opsets=()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    opsets = [helper.make_opsetid("", opset), *extra_opsets]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def conv_stack(layers: int, channels: int, side: int, tail: str = "ReduceMean") -> onnx.ModelProto:
+    """Conv -> Relu, `layers` times, then a float op reading the last Relu."""
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], {}, "x"
+    for i in range(layers):
+        inits[f"w{i}"] = (rng.standard_normal((channels, channels, 3, 3)) * 0.05).astype(np.float32)
+        nodes += [
+            helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"),
+        ]
+        prev = f"r{i}"
+    nodes.append(helper.make_node(tail, [prev], ["y"], axes=[2, 3], keepdims=0))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, side, side])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels])
+    return make(nodes, [x], [y], inits)
+
+
+# --- the rewrite --------------------------------------------------------------------------------
+
+
+def test_a_relu_read_by_a_float_op_is_not_folded(tmp_path):
+    """Folding Relu into the quantizer leaves the producer's raw output under the Relu's name:
+    only right when every reader takes the dequantized copy. Here ReduceMean (float) reads it."""
+    src = save(conv_stack(3, 8, 16), tmp_path / "m.onnx")
+    x = np.random.default_rng(1).standard_normal((1, 8, 16, 16)).astype(np.float32)
+    report = quantrs.calibrate(src, tmp_path / "q.onnx", [{"x": x}])
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    assert [n.name for n in model.graph.node if n.op_type == "Relu"] == ["relu2"]
+    assert sorted(report.folded_relus) == ["r0", "r1"]
+    assert relative_l2(run(src, {"x": x})[0], run(tmp_path / "q.onnx", {"x": x})[0]) < 0.05
+
+
+def test_activation_qdq_uses_onnxruntime_names_and_its_debug_tool_pairs_them(tmp_path):
+    from onnxruntime.quantization import qdq_loss_debug as dbg
+
+    dst = tmp_path / "q.onnx"
+    samples = [{"image": np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float32)} for i in range(4)]
+    report = quantrs.calibrate(EXAMPLE, dst, samples)
+    names = {o for n in onnx.load(str(dst)).graph.node for o in n.output}
+    for a in report.activations:
+        assert f"{a.name}_QuantizeLinear_Output" in names and f"{a.name}_DequantizeLinear_Output" in names
+    float_aug, qdq_aug = tmp_path / "f_aug.onnx", tmp_path / "q_aug.onnx"
+    dbg.modify_model_output_intermediate_tensors(str(EXAMPLE), str(float_aug))
+    dbg.modify_model_output_intermediate_tensors(str(dst), str(qdq_aug))
+    matched = dbg.create_activation_matching(
+        dbg.collect_activations(str(qdq_aug), iter(samples)), dbg.collect_activations(str(float_aug), iter(samples))
+    )
+    assert {a.name for a in report.activations} <= set(matched)
+    assert all("float" in matched[a.name] and "post_qdq" in matched[a.name] for a in report.activations)
+    weights = dbg.create_weight_matching(str(EXAMPLE), str(dst))
+    assert set(report.quantized_weights) <= set(weights)
+
+
+def test_names_the_rewrite_needs_already_taken(tmp_path):
+    """A model that already uses the names the rewrite would give (`x_scale`,
+    `x_QuantizeLinear_Output`, `conv1.w_quantized`): fresh names, and the model still runs."""
+    model, feeds = builders.conv_net()
+    g = model.graph
+    taken = {"x_scale": np.float32(1.0), "x_zero_point": np.float32(0.0)}
+    for name, value in taken.items():
+        g.initializer.append(numpy_helper.from_array(np.array(value), name))
+    first = g.node[0]
+    first.output[0] = "x_QuantizeLinear_Output"
+    for node in g.node[1:]:
+        node.input[:] = ["x_QuantizeLinear_Output" if i == "c1" else i for i in node.input]
+    g.node.append(helper.make_node("Mul", ["y", "x_scale"], ["y2"]))
+    g.node.append(helper.make_node("Add", ["y2", "x_zero_point"], ["y3"]))
+    g.output.append(helper.make_tensor_value_info("y3", TensorProto.FLOAT, ["N", 10]))
+    g.initializer.append(numpy_helper.from_array(np.zeros(1, np.float32), "conv1.w_quantized"))
+    src = save(model, tmp_path / "m.onnx")
+    dst = tmp_path / "q.onnx"
+    quantrs.calibrate(src, dst, [feeds])
+    onnx.checker.check_model(onnx.load(str(dst)))
+    ref, got = run(src, feeds), run(dst, feeds)
+    assert relative_l2(ref[0], got[0]) < 0.05
+
+
+# --- any model quantize handles -----------------------------------------------------------------
+
+
+def test_constant_weights_an_unknown_domain_and_a_cast_first(tmp_path):
+    """What converters write: the input cast first, a weight in a Constant node, an ai.onnx.ml op
+    at the end. The MatMuls' activations are still quantized; the ml op runs as it was."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((16, 32)) * 0.3).astype(np.float32)
+    w2 = (rng.standard_normal((32, 4)) * 0.3).astype(np.float32)
+    nodes = [
+        helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("Constant", [], ["w1"], value=numpy_helper.from_array(w1, "w1")),
+        helper.make_node("MatMul", ["xf", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("MatMul", ["hr", "w2"], ["logits"], name="fc2"),
+        helper.make_node("Normalizer", ["logits"], ["y"], domain="ai.onnx.ml", norm="L2"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    src = save(make(nodes, [x], [y], {"w2": w2}, extra_opsets=[helper.make_opsetid("ai.onnx.ml", 1)]), tmp_path / "m.onnx")
+    samples = [{"x": rng.standard_normal((8, 16))} for _ in range(4)]
+    report = quantrs.calibrate(src, tmp_path / "q.onnx", samples)
+    assert set(report.quantized_weights) == {"w1", "w2"}
+    assert {"xf", "hr"} <= {a.name for a in report.activations}
+    feed = {"x": rng.standard_normal((8, 16))}
+    assert relative_l2(run(src, feed)[0], run(tmp_path / "q.onnx", feed)[0]) < 0.05
+
+
+def test_external_data_in_external_data_out(tmp_path):
+    model, feeds = builders.mlp()
+    src = tmp_path / "m.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, location="m.data", size_threshold=0)
+    report = quantrs.calibrate(src, tmp_path / "q.onnx", [feeds])
+    assert [Path(p).name for p in report.files_written] == ["q.onnx", "q.onnx.data"]
+    assert relative_l2(run(src, feeds)[0], run(tmp_path / "q.onnx", feeds)[0]) < 0.05
+
+
+def test_onnxruntime_never_gets_the_weights_as_bytes(tmp_path):
+    """What lets a model over 2 GiB calibrate: each group's session is built from the graph
+    alone, its weights attached as arrays over the mapped file. A 64 MB model's session graph
+    stays a few kilobytes."""
+    from quantrs.synthetic import matmul_stack
+
+    src = matmul_stack(tmp_path / "m.onnx", 4, 2048)
+    model = load_model(src)
+    proto = _prefix_model(model, [model.proto.graph.node[-1].output[0]])
+    assert len(proto.graph.initializer) == len(model.proto.graph.initializer)
+    assert proto.ByteSize() < 16 << 10
+    assert all(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer)
+
+
+# --- real activations ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mask_value", [-np.inf, np.finfo(np.float32).min, -1e9])
+def test_masked_attention_scores_are_left_float(tmp_path, mask_value):
+    """Scores + mask -> Softmax, as BERT-style exporters write it. The mask and the masked
+    scores are left float with the reason; everything else quantizes; the output agrees."""
+    rng = np.random.default_rng(0)
+    d = 16
+    wq, wk, wv = ((rng.standard_normal((d, d)) / 4).astype(np.float32) for _ in range(3))
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"]),
+        helper.make_node("MatMul", ["x", "wk"], ["k"]),
+        helper.make_node("MatMul", ["x", "wv"], ["v"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"]),
+        helper.make_node("Add", ["scores", "mask"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", "v"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, d])
+    mask = helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, d])
+    src = save(make(nodes, [x, mask], [y], {"wq": wq, "wk": wk, "wv": wv}), tmp_path / "m.onnx")
+
+    def sample(seed):
+        m = np.zeros((1, 1, 8), np.float32)
+        m[..., 6:] = mask_value  # the last two positions are padding
+        return {"x": np.random.default_rng(seed).standard_normal((1, 8, d)).astype(np.float32), "mask": m}
+
+    report = quantrs.calibrate(src, tmp_path / "q.onnx", [sample(i) for i in range(32)])
+    left = {item.name: item.reason for item in report.left_float}
+    if np.isinf(mask_value) or mask_value < -1e30:
+        assert {"mask", "masked"} <= set(left) and "mask" in left["masked"]
+    assert {"x", "q", "kt", "probs"} <= {a.name for a in report.activations} | {"probs"}
+    feed = sample(99)
+    assert relative_l2(run(src, feed)[0], run(tmp_path / "q.onnx", feed)[0]) < 0.05
+
+
+# --- targets ------------------------------------------------------------------------------------
+
+
+def residual_net():
+    """Conv -> Relu -> Conv, added back to the block's input (a residual Add), then Relu."""
+    rng = np.random.default_rng(0)
+    inits = {
+        "stem.w": (rng.standard_normal((8, 3, 3, 3)) * 0.2).astype(np.float32),
+        "stem.b": (rng.standard_normal(8) * 0.1).astype(np.float32),
+        "a.w": (rng.standard_normal((8, 8, 3, 3)) * 0.1).astype(np.float32),
+        "a.b": (rng.standard_normal(8) * 0.1).astype(np.float32),
+        "b.w": (rng.standard_normal((8, 8, 3, 3)) * 0.1).astype(np.float32),
+        "b.b": (rng.standard_normal(8) * 0.1).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "stem.w", "stem.b"], ["s"], pads=[1, 1, 1, 1], name="stem"),
+        helper.make_node("Relu", ["s"], ["sr"], name="stem_relu"),
+        helper.make_node("Conv", ["sr", "a.w", "a.b"], ["ca"], pads=[1, 1, 1, 1], name="a"),
+        helper.make_node("Relu", ["ca"], ["ra"], name="a_relu"),
+        helper.make_node("Conv", ["ra", "b.w", "b.b"], ["cb"], pads=[1, 1, 1, 1], name="b"),
+        helper.make_node("Add", ["cb", "sr"], ["res"], name="residual"),
+        helper.make_node("Relu", ["res"], ["y"], name="out_relu"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16, 16])
+    return make(nodes, [x], [y], inits)
+
+
+def test_tensorrt_layout(tmp_path):
+    """NVIDIA's explicit-quantization rules: signed symmetric INT8 (zero points 0), per-channel
+    weights, float biases, Q/DQ on the inputs of weighted ops and residual Adds and never on
+    their outputs, Relu kept."""
+    src = save(residual_net(), tmp_path / "m.onnx")
+    samples = [{"x": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)} for i in range(4)]
+    report = quantrs.calibrate(src, tmp_path / "q.onnx", samples, CalibrationConfig(target="tensorrt", per_channel=False))
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    quantizers = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert {n.input[0] for n in quantizers} == {"x", "sr", "ra", "cb"}  # Conv inputs; both of the Add
+    assert not any(producers.get(q.input[0]) is not None and producers[q.input[0]].op_type == "Conv" and q.input[0] != "cb" for q in quantizers)
+    for q in quantizers:
+        zp = inits[q.input[2]]
+        assert zp.dtype == np.int8 and zp == 0
+    for w in ("stem.w", "a.w", "b.w"):
+        assert inits[f"{w}_scale"].shape == (8,)  # per channel, even when asked per tensor
+    assert {"stem.b", "a.b", "b.b"} <= set(inits) and inits["a.b"].dtype == np.float32
+    assert report.quantized_biases == []
+    assert sum(n.op_type == "Relu" for n in model.graph.node) == 3
+    add = next(n for n in model.graph.node if n.op_type == "Add")
+    assert all(i.endswith("_DequantizeLinear_Output") for i in add.input)
+    feed = samples[0]
+    assert relative_l2(run(src, feed)[0], run(tmp_path / "q.onnx", feed)[0]) < 0.05
+    assert dict((p.key, p.value) for p in model.metadata_props)["quantrs.target"] == "tensorrt"
+
+
+def test_ort_cpu_layout_quantizes_biases_and_folds_relus(tmp_path):
+    src = save(residual_net(), tmp_path / "m.onnx")
+    samples = [{"x": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)} for i in range(4)]
+    report = quantrs.calibrate(src, tmp_path / "q.onnx", samples)
+    assert sorted(report.quantized_biases) == ["a.b", "b.b", "stem.b"]
+    assert sorted(report.folded_relus) == ["ra", "sr"]  # y is the graph's output: its Relu stays
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+PEAK = """
+import json, resource, sys
+import numpy as np
+mode, model, data = sys.argv[1:4]
+if mode == "infer":
+    import onnxruntime as ort
+    ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": np.load(data)})
+    groups = 1
+else:
+    import quantrs
+    groups = quantrs.calibrate(model, sys.argv[4], data).inference_groups
+print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "groups": groups}))
+"""
+
+
+def peak(*args) -> dict:
+    out = subprocess.run([sys.executable, "-c", PEAK, *map(str, args)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_calibration_memory_is_bounded_by_the_model_not_its_activations(tmp_path):
+    """The issue's model: 12 convs whose 25 activations are 33 MB each (840 MB together); it
+    needed 1.7 GB. Now: groups of activations, under 600 MB, within plain inference's peak plus
+    a group (128 MiB) and a few activations."""
+    src = save(conv_stack(12, 32, 512), tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((1, 32, 512, 512)).astype(np.float32))
+    inference = peak("infer", src, tmp_path / "x.npy")
+    calibration = peak("calibrate", src, tmp_path / "x.npy", tmp_path / "q.onnx")
+    assert calibration["groups"] > 1
+    assert calibration["peak_mb"] < 600, calibration
+    assert calibration["peak_mb"] < inference["peak_mb"] + 128 + 4 * 33.5, (inference, calibration)
+
+
+# --- samples --------------------------------------------------------------------------------------
+
+
+def test_stacked_samples_and_a_reader(tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    stacked = np.random.default_rng(0).standard_normal((6, 1, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "stacked.npy", stacked)
+    assert quantrs.calibrate(EXAMPLE, tmp_path / "a.onnx", tmp_path / "stacked.npy").samples == 6
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"image": s} for s in stacked])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    assert quantrs.calibrate(EXAMPLE, tmp_path / "b.onnx", Reader()).samples == 6
+
+
+def test_a_sample_onnxruntime_cannot_run_is_one_line_naming_the_file(tmp_path):
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "K"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 64])
+    inits = {"shape": np.array([-1, 64], np.int64), "w": np.ones((64, 64), np.float32)}
+    src = save(make(nodes, [x], [y], inits), tmp_path / "m.onnx")
+    np.savez(tmp_path / "bad.npz", x=np.ones((3, 5), np.float32))  # 15 values: no [-1, 64]
+    result = runner.invoke(app, ["calibrate", str(src), "--data", str(tmp_path / "bad.npz"), "-o", str(tmp_path / "q.onnx")])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and not (tmp_path / "q.onnx").exists()
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and str(src) in line and "does not run" in line
+
+
+def test_validate_detailed_decodes_int32_biases(tmp_path):
+    """INT32 biases were cast to 8 bits and ranked as the worst layers at ~0 dB."""
+    dst = tmp_path / "q.onnx"
+    samples = [{"image": np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float32)} for i in range(4)]
+    report = quantrs.calibrate(EXAMPLE, dst, samples)
+    assert report.quantized_biases
+    from quantrs.model import load_model as load
+    from quantrs.validation import dequantized_weights
+
+    orig, quant = load(EXAMPLE), load(dst)
+    decoded = dequantized_weights(orig, quant)
+    for bias in report.quantized_biases:
+        want = orig.weights.array(bias)
+        got = decoded[bias][1]
+        assert np.abs(got - want).max() <= np.abs(want).max() * 1e-3 + 1e-6, bias
