@@ -274,7 +274,7 @@ def dequantized_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tupl
     return out
 
 
-_KERNEL_CODES = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT4: np.int8, TensorProto.UINT4: np.uint8}
+_KERNEL_CODES: dict[int, type[np.integer]] = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT4: np.int8, TensorProto.UINT4: np.uint8}
 
 
 def _dequantize_exact(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int, block: int | None) -> np.ndarray:
