@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantrs import _block, _build, _hist, _pack, _quant, _reduce
+from quantrs import _block, _build, _calib, _hist, _pack, _quant, _reduce
 from quantrs._cpus import available_cpus
 from quantrs.errors import ConfigError, NonFiniteWeightError
 
@@ -37,6 +37,10 @@ __all__ = [
     "pack4",
     "unpack4",
     "histogram",
+    "FiniteRange",
+    "finite_minmax",
+    "finite_histogram",
+    "entropy_divergences",
     "to_float32",
     "SEARCH_ALPHAS",
     "Blocks",
@@ -314,6 +318,87 @@ def histogram(x: np.ndarray, lo: float, hi: float, counts: np.ndarray, *, n_thre
         raise ValueError(f"histogram range [{lo}, {hi}) must be finite with hi > lo")
     _hist.histogram(flat, float(lo), float(hi), counts, _threads(n_threads, flat.size))
     return counts
+
+
+@dataclass(frozen=True)
+class FiniteRange:
+    """Min and max of the values of an activation with |x| < limit, and the values left out."""
+
+    lo: float  # +inf when no value is included
+    hi: float  # -inf when no value is included
+    nonfinite: int  # NaN, +inf and -inf
+    extreme: int  # finite values with |x| >= limit (attention masks of finfo(float32).min, ...)
+
+    @property
+    def empty(self) -> bool:
+        """No value was included (an empty x, or every value excluded)."""
+        return self.lo > self.hi
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _activation_values(x: np.ndarray, what: str) -> np.ndarray:
+    """x (float32, any shape, may be empty) as a flat C-contiguous view (a copy if x is not
+    contiguous)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{what}: expected a numpy array, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise TypeError(f"{what}: expected float32, got {x.dtype}")
+    return np.ascontiguousarray(x).reshape(-1)
+
+
+def _check_limit(limit: float) -> float:
+    limit = float(limit)
+    if not (limit > 0 and (limit <= _FLOAT32_MAX or limit == np.inf)):
+        raise ConfigError(f"limit must be a positive float32 value or inf, not {limit!r}")
+    return limit
+
+
+def finite_minmax(x: np.ndarray, limit: float, *, n_threads: int | None = None) -> FiniteRange:
+    """Min and max of the values of x (float32, any shape, may be empty) with |x| < limit, and
+    how many values were excluded, in one pass (csrc/_calib.pyx): NaN and +-inf counted in
+    `nonfinite`, finite values with |x| >= limit in `extreme`. `limit` is rounded to float32
+    (inf excludes only NaN and +-inf). A zero min or max is +0.0; nothing is included -> lo=+inf,
+    hi=-inf. Never raises on the values (unlike minmax(), which refuses NaN/inf weights)."""
+    flat = _activation_values(x, "x")
+    lo, hi, nonfinite, extreme = _calib.finite_minmax(flat, _check_limit(limit), _threads(n_threads, flat.size))
+    return FiniteRange(float(lo), float(hi), int(nonfinite), int(extreme))
+
+
+def finite_histogram(
+    x: np.ndarray, lo: float, hi: float, counts: np.ndarray, limit: float, *, n_threads: int | None = None
+) -> np.ndarray:
+    """histogram() of the values of x with |x| < limit (float32 limit): NaN, +-inf and
+    |x| >= limit are skipped; other values outside [lo, hi) count in the end bins. x may be
+    empty. Returns `counts`."""
+    flat = _activation_values(x, "x")
+    if counts.dtype != np.int64 or counts.ndim != 1 or counts.size == 0 or not counts.flags.c_contiguous or not counts.flags.writeable:
+        raise ValueError("counts must be a writable 1-D C-contiguous int64 array")
+    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+        raise ValueError(f"histogram range [{lo}, {hi}) must be finite with hi > lo")
+    _calib.finite_histogram(flat, float(lo), float(hi), _check_limit(limit), counts, _threads(n_threads, flat.size))
+    return counts
+
+
+def entropy_divergences(hist: np.ndarray, quantized_bins: int) -> np.ndarray:
+    """The KL divergence of each candidate window of onnxruntime's entropy calibration
+    (HistogramCollector.get_entropy_threshold) on `hist`: int64 counts of N equal bins over a
+    range [-T, T], N >= quantized_bins >= 2. Element k is window i = quantized_bins // 2 + k:
+    bins [N // 2 - i, min(N // 2 + i + 1, N)); inf where onnxruntime's smoothing gives up. Same
+    distributions as onnxruntime's (integer q per level, eps = 1e-4 smoothing), computed in
+    float64 from prefix sums: O(quantized_bins) per window (csrc/_calib.pyx)."""
+    if not isinstance(quantized_bins, (int, np.integer)) or isinstance(quantized_bins, bool) or quantized_bins < 2:
+        raise ConfigError(f"quantized_bins must be an integer >= 2, not {quantized_bins!r}")
+    if not isinstance(hist, np.ndarray) or hist.dtype != np.int64 or hist.ndim != 1:
+        raise ValueError("hist must be a 1-D int64 array")
+    if hist.size < quantized_bins:
+        raise ConfigError(f"the histogram has {hist.size} bins, fewer than quantized_bins={quantized_bins}")
+    if (hist < 0).any():
+        raise ValueError("hist must hold non-negative counts")
+    out = np.empty(hist.size // 2 - int(quantized_bins) // 2 + 1, dtype=np.float64)
+    _calib.entropy_divergences(np.ascontiguousarray(hist), int(quantized_bins), out)
+    return out
 
 
 def to_float32(x: np.ndarray) -> np.ndarray:

@@ -4,6 +4,22 @@ A HistogramCollector keeps, per tensor, the exact min and max and a histogram ov
 range [-R, R] with a fixed number of bins. When a sample goes past R, R doubles and adjacent
 bins merge in pairs: old counts are never re-binned approximately, and memory stays constant
 however many samples arrive (the design of onnxruntime's histogram collector).
+
+Excluded values. NaN, +-inf and "mask" values (finite, |x| >= EXTREME = 1e30, such as the
+finfo(float32).min = -3.4e38 that attention masks add to scores) are not data: they would make
+the range infinite or 1e38 wide. They are left out of lo, hi and the histogram, and counted:
+`nonfinite` (NaN, +-inf) and `extreme` (finite, |x| >= 1e30). The caller decides what a tensor
+with excluded values becomes (quantrs keeps such tensors in float). `samples` counts the arrays
+that had at least one included value, so a tensor whose values were all excluded (or that was
+never computed) has samples == 0, and pick_range refuses it.
+
+Entropy is onnxruntime's algorithm, with its defaults. Its collector histograms the values in
+128 bins over [-max|x|, max|x|] and searches windows symmetric around zero from 128 bins (its
+number of quantized bins) up: with 128 bins the only window is the whole histogram, so
+onnxruntime's Entropy calibration returns the min/max range, and so does quantrs'. A TensorRT-
+style search over a finer histogram (quantrs' before, or onnxruntime's with num_bins=2048) clips
+the tails of Relu outputs and heavy-tailed inputs and gave several times the output error on
+small CNNs and MLPs; `entropy_bins` still selects it.
 """
 
 from __future__ import annotations
@@ -16,15 +32,19 @@ import numpy as np
 from quantrs import kernels
 from quantrs.errors import ConfigError
 
-__all__ = ["HistogramCollector", "pick_range", "METHODS"]
+__all__ = ["HistogramCollector", "pick_range", "entropy_range", "METHODS", "EXTREME", "ENTROPY_BINS", "ENTROPY_QUANTIZED_BINS"]
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 NBINS = 2048  # over [-R, R]; a multiple of 4 so that doubling keeps edges aligned
+EXTREME = 1e30  # |x| >= this (as float32) is a mask value, excluded from the statistics
+# onnxruntime's entropy calibration defaults (EntropyCalibrater: num_bins, num_quantized_bins).
+ENTROPY_BINS = 128
+ENTROPY_QUANTIZED_BINS = 128
 
 
 @dataclass
 class HistogramCollector:
-    """Running statistics of one tensor."""
+    """Running statistics of one tensor (of its included values: see the module's doc)."""
 
     name: str
     with_histogram: bool = True
@@ -32,14 +52,20 @@ class HistogramCollector:
     hi: float = -math.inf
     radius: float = 0.0
     counts: np.ndarray | None = None
-    samples: int = 0
+    samples: int = 0  # arrays with at least one included value
+    nonfinite: int = 0  # NaN and +-inf values seen, all arrays together
+    extreme: int = 0  # finite values with |x| >= EXTREME seen
 
     def add(self, x: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.size == 0:
             return
-        rng = kernels.minmax(x, name=f"activation {self.name!r}")
-        lo, hi = float(rng.lo[0]), float(rng.hi[0])
+        rng = kernels.finite_minmax(x, EXTREME)  # one pass: included min/max, excluded counts
+        self.nonfinite += rng.nonfinite
+        self.extreme += rng.extreme
+        if rng.empty:  # every value excluded: lo, hi and the histogram stay as they were
+            return
+        lo, hi = rng.lo, rng.hi
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         self.samples += 1
         if not self.with_histogram:
@@ -50,7 +76,12 @@ class HistogramCollector:
             self.counts = np.zeros(NBINS, dtype=np.int64)
         while need > self.radius:
             self._double()
-        kernels.histogram(x, -self.radius, self.radius, self.counts)
+        kernels.finite_histogram(x, -self.radius, self.radius, self.counts, EXTREME)
+
+    @property
+    def excluded(self) -> int:
+        """Values left out of the statistics: nonfinite + extreme."""
+        return self.nonfinite + self.extreme
 
     def _double(self) -> None:
         assert self.counts is not None  # add() made them before any doubling
@@ -64,30 +95,51 @@ class HistogramCollector:
         return np.linspace(-self.radius, self.radius, NBINS + 1)
 
 
-def pick_range(stats: HistogramCollector, method: str, *, percentile: float = 99.999, levels: int = 256) -> tuple[float, float]:
+def pick_range(
+    stats: HistogramCollector,
+    method: str,
+    *,
+    percentile: float = 99.999,
+    levels: int = 256,
+    entropy_bins: int = ENTROPY_BINS,
+    quantized_bins: int = ENTROPY_QUANTIZED_BINS,
+) -> tuple[float, float]:
     """The [lo, hi] an activation is quantized to, by `method`:
 
     - minmax: the exact range seen;
     - percentile: clip the `(100 - p) / 2` % tails on each side (one side for non-negative data);
-    - entropy: the clip threshold T minimising the KL divergence between the distribution of |x|
-      and its `levels`-level quantization (TensorRT's calibration);
-    - mse: the threshold minimising the expected squared error, rounding (step^2 / 12 per value
-      inside) plus clipping (distance to T for values outside).
-    The result always lies within the exact [min, max] seen.
+    - entropy: onnxruntime's entropy (KL) calibration: the collector's histogram re-binned to
+      `entropy_bins` bins over [-T, T] (T = max |x|), the window symmetric around zero whose
+      `quantized_bins`-level quantization loses the least information (see entropy_range).
+      With onnxruntime's defaults (128 bins, 128 levels) the only window is the whole range, so
+      the result is the min/max range, as onnxruntime's; more bins clip (TensorRT-style);
+    - mse: the threshold T minimising the expected squared error of quantizing the values to
+      [max(-T, min), min(T, max)] with `levels` codes: rounding (step^2 / 12 per value inside)
+      plus clipping (squared distance to the range for values outside).
+    The result always lies within the exact [min, max] seen. Values excluded by the collector
+    (NaN, inf, |x| >= EXTREME) take no part. `levels` is mse's only (entropy's levels are
+    `quantized_bins`, as onnxruntime's).
     """
     if stats.samples == 0:
-        raise ConfigError(f"activation {stats.name!r} was never computed on the samples")
+        why = (
+            f": all its values were NaN/inf ({stats.nonfinite}) or masks with |x| >= {EXTREME:g} ({stats.extreme})"
+            if stats.nonfinite or stats.extreme
+            else ""
+        )
+        raise ConfigError(f"activation {stats.name!r} was never computed on the samples{why}")
+    if method not in METHODS:
+        raise ConfigError(f"unknown calibration method {method!r} (use {', '.join(METHODS)})")
     if method == "minmax" or stats.counts is None or stats.hi <= stats.lo:
         return stats.lo, stats.hi
     if method == "percentile":
         if not 50 < percentile <= 100:
             raise ConfigError(f"percentile must be in (50, 100], not {percentile}")
         lo, hi = _percentile(stats, percentile)
-    elif method in ("entropy", "mse"):
-        threshold = _entropy_threshold(stats, levels) if method == "entropy" else _mse_threshold(stats, levels)
-        lo, hi = -float(threshold), float(threshold)
+    elif method == "entropy":
+        lo, hi = _entropy(stats, entropy_bins, quantized_bins)
     else:
-        raise ConfigError(f"unknown calibration method {method!r} (use {', '.join(METHODS)})")
+        threshold = _mse_threshold(stats, levels)
+        lo, hi = -float(threshold), float(threshold)
     return max(lo, stats.lo), min(hi, stats.hi)
 
 
@@ -109,59 +161,75 @@ def _percentile(stats: HistogramCollector, p: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _abs_histogram(stats: HistogramCollector) -> tuple[np.ndarray, float]:
-    """Counts of |x| over [0, R] (NBINS / 2 bins) and the bin width."""
-    half = NBINS // 2
+def _rebinned(stats: HistogramCollector, nbins: int) -> tuple[np.ndarray, np.float32]:
+    """The collector's counts as `nbins` equal bins over [-T, T], T = max |x| as float32: the
+    histogram onnxruntime's collector makes of the same values. Each fine bin's count is spread
+    evenly over its width (the cumulative count is interpolated linearly at the new edges and
+    rounded), so the counts stay integers and add up to the same total."""
     counts = _counts(stats)
-    folded = counts[half:].copy()
-    folded += counts[:half][::-1]
-    return folded.astype(np.float64), stats.radius / half
+    threshold = np.float32(max(abs(stats.lo), abs(stats.hi)))
+    edges = np.linspace(-threshold, threshold, nbins + 1, dtype=np.float32).astype(np.float64)
+    fine = np.concatenate(([0], np.cumsum(counts))).astype(np.float64)
+    position = (edges + stats.radius) * (NBINS / (2 * stats.radius))  # in fine bins
+    cumulative = np.rint(np.interp(position, np.arange(NBINS + 1, dtype=np.float64), fine))
+    cumulative[0], cumulative[-1] = 0, fine[-1]  # every value lies in [-T, T]
+    return np.diff(cumulative).astype(np.int64), threshold
 
 
-def _entropy_threshold(stats: HistogramCollector, levels: int) -> float:
-    hist, width = _abs_histogram(stats)
-    target = max(levels // 2, 2)  # |x| uses half the codes of a symmetric range
-    nonzero = np.nonzero(hist)[0]
-    last = int(nonzero[-1]) + 1 if nonzero.size else target
-    best, best_kl = last, math.inf
-    for i in range(target, max(last, target) + 1):
-        p = hist[:i].copy()
-        p[i - 1] += hist[i:].sum()  # clipped values pile up in the last bin
-        # Q: the first i bins merged into `target` levels, each level's mass spread evenly over
-        # its non-empty bins.
-        starts = (np.arange(target) * i) // target
-        sizes = np.diff(np.append(starts, i))
-        source = hist[:i]
-        used = source > 0
-        level_mass = np.add.reduceat(source, starts)
-        level_used = np.add.reduceat(used.astype(np.float64), starts)
-        per_bin = np.divide(level_mass, level_used, out=np.zeros(target), where=level_used > 0)
-        q = np.repeat(per_bin, sizes) * used
-        mask = p > 0
-        if not (q[mask] > 0).all() or p.sum() == 0:
-            continue
-        pn, qn = p / p.sum(), q / q.sum()
-        kl = float(np.sum(pn[mask] * np.log(pn[mask] / qn[mask])))
-        if kl < best_kl:
-            best, best_kl = i, kl
-    return best * width
+def entropy_range(
+    hist: np.ndarray, threshold: float, lo: float, hi: float, quantized_bins: int = ENTROPY_QUANTIZED_BINS
+) -> tuple[float, float]:
+    """onnxruntime's entropy pick (HistogramCollector.get_entropy_threshold) on `hist`: int64
+    counts of N equal bins over [-threshold, threshold] of values whose min and max are lo, hi.
+
+    Candidate windows are symmetric around the zero bin z = N // 2: bins [z - i, min(z + i + 1,
+    N)) for quantized_bins // 2 <= i <= z. p is the window's counts, the values outside piled
+    into its end bins; q is the window merged into `quantized_bins` levels, each level's mass
+    spread over its non-zero bins (as onnxruntime: an integer per bin, the remainder bins of
+    an uneven split left empty, both smoothed with eps = 1e-4). The window with the smallest
+    KL(p || q) wins (the first on ties); its edges, as float32 values of np.histogram's edges,
+    clamped to [lo, hi], are the range. N == quantized_bins leaves one window: [lo, hi].
+    """
+    hist = np.ascontiguousarray(hist, dtype=np.int64)
+    nbins = hist.size
+    divergences = kernels.entropy_divergences(hist, quantized_bins)
+    i = quantized_bins // 2 + int(np.argmin(divergences))
+    zero = nbins // 2
+    start, stop = zero - i, min(zero + i + 1, nbins)
+    threshold32 = np.float32(threshold)
+    edges = np.linspace(-threshold32, threshold32, nbins + 1, dtype=np.float32)
+    return max(float(edges[start]), lo), min(float(edges[stop]), hi)
+
+
+def _entropy(stats: HistogramCollector, entropy_bins: int, quantized_bins: int) -> tuple[float, float]:
+    if not isinstance(entropy_bins, int) or isinstance(entropy_bins, bool) or entropy_bins < quantized_bins:
+        raise ConfigError(f"entropy_bins must be an integer >= quantized_bins={quantized_bins}, not {entropy_bins!r}")
+    hist, threshold = _rebinned(stats, entropy_bins)
+    return entropy_range(hist, float(threshold), stats.lo, stats.hi, quantized_bins)
 
 
 def _mse_threshold(stats: HistogramCollector, levels: int) -> float:
-    hist, width = _abs_histogram(stats)
-    centers = (np.arange(hist.size) + 0.5) * width
-    nonzero = np.nonzero(hist)[0]
+    """The threshold T (a multiple of the histogram's bin width, up to the largest |x|) whose
+    range [max(-T, lo), min(T, hi)], cut into `levels` codes as UINT8 asymmetric quantization
+    does, gives the least expected squared error: the values inside round (step^2 / 12 each),
+    those outside clip (squared distance to the range). Every candidate at once, from prefix and
+    suffix sums of the signed histogram: sum h (c - T)^2 = S2 - 2 T S1 + T^2 S0."""
+    counts = _counts(stats).astype(np.float64)
+    half = NBINS // 2
+    width = stats.radius / half
+    centers = (np.arange(NBINS) - half + 0.5) * width
+    folded = counts[half:] + counts[:half][::-1]  # |x| bins
+    nonzero = np.nonzero(folded)[0]
     last = int(nonzero[-1]) + 1 if nonzero.size else 1
-    candidates = np.arange(1, last + 1)
-    best, best_err = last, math.inf
-    cum_counts = np.cumsum(hist)
-    for i in candidates:
-        threshold = i * width
-        step = 2 * threshold / (levels - 1)
-        inside = cum_counts[i - 1]
-        outside = hist[i:]
-        clip = float(np.sum(outside * (centers[i:] - threshold) ** 2))
-        err = inside * step * step / 12.0 + clip
-        if err < best_err:
-            best, best_err = int(i), err
-    return best * width
+    i = np.arange(1, last + 1)
+    threshold = i * width
+    # Right of T: bins half + i and above; left of -T: bins below half - i.
+    right = [np.append(np.cumsum(a[::-1])[::-1], 0.0)[half + i] for a in (counts, counts * centers, counts * centers**2)]
+    left = [np.concatenate(([0.0], np.cumsum(a)))[half - i] for a in (counts, counts * centers, counts * centers**2)]
+    clip_right = right[2] - 2 * threshold * right[1] + threshold**2 * right[0]
+    clip_left = left[2] + 2 * threshold * left[1] + threshold**2 * left[0]
+    clip = np.maximum(clip_right, 0.0) + np.maximum(clip_left, 0.0)
+    inside = counts.sum() - right[0] - left[0]
+    step = (np.minimum(threshold, max(stats.hi, 0.0)) - np.maximum(-threshold, min(stats.lo, 0.0))) / (levels - 1)
+    err = inside * step * step / 12.0 + clip
+    return float(i[int(np.argmin(err))] * width)
