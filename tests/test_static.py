@@ -21,7 +21,7 @@ import builders
 import quantrs
 from quantrs import CalibrationConfig
 from quantrs.cli import app
-from quantrs.collect import _prefix_model
+from quantrs.collect import _prefix_model, collect_statistics
 from quantrs.model import load_model
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "small_cnn.onnx"
@@ -183,8 +183,9 @@ def test_onnxruntime_never_gets_the_weights_as_bytes(tmp_path):
 
 @pytest.mark.parametrize("mask_value", [-np.inf, np.finfo(np.float32).min, -1e9])
 def test_masked_attention_scores_are_left_float(tmp_path, mask_value):
-    """Scores + mask -> Softmax, as BERT-style exporters write it. The mask and the masked
-    scores are left float with the reason; everything else quantizes; the output agrees."""
+    """Scores + mask -> Softmax, as BERT-style exporters write it. Statistics leave the mask
+    and the masked scores out, with the reason (never an error); the model calibrates and its
+    output agrees."""
     rng = np.random.default_rng(0)
     d = 16
     wq, wk, wv = ((rng.standard_normal((d, d)) / 4).astype(np.float32) for _ in range(3))
@@ -208,11 +209,13 @@ def test_masked_attention_scores_are_left_float(tmp_path, mask_value):
         m[..., 6:] = mask_value  # the last two positions are padding
         return {"x": np.random.default_rng(seed).standard_normal((1, 8, d)).astype(np.float32), "mask": m}
 
-    report = quantrs.calibrate(src, tmp_path / "q.onnx", [sample(i) for i in range(32)])
-    left = {item.name: item.reason for item in report.left_float}
-    if np.isinf(mask_value) or mask_value < -1e30:
-        assert {"mask", "masked"} <= set(left) and "mask" in left["masked"]
-    assert {"x", "q", "kt", "probs"} <= {a.name for a in report.activations} | {"probs"}
+    samples = [sample(i) for i in range(32)]
+    stats = collect_statistics(load_model(src), ["scores", "mask", "masked"], samples, histogram=True)
+    if np.isinf(mask_value) or mask_value < -1e30:  # -1e9 is an ordinary (if wide) range
+        assert set(stats.skipped) == {"mask", "masked"} and "mask" in stats.skipped["masked"]
+        assert set(stats.collectors) == {"scores"}
+    report = quantrs.calibrate(src, tmp_path / "q.onnx", samples)
+    assert not {"mask", "masked"} & {a.name for a in report.activations} or mask_value == -1e9
     feed = sample(99)
     assert relative_l2(run(src, feed)[0], run(tmp_path / "q.onnx", feed)[0]) < 0.05
 

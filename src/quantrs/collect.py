@@ -7,9 +7,11 @@ groups, in graph order, whose estimated size fits a budget; each group gets its 
 the part of the graph its tensors need (the prefix up to the group's last tensor). A model whose
 activations all fit the budget runs once per sample, as plain inference would.
 
-The sessions never receive the weights as bytes: each one is built from the graph alone, and the
-weights are handed to onnxruntime as arrays over the memory-mapped model (shared by every group,
-never copied), so a model over 2 GiB or with external data calibrates like any other.
+The sessions never receive the weights as bytes: each one is built from the graph alone, whose
+initializers point at where the weights lie on disk (external data files, or the raw_data inside
+the model file itself, by offset), and onnxruntime maps them without copying or pre-packing. So
+a model over 2 GiB or with external data calibrates like any other, in the memory plain
+inference would take.
 """
 
 from __future__ import annotations
@@ -39,15 +41,7 @@ logger = logging.getLogger(__name__)
 GROUP_BYTES = 128 << 20  # activations held at once per inference run
 HELD_OUT = 8  # the last samples seen, replayed through both models for the report
 
-# numpy types onnxruntime can take as initializer arrays; others (bfloat16, 4-bit, float8) go
-# into the session's graph as bytes, as do small tensors (shapes and axes: onnxruntime's shape
-# inference reads their values before any array is attached).
-_SMALL = 4096
-_SHAREABLE = {
-    TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.INT8, TensorProto.UINT8,
-    TensorProto.INT16, TensorProto.UINT16, TensorProto.INT32, TensorProto.UINT32, TensorProto.INT64,
-    TensorProto.UINT64, TensorProto.BOOL,
-}  # fmt: skip
+_SMALL = 4096  # tensors under this size go to onnxruntime with their bytes (shapes, axes)
 
 
 @dataclass
@@ -58,7 +52,8 @@ class Statistics:
     collectors: dict[str, HistogramCollector]
     skipped: dict[str, str]
     samples: int
-    held_out: list[dict[str, np.ndarray]]
+    held_out: list[dict[str, np.ndarray]]  # the last samples' feeds
+    reference: list[dict[str, np.ndarray]]  # the float model's outputs on them
     groups: int
     inference_seconds: float  # inside onnxruntime's run()
     seconds: float  # the whole collection, sessions included
@@ -80,12 +75,15 @@ def collect_statistics(
     progress: Callable[[int], None] | None = None,
 ) -> Statistics:
     """Run `model` on every sample and fold the values of `names` (activations of the main
-    graph, graph inputs allowed) into collectors. Raises ConfigError for a sample onnxruntime
-    cannot run, UnsupportedModelError for a model it cannot load, both naming the file."""
+    graph, graph inputs allowed) into collectors. The model's outputs on the last HELD_OUT
+    samples are kept as the float reference of the fidelity check. Raises ConfigError for a
+    sample onnxruntime cannot run, UnsupportedModelError for a model it cannot load, both
+    naming the file."""
     started = time.perf_counter()
     graph = model.proto.graph
     inputs = {v.name for v in graph.input} - {t.name for t in graph.initializer}
-    computed = [n for n in names if n not in inputs]
+    outputs = [v.name for v in graph.output]
+    computed = list(dict.fromkeys([n for n in names if n not in inputs] + [n for n in outputs if n not in inputs]))
     feeds = iter(samples)
     first = next(feeds, None)
     if first is None:
@@ -93,14 +91,16 @@ def collect_statistics(
     sizes = _estimated_bytes(model, computed, first)
     plans = _groups(computed, sizes, budget, _positions(graph))
     logger.info("calibration: %d activations in %d group(s) of at most %.0f MB", len(names), len(plans), budget / 2**20)
-    arrays = _ort_arrays(model)
-    groups = [_Group(plan, _session(model, plan, arrays)) for plan in plans]
+    groups = [_Group(plan, _session(model, plan)) for plan in plans]
     collectors = {n: HistogramCollector(n, histogram) for n in names}
     skipped: dict[str, str] = {}
     held_out: deque[dict[str, np.ndarray]] = deque(maxlen=HELD_OUT)
+    reference: deque[dict[str, np.ndarray]] = deque(maxlen=HELD_OUT)
+    wanted = set(names)
     count, inference = 0, 0.0
     for feed in itertools.chain([first], feeds):
         feed = dict(feed)
+        result: dict[str, np.ndarray] = {n: feed[n] for n in outputs if n in inputs}
         for name in names:
             if name in inputs:
                 _add(collectors, skipped, name, feed[name])
@@ -112,9 +112,13 @@ def collect_statistics(
                 raise ConfigError(f"{model.path}: sample {count} does not run: {_first_line(exc)}") from None
             inference += time.perf_counter() - began
             for name, value in zip(group.names, values):
-                _add(collectors, skipped, name, value)
+                if name in wanted:
+                    _add(collectors, skipped, name, value)
+                if name in result or name in outputs:
+                    result[name] = np.asarray(value)
             del values
         held_out.append(feed)
+        reference.append(result)
         count += 1
         if progress is not None:
             progress(count)
@@ -122,7 +126,7 @@ def collect_statistics(
         if name not in skipped and c.samples == 0:
             skipped[name] = "no finite value on any sample"
     kept = {n: c for n, c in collectors.items() if n not in skipped}
-    return Statistics(kept, skipped, count, list(held_out), len(groups), inference, time.perf_counter() - started)
+    return Statistics(kept, skipped, count, list(held_out), list(reference), len(groups), inference, time.perf_counter() - started)
 
 
 def _add(collectors: dict[str, HistogramCollector], skipped: dict[str, str], name: str, value: Any) -> None:
@@ -198,36 +202,24 @@ def _estimated_bytes(model: LoadedModel, names: list[str], sample: Mapping[str, 
     return {n: known.get(n, fallback) for n in names}
 
 
-def _ort_arrays(model: LoadedModel) -> dict[str, Any]:
-    """onnxruntime values over the main graph's stored weights (views of the mapped files)."""
-    import onnxruntime as ort
-
-    out = {}
-    for t in model.proto.graph.initializer:
-        if _shared(model, t):
-            out[t.name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(model.weights.array(t.name)))
-    return out
-
-
-def _shared(model: LoadedModel, t: TensorProto) -> bool:
-    return t.data_type in _SHAREABLE and model.weights.info(t.name).nbytes >= _SMALL
-
-
-def _session(model: LoadedModel, outputs: list[str], arrays: Mapping[str, Any]):
+def _session(model: LoadedModel, outputs: list[str]):
     """A session computing `outputs` from the graph's inputs: the prefix of the main graph they
-    need, the weights given as shared arrays."""
+    need, its weights read by onnxruntime from where they lie on disk."""
     import onnxruntime as ort
 
     from quantrs._ort import options as ort_options
 
     proto = _prefix_model(model, outputs)
-    shared = [t.name for t in proto.graph.initializer if t.name in arrays]
-    options = ort_options(optimize=False)  # every tensor kept as it is in the float graph
+    # Fully optimized: onnxruntime never fuses away a graph output, and the activations are
+    # the graph's outputs here.
+    options = ort_options()
     # No arena, no memory pattern: every group's session would otherwise keep the peak of its
-    # last run reserved, and the groups' reservations would add up.
+    # last run reserved, and the groups' reservations would add up. No pre-packing: the weights
+    # stay mapped from the file (pre-packed copies would double the model in memory).
     options.enable_cpu_mem_arena = False
     options.enable_mem_pattern = False
-    options.add_external_initializers(shared, [arrays[n] for n in shared])
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model.path.parent.resolve()))
     try:
         return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own error types
@@ -236,8 +228,12 @@ def _session(model: LoadedModel, outputs: list[str], arrays: Mapping[str, Any]):
 
 def _prefix_model(model: LoadedModel, outputs: list[str]) -> onnx.ModelProto:
     """The model cut down to the nodes that `outputs` depend on, with `outputs` as its outputs.
-    Initializers are headers: shared ones marked external (their arrays come with the session
-    options), the others (types numpy cannot hold) with their bytes."""
+
+    Its initializers are references to where their bytes lie on disk (external data, or the
+    raw_data inside the model file itself, by offset), which onnxruntime maps: the graph given
+    to it stays small whatever the model's size, and no weight is copied. Small tensors (shapes,
+    axes: read by onnxruntime's shape inference before any data is loaded) go in with their
+    bytes."""
     source = model.proto
     graph = source.graph
     needed = set(outputs)
@@ -256,23 +252,26 @@ def _prefix_model(model: LoadedModel, outputs: list[str]) -> onnx.ModelProto:
     g.input.extend(graph.input)
     g.node.extend(reversed(kept))
     g.output.extend(helper.make_empty_tensor_value_info(n) for n in outputs)
-    shared = {t.name for t in graph.initializer if _shared(model, t)}
+    folder = model.path.parent.resolve()
     for t in graph.initializer:
         if t.name not in needed:
             continue
         header = g.initializer.add()
         header.CopyFrom(t)
+        where = model.weights.file_range(t.name)
+        if where is None:
+            continue  # the values are in the header's typed fields
+        path, offset, length = where
         del header.external_data[:]
-        if t.name in shared:
-            header.data_location = TensorProto.EXTERNAL
-            entry = header.external_data.add()
-            entry.key, entry.value = "location", "quantrs-shared-array"  # never read: the array replaces it
-        else:
-            raw = model.weights.payload(t.name)
+        if length < _SMALL:
             header.data_location = TensorProto.DEFAULT
-            if raw is not None:
-                header.raw_data = raw.tobytes()
-    model.weights.embed_nested_external(g)  # bodies' external data, read in (no path to resolve it)
+            header.raw_data = np.asarray(model.weights.payload(t.name)).tobytes()
+            continue
+        header.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", path.resolve().relative_to(folder).as_posix()), ("offset", str(offset)), ("length", str(length))):
+            entry = header.external_data.add()
+            entry.key, entry.value = key, value
+    model.weights.embed_nested_external(g)  # bodies' external data, read in
     return proto
 
 

@@ -196,6 +196,17 @@ class WeightStore:
         arr.flags.writeable = False
         return arr
 
+    def file_range(self, name: str) -> tuple[Path, int, int] | None:
+        """(file, offset, length) of the tensor's bytes on disk (the model file for embedded
+        raw_data, or its external data file), or None when they live in the parsed graph."""
+        t = self._tensors[name]
+        if t.data_location == TensorProto.EXTERNAL:
+            return self._external_range(t)
+        if name in self._embedded and self._model_path is not None:
+            offset, length = self._embedded[name]
+            return self._model_path, offset, length
+        return None
+
     def release(self, name: str) -> None:
         """Drop the tensor's mapped pages from this process (they stay in the page cache)."""
         t = self._tensors[name]

@@ -342,6 +342,8 @@ class CalibrationReport:
     fidelity_samples: int
     inference_groups: int  # onnxruntime runs per sample (activations held at once are bounded)
     inference_seconds: float  # of `seconds`, spent inside onnxruntime's float inference
+    collection_seconds: float  # of `seconds`, collecting statistics (inference included)
+    fidelity_seconds: float  # of `seconds`, running the quantized model on the held-out samples
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:

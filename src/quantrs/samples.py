@@ -190,11 +190,7 @@ def _read(file: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
             if len(specs) != 1:
                 names = ", ".join(s.name for s in specs)
                 raise ConfigError(f"{file}: a .npy sample feeds one input, the model has {len(specs)} ({names}); use .npz")
-            try:
-                array = np.load(file, mmap_mode="r", allow_pickle=False)  # stacked samples: read one at a time
-            except ValueError:  # e.g. an empty array cannot be mapped
-                array = np.load(file, allow_pickle=False)
-            return {specs[0].name: array}
+            return {specs[0].name: _NpyRows.open(file)}  # stacked samples: read one at a time
         data = np.load(file, allow_pickle=False)
         if isinstance(data, np.ndarray):
             raise ConfigError(f"{file}: one .npy array, not a .npz archive keyed by input name; name it .npy")
@@ -204,6 +200,47 @@ def _read(file: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
         raise
     except Exception as exc:  # ValueError, OSError, zipfile.BadZipFile: not a numpy file
         raise ConfigError(f"{file}: cannot read the sample ({_first_line(exc)})") from None
+
+
+class _NpyRows:
+    """A .npy file's array, read from disk a sample at a time (plain reads, not a memory map:
+    a mapped file's pages stay resident, so reading a 10 GB stack would grow the process by
+    10 GB). Offers what splitting needs: shape, ndim, dtype, [i], [a:b] and np.array()."""
+
+    def __init__(self, file: Path, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> None:
+        self.file, self.shape, self.dtype, self.offset = file, shape, dtype, offset
+        self.ndim = len(shape)
+
+    @staticmethod
+    def open(file: Path) -> Any:
+        with open(file, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                return np.load(file, allow_pickle=False)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+        if fortran or dtype.hasobject or not shape:
+            return np.load(file, allow_pickle=False)  # rare layouts: read whole
+        return _NpyRows(file, tuple(shape), dtype, offset)
+
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        row = int(np.prod(self.shape[1:], dtype=np.int64))
+        count = (stop - start) * row
+        data = np.fromfile(self.file, dtype=self.dtype, count=count, offset=self.offset + start * row * self.dtype.itemsize)
+        if data.size != count:
+            raise ConfigError(f"{self.file}: the file is shorter than its header says (truncated?)")
+        return data.reshape((stop - start, *self.shape[1:]))
+
+    def __getitem__(self, key: int | slice) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(self.shape[0])
+            return self._rows(start, max(start, stop))
+        return self._rows(key, key + 1)[0]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self._rows(0, self.shape[0])
+        return whole if dtype is None else whole.astype(dtype)
 
 
 def _stacking(value: np.ndarray, spec: InputSpec) -> tuple[int, int | None]:
