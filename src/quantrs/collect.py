@@ -34,12 +34,13 @@ from quantrs.graph import subgraphs
 from quantrs.model import LoadedModel
 from quantrs.ranges import HistogramCollector
 
-__all__ = ["GROUP_BYTES", "Statistics", "collect_statistics"]
+__all__ = ["GROUP_BYTES", "ActivationRunner", "Sample", "Statistics", "collect_statistics"]
 
 logger = logging.getLogger(__name__)
 
 GROUP_BYTES = 128 << 20  # activations held at once per inference run
-HELD_OUT = 8  # the last samples seen, replayed through both models for the report
+HELD_OUT = 8  # the last samples seen, replayed through the quantized model for the report...
+HELD_OUT_BYTES = 64 << 20  # ...as many of them as fit here (at least one)
 
 _SMALL = 4096  # tensors under this size go to onnxruntime with their bytes (shapes, axes)
 
@@ -65,6 +66,54 @@ class _Group:
     session: Any = field(repr=False)
 
 
+@dataclass
+class Sample:
+    """One sample's run: its feed, and the requested values it computed (graph inputs among
+    them), produced group by group so that only one group's values are held at a time."""
+
+    index: int
+    feed: dict[str, np.ndarray]
+    values: Iterator[tuple[str, np.ndarray]]
+
+
+class ActivationRunner:
+    """The float model in onnxruntime, computing chosen values of the main graph on samples, in
+    groups whose estimated size fits `budget` (see the module's docstring)."""
+
+    def __init__(self, model: LoadedModel, names: list[str], first: Mapping[str, np.ndarray], *, budget: int = GROUP_BYTES) -> None:
+        graph = model.proto.graph
+        self.model = model
+        self.inputs = {v.name for v in graph.input} - {t.name for t in graph.initializer}
+        self.names = list(dict.fromkeys(names))
+        computed = [n for n in self.names if n not in self.inputs]
+        sizes = _estimated_bytes(model, computed, first)
+        plans = _groups(computed, sizes, budget, _positions(graph))
+        logger.info("%d values to compute in %d group(s) of at most %.0f MB", len(self.names), len(plans), budget / 2**20)
+        self.groups = [_Group(plan, _session(model, plan)) for plan in plans]
+        self.inference_seconds = 0.0
+
+    def run(self, samples: Iterable[Mapping[str, np.ndarray]]) -> Iterator[Sample]:
+        """Each sample with its values. Raises ConfigError naming the file for a sample
+        onnxruntime cannot run."""
+        for index, feed in enumerate(samples):
+            feed = dict(feed)
+            yield Sample(index, feed, self._values(index, feed))
+
+    def _values(self, index: int, feed: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
+        for name in self.names:
+            if name in self.inputs:
+                yield name, feed[name]
+        for group in self.groups:
+            began = time.perf_counter()
+            try:
+                values = group.session.run(group.names, feed)
+            except Exception as exc:  # onnxruntime's own error types
+                raise ConfigError(f"{self.model.path}: sample {index} does not run: {_first_line(exc)}") from None
+            self.inference_seconds += time.perf_counter() - began
+            yield from zip(group.names, values)
+            del values
+
+
 def collect_statistics(
     model: LoadedModel,
     names: list[str],
@@ -80,45 +129,30 @@ def collect_statistics(
     sample onnxruntime cannot run, UnsupportedModelError for a model it cannot load, both
     naming the file."""
     started = time.perf_counter()
-    graph = model.proto.graph
-    inputs = {v.name for v in graph.input} - {t.name for t in graph.initializer}
-    outputs = [v.name for v in graph.output]
-    computed = list(dict.fromkeys([n for n in names if n not in inputs] + [n for n in outputs if n not in inputs]))
+    outputs = [v.name for v in model.proto.graph.output]
     feeds = iter(samples)
     first = next(feeds, None)
     if first is None:
         raise ConfigError(f"{model.path}: no calibration samples")
-    sizes = _estimated_bytes(model, computed, first)
-    plans = _groups(computed, sizes, budget, _positions(graph))
-    logger.info("calibration: %d activations in %d group(s) of at most %.0f MB", len(names), len(plans), budget / 2**20)
-    groups = [_Group(plan, _session(model, plan)) for plan in plans]
+    runner = ActivationRunner(model, names + outputs, first, budget=budget)
     collectors = {n: HistogramCollector(n, histogram) for n in names}
     skipped: dict[str, str] = {}
     held_out: deque[dict[str, np.ndarray]] = deque(maxlen=HELD_OUT)
     reference: deque[dict[str, np.ndarray]] = deque(maxlen=HELD_OUT)
-    wanted = set(names)
-    count, inference = 0, 0.0
-    for feed in itertools.chain([first], feeds):
-        feed = dict(feed)
-        result: dict[str, np.ndarray] = {n: feed[n] for n in outputs if n in inputs}
-        for name in names:
-            if name in inputs:
-                _add(collectors, skipped, name, feed[name])
-        for group in groups:
-            began = time.perf_counter()
-            try:
-                values = group.session.run(group.names, feed)
-            except Exception as exc:  # onnxruntime's own error types
-                raise ConfigError(f"{model.path}: sample {count} does not run: {_first_line(exc)}") from None
-            inference += time.perf_counter() - began
-            for name, value in zip(group.names, values):
-                if name in wanted:
-                    _add(collectors, skipped, name, value)
-                if name in result or name in outputs:
-                    result[name] = np.asarray(value)
-            del values
-        held_out.append(feed)
+    wanted, kept_outputs = set(names), set(outputs)
+    count = 0
+    for sample in runner.run(itertools.chain([first], feeds)):
+        result: dict[str, np.ndarray] = {}
+        for name, value in sample.values:
+            if name in wanted:
+                _add(collectors, skipped, name, value)
+            if name in kept_outputs:
+                result[name] = np.asarray(value)
+        held_out.append(sample.feed)
         reference.append(result)
+        while len(held_out) > 1 and _nbytes(held_out) + _nbytes(reference) > HELD_OUT_BYTES:
+            held_out.popleft()
+            reference.popleft()
         count += 1
         if progress is not None:
             progress(count)
@@ -126,7 +160,13 @@ def collect_statistics(
         if name not in skipped and c.samples == 0:
             skipped[name] = "no finite value on any sample"
     kept = {n: c for n, c in collectors.items() if n not in skipped}
-    return Statistics(kept, skipped, count, list(held_out), list(reference), len(groups), inference, time.perf_counter() - started)
+    return Statistics(
+        kept, skipped, count, list(held_out), list(reference), len(runner.groups), runner.inference_seconds, time.perf_counter() - started
+    )
+
+
+def _nbytes(values: Iterable[Mapping[str, np.ndarray]]) -> int:
+    return sum(np.asarray(v).nbytes for d in values for v in d.values())
 
 
 def _add(collectors: dict[str, HistogramCollector], skipped: dict[str, str], name: str, value: Any) -> None:
