@@ -93,7 +93,7 @@ class QuantizeConfig:
         "--quant-format",
         help=(
             "qdq (standard DequantizeLinear) or matmulnbits: MatMul weights as onnxruntime's com.microsoft.MatMulNBits "
-            "(packed blocks, fused integer kernel; onnxruntime only). Default qdq."
+            "and embedding tables as GatherBlockQuantized (packed blocks, fused kernels; onnxruntime only). Default qdq."
         ),
     )
     accuracy_level: int | None = _option(

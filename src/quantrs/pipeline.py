@@ -7,6 +7,7 @@ quantized only when the writer reaches it, and its pages are handed back right a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -36,7 +37,7 @@ from quantrs.qdq import (
     required_opset,
 )
 from quantrs.report import PlanEntry, PlanReport, QuantizeReport, TensorReport
-from quantrs.tensor import QuantizedTensor, Scratch, quantize_matmulnbits, quantize_tensor, scheme_for
+from quantrs.tensor import QuantizedTensor, Scheme, Scratch, quantize_matmulnbits, quantize_tensor, scheme_for
 from quantrs.writer import OutTensor, Payload, write_model
 
 __all__ = ["quantize", "dry_run", "open_model", "plan_model", "rewrite_and_write", "GraphEdit", "WeightStream"]
@@ -195,7 +196,7 @@ def rewrite_and_write(
         },
     )
     dq = insert_weight_dq(proto.graph, specs)
-    if any(s.nbits for s in specs.values()) and not any(e.domain == MICROSOFT_DOMAIN for e in proto.opset_import):
+    if any(s.nbits or s.gather_block for s in specs.values()) and not any(e.domain == MICROSOFT_DOMAIN for e in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
     stream = WeightStream(model, specs, dq, config, progress)
     extra = edit.apply(proto.graph, stream) if edit is not None else []
@@ -229,10 +230,11 @@ def rewrite_and_write(
 
 def _spec(plan: TensorPlan, config: QuantizeConfig) -> DQSpec:
     """How a planned weight is stored. A table read by Gather keeps one code per byte (Gather
-    has no 4-bit type); float16 weights get float16 scales; bfloat16 ones a float32 scale and a
-    Cast back, since onnxruntime has no DequantizeLinear producing bfloat16."""
+    has no 4-bit type), except one read by GatherBlockQuantized, which takes packed INT4/UINT4
+    codes; float16 weights get float16 scales; bfloat16 ones a float32 scale and a Cast back,
+    since onnxruntime has no DequantizeLinear producing bfloat16."""
     assert plan.bits is not None
-    packed = config.native_int4 and not plan.lookups and not plan.nbits
+    packed = (config.native_int4 and not plan.lookups and not plan.nbits) or (plan.gather_block and plan.bits == 4)
     scheme = scheme_for(plan.bits, symmetric=config.symmetric, native_int4=packed)
     data_type = onnx.TensorProto.DataType.Value(plan.dtype)
     return DQSpec(
@@ -249,6 +251,7 @@ def _spec(plan: TensorPlan, config: QuantizeConfig) -> DQSpec:
         block_size=plan.block_size,
         range=config.range_for(plan.bits, plan.block_size is not None),
         nbits=plan.nbits,
+        gather_block=plan.gather_block,
         accuracy_level=4 if config.accuracy_level is None else config.accuracy_level,
     )
 
@@ -396,6 +399,8 @@ class WeightStream:
             except QuantrsError as exc:  # the caller names the file
                 exc.about(tensor=name)
                 raise
+            if spec.code_offset:
+                qt = _offset_codes(qt, spec.code_offset)
             took = time.perf_counter() - began
             self.quantize_seconds += took
             logger.debug("  quantized %s %s in %.4f s: MSE %.3g", name, list(array.shape), took, qt.mse)
@@ -422,6 +427,16 @@ class WeightStream:
             self.progress(len(self.results), len(self.specs), self._done_bytes, self._total_bytes)
 
 
+def _offset_codes(qt: QuantizedTensor, offset: int) -> QuantizedTensor:
+    """Signed 8-bit codes stored as UINT8: each code byte + `offset` (mod 256: two's complement
+    q becomes q + offset) and the zero points moved with them, so the values are unchanged. The
+    codes are shifted where they are (the scratch buffer)."""
+    assert not qt.scheme.packed
+    np.add(qt.data, np.uint8(offset), out=qt.data)
+    storage = Scheme(qt.scheme.bits, signed=False, symmetric=qt.scheme.symmetric, packed=False)
+    return dataclasses.replace(qt, scheme=storage, zero_point=qt.zero_point + offset)
+
+
 def _present(raw: np.ndarray | None) -> np.ndarray:
     assert raw is not None  # the payload was there when the layout was made
     return raw
@@ -429,7 +444,7 @@ def _present(raw: np.ndarray | None) -> np.ndarray:
 
 def _storage_names(specs: dict[str, DQSpec]) -> str:
     """The ONNX types the codes are stored as, e.g. "UINT8" or "UINT4+UINT8" (mixed bit widths)."""
-    names = sorted({onnx.TensorProto.DataType.Name(s.scheme.onnx_type) for s in specs.values()}, key=lambda n: ("4" in n, n))
+    names = sorted({onnx.TensorProto.DataType.Name(s.code_type) for s in specs.values()}, key=lambda n: ("4" in n, n))
     return "+".join(names)
 
 

@@ -52,6 +52,7 @@ class TensorPlan:
     dense: bool = True
     block_size: int | None = None  # blocks of this many values along `axis`, the reduction axis
     nbits: bool = False  # written as com.microsoft.MatMulNBits (every use a MatMul's weight)
+    gather_block: bool = False  # a table its Gathers read as com.microsoft.GatherBlockQuantized
     ops: tuple[str, ...] = ()  # the op types that consume it (after Cast/Transpose)
 
 
@@ -201,7 +202,7 @@ def _close(name: str, candidates: list[str]) -> list[str]:
 
 
 def _unquantized(plan: TensorPlan, reason: str) -> TensorPlan:
-    return replace(plan, quantize=False, reason=reason, axis=None, block_size=None, nbits=False)
+    return replace(plan, quantize=False, reason=reason, axis=None, block_size=None, nbits=False, gather_block=False)
 
 
 def _apply_overrides(plan: TensorPlan, config: QuantizeConfig, patterns: list[re.Pattern[str]]) -> TensorPlan:
@@ -272,7 +273,7 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
     if any(not c.direct for c in consumers):
         role += " (through " + ", ".join(sorted({_path_ops(index, info.name)})) + ")"
 
-    def quantized(axis: int | None, block_size: int | None = None, why: str = "", nbits: bool = False) -> TensorPlan:
+    def quantized(axis: int | None, block_size: int | None = None, why: str = "", nbits: bool = False, gather_block: bool = False) -> TensorPlan:
         return TensorPlan(
             info.name,
             info.shape,
@@ -286,6 +287,7 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
             dense=dense,
             block_size=block_size,
             nbits=nbits,
+            gather_block=gather_block,
             ops=tuple(sorted(set(roles))),
         )
 
@@ -293,6 +295,13 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
         block = config.blocks
         assert block is not None
         return quantized(0, block, f", as MatMulNBits in blocks of {block} along axis 0", nbits=True)
+    if config.quant_format == "matmulnbits" and lookups and _gather_block_table(info, consumers, reductions, config.blocks):
+        block = config.blocks
+        assert block is not None
+        why = f", as GatherBlockQuantized in blocks of {block} along axis 1"
+        if dense:  # the same codes, scales and zero points: stored once
+            why += "; stored once: its other uses read the same codes through DequantizeLinear"
+        return quantized(1, block, why, gather_block=True)
     fallback = ""
     if config.blocks is not None:
         reduction = reductions.pop() if len(reductions) == 1 else None
@@ -319,6 +328,25 @@ def _matmulnbits_weight(info: WeightInfo, consumers: list[_Consumer]) -> bool:
         and info.scope == MAIN
         and len(info.shape) == 2
         and all(c.direct and c.use.op == "MatMul" and c.use.index == 1 and not c.use.scope.path for c in consumers)
+    )
+
+
+def _gather_block_table(info: WeightInfo, consumers: list[_Consumer], reductions: set[int | None], block: int | None) -> bool:
+    """A [V, D] main-graph initializer whose uses are all in the main graph, its lookups Gathers
+    on axis 0 read straight from it, and every use blocked along the row (axis 1; e.g. a tied
+    output projection MatMul(h, Transpose(table)) or Gemm(h, table, transB=1)), with rows of at
+    least one block: what com.microsoft.GatherBlockQuantized (blocks along the last axis) replaces.
+    onnxruntime needs a block size that is a power of 2 and at least 16 (every --block-size is)."""
+    return (
+        block is not None
+        and block >= 16
+        and block & (block - 1) == 0
+        and info.kind == "initializer"
+        and info.scope == MAIN
+        and len(info.shape) == 2
+        and info.shape[1] >= block
+        and reductions == {1}
+        and all(not c.use.scope.path for c in consumers)
     )
 
 

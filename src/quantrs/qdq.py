@@ -48,7 +48,9 @@ class DQSpec:
     DequantizeLinear does not produce). `nested` weights (Constant nodes, initializers of bodies)
     get their DequantizeLinear where they were defined, and those of a body (`in_body`) keep
     their codes in that body; `lookups` Gather nodes read rows of the weight gather-first, and
-    `dense` says whether any other use needs the whole tensor.
+    `dense` says whether any other use needs the whole tensor. `gather_block`: those lookups are
+    com.microsoft.GatherBlockQuantized nodes (a main-graph table [V, D] in blocks along axis 1),
+    its dense uses a DequantizeLinear of the same codes.
     """
 
     name: str
@@ -65,6 +67,19 @@ class DQSpec:
     range: str = "minmax"  # minmax, refit or search (see QuantizeConfig.range)
     nbits: bool = False  # com.microsoft.MatMulNBits instead of DequantizeLinear (MatMul weights [K, N])
     accuracy_level: int = 4  # MatMulNBits' compute type
+    gather_block: bool = False  # lookups as com.microsoft.GatherBlockQuantized (tables [V, D], blocks along axis 1)
+
+    @property
+    def code_offset(self) -> int:
+        """What is added to each code (mod 256) to store it: 128 for a GatherBlockQuantized table
+        of signed 8-bit codes, which onnxruntime takes as UINT8 only (the codes then have zero
+        point 128, its default for 8 bits); else 0."""
+        return 128 if self.gather_block and self.scheme.signed and not self.scheme.packed else 0
+
+    @property
+    def code_type(self) -> int:
+        """The ONNX type the codes (and zero points) are stored as."""
+        return TensorProto.UINT8 if self.code_offset else self.scheme.onnx_type
 
     @property
     def nbits_layout(self) -> tuple[int, int, int, int]:
@@ -89,7 +104,9 @@ class DQSpec:
 
     @property
     def has_zero_point(self) -> bool:
-        return not self.scheme.symmetric  # symmetric codes have zero point 0, the default
+        # symmetric codes have zero point 0, the default; offset codes have 128, GatherBlockQuantized's
+        # default, but DequantizeLinear's is 0: a table also read densely stores its zero points
+        return not self.scheme.symmetric or (self.code_offset != 0 and self.dense)
 
     @property
     def param_dims(self) -> list[int]:
@@ -131,14 +148,19 @@ class DQTensors:
 
 HALF_SCALE_OPSET = 19  # DequantizeLinear accepts float16/bfloat16 scales from opset 19
 BLOCKED_OPSET = 21  # DequantizeLinear's block_size
-MICROSOFT_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops (MatMulNBits)
+MICROSOFT_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops (MatMulNBits, GatherBlockQuantized)
 
 
 def required_opset(specs: Iterable[DQSpec]) -> int:
-    """The lowest ai.onnx opset whose DequantizeLinear can express every spec."""
+    """The lowest ai.onnx opset whose DequantizeLinear can express every spec. A table only
+    GatherBlockQuantized reads needs no DequantizeLinear, but INT4/UINT4 codes still need opset
+    21 (their tensors are IR version 10, which the conversion to 21 gives)."""
     need = 10
     for spec in specs:
-        need = max(need, spec.scheme.min_opset, PER_AXIS_OPSET if spec.axis is not None else 10)
+        need = max(need, spec.scheme.min_opset)
+        if spec.gather_block and not spec.dense:
+            continue  # no DequantizeLinear
+        need = max(need, PER_AXIS_OPSET if spec.axis is not None else 10)
         if spec.scale_type != TensorProto.FLOAT:
             need = max(need, HALF_SCALE_OPSET)
         if spec.lookups and spec.axis is not None:
@@ -258,9 +280,9 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
     main-graph initializer is removed and its DequantizeLinear put first in the main graph (it
     reads only initializers, so the graph stays topologically sorted); a nested weight's
     placeholder (see detach_nested_weights) is replaced where it stands. Gather lookups of a table become Gather(codes) + Gather(scale) (+ Gather(zero point))
-    -> DequantizeLinear, so that only the rows looked up are dequantized; a table that nothing
-    else reads needs no DequantizeLinear of its own. New names are derived from the weight's name
-    and made unique across the model.
+    -> DequantizeLinear, or one GatherBlockQuantized for `gather_block` specs, so that only the
+    rows looked up are dequantized; a table that nothing else reads needs no DequantizeLinear of
+    its own. New names are derived from the weight's name and made unique across the model.
     """
     index = GraphIndex(graph)
     taken = index.all_names()
@@ -278,20 +300,24 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
     tensors: dict[str, DQTensors] = {}
     top: list[onnx.NodeProto] = []
     replacements: dict[str, list[onnx.NodeProto]] = {}  # placeholder output -> its nodes
-    lookups: dict[int, list[onnx.NodeProto]] = {}  # id(Gather node) -> its nodes
-    fused: dict[int, onnx.NodeProto] = {}  # id(MatMul) -> its MatMulNBits
+    # A node is known by its place (scope, node) in the walk: rewriting a graph copies its nodes,
+    # bodies included, so a body's nodes are other objects by the time the walk reaches them,
+    # but in the same scopes and order (the nodes added have no bodies).
+    place = {id(node): (k, j) for k, scope in enumerate(index.scopes) for j, node in enumerate(scope.graph.node)}
+    lookups: dict[tuple[int, int], list[onnx.NodeProto]] = {}  # place of a Gather -> its nodes
+    fused: dict[tuple[int, int], onnx.NodeProto] = {}  # place of a MatMul -> its MatMulNBits
     for name, spec in specs.items():
         if spec.nbits:
-            k, n, blocks, blob = spec.nbits_layout
+            _, n, blocks, blob = spec.nbits_layout
             tensors[name] = DQTensors(
                 _header(fresh(f"{name}_quantized"), TensorProto.UINT8, [n, blocks, blob]),
                 _header(fresh(f"{name}_scale"), spec.scale_type, [n, blocks]),
                 _header(fresh(f"{name}_zero_point"), TensorProto.UINT8, [n, spec.nbits_zero_point_bytes]) if spec.has_zero_point else None,
             )
             for use in index.uses.get(name, []):
-                fused[id(use.node)] = _matmulnbits(spec, tensors[name], use.node, fresh)
+                fused[place[id(use.node)]] = _matmulnbits(spec, tensors[name], use.node, fresh)
             continue
-        code_type = spec.scheme.onnx_type
+        code_type = spec.code_type
         codes = _header(fresh(f"{name}_quantized"), code_type, list(spec.shape))
         scale = _header(fresh(f"{name}_scale"), spec.scale_type, spec.param_dims)
         zero_point = _header(fresh(f"{name}_zero_point"), code_type, spec.param_dims) if spec.has_zero_point else None
@@ -303,23 +329,23 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
             top += nodes
         for use in index.uses.get(name, []):
             if use.node.op_type == "Gather" and use.index == 0 and spec.lookups:
-                lookups[id(use.node)] = _lookup(spec, tensors[name], use.node, fresh)
-    for scope in walk_graphs(graph):
+                lookups[place[id(use.node)]] = (_gather_block if spec.gather_block else _lookup)(spec, tensors[name], use.node, fresh)
+    for k, scope in enumerate(walk_graphs(graph)):
         g = scope.graph
         nodes = []
-        for node in g.node:
+        for j, node in enumerate(g.node):
             if node.op_type == "Constant" and node.output and node.output[0] in replacements:
                 name = node.output[0]
                 nodes += replacements.pop(name)
                 if specs[name].in_body:
                     g.initializer.extend(tensors[name].all())
-                    k = len(tensors[name].all())
-                    owned = list(g.initializer[len(g.initializer) - k :])  # the body's own messages
-                    tensors[name] = DQTensors(owned[0], owned[1], owned[2] if k == 3 else None, in_body=True)
-            elif id(node) in lookups:
-                nodes += lookups.pop(id(node))
-            elif id(node) in fused:
-                nodes.append(fused.pop(id(node)))
+                    count = len(tensors[name].all())
+                    owned = list(g.initializer[len(g.initializer) - count :])  # the body's own messages
+                    tensors[name] = DQTensors(owned[0], owned[1], owned[2] if count == 3 else None, in_body=True)
+            elif (k, j) in lookups:
+                nodes += lookups.pop((k, j))
+            elif (k, j) in fused:
+                nodes.append(fused.pop((k, j)))
             else:
                 nodes.append(node)
         if scope.path == ():
@@ -362,6 +388,33 @@ def _matmulnbits(spec: DQSpec, tensors: DQTensors, matmul: onnx.NodeProto, fresh
         block_size=spec.block_size,
         accuracy_level=spec.accuracy_level,
     )
+
+
+def _gather_block(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fresh) -> list[onnx.NodeProto]:
+    """Gather(table, ids) as com.microsoft.GatherBlockQuantized(codes, ids, scales[, zero
+    points]): the rows looked up are dequantized, in blocks along the row (the last axis), by
+    one node. The codes are the ones a DequantizeLinear of the whole table reads (INT4/UINT4, or
+    UINT8 for 8 bits), so a table also read densely is stored once."""
+    ids, result = gather.input[1], gather.output[0]
+    base = gather.name or result
+    final = fresh(f"{result}_dequantized") if spec.cast_to is not None else result
+    assert spec.block_size is not None
+    nodes = [
+        helper.make_node(
+            "GatherBlockQuantized",
+            [tensors.codes.name, ids, *_params(tensors)[1:]],
+            [final],
+            name=fresh(f"{base}_GatherBlockQuantized"),
+            domain=MICROSOFT_DOMAIN,
+            gather_axis=0,
+            quantize_axis=len(spec.shape) - 1,
+            block_size=spec.block_size,
+            bits=spec.scheme.bits,
+        )
+    ]
+    if spec.cast_to is not None:
+        nodes.append(helper.make_node("Cast", [final], [result], to=spec.cast_to, name=fresh(f"{base}_Cast")))
+    return nodes
 
 
 def _lookup(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fresh) -> list[onnx.NodeProto]:
