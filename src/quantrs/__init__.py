@@ -24,6 +24,8 @@ _EXPORTS = {
     "validate": "quantrs.validation",
     "calibrate": "quantrs.calibration",
     "CalibrationConfig": "quantrs.calibration",
+    "auto": "quantrs.auto",
+    "AutoConfig": "quantrs.auto",
     "Thresholds": "quantrs.validation",
     "benchmark": "quantrs.benchmarking",
     "write_html_report": "quantrs.html_report",
@@ -43,11 +45,13 @@ _EXPORTS = {
     "ValidationReport": "quantrs.report",
     "BenchmarkReport": "quantrs.report",
     "CalibrationReport": "quantrs.report",
+    "AutoReport": "quantrs.report",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
+    from quantrs.auto import AutoConfig, auto
     from quantrs.batch import quantize_batch
     from quantrs.benchmarking import benchmark
     from quantrs.calibration import CalibrationConfig, calibrate
@@ -67,6 +71,7 @@ if TYPE_CHECKING:
     from quantrs.info import inspect_model
     from quantrs.pipeline import dry_run, quantize
     from quantrs.report import (
+        AutoReport,
         BatchReport,
         BenchmarkReport,
         CalibrationReport,

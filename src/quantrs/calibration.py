@@ -31,6 +31,7 @@ from quantrs.collect import GROUP_BYTES, collect_statistics
 from quantrs.config import QuantizeConfig
 from quantrs.errors import ConfigError, UnsupportedModelError
 from quantrs.pipeline import open_model, plan_model, rewrite_and_write
+from quantrs.qdq import DQSpec
 from quantrs.ranges import METHODS, pick_range
 from quantrs.report import ActivationRange, CalibrationReport, LeftFloat
 from quantrs.samples import input_specs, iter_samples
@@ -58,8 +59,8 @@ class CalibrationConfig:
         max_samples: stop after this many samples (None: all).
         min_samples: refuse to calibrate on fewer samples than this.
         group_bytes: activations held at once per inference run (see quantrs.collect).
-        weights: the weight options (exclusions, min_elements) shared with `quantize`; its
-            bits/symmetric are ignored (static weights are INT8 symmetric).
+        weights: the weight options shared with `quantize` (exclusions, min_elements; bits,
+            blocks and layer_bits for ort-cpu); weights are symmetric.
     """
 
     method: str = "minmax"
@@ -113,9 +114,10 @@ def calibrate(
     model = open_model(src, dst)
     options = _weight_options(config)
     plans, specs, _ = plan_model(model, options)
+    specs = {n: _unblocked_int8(s) for n, s in specs.items()}
     if config.reduce_range:
         seven = Scheme(bits=7, signed=True, symmetric=True, packed=False)
-        specs = {n: dataclasses.replace(s, scheme=seven) for n, s in specs.items()}
+        specs = {n: dataclasses.replace(s, scheme=seven) if s.scheme.bits == 8 else s for n, s in specs.items()}
     graph = model.proto.graph
     excluded = excluded_outputs(graph, config.weights)
     names = choose_activations(graph, excluded, config.target)
@@ -143,7 +145,7 @@ def calibrate(
         "quantrs.calibration.method": config.method,
         "quantrs.calibration.samples": str(stats.samples),
         "quantrs.activations": "INT8 symmetric" if signed else "UINT8 asymmetric",
-        "quantrs.weights": ("INT8 (7-bit range)" if config.reduce_range else "INT8") + (" per-channel" if options.per_channel else " per-tensor"),
+        "quantrs.weights": _describe_weights(specs, config.reduce_range),
     }
     done = rewrite_and_write(model, dst, specs, options, metadata=metadata, edit=edit)
     from quantrs.validation import agreements, run_model
@@ -179,11 +181,33 @@ def calibrate(
 
 
 def _weight_options(config: CalibrationConfig) -> QuantizeConfig:
-    """Static weights: INT8 symmetric, per channel for TensorRT; no blocks, no MatMulNBits."""
-    per_channel = config.per_channel or config.target == "tensorrt"
-    return dataclasses.replace(
-        config.weights, bits=8, symmetric=True, per_channel=per_channel, layer_bits=(), block_size=None, range=None, quant_format="qdq"
-    )
+    """Static weights: symmetric, QDQ. For ort-cpu the widths of `config.weights` (INT8 unless
+    it says otherwise: `quantrs auto --static` mixes 4 and 8 bits); for tensorrt INT8 per
+    channel, as its explicit quantization requires."""
+    if config.target == "tensorrt":
+        return dataclasses.replace(
+            config.weights, bits=8, symmetric=True, per_channel=True, layer_bits=(), block_size=None, range=None, quant_format="qdq"
+        )
+    return dataclasses.replace(config.weights, symmetric=True, per_channel=config.per_channel, quant_format="qdq")
+
+
+def _unblocked_int8(spec: DQSpec) -> DQSpec:
+    """8-bit blocks become per channel: onnxruntime fuses DQ(activation) + blocked DQ(weight) ->
+    MatMul into MatMulIntegerToFloat, which cannot broadcast block scales and fails at run time
+    (1.32). A blocked weight is 2-D, blocked along its input axis: its channels are the other."""
+    if spec.block_size is None or spec.scheme.bits != 8 or len(spec.shape) != 2 or spec.axis is None or spec.nbits:
+        return spec
+    return dataclasses.replace(spec, axis=1 - spec.axis, block_size=None)
+
+
+def _describe_weights(specs: Mapping[str, DQSpec], reduce_range: bool) -> str:
+    """E.g. "INT8 per-channel", "INT4 blocks of 32 + INT8 per-channel"."""
+    kinds = set()
+    for spec in specs.values():
+        width = "INT8 (7-bit range)" if spec.scheme.bits == 7 else f"INT{spec.scheme.bits}"
+        layout = f"blocks of {spec.block_size}" if spec.block_size else ("per-channel" if spec.axis is not None else "per-tensor")
+        kinds.add(f"{width} {layout}")
+    return " + ".join(sorted(kinds))
 
 
 def _activation_params(lo: float, hi: float, scheme: Scheme) -> ActivationParams:

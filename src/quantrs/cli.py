@@ -361,6 +361,61 @@ def calibrate(
 
 
 @command
+def auto(
+    model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the chosen model.", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="Samples (as for calibrate): sensitivity, and the held-out quarter unless --eval-data.", show_default=False)],
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Budget: cosine to the float outputs, in (0, 1].", show_default=False)] = None,
+    max_relative_error: Annotated[Optional[float], typer.Option("--max-relative-error", help="Budget: relative L2 error of the outputs, in (0, 1].", show_default=False)] = None,
+    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Also: top-1 agreement (classifiers), in (0, 1].", show_default=False)] = None,
+    choices: Annotated[str, typer.Option("--choices", help="Widths a weight may get, from 4, 8, float.")] = "4,8,float",
+    block_size: Annotated[int, typer.Option("--block-size", help="4-bit (and 8-bit) weights in blocks of this size; 0: per channel.")] = 32,
+    static: Annotated[bool, typer.Option("--static", help="Also quantize activations (calibrated INT8); the budget is measured on that model.")] = False,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Held-out samples for verification (default: the last quarter of --data).", show_default=False)] = None,
+    max_evaluations: Annotated[int, typer.Option("--max-evaluations", min=1, help="Candidates built and run, at most.")] = 6,
+    fmt: Annotated[OutputFormat, typer.Option("--format", help="Report as text or JSON (on stdout).")] = OutputFormat.text,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Also an HTML page with the size/accuracy trade-off (needs quantrs\\[report]).", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress messages.")] = False,
+) -> None:
+    """The smallest model whose outputs stay within a budget of the float model's: a width per
+    layer from one sensitivity pass, verified on held-out samples. Exit 1 when the budget is out
+    of reach (the closest model is written)."""
+    from quantrs.auto import WIDTHS, AutoConfig
+    from quantrs.auto import auto as run
+
+    for flag, value in (("--min-cosine", min_cosine), ("--max-relative-error", max_relative_error), ("--min-top1", min_top1)):
+        if value is not None and not 0 < value <= 1:
+            raise typer.BadParameter(f"must be in (0, 1], not {value}", param_hint=f"'{flag}'")
+    if min_cosine is None and max_relative_error is None:
+        raise typer.BadParameter("a budget is needed: --min-cosine or --max-relative-error", param_hint="'--min-cosine'")
+    widths = tuple(c.strip() for c in choices.split(",") if c.strip())
+    unknown = [c for c in widths if c not in WIDTHS]
+    if unknown or not widths or set(widths) == {"float"}:
+        raise typer.BadParameter(f"{choices!r}: a comma-separated list of 4, 8 and float, with 4 or 8", param_hint="'--choices'")
+    if block_size and (block_size < 16 or block_size & (block_size - 1)):
+        raise typer.BadParameter(f"must be a power of two from 16, or 0, not {block_size}", param_hint="'--block-size'")
+    config = AutoConfig(
+        min_cosine=min_cosine, max_relative_error=max_relative_error, min_top1=min_top1, choices=widths,
+        block_size=block_size or None, static=static, max_evaluations=max_evaluations,
+    )  # fmt: skip
+    say = None if quiet or _State.quiet or fmt is OutputFormat.json else _progress_line
+    result = run(model, output, data, config, eval_data=eval_data, progress=say)
+    if report is not None:
+        from quantrs.html_report import write_auto_html
+
+        write_auto_html(result, report)
+    _emit(result, fmt, "render_auto")
+    if not result.met:
+        raise typer.Exit(code=1)
+
+
+def _progress_line(message: str) -> None:
+    from quantrs._console import stderr_console
+
+    stderr_console().print(f"[dim]{message}...[/]", highlight=False)
+
+
+@command
 def validate(
     original: Annotated[Path, typer.Argument(help="The float model.", show_default=False)],
     quantized: Annotated[Path, typer.Argument(help="The quantized model.", show_default=False)],

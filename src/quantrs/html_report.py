@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from quantrs.errors import ConfigError
-from quantrs.report import ValidationReport
+from quantrs.report import AutoReport, ValidationReport
 
-__all__ = ["write_html_report"]
+__all__ = ["write_html_report", "write_auto_html"]
 
 WORST_LAYERS_PLOTTED = 4
 
@@ -118,5 +118,48 @@ def write_html_report(report: ValidationReport, path: str | os.PathLike[str]) ->
                 chart = _distribution_chart(plt, layer.name, np.asarray(orig.weights.array(layer.name)), deq[layer.name][1])
                 parts.append(f"<img alt='{esc(layer.name)}' src='data:image/png;base64,{chart}'>")
     parts.append("<p style='color:#888;font-size:12px'>made by quantrs validate --report</p></body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
+
+
+def write_auto_html(report: AutoReport, path: str | os.PathLike[str]) -> Path:
+    """A page for `quantrs auto`: the size/accuracy trade-off of the candidates tried (measured
+    and predicted), and the width chosen for each layer with its local errors."""
+    plt = _pyplot()
+    path = Path(path)
+    esc = html.escape
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    sizes = [c.weight_bytes / 1e6 for c in report.candidates]
+    measured = [min(o.cosine for o in c.outputs) for c in report.candidates]
+    predicted = [c.predicted_cosine for c in report.candidates]
+    ax.scatter(sizes, measured, color=["#1a7f37" if c.met else "#c0392b" for c in report.candidates], label="measured", zorder=3)
+    ax.scatter(sizes, predicted, marker="x", color="#555", label="predicted", zorder=2)
+    for c, x, y in zip(report.candidates, sizes, measured):
+        ax.annotate(str(c.index + 1), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if "min_cosine" in report.budget:
+        ax.axhline(report.budget["min_cosine"], color="#999", linestyle="--", label="budget")
+    ax.set_xlabel("weights (MB)")
+    ax.set_ylabel("cosine to float (worst output)")
+    ax.legend(fontsize=8)
+    chart = _png(fig)
+    plt.close(fig)
+    verdict = "<span class=ok>MET</span>" if report.met else f"<span class=bad>MISSED by {report.miss:.4g}</span>"
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>quantrs auto</title>",
+        "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}"
+        ".ok{color:#1a7f37}.bad{color:#c0392b;font-weight:bold}</style></head><body>",
+        f"<h1>quantrs auto: {verdict}</h1>",
+        f"<p>{esc(report.input)} -> {esc(report.output)}; budget {esc(str(report.budget))}; candidate {report.chosen + 1} "
+        f"written ({report.output_bytes:,} bytes); {report.evaluations} evaluation(s), {report.seconds:.1f} s.</p>",
+        f"<h2>Size and accuracy of the candidates</h2><img alt='trade-off' src='data:image/png;base64,{chart}'>",
+        "<h2>Widths</h2><table><tr><th>weight</th><th>consumer</th><th>width</th>"
+        + "".join(f"<th>error at {esc(w)}</th>" for w in report.choices)
+        + "</tr>",
+    ]
+    for layer in report.layers:
+        cells = "".join(f"<td>{layer.errors[w]:.3g}</td>" for w in report.choices)
+        parts.append(f"<tr><td>{esc(layer.name)}</td><td>{esc(layer.consumer)}</td><td>{esc(layer.width)}</td>{cells}</tr>")
+    parts.append("</table></body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from quantrs._console import stdout_console
 from quantrs.report import (
+    AutoReport,
     BatchReport,
     BenchmarkReport,
     CalibrationReport,
@@ -19,6 +20,7 @@ from quantrs.report import (
 )
 
 __all__ = [
+    "render_auto",
     "render_quantize",
     "render_info",
     "render_plan",
@@ -290,3 +292,59 @@ def render_calibration(report: CalibrationReport) -> None:
     for a in report.activations:
         table.add_row(escape(a.name), f"{a.lo:.4g}", f"{a.hi:.4g}", f"{a.scale:.4g}", str(a.zero_point))
     _print_table(console, table)
+
+
+def render_auto(report: AutoReport) -> None:
+    console = stdout_console()
+    budget = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report.budget.items())
+    chosen = report.candidates[report.chosen]
+    if report.met:
+        console.print(f"[bold green]Met[/] {budget}: {escape(report.input)} -> {escape(report.output)}", highlight=False)
+    else:
+        console.print(
+            f"[bold red]Missed[/] {budget} by {report.miss:.4g} with widths {', '.join(report.choices)}: the closest model is "
+            f"{escape(report.output)}",
+            highlight=False,
+        )
+    widths = ", ".join(f"{n} at {w}" for w, n in chosen.widths.items())
+    console.print(
+        f"  {widths}; weights {human_bytes(report.weight_bytes)} (float {human_bytes(report.float_weight_bytes)}"
+        + (f", uniform 8-bit {human_bytes(report.uniform_int8_weight_bytes)}" if report.uniform_int8_weight_bytes is not None else "")
+        + f", uniform {report.choices[0]}-bit {human_bytes(report.narrowest_weight_bytes)}); file "
+        f"{human_bytes(report.input_bytes)} -> {human_bytes(report.output_bytes)}",
+        highlight=False,
+    )
+    console.print(
+        f"  {report.evaluations} evaluation(s) on {report.held_out_samples} held-out sample(s); sensitivity on "
+        f"{report.tuning_samples} sample(s) in {report.sensitivity_seconds:.1f} s; {report.seconds:.1f} s in all; "
+        f"error model: gain {report.gain:.3g}, floor {report.floor:.3g}",
+        highlight=False,
+    )
+    table = Table(title="candidates (predicted vs measured on held-out samples)", title_justify="left", show_edge=False)
+    for col in ("#", "widths", "weights", "predicted cosine", "measured cosine", "relative L2", "budget"):
+        table.add_column(col, justify="left" if col == "widths" else "right")
+    for c in report.candidates:
+        worst = min(c.outputs, key=lambda o: o.cosine)
+        table.add_row(
+            str(c.index + 1) + (" *" if c.index == report.chosen else ""),
+            ", ".join(f"{n}x{w}" for w, n in c.widths.items()),
+            human_bytes(c.weight_bytes),
+            f"{c.predicted_cosine:.5f}",
+            f"{worst.cosine:.5f}",
+            f"{max(o.relative_l2 for o in c.outputs):.4g}",
+            "met" if c.met else "missed",
+        )
+    _print_table(console, table)
+    layers = Table(title="widths (local relative squared error at each width)", title_justify="left", show_edge=False)
+    layers.add_column("weight")
+    layers.add_column("consumer")
+    layers.add_column("width", justify="right")
+    for w in report.choices:
+        layers.add_column(f"error at {w}", justify="right")
+    for layer in report.layers:
+        layers.add_row(
+            escape(layer.name), escape(layer.consumer), layer.width, *[f"{layer.errors[w]:.3g}" for w in report.choices]
+        )
+    _print_table(console, layers)
+    if report.fixed:
+        console.print(f"  not measured, at {report.choices[0]} bits: {escape(', '.join(report.fixed))}", highlight=False)

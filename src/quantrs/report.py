@@ -27,6 +27,10 @@ __all__ = [
     "BenchmarkReport",
     "ActivationRange",
     "CalibrationReport",
+    "LeftFloat",
+    "AutoLayer",
+    "AutoCandidate",
+    "AutoReport",
 ]
 
 
@@ -344,6 +348,66 @@ class CalibrationReport:
     inference_seconds: float  # of `seconds`, spent inside onnxruntime's float inference
     collection_seconds: float  # of `seconds`, collecting statistics (inference included)
     fidelity_seconds: float  # of `seconds`, running the quantized model on the held-out samples
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AutoLayer:
+    """One weight's width in the chosen model, and why: its local relative squared error and
+    its bytes at each width (quantrs.sensitivity)."""
+
+    name: str
+    consumer: str
+    width: str
+    errors: dict[str, float]
+    bytes: dict[str, int]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class AutoCandidate:
+    """One model `auto` built and ran on the held-out samples."""
+
+    index: int
+    widths: dict[str, int]  # width -> number of weights
+    weight_bytes: int  # of the weights auto chose widths for
+    file_bytes: int
+    predicted_cosine: float
+    predicted_relative_error: float
+    outputs: list[OutputAgreement]
+    met: bool
+
+
+@dataclass(frozen=True)
+class AutoReport:
+    input: str
+    output: str
+    files_written: list[str]
+    budget: dict[str, float]
+    choices: list[str]
+    block_size: int | None
+    static: bool
+    met: bool
+    miss: float  # how far the written model is from the budget (0 when met)
+    chosen: int  # the candidate written
+    candidates: list[AutoCandidate]
+    layers: list[AutoLayer]
+    fixed: list[str]  # quantized at the narrowest width, not measured (Constant nodes, bodies)
+    weight_bytes: int
+    float_weight_bytes: int
+    uniform_int8_weight_bytes: int | None
+    narrowest_weight_bytes: int
+    input_bytes: int
+    output_bytes: int
+    tuning_samples: int
+    held_out_samples: int
+    evaluations: int
+    sensitivity_seconds: float
+    gain: float  # the error model's fitted gain k (see quantrs.auto)
+    floor: float  # and its floor r_0
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:

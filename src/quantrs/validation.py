@@ -266,7 +266,7 @@ def dequantized_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tupl
         code_type = _KERNEL_CODES.get(info.data_type)
         if attrs.get("block_size") or code_type is None or scale.ndim > 1:
             # blocks, or codes the kernel does not take (INT32 biases, 16-bit): in numpy, exactly
-            value = _dequantize_exact(codes, scale, zp, attrs.get("axis", 1), attrs.get("block_size"))
+            value = dequantize_exact(codes, scale, zp, attrs.get("axis", 1), attrs.get("block_size"))
         else:
             axis = attrs.get("axis", 1) if scale.size > 1 else None
             value = kernels.dequantize(codes.astype(code_type), scale.reshape(-1), zp.reshape(-1).astype(np.int32), axis)
@@ -277,7 +277,7 @@ def dequantized_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tupl
 _KERNEL_CODES: dict[int, type[np.integer]] = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT4: np.int8, TensorProto.UINT4: np.uint8}
 
 
-def _dequantize_exact(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int, block: int | None) -> np.ndarray:
+def dequantize_exact(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int, block: int | None) -> np.ndarray:
     """DequantizeLinear in numpy for any code type: per tensor, per axis, or in blocks along axis."""
     if scale.size == 1:
         return ((codes.astype(np.float64) - float(zp.reshape(-1)[0])) * float(scale.reshape(-1)[0])).astype(np.float32)

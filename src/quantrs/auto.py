@@ -1,0 +1,376 @@
+"""`quantrs auto`: the smallest model whose outputs stay within a budget of the float model's.
+
+    sensitivity (one pass: every weight's local error at each width, quantrs.sensitivity)
+      -> assignment (the widths that minimise bytes under the predicted error)
+      -> verification (build the candidate, run it on held-out samples) -> repair -> ...
+
+**How local errors add up.** A weight quantized at width c adds noise to its consumer's output
+of relative energy r_w(c) (quantrs.sensitivity). Treating the layers' noises as independent and
+each passing to the output with about the same gain, the output's relative squared error is
+
+    r_out ~= r_0 + k * sum_w r_w(c_w)
+
+with one model-wide gain k and a floor r_0 that no width removes (0 for weight-only models; the
+activations' own error with --static). The metrics follow: relative L2 = sqrt(r_out), cosine
+~= 1 / sqrt(1 + r_out). k starts at 1 and r_0 at 0; both are refitted to every candidate
+measured (least squares over (sum r_w, measured r_out)), so each candidate is chosen with the
+gain the model actually showed. The report gives predicted and measured figures side by side
+for every candidate.
+
+**Assignment** minimises bytes subject to r_0 + k * sum r_w(c_w) <= r_budget, a multiple-choice
+knapsack, by the greedy on error removed per byte added: every weight starts at its narrowest
+width, and the upgrade with the best ratio is taken until the prediction meets the budget; a
+last pass takes back upgrades the budget does not need, largest first.
+
+**Verification and repair.** A candidate missing the budget refits k and is re-assigned; if that
+changes nothing, the weight contributing most is promoted (4 -> 8 -> float). A candidate
+meeting it refits k too, and a smaller assignment it allows is tried. At most `max_evaluations`
+full evaluations; the smallest candidate that met the budget is written, or, when none did, the
+closest one, with how far it misses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantrs.config import QuantizeConfig
+from quantrs.errors import ConfigError
+from quantrs.model import load_model
+from quantrs.report import AutoCandidate, AutoLayer, AutoReport, OutputAgreement
+from quantrs.samples import input_specs, iter_samples
+from quantrs.sensitivity import FLOAT, Sensitivity, measure, width_configs
+from quantrs.validation import Thresholds, agreements, run_model
+
+__all__ = ["AutoConfig", "auto", "WIDTHS"]
+
+logger = logging.getLogger(__name__)
+
+WIDTHS = ("4", "8", FLOAT)  # narrowest first
+HELD_OUT_SHARE = 0.25  # of --data, when no --eval-data is given
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoConfig:
+    """The budget and the room `auto` has.
+
+    Attributes:
+        min_cosine / max_relative_error / min_top1: the budget, on every model output over the
+            held-out samples (as `validate` measures them); cosine or relative error required.
+        choices: the widths a weight may get, from "4", "8", "float".
+        block_size: 4-bit weights in blocks of this size (None: per channel).
+        static: also quantize activations (calibrated INT8), the budget measured on that model.
+        max_evaluations: full evaluations (build + run on the held-out samples) at most.
+        max_samples: samples used from --data at most.
+        weights: further quantize options (exclusions, min_elements, threads).
+    """
+
+    min_cosine: float | None = None
+    max_relative_error: float | None = None
+    min_top1: float | None = None
+    choices: tuple[str, ...] = WIDTHS
+    block_size: int | None = 32
+    static: bool = False
+    max_evaluations: int = 6
+    max_samples: int = 256
+    weights: QuantizeConfig = field(default_factory=QuantizeConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("min_cosine", "max_relative_error", "min_top1"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value <= 1:
+                raise ConfigError(f"{name} must be in (0, 1], not {value}")
+        if self.min_cosine is None and self.max_relative_error is None:
+            raise ConfigError("a budget is needed: min_cosine or max_relative_error")
+        unknown = [c for c in self.choices if c not in WIDTHS]
+        if unknown or not self.choices:
+            raise ConfigError(f"choices must be among {', '.join(WIDTHS)}, not {', '.join(unknown) or 'none'}")
+        if list(self.choices) == [FLOAT]:
+            raise ConfigError("choices must include an integer width (4 or 8)")
+        if self.max_evaluations < 1:
+            raise ConfigError(f"max_evaluations must be at least 1, not {self.max_evaluations}")
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(min_cosine=self.min_cosine, max_relative_l2=self.max_relative_error, min_top1=self.min_top1)
+
+    @property
+    def error_budget(self) -> float:
+        """The output's relative squared error the budget allows (the tighter of cosine and
+        relative error)."""
+        budgets = []
+        if self.min_cosine is not None:
+            budgets.append(1 / self.min_cosine**2 - 1)
+        if self.max_relative_error is not None:
+            budgets.append(self.max_relative_error**2)
+        return min(budgets)
+
+    @property
+    def widths(self) -> list[str]:
+        return [w for w in WIDTHS if w in self.choices]
+
+
+def auto(
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    data: Any,
+    config: AutoConfig,
+    *,
+    eval_data: Any = None,
+    progress: Callable[[str], None] | None = None,
+) -> AutoReport:
+    """Write the smallest quantized model of `input_path` that meets `config`'s budget on
+    held-out samples (`eval_data`, or the last quarter of `data`); the report says whether it
+    did (`met`)."""
+    started = time.perf_counter()
+    src, dst = Path(input_path), Path(output_path)
+    model = load_model(src)
+    specs = input_specs(model.proto)
+    samples = list(iter_samples(data, specs, limit=config.max_samples))
+    if eval_data is not None:
+        tuning, held_out = samples, list(iter_samples(eval_data, specs, limit=config.max_samples))
+    else:
+        if len(samples) < 2:
+            raise ConfigError(f"{src}: auto needs at least 2 samples to hold some out (or --eval-data)")
+        cut = len(samples) - max(1, round(len(samples) * HELD_OUT_SHARE))
+        tuning, held_out = samples[:cut], samples[cut:]
+    if not tuning or not held_out:
+        raise ConfigError(f"{src}: no samples to tune on or to evaluate with")
+    _say(progress, f"sensitivity of every weight on {len(tuning)} sample(s)")
+    widths = config.widths
+    configs = width_configs(widths, config.weights, config.block_size, static=config.static)
+    sensitivity = measure(model, configs, tuning, with_float=FLOAT in widths)
+    if not sensitivity.layers:
+        raise ConfigError(f"{src}: no weight whose width auto could choose")
+    reference = run_model(str(src), held_out)
+
+    search = _Search(sensitivity, widths, config.error_budget)
+    candidates: list[AutoCandidate] = []
+    best: tuple[int, dict[str, str]] | None = None  # (candidate index, assignment) of the smallest that met
+    closest: tuple[float, int, dict[str, str]] | None = None
+    tried: set[tuple[str, ...]] = set()
+    assignment = search.assign()
+    with tempfile.TemporaryDirectory(prefix=".quantrs-auto-", dir=dst.parent if dst.parent.is_dir() else None) as work:
+        for step in range(config.max_evaluations):
+            tried.add(search.key(assignment))
+            _say(progress, f"evaluating candidate {step + 1} ({_counts(assignment)})")
+            path = Path(work) / f"candidate{step}.onnx"
+            _build(src, path, assignment, config, configs, tuning)
+            outputs = agreements(reference, run_model(str(path), held_out))
+            met = all(r.passed for r in config.thresholds.evaluate(outputs))
+            measured = _output_error(outputs)
+            predicted = search.predicted(assignment)
+            candidates.append(
+                AutoCandidate(
+                    index=step, widths=_counts(assignment), weight_bytes=search.bytes(assignment), file_bytes=_file_bytes(path),
+                    predicted_cosine=_cosine(predicted), predicted_relative_error=math.sqrt(predicted),
+                    outputs=outputs, met=met,
+                )
+            )  # fmt: skip
+            miss = _miss(outputs, config)
+            if met and (best is None or search.bytes(assignment) < search.bytes(best[1])):
+                best = (step, dict(assignment))
+            if closest is None or miss < closest[0]:
+                closest = (miss, step, dict(assignment))
+            search.refit(assignment, measured)
+            following: dict[str, str] | None = search.assign()
+            assert following is not None
+            if met and search.bytes(following) >= search.bytes(assignment):
+                break  # the refitted model allows nothing smaller
+            if not met and search.bytes(following) <= search.bytes(assignment):
+                following = search.promote(assignment)  # the refit alone does not move: force it
+            while following is not None and search.key(following) in tried:
+                following = search.promote(following) if not met else None
+            if following is None:
+                break
+            assignment = following
+    assert closest is not None
+    chosen_step, chosen = (best[0], best[1]) if best is not None else (closest[1], closest[2])
+    _say(progress, "writing the chosen model")
+    files = _build(src, dst, chosen, config, configs, tuning)
+    layers = [
+        AutoLayer(l.name, l.consumer, chosen[l.name], {w: l.errors[w] for w in widths}, {w: l.bytes[w] for w in widths}, l.note)
+        for l in sensitivity.layers
+    ]
+    narrowest = {l.name: widths[0] for l in sensitivity.layers}
+    int8 = {l.name: "8" for l in sensitivity.layers} if "8" in widths else None
+    return AutoReport(
+        input=str(src),
+        output=str(dst),
+        files_written=[str(p) for p in files],
+        budget={k: v for k, v in (("min_cosine", config.min_cosine), ("max_relative_error", config.max_relative_error), ("min_top1", config.min_top1)) if v is not None},
+        choices=list(widths),
+        block_size=config.block_size,
+        static=config.static,
+        met=best is not None,
+        miss=0.0 if best is not None else closest[0],
+        chosen=chosen_step,
+        candidates=candidates,
+        layers=layers,
+        fixed=sensitivity.fixed,
+        weight_bytes=search.bytes(chosen),
+        float_weight_bytes=sum(model.weights.info(l.name).nbytes for l in sensitivity.layers),
+        uniform_int8_weight_bytes=search.bytes(int8) if int8 else None,
+        narrowest_weight_bytes=search.bytes(narrowest),
+        input_bytes=model.total_bytes,
+        output_bytes=sum(p.stat().st_size for p in files),
+        tuning_samples=len(tuning),
+        held_out_samples=len(held_out),
+        evaluations=len(candidates),
+        sensitivity_seconds=round(sensitivity.seconds, 3),
+        gain=search.gain,
+        floor=search.floor,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+class _Search:
+    """The error model and the greedy assignment over the measured layers."""
+
+    def __init__(self, sensitivity: Sensitivity, widths: list[str], budget: float) -> None:
+        self.layers = sensitivity.layers
+        self.widths = widths
+        self.budget = budget
+        self.gain = 1.0
+        self.floor = 0.0  # error no width removes (activations, with --static)
+        self._points: list[tuple[float, float]] = []  # (sum of local errors, measured output error)
+
+    def key(self, assignment: Mapping[str, str]) -> tuple[str, ...]:
+        return tuple(assignment[l.name] for l in self.layers)
+
+    def local(self, assignment: Mapping[str, str]) -> float:
+        return sum(l.errors[assignment[l.name]] for l in self.layers)
+
+    def predicted(self, assignment: Mapping[str, str]) -> float:
+        return self.floor + self.gain * self.local(assignment)
+
+    def bytes(self, assignment: Mapping[str, str]) -> int:
+        return sum(l.bytes[assignment[l.name]] for l in self.layers)
+
+    def refit(self, assignment: Mapping[str, str], measured: float) -> None:
+        """Fit r_out = floor + gain * sum r_w to every candidate measured so far: one point
+        gives the gain alone (a floor only for what the weights cannot explain), two or more
+        a least-squares line, kept non-negative."""
+        self._points.append((self.local(assignment), measured))
+        xs = np.array([p[0] for p in self._points])
+        ys = np.array([p[1] for p in self._points])
+        if len(self._points) >= 2 and np.ptp(xs) > 0:
+            gain, floor = np.polyfit(xs, ys, 1)
+            if gain > 0 and floor >= 0:
+                self.gain, self.floor = float(gain), float(floor)
+                return
+        through_origin = float(xs @ ys / (xs @ xs)) if xs @ xs > 0 else 1.0
+        if len(self._points) == 1 and measured > xs[0] > 0:  # more than the weights explain
+            self.gain, self.floor = 1.0, float(measured - xs[0])
+        else:
+            self.gain, self.floor = max(through_origin, 1e-12), 0.0
+
+    def assign(self) -> dict[str, str]:
+        """The greedy: upgrades by error removed per byte added until the prediction meets the
+        budget, then the upgrades it does not need taken back, largest first."""
+        current = {l.name: self.widths[0] for l in self.layers}
+        while self.predicted(current) > self.budget:
+            best, best_ratio = None, -1.0
+            for layer in self.layers:
+                now = self.widths.index(current[layer.name])
+                for nxt in self.widths[now + 1 :]:
+                    gained = self.gain * (layer.errors[current[layer.name]] - layer.errors[nxt])
+                    cost = max(layer.bytes[nxt] - layer.bytes[current[layer.name]], 1)
+                    if gained > 0 and gained / cost > best_ratio:
+                        best, best_ratio = (layer.name, nxt), gained / cost
+            if best is None:
+                break  # nothing left to upgrade: the budget is out of reach of these widths
+            current[best[0]] = best[1]
+        for layer in sorted(self.layers, key=lambda l: -l.bytes[current[l.name]]):
+            for narrower in self.widths[: self.widths.index(current[layer.name])]:
+                trial = {**current, layer.name: narrower}
+                if self.predicted(trial) <= self.budget:
+                    current = trial
+                    break
+        return self._quantized(current)
+
+    def promote(self, assignment: Mapping[str, str]) -> dict[str, str] | None:
+        """The assignment with the weight contributing most to the error one width wider."""
+        ranked = sorted(self.layers, key=lambda l: -l.errors[assignment[l.name]])
+        for layer in ranked:
+            now = self.widths.index(assignment[layer.name])
+            if now + 1 < len(self.widths) and layer.errors[assignment[layer.name]] > 0:
+                promoted = self._quantized({**assignment, layer.name: self.widths[now + 1]})
+                if self.key(promoted) != self.key(assignment):
+                    return promoted
+        return None
+
+    def _quantized(self, assignment: dict[str, str]) -> dict[str, str]:
+        """A model must quantize something: with every weight in float, the least sensitive
+        takes the widest integer width."""
+        if any(w != FLOAT for w in assignment.values()):
+            return assignment
+        widest = [w for w in self.widths if w != FLOAT][-1]
+        calmest = min(self.layers, key=lambda l: (l.errors[widest], -l.bytes[FLOAT]))
+        return {**assignment, calmest.name: widest}
+
+
+def _build(src: Path, dst: Path, assignment: Mapping[str, str], config: AutoConfig, configs, tuning) -> list[Path]:
+    """Write `src` with the widths of `assignment` (weight-only, or calibrated static)."""
+    base = configs[config.widths[0]] if config.widths[0] != FLOAT else configs["8"]
+    floats = tuple(n for n, w in assignment.items() if w == FLOAT)
+    layer_bits = tuple((n, int(w)) for n, w in assignment.items() if w != FLOAT and int(w) != base.bits)
+    options = dataclasses.replace(base, exclude=tuple(base.exclude) + floats, layer_bits=layer_bits)
+    if config.static:
+        from quantrs.calibration import CalibrationConfig, calibrate
+
+        report = calibrate(src, dst, tuning, CalibrationConfig(weights=options))
+        return [Path(p) for p in report.files_written]
+    from quantrs.pipeline import quantize
+
+    return [Path(p) for p in quantize(src, dst, options).files_written]
+
+
+def _output_error(outputs: Sequence[OutputAgreement]) -> float:
+    """The worst output's relative squared error."""
+    return max((o.relative_l2**2 for o in outputs), default=0.0)
+
+
+def _cosine(r: float) -> float:
+    return 1 / math.sqrt(1 + r)
+
+
+def _miss(outputs: Sequence[OutputAgreement], config: AutoConfig) -> float:
+    """How far the worst output is from the budget (0 when met): the largest shortfall among
+    the metrics asked for."""
+    worst = 0.0
+    for o in outputs:
+        if config.min_cosine is not None:
+            worst = max(worst, config.min_cosine - o.cosine)
+        if config.max_relative_error is not None:
+            worst = max(worst, o.relative_l2 - config.max_relative_error)
+        if config.min_top1 is not None and o.top1_agreement is not None:
+            worst = max(worst, config.min_top1 - o.top1_agreement)
+    return worst
+
+
+def _counts(assignment: Mapping[str, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for width in assignment.values():
+        out[width] = out.get(width, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _file_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + ".data")) if p.exists())
+
+
+def _say(progress: Callable[[str], None] | None, message: str) -> None:
+    logger.info(message)
+    if progress is not None:
+        progress(message)

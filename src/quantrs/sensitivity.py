@@ -1,0 +1,218 @@
+"""Per-layer sensitivity, for `quantrs auto`: for every weight and each width it may get, the
+error that width injects into the output of the node reading the weight (measured on the float
+model's own activations, as `validate --detailed` does) and the bytes it costs.
+
+The local error of weight w at width c is the relative squared error of its consumer's output,
+
+    r_w(c) = sum over samples ||node(x, Q_c(w)) - node(x, w)||^2 / sum ||node(x, w)||^2,
+
+computed by running the consumer alone in onnxruntime (so every op quantrs quantizes is
+measured by its real semantics) on the activations the float model feeds it. Each width is
+quantized exactly as `quantize` would store it (same plan, scheme, axis, blocks, range).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from quantrs.collect import ActivationRunner
+from quantrs.config import QuantizeConfig
+from quantrs.graph import MAIN, GraphIndex
+from quantrs.model import LoadedModel
+from quantrs.plan import TensorPlan, plan_weights
+from quantrs.tensor import QuantizedTensor, quantize_tensor, scheme_for
+
+__all__ = ["FLOAT", "LayerSensitivity", "Sensitivity", "measure", "width_configs", "dequantize"]
+
+logger = logging.getLogger(__name__)
+
+FLOAT = "float"  # the width choice that keeps a weight as it is
+
+
+@dataclass
+class LayerSensitivity:
+    """One weight: its consumer, and per width choice ("4", "8", "float") its local relative
+    squared error and its stored bytes."""
+
+    name: str
+    consumer: str
+    errors: dict[str, float]
+    bytes: dict[str, int]
+    note: str = ""
+
+
+@dataclass
+class Sensitivity:
+    layers: list[LayerSensitivity]
+    fixed: list[str]  # quantized weights not measured (nested in Constant nodes or bodies): they keep the narrowest width
+    samples: int
+    seconds: float
+    runs: int = field(default=0)  # single-node onnxruntime runs
+
+
+def width_configs(widths: Sequence[str], base: QuantizeConfig, block_size: int | None, *, static: bool = False) -> dict[str, QuantizeConfig]:
+    """The QuantizeConfig each integer width is stored with, so that what is measured is what
+    is built: in blocks of `block_size` (quantrs' best 4-bit scheme), or per channel when None.
+    8 bits share the blocks, as `--layer-bits NAME=8` does in a blocked model, except in static
+    models, whose 8-bit weights are per channel (see calibration._unblocked_int8)."""
+    return {
+        width: dataclasses.replace(
+            base, bits=int(width), block_size=None if static and width == "8" else block_size, per_channel=True, layer_bits=(),
+            quant_format="qdq", range=None, symmetric=base.symmetric or static,
+        )
+        for width in widths
+        if width != FLOAT
+    }  # fmt: skip
+
+
+def measure(
+    model: LoadedModel,
+    configs: Mapping[str, QuantizeConfig],
+    samples: Sequence[Mapping[str, np.ndarray]],
+    *,
+    with_float: bool,
+    progress: Callable[[int, int], None] | None = None,
+) -> Sensitivity:
+    """Local errors and bytes of every weight quantized by all of `configs`, for each of them
+    (and "float" when `with_float`)."""
+    started = time.perf_counter()
+    graph = model.proto.graph
+    index = GraphIndex(graph)
+    plans: dict[str, dict[str, TensorPlan]] = {
+        width: {p.name: p for p in plan_weights(graph, model.weights, config, index) if p.quantize} for width, config in configs.items()
+    }
+    common = set.intersection(*(set(p) for p in plans.values())) if plans else set()
+    first_plans = next(iter(plans.values()))
+    measured, fixed = [], []
+    for name in (n for n in first_plans if n in common):
+        plan = first_plans[name]
+        consumer = next((u.node for u in index.uses.get(name, []) if u.scope.path == () and not list(_bodies(u.node))), None)
+        if plan.kind != "initializer" or plan.scope != MAIN or consumer is None:
+            fixed.append(name)
+        else:
+            measured.append((name, consumer))
+    layers = {name: LayerSensitivity(name, _label(node), {}, {}) for name, node in measured}
+    variants: dict[str, dict[str, np.ndarray]] = {}  # weight -> width -> dequantized values
+    for name, _ in measured:
+        values = np.asarray(model.weights.array(name))
+        variants[name] = {}
+        for width, config in configs.items():
+            plan = plans[width][name]
+            qt = _quantize(values, plan, config)
+            variants[name][width] = dequantize(qt, plan.block_size).astype(values.dtype)
+            layers[name].bytes[width] = _stored_bytes(plan, config)
+        if with_float:
+            layers[name].bytes[FLOAT] = values.nbytes
+            layers[name].errors[FLOAT] = 0.0
+        model.weights.release(name)
+
+    stored = {t.name for t in graph.initializer}
+    needed = sorted({i for _, node in measured for i in node.input if i and i not in stored})
+    runs = 0
+    sums: dict[tuple[str, str], float] = {}
+    norms: dict[str, float] = {}
+    if measured and samples:
+        runner = ActivationRunner(model, needed, samples[0])
+        sessions: dict[tuple[str, str], Any] = {}
+        for sample in runner.run(samples):
+            inputs = dict(sample.values)
+            for name, node in measured:
+                feed = {i: inputs[i] for i in node.input if i and i not in stored}
+                for width in ["reference", *configs]:
+                    key = (name, width)
+                    if key not in sessions:
+                        weight = np.asarray(model.weights.array(name)) if width == "reference" else variants[name][width]
+                        sessions[key] = _single_node(model, node, name, weight, feed)
+                    out = np.asarray(sessions[key].run([node.output[0]], feed)[0], dtype=np.float64)
+                    runs += 1
+                    if width == "reference":
+                        reference = out
+                        norms[name] = norms.get(name, 0.0) + float(np.sum(reference**2))
+                    else:
+                        sums[key] = sums.get(key, 0.0) + float(np.sum((out - reference) ** 2))
+            if progress is not None:
+                progress(sample.index + 1, len(samples))
+    for name, _ in measured:
+        layer = layers[name]
+        for width in configs:
+            total = sums.get((name, width), 0.0)
+            norm = norms.get(name, 0.0)
+            layer.errors[width] = total / norm if norm > 0 else (0.0 if total == 0 else float("inf"))
+        if norms.get(name, 0.0) == 0:
+            layer.note = "its consumer's output is zero on the samples"
+    return Sensitivity(list(layers.values()), fixed, len(samples), time.perf_counter() - started, runs)
+
+
+def _quantize(values: np.ndarray, plan: TensorPlan, config: QuantizeConfig) -> QuantizedTensor:
+    assert plan.bits is not None
+    scheme = scheme_for(plan.bits, symmetric=config.symmetric, native_int4=False)  # one code per byte
+    return quantize_tensor(
+        values, scheme, plan.axis, name=plan.name, block_size=plan.block_size, range=config.range_for(plan.bits, plan.block_size is not None),
+        half_scale=values.dtype == np.float16, n_threads=config.n_threads,
+    )  # fmt: skip
+
+
+def dequantize(qt: QuantizedTensor, block_size: int | None) -> np.ndarray:
+    """The values DequantizeLinear gives for `qt` (codes one per byte)."""
+    from quantrs.validation import dequantize_exact
+
+    codes = qt.data.view(np.int8 if qt.scheme.signed else np.uint8).reshape(qt.shape)
+    scale, zero_point = qt.scale.astype(np.float32), qt.zero_point
+    if block_size is not None and qt.axis is not None:  # the kernels give blocked parameters flat
+        dims = list(qt.shape)
+        dims[qt.axis] = -(-dims[qt.axis] // block_size)
+        scale, zero_point = scale.reshape(dims), zero_point.reshape(dims)
+    return dequantize_exact(codes, scale, zero_point, qt.axis if qt.axis is not None else 0, block_size)
+
+
+def _stored_bytes(plan: TensorPlan, config: QuantizeConfig) -> int:
+    """Codes, scales and zero points of the weight as `quantize` stores them."""
+    assert plan.bits is not None
+    count = int(np.prod(plan.shape, dtype=np.int64))
+    packed = plan.bits == 4 and config.native_int4 and not plan.lookups
+    codes = (count + 1) // 2 if packed else count
+    if plan.axis is None:
+        channels = 1
+    elif plan.block_size is None:
+        channels = plan.shape[plan.axis]
+    else:
+        channels = count // plan.shape[plan.axis] * -(-plan.shape[plan.axis] // plan.block_size)
+    scale_bytes = 2 if plan.dtype == "FLOAT16" else 4
+    zero_points = 0 if config.symmetric else ((channels + 1) // 2 if packed else channels)
+    return codes + channels * scale_bytes + zero_points
+
+
+def _single_node(model: LoadedModel, node: onnx.NodeProto, weight: str, value: np.ndarray, feed: Mapping[str, np.ndarray]):
+    """A session running `node` alone, `weight` bound to `value`, its other stored inputs to
+    theirs, its activations fed."""
+    from quantrs._ort import session
+
+    stored = {t.name for t in model.proto.graph.initializer}
+    tensors, inputs = [], []
+    for name in dict.fromkeys(i for i in node.input if i):
+        if name == weight:
+            tensors.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        elif name in stored:
+            tensors.append(numpy_helper.from_array(np.ascontiguousarray(model.weights.array(name)), name))
+        else:
+            inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.asarray(feed[name]).dtype), None))
+    graph = helper.make_graph([node], "layer", inputs, [helper.make_empty_tensor_value_info(node.output[0])], tensors)
+    proto = helper.make_model(graph, opset_imports=model.proto.opset_import, ir_version=model.proto.ir_version)
+    return session(proto.SerializeToString(), threads=1)
+
+
+def _bodies(node: onnx.NodeProto):
+    return (a for a in node.attribute if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS))
+
+
+def _label(node: onnx.NodeProto) -> str:
+    return f"{node.op_type} {node.name!r}" if node.name else node.op_type
