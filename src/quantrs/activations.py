@@ -38,7 +38,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from quantrs.config import QuantizeConfig
-from quantrs.graph import GraphIndex
+from quantrs.graph import GraphIndex, name_maker
 from quantrs.pipeline import WeightStream
 from quantrs.qdq import DQSpec
 from quantrs.writer import OutTensor, Payload
@@ -249,14 +249,7 @@ class StaticEdit:
     _readers: set[str] | None = field(default=None, init=False, repr=False)  # ort-cpu: set by apply
 
     def apply(self, graph: onnx.GraphProto, stream: WeightStream) -> list[OutTensor]:
-        taken = GraphIndex(graph).all_names()
-
-        def fresh(base: str) -> str:
-            name, k = base, 1
-            while name in taken:
-                name, k = f"{base}_{k}", k + 1
-            taken.add(name)
-            return name
+        fresh = name_maker(GraphIndex(graph).all_names())
 
         extra: list[OutTensor] = []
         if self.target == "ort-cpu":

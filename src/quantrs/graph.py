@@ -9,12 +9,12 @@ on: which graph defines a value and every place it is read.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import onnx
 
-__all__ = ["MAIN", "Scope", "Use", "GraphIndex", "walk_graphs", "subgraphs", "constant_tensor"]
+__all__ = ["MAIN", "Scope", "Use", "GraphIndex", "walk_graphs", "subgraphs", "constant_tensor", "name_maker"]
 
 MAIN = ""  # the main graph's scope name
 
@@ -121,3 +121,17 @@ class GraphIndex:
                 names.update(node.output)
         names.discard("")
         return names
+
+
+def name_maker(taken: set[str]) -> Callable[[str], str]:
+    """The name authority of a rewrite: fresh(base) gives base, or base_1, base_2, ... the first
+    that is not in `taken` (every name the model uses: GraphIndex.all_names()) nor given before."""
+
+    def fresh(base: str) -> str:
+        name, k = base, 1
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    return fresh

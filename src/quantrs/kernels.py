@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantrs import _block, _build, _calib, _hist, _pack, _quant, _reduce
+from quantrs import _block, _build, _calib, _pack, _quant, _reduce
 from quantrs._cpus import available_cpus
 from quantrs.errors import ConfigError, NonFiniteWeightError
 
@@ -310,14 +310,9 @@ def unpack4(packed: np.ndarray, count: int, *, signed: bool, n_threads: int | No
 
 def histogram(x: np.ndarray, lo: float, hi: float, counts: np.ndarray, *, n_threads: int | None = None) -> np.ndarray:
     """Add the values of x (float32, any shape) to `counts` (int64 bins over [lo, hi)); values
-    outside the range count in the end bins. Returns `counts`."""
-    flat = _float32_view(x, None, "x").reshape(-1)
-    if counts.dtype != np.int64 or counts.ndim != 1 or counts.size == 0 or not counts.flags.c_contiguous or not counts.flags.writeable:
-        raise ValueError("counts must be a writable 1-D C-contiguous int64 array")
-    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
-        raise ValueError(f"histogram range [{lo}, {hi}) must be finite with hi > lo")
-    _hist.histogram(flat, float(lo), float(hi), counts, _threads(n_threads, flat.size))
-    return counts
+    outside the range count in the end bins, NaN and +-inf are skipped. Returns `counts`.
+    (finite_histogram with no limit: one compiled loop serves both.)"""
+    return finite_histogram(_float32_view(x, None, "x"), lo, hi, counts, np.inf, n_threads=n_threads)
 
 
 @dataclass(frozen=True)

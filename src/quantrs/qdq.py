@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from quantrs.errors import UnsupportedModelError
-from quantrs.graph import GraphIndex, constant_tensor, walk_graphs
+from quantrs.graph import GraphIndex, constant_tensor, name_maker, walk_graphs
 from quantrs.model import default_opset
 from quantrs.tensor import Scheme
 
@@ -285,14 +285,7 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
     its own. New names are derived from the weight's name and made unique across the model.
     """
     index = GraphIndex(graph)
-    taken = index.all_names()
-
-    def fresh(base: str) -> str:
-        name, k = base, 1
-        while name in taken:
-            name, k = f"{base}_{k}", k + 1
-        taken.add(name)
-        return name
+    fresh = name_maker(index.all_names())
 
     kept = [t for t in graph.initializer if t.name not in specs or specs[t.name].nested]
     del graph.initializer[:]

@@ -136,9 +136,10 @@ def unpack4(packed: np.ndarray, count: int, signed: bool) -> np.ndarray:
 
 
 def histogram(x: np.ndarray, lo: float, hi: float, nbins: int) -> np.ndarray:
-    """Counts of x in `nbins` equal bins of [lo, hi); values outside land in the end bins."""
+    """Counts of x in `nbins` equal bins of [lo, hi); values outside land in the end bins, NaN
+    and +-inf are skipped."""
     v = (x.astype(np.float64).ravel() - lo) * (nbins / (hi - lo))
-    v = v[~np.isnan(v)]
+    v = v[np.isfinite(v)]
     bins = np.clip(np.floor(v), 0, nbins - 1).astype(np.int64)
     return np.bincount(bins, minlength=nbins).astype(np.int64)
 

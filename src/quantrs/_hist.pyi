@@ -1,3 +1,0 @@
-import numpy as np
-
-def histogram(x: np.ndarray, lo: float, hi: float, counts: np.ndarray, n_threads: int) -> None: ...
