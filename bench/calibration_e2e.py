@@ -30,7 +30,7 @@ from quantrs.synthetic import layers_for, matmul_stack
 HIDDEN = 4096
 
 INFER = """
-import json, resource, sys, time
+import json, sys, time
 import numpy as np, onnxruntime as ort
 model, data = sys.argv[1:3]
 samples = np.load(data, mmap_mode="r")
@@ -40,18 +40,18 @@ loaded = time.perf_counter()
 for s in samples:
     session.run(None, {session.get_inputs()[0].name: np.array(s)})
 done = time.perf_counter()
-print(json.dumps({"seconds": done - began, "run_seconds": done - loaded, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"seconds": done - began, "run_seconds": done - loaded, "peak_mb": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024}))
 """
 
 CALIBRATE = """
-import json, resource, sys, time
+import json, sys, time
 import quantrs
 model, data, out = sys.argv[1:4]
 began = time.perf_counter()
 report = quantrs.calibrate(model, out, data)
 print(json.dumps({"seconds": time.perf_counter() - began, "inference_seconds": report.inference_seconds,
                   "fidelity_seconds": report.fidelity_seconds, "collection_seconds": report.collection_seconds,
-                  "groups": report.inference_groups, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "groups": report.inference_groups, "peak_mb": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024,
                   "cosine": min(o.cosine for o in report.fidelity)}))
 """
 
