@@ -174,3 +174,31 @@ def test_the_greedy_is_near_the_smallest_assignment_meeting_the_prediction(seed)
     ]
     optimum = min(search.bytes(a) for a in feasible)
     assert search.bytes(chosen) <= 1.1 * optimum, (search.bytes(chosen), optimum)
+
+
+def test_eight_bits_are_per_channel_and_constant_weights_are_measured(tmp_path):
+    """8-bit weights per channel (what the uniform INT8 figure means: plain per-channel INT8);
+    a sensitive weight held in a Constant node is measured and promoted like any other."""
+    src, samples = sensitive_mlp(tmp_path / "m.onnx")
+    model = onnx.load(str(src))
+    w2 = next(t for t in model.graph.initializer if t.name == "w2")
+    model.graph.initializer.remove(w2)
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["w2"], value=w2))
+    onnx.save(model, str(tmp_path / "c.onnx"))
+    report = auto(tmp_path / "c.onnx", tmp_path / "q.onnx", [{"x": s} for s in samples], AutoConfig(min_cosine=0.999))
+    assert report.met and report.fixed == []
+    layers = {layer.name: layer for layer in report.layers}
+    assert layers["w2"].width in ("8", "float")
+    assert layers["w0"].bytes["8"] == D * D + 4 * D + D  # codes, a float32 scale and a zero point per channel
+
+
+def test_a_bad_output_path_and_held_out_data_fail_at_once(tmp_path):
+    src, samples = sensitive_mlp(tmp_path / "m.onnx")
+    np.save(tmp_path / "data.npy", samples)
+    np.save(tmp_path / "bad.npy", np.ones((2, 4, D + 1), np.float32))
+    common = ["auto", str(src), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.99"]
+    result = runner.invoke(app, [*common, "-o", str(tmp_path / "missing" / "q.onnx")])
+    assert result.exit_code == 1 and "does not exist" in result.stderr
+    result = runner.invoke(app, [*common, "-o", str(tmp_path / "q.onnx"), "--eval-data", str(tmp_path / "bad.npy")])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "q.onnx").exists()

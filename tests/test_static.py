@@ -368,3 +368,83 @@ def test_validate_detailed_decodes_int32_biases(tmp_path):
         want = orig.weights.array(bias)
         got = decoded[bias][1]
         assert np.abs(got - want).max() <= np.abs(want).max() * 1e-3 + 1e-6, bias
+
+
+# --- found in review ------------------------------------------------------------------------------
+
+
+def test_weights_inside_if_bodies_calibrate(tmp_path):
+    """The static edit rebuilds the main graph's node list, which copies the If bodies: the
+    bodies' codes must be in them before, or the output holds empty code tensors."""
+    from test_weight_locations import branching_model
+
+    model, feeds = branching_model()
+    g = model.graph  # a main-graph MatMul first, so that there are activations to calibrate
+    g.input[0].name = "x_in"
+    g.initializer.append(numpy_helper.from_array(np.eye(32, dtype=np.float32), "w_in"))
+    g.node.insert(0, helper.make_node("MatMul", ["x_in", "w_in"], ["x"], name="stem"))
+    feeds = [{("x_in" if k == "x" else k): v for k, v in f.items()} for f in feeds]
+    src = save(model, tmp_path / "m.onnx")
+    report = quantrs.calibrate(src, tmp_path / "q.onnx", feeds)
+    assert {"w_then", "w_else", "w_deep_a", "w_deep_b"} <= set(report.quantized_weights)
+    onnx.checker.check_model(onnx.load(str(tmp_path / "q.onnx")))
+    for feed in feeds:  # every branch runs and agrees
+        assert relative_l2(run(src, feed)[0], run(tmp_path / "q.onnx", feed)[0]) < 0.05
+
+
+def test_a_model_file_that_is_a_symbolic_link_into_another_folder(tmp_path):
+    """As a hub cache stores models: snapshots/rev/model.onnx -> ../../blobs/<hash>."""
+    model, feeds = builders.conv_net()
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "snapshots" / "rev").mkdir(parents=True)
+    save(model, tmp_path / "blobs" / "abc123")
+    link = tmp_path / "snapshots" / "rev" / "model.onnx"
+    link.symlink_to("../../blobs/abc123")
+    quantrs.calibrate(link, tmp_path / "q.onnx", [feeds])
+    assert relative_l2(run(link, feeds)[0], run(tmp_path / "q.onnx", feeds)[0]) < 0.05
+
+
+def test_an_output_that_is_not_a_tensor(tmp_path):
+    """skl2onnx classifiers end in ZipMap (a sequence of maps): no fidelity figure for it, the
+    others still compared, nothing crashes."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["logits"], name="fc"),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("ZipMap", ["probabilities"], ["classes"], domain="ai.onnx.ml", classlabels_int64s=[0, 1, 2]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])
+    outputs = [
+        helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3]),
+        helper.make_value_info("classes", helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))),
+    ]
+    model = make(nodes, [x], outputs, {"w": rng.standard_normal((8, 3)).astype(np.float32)}, extra_opsets=[helper.make_opsetid("ai.onnx.ml", 1)])
+    src = save(model, tmp_path / "m.onnx")
+    report = quantrs.calibrate(src, tmp_path / "q.onnx", [{"x": rng.standard_normal((4, 8)).astype(np.float32)} for _ in range(4)])
+    assert [o.name for o in report.fidelity] == ["probabilities"]
+
+
+def test_an_initializer_that_is_also_an_input_with_several_groups(tmp_path):
+    model, feeds = builders.conv_net()
+    g = model.graph
+    g.input.append(helper.make_tensor_value_info("conv2.b", TensorProto.FLOAT, [64]))  # a default the caller may override
+    src = save(model, tmp_path / "m.onnx")
+    report = quantrs.calibrate(src, tmp_path / "q.onnx", [feeds], CalibrationConfig(group_bytes=1000))
+    assert report.inference_groups > 1
+
+
+def test_nothing_calibratable_is_an_error_not_a_weight_only_model(tmp_path):
+    nodes = [helper.make_node("Add", ["x", "m"], ["s"]), helper.make_node("MatMul", ["s", "w"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    m = helper.make_tensor_value_info("m", TensorProto.FLOAT, [2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])
+    src = save(make(nodes, [x, m], [y], {"w": np.ones((8, 8), np.float32)}), tmp_path / "m.onnx")
+    feed = {"x": np.ones((2, 8), np.float32), "m": np.full((2, 8), -np.inf, np.float32)}
+    result = runner.invoke(app, ["calibrate", str(src), "--data", str(_npz(tmp_path, feed)), "-o", str(tmp_path / "q.onnx")])
+    assert result.exit_code == 1 and "no activation could be calibrated" in result.stderr
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def _npz(folder: Path, feed: dict) -> Path:
+    np.savez(folder / "s.npz", **feed)
+    return folder / "s.npz"

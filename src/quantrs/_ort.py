@@ -12,16 +12,23 @@ from quantrs._cpus import available_cpus
 __all__ = ["options", "session"]
 
 
-def options(*, threads: int | None = None, optimize: bool = True) -> Any:
+def options(*, threads: int | None = None, optimize: bool = True, lean: bool = False) -> Any:
     """onnxruntime.SessionOptions with quantrs' policy. `optimize=False` keeps every tensor of
-    the graph (no fusion), as calibration needs."""
+    the graph (no fusion). `lean`: for sessions that live side by side (calibration groups,
+    single-node sensitivity runs): no arena and no memory pattern (each session would keep its
+    last run's peak reserved, and the reservations add up) and no pre-packing (a packed copy of
+    every weight)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: errors reach quantrs as exceptions, said once as one line
     opts.intra_op_num_threads = threads if threads is not None else available_cpus()
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if lean:
+        opts.enable_cpu_mem_arena = False
+        opts.enable_mem_pattern = False
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     return opts
 
 
@@ -31,12 +38,13 @@ def session(
     threads: int | None = None,
     optimize: bool = True,
     optimized_path: str | os.PathLike[str] | None = None,
+    lean: bool = False,
 ) -> Any:
     """An onnxruntime.InferenceSession on the CPU (see options); `optimized_path` writes the
     optimized graph."""
     import onnxruntime as ort
 
-    opts = options(threads=threads, optimize=optimize)
+    opts = options(threads=threads, optimize=optimize, lean=lean)
     if optimized_path is not None:
         opts.optimized_model_filepath = str(optimized_path)
     source = model if isinstance(model, bytes) else str(model)

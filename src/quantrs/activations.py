@@ -279,6 +279,7 @@ class StaticEdit:
             for name in node.input:
                 uses[name] = uses.get(name, 0) + 1
         chosen: dict[str, tuple[str, str]] = {}
+        graph_inputs = {v.name for v in graph.input}
         for node in graph.node:
             if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not self._quantizes(node):
                 continue
@@ -287,8 +288,8 @@ class StaticEdit:
             bias = stored.get(b)
             if spec is None or spec.nested or spec.block_size is not None or bias is None or x not in self.params:
                 continue
-            if uses.get(b) != 1 or bias.data_type != TensorProto.FLOAT or len(bias.dims) != 1:
-                continue
+            if uses.get(b) != 1 or bias.data_type != TensorProto.FLOAT or len(bias.dims) != 1 or b in graph_inputs:
+                continue  # (a bias that is also a graph input may be overridden at run time: kept float)
             if spec.axis is not None and spec.channels != bias.dims[0]:
                 continue
             chosen[b] = (w, x)

@@ -46,7 +46,7 @@ import numpy as np
 
 from quantrs.config import QuantizeConfig
 from quantrs.errors import ConfigError
-from quantrs.model import load_model
+from quantrs.pipeline import open_model
 from quantrs.report import AutoCandidate, AutoLayer, AutoReport, OutputAgreement
 from quantrs.samples import input_specs, iter_samples
 from quantrs.sensitivity import FLOAT, Sensitivity, measure, width_configs
@@ -134,7 +134,7 @@ def auto(
     did (`met`)."""
     started = time.perf_counter()
     src, dst = Path(input_path), Path(output_path)
-    model = load_model(src)
+    model = open_model(src, dst)  # a bad output path fails now, not after the search
     specs = input_specs(model.proto)
     samples = list(iter_samples(data, specs, limit=config.max_samples))
     if eval_data is not None:
@@ -146,13 +146,13 @@ def auto(
         tuning, held_out = samples[:cut], samples[cut:]
     if not tuning or not held_out:
         raise ConfigError(f"{src}: no samples to tune on or to evaluate with")
+    reference = _run(src, src, held_out)  # first: held-out data the model cannot take fails now
     _say(progress, f"sensitivity of every weight on {len(tuning)} sample(s)")
     widths = config.widths
     configs = width_configs(widths, config.weights, config.block_size, static=config.static)
     sensitivity = measure(model, configs, tuning, with_float=FLOAT in widths)
     if not sensitivity.layers:
         raise ConfigError(f"{src}: no weight whose width auto could choose")
-    reference = run_model(str(src), held_out)
 
     search = _Search(sensitivity, widths, config.error_budget)
     candidates: list[AutoCandidate] = []
@@ -165,8 +165,8 @@ def auto(
             tried.add(search.key(assignment))
             _say(progress, f"evaluating candidate {step + 1} ({_counts(assignment)})")
             path = Path(work) / f"candidate{step}.onnx"
-            _build(src, path, assignment, config, configs, tuning)
-            outputs = agreements(reference, run_model(str(path), held_out))
+            _build(src, path, assignment, config, configs, tuning, sensitivity.fixed)
+            outputs = agreements(reference, _run(src, path, held_out))
             met = all(r.passed for r in config.thresholds.evaluate(outputs))
             measured = _output_error(outputs)
             predicted = search.predicted(assignment)
@@ -182,6 +182,10 @@ def auto(
                 best = (step, dict(assignment))
             if closest is None or miss < closest[0]:
                 closest = (miss, step, dict(assignment))
+            keep = best[0] if best is not None else closest[1]
+            for earlier in range(step + 1):  # disk holds the candidate that may be written, no more
+                if earlier != keep:
+                    _remove(Path(work) / f"candidate{earlier}.onnx")
             search.refit(assignment, measured)
             following: dict[str, str] | None = search.assign()
             assert following is not None
@@ -191,13 +195,18 @@ def auto(
                 following = search.promote(assignment)  # the refit alone does not move: force it
             while following is not None and search.key(following) in tried:
                 following = search.promote(following) if not met else None
-            if following is None:
-                break
+            if following is None or (best is not None and search.bytes(following) >= search.bytes(best[1])):
+                break  # nothing left, or nothing smaller than a model known to meet the budget
             assignment = following
-    assert closest is not None
-    chosen_step, chosen = (best[0], best[1]) if best is not None else (closest[1], closest[2])
-    _say(progress, "writing the chosen model")
-    files = _build(src, dst, chosen, config, configs, tuning)
+        assert closest is not None
+        chosen_step, chosen = (best[0], best[1]) if best is not None else (closest[1], closest[2])
+        kept = Path(work) / f"candidate{chosen_step}.onnx"
+        if kept.exists() and not kept.with_name(kept.name + ".data").exists():
+            os.replace(kept, dst)  # a single file moves as it is; external data names its file: rebuilt
+            files = [dst]
+        else:
+            _say(progress, "writing the chosen model")
+            files = _build(src, dst, chosen, config, configs, tuning, sensitivity.fixed)
     layers = [
         AutoLayer(l.name, l.consumer, chosen[l.name], {w: l.errors[w] for w in widths}, {w: l.bytes[w] for w in widths}, l.note)
         for l in sensitivity.layers
@@ -320,11 +329,13 @@ class _Search:
         return {**assignment, calmest.name: widest}
 
 
-def _build(src: Path, dst: Path, assignment: Mapping[str, str], config: AutoConfig, configs, tuning) -> list[Path]:
+def _build(src: Path, dst: Path, assignment: Mapping[str, str], config: AutoConfig, configs, tuning, fixed: list[str]) -> list[Path]:
     """Write `src` with the widths of `assignment` (weight-only, or calibrated static)."""
     base = configs[config.widths[0]] if config.widths[0] != FLOAT else configs["8"]
-    floats = tuple(n for n, w in assignment.items() if w == FLOAT)
-    layer_bits = tuple((n, int(w)) for n, w in assignment.items() if w != FLOAT and int(w) != base.bits)
+    widest = max(int(w) for w in config.widths if w != FLOAT)
+    widths = {**{name: str(widest) for name in fixed}, **assignment}  # unmeasured weights: the safe side
+    floats = tuple(n for n, w in widths.items() if w == FLOAT)
+    layer_bits = tuple((n, int(w)) for n, w in widths.items() if w != FLOAT and int(w) != base.bits)
     options = dataclasses.replace(base, exclude=tuple(base.exclude) + floats, layer_bits=layer_bits)
     if config.static:
         from quantrs.calibration import CalibrationConfig, calibrate
@@ -364,6 +375,21 @@ def _counts(assignment: Mapping[str, str]) -> dict[str, int]:
     for width in assignment.values():
         out[width] = out.get(width, 0) + 1
     return dict(sorted(out.items()))
+
+
+def _remove(path: Path) -> None:
+    for p in (path, path.with_name(path.name + ".data")):
+        p.unlink(missing_ok=True)
+
+
+def _run(src: Path, path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """`path` run on the held-out samples; onnxruntime's refusal said as one line naming `src`."""
+    try:
+        return run_model(str(path), feeds)
+    except Exception as exc:  # onnxruntime's own error types
+        text = str(exc).strip().splitlines()
+        what = "the float model" if path == src else "a candidate"
+        raise ConfigError(f"{src}: {what} does not run on the held-out samples: {text[0] if text else type(exc).__name__}") from None
 
 
 def _file_bytes(path: Path) -> int:

@@ -29,7 +29,7 @@ from quantrs import kernels
 from quantrs.activations import TARGETS, ActivationParams, StaticEdit, choose_activations, excluded_outputs
 from quantrs.collect import GROUP_BYTES, collect_statistics
 from quantrs.config import QuantizeConfig
-from quantrs.errors import ConfigError, UnsupportedModelError
+from quantrs.errors import ConfigError, QuantrsError, UnsupportedModelError
 from quantrs.pipeline import open_model, plan_model, rewrite_and_write
 from quantrs.qdq import DQSpec
 from quantrs.ranges import METHODS, pick_range
@@ -137,6 +137,9 @@ def calibrate(
     params = {n: _activation_params(lo, hi, scheme) for n, (lo, hi) in ranges.items()}
     for name, reason in stats.skipped.items():
         logger.info("activation %s left in float: %s", name, reason)
+    if not params:
+        reasons = "; ".join(f"{n}: {r}" for n, r in list(stats.skipped.items())[:3])
+        raise UnsupportedModelError(f"{src}: no activation could be calibrated ({reasons}); quantize weights only with `quantrs quantize`")
 
     edit = StaticEdit(params, signed, config.target, excluded, specs)
     metadata = {
@@ -152,7 +155,14 @@ def calibrate(
 
     checking = time.perf_counter()
     reference = {o: [r[o] for r in stats.reference] for o in stats.reference[0]}
-    fidelity = agreements(reference, run_model(str(dst), stats.held_out, list(reference)))
+    try:
+        fidelity = agreements(reference, run_model(str(dst), stats.held_out, list(reference)))
+    except BaseException as exc:  # nothing is left behind when the check itself fails
+        for path in done.files:
+            path.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and not isinstance(exc, QuantrsError):
+            raise UnsupportedModelError(f"the quantized model does not run in onnxruntime: {_first_line(exc)}", file=src) from None
+        raise
     fidelity_seconds = time.perf_counter() - checking
     return CalibrationReport(
         input=str(src),
@@ -214,3 +224,8 @@ def _activation_params(lo: float, hi: float, scheme: Scheme) -> ActivationParams
     rng = kernels.Range(np.array([lo], np.float32), np.array([hi], np.float32))
     scale, zero_point = kernels.scales(rng, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric)
     return ActivationParams(float(scale[0]), int(zero_point[0]))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -387,13 +387,17 @@ def auto(
         if value is not None and not 0 < value <= 1:
             raise typer.BadParameter(f"must be in (0, 1], not {value}", param_hint=f"'{flag}'")
     if min_cosine is None and max_relative_error is None:
-        raise typer.BadParameter("a budget is needed: --min-cosine or --max-relative-error", param_hint="'--min-cosine'")
+        raise typer.BadParameter(
+            "a budget is needed: --min-cosine or --max-relative-error (--min-top1 is checked besides)", param_hint="'--min-cosine'"
+        )
     widths = tuple(c.strip() for c in choices.split(",") if c.strip())
     unknown = [c for c in widths if c not in WIDTHS]
     if unknown or not widths or set(widths) == {"float"}:
         raise typer.BadParameter(f"{choices!r}: a comma-separated list of 4, 8 and float, with 4 or 8", param_hint="'--choices'")
-    if block_size and (block_size < 16 or block_size & (block_size - 1)):
-        raise typer.BadParameter(f"must be a power of two from 16, or 0, not {block_size}", param_hint="'--block-size'")
+    if block_size and (not 16 <= block_size <= 256 or block_size & (block_size - 1)):
+        raise typer.BadParameter(f"must be a power of two from 16 to 256, or 0, not {block_size}", param_hint="'--block-size'")
+    if report is not None and not (report.parent if str(report.parent) else Path(".")).is_dir():
+        raise typer.BadParameter(f"{report}: the folder {report.parent} does not exist", param_hint="'--report'")
     config = AutoConfig(
         min_cosine=min_cosine, max_relative_error=max_relative_error, min_top1=min_top1, choices=widths,
         block_size=block_size or None, static=static, max_evaluations=max_evaluations,

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -252,14 +254,8 @@ def _session(model: LoadedModel, outputs: list[str]):
     proto = _prefix_model(model, outputs)
     # Fully optimized: onnxruntime never fuses away a graph output, and the activations are
     # the graph's outputs here.
-    options = ort_options()
-    # No arena, no memory pattern: every group's session would otherwise keep the peak of its
-    # last run reserved, and the groups' reservations would add up. No pre-packing: the weights
-    # stay mapped from the file (pre-packed copies would double the model in memory).
-    options.enable_cpu_mem_arena = False
-    options.enable_mem_pattern = False
-    options.add_session_config_entry("session.disable_prepacking", "1")
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model.path.parent.resolve()))
+    options = ort_options(lean=True)  # and the weights stay mapped from the file, never packed copies
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(_data_folder(model, _files(model))))
     try:
         return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own error types
@@ -289,16 +285,17 @@ def _prefix_model(model: LoadedModel, outputs: list[str]) -> onnx.ModelProto:
     proto.functions.extend(source.functions)
     g = proto.graph
     g.name = graph.name
-    g.input.extend(graph.input)
+    stored = {t.name for t in graph.initializer}
+    g.input.extend(v for v in graph.input if v.name not in stored or v.name in needed)  # (an initializer may double as an input)
     g.node.extend(reversed(kept))
     g.output.extend(helper.make_empty_tensor_value_info(n) for n in outputs)
-    folder = model.path.parent.resolve()
-    for t in graph.initializer:
-        if t.name not in needed:
-            continue
+    wanted = [t for t in graph.initializer if t.name in needed]
+    ranges = {t.name: model.weights.file_range(t.name) for t in wanted}
+    folder = _data_folder(model, [r[0] for r in ranges.values() if r is not None])
+    for t in wanted:
         header = g.initializer.add()
         header.CopyFrom(t)
-        where = model.weights.file_range(t.name)
+        where = ranges[t.name]
         if where is None:
             continue  # the values are in the header's typed fields
         path, offset, length = where
@@ -313,6 +310,18 @@ def _prefix_model(model: LoadedModel, outputs: list[str]) -> onnx.ModelProto:
             entry.key, entry.value = key, value
     model.weights.embed_nested_external(g)  # bodies' external data, read in
     return proto
+
+
+def _files(model: LoadedModel) -> list[Path]:
+    return [r[0] for r in (model.weights.file_range(t.name) for t in model.proto.graph.initializer) if r is not None]
+
+
+def _data_folder(model: LoadedModel, files: list[Path]) -> Path:
+    """The folder the sessions' data locations are relative to: the deepest one holding the
+    model's folder and every file its weights are read from (a model file may be a symbolic
+    link into another folder, as in a hub cache), so that no location climbs out of it."""
+    folders = [str(model.path.parent.resolve())] + [str(f.resolve().parent) for f in files]
+    return Path(os.path.commonpath(folders))
 
 
 def _captured(node: onnx.NodeProto) -> Iterator[str]:

@@ -112,7 +112,7 @@ def open_model(src: Path, dst: Path) -> LoadedModel:
     """Load the input for writing `dst`: refuses an output that is the input (or a folder), or
     whose data file would overwrite the input's weights."""
     began = time.perf_counter()
-    _check_paths(src, dst)
+    check_paths(src, dst)
     model = load_model(src)
     logger.info("loaded %s: %d nodes, %d stored tensors, %.1f MB file, in %.3f s", src, len(model.proto.graph.node), len(model.weights), model.file_size / 1e6, time.perf_counter() - began)
     _check_external_collision(model, dst)
@@ -199,12 +199,12 @@ def rewrite_and_write(
     if any(s.nbits or s.gather_block for s in specs.values()) and not any(e.domain == MICROSOFT_DOMAIN for e in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
     stream = WeightStream(model, specs, dq, config, progress)
-    extra = edit.apply(proto.graph, stream) if edit is not None else []
-    try:
+    try:  # before any edit: rebuilding a node list copies the bodies, and the codes go in theirs
         stream.fill_bodies()
     except QuantrsError as exc:
         exc.about(file=src)
         raise
+    extra = edit.apply(proto.graph, stream) if edit is not None else []
     if config.check_output:
         _check(proto, dq, [t.header for t in extra], src)
 
@@ -463,11 +463,15 @@ def _has_external_data(model: LoadedModel) -> bool:
     return bool(model.external_files)
 
 
-def _check_paths(src: Path, dst: Path) -> None:
+def check_paths(src: Path, dst: Path) -> None:
+    """Refuse, before any work, an output that is the input, a folder, or in no folder."""
     if dst.exists() and src.exists() and os.path.samefile(src, dst):
         raise OutputError(f"{dst}: the output path is the input model; choose another output")
     if dst.exists() and dst.is_dir():
         raise OutputError(f"{dst}: the output path is a folder")
+    folder = dst.parent if str(dst.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{dst}: the output folder {folder} does not exist")
 
 
 def _check_external_collision(model: LoadedModel, dst: Path) -> None:

@@ -347,4 +347,5 @@ def render_auto(report: AutoReport) -> None:
         )
     _print_table(console, layers)
     if report.fixed:
-        console.print(f"  not measured, at {report.choices[0]} bits: {escape(', '.join(report.fixed))}", highlight=False)
+        widest = max(w for w in report.choices if w != "float")
+        console.print(f"  inside bodies, not measured, at {widest} bits: {escape(', '.join(report.fixed))}", highlight=False)

@@ -395,7 +395,7 @@ class AutoReport:
     chosen: int  # the candidate written
     candidates: list[AutoCandidate]
     layers: list[AutoLayer]
-    fixed: list[str]  # quantized at the narrowest width, not measured (Constant nodes, bodies)
+    fixed: list[str]  # not measured (inside If/Loop/Scan bodies): at the widest integer width
     weight_bytes: int
     float_weight_bytes: int
     uniform_int8_weight_bytes: int | None

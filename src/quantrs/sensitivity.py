@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import onnx
@@ -36,6 +35,7 @@ __all__ = ["FLOAT", "LayerSensitivity", "Sensitivity", "measure", "width_configs
 logger = logging.getLogger(__name__)
 
 FLOAT = "float"  # the width choice that keeps a weight as it is
+SENSITIVITY_BYTES = 256 << 20  # consumer inputs cached for the single-node runs
 
 
 @dataclass
@@ -53,20 +53,19 @@ class LayerSensitivity:
 @dataclass
 class Sensitivity:
     layers: list[LayerSensitivity]
-    fixed: list[str]  # quantized weights not measured (nested in Constant nodes or bodies): they keep the narrowest width
-    samples: int
+    fixed: list[str]  # quantized weights not measured (inside bodies): they get the widest integer width
+    samples: int  # the samples measured on (as many as SENSITIVITY_BYTES of activations hold)
     seconds: float
     runs: int = field(default=0)  # single-node onnxruntime runs
 
 
 def width_configs(widths: Sequence[str], base: QuantizeConfig, block_size: int | None, *, static: bool = False) -> dict[str, QuantizeConfig]:
     """The QuantizeConfig each integer width is stored with, so that what is measured is what
-    is built: in blocks of `block_size` (quantrs' best 4-bit scheme), or per channel when None.
-    8 bits share the blocks, as `--layer-bits NAME=8` does in a blocked model, except in static
-    models, whose 8-bit weights are per channel (see calibration._unblocked_int8)."""
+    is built: 4 bits in blocks of `block_size` (quantrs' best 4-bit scheme), or per channel when
+    None; 8 bits per channel (as `--layer-bits NAME=8` stores them in a blocked model)."""
     return {
         width: dataclasses.replace(
-            base, bits=int(width), block_size=None if static and width == "8" else block_size, per_channel=True, layer_bits=(),
+            base, bits=int(width), block_size=None if width == "8" else block_size, per_channel=True, layer_bits=(),
             quant_format="qdq", range=None, symmetric=base.symmetric or static,
         )
         for width in widths
@@ -96,60 +95,66 @@ def measure(
     for name in (n for n in first_plans if n in common):
         plan = first_plans[name]
         consumer = next((u.node for u in index.uses.get(name, []) if u.scope.path == () and not list(_bodies(u.node))), None)
-        if plan.kind != "initializer" or plan.scope != MAIN or consumer is None:
+        if plan.scope != MAIN or consumer is None:
             fixed.append(name)
         else:
             measured.append((name, consumer))
     layers = {name: LayerSensitivity(name, _label(node), {}, {}) for name, node in measured}
-    variants: dict[str, dict[str, np.ndarray]] = {}  # weight -> width -> dequantized values
-    for name, _ in measured:
+    stored = {t.name for t in graph.initializer} | {name for name, _ in measured}  # (a weight may be a Constant's output)
+    needed = sorted({i for _, node in measured for i in node.input if i and i not in stored})
+    inputs = _consumer_inputs(model, needed, samples) if measured and samples else []
+    runs = 0
+    for done, (name, node) in enumerate(measured):
+        # One weight at a time: its sessions (float and each width) live only while its
+        # consumer runs on the cached inputs, so memory holds one weight's copies, not all.
         values = np.asarray(model.weights.array(name))
-        variants[name] = {}
+        layer = layers[name]
+        variants = {"reference": values}
         for width, config in configs.items():
             plan = plans[width][name]
-            qt = _quantize(values, plan, config)
-            variants[name][width] = dequantize(qt, plan.block_size).astype(values.dtype)
-            layers[name].bytes[width] = _stored_bytes(plan, config)
-        if with_float:
-            layers[name].bytes[FLOAT] = values.nbytes
-            layers[name].errors[FLOAT] = 0.0
-        model.weights.release(name)
-
-    stored = {t.name for t in graph.initializer}
-    needed = sorted({i for _, node in measured for i in node.input if i and i not in stored})
-    runs = 0
-    sums: dict[tuple[str, str], float] = {}
-    norms: dict[str, float] = {}
-    if measured and samples:
-        runner = ActivationRunner(model, needed, samples[0])
-        sessions: dict[tuple[str, str], Any] = {}
-        for sample in runner.run(samples):
-            inputs = dict(sample.values)
-            for name, node in measured:
-                feed = {i: inputs[i] for i in node.input if i and i not in stored}
-                for width in ["reference", *configs]:
-                    key = (name, width)
-                    if key not in sessions:
-                        weight = np.asarray(model.weights.array(name)) if width == "reference" else variants[name][width]
-                        sessions[key] = _single_node(model, node, name, weight, feed)
-                    out = np.asarray(sessions[key].run([node.output[0]], feed)[0], dtype=np.float64)
-                    runs += 1
-                    if width == "reference":
-                        reference = out
-                        norms[name] = norms.get(name, 0.0) + float(np.sum(reference**2))
-                    else:
-                        sums[key] = sums.get(key, 0.0) + float(np.sum((out - reference) ** 2))
-            if progress is not None:
-                progress(sample.index + 1, len(samples))
-    for name, _ in measured:
-        layer = layers[name]
+            layer.bytes[width] = _stored_bytes(plan, config)
+            variants[width] = dequantize(_quantize(values, plan, config), plan.block_size).astype(values.dtype)
+        feeds = [{i: cached[i] for i in node.input if i and i not in stored} for cached in inputs]
+        sessions = {width: _single_node(model, node, name, v, feeds[0]) for width, v in variants.items()} if feeds else {}
+        del variants
+        sums = dict.fromkeys(configs, 0.0)
+        norm = 0.0
+        for feed in feeds:
+            reference = np.asarray(sessions["reference"].run([node.output[0]], feed)[0], dtype=np.float64)
+            norm += float(np.sum(reference**2))
+            for width in configs:
+                out = np.asarray(sessions[width].run([node.output[0]], feed)[0], dtype=np.float64)
+                sums[width] += float(np.sum((out - reference) ** 2))
+            runs += 1 + len(configs)
         for width in configs:
-            total = sums.get((name, width), 0.0)
-            norm = norms.get(name, 0.0)
-            layer.errors[width] = total / norm if norm > 0 else (0.0 if total == 0 else float("inf"))
-        if norms.get(name, 0.0) == 0:
+            layer.errors[width] = sums[width] / norm if norm > 0 else (0.0 if sums[width] == 0 else float("inf"))
+        if norm == 0:
             layer.note = "its consumer's output is zero on the samples"
-    return Sensitivity(list(layers.values()), fixed, len(samples), time.perf_counter() - started, runs)
+        if with_float:
+            layer.bytes[FLOAT] = values.nbytes
+            layer.errors[FLOAT] = 0.0
+        del sessions, values
+        model.weights.release(name)
+        if progress is not None:
+            progress(done + 1, len(measured))
+    return Sensitivity(list(layers.values()), fixed, len(inputs), time.perf_counter() - started, runs)
+
+
+def _consumer_inputs(model: LoadedModel, names: list[str], samples: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """The values the measured weights' consumers read, on as many samples as fit
+    SENSITIVITY_BYTES (at least one): one float run per sample."""
+    runner = ActivationRunner(model, names, samples[0])
+    cached: list[dict[str, np.ndarray]] = []
+    total = 0
+    for sample in runner.run(samples):
+        values = {n: np.asarray(v) for n, v in sample.values}
+        size = sum(v.nbytes for v in values.values())
+        if cached and total + size > SENSITIVITY_BYTES:
+            logger.info("sensitivity on the first %d of %d samples (%.0f MB of activations)", len(cached), len(samples), total / 2**20)
+            break
+        cached.append(values)
+        total += size
+    return cached
 
 
 def _quantize(values: np.ndarray, plan: TensorPlan, config: QuantizeConfig) -> QuantizedTensor:
@@ -201,13 +206,13 @@ def _single_node(model: LoadedModel, node: onnx.NodeProto, weight: str, value: n
     for name in dict.fromkeys(i for i in node.input if i):
         if name == weight:
             tensors.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
-        elif name in stored:
+        elif name in stored or name not in feed:
             tensors.append(numpy_helper.from_array(np.ascontiguousarray(model.weights.array(name)), name))
         else:
             inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.asarray(feed[name]).dtype), None))
     graph = helper.make_graph([node], "layer", inputs, [helper.make_empty_tensor_value_info(node.output[0])], tensors)
     proto = helper.make_model(graph, opset_imports=model.proto.opset_import, ir_version=model.proto.ir_version)
-    return session(proto.SerializeToString(), threads=1)
+    return session(proto.SerializeToString(), threads=1, lean=True)
 
 
 def _bodies(node: onnx.NodeProto):
