@@ -448,3 +448,10 @@ def test_nothing_calibratable_is_an_error_not_a_weight_only_model(tmp_path):
 def _npz(folder: Path, feed: dict) -> Path:
     np.savez(folder / "s.npz", **feed)
     return folder / "s.npz"
+
+
+@pytest.mark.parametrize("flag", ["--reduce-range", "--per-tensor"])
+def test_tensorrt_refuses_what_it_cannot_take(tmp_path, flag):
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
+    result = runner.invoke(app, ["calibrate", str(EXAMPLE), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "q.onnx"), "--target", "tensorrt", flag])
+    assert result.exit_code == 2 and flag in result.output

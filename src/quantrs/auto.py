@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -48,7 +47,7 @@ from quantrs.config import QuantizeConfig
 from quantrs.errors import ConfigError
 from quantrs.pipeline import open_model
 from quantrs.report import AutoCandidate, AutoLayer, AutoReport, OutputAgreement
-from quantrs.samples import input_specs, iter_samples
+from quantrs.samples import SampleSource, input_specs, iter_samples
 from quantrs.sensitivity import FLOAT, Sensitivity, measure, width_configs
 from quantrs.validation import Thresholds, agreements, run_model
 
@@ -123,10 +122,10 @@ class AutoConfig:
 def auto(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
-    data: Any,
+    data: SampleSource,
     config: AutoConfig,
     *,
-    eval_data: Any = None,
+    eval_data: SampleSource | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> AutoReport:
     """Write the smallest quantized model of `input_path` that meets `config`'s budget on

@@ -18,10 +18,9 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -34,7 +33,7 @@ from quantrs.pipeline import open_model, plan_model, rewrite_and_write
 from quantrs.qdq import DQSpec
 from quantrs.ranges import METHODS, pick_range
 from quantrs.report import ActivationRange, CalibrationReport, LeftFloat
-from quantrs.samples import input_specs, iter_samples
+from quantrs.samples import SampleSource, input_specs, iter_samples
 from quantrs.tensor import Scheme
 
 __all__ = ["CalibrationConfig", "calibrate"]
@@ -87,6 +86,8 @@ class CalibrationConfig:
             raise ConfigError(f"min_samples must be between 1 and max_samples, not {self.min_samples}")
         if self.group_bytes < 1:
             raise ConfigError(f"group_bytes must be positive, not {self.group_bytes}")
+        if self.target == "tensorrt" and (self.reduce_range or not self.per_channel):
+            raise ConfigError("target tensorrt takes INT8 per-channel weights: not reduce_range, not per_channel=False")
 
     @property
     def signed_activations(self) -> bool:
@@ -96,7 +97,7 @@ class CalibrationConfig:
 def calibrate(
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
-    data: str | os.PathLike[str] | Iterable[Mapping[str, np.ndarray]] | Any,
+    data: SampleSource,
     config: CalibrationConfig | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,

@@ -348,6 +348,10 @@ def calibrate(
 
     if not 50 < percentile <= 100:
         raise typer.BadParameter(f"must be in (50, 100], not {percentile}", param_hint="'--percentile'")
+    if Target(target) is Target.tensorrt and reduce_range:
+        raise typer.BadParameter("not with --target tensorrt (INT8 weights, [-127, 127])", param_hint="'--reduce-range'")
+    if Target(target) is Target.tensorrt and not per_channel:
+        raise typer.BadParameter("not with --target tensorrt (its weights are per channel)", param_hint="'--per-tensor'")
     weights = quantize_config(
         {"min_elements": 0, "exclude": tuple(exclude or ()), "exclude_op_types": tuple(exclude_op_type or ()), "exclude_regex": tuple(exclude_regex or ())}
     )
