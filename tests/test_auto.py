@@ -202,3 +202,40 @@ def test_a_bad_output_path_and_held_out_data_fail_at_once(tmp_path):
     result = runner.invoke(app, [*common, "-o", str(tmp_path / "q.onnx"), "--eval-data", str(tmp_path / "bad.npy")])
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("max_evaluations", [1, 3, 6])
+def test_the_verification_loop(tmp_path, seed, max_evaluations):
+    """_verify against a model whose true gain differs from the prediction: no candidate twice,
+    never more than max_evaluations, the smallest that met is chosen, one file left."""
+    from quantrs.auto import _verify
+    from quantrs.report import OutputAgreement
+
+    rng = np.random.default_rng(seed)
+    layers = [
+        LayerSensitivity(f"w{i}", "MatMul", {"4": e, "8": e / 200, "float": 0.0}, {"4": 500, "8": 1000, "float": 4000})
+        for i, e in enumerate(rng.uniform(2e-3, 2e-2, size=6))
+    ]
+    config = AutoConfig(min_cosine=0.99, max_evaluations=max_evaluations)
+    search = _Search(Sensitivity(layers, [], 8, 0.0), ["4", "8", "float"], config.error_budget)
+    true_gain = float(rng.uniform(0.3, 3.0))
+    built: list[tuple[str, ...]] = []
+
+    def build(assignment, step):
+        built.append(search.key(assignment))
+        path = tmp_path / f"c{step}.onnx"
+        path.write_text(str(step))
+        return path
+
+    def evaluate(path):
+        r = true_gain * search.local(dict(zip([l.name for l in layers], built[-1])))
+        return [OutputAgreement("y", 1 / np.sqrt(1 + r), 0.0, float(np.sqrt(r)), None)]
+
+    outcome = _verify(search, config, build, evaluate)
+    assert len(built) == len(set(built)) == len(outcome.candidates) <= max_evaluations
+    met = [c for c in outcome.candidates if c.met]
+    assert outcome.met == bool(met)
+    if met:
+        assert outcome.candidates[outcome.step].weight_bytes == min(c.weight_bytes for c in met)
+    assert [p.name for p in tmp_path.iterdir()] == [f"c{outcome.step}.onnx"]

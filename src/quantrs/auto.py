@@ -154,58 +154,22 @@ def auto(
         raise ConfigError(f"{src}: no weight whose width auto could choose")
 
     search = _Search(sensitivity, widths, config.error_budget)
-    candidates: list[AutoCandidate] = []
-    best: tuple[int, dict[str, str]] | None = None  # (candidate index, assignment) of the smallest that met
-    closest: tuple[float, int, dict[str, str]] | None = None
-    tried: set[tuple[str, ...]] = set()
-    assignment = search.assign()
-    with tempfile.TemporaryDirectory(prefix=".quantrs-auto-", dir=dst.parent if dst.parent.is_dir() else None) as work:
-        for step in range(config.max_evaluations):
-            tried.add(search.key(assignment))
+    with tempfile.TemporaryDirectory(prefix=".quantrs-auto-", dir=dst.parent) as work:
+
+        def build(assignment: Mapping[str, str], step: int) -> Path:
             _say(progress, f"evaluating candidate {step + 1} ({_counts(assignment)})")
             path = Path(work) / f"candidate{step}.onnx"
             _build(src, path, assignment, config, configs, tuning, sensitivity.fixed)
-            outputs = agreements(reference, _run(src, path, held_out))
-            met = all(r.passed for r in config.thresholds.evaluate(outputs))
-            measured = _output_error(outputs)
-            predicted = search.predicted(assignment)
-            candidates.append(
-                AutoCandidate(
-                    index=step, widths=_counts(assignment), weight_bytes=search.bytes(assignment), file_bytes=_file_bytes(path),
-                    predicted_cosine=_cosine(predicted), predicted_relative_error=math.sqrt(predicted),
-                    outputs=outputs, met=met,
-                )
-            )  # fmt: skip
-            miss = _miss(outputs, config)
-            if met and (best is None or search.bytes(assignment) < search.bytes(best[1])):
-                best = (step, dict(assignment))
-            if closest is None or miss < closest[0]:
-                closest = (miss, step, dict(assignment))
-            keep = best[0] if best is not None else closest[1]
-            for earlier in range(step + 1):  # disk holds the candidate that may be written, no more
-                if earlier != keep:
-                    _remove(Path(work) / f"candidate{earlier}.onnx")
-            search.refit(assignment, measured)
-            following: dict[str, str] | None = search.assign()
-            assert following is not None
-            if met and search.bytes(following) >= search.bytes(assignment):
-                break  # the refitted model allows nothing smaller
-            if not met and search.bytes(following) <= search.bytes(assignment):
-                following = search.promote(assignment)  # the refit alone does not move: force it
-            while following is not None and search.key(following) in tried:
-                following = search.promote(following) if not met else None
-            if following is None or (best is not None and search.bytes(following) >= search.bytes(best[1])):
-                break  # nothing left, or nothing smaller than a model known to meet the budget
-            assignment = following
-        assert closest is not None
-        chosen_step, chosen = (best[0], best[1]) if best is not None else (closest[1], closest[2])
-        kept = Path(work) / f"candidate{chosen_step}.onnx"
-        if kept.exists() and not kept.with_name(kept.name + ".data").exists():
-            os.replace(kept, dst)  # a single file moves as it is; external data names its file: rebuilt
+            return path
+
+        outcome = _verify(search, config, build, lambda path: agreements(reference, _run(src, path, held_out)))
+        if outcome.kept is not None and not outcome.kept.with_name(outcome.kept.name + ".data").exists():
+            os.replace(outcome.kept, dst)  # a single file moves as it is; external data names its file: rebuilt
             files = [dst]
         else:
             _say(progress, "writing the chosen model")
-            files = _build(src, dst, chosen, config, configs, tuning, sensitivity.fixed)
+            files = _build(src, dst, outcome.chosen, config, configs, tuning, sensitivity.fixed)
+    chosen = outcome.chosen
     layers = [
         AutoLayer(l.name, l.consumer, chosen[l.name], {w: l.errors[w] for w in widths}, {w: l.bytes[w] for w in widths}, l.note)
         for l in sensitivity.layers
@@ -220,10 +184,10 @@ def auto(
         choices=list(widths),
         block_size=config.block_size,
         static=config.static,
-        met=best is not None,
-        miss=0.0 if best is not None else closest[0],
-        chosen=chosen_step,
-        candidates=candidates,
+        met=outcome.met,
+        miss=outcome.miss,
+        chosen=outcome.step,
+        candidates=outcome.candidates,
         layers=layers,
         fixed=sensitivity.fixed,
         weight_bytes=search.bytes(chosen),
@@ -234,12 +198,77 @@ def auto(
         output_bytes=sum(p.stat().st_size for p in files),
         tuning_samples=len(tuning),
         held_out_samples=len(held_out),
-        evaluations=len(candidates),
+        evaluations=len(outcome.candidates),
         sensitivity_seconds=round(sensitivity.seconds, 3),
         gain=search.gain,
         floor=search.floor,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+@dataclass
+class _Outcome:
+    candidates: list[AutoCandidate]
+    step: int  # the candidate chosen: the smallest that met the budget, else the closest
+    chosen: dict[str, str]
+    met: bool
+    miss: float
+    kept: Path | None  # its file, when still on disk
+
+
+def _verify(
+    search: _Search,
+    config: AutoConfig,
+    build: Callable[[Mapping[str, str], int], Path],
+    evaluate: Callable[[Path], list[OutputAgreement]],
+) -> _Outcome:
+    """The verification loop: build and evaluate candidates, refit the error model, re-assign
+    or promote, until a candidate meets the budget and nothing smaller is worth trying, or the
+    evaluations run out. Only the candidate that may be chosen stays on disk."""
+    candidates: list[AutoCandidate] = []
+    best: tuple[int, dict[str, str], Path] | None = None  # the smallest that met
+    closest: tuple[float, int, dict[str, str], Path] | None = None
+    tried: set[tuple[str, ...]] = set()
+    on_disk: set[Path] = set()
+    assignment = search.assign()
+    for step in range(config.max_evaluations):
+        tried.add(search.key(assignment))
+        path = build(assignment, step)
+        outputs = evaluate(path)
+        met = all(r.passed for r in config.thresholds.evaluate(outputs))
+        predicted = search.predicted(assignment)
+        candidates.append(
+            AutoCandidate(
+                index=step, widths=_counts(assignment), weight_bytes=search.bytes(assignment), file_bytes=_file_bytes(path),
+                predicted_cosine=_cosine(predicted), predicted_relative_error=math.sqrt(predicted), outputs=outputs, met=met,
+            )
+        )  # fmt: skip
+        miss = _miss(outputs, config)
+        if met and (best is None or search.bytes(assignment) < search.bytes(best[1])):
+            best = (step, dict(assignment), path)
+        if closest is None or miss < closest[0]:
+            closest = (miss, step, dict(assignment), path)
+        keep = best[2] if best is not None else closest[3]
+        on_disk.add(path)
+        for other in on_disk - {keep}:
+            _remove(other)  # disk holds the candidate that may be written, no more
+        on_disk = {keep}
+        search.refit(assignment, _output_error(outputs))
+        following: dict[str, str] | None = search.assign()
+        assert following is not None
+        if met and search.bytes(following) >= search.bytes(assignment):
+            break  # the refitted model allows nothing smaller
+        if not met and search.bytes(following) <= search.bytes(assignment):
+            following = search.promote(assignment)  # the refit alone does not move: force it
+        while following is not None and search.key(following) in tried:
+            following = search.promote(following) if not met else None
+        if following is None or (best is not None and search.bytes(following) >= search.bytes(best[1])):
+            break  # nothing left, or nothing smaller than a model known to meet the budget
+        assignment = following
+    assert closest is not None
+    if best is not None:
+        return _Outcome(candidates, best[0], best[1], True, 0.0, best[2] if best[2].exists() else None)
+    return _Outcome(candidates, closest[1], closest[2], False, closest[0], closest[3] if closest[3].exists() else None)
 
 
 class _Search:
