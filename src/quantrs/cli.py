@@ -373,7 +373,7 @@ def auto(
     max_relative_error: Annotated[Optional[float], typer.Option("--max-relative-error", help="Budget: relative L2 error of the outputs, in (0, 1].", show_default=False)] = None,
     min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Also: top-1 agreement (classifiers), in (0, 1].", show_default=False)] = None,
     choices: Annotated[str, typer.Option("--choices", help="Widths a weight may get, from 4, 8, float.")] = "4,8,float",
-    block_size: Annotated[int, typer.Option("--block-size", help="4-bit (and 8-bit) weights in blocks of this size; 0: per channel.")] = 32,
+    block_size: Annotated[int, typer.Option("--block-size", help="4-bit weights in blocks of this size (16-256); 0: per channel. 8-bit ones are per channel.")] = 32,
     static: Annotated[bool, typer.Option("--static", help="Also quantize activations (calibrated INT8); the budget is measured on that model.")] = False,
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Held-out samples for verification (default: the last quarter of --data).", show_default=False)] = None,
     max_evaluations: Annotated[int, typer.Option("--max-evaluations", min=1, help="Candidates built and run, at most.")] = 6,
