@@ -254,7 +254,7 @@ def test_tensorrt_layout(tmp_path):
     their outputs, Relu kept."""
     src = save(residual_net(), tmp_path / "m.onnx")
     samples = [{"x": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)} for i in range(4)]
-    report = quantrs.calibrate(src, tmp_path / "q.onnx", samples, CalibrationConfig(target="tensorrt", per_channel=False))
+    report = quantrs.calibrate(src, tmp_path / "q.onnx", samples, CalibrationConfig(target="tensorrt"))
     model = onnx.load(str(tmp_path / "q.onnx"))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
@@ -265,7 +265,7 @@ def test_tensorrt_layout(tmp_path):
         zp = inits[q.input[2]]
         assert zp.dtype == np.int8 and zp == 0
     for w in ("stem.w", "a.w", "b.w"):
-        assert inits[f"{w}_scale"].shape == (8,)  # per channel, even when asked per tensor
+        assert inits[f"{w}_scale"].shape == (8,)  # per channel
     assert {"stem.b", "a.b", "b.b"} <= set(inits) and inits["a.b"].dtype == np.float32
     assert report.quantized_biases == []
     assert sum(n.op_type == "Relu" for n in model.graph.node) == 3
@@ -455,3 +455,9 @@ def test_tensorrt_refuses_what_it_cannot_take(tmp_path, flag):
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
     result = runner.invoke(app, ["calibrate", str(EXAMPLE), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "q.onnx"), "--target", "tensorrt", flag])
     assert result.exit_code == 2 and flag in result.output
+
+
+def test_an_unknown_exclude_name_is_a_usage_error_naming_the_flag_and_file(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
+    result = runner.invoke(app, ["calibrate", str(EXAMPLE), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "q.onnx"), "--exclude", "stage9"])
+    assert result.exit_code == 2 and "--exclude" in result.output and EXAMPLE.name in result.output

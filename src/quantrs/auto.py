@@ -10,10 +10,11 @@ each passing to the output with about the same gain, the output's relative squar
 
     r_out ~= r_0 + k * sum_w r_w(c_w)
 
-with one model-wide gain k and a floor r_0 that no width removes (0 for weight-only models; the
-activations' own error with --static). The metrics follow: relative L2 = sqrt(r_out), cosine
+with one model-wide gain k and a floor r_0 that no width removes (with --static, the
+activations' own error; 0 for weight-only models). The metrics follow: relative L2 = sqrt(r_out), cosine
 ~= 1 / sqrt(1 + r_out). k starts at 1 and r_0 at 0; both are refitted to every candidate
-measured (least squares over (sum r_w, measured r_out)), so each candidate is chosen with the
+measured (least squares over (sum r_w, measured r_out); k alone, through the origin, for
+weight-only models), so each candidate is chosen with the
 gain the model actually showed. The report gives predicted and measured figures side by side
 for every candidate.
 
@@ -153,7 +154,7 @@ def auto(
     if not sensitivity.layers:
         raise ConfigError(f"{src}: no weight whose width auto could choose")
 
-    search = _Search(sensitivity, widths, config.error_budget)
+    search = _Search(sensitivity, widths, config.error_budget, floor=config.static)
     with tempfile.TemporaryDirectory(prefix=".quantrs-auto-", dir=dst.parent) as work:
 
         def build(assignment: Mapping[str, str], step: int) -> Path:
@@ -274,10 +275,11 @@ def _verify(
 class _Search:
     """The error model and the greedy assignment over the measured layers."""
 
-    def __init__(self, sensitivity: Sensitivity, widths: list[str], budget: float) -> None:
+    def __init__(self, sensitivity: Sensitivity, widths: list[str], budget: float, *, floor: bool = False) -> None:
         self.layers = sensitivity.layers
         self.widths = widths
         self.budget = budget
+        self.with_floor = floor  # a floor only with --static: weight-only error is the weights' alone
         self.gain = 1.0
         self.floor = 0.0  # error no width removes (activations, with --static)
         self._points: list[tuple[float, float]] = []  # (sum of local errors, measured output error)
@@ -301,13 +303,13 @@ class _Search:
         self._points.append((self.local(assignment), measured))
         xs = np.array([p[0] for p in self._points])
         ys = np.array([p[1] for p in self._points])
-        if len(self._points) >= 2 and np.ptp(xs) > 0:
+        if self.with_floor and len(self._points) >= 2 and np.ptp(xs) > 0:
             gain, floor = np.polyfit(xs, ys, 1)
             if gain > 0 and floor >= 0:
                 self.gain, self.floor = float(gain), float(floor)
                 return
         through_origin = float(xs @ ys / (xs @ xs)) if xs @ xs > 0 else 1.0
-        if len(self._points) == 1 and measured > xs[0] > 0:  # more than the weights explain
+        if self.with_floor and len(self._points) == 1 and measured > xs[0] > 0:  # more than the weights explain
             self.gain, self.floor = 1.0, float(measured - xs[0])
         else:
             self.gain, self.floor = max(through_origin, 1e-12), 0.0

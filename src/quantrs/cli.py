@@ -359,8 +359,13 @@ def calibrate(
         method=Method(method).value, percentile=percentile, per_channel=per_channel, symmetric_activations=symmetric_activations,
         reduce_range=reduce_range, target=Target(target).value, max_samples=max_samples, min_samples=min_samples, weights=weights,
     )
-    with _counting(quiet, "calibrating", "samples") as progress:
-        report = run(model, output, data, config, progress=progress)
+    from quantrs.errors import UnknownNameError
+
+    try:
+        with _counting(quiet, "calibrating", "samples") as progress:
+            report = run(model, output, data, config, progress=progress)
+    except UnknownNameError as exc:  # a flag's value, so a usage error
+        raise typer.BadParameter(f"{exc} ({model})", param_hint=_flag(exc.field)) from None
     _emit(report, fmt, "render_calibration")
 
 
@@ -406,6 +411,10 @@ def auto(
         min_cosine=min_cosine, max_relative_error=max_relative_error, min_top1=min_top1, choices=widths,
         block_size=block_size or None, static=static, max_evaluations=max_evaluations,
     )  # fmt: skip
+    if report is not None:
+        from quantrs.html_report import require_matplotlib
+
+        require_matplotlib()  # before the search, not after it
     say = None if quiet or _State.quiet or fmt is OutputFormat.json else _progress_line
     result = run(model, output, data, config, eval_data=eval_data, progress=say)
     if report is not None:

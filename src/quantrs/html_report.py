@@ -17,7 +17,7 @@ import numpy as np
 from quantrs.errors import ConfigError
 from quantrs.report import AutoReport, ValidationReport
 
-__all__ = ["write_html_report", "write_auto_html"]
+__all__ = ["write_html_report", "write_auto_html", "require_matplotlib"]
 
 WORST_LAYERS_PLOTTED = 4
 
@@ -31,6 +31,11 @@ def _pyplot():
     except ImportError:
         raise ConfigError("--report needs matplotlib: pip install 'quantrs[report]'") from None
     return plt
+
+
+def require_matplotlib() -> None:
+    """ConfigError now, when the page could not be drawn later."""
+    _pyplot()
 
 
 def _png(fig) -> str:

@@ -279,7 +279,7 @@ def render_calibration(report: CalibrationReport) -> None:
         top1 = "" if o.top1_agreement is None else f", top-1 agreement {o.top1_agreement:.2%}"
         console.print(
             f"  {escape(o.name)}: cosine {o.cosine:.6f}, relative L2 {o.relative_l2:.4g}{top1} "
-            f"(float vs quantized on the last {report.fidelity_samples} sample(s))",
+            f"(float vs quantized on the last {report.fidelity_samples} calibration sample(s), not held out)",
             highlight=False,
         )
     if report.left_float:
@@ -306,7 +306,7 @@ def render_auto(report: AutoReport) -> None:
             f"{escape(report.output)}",
             highlight=False,
         )
-    widths = ", ".join(f"{n} at {w}" for w, n in chosen.widths.items())
+    widths = ", ".join(f"{n} weight(s) at {w}" + ("" if w == "float" else " bits") for w, n in chosen.widths.items())
     console.print(
         f"  {widths}; weights {human_bytes(report.weight_bytes)} (float {human_bytes(report.float_weight_bytes)}"
         + (f", uniform 8-bit {human_bytes(report.uniform_int8_weight_bytes)}" if report.uniform_int8_weight_bytes is not None else "")
