@@ -83,6 +83,41 @@ MUTATIONS = [
         '"--native-int4/--int4-as-int8-ignored", "--int4-as-int8",',
         ["test_seams.py::test_int4_as_int8_flag_reaches_the_config"],
     ),
+    (
+        "Relu folded though a float op reads it",
+        "activations.py",
+        "if result in outputs or not all(self._quantizes(r) for r in readers.get(result, [])):",
+        "if result in outputs:",
+        ["test_static.py::test_a_relu_read_by_a_float_op_is_not_folded"],
+    ),
+    (
+        "bodies filled after the static edit copies them",
+        "pipeline.py",
+        "    try:  # before any edit: rebuilding a node list copies the bodies, and the codes go in theirs\n        stream.fill_bodies()",
+        "    try:\n        pass",
+        ["test_static.py::test_weights_inside_if_bodies_calibrate"],
+    ),
+    (
+        "activations with masks kept in the statistics",
+        "collect.py",
+        "    if excluded:\n        skipped[name]",
+        "    if False:\n        skipped[name]",
+        ["test_static.py::test_masked_attention_scores_are_left_float"],
+    ),
+    (
+        "auto never refits its error model",
+        "auto.py",
+        "        search.refit(assignment, _output_error(outputs))",
+        "        pass",
+        ["test_auto.py::test_the_verification_loop"],
+    ),
+    (
+        "8-bit layers of a blocked model keep the blocks",
+        "plan.py",
+        "if bits == 8 != config.bits and plan.block_size is not None",
+        "if False and plan.block_size is not None",
+        ["test_auto.py::test_eight_bits_are_per_channel_and_constant_weights_are_measured"],
+    ),
 ]
 
 

@@ -190,6 +190,10 @@ def test_eight_bits_are_per_channel_and_constant_weights_are_measured(tmp_path):
     layers = {layer.name: layer for layer in report.layers}
     assert layers["w2"].width in ("8", "float")
     assert layers["w0"].bytes["8"] == D * D + 4 * D + D  # codes, a float32 scale and a zero point per channel
+    written = {t.name: t for t in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+    for name, layer in layers.items():  # what was measured is what was built
+        if layer.width == "8":
+            assert list(written[f"{name}_scale"].dims) == [D], name
 
 
 def test_a_bad_output_path_and_held_out_data_fail_at_once(tmp_path):
@@ -239,3 +243,4 @@ def test_the_verification_loop(tmp_path, seed, max_evaluations):
     if met:
         assert outcome.candidates[outcome.step].weight_bytes == min(c.weight_bytes for c in met)
     assert [p.name for p in tmp_path.iterdir()] == [f"c{outcome.step}.onnx"]
+    assert search.gain == pytest.approx(true_gain, rel=1e-9)  # refitted to what was measured

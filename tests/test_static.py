@@ -73,13 +73,19 @@ def conv_stack(layers: int, channels: int, side: int, tail: str = "ReduceMean") 
 def test_a_relu_read_by_a_float_op_is_not_folded(tmp_path):
     """Folding Relu into the quantizer leaves the producer's raw output under the Relu's name:
     only right when every reader takes the dequantized copy. Here ReduceMean (float) reads it."""
-    src = save(conv_stack(3, 8, 16), tmp_path / "m.onnx")
+    model = conv_stack(3, 8, 16)
+    # r0 is read by conv1 (quantized) and by a float ReduceMean: folding relu0 would hand the
+    # ReduceMean the Conv's negative values.
+    model.graph.node.append(helper.make_node("ReduceMean", ["r0"], ["side"], axes=[2, 3], keepdims=0))
+    model.graph.output.append(helper.make_tensor_value_info("side", TensorProto.FLOAT, [1, 8]))
+    src = save(model, tmp_path / "m.onnx")
     x = np.random.default_rng(1).standard_normal((1, 8, 16, 16)).astype(np.float32)
     report = quantrs.calibrate(src, tmp_path / "q.onnx", [{"x": x}])
-    model = onnx.load(str(tmp_path / "q.onnx"))
-    assert [n.name for n in model.graph.node if n.op_type == "Relu"] == ["relu2"]
-    assert sorted(report.folded_relus) == ["r0", "r1"]
-    assert relative_l2(run(src, {"x": x})[0], run(tmp_path / "q.onnx", {"x": x})[0]) < 0.05
+    quantized = onnx.load(str(tmp_path / "q.onnx"))
+    assert sorted(n.name for n in quantized.graph.node if n.op_type == "Relu") == ["relu0", "relu2"]
+    assert report.folded_relus == ["r1"]
+    for ref, got in zip(run(src, {"x": x}), run(tmp_path / "q.onnx", {"x": x})):
+        assert relative_l2(ref, got) < 0.05
 
 
 def test_activation_qdq_uses_onnxruntime_names_and_its_debug_tool_pairs_them(tmp_path):
