@@ -160,8 +160,12 @@ cdef void _params_n(const float* lo, const float* hi, float alpha, Py_ssize_t n,
             hf = alpha * hi[c]
             l = lf if lf < 0 else 0.0
             h = hf if hf > 0 else 0.0
-            a = -l if -l > h else h
-            sf = <float>((a + a) / r)
+            if zc == 0:  # centred: the smallest scale that fits both sides (_quant.scales)
+                a = l / qmin
+                sf = <float>(a if a > h / qmax else h / qmax)
+            else:
+                a = -l if -l > h else h
+                sf = <float>((a + a) / r)
             sf = sf if sf >= FLT_MIN_NORMAL else <float>1.0
             s[c] = sf
             z[c] = zc

@@ -36,23 +36,31 @@ def scales(const float[::1] lo, const float[::1] hi, int qmin, int qmax, bint sy
     """ONNX-style scale and zero point per channel from its range.
 
     The range is first widened to contain 0 (so 0.0 is exactly representable); symmetric uses
-    [-absmax, absmax] and the zero point rint((qmin + qmax) / 2) (0 for INT8 [-127, 127], 128
-    for UINT8, as onnxruntime). scale = (hi - lo) / (qmax - qmin), computed in
-    double and stored as float32; zero_point = rint(qmin - lo / scale) saturated to [qmin, qmax].
-    A zero range (all-zero channel) gets scale 1 so that dequantization stays exact.
+    the zero point rint((qmin + qmax) / 2) (0 for INT8 [-127, 127] and INT4 [-8, 7], 128 for
+    UINT8, as onnxruntime). A zero point of 0 takes scale = max(lo / qmin, hi / qmax), the
+    smallest that fits both sides (INT4's extra negative code is used, as MatMulNBits does; for
+    [-127, 127] it is absmax / 127); otherwise symmetric uses [-absmax, absmax] and, like
+    asymmetric, scale = (hi - lo) / (qmax - qmin). Computed in double, stored as float32;
+    zero_point = rint(qmin - lo / scale) saturated to [qmin, qmax]. A zero range (all-zero
+    channel) gets scale 1 so that dequantization stays exact.
     """
     cdef Py_ssize_t c
     cdef double l, h, a, s
     cdef float sf
     cdef double z
+    cdef bint centred = symmetric and ((qmin + qmax) / 2.0 + 6755399441055744.0) - 6755399441055744.0 == 0
     for c in range(lo.shape[0]):
         l = lo[c] if lo[c] < 0 else 0.0
         h = hi[c] if hi[c] > 0 else 0.0
-        if symmetric:
+        if centred:
+            s = l / <double>qmin
+            if h / <double>qmax > s:
+                s = h / <double>qmax
+        elif symmetric:
             a = -l if -l > h else h
-            l = -a
-            h = a
-        s = (h - l) / <double>(qmax - qmin)
+            s = (a + a) / <double>(qmax - qmin)
+        else:
+            s = (h - l) / <double>(qmax - qmin)
         sf = <float>s
         if not (sf >= FLT_MIN_NORMAL):
             sf = 1.0

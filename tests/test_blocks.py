@@ -108,9 +108,11 @@ def test_blocks_beat_per_channel_and_onnxruntimes_quantizer(save, tmp_path):
     # default, asymmetric; the same as quantrs' --range minmax) 0.163.
     assert errors["blocks"] <= 0.6 * errors["per-channel"], errors
     assert errors["blocks"] < errors["onnxruntime"], errors
-    # Symmetric, onnxruntime wins (0.224 against 0.238): its symmetric 4-bit codes use all 16
-    # levels (-8 included), quantrs' symmetric ranges drop -8 so that +x and -x map alike.
-    assert errors["blocks, symmetric"] < 1.1 * errors["onnxruntime, symmetric"], errors
+    # Symmetric, onnxruntime still wins by 3% (0.224 against 0.231; quantrs gave 0.238 while its
+    # symmetric INT4 dropped code -8): both use all 16 codes, but onnxruntime's scale may be
+    # negative (the block's largest magnitude maps to -8 whatever its sign, 8 levels on that
+    # side), quantrs' scales are positive (the larger side gets 8 levels only if negative).
+    assert errors["blocks, symmetric"] < 1.05 * errors["onnxruntime, symmetric"], errors
 
 
 def test_range_search_lowers_the_error_and_says_by_how_much(save, tmp_path):

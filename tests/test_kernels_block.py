@@ -24,7 +24,7 @@ F16 = np.dtype(np.float16)
 DTYPES = [np.dtype(np.float32), F16, BF16]
 # (qmin, qmax, symmetric): the schemes quantrs writes (INT4/UINT4, INT8/UINT8) and the odd ones
 # the kernels also accept.
-SCHEMES = [(0, 15, False), (-7, 7, True), (0, 255, False), (-127, 127, True)]
+SCHEMES = [(0, 15, False), (-7, 7, True), (-8, 7, True), (0, 255, False), (-127, 127, True)]
 RANGES = SCHEMES + [(-8, 7, False), (-128, 127, False), (0, 255, True), (0, 15, True), (-8, 7, True)]
 BLOCK_SIZES = [2, 3, 4, 16, 32, 64, 128]
 threads = pytest.mark.parametrize("threads", [1, 2], ids=["1thread", "2threads"])

@@ -73,7 +73,7 @@ class QuantizeConfig:
         False, "--per-channel/--per-tensor", help="One scale per output channel, the axis taken from how the graph uses the weight (default: per tensor)."
     )
     symmetric: bool = _option(
-        False, "--symmetric/--asymmetric", help="Signed codes with zero point 0 (INT8 in [-127, 127], INT4 in [-7, 7]); default asymmetric unsigned."
+        False, "--symmetric/--asymmetric", help="Signed codes with zero point 0 (INT8 in [-127, 127], INT4 in [-8, 7]); default asymmetric unsigned."
     )
     block_size: int | None = _option(
         None,

@@ -55,10 +55,13 @@ def scales(
     """Scale (float32) and zero point (int32) per channel, as onnxruntime's compute_scale_zp."""
     lo = np.minimum(lo.astype(np.float64), 0.0)
     hi = np.maximum(hi.astype(np.float64), 0.0)
-    if symmetric:
-        absmax = np.maximum(-lo, hi)
-        lo, hi = -absmax, absmax
-    scale = ((hi - lo) / float(qmax - qmin)).astype(np.float32)
+    if symmetric and np.rint((qmin + qmax) / 2.0) == 0:  # centred: the smallest scale fitting both sides
+        scale = np.maximum(lo / float(qmin), hi / float(qmax)).astype(np.float32)
+    else:
+        if symmetric:
+            absmax = np.maximum(-lo, hi)
+            lo, hi = -absmax, absmax
+        scale = ((hi - lo) / float(qmax - qmin)).astype(np.float32)
     scale[~(scale >= np.finfo(np.float32).tiny)] = 1.0
     if symmetric:
         zp = np.full(lo.shape, np.rint((qmin + qmax) / 2.0))

@@ -28,11 +28,13 @@ class Scheme:
 
     @property
     def qmin(self) -> int:
-        # Symmetric signed ranges drop the most negative code so that +x and -x map alike
-        # (INT8 [-127, 127], INT4 [-7, 7]), as onnxruntime does.
+        # Symmetric INT8 (and 7-bit) drops the most negative code so that +x and -x map alike
+        # ([-127, 127]), as onnxruntime's quantizer does for its integer kernels. Symmetric INT4
+        # keeps all 16 codes ([-8, 7], scale fitted to both sides), as onnxruntime's MatMulNBits
+        # does: a 15-level grid loses 7% of the resolution 4 bits have.
         if not self.signed:
             return 0
-        return -(1 << (self.bits - 1)) + (1 if self.symmetric else 0)
+        return -(1 << (self.bits - 1)) + (1 if self.symmetric and self.bits > 4 else 0)
 
     @property
     def qmax(self) -> int:
