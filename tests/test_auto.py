@@ -244,3 +244,25 @@ def test_the_verification_loop(tmp_path, seed, max_evaluations):
         assert outcome.candidates[outcome.step].weight_bytes == min(c.weight_bytes for c in met)
     assert [p.name for p in tmp_path.iterdir()] == [f"c{outcome.step}.onnx"]
     assert search.gain == pytest.approx(true_gain, rel=1e-9)  # refitted to what was measured
+
+
+def test_weights_only_inside_bodies_give_one_candidate_at_the_widest_width(tmp_path):
+    from test_weight_locations import branching_model
+
+    model, feeds = branching_model()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    report = auto(tmp_path / "m.onnx", tmp_path / "q.onnx", feeds * 2, AutoConfig(min_cosine=0.99), eval_data=feeds)
+    assert report.layers == [] and set(report.fixed) >= {"w_then", "w_else"}
+    assert report.met and report.evaluations == 1
+
+
+def test_exclude_keeps_a_weight_float_and_unknown_names_are_usage_errors(tmp_path):
+    src, samples = sensitive_mlp(tmp_path / "m.onnx")
+    np.save(tmp_path / "data.npy", samples)
+    common = ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.99", "--format", "json"]
+    result = runner.invoke(app, [*common, "--exclude", "w2"])
+    assert result.exit_code == 0, result.output
+    assert "w2" not in {layer["name"] for layer in json.loads(result.stdout)["layers"]}
+    assert "w2" in {t.name for t in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}  # still float
+    result = runner.invoke(app, [*common, "--exclude", "w9"])
+    assert result.exit_code == 2 and "--exclude" in result.output

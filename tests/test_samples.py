@@ -446,3 +446,20 @@ def test_describe_source(tmp_path):
     assert describe_source(Reader([])) == "Reader.get_next()"
     assert describe_source([{}, {}]) == "2 sample(s) from a Python list"
     assert describe_source(d for d in []) == "samples from a Python generator"
+
+
+def test_a_scalar_input_stacked_or_given_once(tmp_path):
+    """Silero VAD's `sr`: a rank-0 input, stacked as (N,) or given once for every sample."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    sr = helper.make_tensor_value_info("sr", TensorProto.INT64, [])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x, sr], [y])
+    specs = input_specs(helper.make_model(graph))
+    audio = np.zeros((5, 1, 4), np.float32)
+    np.savez(tmp_path / "stacked.npz", x=audio, sr=np.full(5, 16000, np.int64))
+    np.savez(tmp_path / "once.npz", x=audio, sr=np.array(16000, np.int64))
+    for name in ("stacked.npz", "once.npz"):
+        samples = list(iter_samples(tmp_path / name, specs))
+        assert len(samples) == 5 and all(s["sr"].shape == () and s["sr"] == 16000 for s in samples)

@@ -467,3 +467,51 @@ def test_an_unknown_exclude_name_is_a_usage_error_naming_the_flag_and_file(tmp_p
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
     result = runner.invoke(app, ["calibrate", str(EXAMPLE), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "q.onnx"), "--exclude", "stage9"])
     assert result.exit_code == 2 and "--exclude" in result.output and EXAMPLE.name in result.output
+
+
+def test_products_of_activations_stay_float(tmp_path):
+    """Conv -> tanh GELU written out (x * x * x ...) -> Conv, as Magika's exporter writes it: the
+    cube reaches 1e5 where x is 50, so 8 bits over its range zero everything small. Products of
+    two activations are not quantized (nor, then, what only they read); the Convs' inputs are."""
+    rng = np.random.default_rng(0)
+    c = lambda name, v: helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(v, np.float32), name))  # noqa: E731
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["h", "h"], ["h2"]),
+        helper.make_node("Mul", ["h2", "h"], ["h3"]),
+        c("k1", 0.044715), helper.make_node("Mul", ["h3", "k1"], ["t1"]),
+        helper.make_node("Add", ["h", "t1"], ["t2"]),
+        c("k2", 0.7978846), helper.make_node("Mul", ["t2", "k2"], ["t3"]),
+        helper.make_node("Tanh", ["t3"], ["t4"]),
+        c("one", 1.0), helper.make_node("Add", ["t4", "one"], ["t5"]),
+        helper.make_node("Mul", ["h", "t5"], ["t6"]),
+        c("half", 0.5), helper.make_node("Mul", ["t6", "half"], ["g"]),
+        helper.make_node("Conv", ["g", "w2"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])
+    inits = {"w1": (rng.standard_normal((4, 4, 3, 3)) * 2).astype(np.float32), "w2": (rng.standard_normal((4, 4, 3, 3)) * 0.2).astype(np.float32)}
+    src = save(make(nodes, [x], [y], inits), tmp_path / "m.onnx")
+    samples = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(8)]
+    report = quantrs.calibrate(src, tmp_path / "q.onnx", samples)
+    quantized = {a.name for a in report.activations}
+    assert {"x", "g"} <= quantized and not {"h2", "h3", "t1", "t2"} & quantized, quantized
+    feed = {"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)}
+    assert relative_l2(run(src, feed)[0], run(tmp_path / "q.onnx", feed)[0]) < 0.05
+
+
+def test_tensorrt_leaves_adds_that_are_not_residual(tmp_path):
+    """An Add of two activations none of which comes from a weighted op (an LSTM's state
+    arithmetic, a bias then a residual): no Q/DQ on it."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Relu", ["m"], ["r"]),
+        helper.make_node("Sigmoid", ["m"], ["s"]),
+        helper.make_node("Add", ["r", "s"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])
+    src = save(make(nodes, [x], [y], {"w": rng.standard_normal((8, 8)).astype(np.float32)}), tmp_path / "m.onnx")
+    report = quantrs.calibrate(src, tmp_path / "q.onnx", [{"x": rng.standard_normal((2, 8)).astype(np.float32)}], CalibrationConfig(target="tensorrt"))
+    assert {a.name for a in report.activations} == {"x"}

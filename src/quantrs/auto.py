@@ -71,7 +71,7 @@ class AutoConfig:
         block_size: 4-bit weights in blocks of this size (None: per channel).
         static: also quantize activations (calibrated INT8), the budget measured on that model.
         max_evaluations: full evaluations (build + run on the held-out samples) at most.
-        max_samples: samples used from --data at most.
+        max_samples: samples read from --data and --eval-data at most (None: all).
         weights: further quantize options (exclusions, min_elements, threads).
     """
 
@@ -82,7 +82,7 @@ class AutoConfig:
     block_size: int | None = 32
     static: bool = False
     max_evaluations: int = 6
-    max_samples: int = 256
+    max_samples: int | None = None
     weights: QuantizeConfig = field(default_factory=QuantizeConfig)
 
     def __post_init__(self) -> None:
@@ -151,8 +151,10 @@ def auto(
     widths = config.widths
     configs = width_configs(widths, config.weights, config.block_size, static=config.static)
     sensitivity = measure(model, configs, tuning, with_float=FLOAT in widths)
-    if not sensitivity.layers:
+    if not sensitivity.layers and not sensitivity.fixed:
         raise ConfigError(f"{src}: no weight whose width auto could choose")
+    if not sensitivity.layers:  # every weight in a body: one candidate, at the widest width
+        logger.warning("%s: every weight is inside an If/Loop/Scan body: one candidate at the widest width", src)
 
     search = _Search(sensitivity, widths, config.error_budget, floor=config.static)
     with tempfile.TemporaryDirectory(prefix=".quantrs-auto-", dir=dst.parent) as work:
@@ -352,7 +354,7 @@ class _Search:
     def _quantized(self, assignment: dict[str, str]) -> dict[str, str]:
         """A model must quantize something: with every weight in float, the least sensitive
         takes the widest integer width."""
-        if any(w != FLOAT for w in assignment.values()):
+        if not self.layers or any(w != FLOAT for w in assignment.values()):
             return assignment
         widest = [w for w in self.widths if w != FLOAT][-1]
         calmest = min(self.layers, key=lambda l: (l.errors[widest], -l.bytes[FLOAT]))

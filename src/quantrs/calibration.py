@@ -123,7 +123,11 @@ def calibrate(
     excluded = excluded_outputs(graph, config.weights)
     names = choose_activations(graph, excluded, config.target)
     if not names:
-        raise UnsupportedModelError(f"{src}: no activation of a quantized op ({config.target}) to calibrate")
+        nested = any(s.in_body for s in specs.values())
+        where = " in the main graph (its weighted ops are inside If/Loop/Scan bodies)" if nested else ""
+        raise UnsupportedModelError(
+            f"{src}: no activation of a quantized op ({config.target}) to calibrate{where}; `quantrs quantize` quantizes its weights"
+        )
 
     samples = iter_samples(data, input_specs(model.proto), limit=config.max_samples)
     stats = collect_statistics(

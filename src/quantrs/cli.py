@@ -382,6 +382,8 @@ def auto(
     static: Annotated[bool, typer.Option("--static", help="Also quantize activations (calibrated INT8); the budget is measured on that model.")] = False,
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Held-out samples for verification (default: the last quarter of --data).", show_default=False)] = None,
     max_evaluations: Annotated[int, typer.Option("--max-evaluations", min=1, help="Candidates built and run, at most.")] = 6,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Node or weight name to keep in float (repeatable).", show_default=False)] = None,
+    exclude_regex: Annotated[Optional[list[str]], typer.Option("--exclude-regex", help="Keep nodes or weights whose name matches in float (repeatable).", show_default=False)] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Report as text or JSON (on stdout).")] = OutputFormat.text,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also an HTML page with the size/accuracy trade-off (needs quantrs\\[report]).", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress messages.")] = False,
@@ -407,16 +409,22 @@ def auto(
         raise typer.BadParameter(f"must be a power of two from 16 to 256, or 0, not {block_size}", param_hint="'--block-size'")
     if report is not None and not (report.parent if str(report.parent) else Path(".")).is_dir():
         raise typer.BadParameter(f"{report}: the folder {report.parent} does not exist", param_hint="'--report'")
+    weights = quantize_config({"exclude": tuple(exclude or ()), "exclude_regex": tuple(exclude_regex or ())})
     config = AutoConfig(
         min_cosine=min_cosine, max_relative_error=max_relative_error, min_top1=min_top1, choices=widths,
-        block_size=block_size or None, static=static, max_evaluations=max_evaluations,
+        block_size=block_size or None, static=static, max_evaluations=max_evaluations, weights=weights,
     )  # fmt: skip
     if report is not None:
         from quantrs.html_report import require_matplotlib
 
         require_matplotlib()  # before the search, not after it
+    from quantrs.errors import UnknownNameError
+
     say = None if quiet or _State.quiet or fmt is OutputFormat.json else _progress_line
-    result = run(model, output, data, config, eval_data=eval_data, progress=say)
+    try:
+        result = run(model, output, data, config, eval_data=eval_data, progress=say)
+    except UnknownNameError as exc:  # a flag's value, so a usage error
+        raise typer.BadParameter(f"{exc} ({model})", param_hint=_flag(exc.field)) from None
     if report is not None:
         from quantrs.html_report import write_auto_html
 

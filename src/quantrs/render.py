@@ -307,13 +307,20 @@ def render_auto(report: AutoReport) -> None:
             highlight=False,
         )
     widths = ", ".join(f"{n} weight(s) at {w}" + ("" if w == "float" else " bits") for w, n in chosen.widths.items())
+    narrowest = f", uniform {report.choices[0]}-bit {human_bytes(report.narrowest_weight_bytes)}" if report.choices[0] != "8" else ""
     console.print(
         f"  {widths}; weights {human_bytes(report.weight_bytes)} (float {human_bytes(report.float_weight_bytes)}"
         + (f", uniform 8-bit {human_bytes(report.uniform_int8_weight_bytes)}" if report.uniform_int8_weight_bytes is not None else "")
-        + f", uniform {report.choices[0]}-bit {human_bytes(report.narrowest_weight_bytes)}); file "
-        f"{human_bytes(report.input_bytes)} -> {human_bytes(report.output_bytes)}",
+        + f"{narrowest}); file {human_bytes(report.input_bytes)} -> {human_bytes(report.output_bytes)}",
         highlight=False,
     )
+    budget_error = _error_budget(report.budget)
+    if report.static and budget_error is not None and report.floor > budget_error / 2:
+        console.print(
+            f"  [yellow]note:[/] the activations' own error (floor {report.floor:.3g}) takes {report.floor / budget_error:.0%} of the "
+            "budget, so the weights have little room: quantize activations less (calibrate --exclude...), or drop --static",
+            highlight=False,
+        )
     console.print(
         f"  {report.evaluations} evaluation(s) on {report.held_out_samples} held-out sample(s); sensitivity on "
         f"{report.tuning_samples} sample(s) in {report.sensitivity_seconds:.1f} s; {report.seconds:.1f} s in all; "
@@ -349,3 +356,13 @@ def render_auto(report: AutoReport) -> None:
     if report.fixed:
         widest = max(w for w in report.choices if w != "float")
         console.print(f"  inside bodies, not measured, at {widest} bits: {escape(', '.join(report.fixed))}", highlight=False)
+
+
+def _error_budget(budget: dict[str, float]) -> float | None:
+    """The output relative squared error a budget allows (quantrs.auto.AutoConfig.error_budget)."""
+    allowed = []
+    if "min_cosine" in budget:
+        allowed.append(1 / budget["min_cosine"] ** 2 - 1)
+    if "max_relative_error" in budget:
+        allowed.append(budget["max_relative_error"] ** 2)
+    return min(allowed) if allowed else None

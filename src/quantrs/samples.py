@@ -21,9 +21,10 @@ A `.npy`/`.npz` array may stack several samples on axis 0. For an input of rank 
   input) but a multiple of it holds N = len / B samples of B rows each;
 * otherwise (a dynamic batch, or the fixed batch itself) the array is one sample, as given.
 
-In a `.npz` every input must hold the same number of samples. A `.npy` is memory-mapped and
-each sample copied out when it is reached, so a stacked file is never read at once (a `.npz`
-cannot be mapped: its arrays are read a file at a time). Inputs of unknown rank are never split.
+In a `.npz` every input must hold the same number of samples, except a scalar input given once
+(a sample rate), which goes with every sample. A `.npy` is read one sample at a time (plain
+reads, so a stacked file is never resident at once; a `.npz` is read a file at a time). Inputs
+of unknown rank are never split.
 
 Every sample is checked against the model's inputs; a bad one raises a one-line ConfigError
 naming where it came from (`data.npz`, `data.npy[3]` for the fourth sample stacked in a file,
@@ -247,7 +248,7 @@ def _stacking(value: np.ndarray, spec: InputSpec) -> tuple[int, int | None]:
     """(number of samples in `value`, rows per sample): rows None when each sample is
     `value[i]` (or `value` itself when the number is 1 and it is not stacked, rows 0)."""
     rank = len(spec.shape)
-    if rank == 0:
+    if rank == 0 and spec.shape == () and value.ndim != 1:
         return 1, 0
     if value.ndim == rank + 1:
         return value.shape[0], None
@@ -272,7 +273,11 @@ def _split(label: str, arrays: dict[str, np.ndarray], specs: list[InputSpec]) ->
     if all(rows == 0 for _, rows in plans.values()):
         yield label, {spec.name: np.array(value) for spec, value in ordered}
         return
-    counts = {name: n for name, (n, _) in plans.items()}
+    stacked = {name: n for name, (n, rows) in plans.items() if rows != 0}
+    counts = {name: stacked.get(name, n) for name, (n, _) in plans.items()}
+    shared = {spec.name for spec, value in ordered if plans[spec.name][1] == 0 and np.ndim(value) == 0 and stacked}
+    for name in shared:  # a scalar given once (a sample rate) goes with every stacked sample
+        counts[name] = next(iter(stacked.values()))
     first = specs[0].name
     other = next((name for name in counts if counts[name] != counts[first]), None)
     if other is not None:
