@@ -515,3 +515,27 @@ def test_tensorrt_leaves_adds_that_are_not_residual(tmp_path):
     src = save(make(nodes, [x], [y], {"w": rng.standard_normal((8, 8)).astype(np.float32)}), tmp_path / "m.onnx")
     report = quantrs.calibrate(src, tmp_path / "q.onnx", [{"x": rng.standard_normal((2, 8)).astype(np.float32)}], CalibrationConfig(target="tensorrt"))
     assert {a.name for a in report.activations} == {"x"}
+
+
+def test_validate_detailed_ranks_a_static_models_activations(tmp_path):
+    """Every activation the static model quantizes, ranked worst first, each with the error of
+    its own grid on the original's values (the model input's checked against numpy)."""
+    dst = tmp_path / "q.onnx"
+    samples = [{"image": np.random.default_rng(i).standard_normal((1, 3, 32, 32)).astype(np.float32)} for i in range(4)]
+    report = quantrs.calibrate(EXAMPLE, dst, samples)
+    from quantrs.validation import validate
+
+    result = validate(EXAMPLE, dst, data=None, samples=4, detailed=True)
+    assert result.activations is not None
+    assert {a.name for a in result.activations} == {a.name for a in report.activations}
+    assert [a.relative_l2 for a in result.activations] == sorted((a.relative_l2 for a in result.activations), reverse=True)
+    first = result.activations[0]
+    assert first.storage == "UINT8" and 0 < first.relative_l2 < 0.05 and first.sqnr_db > 20
+    assert 0.0 <= first.clipped <= 1.0
+    from quantrs.samples import generate_samples
+
+    image = next(a for a in result.activations if a.name == "image")
+    x = np.concatenate([f["image"].ravel() for f in generate_samples(onnx.load(str(EXAMPLE)), 4)]).astype(np.float64)
+    q = np.clip(np.rint(x / image.scale) + image.zero_point, 0, 255)
+    want = np.linalg.norm((q - image.zero_point) * image.scale - x) / np.linalg.norm(x)
+    assert image.relative_l2 == pytest.approx(want, rel=1e-9)

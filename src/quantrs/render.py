@@ -222,6 +222,13 @@ def render_validation(report: ValidationReport) -> None:
             rel = "-" if l.local_relative_l2 is None else f"{l.local_relative_l2:.4g}"
             table.add_row(str(i), escape(l.name), escape(l.consumer), l.storage, f"{l.weight_sqnr_db:.2f}", local, rel)
         _print_table(console, table)
+    if report.activations:
+        table = Table(title="activations (static model) ranked by the error of their 8-bit grid", title_justify="left", show_edge=False)
+        for col in ("#", "activation", "storage", "scale", "SQNR dB", "rel. L2", "clipped"):
+            table.add_column(col, justify="left" if col in ("activation", "storage") else "right")
+        for i, a in enumerate(report.activations, 1):
+            table.add_row(str(i), escape(a.name), a.storage, f"{a.scale:.4g}", f"{a.sqnr_db:.2f}", f"{a.relative_l2:.4g}", f"{a.clipped:.2%}")
+        _print_table(console, table)
     if report.suggested_exclude:
         flags = " ".join(f"--exclude {name}" for name in report.suggested_exclude)
         console.print(f"suggestion ({report.suggestion_note}): {flags}", highlight=False)

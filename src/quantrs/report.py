@@ -22,6 +22,7 @@ __all__ = [
     "OutputAgreement",
     "ThresholdResult",
     "LayerError",
+    "ActivationError",
     "ValidationReport",
     "ModelTiming",
     "BenchmarkReport",
@@ -245,6 +246,20 @@ class LayerError:
 
 
 @dataclass(frozen=True)
+class ActivationError:
+    """One quantized activation of a static model: the error its QuantizeLinear/DequantizeLinear
+    grid puts on the original model's values (finite values; masks left out)."""
+
+    name: str
+    storage: str  # UINT8 or INT8
+    scale: float
+    zero_point: int
+    relative_l2: float
+    sqnr_db: float
+    clipped: float  # share of the values outside the grid's range
+
+
+@dataclass(frozen=True)
 class ValidationReport:
     original: str
     quantized: str
@@ -256,6 +271,7 @@ class ValidationReport:
     outputs: list[OutputAgreement]
     thresholds: list[ThresholdResult]
     layers: list[LayerError] | None = None  # ranked, worst first (--detailed)
+    activations: list[ActivationError] | None = None  # static models, ranked, worst first (--detailed)
     suggested_exclude: list[str] | None = None
     suggested_outputs: list[OutputAgreement] | None = None
     suggestion_note: str = ""

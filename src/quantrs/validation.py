@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantrs import kernels
 from quantrs.model import LoadedModel, load_model
-from quantrs.report import Check, LayerError, OutputAgreement, ThresholdResult, ValidationReport
+from quantrs.report import ActivationError, Check, LayerError, OutputAgreement, ThresholdResult, ValidationReport
 from quantrs.samples import generate_samples, input_specs, load_samples
 
 __all__ = ["validate", "Thresholds"]
@@ -88,12 +88,19 @@ def validate(
         reference = None
     results = thresholds.evaluate(outputs)
 
-    layers = suggestion = suggested_outputs = None
+    layers = suggestion = suggested_outputs = activations = None
     note = ""
     if detailed and reference is not None:
         layers = rank_layers(orig, quant, feeds)
+        activations = rank_activations(orig, quant, feeds) or None
         if any(not r.passed for r in results):
             suggestion, suggested_outputs, note = suggest_exclude(orig, quant, layers, feeds, reference, thresholds)
+            worst_layer = max((l.local_relative_l2 or 0.0 for l in layers), default=0.0)
+            if activations and activations[0].relative_l2 > worst_layer:
+                note += (
+                    f"; the worst activation ({activations[0].name}, relative error {activations[0].relative_l2:.3g}) "
+                    "loses more than any weight: calibrate with --exclude for its readers, or another --method"
+                )
     return ValidationReport(
         original=str(orig.path),
         quantized=str(quant.path),
@@ -105,6 +112,7 @@ def validate(
         outputs=outputs,
         thresholds=results,
         layers=layers,
+        activations=activations,
         suggested_exclude=suggestion,
         suggested_outputs=suggested_outputs,
         suggestion_note=note,
@@ -344,6 +352,54 @@ def rank_layers(orig: LoadedModel, quant: LoadedModel, feeds: Feeds) -> list[Lay
         )
     layers.sort(key=lambda l: (-(l.local_relative_l2 if l.local_relative_l2 is not None else -1.0), l.weight_sqnr_db))
     return layers
+
+
+def rank_activations(orig: LoadedModel, quant: LoadedModel, feeds: Feeds) -> list[ActivationError]:
+    """Every activation a static model quantizes (a QuantizeLinear reading a value of the
+    original), with the error its grid puts on the original's values on `feeds`, worst first."""
+    from quantrs.collect import ActivationRunner
+
+    graph = quant.proto.graph
+    inits = {t.name for t in graph.initializer}
+    known = {o for n in orig.proto.graph.node for o in n.output} | {v.name for v in orig.proto.graph.input}
+    grids: dict[str, tuple[float, int, int, int, str]] = {}
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in known or len(node.input) < 3 or node.input[0] in grids:
+            continue
+        if not (node.input[1] in inits and node.input[2] in inits):
+            continue
+        scale = np.asarray(quant.weights.array(node.input[1]), np.float64)
+        zero_point = np.asarray(quant.weights.array(node.input[2]))
+        if scale.size != 1:
+            continue
+        signed = zero_point.dtype == np.int8
+        qmin, qmax = (-128, 127) if signed else (0, 255)
+        grids[node.input[0]] = (float(scale.reshape(-1)[0]), int(zero_point.reshape(-1)[0]), qmin, qmax, "INT8" if signed else "UINT8")
+    if not grids or not feeds:
+        return []
+    sums = {name: [0.0, 0.0, 0.0, 0.0] for name in grids}  # signal, noise, values, clipped
+    runner = ActivationRunner(orig, list(grids), feeds[0])
+    for sample in runner.run(feeds):
+        for name, value in sample.values:
+            x = np.asarray(value, np.float64).ravel()
+            x = x[np.isfinite(x) & (np.abs(x) < 1e30)]
+            s, z, qmin, qmax, _ = grids[name]
+            q = np.rint(x / s) + z
+            clipped = int(np.count_nonzero((q < qmin) | (q > qmax)))
+            noise = (np.clip(q, qmin, qmax) - z) * s - x
+            acc = sums[name]
+            acc[0] += float(x @ x)
+            acc[1] += float(noise @ noise)
+            acc[2] += x.size
+            acc[3] += clipped
+    out = []
+    for name, (signal, noise, count, clipped_count) in sums.items():
+        s, z, _, _, storage = grids[name]
+        relative = math.sqrt(noise / signal) if signal > 0 else (0.0 if noise == 0 else math.inf)
+        sqnr = 10 * math.log10(signal / noise) if noise > 0 and signal > 0 else math.inf
+        out.append(ActivationError(name, storage, s, z, relative, sqnr, clipped_count / count if count else 0.0))
+    out.sort(key=lambda a: -a.relative_l2)
+    return out
 
 
 def _capture(orig: LoadedModel, feeds: Feeds, names: list[str]) -> dict[str, list[np.ndarray]]:
