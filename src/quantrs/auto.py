@@ -200,6 +200,7 @@ def auto(
         input_bytes=model.total_bytes,
         output_bytes=sum(p.stat().st_size for p in files),
         tuning_samples=len(tuning),
+        sensitivity_samples=sensitivity.samples,
         held_out_samples=len(held_out),
         evaluations=len(outcome.candidates),
         sensitivity_seconds=round(sensitivity.seconds, 3),

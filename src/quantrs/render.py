@@ -330,7 +330,7 @@ def render_auto(report: AutoReport) -> None:
         )
     console.print(
         f"  {report.evaluations} evaluation(s) on {report.held_out_samples} held-out sample(s); sensitivity on "
-        f"{report.tuning_samples} sample(s) in {report.sensitivity_seconds:.1f} s; {report.seconds:.1f} s in all; "
+        f"{report.sensitivity_samples} of {report.tuning_samples} sample(s) in {report.sensitivity_seconds:.1f} s; {report.seconds:.1f} s in all; "
         f"error model: gain {report.gain:.3g}, floor {report.floor:.3g}",
         highlight=False,
     )

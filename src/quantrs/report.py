@@ -419,6 +419,7 @@ class AutoReport:
     input_bytes: int
     output_bytes: int
     tuning_samples: int
+    sensitivity_samples: int  # of the tuning samples, those whose activations the sensitivity pass held (64 MiB)
     held_out_samples: int
     evaluations: int
     sensitivity_seconds: float

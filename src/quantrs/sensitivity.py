@@ -35,7 +35,7 @@ __all__ = ["FLOAT", "LayerSensitivity", "Sensitivity", "measure", "width_configs
 logger = logging.getLogger(__name__)
 
 FLOAT = "float"  # the width choice that keeps a weight as it is
-SENSITIVITY_BYTES = 256 << 20  # consumer inputs cached for the single-node runs
+SENSITIVITY_BYTES = 64 << 20  # consumer inputs cached for the single-node runs (at least one sample)
 
 
 @dataclass
