@@ -539,3 +539,22 @@ def test_validate_detailed_ranks_a_static_models_activations(tmp_path):
     q = np.clip(np.rint(x / image.scale) + image.zero_point, 0, 255)
     want = np.linalg.norm((q - image.zero_point) * image.scale - x) / np.linalg.norm(x)
     assert image.relative_l2 == pytest.approx(want, rel=1e-9)
+
+
+def test_benchmark_tells_weight_and_activation_dequantizers_apart(tmp_path):
+    """A static model's unfused activation Q/DQ is not a weight computed in float."""
+    from quantrs.benchmarking import ACTIVATION_DQ, _runtime_ops
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Sigmoid", ["m"], ["s"]), helper.make_node("MatMul", ["s", "w2"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])
+    inits = {"w": rng.standard_normal((64, 64)).astype(np.float32), "w2": rng.standard_normal((64, 64)).astype(np.float32)}
+    src = save(make(nodes, [x], [y], inits), tmp_path / "m.onnx")
+    quantrs.calibrate(src, tmp_path / "q.onnx", [{"x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(4)])
+    ops = _runtime_ops(tmp_path / "q.onnx", threads=1)
+    assert ops == {"MatMulIntegerToFloat": 2}, ops  # both weights fused: none computed in float
+    samples = [{"image": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    quantrs.calibrate(EXAMPLE, tmp_path / "c.onnx", samples)
+    ops = _runtime_ops(tmp_path / "c.onnx", threads=1)
+    assert ops is not None and ops.get(ACTIVATION_DQ, 0) >= 1 and ops.get("QLinearConv", 0) >= 1, ops

@@ -54,6 +54,9 @@ def benchmark(
 FUSION_CHECK_MAX_BYTES = 512 << 20  # above this, writing the optimized graph costs too much
 
 
+ACTIVATION_DQ = "DequantizeLinear of an activation"
+
+
 def _runtime_ops(path: Path, threads: int | None) -> dict[str, int] | None:
     """How onnxruntime runs the quantized weights after its graph optimizations: the counts of
     its fused integer kernels (MatMulNBits, QLinear*, ...) and of the DequantizeLinear nodes it
@@ -70,8 +73,11 @@ def _runtime_ops(path: Path, threads: int | None) -> dict[str, int] | None:
         session(path, threads=threads, optimized_path=Path(tmp) / "optimized.onnx")
         graph = onnx.load(str(Path(tmp) / "optimized.onnx"), load_external_data=False).graph
     counts: dict[str, int] = defaultdict(int)
+    stored = {t.name for t in graph.initializer}
     for node in graph.node:
-        if node.op_type in ("DequantizeLinear", "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "GatherBlockQuantized") or node.op_type.startswith("QLinear"):
+        if node.op_type == "DequantizeLinear" and node.input[0] not in stored:
+            counts[ACTIVATION_DQ] += 1  # an activation's Q/DQ pair left unfused: float compute around it
+        elif node.op_type in ("DequantizeLinear", "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "GatherBlockQuantized") or node.op_type.startswith("QLinear"):
             counts[node.op_type] += 1
     return dict(sorted(counts.items()))
 

@@ -252,12 +252,16 @@ def render_benchmark(report: BenchmarkReport) -> None:
     table.add_row("latency p10-p90", f"{o.latency_ms_p10:.3f}-{o.latency_ms_p90:.3f} ms", f"{q.latency_ms_p10:.3f}-{q.latency_ms_p90:.3f} ms")
     _print_table(console, table)
     if report.runtime_ops is not None:
-        fused = {op: n for op, n in report.runtime_ops.items() if op != "DequantizeLinear"}
+        from quantrs.benchmarking import ACTIVATION_DQ
+
+        fused = {op: n for op, n in report.runtime_ops.items() if op not in ("DequantizeLinear", ACTIVATION_DQ)}
         left = report.runtime_ops.get("DequantizeLinear", 0)
+        unfused = report.runtime_ops.get(ACTIVATION_DQ, 0)
         fused_text = ", ".join(f"{n} {op}" for op, n in fused.items()) or "none"
         console.print(
             f"onnxruntime fuses quantized weights into integer kernels: {fused_text}; "
-            f"{left} DequantizeLinear still run at every inference (their weights are computed in float)",
+            f"{left} DequantizeLinear of weights still run at every inference (their weights are computed in float)"
+            + (f"; {unfused} of activations too (float compute around them)" if unfused else ""),
             highlight=False,
         )
     threads = "the CPUs this process may use" if report.threads is None else str(report.threads)
