@@ -21,7 +21,7 @@ import builders
 import quantrs
 from quantrs import CalibrationConfig
 from quantrs.cli import app
-from quantrs.collect import _prefix_model, collect_statistics
+from quantrs.collect import _prefix_model, collect_statistics, data_folder
 from quantrs.model import load_model
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "small_cnn.onnx"
@@ -178,7 +178,7 @@ def test_onnxruntime_never_gets_the_weights_as_bytes(tmp_path):
 
     src = matmul_stack(tmp_path / "m.onnx", 4, 2048)
     model = load_model(src)
-    proto = _prefix_model(model, [model.proto.graph.node[-1].output[0]])
+    proto = _prefix_model(model, [model.proto.graph.node[-1].output[0]], data_folder(model))
     assert len(proto.graph.initializer) == len(model.proto.graph.initializer)
     assert proto.ByteSize() < 16 << 10
     assert all(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer)

@@ -40,7 +40,7 @@ from onnx import TensorProto, helper
 from quantrs.config import QuantizeConfig
 from quantrs.graph import GraphIndex, name_maker
 from quantrs.pipeline import WeightStream
-from quantrs.qdq import DQSpec
+from quantrs.qdq import DQSpec, tensor_header
 from quantrs.writer import OutTensor, Payload
 
 __all__ = [
@@ -326,8 +326,8 @@ class StaticEdit:
             stream.keep_scales.add(w)
             bias_values = _BiasValues(stream, b, w, self.params[x].scale, length)
             out += [
-                OutTensor(_header(codes, TensorProto.INT32, [length]), Payload(4 * length, bias_values.codes)),
-                OutTensor(_header(scale, TensorProto.FLOAT, [length]), Payload(4 * length, bias_values.scale)),
+                OutTensor(tensor_header(codes, TensorProto.INT32, [length]), Payload(4 * length, bias_values.codes)),
+                OutTensor(tensor_header(scale, TensorProto.FLOAT, [length]), Payload(4 * length, bias_values.scale)),
             ]
         self.biases = chosen
         rest = list(graph.node)
@@ -425,9 +425,3 @@ class _BiasValues:
         codes = np.rint(values / self.scale().astype(np.float64))
         return np.clip(codes, -(2**31), 2**31 - 1).astype(np.int32)
 
-
-def _header(name: str, data_type: int, dims: list[int]) -> TensorProto:
-    t = TensorProto()
-    t.name, t.data_type = name, data_type
-    t.dims.extend(dims)
-    return t

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from quantrs.config import QuantizeConfig
-from quantrs.errors import ConfigError
+from quantrs.errors import ConfigError, first_line
 from quantrs.pipeline import open_model
 from quantrs.report import AutoCandidate, AutoLayer, AutoReport, OutputAgreement
 from quantrs.samples import SampleSource, input_specs, iter_samples
@@ -106,14 +106,9 @@ class AutoConfig:
 
     @property
     def error_budget(self) -> float:
-        """The output's relative squared error the budget allows (the tighter of cosine and
-        relative error)."""
-        budgets = []
-        if self.min_cosine is not None:
-            budgets.append(1 / self.min_cosine**2 - 1)
-        if self.max_relative_error is not None:
-            budgets.append(self.max_relative_error**2)
-        return min(budgets)
+        allowed = error_budget(self.min_cosine, self.max_relative_error)
+        assert allowed is not None  # __post_init__ requires one of them
+        return allowed
 
     @property
     def widths(self) -> list[str]:
@@ -275,6 +270,17 @@ def _verify(
     return _Outcome(candidates, closest[1], closest[2], False, closest[0], closest[3] if closest[3].exists() else None)
 
 
+def error_budget(min_cosine: float | None, max_relative_error: float | None) -> float | None:
+    """The output's relative squared error a budget allows (the tighter of cosine and relative
+    error), or None without either."""
+    allowed = []
+    if min_cosine is not None:
+        allowed.append(1 / min_cosine**2 - 1)
+    if max_relative_error is not None:
+        allowed.append(max_relative_error**2)
+    return min(allowed) if allowed else None
+
+
 class _Search:
     """The error model and the greedy assignment over the measured layers."""
 
@@ -420,9 +426,8 @@ def _run(src: Path, path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str,
     try:
         return run_model(str(path), feeds)
     except Exception as exc:  # onnxruntime's own error types
-        text = str(exc).strip().splitlines()
         what = "the float model" if path == src else "a candidate"
-        raise ConfigError(f"{src}: {what} does not run on the held-out samples: {text[0] if text else type(exc).__name__}") from None
+        raise ConfigError(f"{src}: {what} does not run on the held-out samples: {first_line(exc)}") from None
 
 
 def _file_bytes(path: Path) -> int:

@@ -28,7 +28,7 @@ from quantrs import kernels
 from quantrs.activations import TARGETS, ActivationParams, StaticEdit, choose_activations, excluded_outputs
 from quantrs.collect import GROUP_BYTES, collect_statistics
 from quantrs.config import QuantizeConfig
-from quantrs.errors import ConfigError, QuantrsError, UnsupportedModelError
+from quantrs.errors import ConfigError, QuantrsError, UnsupportedModelError, first_line
 from quantrs.pipeline import open_model, plan_model, rewrite_and_write
 from quantrs.qdq import DQSpec
 from quantrs.ranges import METHODS, pick_range
@@ -166,7 +166,7 @@ def calibrate(
         for path in done.files:
             path.unlink(missing_ok=True)
         if isinstance(exc, Exception) and not isinstance(exc, QuantrsError):
-            raise UnsupportedModelError(f"the quantized model does not run in onnxruntime: {_first_line(exc)}", file=src) from None
+            raise UnsupportedModelError(f"the quantized model does not run in onnxruntime: {first_line(exc)}", file=src) from None
         raise
     fidelity_seconds = time.perf_counter() - checking
     return CalibrationReport(
@@ -229,8 +229,3 @@ def _activation_params(lo: float, hi: float, scheme: Scheme) -> ActivationParams
     rng = kernels.Range(np.array([lo], np.float32), np.array([hi], np.float32))
     scale, zero_point = kernels.scales(rng, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric)
     return ActivationParams(float(scale[0]), int(zero_point[0]))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from quantrs.errors import ConfigError, UnsupportedModelError
+from quantrs.errors import ConfigError, UnsupportedModelError, first_line
 from quantrs.graph import subgraphs
 from quantrs.model import LoadedModel
 from quantrs.ranges import HistogramCollector
@@ -91,7 +91,8 @@ class ActivationRunner:
         sizes = _estimated_bytes(model, computed, first)
         plans = _groups(computed, sizes, budget, _positions(graph))
         logger.info("%d values to compute in %d group(s) of at most %.0f MB", len(self.names), len(plans), budget / 2**20)
-        self.groups = [_Group(plan, _session(model, plan)) for plan in plans]
+        folder = data_folder(model)  # one for every group: their locations are relative to it
+        self.groups = [_Group(plan, _session(model, plan, folder)) for plan in plans]
         self.inference_seconds = 0.0
 
     def run(self, samples: Iterable[Mapping[str, np.ndarray]]) -> Iterator[Sample]:
@@ -110,7 +111,7 @@ class ActivationRunner:
             try:
                 values = group.session.run(group.names, feed)
             except Exception as exc:  # onnxruntime's own error types
-                raise ConfigError(f"{self.model.path}: sample {index} does not run: {_first_line(exc)}") from None
+                raise ConfigError(f"{self.model.path}: sample {index} does not run: {first_line(exc)}") from None
             self.inference_seconds += time.perf_counter() - began
             yield from zip(group.names, values)
             del values
@@ -231,7 +232,7 @@ def _estimated_bytes(model: LoadedModel, names: list[str], sample: Mapping[str, 
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True).graph
     except Exception as exc:  # shape inference is a best effort here
-        logger.debug("shape inference failed (%s); activation sizes estimated", _first_line(exc))
+        logger.debug("shape inference failed (%s); activation sizes estimated", first_line(exc))
         inferred = g
     for value in inferred.value_info:
         t = value.type.tensor_type
@@ -244,25 +245,25 @@ def _estimated_bytes(model: LoadedModel, names: list[str], sample: Mapping[str, 
     return {n: known.get(n, fallback) for n in names}
 
 
-def _session(model: LoadedModel, outputs: list[str]):
+def _session(model: LoadedModel, outputs: list[str], folder: Path):
     """A session computing `outputs` from the graph's inputs: the prefix of the main graph they
     need, its weights read by onnxruntime from where they lie on disk."""
     import onnxruntime as ort
 
     from quantrs._ort import options as ort_options
 
-    proto = _prefix_model(model, outputs)
+    proto = _prefix_model(model, outputs, folder)
     # Fully optimized: onnxruntime never fuses away a graph output, and the activations are
     # the graph's outputs here.
     options = ort_options(lean=True)  # and the weights stay mapped from the file, never packed copies
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(_data_folder(model, _files(model))))
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
     try:
         return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime's own error types
-        raise UnsupportedModelError(f"onnxruntime cannot load the model: {_first_line(exc)}", file=model.path) from None
+        raise UnsupportedModelError(f"onnxruntime cannot load the model: {first_line(exc)}", file=model.path) from None
 
 
-def _prefix_model(model: LoadedModel, outputs: list[str]) -> onnx.ModelProto:
+def _prefix_model(model: LoadedModel, outputs: list[str], folder: Path) -> onnx.ModelProto:
     """The model cut down to the nodes that `outputs` depend on, with `outputs` as its outputs.
 
     Its initializers are references to where their bytes lie on disk (external data, or the
@@ -291,7 +292,6 @@ def _prefix_model(model: LoadedModel, outputs: list[str]) -> onnx.ModelProto:
     g.output.extend(helper.make_empty_tensor_value_info(n) for n in outputs)
     wanted = [t for t in graph.initializer if t.name in needed]
     ranges = {t.name: model.weights.file_range(t.name) for t in wanted}
-    folder = _data_folder(model, [r[0] for r in ranges.values() if r is not None])
     for t in wanted:
         header = g.initializer.add()
         header.CopyFrom(t)
@@ -312,15 +312,12 @@ def _prefix_model(model: LoadedModel, outputs: list[str]) -> onnx.ModelProto:
     return proto
 
 
-def _files(model: LoadedModel) -> list[Path]:
-    return [r[0] for r in (model.weights.file_range(t.name) for t in model.proto.graph.initializer) if r is not None]
-
-
-def _data_folder(model: LoadedModel, files: list[Path]) -> Path:
+def data_folder(model: LoadedModel) -> Path:
     """The folder the sessions' data locations are relative to: the deepest one holding the
     model's folder and every file its weights are read from (a model file may be a symbolic
     link into another folder, as in a hub cache), so that no location climbs out of it."""
-    folders = [str(model.path.parent.resolve())] + [str(f.resolve().parent) for f in files]
+    ranges = (model.weights.file_range(t.name) for t in model.proto.graph.initializer)
+    folders = [str(model.path.parent.resolve())] + [str(r[0].resolve().parent) for r in ranges if r is not None]
     return Path(os.path.commonpath(folders))
 
 
@@ -330,8 +327,3 @@ def _captured(node: onnx.NodeProto) -> Iterator[str]:
         for inner in body.node:
             yield from (n for n in inner.input if n)
             yield from _captured(inner)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

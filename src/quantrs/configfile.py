@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quantrs.config import QuantizeConfig, options
-from quantrs.errors import ConfigError
+from quantrs.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     from quantrs.batch import Job
@@ -110,8 +110,7 @@ def load_config(path: str | Path) -> ConfigFile:
     except ConfigError:
         raise
     except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path}: not valid {suffix[1:].upper()} ({first})") from None
+        raise ConfigError(f"{path}: not valid {suffix[1:].upper()} ({first_line(exc)})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -14,6 +14,7 @@ __all__ = [
     "UnknownNameError",
     "AlreadyQuantizedError",
     "SchedulerError",
+    "first_line",
 ]
 
 
@@ -92,3 +93,10 @@ class AlreadyQuantizedError(UnsupportedModelError):
 
 class SchedulerError(QuantrsError, ConnectionError):
     """The Dask scheduler given for a batch cannot be reached or used."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (another library's, about to be said as one
+    line of ours), or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

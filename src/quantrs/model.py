@@ -20,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from quantrs._wire import scan_fields
-from quantrs.errors import ModelLoadError
+from quantrs.errors import ModelLoadError, first_line
 from quantrs.graph import MAIN, constant_tensor, walk_graphs
 
 __all__ = ["WeightInfo", "WeightStore", "LoadedModel", "load_model", "resolve_external_path"]
@@ -355,7 +355,7 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     try:
         proto, embedded = _parse_skeleton(np.frombuffer(file_map, dtype=np.uint8), file_map)
     except Exception as exc:  # malformed wire format, protobuf DecodeError: not ONNX, or truncated
-        raise ModelLoadError(f"{path}: not a valid ONNX model ({_one_line(exc)})") from None
+        raise ModelLoadError(f"{path}: not a valid ONNX model ({first_line(exc)})") from None
     if not proto.HasField("graph") or (len(proto.graph.node) == 0 and len(proto.graph.initializer) == 0):
         raise ModelLoadError(f"{path}: not a valid ONNX model (no graph)")
     if proto.ir_version < 3 or not proto.opset_import:
@@ -421,8 +421,3 @@ def _parse_skeleton(buf: np.ndarray, file_map: mmap.mmap | None = None) -> tuple
         if raw:
             embedded[tensor.name] = (raw[-1][3], raw[-1][4] - raw[-1][3])
     return model, embedded
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

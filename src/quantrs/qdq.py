@@ -17,7 +17,7 @@ from typing import Any
 import onnx
 from onnx import TensorProto, helper
 
-from quantrs.errors import UnsupportedModelError
+from quantrs.errors import UnsupportedModelError, first_line
 from quantrs.graph import GraphIndex, constant_tensor, name_maker, walk_graphs
 from quantrs.model import default_opset
 from quantrs.tensor import Scheme
@@ -202,8 +202,7 @@ def check_model(model: onnx.ModelProto, file: object = None) -> None:
         with initializers_as_inputs(model) as skeleton:
             onnx.checker.check_model(skeleton)
     except onnx.checker.ValidationError as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnsupportedModelError(f"the quantized model fails onnx.checker: {message}", file=file) from None
+        raise UnsupportedModelError(f"the quantized model fails onnx.checker: {first_line(exc)}", file=file) from None
 
 
 def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
@@ -219,7 +218,7 @@ def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
             converted = onnx.version_converter.convert_version(skeleton, target)
         except Exception as exc:  # the converter raises bare RuntimeError/ValueError
             raise UnsupportedModelError(
-                f"cannot convert the model from opset {source} to {target}: {str(exc).splitlines()[0]}"
+                f"cannot convert the model from opset {source} to {target}: {first_line(exc)}"
             ) from None
     kept_inputs = [i for i in converted.graph.input if i.name not in stand_ins]
     del converted.graph.input[:]
@@ -253,7 +252,7 @@ def detach_nested_weights(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -
             if node.op_type == "Constant" and node.output and node.output[0] in nested:
                 tensor = constant_tensor(node)
                 assert tensor is not None
-                placeholder = _header("", tensor.data_type, list(tensor.dims))
+                placeholder = tensor_header("", tensor.data_type, list(tensor.dims))
                 kept = [a for a in node.attribute if a.name != "value"]
                 del node.attribute[:]
                 node.attribute.extend(kept)
@@ -264,7 +263,7 @@ def detach_nested_weights(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -
             del g.initializer[:]
             g.initializer.extend(kept_inits)
             placeholders = [
-                helper.make_node("Constant", [], [t.name], value=_header("", t.data_type, list(t.dims))) for t in moved
+                helper.make_node("Constant", [], [t.name], value=tensor_header("", t.data_type, list(t.dims))) for t in moved
             ]
             nodes = placeholders + list(g.node)
             del g.node[:]
@@ -303,17 +302,17 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
         if spec.nbits:
             _, n, blocks, blob = spec.nbits_layout
             tensors[name] = DQTensors(
-                _header(fresh(f"{name}_quantized"), TensorProto.UINT8, [n, blocks, blob]),
-                _header(fresh(f"{name}_scale"), spec.scale_type, [n, blocks]),
-                _header(fresh(f"{name}_zero_point"), TensorProto.UINT8, [n, spec.nbits_zero_point_bytes]) if spec.has_zero_point else None,
+                tensor_header(fresh(f"{name}_quantized"), TensorProto.UINT8, [n, blocks, blob]),
+                tensor_header(fresh(f"{name}_scale"), spec.scale_type, [n, blocks]),
+                tensor_header(fresh(f"{name}_zero_point"), TensorProto.UINT8, [n, spec.nbits_zero_point_bytes]) if spec.has_zero_point else None,
             )
             for use in index.uses.get(name, []):
                 fused[place[id(use.node)]] = _matmulnbits(spec, tensors[name], use.node, fresh)
             continue
         code_type = spec.code_type
-        codes = _header(fresh(f"{name}_quantized"), code_type, list(spec.shape))
-        scale = _header(fresh(f"{name}_scale"), spec.scale_type, spec.param_dims)
-        zero_point = _header(fresh(f"{name}_zero_point"), code_type, spec.param_dims) if spec.has_zero_point else None
+        codes = tensor_header(fresh(f"{name}_quantized"), code_type, list(spec.shape))
+        scale = tensor_header(fresh(f"{name}_scale"), spec.scale_type, spec.param_dims)
+        zero_point = tensor_header(fresh(f"{name}_zero_point"), code_type, spec.param_dims) if spec.has_zero_point else None
         tensors[name] = DQTensors(codes, scale, zero_point)
         nodes = _dequantize(spec, tensors[name], name, fresh) if spec.dense else []
         if spec.nested:
@@ -454,7 +453,8 @@ def _lookup(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fresh) -> 
     return nodes
 
 
-def _header(name: str, data_type: int, dims: list[int]) -> TensorProto:
+def tensor_header(name: str, data_type: int, dims: list[int]) -> TensorProto:
+    """A TensorProto without values: what the writer fills in later."""
     t = TensorProto()
     t.name = name
     t.data_type = data_type

@@ -325,7 +325,9 @@ def render_auto(report: AutoReport) -> None:
         + f"{narrowest}); file {human_bytes(report.input_bytes)} -> {human_bytes(report.output_bytes)}",
         highlight=False,
     )
-    budget_error = _error_budget(report.budget)
+    from quantrs.auto import error_budget
+
+    budget_error = error_budget(report.budget.get("min_cosine"), report.budget.get("max_relative_error"))
     if report.static and budget_error is not None and report.floor > budget_error / 2:
         console.print(
             f"  [yellow]note:[/] the activations' own error (floor {report.floor:.3g}) takes {report.floor / budget_error:.0%} of the "
@@ -367,13 +369,3 @@ def render_auto(report: AutoReport) -> None:
     if report.fixed:
         widest = max(w for w in report.choices if w != "float")
         console.print(f"  inside bodies, not measured, at {widest} bits: {escape(', '.join(report.fixed))}", highlight=False)
-
-
-def _error_budget(budget: dict[str, float]) -> float | None:
-    """The output relative squared error a budget allows (quantrs.auto.AutoConfig.error_budget)."""
-    allowed = []
-    if "min_cosine" in budget:
-        allowed.append(1 / budget["min_cosine"] ** 2 - 1)
-    if "max_relative_error" in budget:
-        allowed.append(budget["max_relative_error"] ** 2)
-    return min(allowed) if allowed else None

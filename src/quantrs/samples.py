@@ -44,7 +44,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from quantrs.errors import ConfigError
+from quantrs.errors import ConfigError, first_line
 
 __all__ = [
     "InputSpec",
@@ -200,7 +200,7 @@ def _read(file: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
     except ConfigError:
         raise
     except Exception as exc:  # ValueError, OSError, zipfile.BadZipFile: not a numpy file
-        raise ConfigError(f"{file}: cannot read the sample ({_first_line(exc)})") from None
+        raise ConfigError(f"{file}: cannot read the sample ({first_line(exc)})") from None
 
 
 class _NpyRows:
@@ -332,7 +332,7 @@ def _read_tensor(file: Path) -> onnx.TensorProto:
     try:
         tensor.ParseFromString(file.read_bytes())
     except OSError as exc:
-        raise ConfigError(f"{file}: cannot read the tensor ({_first_line(exc)})") from None
+        raise ConfigError(f"{file}: cannot read the tensor ({first_line(exc)})") from None
     except Exception:  # protobuf's DecodeError
         raise ConfigError(f"{file}: not a serialized onnx TensorProto") from None
     if tensor.data_type == onnx.TensorProto.UNDEFINED:
@@ -344,12 +344,7 @@ def _tensor_array(tensor: onnx.TensorProto, file: Path) -> np.ndarray:
     try:
         return numpy_helper.to_array(tensor, base_dir=str(file.parent))
     except Exception as exc:  # unknown data type, data not matching dims, missing external data
-        raise ConfigError(f"{file}: cannot read the tensor ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise ConfigError(f"{file}: cannot read the tensor ({first_line(exc)})") from None
 
 
 def check_sample(sample: Mapping[str, Any], specs: list[InputSpec], file: str) -> dict[str, np.ndarray]:
@@ -360,7 +355,7 @@ def check_sample(sample: Mapping[str, Any], specs: list[InputSpec], file: str) -
     try:
         arrays = {k: np.asarray(v) for k, v in sample.items()}
     except Exception as exc:  # a value numpy cannot take
-        raise ConfigError(f"{file}: a value is not an array ({_first_line(exc)})") from None
+        raise ConfigError(f"{file}: a value is not an array ({first_line(exc)})") from None
     _check_names(arrays, specs, file)
     for spec in specs:
         _check_value(arrays[spec.name], spec, file)
@@ -425,4 +420,3 @@ def generate_samples(model: onnx.ModelProto, count: int = 4, *, seed: int = 0) -
             sample[spec.name] = value
         feeds.append(sample)
     return feeds
-

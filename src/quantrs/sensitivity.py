@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 
 from quantrs.collect import ActivationRunner
 from quantrs.config import QuantizeConfig
-from quantrs.graph import MAIN, GraphIndex
+from quantrs.graph import MAIN, GraphIndex, subgraphs
 from quantrs.model import LoadedModel
 from quantrs.plan import TensorPlan, plan_weights
 from quantrs.tensor import QuantizedTensor, quantize_tensor, scheme_for
@@ -94,7 +94,7 @@ def measure(
     measured, fixed = [], []
     for name in (n for n in first_plans if n in common):
         plan = first_plans[name]
-        consumer = next((u.node for u in index.uses.get(name, []) if u.scope.path == () and not list(_bodies(u.node))), None)
+        consumer = next((u.node for u in index.uses.get(name, []) if u.scope.path == () and next(subgraphs(u.node), None) is None), None)
         if plan.scope != MAIN or consumer is None:
             fixed.append(name)
         else:
@@ -213,10 +213,6 @@ def _single_node(model: LoadedModel, node: onnx.NodeProto, weight: str, value: n
     graph = helper.make_graph([node], "layer", inputs, [helper.make_empty_tensor_value_info(node.output[0])], tensors)
     proto = helper.make_model(graph, opset_imports=model.proto.opset_import, ir_version=model.proto.ir_version)
     return session(proto.SerializeToString(), threads=1, lean=True)
-
-
-def _bodies(node: onnx.NodeProto):
-    return (a for a in node.attribute if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS))
 
 
 def _label(node: onnx.NodeProto) -> str:

@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from quantrs import kernels
+from quantrs.errors import first_line
 from quantrs.model import LoadedModel, load_model
 from quantrs.report import ActivationError, Check, LayerError, OutputAgreement, ThresholdResult, ValidationReport
 from quantrs.samples import generate_samples, input_specs, load_samples
@@ -84,7 +85,7 @@ def validate(
         outputs = agreements(reference, got)
         checks.append(Check("runs in onnxruntime", True, f"{len(feeds)} sample(s)"))
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeException
-        checks.append(Check("runs in onnxruntime", False, _first_line(exc)))
+        checks.append(Check("runs in onnxruntime", False, first_line(exc)))
         reference = None
     results = thresholds.evaluate(outputs)
 
@@ -337,7 +338,7 @@ def rank_layers(orig: LoadedModel, quant: LoadedModel, feeds: Feeds) -> list[Lay
             try:
                 local_rel, local_db = _local_error(orig, node, name, dequantized, feeds, captured)
             except Exception as exc:  # an op onnxruntime cannot run alone; keep the weight figures
-                note = f"local error unavailable: {_first_line(exc)}"
+                note = f"local error unavailable: {first_line(exc)}"
         layers.append(
             LayerError(
                 name=name,
@@ -403,18 +404,15 @@ def rank_activations(orig: LoadedModel, quant: LoadedModel, feeds: Feeds) -> lis
 
 
 def _capture(orig: LoadedModel, feeds: Feeds, names: list[str]) -> dict[str, list[np.ndarray]]:
-    model = onnx.load(str(orig.path))
-    known = {v.name for v in model.graph.output}
-    inferred = {}
-    try:
-        inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
-    except Exception:  # shape inference is best effort; outputs without types still run
-        pass
-    for name in names:
-        if name not in known:
-            model.graph.output.append(inferred.get(name) or helper.make_empty_tensor_value_info(name))
-    return run_model(model.SerializeToString(), feeds, names)
+    """The values of `names` on each feed, from the original model (calibration's runner: its
+    weights mapped from disk, the values in bounded groups)."""
+    from quantrs.collect import ActivationRunner
 
+    captured: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for sample in ActivationRunner(orig, names, feeds[0]).run(feeds):
+        for name, value in sample.values:
+            captured[name].append(np.asarray(value))
+    return captured
 
 def _local_error(orig: LoadedModel, node: onnx.NodeProto, weight: str, dequantized: np.ndarray, feeds: Feeds, captured) -> tuple[float, float]:
     """Run `node` alone on the original activations with the float and the dequantized weight."""
@@ -482,8 +480,3 @@ def _with_float_weights(quantized: onnx.ModelProto, orig: LoadedModel, names: li
     graph.initializer.extend(kept)
     graph.initializer.extend(numpy_helper.from_array(np.ascontiguousarray(orig.weights.array(n)), n) for n in names)
     return model
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
