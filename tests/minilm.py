@@ -78,6 +78,61 @@ SENTENCES = [
 ]
 PARAPHRASES = [(2 * i, 2 * i + 1) for i in range(len(SENTENCES) // 2)]
 
+# Other sentences, none of them about SENTENCES' topics: what a user would tune on (`auto`,
+# `calibrate`) and hold out, so that SENTENCES measure the result on text it never saw.
+TUNING_SENTENCES = [
+    "The museum opens at nine and closes late on Fridays.",
+    "He forgot his umbrella and got soaked on the way home.",
+    "Quantum computers exploit superposition to solve certain problems faster.",
+    "The recipe calls for two cups of flour and a pinch of salt.",
+    "Stock markets fell sharply after the quarterly earnings report.",
+    "Please restart the server after installing the security patch.",
+    "The children built a sandcastle near the edge of the water.",
+    "A new species of frog was discovered in the rainforest.",
+    "The committee postponed the vote until next month.",
+    "My grandmother tells stories about growing up on a farm.",
+    "Electric cars are becoming cheaper every year.",
+    "The hikers reached the summit just before sunset.",
+    "The library will be closed for renovations during the summer.",
+    "Traffic was heavy on the highway because of an accident.",
+    "He learned to speak Japanese while living in Tokyo for three years.",
+    "The new policy requires employees to work from the office twice a week.",
+    "Volcanic eruptions can affect the climate for several years.",
+    "The puppy chewed through the cable of the reading lamp.",
+    "Our team released a new version of the mobile app yesterday.",
+    "The novel tells the story of a family over three generations.",
+    "Vaccines train the immune system to recognize a virus.",
+    "I prefer tea to coffee in the morning, with a little milk.",
+    "Bees play an essential role in pollinating crops.",
+    "The printer on the third floor is out of paper again.",
+    "They adopted two kittens from the animal shelter last spring.",
+    "The spacecraft entered orbit around Mars after a seven-month journey.",
+    "Please send me the invoice by email before Monday.",
+    "The old lighthouse still guides ships along the rocky coast.",
+    "Regular exercise lowers the risk of heart disease.",
+    "The kids were excited about the snow day and built a snowman.",
+    "A strong password mixes letters, numbers and symbols.",
+    "The farmers market sells honey, cheese and fresh bread on Saturdays.",
+]
+HELD_OUT_SENTENCES = [
+    "The painter spent months restoring the damaged fresco.",
+    "Our neighbours are renovating their kitchen this month.",
+    "The river flooded the valley after days of heavy rain.",
+    "The startup raised money to expand into new markets.",
+    "The professor explained the theory with a simple example.",
+    "I lost my keys somewhere between the office and the car.",
+    "The festival attracts thousands of visitors every summer.",
+    "Solar panels on the roof cover most of the house's electricity.",
+    "The goalkeeper broke his wrist during training.",
+    "You can renew your passport online in most cases.",
+    "The bakery on the corner sells the best croissants in town.",
+    "Scientists are studying how whales communicate over long distances.",
+    "The meeting was moved to the larger conference room.",
+    "Reading before bed helps me fall asleep faster.",
+    "The app crashes whenever I try to upload a photo.",
+    "The mountain village has only one road in and out.",
+]
+
 
 def weights_dir() -> Path | None:
     """The folder holding model.safetensors and tokenizer.json, or None if no package has it.

@@ -266,3 +266,44 @@ def test_exclude_keeps_a_weight_float_and_unknown_names_are_usage_errors(tmp_pat
     assert "w2" in {t.name for t in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}  # still float
     result = runner.invoke(app, [*common, "--exclude", "w9"])
     assert result.exit_code == 2 and "--exclude" in result.output
+
+
+def test_matmulnbits_candidates_are_measured_and_stored_as_matmulnbits_at_4_and_8_bits(tmp_path):
+    """--quant-format matmulnbits: every width is a com.microsoft.MatMulNBits in blocks (8-bit
+    weights keep the blocks there), and the bytes auto counts are the bytes written."""
+    src, samples = sensitive_mlp(tmp_path / "m.onnx")
+    held_out = np.random.default_rng(7).standard_normal((16, 4, D)).astype(np.float32)
+    config = AutoConfig(min_cosine=0.995, choices=("4", "8"), weights=QuantizeConfig(quant_format="matmulnbits"))
+    report = auto(src, tmp_path / "q.onnx", [{"x": s} for s in samples], config, eval_data=[{"x": s} for s in held_out])
+    assert report.met
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    stored = {t.name: t for t in model.graph.initializer}
+    nodes = {n.input[1]: n for n in model.graph.node if n.op_type == "MatMulNBits"}
+    assert len(nodes) == len(report.layers) == 5
+    widths = {layer.name: layer.width for layer in report.layers}
+    assert set(widths.values()) == {"4", "8"}, widths
+    for layer in report.layers:
+        node = next(n for n in nodes.values() if n.name.startswith(f"fc{layer.name[1:]}"))
+        attrs = {a.name: a.i for a in node.attribute}
+        assert attrs["bits"] == int(layer.width) and attrs["block_size"] == 32
+        written = sum(len(stored[i].raw_data) for i in node.input[1:] if i)
+        assert written == layer.bytes[layer.width], layer.name
+    ref = ort.InferenceSession(str(src)).run(None, {"x": held_out.reshape(-1, D)})[0]
+    got = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, {"x": held_out.reshape(-1, D)})[0]
+    assert cosine(ref, got) >= 0.995
+
+
+def test_matmulnbits_is_weight_only_and_needs_a_matmul(tmp_path):
+    src, samples = sensitive_mlp(tmp_path / "m.onnx")
+    np.save(tmp_path / "data.npy", samples)
+    common = ["-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.99", "--quant-format", "matmulnbits"]
+    result = runner.invoke(app, ["auto", str(src), *common, "--static"])
+    assert result.exit_code == 2 and "--quant-format" in result.output
+    model = onnx.load(str(src))
+    for node in model.graph.node:
+        if node.op_type == "MatMul":
+            node.op_type, node.input[:] = "Gemm", list(node.input)  # the same product, not a MatMul
+    onnx.save(model, str(tmp_path / "g.onnx"))
+    result = runner.invoke(app, ["auto", str(tmp_path / "g.onnx"), *common])
+    assert result.exit_code == 2 and "--quant-format" in result.output and "no MatMul" in result.output
+    assert not (tmp_path / "q.onnx").exists()

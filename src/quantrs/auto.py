@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from quantrs.config import QuantizeConfig
-from quantrs.errors import ConfigError, first_line
-from quantrs.pipeline import open_model
+from quantrs.errors import ConfigError, OptionError, first_line
+from quantrs.pipeline import open_model, plan_model
 from quantrs.report import AutoCandidate, AutoLayer, AutoReport, OutputAgreement
 from quantrs.samples import SampleSource, input_specs, iter_samples
 from quantrs.sensitivity import FLOAT, Sensitivity, measure, width_configs
@@ -72,7 +72,8 @@ class AutoConfig:
         static: also quantize activations (calibrated INT8), the budget measured on that model.
         max_evaluations: full evaluations (build + run on the held-out samples) at most.
         max_samples: samples read from --data and --eval-data at most (None: all).
-        weights: further quantize options (exclusions, min_elements, threads).
+        weights: further quantize options (exclusions, min_elements, threads, quant_format:
+            matmulnbits writes onnxruntime's MatMulNBits / GatherBlockQuantized at 4 and 8 bits).
     """
 
     min_cosine: float | None = None
@@ -97,6 +98,8 @@ class AutoConfig:
             raise ConfigError(f"choices must be among {', '.join(WIDTHS)}, not {', '.join(unknown) or 'none'}")
         if list(self.choices) == [FLOAT]:
             raise ConfigError("choices must include an integer width (4 or 8)")
+        if self.static and self.weights.quant_format != "qdq":
+            raise ConfigError(f"static (calibrated activations) writes QDQ, not {self.weights.quant_format}")
         if self.max_evaluations < 1:
             raise ConfigError(f"max_evaluations must be at least 1, not {self.max_evaluations}")
 
@@ -145,6 +148,10 @@ def auto(
     _say(progress, f"sensitivity of every weight on {len(tuning)} sample(s)")
     widths = config.widths
     configs = width_configs(widths, config.weights, config.block_size, static=config.static)
+    if config.weights.quant_format == "matmulnbits":
+        _, specs_by_name, _ = plan_model(model, next(iter(configs.values())))
+        if not any(s.nbits for s in specs_by_name.values()):
+            raise OptionError("quant_format", f"matmulnbits: {src} has no MatMul weight to write as MatMulNBits")
     sensitivity = measure(model, configs, tuning, with_float=FLOAT in widths)
     if not sensitivity.layers and not sensitivity.fixed:
         raise ConfigError(f"{src}: no weight whose width auto could choose")

@@ -380,6 +380,7 @@ def auto(
     choices: Annotated[str, typer.Option("--choices", help="Widths a weight may get, from 4, 8, float.")] = "4,8,float",
     block_size: Annotated[int, typer.Option("--block-size", help="4-bit weights in blocks of this size (16-256); 0: per channel. 8-bit ones are per channel.")] = 32,
     static: Annotated[bool, typer.Option("--static", help="Also quantize activations (calibrated INT8); the budget is measured on that model.")] = False,
+    quant_format: Annotated[str, typer.Option("--quant-format", help="qdq, or matmulnbits: MatMul weights as onnxruntime's MatMulNBits and tables as GatherBlockQuantized, 4- and 8-bit in blocks (weight-only).")] = "qdq",
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Held-out samples for verification (default: the last quarter of --data).", show_default=False)] = None,
     max_evaluations: Annotated[int, typer.Option("--max-evaluations", min=1, help="Candidates built and run, at most.")] = 6,
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Node or weight name to keep in float (repeatable).", show_default=False)] = None,
@@ -409,7 +410,9 @@ def auto(
         raise typer.BadParameter(f"must be a power of two from 16 to 256, or 0, not {block_size}", param_hint="'--block-size'")
     if report is not None and not (report.parent if str(report.parent) else Path(".")).is_dir():
         raise typer.BadParameter(f"{report}: the folder {report.parent} does not exist", param_hint="'--report'")
-    weights = quantize_config({"exclude": tuple(exclude or ()), "exclude_regex": tuple(exclude_regex or ())})
+    if static and quant_format != "qdq":
+        raise typer.BadParameter(f"{quant_format}: --static writes QDQ (calibrated activations); matmulnbits is weight-only", param_hint="'--quant-format'")
+    weights = quantize_config({"exclude": tuple(exclude or ()), "exclude_regex": tuple(exclude_regex or ()), "quant_format": quant_format})
     config = AutoConfig(
         min_cosine=min_cosine, max_relative_error=max_relative_error, min_top1=min_top1, choices=widths,
         block_size=block_size or None, static=static, max_evaluations=max_evaluations, weights=weights,
@@ -418,13 +421,15 @@ def auto(
         from quantrs.html_report import require_matplotlib
 
         require_matplotlib()  # before the search, not after it
-    from quantrs.errors import UnknownNameError
+    from quantrs.errors import OptionError, UnknownNameError
 
     say = None if quiet or _State.quiet or fmt is OutputFormat.json else _progress_line
     try:
         result = run(model, output, data, config, eval_data=eval_data, progress=say)
     except UnknownNameError as exc:  # a flag's value, so a usage error
         raise typer.BadParameter(f"{exc} ({model})", param_hint=_flag(exc.field)) from None
+    except OptionError as exc:  # a flag that does not fit this model
+        raise typer.BadParameter(exc.detail, param_hint=_flag(exc.field)) from None
     if report is not None:
         from quantrs.html_report import write_auto_html
 

@@ -62,11 +62,13 @@ class Sensitivity:
 def width_configs(widths: Sequence[str], base: QuantizeConfig, block_size: int | None, *, static: bool = False) -> dict[str, QuantizeConfig]:
     """The QuantizeConfig each integer width is stored with, so that what is measured is what
     is built: 4 bits in blocks of `block_size` (quantrs' best 4-bit scheme), or per channel when
-    None; 8 bits per channel (as `--layer-bits NAME=8` stores them in a blocked model)."""
+    None; 8 bits per channel (as `--layer-bits NAME=8` stores them in a blocked model). In
+    `base`'s matmulnbits format every width is in blocks (QuantizeConfig.blocks): MatMulNBits and
+    GatherBlockQuantized hold 8 bits in blocks too."""
     return {
         width: dataclasses.replace(
             base, bits=int(width), block_size=None if width == "8" else block_size, per_channel=True, layer_bits=(),
-            quant_format="qdq", range=None, symmetric=base.symmetric or static,
+            range=None, symmetric=base.symmetric or static,
         )
         for width in widths
         if width != FLOAT
@@ -183,7 +185,8 @@ def _stored_bytes(plan: TensorPlan, config: QuantizeConfig) -> int:
     """Codes, scales and zero points of the weight as `quantize` stores them."""
     assert plan.bits is not None
     count = int(np.prod(plan.shape, dtype=np.int64))
-    packed = plan.bits == 4 and config.native_int4 and not plan.lookups
+    # QDQ tables keep one code per byte (Gather has no 4-bit type); GatherBlockQuantized packs them.
+    packed = plan.bits == 4 and (plan.nbits or plan.gather_block or (config.native_int4 and not plan.lookups))
     codes = (count + 1) // 2 if packed else count
     if plan.axis is None:
         channels = 1
