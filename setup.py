@@ -18,7 +18,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-KERNEL_MODULES = ("_build", "_reduce", "_quant", "_pack", "_wire", "_block", "_calib")
+KERNEL_MODULES = ("_build", "_reduce", "_quant", "_pack", "_wire", "_block", "_calib", "_gptq")
 
 
 def _flag(name: str) -> bool:

@@ -20,3 +20,4 @@ cdef extern from *:
     ctypedef float* float_rp "float * __restrict__"
     ctypedef double* double_rp "double * __restrict__"
     ctypedef unsigned char* uchar_rp "unsigned char * __restrict__"
+    ctypedef const double* const_double_rp "const double * __restrict__"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantrs import _block, _build, _calib, _pack, _quant, _reduce
+from quantrs import _block, _build, _calib, _gptq, _pack, _quant, _reduce
 from quantrs._cpus import available_cpus
 from quantrs.errors import ConfigError, NonFiniteWeightError
 
@@ -45,6 +45,7 @@ __all__ = [
     "SEARCH_ALPHAS",
     "Blocks",
     "quantize_blocks",
+    "compensate_rows",
 ]
 
 # Below this many elements a kernel runs on one thread: starting OpenMP's team costs more than
@@ -538,3 +539,46 @@ def quantize_blocks(
         max_abs_error=float(totals[2]),
         sse_minmax=float(totals[1]),
     )
+
+
+def compensate_rows(
+    w: np.ndarray,
+    u: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray,
+    group: np.ndarray,
+    qmin: int,
+    qmax: int,
+    *,
+    n_threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Error-compensated rounding of one batch of rows (GPTQ's inner loop; see quantrs.gptq).
+
+    w: float64 [b, N], C-contiguous, updated in place (each row corrected by the errors of the
+    rows before it); u: the batch's [b, b] block of the upper Cholesky factor of H^-1 (u[i, i]
+    > 0); scale (float32) and zero_point (int32): [G, N], one row per group of weight rows;
+    group: [b] each row's group. Returns (codes [b, N] uint8, a signed code's two's complement;
+    err [b, N] float64, the scaled errors the caller applies to the rows after the batch).
+    """
+    _check_qrange(qmin, qmax)
+    if not (isinstance(w, np.ndarray) and w.dtype == np.float64 and w.ndim == 2 and w.flags.c_contiguous and w.flags.writeable):
+        raise ValueError("w must be a writable C-contiguous float64 [b, N] array")
+    rows, cols = w.shape
+    u = np.ascontiguousarray(u, dtype=np.float64)
+    scale = np.ascontiguousarray(scale, dtype=np.float32)
+    zero_point = np.ascontiguousarray(zero_point, dtype=np.int32)
+    group = np.ascontiguousarray(group, dtype=np.int32)
+    if u.shape != (rows, rows):
+        raise ValueError(f"u must be [{rows}, {rows}], not {list(u.shape)}")
+    if scale.ndim != 2 or scale.shape[1] != cols or zero_point.shape != scale.shape:
+        raise ValueError(f"scale and zero_point must be [G, {cols}], not {list(scale.shape)} and {list(zero_point.shape)}")
+    if group.shape != (rows,) or (rows and (group.min() < 0 or group.max() >= scale.shape[0])):
+        raise ValueError(f"group must hold {rows} row groups in [0, {scale.shape[0]})")
+    if rows and not (np.diag(u) > 0).all():
+        raise ValueError("u's diagonal must be positive")
+    if scale.size and not (scale > 0).all():
+        raise ValueError("scales must be positive")
+    codes = np.empty((rows, cols), dtype=np.uint8)
+    err = np.empty((rows, cols), dtype=np.float64)
+    _gptq.compensate_rows(w, u, scale, zero_point, group, qmin, qmax, codes, err, _threads(n_threads, w.size * max(rows, 1)))
+    return codes, err

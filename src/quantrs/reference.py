@@ -24,6 +24,7 @@ __all__ = [
     "unpack4",
     "histogram",
     "quantize_blocks",
+    "compensate_rows",
     "ERR_BLOCK",
 ]
 
@@ -324,3 +325,25 @@ def quantize_blocks(
         float(np.abs(d).max()),
         sse_minmax,
     )
+
+
+def compensate_rows(
+    w: np.ndarray, u: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, group: np.ndarray, qmin: int, qmax: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Twin of kernels.compensate_rows: (codes, err, w after the batch's corrections).
+
+    Row by row (all columns at once): q = saturate(rint(w_i / s) + z) in float64, the scaled
+    error e = (w_i - (q - z) * s) / u[i, i], and every later row j loses u[i, j] * e.
+    """
+    w = np.array(w, dtype=np.float64)
+    rows = w.shape[0]
+    codes = np.empty(w.shape, dtype=np.uint8)
+    err = np.empty(w.shape, dtype=np.float64)
+    for i in range(rows):
+        s = scale[group[i]].astype(np.float64)
+        z = zero_point[group[i]].astype(np.float64)
+        q = np.clip(np.rint(w[i] / s) + z, qmin, qmax)
+        codes[i] = q.astype(np.int32).astype(np.uint8)
+        err[i] = (w[i] - (q - z) * s) / u[i, i]
+        w[i + 1 :] -= u[i, i + 1 :, None] * err[i][None, :]
+    return codes, err, w
