@@ -220,3 +220,49 @@ def test_quantize_blocks_search_grid(benchmark, weights, grid):
     benchmark.extra_info["impl"] = f"{grid} point(s)"
     alphas = K.SEARCH_ALPHAS[:grid] if grid else None
     benchmark(K.quantize_blocks, x, 0, 32, 0, 15, symmetric=False, alphas=alphas, n_threads=2, out=out)
+
+
+@pytest.fixture(scope="module")
+def gptq_batch():
+    """One GPTQ batch of a [4096, 4096] weight: 128 rows, their factor block, blocks of 32."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((128, 4096))
+    a = rng.standard_normal((512, 128))
+    u = np.linalg.cholesky(np.linalg.inv(a.T @ a / 512 + 0.1 * np.eye(128))).T
+    scale = rng.uniform(0.05, 0.2, (4, 4096)).astype(np.float32)
+    zero_point = rng.integers(0, 16, (4, 4096)).astype(np.int32)
+    group = (np.arange(128) // 32).astype(np.int32)
+    return w, u, scale, zero_point, group
+
+
+@pytest.mark.parametrize("impl", ["numpy", "quantrs-1t", "quantrs-2t"])
+def test_compensate_rows(benchmark, gptq_batch, impl):
+    """GPTQ's in-batch rows (kernels.compensate_rows) against its numpy twin, UINT4."""
+    w, u, scale, zero_point, group = gptq_batch
+    benchmark.group = "gptq rows: batch of 128 x 4096"
+    benchmark.extra_info["impl"] = impl
+    benchmark.extra_info["bytes"] = w.nbytes
+    if impl == "numpy":
+        benchmark(R.compensate_rows, w, u, scale, zero_point, group, 0, 15)
+    else:
+        threads = 1 if impl == "quantrs-1t" else 2
+        benchmark(lambda: K.compensate_rows(w.copy(), u, scale, zero_point, group, 0, 15, n_threads=threads))
+
+
+@pytest.mark.parametrize("impl", ["nearest", "gptq"])
+def test_gptq_weight(benchmark, weights, impl):
+    """A [4096, 4096] MatMul weight in 4-bit blocks of 32 (refit), rounded to nearest or
+    compensated (its factor computed once per activation, outside the timing, as quantize does)."""
+    from quantrs import gptq
+    from quantrs.tensor import quantize_tensor, scheme_for
+
+    x, _ = weights("matmul-4096x4096")
+    scheme = scheme_for(4, symmetric=False, native_int4=True)
+    benchmark.group = "gptq weight: matmul 4096x4096, int4 b32"
+    benchmark.extra_info["impl"] = impl
+    benchmark.extra_info["bytes"] = x.nbytes
+    compensation = None
+    if impl == "gptq":
+        acts = np.random.default_rng(1).standard_normal((8192, 4096), dtype=np.float32)
+        compensation = gptq.Compensation(gptq.factor(acts.T.astype(np.float64) @ acts / 8192), False)
+    benchmark.pedantic(quantize_tensor, args=(x, scheme, 0), kwargs=dict(block_size=32, range="refit", compensation=compensation), rounds=3, iterations=1)

@@ -73,7 +73,9 @@ class AutoConfig:
         max_evaluations: full evaluations (build + run on the held-out samples) at most.
         max_samples: samples read from --data and --eval-data at most (None: all).
         weights: further quantize options (exclusions, min_elements, threads, quant_format:
-            matmulnbits writes onnxruntime's MatMulNBits / GatherBlockQuantized at 4 and 8 bits).
+            matmulnbits writes onnxruntime's MatMulNBits / GatherBlockQuantized at 4 and 8 bits;
+            rounding: gptq compensates the candidates' codes on the tuning samples, while the
+            sensitivities stay those of rounding to nearest, so the refitted gain absorbs it).
     """
 
     min_cosine: float | None = None
@@ -100,6 +102,8 @@ class AutoConfig:
             raise ConfigError("choices must include an integer width (4 or 8)")
         if self.static and self.weights.quant_format != "qdq":
             raise ConfigError(f"static (calibrated activations) writes QDQ, not {self.weights.quant_format}")
+        if self.static and self.weights.rounding != "nearest":
+            raise ConfigError(f"static (calibrated activations) rounds weights to nearest, not {self.weights.rounding}")
         if self.max_evaluations < 1:
             raise ConfigError(f"max_evaluations must be at least 1, not {self.max_evaluations}")
 
@@ -390,7 +394,8 @@ def _build(src: Path, dst: Path, assignment: Mapping[str, str], config: AutoConf
         return [Path(p) for p in report.files_written]
     from quantrs.pipeline import quantize
 
-    return [Path(p) for p in quantize(src, dst, options).files_written]
+    data = tuning if options.rounding == "gptq" else None
+    return [Path(p) for p in quantize(src, dst, options, data=data).files_written]
 
 
 def _output_error(outputs: Sequence[OutputAgreement]) -> float:

@@ -86,6 +86,8 @@ class CalibrationConfig:
             raise ConfigError(f"min_samples must be between 1 and max_samples, not {self.min_samples}")
         if self.group_bytes < 1:
             raise ConfigError(f"group_bytes must be positive, not {self.group_bytes}")
+        if self.weights.rounding != "nearest":
+            raise ConfigError(f"rounding {self.weights.rounding}: calibrate rounds weights to nearest (quantize --rounding gptq --data is weight-only)")
         if self.target == "tensorrt" and (self.reduce_range or not self.per_channel):
             raise ConfigError("target tensorrt takes INT8 per-channel weights: not reduce_range, not per_channel=False")
 

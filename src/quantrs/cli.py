@@ -194,6 +194,7 @@ def quantize(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be quantized (bits, axis, or why not); write nothing.")] = False,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Report as text or JSON (on stdout).")] = OutputFormat.text,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Samples for --rounding gptq (as for calibrate): .npy, .npz or a folder.", show_default=False)] = None,
     *,
     options: dict,
 ) -> None:
@@ -205,13 +206,17 @@ def quantize(
     if output is None and not dry_run:
         raise typer.BadParameter("is required (or use --dry-run)", param_hint="'--output' / '-o'")
     config = quantize_config(options)
+    if config.rounding == "gptq" and data is None and not dry_run:
+        raise typer.BadParameter("is required by --rounding gptq (its calibration samples)", param_hint="'--data'")
+    if data is not None and config.rounding != "gptq":
+        raise typer.BadParameter("is read only by --rounding gptq", param_hint="'--data'")
     try:
         if dry_run:
             _emit(plan_only(model, config, output_path=output), fmt, "render_plan")
             return
         assert output is not None  # checked above
         with _progress(quiet) as progress:
-            report = run(model, output, config, progress=progress)
+            report = run(model, output, config, data=data, progress=progress)
     except UnknownNameError as exc:  # a flag's value, so a usage error
         raise typer.BadParameter(f"{exc} ({model})", param_hint=_flag(exc.field)) from None
     except OptionError as exc:  # a flag that does not fit this model
@@ -237,6 +242,8 @@ def batch(
     from quantrs.batch import expand_inputs, make_jobs
 
     config = quantize_config(options)
+    if config.rounding == "gptq":
+        raise typer.BadParameter("gptq needs each model's own samples: use quantrs quantize --data", param_hint="'--rounding'")
     work = make_jobs(expand_inputs(models), output, config)
     _run_batch(work, fmt, quiet, n_jobs=jobs, skip_existing=skip_existing, continue_on_error=continue_on_error, scheduler=scheduler)
 
@@ -263,6 +270,9 @@ def config(
     quantize_config(options)  # flags given here: a bad value is a usage error naming the flag
     loaded = load_config(file)
     work = jobs_from_config(loaded, file.parent, options, file=file)
+    gptq = next((j for j in work if j.config.rounding == "gptq"), None)
+    if gptq is not None:  # a config file names no samples
+        raise _fail(f"{gptq.origin}: rounding: gptq needs the model's samples: use quantrs quantize --data ({gptq.input})")
     if dry_run:
         plans = []
         for j in work:
@@ -380,6 +390,7 @@ def auto(
     choices: Annotated[str, typer.Option("--choices", help="Widths a weight may get, from 4, 8, float.")] = "4,8,float",
     block_size: Annotated[int, typer.Option("--block-size", help="4-bit weights in blocks of this size (16-256); 0: per channel. 8-bit ones are per channel.")] = 32,
     static: Annotated[bool, typer.Option("--static", help="Also quantize activations (calibrated INT8); the budget is measured on that model.")] = False,
+    rounding: Annotated[str, typer.Option("--rounding", help="nearest, or gptq: codes compensated on the tuning samples (weight-only).")] = "nearest",
     quant_format: Annotated[str, typer.Option("--quant-format", help="qdq, or matmulnbits: MatMul weights as onnxruntime's MatMulNBits and tables as GatherBlockQuantized, 4- and 8-bit in blocks (weight-only).")] = "qdq",
     eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Held-out samples for verification (default: the last quarter of --data).", show_default=False)] = None,
     max_evaluations: Annotated[int, typer.Option("--max-evaluations", min=1, help="Candidates built and run, at most.")] = 6,
@@ -412,7 +423,11 @@ def auto(
         raise typer.BadParameter(f"{report}: the folder {report.parent} does not exist", param_hint="'--report'")
     if static and quant_format != "qdq":
         raise typer.BadParameter(f"{quant_format}: --static writes QDQ (calibrated activations); matmulnbits is weight-only", param_hint="'--quant-format'")
-    weights = quantize_config({"exclude": tuple(exclude or ()), "exclude_regex": tuple(exclude_regex or ()), "quant_format": quant_format})
+    if static and rounding != "nearest":
+        raise typer.BadParameter(f"{rounding}: --static rounds weights to nearest", param_hint="'--rounding'")
+    weights = quantize_config(
+        {"exclude": tuple(exclude or ()), "exclude_regex": tuple(exclude_regex or ()), "quant_format": quant_format, "rounding": rounding}
+    )
     config = AutoConfig(
         min_cosine=min_cosine, max_relative_error=max_relative_error, min_top1=min_top1, choices=widths,
         block_size=block_size or None, static=static, max_evaluations=max_evaluations, weights=weights,

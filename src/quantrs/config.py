@@ -22,6 +22,7 @@ __all__ = ["QuantizeConfig", "OptionSpec", "options", "BLOCK_SIZES"]
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 RANGES = ("minmax", "refit", "search")
 QUANT_FORMATS = ("qdq", "matmulnbits")
+ROUNDINGS = ("nearest", "gptq")
 MATMULNBITS_BLOCK = 32  # --quant-format matmulnbits without --block-size
 
 
@@ -101,6 +102,12 @@ class QuantizeConfig:
         "--accuracy-level",
         help="For --quant-format matmulnbits: onnxruntime's compute type for MatMulNBits, 0-4 (4: int8 activations, the CPU default).",
     )
+    rounding: str = _option(
+        "nearest",
+        "--rounding",
+        help="nearest (each value to its nearest code), or gptq: codes chosen to keep MatMul/Gemm outputs on the samples of --data "
+        "(error-compensated rounding, GPTQ; the scales are unchanged).",
+    )
     native_int4: bool = _option(
         True,
         "--native-int4/--int4-as-int8",
@@ -142,6 +149,8 @@ class QuantizeConfig:
             raise OptionError("quant_format", f"must be one of {', '.join(QUANT_FORMATS)}, not {self.quant_format!r}")
         if self.accuracy_level is not None and (isinstance(self.accuracy_level, bool) or self.accuracy_level not in range(5)):
             raise OptionError("accuracy_level", f"must be 0, 1, 2, 3 or 4, not {self.accuracy_level!r}")
+        if self.rounding not in ROUNDINGS:
+            raise OptionError("rounding", f"must be one of {', '.join(ROUNDINGS)}, not {self.rounding!r}")
         if self.range is not None and self.range not in RANGES:
             raise OptionError("range", f"must be one of {', '.join(RANGES)}, not {self.range!r}")
         if not isinstance(self.min_elements, int) or isinstance(self.min_elements, bool) or self.min_elements < 0:

@@ -11,9 +11,9 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import onnx
 
 from quantrs import __version__, kernels
 from quantrs.config import QuantizeConfig
-from quantrs.errors import AlreadyQuantizedError, OptionError, OutputError, QuantrsError, UnsupportedModelError
+from quantrs.errors import AlreadyQuantizedError, ConfigError, OptionError, OutputError, QuantrsError, UnsupportedModelError
 from quantrs.graph import MAIN, GraphIndex
 from quantrs.model import LoadedModel, load_model
 from quantrs.plan import FLOAT_TYPES, TensorPlan, plan_weights, quantized_ops
@@ -40,6 +40,10 @@ from quantrs.report import PlanEntry, PlanReport, QuantizeReport, TensorReport
 from quantrs.tensor import QuantizedTensor, Scheme, Scratch, quantize_matmulnbits, quantize_tensor, scheme_for
 from quantrs.writer import OutTensor, Payload, write_model
 
+if TYPE_CHECKING:
+    from quantrs.gptq import Compensation
+    from quantrs.samples import SampleSource
+
 __all__ = ["quantize", "dry_run", "open_model", "plan_model", "rewrite_and_write", "GraphEdit", "WeightStream"]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +57,7 @@ def quantize(
     output_path: str | os.PathLike[str],
     config: QuantizeConfig | None = None,
     *,
+    data: SampleSource | None = None,
     progress: ProgressCallback | None = None,
 ) -> QuantizeReport:
     """Quantize the float weights of an ONNX model and write a QDQ model that runs in onnxruntime.
@@ -70,20 +75,28 @@ def quantize(
     config = config or QuantizeConfig()
     started = time.perf_counter()
     src, dst = Path(input_path), Path(output_path)
+    if config.rounding == "gptq" and data is None:
+        raise OptionError("rounding", "gptq needs calibration samples (--data)")
     model = open_model(src, dst)
     plans, specs, already = plan_model(model, config)
     if config.quant_format == "matmulnbits" and not any(s.nbits for s in specs.values()):
         raise OptionError("quant_format", f"matmulnbits: {src} has no MatMul weight to write as MatMulNBits")
+    ready: dict[str, QuantizedTensor] = {}
+    notes: dict[str, str] = {}
+    if config.rounding == "gptq":
+        assert data is not None
+        ready, notes = _compensated(model, specs, config, data)
     metadata = {
         "quantrs.bits": str(config.bits),
         "quantrs.scheme": "symmetric" if config.symmetric else "asymmetric",
         "quantrs.granularity": _granularity(config),
         "quantrs.range": ", ".join(sorted({s.range for s in specs.values()})),
         "quantrs.storage": _storage_names(specs),
+        **({"quantrs.rounding": f"gptq ({len(ready)} weights)"} if config.rounding == "gptq" else {}),
     }
-    done = rewrite_and_write(model, dst, specs, config, metadata=metadata, progress=progress)
+    done = rewrite_and_write(model, dst, specs, config, metadata=metadata, progress=progress, ready=ready)
     stream = done.stream
-    reports = [_tensor_report(p, stream.results.get(p.name)) for p in plans]
+    reports = [_tensor_report(p, stream.results.get(p.name), notes.get(p.name, "")) for p in plans]
     return QuantizeReport(
         input=str(src),
         output=str(dst),
@@ -167,9 +180,11 @@ def rewrite_and_write(
     metadata: dict[str, str],
     edit: GraphEdit | None = None,
     progress: ProgressCallback | None = None,
+    ready: Mapping[str, QuantizedTensor] | None = None,
 ) -> Written:
     """Rewrite the graph for `specs` (and `edit`), then stream the output to `dst`, quantizing
-    each weight when the writer reaches it. `model.proto` is edited in place."""
+    each weight when the writer reaches it (or taking it from `ready`, quantized beforehand).
+    `model.proto` is edited in place."""
     src = model.path
     proto = model.proto
     detach_nested_weights(proto.graph, specs)
@@ -198,7 +213,7 @@ def rewrite_and_write(
     dq = insert_weight_dq(proto.graph, specs)
     if any(s.nbits or s.gather_block for s in specs.values()) and not any(e.domain == MICROSOFT_DOMAIN for e in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
-    stream = WeightStream(model, specs, dq, config, progress)
+    stream = WeightStream(model, specs, dq, config, progress, ready=dict(ready or {}))
     try:  # before any edit: rebuilding a node list copies the bodies, and the codes go in theirs
         stream.fill_bodies()
     except QuantrsError as exc:
@@ -312,6 +327,7 @@ class WeightStream:
     _scratch: Scratch = field(default_factory=Scratch)
     keep_scales: set[str] = field(default_factory=set)  # weights whose scales are kept once written
     scales: dict[str, np.ndarray] = field(default_factory=dict)
+    ready: dict[str, QuantizedTensor] = field(default_factory=dict)  # quantized beforehand (gptq)
 
     def __post_init__(self) -> None:
         self._total_bytes = sum(self.model.weights.info(n).nbytes for n in self.specs)
@@ -375,35 +391,15 @@ class WeightStream:
     def _quantized(self, name: str) -> QuantizedTensor:
         if self._current is None or self._current[0] != name:
             spec = self.specs[name]
-            array = self.model.weights.array(name)
             began = time.perf_counter()
-            try:
-                if spec.nbits:
-                    assert spec.block_size is not None
-                    qt = quantize_matmulnbits(
-                        array, spec.scheme, spec.block_size, range=spec.range, name=name, n_threads=self.config.n_threads,
-                        half_scale=spec.scale_type == onnx.TensorProto.FLOAT16,
-                    )  # fmt: skip
-                else:
-                    qt = quantize_tensor(
-                        array,
-                        spec.scheme,
-                        spec.axis,
-                        name=name,
-                        n_threads=self.config.n_threads,
-                        scratch=self._scratch,
-                        half_scale=spec.scale_type == onnx.TensorProto.FLOAT16,
-                        block_size=spec.block_size,
-                        range=spec.range,
-                    )
-            except QuantrsError as exc:  # the caller names the file
-                exc.about(tensor=name)
-                raise
+            qt = self.ready.pop(name, None)
+            if qt is None:
+                qt = quantize_weight(self.model.weights.array(name), spec, self.config, scratch=self._scratch)
             if spec.code_offset:
                 qt = _offset_codes(qt, spec.code_offset)
             took = time.perf_counter() - began
             self.quantize_seconds += took
-            logger.debug("  quantized %s %s in %.4f s: MSE %.3g", name, list(array.shape), took, qt.mse)
+            logger.debug("  quantized %s %s in %.4f s: MSE %.3g", name, list(spec.shape), took, qt.mse)
             self._current = (name, qt)
         return self._current[1]
 
@@ -425,6 +421,56 @@ class WeightStream:
         self._done_bytes += self.model.weights.info(name).nbytes
         if self.progress is not None:
             self.progress(len(self.results), len(self.specs), self._done_bytes, self._total_bytes)
+
+
+def quantize_weight(
+    array: np.ndarray, spec: DQSpec, config: QuantizeConfig, *, scratch: Scratch | None = None, compensation: Compensation | None = None
+) -> QuantizedTensor:
+    """One weight's codes and parameters as `spec` stores them (MatMulNBits' layout, or
+    DequantizeLinear's); with `scratch`, the codes live in its buffers until the next call."""
+    try:
+        if spec.nbits:
+            assert spec.block_size is not None
+            return quantize_matmulnbits(
+                array, spec.scheme, spec.block_size, range=spec.range, name=spec.name, n_threads=config.n_threads,
+                half_scale=spec.scale_type == onnx.TensorProto.FLOAT16, compensation=compensation,
+            )  # fmt: skip
+        return quantize_tensor(
+            array, spec.scheme, spec.axis, name=spec.name, n_threads=config.n_threads, scratch=scratch,
+            half_scale=spec.scale_type == onnx.TensorProto.FLOAT16, block_size=spec.block_size, range=spec.range,
+            compensation=compensation,
+        )  # fmt: skip
+    except QuantrsError as exc:  # the caller names the file
+        exc.about(tensor=spec.name)
+        raise
+
+
+def _compensated(
+    model: LoadedModel, specs: Mapping[str, DQSpec], config: QuantizeConfig, data: SampleSource
+) -> tuple[dict[str, QuantizedTensor], dict[str, str]]:
+    """The weights GPTQ applies to, quantized with compensated codes from the samples'
+    Hessians (quantrs.gptq), a group of Hessians at a time; and a note for every weight."""
+    from quantrs.gptq import Compensation, collect_hessians, factor, find_targets
+    from quantrs.samples import input_specs, load_samples
+
+    began = time.perf_counter()
+    samples = load_samples(data, input_specs(model.proto))
+    if not samples:
+        raise ConfigError(f"{model.path}: no calibration samples for gptq")
+    names = [n for n, s in specs.items() if not s.in_body]
+    targets, skipped = find_targets(model.proto.graph, names, {n: specs[n].shape for n in names})
+    ready: dict[str, QuantizedTensor] = {}
+    for hessians, group in collect_hessians(model, targets, samples):
+        factors = {name: factor(h) for name, h in hessians.items()}
+        del hessians
+        for target in group:
+            compensation = Compensation(factors[target.activation], target.transposed)
+            ready[target.weight] = quantize_weight(model.weights.array(target.weight), specs[target.weight], config, compensation=compensation)
+            model.weights.release(target.weight)
+    logger.info("gptq: %d weights compensated on %d sample(s) in %.2f s; %d rounded to nearest", len(ready), len(samples), time.perf_counter() - began, len(skipped))
+    notes = {n: "; codes by gptq" for n in ready} | {n: f"; rounded to nearest (gptq: {why})" for n, why in skipped.items()}
+    notes |= {n: "; rounded to nearest (gptq: inside a body)" for n, s in specs.items() if s.in_body}
+    return ready, notes
 
 
 def _offset_codes(qt: QuantizedTensor, offset: int) -> QuantizedTensor:
@@ -504,7 +550,7 @@ def _nothing_to_quantize(plans: list[TensorPlan]) -> str:
     return f"none of the {len(floats)} float tensors can be quantized ({examples})"
 
 
-def _tensor_report(plan: TensorPlan, summary: _Summary | None) -> TensorReport:
+def _tensor_report(plan: TensorPlan, summary: _Summary | None, note: str = "") -> TensorReport:
     if summary is None:
         return TensorReport(plan.name, list(plan.shape), plan.dtype, False, plan.reason, kind=plan.kind, scope=plan.scope)
     return TensorReport(
@@ -514,7 +560,7 @@ def _tensor_report(plan: TensorPlan, summary: _Summary | None) -> TensorReport:
         shape=list(plan.shape),
         dtype=plan.dtype,
         quantized=True,
-        reason=plan.reason,
+        reason=plan.reason + note,
         axis=summary.axis,
         storage=summary.storage,
         mse=summary.mse,

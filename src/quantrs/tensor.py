@@ -7,12 +7,16 @@ integer type and its range.
 from __future__ import annotations
 
 import mmap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from onnx import TensorProto
 
 from quantrs import kernels
+
+if TYPE_CHECKING:
+    from quantrs.gptq import Compensation
 
 __all__ = ["Scheme", "QuantizedTensor", "Scratch", "scheme_for", "quantize_tensor", "half_scales"]
 
@@ -174,6 +178,7 @@ def quantize_tensor(
     half_scale: bool = False,
     block_size: int | None = None,
     range: str = "minmax",
+    compensation: Compensation | None = None,
 ) -> QuantizedTensor:
     """Quantize a float32, float16 or bfloat16 array with `scheme`: along `axis` (None: per
     tensor), or, with `block_size`, in blocks of that many values along `axis` (the reduction
@@ -184,7 +189,16 @@ def quantize_tensor(
     With `scratch`, the returned `data` lives in the scratch buffers and is valid until the next
     call that uses them. With `half_scale`, the scales are float16 values (held as float32) so
     that a float16 DequantizeLinear reproduces exactly what the codes were computed with.
+    With `compensation` (quantrs.gptq), the codes for those scales are error-compensated ones.
     """
+    if compensation is not None:
+        qt = quantize_tensor(x, scheme, axis, name=name, n_threads=n_threads, half_scale=half_scale, block_size=block_size, range=range)
+        compensated, error, largest = compensation.codes(
+            x, qt.scale, qt.zero_point, axis=axis, block_size=block_size, qmin=scheme.qmin, qmax=scheme.qmax, n_threads=n_threads
+        )
+        flat = compensated.reshape(-1)
+        data = kernels.pack4(flat, n_threads=n_threads) if scheme.packed else flat
+        return replace(qt, data=data, mse=error / max(x.size, 1), max_abs_error=largest, mse_minmax=None)
     if block_size is not None or range != "minmax":
         view = _block_view(x, axis, block_size)
         if view is not None:
@@ -224,6 +238,7 @@ def quantize_matmulnbits(
     half_scale: bool,
     name: str = "tensor",
     n_threads: int | None = None,
+    compensation: Compensation | None = None,
 ) -> QuantizedTensor:
     """A MatMul weight [K, N] in onnxruntime's com.microsoft.MatMulNBits layout.
 
@@ -239,6 +254,14 @@ def quantize_matmulnbits(
         x, 0, block_size, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric, alphas=alphas,
         half_scale=half_scale, transpose=True, n_threads=n_threads, name=name,
     )  # fmt: skip
+    sse, max_abs, sse_minmax = blocks.sse, blocks.max_abs_error, (blocks.sse_minmax if alphas else None)
+    if compensation is not None:  # the same scales, error-compensated codes (quantrs.gptq)
+        compensated, sse, max_abs = compensation.codes(
+            x, blocks.scale.reshape(-1), blocks.zero_point.reshape(-1), axis=0, block_size=block_size, qmin=scheme.qmin,
+            qmax=scheme.qmax, n_threads=n_threads,
+        )  # fmt: skip
+        blocks = replace(blocks, codes=np.ascontiguousarray(compensated.T))
+        sse_minmax = None
     count = -(-k // block_size)
     offset = 1 << (scheme.bits - 1) if scheme.signed else 0
     codes = np.full((n, count * block_size), offset if scheme.signed else 0, dtype=np.uint8)
@@ -257,7 +280,7 @@ def quantize_matmulnbits(
         data=np.ascontiguousarray(codes).reshape(-1),
         scale=np.ascontiguousarray(blocks.scale.T).reshape(-1),
         zero_point=np.ascontiguousarray(zero_points).reshape(-1).astype(np.int32),
-        mse=blocks.sse / size,
-        max_abs_error=blocks.max_abs_error,
-        mse_minmax=blocks.sse_minmax / size if alphas else None,
+        mse=sse / size,
+        max_abs_error=max_abs,
+        mse_minmax=sse_minmax / size if sse_minmax is not None else None,
     )
