@@ -22,24 +22,25 @@ runner = CliRunner()
 D = 128
 
 
-def sensitive_mlp(path, layers: int = 5, sensitive: int = 2, seed: int = 0):
-    """MatMul -> Tanh, `layers` times; layer `sensitive` has three input rows 30x the others
-    (what trained transformers' outlier features do to a weight): 4 bits per channel lose it."""
+def sensitive_mlp(path, layers: int = 5, sensitive: int = 2, seed: int = 0, d: int = D):
+    """MatMul -> Tanh, `layers` times, [d, d] weights; layer `sensitive` has three input rows 30x
+    the others (what trained transformers' outlier features do to a weight): 4 bits per channel
+    lose it."""
     rng = np.random.default_rng(seed)
     nodes, inits, prev = [], [], "x"
     for i in range(layers):
-        w = (rng.standard_normal((D, D)) / np.sqrt(D)).astype(np.float32)
+        w = (rng.standard_normal((d, d)) / np.sqrt(d)).astype(np.float32)
         if i == sensitive:
-            w[rng.choice(D, 3, replace=False)] *= 30.0
+            w[rng.choice(d, 3, replace=False)] *= 30.0
         inits.append(numpy_helper.from_array(w, f"w{i}"))
         nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"fc{i}"), helper.make_node("Tanh", [f"m{i}"], [f"t{i}"])]
         prev = f"t{i}"
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", D])
-    y = helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["N", D])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])
+    y = helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["N", d])
     model = helper.make_model(helper.make_graph(nodes, "mlp", [x], [y], inits), opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, str(path))
-    samples = rng.standard_normal((32, 4, D)).astype(np.float32)
+    samples = rng.standard_normal((32, 4, d)).astype(np.float32)
     return path, samples
 
 
@@ -268,12 +269,13 @@ def test_exclude_keeps_a_weight_float_and_unknown_names_are_usage_errors(tmp_pat
     assert result.exit_code == 2 and "--exclude" in result.output
 
 
-def test_matmulnbits_candidates_are_measured_and_stored_as_matmulnbits_at_4_and_8_bits(tmp_path):
-    """--quant-format matmulnbits: every width is a com.microsoft.MatMulNBits in blocks (8-bit
-    weights keep the blocks there), and the bytes auto counts are the bytes written."""
-    src, samples = sensitive_mlp(tmp_path / "m.onnx")
-    held_out = np.random.default_rng(7).standard_normal((16, 4, D)).astype(np.float32)
-    config = AutoConfig(min_cosine=0.995, choices=("4", "8"), weights=QuantizeConfig(quant_format="matmulnbits"))
+@pytest.mark.parametrize("d, block_size", [(128, 32), (200, 64)])  # 200: columns padded to whole blocks
+def test_matmulnbits_candidates_are_measured_and_stored_as_matmulnbits_at_4_and_8_bits(tmp_path, d, block_size):
+    """--quant-format matmulnbits: every width is a com.microsoft.MatMulNBits in the blocks asked
+    for (8-bit weights keep them), and the bytes auto counts are the bytes written."""
+    src, samples = sensitive_mlp(tmp_path / "m.onnx", d=d)
+    held_out = np.random.default_rng(7).standard_normal((16, 4, d)).astype(np.float32)
+    config = AutoConfig(min_cosine=0.995, choices=("4", "8"), block_size=block_size, weights=QuantizeConfig(quant_format="matmulnbits"))
     report = auto(src, tmp_path / "q.onnx", [{"x": s} for s in samples], config, eval_data=[{"x": s} for s in held_out])
     assert report.met
     model = onnx.load(str(tmp_path / "q.onnx"))
@@ -285,11 +287,11 @@ def test_matmulnbits_candidates_are_measured_and_stored_as_matmulnbits_at_4_and_
     for layer in report.layers:
         node = next(n for n in nodes.values() if n.name.startswith(f"fc{layer.name[1:]}"))
         attrs = {a.name: a.i for a in node.attribute}
-        assert attrs["bits"] == int(layer.width) and attrs["block_size"] == 32
+        assert attrs["bits"] == int(layer.width) and attrs["block_size"] == block_size
         written = sum(len(stored[i].raw_data) for i in node.input[1:] if i)
         assert written == layer.bytes[layer.width], layer.name
-    ref = ort.InferenceSession(str(src)).run(None, {"x": held_out.reshape(-1, D)})[0]
-    got = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, {"x": held_out.reshape(-1, D)})[0]
+    ref = ort.InferenceSession(str(src)).run(None, {"x": held_out.reshape(-1, d)})[0]
+    got = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, {"x": held_out.reshape(-1, d)})[0]
     assert cosine(ref, got) >= 0.995
 
 
@@ -299,6 +301,8 @@ def test_matmulnbits_is_weight_only_and_needs_a_matmul(tmp_path):
     common = ["-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.99", "--quant-format", "matmulnbits"]
     result = runner.invoke(app, ["auto", str(src), *common, "--static"])
     assert result.exit_code == 2 and "--quant-format" in result.output
+    result = runner.invoke(app, ["auto", str(src), *common, "--block-size", "0"])
+    assert result.exit_code == 2 and "--block-size" in result.output
     model = onnx.load(str(src))
     for node in model.graph.node:
         if node.op_type == "MatMul":
@@ -322,3 +326,21 @@ def test_gptq_sensitivity_measures_the_compensated_codes(tmp_path):
         assert a.bytes == b.bytes
         for width in ("4", "8"):
             assert b.errors[width] < 0.7 * a.errors[width], (a.name, width, a.errors, b.errors)
+
+
+def test_one_sample_is_an_error_naming_the_data_and_how_samples_are_counted(tmp_path):
+    src, samples = sensitive_mlp(tmp_path / "m.onnx")
+    np.save(tmp_path / "one.npy", samples.reshape(-1, D))  # [N, D]: one run of batch N
+    result = runner.invoke(app, ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "one.npy"), "--min-cosine", "0.99"])
+    assert result.exit_code == 1 and "one.npy: 1 sample(s)" in result.output and "stack samples on a new first axis" in result.output, result.output
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_the_report_says_the_format_and_the_rounding(tmp_path):
+    src, samples = sensitive_mlp(tmp_path / "m.onnx")
+    np.save(tmp_path / "data.npy", samples)
+    common = ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.99", "--choices", "4,8"]
+    result = runner.invoke(app, [*common, "--quant-format", "matmulnbits", "--rounding", "gptq", "-q"])
+    assert result.exit_code == 0 and "(matmulnbits, gptq codes)" in result.output, result.output
+    data = json.loads(runner.invoke(app, [*common, "--format", "json"]).stdout)
+    assert (data["quant_format"], data["rounding"]) == ("qdq", "nearest")

@@ -120,11 +120,15 @@ def output_error(x, w, w_hat):
     return float(np.linalg.norm(x @ (w - w_hat)) / np.linalg.norm(x @ w))
 
 
-@pytest.mark.parametrize("bits, block_size, symmetric", [(4, 32, False), (4, 32, True), (4, None, False), (4, 128, True), (8, None, True), (8, 64, False)])
-def test_compensated_codes_keep_the_scales_and_lower_the_output_error(bits, block_size, symmetric):
+@pytest.mark.parametrize(
+    "bits, block_size, symmetric, per_tensor",
+    [(4, 32, False, False), (4, 32, True, False), (4, None, False, False), (4, 128, True, False), (8, None, True, False), (8, 64, False, False),
+     (8, None, False, True), (4, None, True, True)],
+)  # fmt: skip
+def test_compensated_codes_keep_the_scales_and_lower_the_output_error(bits, block_size, symmetric, per_tensor):
     x, w, h = layer()
     scheme = scheme_for(bits, symmetric=symmetric, native_int4=False)
-    axis = 0 if block_size else 1
+    axis = None if per_tensor else (0 if block_size else 1)
     nearest = quantize_tensor(w, scheme, axis, block_size=block_size, range="refit" if block_size else "minmax")
     f = gptq.factor(h)
     comp = quantize_tensor(w, scheme, axis, block_size=block_size, range="refit" if block_size else "minmax", compensation=gptq.Compensation(f, False))
@@ -137,7 +141,7 @@ def test_compensated_codes_keep_the_scales_and_lower_the_output_error(bits, bloc
     assert comp.mse_minmax is None
     # A Gemm with transB=1 stores W^T: the same codes, transposed.
     transposed = quantize_tensor(
-        np.ascontiguousarray(w.T), scheme, 1 - axis, block_size=block_size, range="refit" if block_size else "minmax",
+        np.ascontiguousarray(w.T), scheme, None if axis is None else 1 - axis, block_size=block_size, range="refit" if block_size else "minmax",
         compensation=gptq.Compensation(f, True),
     )  # fmt: skip
     np.testing.assert_array_equal(dequantize(transposed, block_size), w_comp.T)
@@ -187,7 +191,9 @@ def run(path, x):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
 
-@pytest.mark.parametrize("options", [dict(bits=4, block_size=16), dict(bits=8, per_channel=True), dict(bits=4, quant_format="matmulnbits", block_size=16)])
+@pytest.mark.parametrize(
+    "options", [dict(bits=4, block_size=16), dict(bits=8, per_channel=True), dict(bits=8), dict(bits=4, quant_format="matmulnbits", block_size=16)]
+)
 def test_gptq_model_is_closer_to_float_on_held_out_inputs(tmp_path, options):
     src, inputs = two_layer_model(tmp_path / "m.onnx")
     tuning, held_out = inputs(512, 1), inputs(256, 2)
@@ -228,27 +234,30 @@ def test_hessians_in_groups_give_the_same_model(tmp_path, monkeypatch):
 
 
 def test_weights_gptq_cannot_reach_are_rounded_to_nearest_and_say_why(tmp_path):
-    """A weight read by two MatMuls, a Conv weight and one inside an If body: nearest, with the
-    reason in the report; the model still runs."""
+    """A weight read by two MatMuls, one read in the main graph and in a body, one only inside
+    an If body, one read through a Transpose: nearest, with the reason in the report; a plain
+    MatMul weight beside them is compensated; the model still runs."""
     rng = np.random.default_rng(0)
     k = 32
-    shared = numpy_helper.from_array((rng.standard_normal((k, k)) / 6).astype(np.float32), "shared")
-    body_w = numpy_helper.from_array((rng.standard_normal((k, k)) / 6).astype(np.float32), "body_w")
-    own = numpy_helper.from_array((rng.standard_normal((k, k)) / 6).astype(np.float32), "own")
+    weight = lambda name: numpy_helper.from_array((rng.standard_normal((k, k)) / 6).astype(np.float32), name)  # noqa: E731
+    shared, body_w, own, flipped, third = (weight(n) for n in ("shared", "body_w", "own", "flipped", "third"))
     branch = lambda name, w: helper.make_graph(  # noqa: E731
         [helper.make_node("MatMul", ["c", w.name], [name])], name, [], [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", k])], [w] if w is body_w else []
     )
     nodes = [
         helper.make_node("MatMul", ["x", "shared"], ["a"]),
         helper.make_node("MatMul", ["a", "shared"], ["b"]),
-        helper.make_node("MatMul", ["b", "own"], ["c"]),
+        helper.make_node("MatMul", ["b", "own"], ["c0"]),
+        helper.make_node("Transpose", ["flipped"], ["flipped_t"], name="flip", perm=[1, 0]),
+        helper.make_node("MatMul", ["c0", "flipped_t"], ["c1"]),
+        helper.make_node("MatMul", ["c1", "third"], ["c"]),
         helper.make_node("ReduceSum", ["c"], ["s"], keepdims=0),
         helper.make_node("Greater", ["s", "zero"], ["cond"]),
         helper.make_node("If", ["cond"], ["y"], then_branch=branch("t", body_w), else_branch=branch("e", own)),
     ]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", k])],
-        [shared, own, numpy_helper.from_array(np.zeros((), np.float32), "zero")],
+        [shared, own, flipped, third, numpy_helper.from_array(np.zeros((), np.float32), "zero")],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
@@ -256,10 +265,23 @@ def test_weights_gptq_cannot_reach_are_rounded_to_nearest_and_say_why(tmp_path):
     x = rng.standard_normal((64, k)).astype(np.float32)
     report = quantrs.quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", QuantizeConfig(bits=8, min_elements=0, rounding="gptq"), data=[{"x": x}])
     reasons = {t.name: t.reason for t in report.tensors}
-    assert "rounded to nearest (gptq: not the B input of a single MatMul" in reasons["shared"]
+    assert "rounded to nearest (gptq: read by 2 nodes)" in reasons["shared"]
     assert "rounded to nearest (gptq: inside a body)" in reasons["body_w"]
-    assert "rounded to nearest (gptq: not the B input" in reasons["own"]  # also read in a body
+    assert "rounded to nearest (gptq: read by 2 nodes)" in reasons["own"]  # also read in a body
+    assert "rounded to nearest (gptq: read by Transpose 'flip', not directly by a MatMul or Gemm)" in reasons["flipped"]
+    assert "codes by gptq" in reasons["third"]
     ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, {"x": x})
+
+
+def test_samples_without_rows_are_an_error_and_zero_inputs_leave_nearest_codes(tmp_path):
+    src, inputs = two_layer_model(tmp_path / "m.onnx")
+    with pytest.raises(ConfigError, match=r"m\.onnx: gptq: the samples give no rows of x"):
+        quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(rounding="gptq"), data=[{"x": np.zeros((0, 64), np.float32)}])
+    assert not (tmp_path / "q.onnx").exists()
+    report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(rounding="gptq"), data=[{"x": np.zeros((8, 64), np.float32)}])
+    reasons = {t.name: t.reason for t in report.tensors}
+    assert "rounded to nearest (gptq: x is zero on every sample)" in reasons["w1"]
+    assert "rounded to nearest (gptq: r is zero on every sample)" in reasons["w2"]  # Relu of zeros
 
 
 def test_non_finite_activations_are_a_one_line_error_naming_the_model(tmp_path):
@@ -275,6 +297,8 @@ def test_gptq_needs_data_and_only_quantize_takes_it(tmp_path):
     src, inputs = two_layer_model(tmp_path / "m.onnx")
     with pytest.raises(OptionError, match="needs calibration samples"):
         quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(rounding="gptq"))
+    with pytest.raises(OptionError, match="read only by rounding gptq"):
+        quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(), data=[{"x": inputs(4, 1)}])
     with pytest.raises(OptionError, match="rounding must be one of nearest, gptq"):
         QuantizeConfig(rounding="stochastic")
     with pytest.raises(ConfigError, match="calibrate rounds weights to nearest"):
@@ -290,9 +314,14 @@ def test_gptq_needs_data_and_only_quantize_takes_it(tmp_path):
     ]:
         result = runner.invoke(app, args)
         assert result.exit_code == code and flag in result.output, (args, result.output)
-    (tmp_path / "c.yaml").write_text(f"models:\n  - input: {src}\n    output: {tmp_path / 'c.onnx'}\nquantize:\n  rounding: gptq\n")
+    (tmp_path / "c.yaml").write_text(f"rounding: gptq\nmodels:\n  - input: {src}\n    output: {tmp_path / 'c.onnx'}\n")
     result = runner.invoke(app, ["config", str(tmp_path / "c.yaml")])
-    assert result.exit_code == 1 and "gptq" in result.output and "Traceback" not in result.output, result.output
+    assert result.exit_code == 1 and "rounding: gptq needs the model's samples" in result.output, result.output
+    assert "Traceback" not in result.output
+    assert runner.invoke(app, ["config", str(tmp_path / "c.yaml"), "--dry-run"]).exit_code == 0  # a plan needs no samples
+    (tmp_path / "n.yaml").write_text(f"models:\n  - input: {src}\n    output: {tmp_path / 'c.onnx'}\n")
+    result = runner.invoke(app, ["config", str(tmp_path / "n.yaml"), "--rounding", "gptq"])
+    assert result.exit_code == 2 and "--rounding" in result.output, result.output
     assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "c.onnx").exists()
 
 
@@ -303,11 +332,31 @@ def test_cli_quantize_with_gptq(tmp_path):
         app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--bits", "4", "--block-size", "16", "--rounding", "gptq", "--data", str(tmp_path / "d.npy"), "--format", "json"]
     )
     assert result.exit_code == 0, result.output
-    tensors = {t["name"]: t for t in json.loads(result.stdout)["tensors"]}
-    assert "codes by gptq" in tensors["w1"]["reason"]
+    data = json.loads(result.stdout)
+    tensors = {t["name"]: t for t in data["tensors"]}
+    assert "codes by gptq" in tensors["w1"]["reason"] and (data["rounding"], data["samples"]) == ("gptq", 1)
+    result = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "t.onnx"), "--rounding", "gptq", "--data", str(tmp_path / "d.npy")])
+    assert result.exit_code == 0 and "gptq: codes of 2 weight(s) compensated on 1 sample(s)" in " ".join(result.output.split()), result.output
     run(tmp_path / "q.onnx", inputs(4, 2))
     # A sample file the model cannot take: one line naming it, exit 1, nothing written.
     np.save(tmp_path / "bad.npy", np.zeros((4, 3), np.float32))
     result = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "r.onnx"), "--rounding", "gptq", "--data", str(tmp_path / "bad.npy")])
     assert result.exit_code == 1 and "bad.npy" in result.output and "Traceback" not in result.output, result.output
     assert not (tmp_path / "r.onnx").exists()
+
+
+def test_a_factor_cache_skips_the_float_runs_and_gives_the_same_model(tmp_path, monkeypatch):
+    """auto builds several candidates from the same samples: with a `factors` dict the second
+    build takes the factors the first computed (no float run) and writes the same codes."""
+    src, inputs = two_layer_model(tmp_path / "m.onnx")
+    data = [{"x": inputs(100, 1)}]
+    runs = []
+    real = gptq._hessians
+    monkeypatch.setattr(gptq, "_hessians", lambda model, names, *a: runs.append(list(names)) or real(model, names, *a))
+    cache: dict = {}
+    config = QuantizeConfig(bits=4, block_size=16, rounding="gptq")
+    quantrs.quantize(src, tmp_path / "a.onnx", config, data=data, factors=cache)
+    assert runs == [["x", "r"]] and set(cache) == {"x", "r"}
+    quantrs.quantize(src, tmp_path / "b.onnx", config, data=data, factors=cache)
+    assert runs == [["x", "r"]]
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()

@@ -99,7 +99,7 @@ def test_gptq_lifts_4_bit_blocks_on_sentences_it_never_saw(encoder, feeds, tmp_p
     assert report.compression >= 6.0 and abs(report.output_bytes - near.output_bytes) < 100  # metadata aside
     ref = embed(encoder, feeds)
     near_cos, gptq_cos = cosines(ref, embed(tmp_path / "near.onnx", feeds)), cosines(ref, embed(tmp_path / "gptq.onnx", feeds))
-    assert gptq_cos.min() >= 0.975 and gptq_cos.min() > near_cos.min() + 0.01, (gptq_cos.min(), near_cos.min())
+    assert gptq_cos.min() >= 0.978 and gptq_cos.min() > near_cos.min() + 0.015, (gptq_cos.min(), near_cos.min())
     compensated = [t.name for t in report.tensors if "codes by gptq" in t.reason]
     assert len(compensated) == 36  # every MatMul weight; the tables are looked up, not multiplied
 

@@ -48,7 +48,7 @@ from quantrs.config import QuantizeConfig
 from quantrs.errors import ConfigError, OptionError, first_line
 from quantrs.pipeline import open_model, plan_model
 from quantrs.report import AutoCandidate, AutoLayer, AutoReport, OutputAgreement
-from quantrs.samples import SampleSource, input_specs, iter_samples
+from quantrs.samples import SampleSource, describe_source, input_specs, iter_samples
 from quantrs.sensitivity import FLOAT, Sensitivity, measure, width_configs
 from quantrs.validation import Thresholds, agreements, run_model
 
@@ -102,6 +102,8 @@ class AutoConfig:
             raise ConfigError("choices must include an integer width (4 or 8)")
         if self.static and self.weights.quant_format != "qdq":
             raise ConfigError(f"static (calibrated activations) writes QDQ, not {self.weights.quant_format}")
+        if self.weights.quant_format == "matmulnbits" and self.block_size is None:
+            raise ConfigError("matmulnbits stores weights in blocks: block_size is needed")
         if self.static and self.weights.rounding != "nearest":
             raise ConfigError(f"static (calibrated activations) rounds weights to nearest, not {self.weights.rounding}")
         if self.max_evaluations < 1:
@@ -143,7 +145,10 @@ def auto(
         tuning, held_out = samples, list(iter_samples(eval_data, specs, limit=config.max_samples))
     else:
         if len(samples) < 2:
-            raise ConfigError(f"{src}: auto needs at least 2 samples to hold some out (or --eval-data)")
+            raise ConfigError(
+                f"{describe_source(data)}: {len(samples)} sample(s) of {src.name}: auto needs at least 2 to hold some out, or --eval-data "
+                "(an array whose first axis is the model's dynamic batch axis is one sample; stack samples on a new first axis)"
+            )
         cut = len(samples) - max(1, round(len(samples) * HELD_OUT_SHARE))
         tuning, held_out = samples[:cut], samples[cut:]
     if not tuning or not held_out:
@@ -163,12 +168,13 @@ def auto(
         logger.warning("%s: every weight is inside an If/Loop/Scan body: one candidate at the widest width", src)
 
     search = _Search(sensitivity, widths, config.error_budget, floor=config.static)
+    factors: dict = {}  # with gptq: the Hessians' factors, shared by every candidate built
     with tempfile.TemporaryDirectory(prefix=".quantrs-auto-", dir=dst.parent) as work:
 
         def build(assignment: Mapping[str, str], step: int) -> Path:
             _say(progress, f"evaluating candidate {step + 1} ({_counts(assignment)})")
             path = Path(work) / f"candidate{step}.onnx"
-            _build(src, path, assignment, config, configs, tuning, sensitivity.fixed)
+            _build(src, path, assignment, config, configs, tuning, sensitivity.fixed, factors)
             return path
 
         outcome = _verify(search, config, build, lambda path: agreements(reference, _run(src, path, held_out)))
@@ -177,7 +183,7 @@ def auto(
             files = [dst]
         else:
             _say(progress, "writing the chosen model")
-            files = _build(src, dst, outcome.chosen, config, configs, tuning, sensitivity.fixed)
+            files = _build(src, dst, outcome.chosen, config, configs, tuning, sensitivity.fixed, factors)
     chosen = outcome.chosen
     layers = [
         AutoLayer(l.name, l.consumer, chosen[l.name], {w: l.errors[w] for w in widths}, {w: l.bytes[w] for w in widths}, l.note)
@@ -213,6 +219,8 @@ def auto(
         gain=search.gain,
         floor=search.floor,
         seconds=round(time.perf_counter() - started, 3),
+        quant_format=config.weights.quant_format,
+        rounding=config.weights.rounding,
     )
 
 
@@ -379,7 +387,9 @@ class _Search:
         return {**assignment, calmest.name: widest}
 
 
-def _build(src: Path, dst: Path, assignment: Mapping[str, str], config: AutoConfig, configs, tuning, fixed: list[str]) -> list[Path]:
+def _build(
+    src: Path, dst: Path, assignment: Mapping[str, str], config: AutoConfig, configs, tuning, fixed: list[str], factors: dict
+) -> list[Path]:
     """Write `src` with the widths of `assignment` (weight-only, or calibrated static)."""
     base = configs[config.widths[0]] if config.widths[0] != FLOAT else configs["8"]
     widest = max(int(w) for w in config.widths if w != FLOAT)
@@ -394,8 +404,9 @@ def _build(src: Path, dst: Path, assignment: Mapping[str, str], config: AutoConf
         return [Path(p) for p in report.files_written]
     from quantrs.pipeline import quantize
 
-    data = tuning if options.rounding == "gptq" else None
-    return [Path(p) for p in quantize(src, dst, options, data=data).files_written]
+    if options.rounding == "gptq":  # the Hessians' factors are the float model's: computed once
+        return [Path(p) for p in quantize(src, dst, options, data=tuning, factors=factors).files_written]
+    return [Path(p) for p in quantize(src, dst, options).files_written]
 
 
 def _output_error(outputs: Sequence[OutputAgreement]) -> float:

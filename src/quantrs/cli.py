@@ -267,11 +267,12 @@ def config(
     from quantrs.errors import UnknownNameError
     from quantrs.pipeline import dry_run as plan_only
 
-    quantize_config(options)  # flags given here: a bad value is a usage error naming the flag
+    if quantize_config(options).rounding == "gptq":  # flags given here: a bad value is a usage error naming the flag
+        raise typer.BadParameter("gptq needs each model's own samples: use quantrs quantize --data", param_hint="'--rounding'")
     loaded = load_config(file)
     work = jobs_from_config(loaded, file.parent, options, file=file)
     gptq = next((j for j in work if j.config.rounding == "gptq"), None)
-    if gptq is not None:  # a config file names no samples
+    if gptq is not None and not dry_run:  # a config file names no samples
         raise _fail(f"{gptq.origin}: rounding: gptq needs the model's samples: use quantrs quantize --data ({gptq.input})")
     if dry_run:
         plans = []
@@ -423,6 +424,8 @@ def auto(
         raise typer.BadParameter(f"{report}: the folder {report.parent} does not exist", param_hint="'--report'")
     if static and quant_format != "qdq":
         raise typer.BadParameter(f"{quant_format}: --static writes QDQ (calibrated activations); matmulnbits is weight-only", param_hint="'--quant-format'")
+    if not block_size and quant_format == "matmulnbits":
+        raise typer.BadParameter("0 (per channel) is not a MatMulNBits layout: give a block size with --quant-format matmulnbits", param_hint="'--block-size'")
     if static and rounding != "nearest":
         raise typer.BadParameter(f"{rounding}: --static rounds weights to nearest", param_hint="'--rounding'")
     weights = quantize_config(

@@ -41,7 +41,7 @@ from quantrs.tensor import QuantizedTensor, Scheme, Scratch, quantize_matmulnbit
 from quantrs.writer import OutTensor, Payload, write_model
 
 if TYPE_CHECKING:
-    from quantrs.gptq import Compensation
+    from quantrs.gptq import Compensation, Factor
     from quantrs.samples import SampleSource
 
 __all__ = ["quantize", "dry_run", "open_model", "plan_model", "rewrite_and_write", "GraphEdit", "WeightStream"]
@@ -58,6 +58,7 @@ def quantize(
     config: QuantizeConfig | None = None,
     *,
     data: SampleSource | None = None,
+    factors: dict[str, Factor] | None = None,
     progress: ProgressCallback | None = None,
 ) -> QuantizeReport:
     """Quantize the float weights of an ONNX model and write a QDQ model that runs in onnxruntime.
@@ -65,6 +66,11 @@ def quantize(
     The input file is never modified; the output appears only once it is completely written.
     Inputs with external data, outputs over 2 GiB, or `config.external_data` give an output with
     external data (`<output>.data`); otherwise the output is a single file.
+
+    `data`: the samples `config.rounding == "gptq"` computes its codes from (the forms
+    quantrs.samples reads). `factors`: with gptq, a dict in which the Hessians' factors are
+    kept by activation and taken from on the next call with the same model and samples (auto
+    builds several candidates); None: each is dropped once its weights are quantized.
 
     Raises:
         ModelLoadError: the input is missing, not ONNX, or corrupt.
@@ -76,16 +82,19 @@ def quantize(
     started = time.perf_counter()
     src, dst = Path(input_path), Path(output_path)
     if config.rounding == "gptq" and data is None:
-        raise OptionError("rounding", "gptq needs calibration samples (--data)")
+        raise OptionError("rounding", "gptq needs calibration samples (data=, --data)")
+    if data is not None and config.rounding != "gptq":
+        raise OptionError("rounding", f"{config.rounding}: samples (data=, --data) are read only by rounding gptq")
     model = open_model(src, dst)
     plans, specs, already = plan_model(model, config)
     if config.quant_format == "matmulnbits" and not any(s.nbits for s in specs.values()):
         raise OptionError("quant_format", f"matmulnbits: {src} has no MatMul weight to write as MatMulNBits")
     ready: dict[str, QuantizedTensor] = {}
     notes: dict[str, str] = {}
+    samples = 0
     if config.rounding == "gptq":
         assert data is not None
-        ready, notes = _compensated(model, specs, config, data)
+        ready, notes, samples = _compensated(model, specs, config, data, factors)
     metadata = {
         "quantrs.bits": str(config.bits),
         "quantrs.scheme": "symmetric" if config.symmetric else "asymmetric",
@@ -118,6 +127,8 @@ def quantize(
         seconds=round(time.perf_counter() - started, 4),
         tensors=reports,
         already_quantized=already,
+        rounding=config.rounding,
+        samples=samples,
     )
 
 
@@ -138,7 +149,7 @@ def plan_model(model: LoadedModel, config: QuantizeConfig) -> tuple[list[TensorP
     src = model.path
     index = GraphIndex(model.proto.graph)
     plans = plan_weights(model.proto.graph, model.weights, config, index)
-    specs = {p.name: _spec(p, config) for p in plans if p.quantize}
+    specs = {p.name: dq_spec(p, config) for p in plans if p.quantize}
     logger.info("plan: %d of %d tensors quantized (%d in Constant nodes, %d inside bodies), %d left as they are", len(specs), len(plans), sum(p.quantize and p.kind == "constant" for p in plans), sum(p.quantize and p.scope != MAIN for p in plans), len(plans) - len(specs))
     for p in plans:
         logger.debug("  %s %s: %s", p.name, list(p.shape), ("quantize: " if p.quantize else "skip: ") + p.reason)
@@ -243,7 +254,7 @@ def rewrite_and_write(
     return Written(written, stream, opset_before, target)
 
 
-def _spec(plan: TensorPlan, config: QuantizeConfig) -> DQSpec:
+def dq_spec(plan: TensorPlan, config: QuantizeConfig) -> DQSpec:
     """How a planned weight is stored. A table read by Gather keeps one code per byte (Gather
     has no 4-bit type), except one read by GatherBlockQuantized, which takes packed INT4/UINT4
     codes; float16 weights get float16 scales; bfloat16 ones a float32 scale and a Cast back,
@@ -358,24 +369,13 @@ class WeightStream:
     def _replacements(self, name: str, spec: DQSpec, tensors: DQTensors) -> list[OutTensor]:
         """Codes, scale (and zero point) of one weight. The weight is quantized when the writer
         asks for its codes, and finished (reported, pages released) after the last piece."""
-        if spec.nbits:  # MatMulNBits' layout: codes and zero points packed per column
-            _, n, blocks, blob = spec.nbits_layout
-            code_bytes, zero_point_bytes = n * blocks * blob, n * spec.nbits_zero_point_bytes
-        else:
-            count = int(np.prod(spec.shape, dtype=np.int64))
-            packed = spec.scheme.packed
-            code_bytes = (count + 1) // 2 if packed else count
-            zero_point_bytes = (spec.channels + 1) // 2 if packed else spec.channels
         scale_type = np.float16 if spec.scale_type == onnx.TensorProto.FLOAT16 else np.float32
         out = [
-            OutTensor(tensors.codes, Payload(code_bytes, lambda: self._quantized(name).data)),
-            OutTensor(
-                tensors.scale,
-                Payload(np.dtype(scale_type).itemsize * spec.channels, lambda: self._quantized(name).scale.astype(scale_type)),
-            ),
+            OutTensor(tensors.codes, Payload(spec.code_bytes, lambda: self._quantized(name).data)),
+            OutTensor(tensors.scale, Payload(spec.scale_bytes, lambda: self._quantized(name).scale.astype(scale_type))),
         ]
         if tensors.zero_point is not None:
-            out.append(OutTensor(tensors.zero_point, Payload(zero_point_bytes, lambda: self._zero_points(name))))
+            out.append(OutTensor(tensors.zero_point, Payload(spec.zero_point_bytes, lambda: self._zero_points(name))))
         last = out[-1].payload
         assert last is not None  # every piece above has a payload
         last.release = lambda: self._finish(name)
@@ -446,10 +446,12 @@ def quantize_weight(
 
 
 def _compensated(
-    model: LoadedModel, specs: Mapping[str, DQSpec], config: QuantizeConfig, data: SampleSource
-) -> tuple[dict[str, QuantizedTensor], dict[str, str]]:
+    model: LoadedModel, specs: Mapping[str, DQSpec], config: QuantizeConfig, data: SampleSource, cache: dict[str, Factor] | None
+) -> tuple[dict[str, QuantizedTensor], dict[str, str], int]:
     """The weights GPTQ applies to, quantized with compensated codes from the samples'
-    Hessians (quantrs.gptq), a group of Hessians at a time; and a note for every weight."""
+    Hessians (quantrs.gptq), a group of Hessians at a time (their factors dropped with the
+    group, unless `cache` keeps them by activation for the next call); a note for every
+    weight; how many samples."""
     from quantrs.gptq import Compensation, collect_hessians, factor, find_targets
     from quantrs.samples import input_specs, load_samples
 
@@ -460,17 +462,28 @@ def _compensated(
     names = [n for n, s in specs.items() if not s.in_body]
     targets, skipped = find_targets(model.proto.graph, names, {n: specs[n].shape for n in names})
     ready: dict[str, QuantizedTensor] = {}
-    for hessians, group in collect_hessians(model, targets, samples):
-        factors = {name: factor(h) for name, h in hessians.items()}
-        del hessians
+
+    def compensate(group, factors: Mapping[str, Factor]) -> None:
         for target in group:
+            if factors[target.activation].active == 0:
+                skipped[target.weight] = f"{target.activation} is zero on every sample"
+                continue
             compensation = Compensation(factors[target.activation], target.transposed)
             ready[target.weight] = quantize_weight(model.weights.array(target.weight), specs[target.weight], config, compensation=compensation)
             model.weights.release(target.weight)
+
+    known = cache or {}
+    compensate([t for t in targets.values() if t.activation in known], known)
+    missing = {n: t for n, t in targets.items() if t.activation not in known}
+    for hessians, group in collect_hessians(model, missing, samples):
+        factors = {name: factor(hessians.pop(name)) for name in list(hessians)}  # each H freed once factored
+        compensate(group, factors)
+        if cache is not None:
+            cache.update(factors)
     logger.info("gptq: %d weights compensated on %d sample(s) in %.2f s; %d rounded to nearest", len(ready), len(samples), time.perf_counter() - began, len(skipped))
     notes = {n: "; codes by gptq" for n in ready} | {n: f"; rounded to nearest (gptq: {why})" for n, why in skipped.items()}
     notes |= {n: "; rounded to nearest (gptq: inside a body)" for n, s in specs.items() if s.in_body}
-    return ready, notes
+    return ready, notes, len(samples)
 
 
 def _offset_codes(qt: QuantizedTensor, offset: int) -> QuantizedTensor:

@@ -103,6 +103,36 @@ class DQSpec:
         return count
 
     @property
+    def code_bytes(self) -> int:
+        """Bytes of the stored codes: MatMulNBits' columns padded to whole blocks, or the codes
+        one per byte (two when packed)."""
+        if self.nbits:
+            _, n, blocks, blob = self.nbits_layout
+            return n * blocks * blob
+        count = 1
+        for d in self.shape:
+            count *= d
+        return (count + 1) // 2 if self.scheme.packed else count
+
+    @property
+    def zero_point_bytes(self) -> int:
+        """Bytes of the stored zero points (0 when the default is stored)."""
+        if not self.has_zero_point:
+            return 0
+        if self.nbits:
+            return self.shape[1] * self.nbits_zero_point_bytes
+        return (self.channels + 1) // 2 if self.scheme.packed else self.channels
+
+    @property
+    def scale_bytes(self) -> int:
+        return (2 if self.scale_type == TensorProto.FLOAT16 else 4) * self.channels
+
+    @property
+    def stored_bytes(self) -> int:
+        """Everything the weight is stored as: codes, scales, zero points."""
+        return self.code_bytes + self.scale_bytes + self.zero_point_bytes
+
+    @property
     def has_zero_point(self) -> bool:
         # symmetric codes have zero point 0, the default; offset codes have 128, GatherBlockQuantized's
         # default, but DequantizeLinear's is 0: a table also read densely stores its zero points

@@ -80,6 +80,8 @@ def render_quantize(report: QuantizeReport) -> None:
     )
     if report.already_quantized:
         console.print(f"  the input was already partly quantized ({report.already_quantized})", highlight=False)
+    if report.rounding == "gptq":
+        _render_gptq(console, report)
     quantized = [t for t in report.tensors if t.quantized]
     if quantized:
         table = Table(title="quantized", title_justify="left", show_edge=False)
@@ -305,6 +307,23 @@ def render_calibration(report: CalibrationReport) -> None:
     _print_table(console, table)
 
 
+def _render_gptq(console, report: QuantizeReport) -> None:
+    """Which weights got compensated codes (their MSE is higher by design: they keep the layer's
+    output, not the weight), and why the others did not."""
+    quantized = [t for t in report.tensors if t.quantized]
+    compensated = sum("codes by gptq" in t.reason for t in quantized)
+    nearest = [(t.name, t.reason.split("rounded to nearest (gptq: ", 1)[1].rstrip(")")) for t in quantized if "rounded to nearest (gptq" in t.reason]
+    console.print(
+        f"  gptq: codes of {compensated} weight(s) compensated on {report.samples} sample(s) (their MSE is higher by design)"
+        + (f"; {len(nearest)} rounded to nearest" if nearest else ""),
+        highlight=False,
+    )
+    for name, why in nearest[:5]:
+        console.print(f"    {escape(name)}: {escape(why)}", highlight=False)
+    if len(nearest) > 5:
+        console.print(f"    ... and {len(nearest) - 5} more (--format json gives every reason)", highlight=False)
+
+
 def render_auto(report: AutoReport) -> None:
     console = stdout_console()
     budget = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report.budget.items())
@@ -318,6 +337,8 @@ def render_auto(report: AutoReport) -> None:
             highlight=False,
         )
     widths = ", ".join(f"{n} weight(s) at {w}" + ("" if w == "float" else " bits") for w, n in chosen.widths.items())
+    if report.quant_format != "qdq" or report.rounding != "nearest":
+        widths += f" ({report.quant_format}" + (", gptq codes" if report.rounding == "gptq" else "") + ")"
     narrowest = f", uniform {report.choices[0]}-bit {human_bytes(report.narrowest_weight_bytes)}" if report.choices[0] != "8" else ""
     console.print(
         f"  {widths}; weights {human_bytes(report.weight_bytes)} (float {human_bytes(report.float_weight_bytes)}"

@@ -91,6 +91,8 @@ class QuantizeReport:
     seconds: float
     tensors: list[TensorReport] = field(default_factory=list)
     already_quantized: str = ""  # quantized ops found in the input, e.g. "12 ConvInteger"
+    rounding: str = "nearest"  # or gptq: which weights got compensated codes, and why not, is in each tensor's reason
+    samples: int = 0  # the samples gptq computed its codes from
 
     @property
     def compression(self) -> float:
@@ -426,6 +428,8 @@ class AutoReport:
     gain: float  # the error model's fitted gain k (see quantrs.auto)
     floor: float  # and its floor r_0
     seconds: float
+    quant_format: str = "qdq"
+    rounding: str = "nearest"  # or gptq: codes compensated on the tuning samples
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

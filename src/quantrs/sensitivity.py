@@ -63,13 +63,14 @@ class Sensitivity:
 def width_configs(widths: Sequence[str], base: QuantizeConfig, block_size: int | None, *, static: bool = False) -> dict[str, QuantizeConfig]:
     """The QuantizeConfig each integer width is stored with, so that what is measured is what
     is built: 4 bits in blocks of `block_size` (quantrs' best 4-bit scheme), or per channel when
-    None; 8 bits per channel (as `--layer-bits NAME=8` stores them in a blocked model). In
-    `base`'s matmulnbits format every width is in blocks (QuantizeConfig.blocks): MatMulNBits and
-    GatherBlockQuantized hold 8 bits in blocks too."""
+    None; 8 bits per channel (as `--layer-bits NAME=8` stores them in a blocked model), except
+    in `base`'s matmulnbits format, where MatMulNBits and GatherBlockQuantized keep 8 bits in the
+    same blocks as 4 (`block_size` must then be given)."""
+    nbits = base.quant_format == "matmulnbits"
     return {
         width: dataclasses.replace(
-            base, bits=int(width), block_size=None if width == "8" else block_size, per_channel=True, layer_bits=(),
-            range=None, symmetric=base.symmetric or static,
+            base, bits=int(width), block_size=None if width == "8" and not nbits else block_size, per_channel=True,
+            layer_bits=(), range=None, symmetric=base.symmetric or static,
         )
         for width in widths
         if width != FLOAT
@@ -188,6 +189,8 @@ def _compensation(target, inputs: Sequence[Mapping[str, np.ndarray]], factors: d
             h += x.T @ x
             count += len(x)
         factors[target.activation] = factor(h / max(count, 1))
+    if factors[target.activation].active == 0:
+        return None
     return Compensation(factors[target.activation], target.transposed)
 
 
@@ -214,21 +217,10 @@ def dequantize(qt: QuantizedTensor, block_size: int | None) -> np.ndarray:
 
 
 def _stored_bytes(plan: TensorPlan, config: QuantizeConfig) -> int:
-    """Codes, scales and zero points of the weight as `quantize` stores them."""
-    assert plan.bits is not None
-    count = int(np.prod(plan.shape, dtype=np.int64))
-    # QDQ tables keep one code per byte (Gather has no 4-bit type); GatherBlockQuantized packs them.
-    packed = plan.bits == 4 and (plan.nbits or plan.gather_block or (config.native_int4 and not plan.lookups))
-    codes = (count + 1) // 2 if packed else count
-    if plan.axis is None:
-        channels = 1
-    elif plan.block_size is None:
-        channels = plan.shape[plan.axis]
-    else:
-        channels = count // plan.shape[plan.axis] * -(-plan.shape[plan.axis] // plan.block_size)
-    scale_bytes = 2 if plan.dtype == "FLOAT16" else 4
-    zero_points = 0 if config.symmetric else ((channels + 1) // 2 if packed else channels)
-    return codes + channels * scale_bytes + zero_points
+    """Codes, scales and zero points of the weight as `quantize` stores them (its DQSpec)."""
+    from quantrs.pipeline import dq_spec
+
+    return dq_spec(plan, config).stored_bytes
 
 
 def _single_node(model: LoadedModel, node: onnx.NodeProto, weight: str, value: np.ndarray, feed: Mapping[str, np.ndarray]):
