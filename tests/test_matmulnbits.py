@@ -55,6 +55,9 @@ def test_default_accuracy_level_and_mixed_formats(save, tmp_path):
     report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(bits=4, quant_format="matmulnbits", min_elements=0))
     reasons = {t.name: t.reason for t in report.tensors}
     assert "as MatMulNBits in blocks of 32" in reasons["w_mm"] and "blocks of 32 along axis 0" in reasons["w_gemm"]
+    storage = {t.name: t.storage for t in report.tensors if t.quantized}
+    assert storage == {"w_mm": "UINT4 (MatMulNBits)", "w_gemm": "UINT4"}  # B is bytes, the codes 4-bit
+    assert report.storage == "UINT4+UINT4 (MatMulNBits)"
     ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
     assert "MatMulNBits" in ops and "DequantizeLinear" in ops
     feeds = {"x": rng.standard_normal((4, 128)).astype(np.float32)}
@@ -71,3 +74,4 @@ def test_bad_format_options_are_usage_errors(save, tmp_path):
         result = runner.invoke(app, ["quantize", str(mlp), "-o", str(tmp_path / "q.onnx"), *flags])
         assert result.exit_code == 2 and f"'{flag}'" in result.stderr
     assert not (tmp_path / "q.onnx").exists()
+

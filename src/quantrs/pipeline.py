@@ -411,8 +411,7 @@ class WeightStream:
 
     def _finish(self, name: str) -> None:
         qt = self._quantized(name)
-        storage = onnx.TensorProto.DataType.Name(qt.scheme.onnx_type)
-        self.results[name] = _Summary(qt.axis, storage, qt.mse, qt.max_abs_error, qt.mse_minmax, self.specs[name].block_size)
+        self.results[name] = _Summary(qt.axis, self.specs[name].storage_name, qt.mse, qt.max_abs_error, qt.mse_minmax, self.specs[name].block_size)
         self.quantized_bytes += qt.data.nbytes + qt.scale.nbytes
         if name in self.keep_scales:
             self.scales[name] = qt.scale.astype(np.float32)
@@ -503,7 +502,7 @@ def _present(raw: np.ndarray | None) -> np.ndarray:
 
 def _storage_names(specs: dict[str, DQSpec]) -> str:
     """The ONNX types the codes are stored as, e.g. "UINT8" or "UINT4+UINT8" (mixed bit widths)."""
-    names = sorted({onnx.TensorProto.DataType.Name(s.code_type) for s in specs.values()}, key=lambda n: ("4" in n, n))
+    names = sorted({s.storage_name for s in specs.values()}, key=lambda n: ("4" in n, n))
     return "+".join(names)
 
 

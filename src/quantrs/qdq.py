@@ -82,6 +82,14 @@ class DQSpec:
         return TensorProto.UINT8 if self.code_offset else self.scheme.onnx_type
 
     @property
+    def storage_name(self) -> str:
+        """What reports call the codes' storage: their ONNX type, or MatMulNBits' packed
+        unsigned width (its B input is bytes)."""
+        if self.nbits:
+            return f"UINT{self.scheme.bits} (MatMulNBits)"
+        return TensorProto.DataType.Name(self.code_type)
+
+    @property
     def nbits_layout(self) -> tuple[int, int, int, int]:
         """(K, N, blocks per column, bytes per block) of the MatMulNBits form."""
         assert self.block_size is not None
