@@ -342,5 +342,7 @@ def test_the_report_says_the_format_and_the_rounding(tmp_path):
     common = ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.99", "--choices", "4,8"]
     result = runner.invoke(app, [*common, "--quant-format", "matmulnbits", "--rounding", "gptq", "-q"])
     assert result.exit_code == 0 and "(matmulnbits, gptq codes)" in result.output, result.output
+    result = runner.invoke(app, [*common])  # progress on stderr, in words
+    assert "evaluating candidate 1 (3 at 4 bits, 2 at 8 bits)" in result.output, result.output
     data = json.loads(runner.invoke(app, [*common, "--format", "json"]).stdout)
     assert (data["quant_format"], data["rounding"]) == ("qdq", "nearest")

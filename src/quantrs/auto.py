@@ -172,7 +172,8 @@ def auto(
     with tempfile.TemporaryDirectory(prefix=".quantrs-auto-", dir=dst.parent) as work:
 
         def build(assignment: Mapping[str, str], step: int) -> Path:
-            _say(progress, f"evaluating candidate {step + 1} ({_counts(assignment)})")
+            widths = ", ".join(f"{n} at {w}" + ("" if w == FLOAT else " bits") for w, n in _counts(assignment).items())
+            _say(progress, f"evaluating candidate {step + 1} ({widths})")
             path = Path(work) / f"candidate{step}.onnx"
             _build(src, path, assignment, config, configs, tuning, sensitivity.fixed, factors)
             return path
