@@ -142,17 +142,17 @@ def _hessians(model: LoadedModel, names: list[str], rows: Mapping[str, int], sam
         for name, value in sample.values:
             x = np.asarray(value)
             if x.dtype.kind != "f" or x.ndim == 0 or x.shape[-1] != rows[name]:
-                raise ConfigError(f"{model.path}: gptq: {name} is {x.dtype} {list(x.shape)}, not float [..., {rows[name]}]")
+                raise ConfigError(f"gptq: {name} is {x.dtype} {list(x.shape)}, not float [..., {rows[name]}]", file=model.path)
             x = x.reshape(-1, rows[name]).astype(np.float32, copy=False)
             if not np.isfinite(x).all():
-                raise ConfigError(f"{model.path}: gptq: {name} holds NaN or infinite values on sample {sample.index}")
+                raise ConfigError(f"gptq: {name} holds NaN or infinite values on sample {sample.index}", file=model.path)
             sums[name] += x.T @ x  # float32 products of one sample, accumulated in float64
             counts[name] += x.shape[0]
     for name in names:
         if counts[name] == 0:
-            raise ConfigError(f"{model.path}: gptq: the samples give no rows of {name} (empty inputs?)")
+            raise ConfigError(f"gptq: the samples give no rows of {name} (empty inputs?)", file=model.path)
         if not np.isfinite(sums[name]).all():
-            raise ConfigError(f"{model.path}: gptq: the products of {name} overflow float32 on the samples")
+            raise ConfigError(f"gptq: the products of {name} overflow float32 on the samples", file=model.path)
     logger.info("Hessians of %d activation(s) from %d sample(s) in %.2f s", len(names), len(samples), time.perf_counter() - began)
     return {n: sums[n] / max(counts[n], 1) for n in names}
 
@@ -253,9 +253,8 @@ class Compensation:
     transposed: bool
 
     def codes(
-        self, x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, *, axis: int | None, block_size: int | None, qmin: int, qmax: int,
-        n_threads: int | None,
-    ) -> tuple[np.ndarray, float, float]:  # fmt: skip
+        self, x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, *, axis: int | None, block_size: int | None, qmin: int, qmax: int
+    ) -> tuple[np.ndarray, float, float]:
         """(codes in x's layout, their sum of squared error, max abs error) for the scale and
         zero_point as the kernels give them, flat: one per tensor, per channel along `axis`
         (the output axis), or blocked along `axis` (the reduction axis)."""

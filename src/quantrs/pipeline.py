@@ -94,7 +94,11 @@ def quantize(
     samples = 0
     if config.rounding == "gptq":
         assert data is not None
-        ready, notes, samples = _compensated(model, specs, config, data, factors)
+        try:
+            ready, notes, samples = _compensated(model, specs, config, data, factors)
+        except QuantrsError as exc:
+            exc.about(file=src)
+            raise
     metadata = {
         "quantrs.bits": str(config.bits),
         "quantrs.scheme": "symmetric" if config.symmetric else "asymmetric",
@@ -457,7 +461,7 @@ def _compensated(
     began = time.perf_counter()
     samples = load_samples(data, input_specs(model.proto))
     if not samples:
-        raise ConfigError(f"{model.path}: no calibration samples for gptq")
+        raise ConfigError("gptq: no calibration samples", file=model.path)
     names = [n for n, s in specs.items() if not s.in_body]
     targets, skipped = find_targets(model.proto.graph, names, {n: specs[n].shape for n in names})
     ready: dict[str, QuantizedTensor] = {}

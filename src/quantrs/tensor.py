@@ -194,7 +194,7 @@ def quantize_tensor(
     if compensation is not None:
         qt = quantize_tensor(x, scheme, axis, name=name, n_threads=n_threads, half_scale=half_scale, block_size=block_size, range=range)
         compensated, error, largest = compensation.codes(
-            x, qt.scale, qt.zero_point, axis=axis, block_size=block_size, qmin=scheme.qmin, qmax=scheme.qmax, n_threads=n_threads
+            x, qt.scale, qt.zero_point, axis=axis, block_size=block_size, qmin=scheme.qmin, qmax=scheme.qmax
         )
         flat = compensated.reshape(-1)
         data = kernels.pack4(flat, n_threads=n_threads) if scheme.packed else flat
@@ -257,9 +257,8 @@ def quantize_matmulnbits(
     sse, max_abs, sse_minmax = blocks.sse, blocks.max_abs_error, (blocks.sse_minmax if alphas else None)
     if compensation is not None:  # the same scales, error-compensated codes (quantrs.gptq)
         compensated, sse, max_abs = compensation.codes(
-            x, blocks.scale.reshape(-1), blocks.zero_point.reshape(-1), axis=0, block_size=block_size, qmin=scheme.qmin,
-            qmax=scheme.qmax, n_threads=n_threads,
-        )  # fmt: skip
+            x, blocks.scale.reshape(-1), blocks.zero_point.reshape(-1), axis=0, block_size=block_size, qmin=scheme.qmin, qmax=scheme.qmax
+        )
         blocks = replace(blocks, codes=np.ascontiguousarray(compensated.T))
         sse_minmax = None
     count = -(-k // block_size)
