@@ -309,7 +309,7 @@ def test_matmulnbits_is_weight_only_and_needs_a_matmul(tmp_path):
             node.op_type, node.input[:] = "Gemm", list(node.input)  # the same product, not a MatMul
     onnx.save(model, str(tmp_path / "g.onnx"))
     result = runner.invoke(app, ["auto", str(tmp_path / "g.onnx"), *common])
-    assert result.exit_code == 2 and "--quant-format" in result.output and "no MatMul" in result.output
+    assert result.exit_code == 2 and "--quant-format" in result.output and "MatMul weight" in result.output
     assert not (tmp_path / "q.onnx").exists()
 
 
@@ -332,7 +332,8 @@ def test_one_sample_is_an_error_naming_the_data_and_how_samples_are_counted(tmp_
     src, samples = sensitive_mlp(tmp_path / "m.onnx")
     np.save(tmp_path / "one.npy", samples.reshape(-1, D))  # [N, D]: one run of batch N
     result = runner.invoke(app, ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "one.npy"), "--min-cosine", "0.99"])
-    assert result.exit_code == 1 and "one.npy: 1 sample(s)" in result.output and "stack samples on a new first axis" in result.output, result.output
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "m.onnx: auto needs at least 2 samples" in text and "one.npy gives 1" in text and "stack samples on a new first axis" in text, text
     assert not (tmp_path / "q.onnx").exists()
 
 
@@ -341,8 +342,33 @@ def test_the_report_says_the_format_and_the_rounding(tmp_path):
     np.save(tmp_path / "data.npy", samples)
     common = ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.99", "--choices", "4,8"]
     result = runner.invoke(app, [*common, "--quant-format", "matmulnbits", "--rounding", "gptq", "-q"])
-    assert result.exit_code == 0 and "(matmulnbits, gptq codes)" in result.output, result.output
+    assert result.exit_code == 0 and "(matmulnbits, gptq codes for 5 of them)" in " ".join(result.output.split()), result.output
     result = runner.invoke(app, [*common])  # progress on stderr, in words
     assert "evaluating candidate 1 (3 at 4 bits, 2 at 8 bits)" in result.output, result.output
     data = json.loads(runner.invoke(app, [*common, "--format", "json"]).stdout)
     assert (data["quant_format"], data["rounding"]) == ("qdq", "nearest")
+
+
+def test_matmulnbits_auto_weighs_a_gemm_weight_as_it_is_built(tmp_path):
+    """A Gemm weight in a MatMulNBits model is QDQ: at 8 bits per channel (layer_bits in a 4-bit
+    blocked model), not in blocks; auto measures and weighs each width as it builds it."""
+    rng = np.random.default_rng(1)
+    k, n = 200, 96
+    inits = [numpy_helper.from_array((rng.standard_normal((k, n)) / 14).astype(np.float32), name) for name in ("w_mm", "w_gemm")]
+    nodes = [helper.make_node("MatMul", ["x", "w_mm"], ["h"]), helper.make_node("Gemm", ["x", "w_gemm"], ["g"]), helper.make_node("Add", ["h", "g"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, k])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, n])], inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    samples = [{"x": rng.standard_normal((8, k)).astype(np.float32)} for _ in range(8)]
+    config = AutoConfig(min_cosine=0.999999, choices=("4", "8"), weights=QuantizeConfig(quant_format="matmulnbits"))  # every weight at 8
+    report = auto(tmp_path / "m.onnx", tmp_path / "q.onnx", samples, config)
+    out = onnx.load(str(tmp_path / "q.onnx"))
+    stored = {t.name: len(t.raw_data) for t in out.graph.initializer}
+    written = {w: sum(size for name, size in stored.items() if name.startswith(w + "_")) for w in ("w_mm", "w_gemm")}
+    assert {layer.name: layer.width for layer in report.layers} == {"w_mm": "8", "w_gemm": "8"}
+    assert {layer.name: layer.bytes["8"] for layer in report.layers} == written
+    dq = next(node for node in out.graph.node if node.op_type == "DequantizeLinear")
+    assert {a.name: a.i for a in dq.attribute} == {"axis": 1}  # per channel, no block_size

@@ -318,7 +318,7 @@ def test_gptq_needs_data_and_only_quantize_takes_it(tmp_path):
     result = runner.invoke(app, ["config", str(tmp_path / "c.yaml")])
     assert result.exit_code == 1 and "rounding: gptq needs the model's samples" in result.output, result.output
     assert "Traceback" not in result.output
-    assert runner.invoke(app, ["config", str(tmp_path / "c.yaml"), "--dry-run"]).exit_code == 0  # a plan needs no samples
+    assert runner.invoke(app, ["config", str(tmp_path / "c.yaml"), "--dry-run"]).exit_code == 1  # the same with --dry-run
     (tmp_path / "n.yaml").write_text(f"models:\n  - input: {src}\n    output: {tmp_path / 'c.onnx'}\n")
     result = runner.invoke(app, ["config", str(tmp_path / "n.yaml"), "--rounding", "gptq"])
     assert result.exit_code == 2 and "--rounding" in result.output, result.output
@@ -360,3 +360,43 @@ def test_a_factor_cache_skips_the_float_runs_and_gives_the_same_model(tmp_path, 
     quantrs.quantize(src, tmp_path / "b.onnx", config, data=data, factors=cache)
     assert runs == [["x", "r"]]
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    # A factor of another shape (another model's) is not taken: recomputed, the same codes.
+    cache["x"] = gptq.factor(np.eye(8))
+    quantrs.quantize(src, tmp_path / "c.onnx", config, data=data, factors=cache)
+    assert runs[-1] == ["x"] and (tmp_path / "c.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
+    # The cache holds no more factors than the Hessians' budget.
+    monkeypatch.setattr(gptq, "HESSIAN_BYTES", 8 * 64 * 64)
+    small: dict = {}
+    quantrs.quantize(src, tmp_path / "d.onnx", config, data=data, factors=small)
+    assert sum(f.u.nbytes for f in small.values()) <= 8 * 64 * 64 and len(small) == 1
+
+
+def test_overflowing_activations_are_one_line_errors_in_quantize_and_auto(tmp_path):
+    """Finite samples whose products overflow float32: one line naming the model, exit 1, in
+    quantize and in auto's sensitivity pass alike (which builds its own Hessians)."""
+    src, _ = two_layer_model(tmp_path / "m.onnx")
+    np.save(tmp_path / "big.npy", np.full((8, 16, 64), 1e25, np.float32))
+    for args in (
+        ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--rounding", "gptq", "--data", str(tmp_path / "big.npy")],
+        ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--min-cosine", "0.99", "--data", str(tmp_path / "big.npy"), "--rounding", "gptq", "--choices", "4,8"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and "m.onnx: gptq: the products of x overflow float32" in " ".join(result.output.split()), result.output
+        assert "Traceback" not in result.output and "RuntimeWarning" not in result.output
+        assert not (tmp_path / "q.onnx").exists()
+
+
+def test_the_report_says_when_gptq_reaches_no_weight(tmp_path):
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((48, 64)) / 8).astype(np.float32), "w")
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "wt"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 48])], [w]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.save(tmp_path / "d.npy", rng.standard_normal((4, 8, 64)).astype(np.float32))
+    result = runner.invoke(app, ["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--rounding", "gptq", "--data", str(tmp_path / "d.npy")])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and "gptq reached no weight: all 1 rounded to nearest" in text and "read by Transpose" in text, text

@@ -68,10 +68,40 @@ def test_bad_format_options_are_usage_errors(save, tmp_path):
     runner = CliRunner()
     cnn = save(BUILDERS["conv_transpose"]()[0], "cnn.onnx")
     result = runner.invoke(app, ["quantize", str(cnn), "-o", str(tmp_path / "q.onnx"), "--quant-format", "matmulnbits", "--min-elements", "0"])
-    assert result.exit_code == 2 and "'--quant-format'" in result.stderr and "no MatMul weight" in result.stderr
+    assert result.exit_code == 2 and "'--quant-format'" in result.stderr and "no float32/float16 MatMul weight" in " ".join(result.stderr.split())
     mlp = save(BUILDERS["mlp"]()[0], "mlp.onnx")
     for flags, flag in ((["--accuracy-level", "7"], "--accuracy-level"), (["--quant-format", "gguf"], "--quant-format")):
         result = runner.invoke(app, ["quantize", str(mlp), "-o", str(tmp_path / "q.onnx"), *flags])
         assert result.exit_code == 2 and f"'{flag}'" in result.stderr
     assert not (tmp_path / "q.onnx").exists()
 
+
+
+def test_bfloat16_weights_stay_qdq(tmp_path):
+    """MatMulNBits takes its scales in its input's type, float32 or float16 on the CPU; a
+    bfloat16 weight is written as QDQ blocks with a float32 scale and a Cast back beside a
+    float32 weight's MatMulNBits, and the graph is valid (a MatMulNBits with float32 scales
+    beside bfloat16 input was not). A model with only bfloat16 MatMul weights says so."""
+    a = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    wb = helper.make_tensor("wb", TensorProto.BFLOAT16, [64, 64], (a.view(np.uint32) >> 16).astype(np.uint16).tobytes(), raw=True)
+    nodes = [helper.make_node("MatMul", ["xb", "wb"], ["yb"]), helper.make_node("MatMul", ["x", "w"], ["y"])]
+    value = lambda name, t: helper.make_tensor_value_info(name, t, [2, 64])  # noqa: E731
+    graph = helper.make_graph(
+        nodes, "g", [value("xb", TensorProto.BFLOAT16), value("x", TensorProto.FLOAT)], [value("yb", TensorProto.BFLOAT16), value("y", TensorProto.FLOAT)],
+        [wb, numpy_helper.from_array(a, "w")],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    report = quantrs.quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", QuantizeConfig(bits=4, quant_format="matmulnbits", min_elements=0))
+    out = onnx.load(str(tmp_path / "q.onnx"))
+    onnx.checker.check_model(out, full_check=True)
+    readers = {n.input[1] if n.op_type == "MatMulNBits" else n.input[0]: n.op_type for n in out.graph.node if n.op_type in ("MatMulNBits", "DequantizeLinear")}
+    assert sorted(readers.values()) == ["DequantizeLinear", "MatMulNBits"] and "Cast" in [n.op_type for n in out.graph.node]
+    storage = {t.name: t.storage for t in report.tensors if t.quantized}
+    assert storage == {"wb": "UINT4", "w": "UINT4 (MatMulNBits)"}
+    graph.node.pop()  # only the bfloat16 weight left
+    graph.initializer.pop()
+    graph.input.pop()
+    graph.output.pop()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "b.onnx"))
+    with pytest.raises(quantrs.errors.OptionError, match="no float32/float16 MatMul weight"):
+        quantrs.quantize(tmp_path / "b.onnx", tmp_path / "r.onnx", QuantizeConfig(bits=4, quant_format="matmulnbits", min_elements=0))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from builders import BUILDERS
 from typer.testing import CliRunner
 
@@ -137,3 +138,18 @@ def test_batch_summary_names_each_output(save, tmp_path):
     assert result.exit_code == 0, result.output
     header = result.stdout.splitlines()[0]
     assert "output" in header and "model" in header
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv_net", "embedding"])
+@pytest.mark.parametrize("options", [dict(), dict(bits=4, block_size=32), dict(bits=4, per_channel=True, symmetric=True), dict(bits=4, quant_format="matmulnbits")])
+def test_quantized_weight_bytes_are_the_bytes_written(save, tmp_path, name, options):
+    """The report's quantized weight bytes: codes, scales and zero points as stored (packed
+    codes, float16 scales of float16 weights, MatMulNBits' padded blocks)."""
+    model = BUILDERS[name]()[0]
+    src = save(model)
+    if name != "mlp" and options.get("quant_format") == "matmulnbits":
+        options = dict(options, quant_format="qdq", block_size=32)  # no MatMul to write as MatMulNBits
+    report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(min_elements=0, **options))
+    out = onnx.load(str(tmp_path / "q.onnx"))
+    written = sum(len(t.raw_data) for t in out.graph.initializer if t.name.endswith(("_quantized", "_scale", "_zero_point")))
+    assert report.quantized_weight_bytes == written

@@ -146,8 +146,9 @@ def auto(
     else:
         if len(samples) < 2:
             raise ConfigError(
-                f"{describe_source(data)}: {len(samples)} sample(s) of {src.name}: auto needs at least 2 to hold some out, or --eval-data "
-                "(an array whose first axis is the model's dynamic batch axis is one sample; stack samples on a new first axis)"
+                f"auto needs at least 2 samples to hold some out, or --eval-data; {describe_source(data)} gives {len(samples)} (an array "
+                "whose first axis is the model's dynamic batch axis is one sample: stack samples on a new first axis)",
+                file=src,
             )
         cut = len(samples) - max(1, round(len(samples) * HELD_OUT_SHARE))
         tuning, held_out = samples[:cut], samples[cut:]
@@ -160,7 +161,7 @@ def auto(
     if config.weights.quant_format == "matmulnbits":
         _, specs_by_name, _ = plan_model(model, next(iter(configs.values())))
         if not any(s.nbits for s in specs_by_name.values()):
-            raise OptionError("quant_format", f"matmulnbits: {src} has no MatMul weight to write as MatMulNBits")
+            raise OptionError("quant_format", f"matmulnbits: {src} has no float32/float16 MatMul weight to write as MatMulNBits")
     sensitivity = measure(model, configs, tuning, with_float=FLOAT in widths)
     if not sensitivity.layers and not sensitivity.fixed:
         raise ConfigError(f"{src}: no weight whose width auto could choose")
@@ -222,6 +223,7 @@ def auto(
         seconds=round(time.perf_counter() - started, 3),
         quant_format=config.weights.quant_format,
         rounding=config.weights.rounding,
+        compensated=_gptq_reach(model, sensitivity) if config.weights.rounding == "gptq" else 0,
     )
 
 
@@ -408,6 +410,14 @@ def _build(
     if options.rounding == "gptq":  # the Hessians' factors are the float model's: computed once
         return [Path(p) for p in quantize(src, dst, options, data=tuning, factors=factors).files_written]
     return [Path(p) for p in quantize(src, dst, options).files_written]
+
+
+def _gptq_reach(model, sensitivity: Sensitivity) -> int:
+    """How many of the weights auto chose widths for gptq compensates (the rest: nearest)."""
+    from quantrs.gptq import find_targets
+
+    names = [layer.name for layer in sensitivity.layers] + list(sensitivity.fixed)
+    return len(find_targets(model.proto.graph, names, {n: model.weights.info(n).shape for n in names})[0])
 
 
 def _output_error(outputs: Sequence[OutputAgreement]) -> float:

@@ -272,7 +272,7 @@ def config(
     loaded = load_config(file)
     work = jobs_from_config(loaded, file.parent, options, file=file)
     gptq = next((j for j in work if j.config.rounding == "gptq"), None)
-    if gptq is not None and not dry_run:  # a config file names no samples
+    if gptq is not None:  # a config file names no samples (a dry run would plan what cannot run)
         raise _fail(f"{gptq.origin}: rounding: gptq needs the model's samples: use quantrs quantize --data ({gptq.input})")
     if dry_run:
         plans = []
@@ -389,7 +389,7 @@ def auto(
     max_relative_error: Annotated[Optional[float], typer.Option("--max-relative-error", help="Budget: relative L2 error of the outputs, in (0, 1].", show_default=False)] = None,
     min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Also: top-1 agreement (classifiers), in (0, 1].", show_default=False)] = None,
     choices: Annotated[str, typer.Option("--choices", help="Widths a weight may get, from 4, 8, float.")] = "4,8,float",
-    block_size: Annotated[int, typer.Option("--block-size", help="4-bit weights in blocks of this size (16-256); 0: per channel. 8-bit ones are per channel.")] = 32,
+    block_size: Annotated[int, typer.Option("--block-size", help="4-bit weights in blocks of this size (16-256); 0: per channel. 8-bit ones are per channel (in matmulnbits form: MatMul weights in these blocks).")] = 32,
     static: Annotated[bool, typer.Option("--static", help="Also quantize activations (calibrated INT8); the budget is measured on that model.")] = False,
     rounding: Annotated[str, typer.Option("--rounding", help="nearest, or gptq: codes compensated on the tuning samples (weight-only).")] = "nearest",
     quant_format: Annotated[str, typer.Option("--quant-format", help="qdq, or matmulnbits: MatMul weights as onnxruntime's MatMulNBits and tables as GatherBlockQuantized, 4- and 8-bit in blocks (weight-only).")] = "qdq",

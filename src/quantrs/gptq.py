@@ -135,26 +135,45 @@ def collect_hessians(
 
 def _hessians(model: LoadedModel, names: list[str], rows: Mapping[str, int], samples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     began = time.perf_counter()
-    sums = {n: np.zeros((rows[n], rows[n]), dtype=np.float64) for n in names}
-    counts = dict.fromkeys(names, 0)
+    sums = {n: HessianSum(n, rows[n]) for n in names}
     runner = ActivationRunner(model, names, samples[0])
-    for sample in runner.run(samples):
-        for name, value in sample.values:
-            x = np.asarray(value)
-            if x.dtype.kind != "f" or x.ndim == 0 or x.shape[-1] != rows[name]:
-                raise ConfigError(f"gptq: {name} is {x.dtype} {list(x.shape)}, not float [..., {rows[name]}]", file=model.path)
-            x = x.reshape(-1, rows[name]).astype(np.float32, copy=False)
-            if not np.isfinite(x).all():
-                raise ConfigError(f"gptq: {name} holds NaN or infinite values on sample {sample.index}", file=model.path)
-            sums[name] += x.T @ x  # float32 products of one sample, accumulated in float64
-            counts[name] += x.shape[0]
-    for name in names:
-        if counts[name] == 0:
-            raise ConfigError(f"gptq: the samples give no rows of {name} (empty inputs?)", file=model.path)
-        if not np.isfinite(sums[name]).all():
-            raise ConfigError(f"gptq: the products of {name} overflow float32 on the samples", file=model.path)
+    try:
+        for sample in runner.run(samples):
+            for name, value in sample.values:
+                sums[name].add(value, sample.index)
+        hessians = {n: sums.pop(n).mean() for n in names}
+    except ConfigError as exc:
+        raise exc.about(file=model.path) from None
     logger.info("Hessians of %d activation(s) from %d sample(s) in %.2f s", len(names), len(samples), time.perf_counter() - began)
-    return {n: sums[n] / max(counts[n], 1) for n in names}
+    return hessians
+
+
+class HessianSum:
+    """The sum of x^T x over the rows of one activation's values (float, [..., K], finite),
+    each sample's product in float32, the sum in float64; `mean` is the Hessian."""
+
+    def __init__(self, name: str, k: int) -> None:
+        self.name, self.k = name, k
+        self.total = np.zeros((k, k), dtype=np.float64)
+        self.rows = 0
+
+    def add(self, value: np.ndarray, sample: int) -> None:
+        x = np.asarray(value)
+        if x.dtype.kind != "f" or x.ndim == 0 or x.shape[-1] != self.k:
+            raise ConfigError(f"gptq: {self.name} is {x.dtype} {list(x.shape)}, not float [..., {self.k}]")
+        x = x.reshape(-1, self.k).astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            raise ConfigError(f"gptq: {self.name} holds NaN or infinite values on sample {sample}")
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by mean()
+            self.total += x.T @ x
+        self.rows += x.shape[0]
+
+    def mean(self) -> np.ndarray:
+        if self.rows == 0:
+            raise ConfigError(f"gptq: the samples give no rows of {self.name} (empty inputs?)")
+        if not np.isfinite(self.total).all():
+            raise ConfigError(f"gptq: the products of {self.name} overflow float32 on the samples")
+        return self.total / self.rows
 
 
 @dataclass(frozen=True)

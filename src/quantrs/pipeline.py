@@ -69,8 +69,9 @@ def quantize(
 
     `data`: the samples `config.rounding == "gptq"` computes its codes from (the forms
     quantrs.samples reads). `factors`: with gptq, a dict in which the Hessians' factors are
-    kept by activation and taken from on the next call with the same model and samples (auto
-    builds several candidates); None: each is dropped once its weights are quantized.
+    kept by activation (as many as gptq.HESSIAN_BYTES holds) and taken from on the next call;
+    only for the same model and samples (auto builds several candidates); None: each factor
+    is dropped once its weights are quantized.
 
     Raises:
         ModelLoadError: the input is missing, not ONNX, or corrupt.
@@ -88,7 +89,7 @@ def quantize(
     model = open_model(src, dst)
     plans, specs, already = plan_model(model, config)
     if config.quant_format == "matmulnbits" and not any(s.nbits for s in specs.values()):
-        raise OptionError("quant_format", f"matmulnbits: {src} has no MatMul weight to write as MatMulNBits")
+        raise OptionError("quant_format", f"matmulnbits: {src} has no float32/float16 MatMul weight to write as MatMulNBits")
     ready: dict[str, QuantizedTensor] = {}
     notes: dict[str, str] = {}
     samples = 0
@@ -416,7 +417,7 @@ class WeightStream:
     def _finish(self, name: str) -> None:
         qt = self._quantized(name)
         self.results[name] = _Summary(qt.axis, self.specs[name].storage_name, qt.mse, qt.max_abs_error, qt.mse_minmax, self.specs[name].block_size)
-        self.quantized_bytes += qt.data.nbytes + qt.scale.nbytes
+        self.quantized_bytes += self.specs[name].stored_bytes
         if name in self.keep_scales:
             self.scales[name] = qt.scale.astype(np.float32)
         self._current = None
@@ -455,7 +456,7 @@ def _compensated(
     Hessians (quantrs.gptq), a group of Hessians at a time (their factors dropped with the
     group, unless `cache` keeps them by activation for the next call); a note for every
     weight; how many samples."""
-    from quantrs.gptq import Compensation, collect_hessians, factor, find_targets
+    from quantrs.gptq import HESSIAN_BYTES, Compensation, collect_hessians, factor, find_targets
     from quantrs.samples import input_specs, load_samples
 
     began = time.perf_counter()
@@ -475,14 +476,18 @@ def _compensated(
             ready[target.weight] = quantize_weight(model.weights.array(target.weight), specs[target.weight], config, compensation=compensation)
             model.weights.release(target.weight)
 
-    known = cache or {}
+    known = {a: f for a, f in (cache or {}).items() if any(t.activation == a and t.rows == f.u.shape[0] for t in targets.values())}
     compensate([t for t in targets.values() if t.activation in known], known)
     missing = {n: t for n, t in targets.items() if t.activation not in known}
     for hessians, group in collect_hessians(model, missing, samples):
         factors = {name: factor(hessians.pop(name)) for name in list(hessians)}  # each H freed once factored
         compensate(group, factors)
-        if cache is not None:
-            cache.update(factors)
+        if cache is not None:  # kept while they fit the Hessians' budget; the rest are recomputed
+            held = sum(f.u.nbytes for f in cache.values())
+            for name, f in factors.items():
+                if held + f.u.nbytes <= HESSIAN_BYTES:
+                    cache[name] = f
+                    held += f.u.nbytes
     logger.info("gptq: %d weights compensated on %d sample(s) in %.2f s; %d rounded to nearest", len(ready), len(samples), time.perf_counter() - began, len(skipped))
     notes = {n: "; codes by gptq" for n in ready} | {n: f"; rounded to nearest (gptq: {why})" for n, why in skipped.items()}
     notes |= {n: "; rounded to nearest (gptq: inside a body)" for n, s in specs.items() if s.in_body}

@@ -327,11 +327,18 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
     return quantized(axes.pop(), why=fallback)
 
 
+# The weight types whose MatMul onnxruntime's MatMulNBits can replace: its scales have its
+# input's type, float32 or float16 on the CPU. A bfloat16 weight stays QDQ (a float32 scale and
+# a Cast back). GatherBlockQuantized has no such tie: its output is cast back like QDQ's.
+NBITS_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
+
+
 def _matmulnbits_weight(info: WeightInfo, consumers: list[_Consumer]) -> bool:
-    """A [K, N] main-graph initializer that only MatMuls of the main graph read, as their weight:
-    what com.microsoft.MatMulNBits replaces."""
+    """A [K, N] main-graph float32/float16 initializer that only MatMuls of the main graph read,
+    as their weight: what com.microsoft.MatMulNBits replaces."""
     return (
-        info.kind == "initializer"
+        info.data_type in NBITS_TYPES
+        and info.kind == "initializer"
         and info.scope == MAIN
         and len(info.shape) == 2
         and all(c.direct and c.use.op == "MatMul" and c.use.index == 1 and not c.use.scope.path for c in consumers)

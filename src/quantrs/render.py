@@ -313,11 +313,14 @@ def _render_gptq(console, report: QuantizeReport) -> None:
     quantized = [t for t in report.tensors if t.quantized]
     compensated = sum("codes by gptq" in t.reason for t in quantized)
     nearest = [(t.name, t.reason.split("rounded to nearest (gptq: ", 1)[1].rstrip(")")) for t in quantized if "rounded to nearest (gptq" in t.reason]
-    console.print(
-        f"  gptq: codes of {compensated} weight(s) compensated on {report.samples} sample(s) (their MSE is higher by design)"
-        + (f"; {len(nearest)} rounded to nearest" if nearest else ""),
-        highlight=False,
-    )
+    if compensated:
+        console.print(
+            f"  gptq: codes of {compensated} weight(s) compensated on {report.samples} sample(s) (their MSE is higher by design)"
+            + (f"; {len(nearest)} rounded to nearest" if nearest else ""),
+            highlight=False,
+        )
+    else:
+        console.print(f"  [yellow]gptq reached no weight:[/] all {len(nearest)} rounded to nearest", highlight=False)
     for name, why in nearest[:5]:
         console.print(f"    {escape(name)}: {escape(why)}", highlight=False)
     if len(nearest) > 5:
@@ -338,7 +341,7 @@ def render_auto(report: AutoReport) -> None:
         )
     widths = ", ".join(f"{n} weight(s) at {w}" + ("" if w == "float" else " bits") for w, n in chosen.widths.items())
     if report.quant_format != "qdq" or report.rounding != "nearest":
-        widths += f" ({report.quant_format}" + (", gptq codes" if report.rounding == "gptq" else "") + ")"
+        widths += f" ({report.quant_format}" + (f", gptq codes for {report.compensated} of them" if report.rounding == "gptq" else "") + ")"
     narrowest = f", uniform {report.choices[0]}-bit {human_bytes(report.narrowest_weight_bytes)}" if report.choices[0] != "8" else ""
     console.print(
         f"  {widths}; weights {human_bytes(report.weight_bytes)} (float {human_bytes(report.float_weight_bytes)}"

@@ -430,6 +430,7 @@ class AutoReport:
     seconds: float
     quant_format: str = "qdq"
     rounding: str = "nearest"  # or gptq: codes compensated on the tuning samples
+    compensated: int = 0  # with gptq: the weights it reaches (the others are rounded to nearest)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -90,9 +90,15 @@ def measure(
     started = time.perf_counter()
     graph = model.proto.graph
     index = GraphIndex(graph)
-    plans: dict[str, dict[str, TensorPlan]] = {
-        width: {p.name: p for p in plan_weights(graph, model.weights, config, index) if p.quantize} for width, config in configs.items()
-    }
+    # Each width planned as auto builds it: the narrowest width's config with every weight set
+    # to this width by layer_bits (an 8-bit Gemm weight of a 4-bit MatMulNBits model is per
+    # channel, its MatMul weights 8-bit MatMulNBits).
+    base = next(iter(configs.values()))
+    base_plans = {p.name: p for p in plan_weights(graph, model.weights, base, index) if p.quantize}
+    plans: dict[str, dict[str, TensorPlan]] = {}
+    for width, config in configs.items():
+        widths = dataclasses.replace(base, layer_bits=tuple((n, config.bits) for n in base_plans))
+        plans[width] = base_plans if config.bits == base.bits else {p.name: p for p in plan_weights(graph, model.weights, widths, index) if p.quantize}
     common = set.intersection(*(set(p) for p in plans.values())) if plans else set()
     first_plans = next(iter(plans.values()))
     measured, fixed = [], []
@@ -109,6 +115,9 @@ def measure(
     inputs = _consumer_inputs(model, needed, samples) if measured and samples else []
     compensated = _gptq_targets(graph, measured, first_plans, configs)
     factors: dict[str, object] = {}  # per activation, shared by the weights that multiply it
+    uses: dict[str, int] = {}
+    for target in compensated.values():
+        uses[target.activation] = uses.get(target.activation, 0) + 1
     runs = 0
     for done, (name, node) in enumerate(measured):
         # One weight at a time: its sessions (float and each width) live only while its
@@ -116,7 +125,7 @@ def measure(
         values = np.asarray(model.weights.array(name))
         layer = layers[name]
         variants = {"reference": values}
-        compensation = _compensation(compensated.get(name), inputs, factors)
+        compensation = _compensation(model, compensated.get(name), inputs, factors, uses)
         for width, config in configs.items():
             plan = plans[width][name]
             layer.bytes[width] = _stored_bytes(plan, config)
@@ -174,24 +183,28 @@ def _gptq_targets(graph: onnx.GraphProto, measured: list[tuple[str, onnx.NodePro
     return find_targets(graph, names, {n: plans[n].shape for n in names})[0]
 
 
-def _compensation(target, inputs: Sequence[Mapping[str, np.ndarray]], factors: dict):
-    """The weight's compensation from the Hessian of the cached consumer inputs, as `quantize`
-    computes it on all the samples (None: the weight is rounded to nearest)."""
+def _compensation(model: LoadedModel, target, inputs: Sequence[Mapping[str, np.ndarray]], factors: dict, uses: dict[str, int]):
+    """The weight's compensation from the Hessian of the cached consumer inputs (the samples the
+    sensitivity pass holds; `quantize` takes all of them), or None: rounded to nearest. A
+    factor is kept in `factors` until the last weight multiplying its activation (`uses`)."""
     if target is None or not inputs:
         return None
-    from quantrs.gptq import Compensation, factor
+    from quantrs.errors import ConfigError
+    from quantrs.gptq import Compensation, HessianSum, factor
 
     if target.activation not in factors:
-        h = np.zeros((target.rows, target.rows))
-        count = 0
-        for cached in inputs:
-            x = np.asarray(cached[target.activation], dtype=np.float32).reshape(-1, target.rows)
-            h += x.T @ x
-            count += len(x)
-        factors[target.activation] = factor(h / max(count, 1))
-    if factors[target.activation].active == 0:
-        return None
-    return Compensation(factors[target.activation], target.transposed)
+        total = HessianSum(target.activation, target.rows)
+        try:
+            for index, cached in enumerate(inputs):
+                total.add(cached[target.activation], index)
+            factors[target.activation] = factor(total.mean())
+        except ConfigError as exc:
+            raise exc.about(file=model.path) from None
+    f = factors[target.activation]
+    uses[target.activation] -= 1
+    if uses[target.activation] == 0:
+        del factors[target.activation]
+    return Compensation(f, target.transposed) if f.active else None
 
 
 def _quantize(values: np.ndarray, plan: TensorPlan, config: QuantizeConfig, compensation=None) -> QuantizedTensor:
