@@ -74,10 +74,7 @@ def find_targets(graph: onnx.GraphProto, names: Sequence[str], shapes: Mapping[s
     for name in names:
         uses = index.uses.get(name, [])
         shape = list(shapes[name])
-        if len(shape) != 2:
-            skipped[name] = f"{len(shape)}-D, not a [K, N] matrix"
-            continue
-        why = _not_a_product(uses, index)
+        why = _not_a_product(uses, index) or ("" if len(shape) == 2 else f"{len(shape)}-D, not a [K, N] matrix")
         if why:
             skipped[name] = why
             continue
