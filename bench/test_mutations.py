@@ -132,6 +132,13 @@ MUTATIONS = [
         "order = np.arange(k)",
         ["test_gptq.py::test_the_factor_is_the_upper_cholesky_factor_of_the_damped_inverse_in_act_order"],
     ),
+    (
+        "a Conv's patches taken with its strides swapped",
+        "gptq.py",
+        "axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]",
+        "axis=(2, 3))[:, :, ::sw, ::sh, ::dh, ::dw]",
+        ["test_gptq.py::test_conv_patches_are_the_rows_the_conv_multiplies"],
+    ),
 ]
 
 

@@ -6,6 +6,7 @@ to nearest, on held-out inputs, for QDQ and MatMulNBits, MatMul and Gemm, 4 and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -226,7 +227,7 @@ def test_hessians_in_groups_give_the_same_model(tmp_path, monkeypatch):
     quantrs.quantize(src, tmp_path / "one.onnx", config, data=data)
     groups = []
     real = gptq._hessians
-    monkeypatch.setattr(gptq, "_hessians", lambda model, names, *a: groups.append(list(names)) or real(model, names, *a))
+    monkeypatch.setattr(gptq, "_hessians", lambda model, sources, *a: groups.append([n for n, _ in sources]) or real(model, sources, *a))
     monkeypatch.setattr(gptq, "HESSIAN_BYTES", 8 * 64 * 64)
     quantrs.quantize(src, tmp_path / "many.onnx", config, data=data)
     assert groups == [["x"], ["r"]]
@@ -268,7 +269,7 @@ def test_weights_gptq_cannot_reach_are_rounded_to_nearest_and_say_why(tmp_path):
     assert "rounded to nearest (gptq: read by 2 nodes)" in reasons["shared"]
     assert "rounded to nearest (gptq: inside a body)" in reasons["body_w"]
     assert "rounded to nearest (gptq: read by 2 nodes)" in reasons["own"]  # also read in a body
-    assert "rounded to nearest (gptq: read by Transpose 'flip', not directly by a MatMul or Gemm)" in reasons["flipped"]
+    assert "rounded to nearest (gptq: read by Transpose 'flip', not directly by a MatMul, Gemm or Conv)" in reasons["flipped"]
     assert "codes by gptq" in reasons["third"]
     ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, {"x": x})
 
@@ -352,16 +353,16 @@ def test_a_factor_cache_skips_the_float_runs_and_gives_the_same_model(tmp_path, 
     data = [{"x": inputs(100, 1)}]
     runs = []
     real = gptq._hessians
-    monkeypatch.setattr(gptq, "_hessians", lambda model, names, *a: runs.append(list(names)) or real(model, names, *a))
+    monkeypatch.setattr(gptq, "_hessians", lambda model, sources, *a: runs.append([n for n, _ in sources]) or real(model, sources, *a))
     cache: dict = {}
     config = QuantizeConfig(bits=4, block_size=16, rounding="gptq")
     quantrs.quantize(src, tmp_path / "a.onnx", config, data=data, factors=cache)
-    assert runs == [["x", "r"]] and set(cache) == {"x", "r"}
+    assert runs == [["x", "r"]] and set(cache) == {("x", None), ("r", None)}
     quantrs.quantize(src, tmp_path / "b.onnx", config, data=data, factors=cache)
     assert runs == [["x", "r"]]
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     # A factor of another shape (another model's) is not taken: recomputed, the same codes.
-    cache["x"] = gptq.factor(np.eye(8))
+    cache[("x", None)] = gptq.factor(np.eye(8))
     quantrs.quantize(src, tmp_path / "c.onnx", config, data=data, factors=cache)
     assert runs[-1] == ["x"] and (tmp_path / "c.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
     # The cache holds no more factors than the Hessians' budget.
@@ -400,3 +401,83 @@ def test_the_report_says_when_gptq_reaches_no_weight(tmp_path):
     result = runner.invoke(app, ["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--rounding", "gptq", "--data", str(tmp_path / "d.npy")])
     text = " ".join(result.output.split())
     assert result.exit_code == 0 and "gptq reached no weight: all 1 rounded to nearest" in text and "read by Transpose" in text, text
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        dict(),
+        dict(strides=[2, 2], pads=[1, 1, 1, 1]),
+        dict(dilations=[2, 1], pads=[2, 0, 1, 1]),
+        dict(auto_pad="SAME_UPPER", strides=[2, 2]),
+        dict(auto_pad="SAME_LOWER", strides=[2, 1]),
+        dict(auto_pad="VALID", strides=[1, 2], dilations=[1, 2]),
+    ],
+)
+def test_conv_patches_are_the_rows_the_conv_multiplies(attrs):
+    """Conv(x, W) = patches(x) @ W.reshape(O, -1).T, checked against onnxruntime for strides,
+    pads, dilations and auto_pad: the Hessian of a Conv weight is that of these rows."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 2)).astype(np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 2], **attrs)
+    graph = helper.make_graph(
+        [node], "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    targets, _ = gptq.find_targets(graph, ["w"], {"w": list(w.shape)})
+    patches = targets["w"].conv.patches(x)
+    assert targets["w"].rows == 3 * 3 * 2 and targets["w"].transposed
+    np.testing.assert_allclose(patches @ w.reshape(5, -1).T, y.transpose(0, 2, 3, 1).reshape(-1, 5), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_weights_get_compensated_codes(tmp_path):
+    """A small CNN (2-D Convs, one grouped) at 4 bits per channel: the Conv weights' codes are
+    compensated on their input patches and the model is closer to float on held-out images
+    (relative error measured 0.129 against 0.168); a grouped Conv's weight is rounded to
+    nearest, with the reason."""
+    rng = np.random.default_rng(0)
+    mix = rng.standard_normal((3, 3)).astype(np.float32)
+
+    def images(n, seed):
+        r = np.random.default_rng(seed)
+        smooth = r.standard_normal((n, 3, 18, 18)).astype(np.float32)
+        smooth = (smooth[:, :, :-2, :-2] + smooth[:, :, 1:-1, 1:-1] + smooth[:, :, 2:, 2:]) / 3  # correlated pixels
+        return np.einsum("dc,nchw->ndhw", mix, smooth).astype(np.float32)
+
+    weights = {
+        "c1": (rng.standard_normal((16, 3, 3, 3)) / 5).astype(np.float32),
+        "c2": (rng.standard_normal((16, 16, 3, 3)) / 12).astype(np.float32),
+        "dw": (rng.standard_normal((16, 1, 3, 3)) / 3).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "c1"], ["h1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "c2"], ["h2"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h2"], ["r2"]),
+        helper.make_node("Conv", ["r2", "dw"], ["y"], group=16, pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    config = QuantizeConfig(bits=4, per_channel=True, min_elements=0)
+    quantrs.quantize(tmp_path / "m.onnx", tmp_path / "near.onnx", config)
+    report = quantrs.quantize(tmp_path / "m.onnx", tmp_path / "gptq.onnx", dataclasses.replace(config, rounding="gptq"), data=[{"x": images(64, 1)}])
+    reasons = {t.name: t.reason for t in report.tensors}
+    assert "codes by gptq" in reasons["c1"] and "codes by gptq" in reasons["c2"], reasons
+    assert "rounded to nearest (gptq: a grouped Conv's weight (group 16))" in reasons["dw"]
+    held_out = images(32, 2)
+
+    def error(path):
+        got = ort.InferenceSession(str(path)).run(None, {"x": held_out})[0]
+        ref = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": held_out})[0]
+        return np.linalg.norm(got - ref) / np.linalg.norm(ref)
+
+    assert error(tmp_path / "gptq.onnx") < 0.8 * error(tmp_path / "near.onnx"), (error(tmp_path / "gptq.onnx"), error(tmp_path / "near.onnx"))

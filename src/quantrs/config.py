@@ -105,7 +105,7 @@ class QuantizeConfig:
     rounding: str = _option(
         "nearest",
         "--rounding",
-        help="nearest (each value to its nearest code), or gptq: codes chosen to keep MatMul/Gemm outputs on the samples of --data "
+        help="nearest (each value to its nearest code), or gptq: codes chosen to keep MatMul/Gemm/Conv outputs on the samples of --data "
         "(error-compensated rounding, GPTQ; the scales are unchanged).",
     )
     native_int4: bool = _option(

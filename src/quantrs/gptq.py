@@ -1,6 +1,6 @@
 """Error-compensated rounding (GPTQ: Frantar et al., "GPTQ: Accurate Post-Training Quantization
-for Generative Pre-trained Transformers", 2022) of MatMul and Gemm weights, from the float
-model's own activations on calibration samples.
+for Generative Pre-trained Transformers", 2022) of MatMul, Gemm and 2-D Conv weights, from the
+float model's own activations on calibration samples (a Conv's rows are its input's patches).
 
 A weight W [K, N] read as X @ W loses ||X (W - Q)||^2 = tr((W - Q)^T H (W - Q)) of its layer's
 output to codes Q, with H = X^T X over the samples' rows. Rounding each value to nearest
@@ -42,7 +42,7 @@ from quantrs.errors import ConfigError
 from quantrs.graph import GraphIndex
 from quantrs.model import LoadedModel
 
-__all__ = ["DAMP", "Target", "Factor", "Compensation", "find_targets", "collect_hessians", "factor", "compensate"]
+__all__ = ["DAMP", "ConvGeometry", "Target", "Factor", "Compensation", "HessianSum", "find_targets", "collect_hessians", "factor", "compensate"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +53,54 @@ ERROR_ROWS = 256  # rows per slice of the compensated codes' error
 
 
 @dataclass(frozen=True)
+class ConvGeometry:
+    """How a 2-D Conv (group 1) reads its input: the rows X of its Hessian are the input's
+    patches, [B * H_out * W_out, C * kh * kw] in the weight's (c, kh, kw) order, so that
+    Conv(x, W) = X @ W.reshape(O, -1).T."""
+
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    dilations: tuple[int, int]
+    pads: tuple[int, int, int, int] | None  # (top, left, bottom, right); None: SAME_* auto_pad
+    same_upper: bool = True
+
+    def patches(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 4:
+            raise ConfigError(f"gptq: a 2-D Conv input is [N, C, H, W], not {list(x.shape)}")
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilations
+        pads = self.pads if self.pads is not None else self._same(x.shape[2:])
+        x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        span_h, span_w = (kh - 1) * dh + 1, (kw - 1) * dw + 1
+        windows = np.lib.stride_tricks.sliding_window_view(x, (span_h, span_w), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+        n, c, ho, wo = windows.shape[:4]
+        return np.ascontiguousarray(windows.transpose(0, 2, 3, 1, 4, 5)).reshape(n * ho * wo, c * kh * kw)
+
+    def _same(self, size) -> tuple[int, int, int, int]:
+        total = [max(0, (-(-i // s) - 1) * s + (k - 1) * d + 1 - i) for i, s, k, d in zip(size, self.strides, self.kernel, self.dilations)]
+        first = [t // 2 if self.same_upper else t - t // 2 for t in total]
+        return first[0], first[1], total[0] - first[0], total[1] - first[1]
+
+
+@dataclass(frozen=True)
 class Target:
     """A weight whose codes are compensated: `activation` is what its consumer multiplies it
-    with; `transposed`: the weight is stored [N, K] (Gemm with transB=1)."""
+    with; `transposed`: the weight is stored [N, K] (Gemm with transB=1; a Conv's [O, C, kh,
+    kw] as [O, C * kh * kw]); `conv`: how a Conv turns the activation into rows."""
 
     weight: str
     activation: str
     transposed: bool
     rows: int  # K, the reduction length
+    conv: ConvGeometry | None = None
+
+    @property
+    def source(self) -> Source:
+        """What its Hessian is of: the activation, and how a Conv reads it (Convs of another
+        geometry on the same activation have other rows)."""
+        return (self.activation, self.conv)
+
+
+Source = tuple[str, ConvGeometry | None]
 
 
 def find_targets(graph: onnx.GraphProto, names: Sequence[str], shapes: Mapping[str, Sequence[int]]) -> tuple[dict[str, Target], dict[str, str]]:
@@ -74,34 +114,65 @@ def find_targets(graph: onnx.GraphProto, names: Sequence[str], shapes: Mapping[s
     for name in names:
         uses = index.uses.get(name, [])
         shape = list(shapes[name])
-        why = _not_a_product(uses, index) or ("" if len(shape) == 2 else f"{len(shape)}-D, not a [K, N] matrix")
+        why = _not_a_product(uses, index)
+        if not why and uses[0].op != "Conv" and len(shape) != 2:
+            why = f"{len(shape)}-D, not a [K, N] matrix"
         if why:
             skipped[name] = why
             continue
         node = uses[0].node
+        if node.input[0] in stored or node.input[0] == name:
+            skipped[name] = "its consumer's other input is a constant"
+            continue
+        if node.op_type == "Conv":
+            geometry = _conv_geometry(node, shape)
+            if isinstance(geometry, str):
+                skipped[name] = geometry
+                continue
+            targets[name] = Target(name, node.input[0], True, int(np.prod(shape[1:])), geometry)
+            continue
         attrs = {a.name: a.i for a in node.attribute if a.type == onnx.AttributeProto.INT}
         if node.op_type == "Gemm" and attrs.get("transA", 0):
             skipped[name] = "its Gemm transposes A"
-            continue
-        if node.input[0] in stored or node.input[0] == name:
-            skipped[name] = "its consumer's other input is a constant"
             continue
         transposed = node.op_type == "Gemm" and bool(attrs.get("transB", 0))
         targets[name] = Target(name, node.input[0], transposed, shape[1] if transposed else shape[0])
     return targets, skipped
 
 
+def _conv_geometry(node: onnx.NodeProto, shape: list[int]) -> ConvGeometry | str:
+    """A 2-D, group-1 Conv's geometry, or why gptq does not take it."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if len(shape) != 4:
+        return f"a {len(shape) - 2}-D Conv's weight (gptq takes 2-D Convs)"
+    if attrs.get("group", 1) != 1:
+        return f"a grouped Conv's weight (group {attrs['group']})"
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    pads = [int(v) for v in attrs.get("pads", (0, 0, 0, 0))]
+    kernel = [int(v) for v in attrs.get("kernel_shape", shape[2:])]
+    strides = [int(v) for v in attrs.get("strides", (1, 1))]
+    dilations = [int(v) for v in attrs.get("dilations", (1, 1))]
+    return ConvGeometry(
+        kernel=(kernel[0], kernel[1]),
+        strides=(strides[0], strides[1]),
+        dilations=(dilations[0], dilations[1]),
+        pads=None if auto_pad in ("SAME_UPPER", "SAME_LOWER") else ((0, 0, 0, 0) if auto_pad == "VALID" else (pads[0], pads[1], pads[2], pads[3])),
+        same_upper=auto_pad != "SAME_LOWER",
+    )
+
+
 def _not_a_product(uses, index: GraphIndex) -> str:
-    """Why a weight's uses are not the single B input of a main-graph MatMul or Gemm ("" if
-    they are)."""
+    """Why a weight's uses are not the single weight input of a main-graph MatMul, Gemm or Conv
+    ("" if they are)."""
     if len(uses) != 1:
         return f"read by {len(uses)} nodes"
     use = uses[0]
     label = f"{use.op} '{use.node.name}'" if use.node.name else use.op
     if use.scope is not index.main:
         return f"read by {label} inside a body"
-    if use.op not in ("MatMul", "Gemm"):
-        return f"read by {label}, not directly by a MatMul or Gemm"
+    if use.op not in ("MatMul", "Gemm", "Conv"):
+        return f"read by {label}, not directly by a MatMul, Gemm or Conv"
     if use.index != 1:
         return f"input {use.index} of {label}, not B"
     return ""
@@ -110,38 +181,40 @@ def _not_a_product(uses, index: GraphIndex) -> str:
 def collect_hessians(
     model: LoadedModel, targets: Mapping[str, Target], samples: Sequence[Mapping[str, np.ndarray]], *, budget: int | None = None
 ):
-    """Yield ({activation: H [K, K] float64, the mean of x^T x over its rows}, the targets
-    reading them), a group of activations at a time (their Hessians within `budget`, at least
-    one), each group from one float run of the samples. Raises ConfigError naming the model for
-    an activation whose last axis is not its weight's K."""
+    """Yield ({source: H [K, K] float64, the mean of x^T x over its rows}, the targets reading
+    them), a group of sources at a time (their Hessians within `budget`, at least one), each
+    group from one float run of the samples. Raises ConfigError naming the model for an
+    activation that is not float [..., K] (or a Conv's [N, C, H, W])."""
     budget = HESSIAN_BYTES if budget is None else budget
-    rows: dict[str, int] = {}
+    sizes: dict[Source, int] = {}
     for t in targets.values():
-        rows.setdefault(t.activation, t.rows)
-    groups: list[list[str]] = []
+        sizes.setdefault(t.source, t.rows)
+    groups: list[list[Source]] = []
     held = 0
-    for activation, k in rows.items():
+    for source, k in sizes.items():
         if not groups or held + 8 * k * k > budget:
             groups.append([])
             held = 0
-        groups[-1].append(activation)
+        groups[-1].append(source)
         held += 8 * k * k
-    for names in groups:
-        yield _hessians(model, names, rows, samples), [t for t in targets.values() if t.activation in names]
+    for sources in groups:
+        yield _hessians(model, sources, sizes, samples), [t for t in targets.values() if t.source in sources]
 
 
-def _hessians(model: LoadedModel, names: list[str], rows: Mapping[str, int], samples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _hessians(model: LoadedModel, sources: list[Source], sizes: Mapping[Source, int], samples: Sequence[Mapping[str, np.ndarray]]) -> dict[Source, np.ndarray]:
     began = time.perf_counter()
-    sums = {n: HessianSum(n, rows[n]) for n in names}
-    runner = ActivationRunner(model, names, samples[0])
+    sums = {source: HessianSum(source[0], sizes[source], source[1]) for source in sources}
+    runner = ActivationRunner(model, list(dict.fromkeys(name for name, _ in sources)), samples[0])
     try:
         for sample in runner.run(samples):
             for name, value in sample.values:
-                sums[name].add(value, sample.index)
-        hessians = {n: sums.pop(n).mean() for n in names}
+                for source in sources:
+                    if source[0] == name:
+                        sums[source].add(value, sample.index)
+        hessians = {source: sums.pop(source).mean() for source in sources}
     except ConfigError as exc:
         raise exc.about(file=model.path) from None
-    logger.info("Hessians of %d activation(s) from %d sample(s) in %.2f s", len(names), len(samples), time.perf_counter() - began)
+    logger.info("Hessians of %d activation(s) from %d sample(s) in %.2f s", len(sources), len(samples), time.perf_counter() - began)
     return hessians
 
 
@@ -149,13 +222,15 @@ class HessianSum:
     """The sum of x^T x over the rows of one activation's values (float, [..., K], finite),
     each sample's product in float32, the sum in float64; `mean` is the Hessian."""
 
-    def __init__(self, name: str, k: int) -> None:
-        self.name, self.k = name, k
+    def __init__(self, name: str, k: int, conv: ConvGeometry | None = None) -> None:
+        self.name, self.k, self.conv = name, k, conv
         self.total = np.zeros((k, k), dtype=np.float64)
         self.rows = 0
 
     def add(self, value: np.ndarray, sample: int) -> None:
         x = np.asarray(value)
+        if x.dtype.kind == "f" and self.conv is not None:
+            x = self.conv.patches(x.astype(np.float32, copy=False))
         if x.dtype.kind != "f" or x.ndim == 0 or x.shape[-1] != self.k:
             raise ConfigError(f"gptq: {self.name} is {x.dtype} {list(x.shape)}, not float [..., {self.k}]")
         x = x.reshape(-1, self.k).astype(np.float32, copy=False)
@@ -274,7 +349,9 @@ class Compensation:
         """(codes in x's layout, their sum of squared error, max abs error) for the scale and
         zero_point as the kernels give them, flat: one per tensor, per channel along `axis`
         (the output axis), or blocked along `axis` (the reduction axis)."""
-        w = x.T if self.transposed else x  # [K, N]
+        if x.ndim > 2 and (not self.transposed or block_size is not None):
+            raise ConfigError(f"gptq: a {x.ndim}-D weight is compensated per channel or per tensor as [out, in...], not in blocks")
+        w = x.reshape(x.shape[0], -1).T if self.transposed else x  # [K, N]; a Conv's [O, C, kh, kw] as [C * kh * kw, O]
         k, n = w.shape
         out_axis, red_axis = (0, 1) if self.transposed else (1, 0)
         s = np.asarray(scale, dtype=np.float32)
@@ -305,4 +382,4 @@ class Compensation:
             error = w32[rows].astype(np.float64) - (values[rows] - z[g].astype(np.float64)) * s[g].astype(np.float64)
             sse += float(np.sum(error**2))
             max_abs = max(max_abs, float(np.abs(error).max(initial=0.0)))
-        return (np.ascontiguousarray(codes.T) if self.transposed else codes), sse, max_abs
+        return (np.ascontiguousarray(codes.T).reshape(x.shape) if self.transposed else codes), sse, max_abs

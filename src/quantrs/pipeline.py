@@ -41,7 +41,7 @@ from quantrs.tensor import QuantizedTensor, Scheme, Scratch, quantize_matmulnbit
 from quantrs.writer import OutTensor, Payload, write_model
 
 if TYPE_CHECKING:
-    from quantrs.gptq import Compensation, Factor
+    from quantrs.gptq import Compensation, Factor, Source
     from quantrs.samples import SampleSource
 
 __all__ = ["quantize", "dry_run", "open_model", "plan_model", "rewrite_and_write", "GraphEdit", "WeightStream"]
@@ -58,7 +58,7 @@ def quantize(
     config: QuantizeConfig | None = None,
     *,
     data: SampleSource | None = None,
-    factors: dict[str, Factor] | None = None,
+    factors: dict[Source, Factor] | None = None,
     progress: ProgressCallback | None = None,
 ) -> QuantizeReport:
     """Quantize the float weights of an ONNX model and write a QDQ model that runs in onnxruntime.
@@ -69,7 +69,7 @@ def quantize(
 
     `data`: the samples `config.rounding == "gptq"` computes its codes from (the forms
     quantrs.samples reads). `factors`: with gptq, a dict in which the Hessians' factors are
-    kept by activation (as many as gptq.HESSIAN_BYTES holds) and taken from on the next call;
+    kept by source (gptq.Target.source; as many as gptq.HESSIAN_BYTES holds) and taken from on the next call;
     only for the same model and samples (auto builds several candidates); None: each factor
     is dropped once its weights are quantized.
 
@@ -450,7 +450,7 @@ def quantize_weight(
 
 
 def _compensated(
-    model: LoadedModel, specs: Mapping[str, DQSpec], config: QuantizeConfig, data: SampleSource, cache: dict[str, Factor] | None
+    model: LoadedModel, specs: Mapping[str, DQSpec], config: QuantizeConfig, data: SampleSource, cache: dict[Source, Factor] | None
 ) -> tuple[dict[str, QuantizedTensor], dict[str, str], int]:
     """The weights GPTQ applies to, quantized with compensated codes from the samples'
     Hessians (quantrs.gptq), a group of Hessians at a time (their factors dropped with the
@@ -467,18 +467,18 @@ def _compensated(
     targets, skipped = find_targets(model.proto.graph, names, {n: specs[n].shape for n in names})
     ready: dict[str, QuantizedTensor] = {}
 
-    def compensate(group, factors: Mapping[str, Factor]) -> None:
+    def compensate(group, factors: Mapping[Source, Factor]) -> None:
         for target in group:
-            if factors[target.activation].active == 0:
+            if factors[target.source].active == 0:
                 skipped[target.weight] = f"{target.activation} is zero on every sample"
                 continue
-            compensation = Compensation(factors[target.activation], target.transposed)
+            compensation = Compensation(factors[target.source], target.transposed)
             ready[target.weight] = quantize_weight(model.weights.array(target.weight), specs[target.weight], config, compensation=compensation)
             model.weights.release(target.weight)
 
-    known = {a: f for a, f in (cache or {}).items() if any(t.activation == a and t.rows == f.u.shape[0] for t in targets.values())}
-    compensate([t for t in targets.values() if t.activation in known], known)
-    missing = {n: t for n, t in targets.items() if t.activation not in known}
+    known = {a: f for a, f in (cache or {}).items() if any(t.source == a and t.rows == f.u.shape[0] for t in targets.values())}
+    compensate([t for t in targets.values() if t.source in known], known)
+    missing = {n: t for n, t in targets.items() if t.source not in known}
     for hessians, group in collect_hessians(model, missing, samples):
         factors = {name: factor(hessians.pop(name)) for name in list(hessians)}  # each H freed once factored
         compensate(group, factors)

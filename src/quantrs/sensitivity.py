@@ -114,10 +114,10 @@ def measure(
     needed = sorted({i for _, node in measured for i in node.input if i and i not in stored})
     inputs = _consumer_inputs(model, needed, samples) if measured and samples else []
     compensated = _gptq_targets(graph, measured, first_plans, configs)
-    factors: dict[str, object] = {}  # per activation, shared by the weights that multiply it
-    uses: dict[str, int] = {}
+    factors: dict = {}  # per source (activation, Conv geometry), shared by the weights reading it
+    uses: dict = {}
     for target in compensated.values():
-        uses[target.activation] = uses.get(target.activation, 0) + 1
+        uses[target.source] = uses.get(target.source, 0) + 1
     runs = 0
     for done, (name, node) in enumerate(measured):
         # One weight at a time: its sessions (float and each width) live only while its
@@ -192,18 +192,18 @@ def _compensation(model: LoadedModel, target, inputs: Sequence[Mapping[str, np.n
     from quantrs.errors import ConfigError
     from quantrs.gptq import Compensation, HessianSum, factor
 
-    if target.activation not in factors:
-        total = HessianSum(target.activation, target.rows)
+    if target.source not in factors:
+        total = HessianSum(target.activation, target.rows, target.conv)
         try:
             for index, cached in enumerate(inputs):
                 total.add(cached[target.activation], index)
-            factors[target.activation] = factor(total.mean())
+            factors[target.source] = factor(total.mean())
         except ConfigError as exc:
             raise exc.about(file=model.path) from None
-    f = factors[target.activation]
-    uses[target.activation] -= 1
-    if uses[target.activation] == 0:
-        del factors[target.activation]
+    f = factors[target.source]
+    uses[target.source] -= 1
+    if uses[target.source] == 0:
+        del factors[target.source]
     return Compensation(f, target.transposed) if f.active else None
 
 
