@@ -434,7 +434,7 @@ def test_conv_patches_are_the_rows_the_conv_multiplies(attrs):
     np.testing.assert_allclose(patches @ w.reshape(5, -1).T, y.transpose(0, 2, 3, 1).reshape(-1, 5), rtol=1e-5, atol=1e-5)
 
 
-def test_conv_weights_get_compensated_codes(tmp_path):
+def test_conv_weights_get_compensated_codes(tmp_path, capsys):
     """A small CNN (2-D Convs, one grouped) at 4 bits per channel: the Conv weights' codes are
     compensated on their input patches and the model is closer to float on held-out images
     (relative error measured 0.129 against 0.168); a grouped Conv's weight is rounded to
@@ -473,6 +473,10 @@ def test_conv_weights_get_compensated_codes(tmp_path):
     reasons = {t.name: t.reason for t in report.tensors}
     assert "codes by gptq" in reasons["c1"] and "codes by gptq" in reasons["c2"], reasons
     assert "rounded to nearest (gptq: a grouped Conv's weight (group 16))" in reasons["dw"]
+    from quantrs.render import render_quantize
+
+    render_quantize(report)  # the reason as given, its own parenthesis kept
+    assert "dw: a grouped Conv's weight (group 16)" in " ".join(capsys.readouterr().out.split())
     held_out = images(32, 2)
 
     def error(path):

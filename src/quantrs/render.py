@@ -312,7 +312,7 @@ def _render_gptq(console, report: QuantizeReport) -> None:
     output, not the weight), and why the others did not."""
     quantized = [t for t in report.tensors if t.quantized]
     compensated = sum("codes by gptq" in t.reason for t in quantized)
-    nearest = [(t.name, t.reason.split("rounded to nearest (gptq: ", 1)[1].rstrip(")")) for t in quantized if "rounded to nearest (gptq" in t.reason]
+    nearest = [(t.name, t.reason.split("rounded to nearest (gptq: ", 1)[1].removesuffix(")")) for t in quantized if "rounded to nearest (gptq" in t.reason]
     if compensated:
         console.print(
             f"  gptq: codes of {compensated} weight(s) compensated on {report.samples} sample(s) (their MSE is higher by design)"

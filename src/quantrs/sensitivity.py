@@ -97,8 +97,11 @@ def measure(
     base_plans = {p.name: p for p in plan_weights(graph, model.weights, base, index) if p.quantize}
     plans: dict[str, dict[str, TensorPlan]] = {}
     for width, config in configs.items():
-        widths = dataclasses.replace(base, layer_bits=tuple((n, config.bits) for n in base_plans))
-        plans[width] = base_plans if config.bits == base.bits else {p.name: p for p in plan_weights(graph, model.weights, widths, index) if p.quantize}
+        if config.bits == base.bits:
+            plans[width] = base_plans
+            continue
+        every_weight = dataclasses.replace(base, layer_bits=tuple((n, config.bits) for n in base_plans))
+        plans[width] = {p.name: p for p in plan_weights(graph, model.weights, every_weight, index) if p.quantize}
     common = set.intersection(*(set(p) for p in plans.values())) if plans else set()
     first_plans = next(iter(plans.values()))
     measured, fixed = [], []
@@ -183,10 +186,10 @@ def _gptq_targets(graph: onnx.GraphProto, measured: list[tuple[str, onnx.NodePro
     return find_targets(graph, names, {n: plans[n].shape for n in names})[0]
 
 
-def _compensation(model: LoadedModel, target, inputs: Sequence[Mapping[str, np.ndarray]], factors: dict, uses: dict[str, int]):
+def _compensation(model: LoadedModel, target, inputs: Sequence[Mapping[str, np.ndarray]], factors: dict, uses: dict):
     """The weight's compensation from the Hessian of the cached consumer inputs (the samples the
     sensitivity pass holds; `quantize` takes all of them), or None: rounded to nearest. A
-    factor is kept in `factors` until the last weight multiplying its activation (`uses`)."""
+    factor is kept in `factors` until the last weight reading its source (`uses`)."""
     if target is None or not inputs:
         return None
     from quantrs.errors import ConfigError
