@@ -110,7 +110,7 @@ def quantize(
     }
     done = rewrite_and_write(model, dst, specs, config, metadata=metadata, progress=progress, ready=ready)
     stream = done.stream
-    reports = [_tensor_report(p, stream.results.get(p.name), notes.get(p.name, "")) for p in plans]
+    reports = [_tensor_report(p, stream.results.get(p.name), notes.get(p.name)) for p in plans]
     return QuantizeReport(
         input=str(src),
         output=str(dst),
@@ -454,8 +454,8 @@ def _compensated(
 ) -> tuple[dict[str, QuantizedTensor], dict[str, str], int]:
     """The weights GPTQ applies to, quantized with compensated codes from the samples'
     Hessians (quantrs.gptq), a group of Hessians at a time (their factors dropped with the
-    group, unless `cache` keeps them by activation for the next call); a note for every
-    weight; how many samples."""
+    group, unless `cache` keeps them by source for the next call); for every quantized weight
+    "" (compensated) or why it is rounded to nearest; how many samples."""
     from quantrs.gptq import HESSIAN_BYTES, Compensation, collect_hessians, factor, find_targets
     from quantrs.samples import input_specs, load_samples
 
@@ -489,8 +489,8 @@ def _compensated(
                     cache[name] = f
                     held += f.u.nbytes
     logger.info("gptq: %d weights compensated on %d sample(s) in %.2f s; %d rounded to nearest", len(ready), len(samples), time.perf_counter() - began, len(skipped))
-    notes = {n: "; codes by gptq" for n in ready} | {n: f"; rounded to nearest (gptq: {why})" for n, why in skipped.items()}
-    notes |= {n: "; rounded to nearest (gptq: inside a body)" for n, s in specs.items() if s.in_body}
+    notes = dict.fromkeys(ready, "") | {n: why for n, why in skipped.items()}  # "" compensated, else why not
+    notes |= {n: "inside a body" for n, s in specs.items() if s.in_body}
     return ready, notes, len(samples)
 
 
@@ -571,7 +571,8 @@ def _nothing_to_quantize(plans: list[TensorPlan]) -> str:
     return f"none of the {len(floats)} float tensors can be quantized ({examples})"
 
 
-def _tensor_report(plan: TensorPlan, summary: _Summary | None, note: str = "") -> TensorReport:
+def _tensor_report(plan: TensorPlan, summary: _Summary | None, gptq: str | None = None) -> TensorReport:
+    """`gptq`: with rounding gptq, "" for compensated codes, else why they are nearest."""
     if summary is None:
         return TensorReport(plan.name, list(plan.shape), plan.dtype, False, plan.reason, kind=plan.kind, scope=plan.scope)
     return TensorReport(
@@ -581,11 +582,12 @@ def _tensor_report(plan: TensorPlan, summary: _Summary | None, note: str = "") -
         shape=list(plan.shape),
         dtype=plan.dtype,
         quantized=True,
-        reason=plan.reason + note,
+        reason=plan.reason + ("" if gptq is None else "; codes by gptq" if not gptq else f"; rounded to nearest (gptq: {gptq})"),
         axis=summary.axis,
         storage=summary.storage,
         mse=summary.mse,
         max_abs_error=summary.max_abs_error,
         mse_minmax=summary.mse_minmax,
         block_size=summary.block_size,
+        gptq=gptq,
     )

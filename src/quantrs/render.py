@@ -310,9 +310,9 @@ def render_calibration(report: CalibrationReport) -> None:
 def _render_gptq(console, report: QuantizeReport) -> None:
     """Which weights got compensated codes (their MSE is higher by design: they keep the layer's
     output, not the weight), and why the others did not."""
-    quantized = [t for t in report.tensors if t.quantized]
-    compensated = sum("codes by gptq" in t.reason for t in quantized)
-    nearest = [(t.name, t.reason.split("rounded to nearest (gptq: ", 1)[1].removesuffix(")")) for t in quantized if "rounded to nearest (gptq" in t.reason]
+    quantized = [t for t in report.tensors if t.quantized and t.gptq is not None]
+    compensated = sum(t.gptq == "" for t in quantized)
+    nearest = [(t.name, t.gptq) for t in quantized if t.gptq]
     if compensated:
         console.print(
             f"  gptq: codes of {compensated} weight(s) compensated on {report.samples} sample(s) (their MSE is higher by design)"

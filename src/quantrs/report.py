@@ -50,6 +50,7 @@ class TensorReport:
     scope: str = ""  # "" for the main graph, else the If/Loop/Scan body that holds it
     mse_minmax: float | None = None  # with a range search: the MSE plain min/max would give
     block_size: int | None = None  # blocks along `axis` (the reduction axis)
+    gptq: str | None = None  # with rounding gptq: "" for compensated codes, else why they are rounded to nearest
 
     @property
     def search_gain(self) -> float | None:
