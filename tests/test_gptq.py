@@ -302,8 +302,6 @@ def test_gptq_needs_data_and_only_quantize_takes_it(tmp_path):
         quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(), data=[{"x": inputs(4, 1)}])
     with pytest.raises(OptionError, match="rounding must be one of nearest, gptq"):
         QuantizeConfig(rounding="stochastic")
-    with pytest.raises(ConfigError, match="calibrate rounds weights to nearest"):
-        CalibrationConfig(weights=QuantizeConfig(rounding="gptq"))
     np.save(tmp_path / "d.npy", inputs(16, 1))
     out = str(tmp_path / "q.onnx")
     for args, flag, code in [
@@ -311,7 +309,6 @@ def test_gptq_needs_data_and_only_quantize_takes_it(tmp_path):
         (["quantize", str(src), "-o", out, "--data", str(tmp_path / "d.npy")], "--data", 2),
         (["quantize", str(src), "-o", out, "--rounding", "best"], "--rounding", 2),
         (["batch", str(src), "-o", str(tmp_path / "out"), "--rounding", "gptq"], "--rounding", 2),
-        (["auto", str(src), "-o", out, "--data", str(tmp_path / "d.npy"), "--min-cosine", "0.9", "--static", "--rounding", "gptq"], "--rounding", 2),
     ]:
         result = runner.invoke(app, args)
         assert result.exit_code == code and flag in result.output, (args, result.output)
@@ -485,3 +482,28 @@ def test_conv_weights_get_compensated_codes(tmp_path, capsys):
         return np.linalg.norm(got - ref) / np.linalg.norm(ref)
 
     assert error(tmp_path / "gptq.onnx") < 0.8 * error(tmp_path / "near.onnx"), (error(tmp_path / "gptq.onnx"), error(tmp_path / "near.onnx"))
+
+
+def test_calibrate_compensates_the_weights_of_a_static_model(tmp_path):
+    """Static quantization with --rounding gptq: the weights' codes are compensated on the
+    calibration samples' float activations (the activations' ranges as without it); with
+    4-bit blocked weights the static model is closer to float on held-out inputs (relative
+    error measured 0.079 against 0.119; with INT8 weights 0.031 against 0.032: there the
+    activations' error dominates)."""
+    src, inputs = two_layer_model(tmp_path / "m.onnx")
+    samples = [{"x": inputs(64, seed)} for seed in range(1, 9)]
+    weights = QuantizeConfig(bits=4, block_size=16)
+    quantrs.calibrate(src, tmp_path / "near.onnx", samples, CalibrationConfig(weights=weights))
+    report = quantrs.calibrate(src, tmp_path / "gptq.onnx", samples, CalibrationConfig(weights=dataclasses.replace(weights, rounding="gptq")))
+    assert report.rounding == "gptq" and report.compensated == ["w1", "w2"]
+    model = onnx.load(str(tmp_path / "gptq.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)  # activations quantized too
+    assert {p.key: p.value for p in model.metadata_props}["quantrs.rounding"] == "gptq (2 weights)"
+    held_out = inputs(256, 20)
+    ref = run(src, held_out)
+    err_near = np.linalg.norm(run(tmp_path / "near.onnx", held_out) - ref) / np.linalg.norm(ref)
+    err_gptq = np.linalg.norm(run(tmp_path / "gptq.onnx", held_out) - ref) / np.linalg.norm(ref)
+    assert err_gptq < 0.8 * err_near, (err_gptq, err_near)
+    np.save(tmp_path / "d.npy", np.stack([s["x"] for s in samples]))
+    result = runner.invoke(app, ["calibrate", str(src), "--data", str(tmp_path / "d.npy"), "-o", str(tmp_path / "c.onnx"), "--rounding", "gptq"])
+    assert result.exit_code == 0 and "gptq: codes of 2 weight(s) compensated on the samples" in " ".join(result.output.split()), result.output

@@ -104,8 +104,6 @@ class AutoConfig:
             raise ConfigError(f"static (calibrated activations) writes QDQ, not {self.weights.quant_format}")
         if self.weights.quant_format == "matmulnbits" and self.block_size is None:
             raise ConfigError("matmulnbits stores weights in blocks: block_size is needed")
-        if self.static and self.weights.rounding != "nearest":
-            raise ConfigError(f"static (calibrated activations) rounds weights to nearest, not {self.weights.rounding}")
         if self.max_evaluations < 1:
             raise ConfigError(f"max_evaluations must be at least 1, not {self.max_evaluations}")
 

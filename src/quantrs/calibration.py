@@ -29,11 +29,11 @@ from quantrs.activations import TARGETS, ActivationParams, StaticEdit, choose_ac
 from quantrs.collect import GROUP_BYTES, collect_statistics
 from quantrs.config import QuantizeConfig
 from quantrs.errors import ConfigError, QuantrsError, UnsupportedModelError, first_line
-from quantrs.pipeline import open_model, plan_model, rewrite_and_write
+from quantrs.pipeline import compensate_weights, open_model, plan_model, rewrite_and_write
 from quantrs.qdq import DQSpec
 from quantrs.ranges import METHODS, pick_range
 from quantrs.report import ActivationRange, CalibrationReport, LeftFloat
-from quantrs.samples import SampleSource, input_specs, iter_samples
+from quantrs.samples import SampleSource, input_specs, iter_samples, load_samples
 from quantrs.tensor import Scheme
 
 __all__ = ["CalibrationConfig", "calibrate"]
@@ -86,8 +86,6 @@ class CalibrationConfig:
             raise ConfigError(f"min_samples must be between 1 and max_samples, not {self.min_samples}")
         if self.group_bytes < 1:
             raise ConfigError(f"group_bytes must be positive, not {self.group_bytes}")
-        if self.weights.rounding != "nearest":
-            raise ConfigError(f"rounding {self.weights.rounding}: calibrate rounds weights to nearest (quantize --rounding gptq --data is weight-only)")
         if self.target == "tensorrt" and (self.reduce_range or not self.per_channel):
             raise ConfigError("target tensorrt takes INT8 per-channel weights: not reduce_range, not per_channel=False")
 
@@ -131,7 +129,8 @@ def calibrate(
             f"{src}: no activation of a quantized op ({config.target}) to calibrate{where}; `quantrs quantize` quantizes its weights"
         )
 
-    samples = iter_samples(data, input_specs(model.proto), limit=config.max_samples)
+    gptq = options.rounding == "gptq"  # its Hessians and the statistics read the samples: held in memory once
+    samples = (load_samples if gptq else iter_samples)(data, input_specs(model.proto), limit=config.max_samples)
     stats = collect_statistics(
         model, names, samples, histogram=config.method != "minmax", budget=config.group_bytes,
         progress=None if progress is None else lambda done: progress(done, config.max_samples or 0),
@@ -148,6 +147,13 @@ def calibrate(
         reasons = "; ".join(f"{n}: {r}" for n, r in list(stats.skipped.items())[:3])
         raise UnsupportedModelError(f"{src}: no activation could be calibrated ({reasons}); quantize weights only with `quantrs quantize`")
 
+    ready: dict = {}
+    if gptq:  # the weights' codes compensated on the float model's activations, as quantize does
+        try:
+            ready, _, _ = compensate_weights(model, specs, options, samples, None)
+        except QuantrsError as exc:
+            exc.about(file=src)
+            raise
     edit = StaticEdit(params, signed, config.target, excluded, specs)
     metadata = {
         "quantrs.mode": "static",
@@ -156,8 +162,9 @@ def calibrate(
         "quantrs.calibration.samples": str(stats.samples),
         "quantrs.activations": "INT8 symmetric" if signed else "UINT8 asymmetric",
         "quantrs.weights": _describe_weights(specs, config.reduce_range),
+        **({"quantrs.rounding": f"gptq ({len(ready)} weights)"} if gptq else {}),
     }
-    done = rewrite_and_write(model, dst, specs, options, metadata=metadata, edit=edit)
+    done = rewrite_and_write(model, dst, specs, options, metadata=metadata, edit=edit, ready=ready)
     from quantrs.validation import agreements, run_model
 
     checking = time.perf_counter()
@@ -194,6 +201,8 @@ def calibrate(
         collection_seconds=round(stats.seconds, 4),
         fidelity_seconds=round(fidelity_seconds, 4),
         seconds=round(time.perf_counter() - started, 4),
+        rounding=options.rounding,
+        compensated=sorted(ready),
     )
 
 

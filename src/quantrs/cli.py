@@ -347,6 +347,7 @@ def calibrate(
     reduce_range: Annotated[bool, typer.Option("--reduce-range", help="7-bit weights, for x86 CPUs without VNNI (see README).")] = False,
     max_samples: Annotated[Optional[int], typer.Option("--max-samples", min=1, help="Use at most this many samples.", show_default=False)] = None,
     min_samples: Annotated[int, typer.Option("--min-samples", min=1, help="Refuse to calibrate on fewer samples.")] = 1,
+    rounding: Annotated[str, typer.Option("--rounding", help="The weights' codes: nearest, or gptq (compensated on the samples, as quantize --rounding gptq).")] = "nearest",
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Node or weight name to leave in float (repeatable).", show_default=False)] = None,
     exclude_op_type: Annotated[Optional[list[str]], typer.Option("--exclude-op-type", help="Op type to leave in float (repeatable).", show_default=False)] = None,
     exclude_regex: Annotated[Optional[list[str]], typer.Option("--exclude-regex", help="Leave nodes or weights whose name matches in float (repeatable).", show_default=False)] = None,
@@ -364,8 +365,9 @@ def calibrate(
     if Target(target) is Target.tensorrt and not per_channel:
         raise typer.BadParameter("not with --target tensorrt (its weights are per channel)", param_hint="'--per-tensor'")
     weights = quantize_config(
-        {"min_elements": 0, "exclude": tuple(exclude or ()), "exclude_op_types": tuple(exclude_op_type or ()), "exclude_regex": tuple(exclude_regex or ())}
-    )
+        {"min_elements": 0, "exclude": tuple(exclude or ()), "exclude_op_types": tuple(exclude_op_type or ()), "exclude_regex": tuple(exclude_regex or ()),
+         "rounding": rounding}
+    )  # fmt: skip
     config = CalibrationConfig(
         method=Method(method).value, percentile=percentile, per_channel=per_channel, symmetric_activations=symmetric_activations,
         reduce_range=reduce_range, target=Target(target).value, max_samples=max_samples, min_samples=min_samples, weights=weights,
@@ -426,8 +428,6 @@ def auto(
         raise typer.BadParameter(f"{quant_format}: --static writes QDQ (calibrated activations); matmulnbits is weight-only", param_hint="'--quant-format'")
     if not block_size and quant_format == "matmulnbits":
         raise typer.BadParameter("0 (per channel) is not a MatMulNBits layout: give a block size with --quant-format matmulnbits", param_hint="'--block-size'")
-    if static and rounding != "nearest":
-        raise typer.BadParameter(f"{rounding}: --static rounds weights to nearest", param_hint="'--rounding'")
     weights = quantize_config(
         {"exclude": tuple(exclude or ()), "exclude_regex": tuple(exclude_regex or ()), "quant_format": quant_format, "rounding": rounding}
     )

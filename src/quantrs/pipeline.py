@@ -96,7 +96,7 @@ def quantize(
     if config.rounding == "gptq":
         assert data is not None
         try:
-            ready, notes, samples = _compensated(model, specs, config, data, factors)
+            ready, notes, samples = compensate_weights(model, specs, config, data, factors)
         except QuantrsError as exc:
             exc.about(file=src)
             raise
@@ -449,7 +449,7 @@ def quantize_weight(
         raise
 
 
-def _compensated(
+def compensate_weights(
     model: LoadedModel, specs: Mapping[str, DQSpec], config: QuantizeConfig, data: SampleSource, cache: dict[Source, Factor] | None
 ) -> tuple[dict[str, QuantizedTensor], dict[str, str], int]:
     """The weights GPTQ applies to, quantized with compensated codes from the samples'

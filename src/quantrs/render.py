@@ -288,6 +288,12 @@ def render_calibration(report: CalibrationReport) -> None:
         f"({report.inference_seconds:.2f} s of float inference, {report.inference_groups} run(s) per sample)",
         highlight=False,
     )
+    if report.rounding == "gptq":
+        rest = len(report.quantized_weights) - len(report.compensated)
+        console.print(
+            f"  gptq: codes of {len(report.compensated)} weight(s) compensated on the samples" + (f"; {rest} rounded to nearest" if rest else ""),
+            highlight=False,
+        )
     for o in report.fidelity:
         top1 = "" if o.top1_agreement is None else f", top-1 agreement {o.top1_agreement:.2%}"
         console.print(

@@ -368,6 +368,8 @@ class CalibrationReport:
     collection_seconds: float  # of `seconds`, collecting statistics (inference included)
     fidelity_seconds: float  # of `seconds`, running the quantized model on the held-out samples
     seconds: float
+    rounding: str = "nearest"  # or gptq: the weights' codes compensated on the samples
+    compensated: list[str] = field(default_factory=list)  # with gptq: the weights it reached
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
