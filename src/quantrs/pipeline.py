@@ -88,8 +88,6 @@ def quantize(
         raise OptionError("rounding", f"{config.rounding}: samples (data=, --data) are read only by rounding gptq")
     model = open_model(src, dst)
     plans, specs, already = plan_model(model, config)
-    if config.quant_format == "matmulnbits" and not any(s.nbits for s in specs.values()):
-        raise OptionError("quant_format", f"matmulnbits: {src} has no float32/float16 MatMul weight to write as MatMulNBits")
     ready: dict[str, QuantizedTensor] = {}
     notes: dict[str, str] = {}
     samples = 0
@@ -150,7 +148,8 @@ def open_model(src: Path, dst: Path) -> LoadedModel:
 
 def plan_model(model: LoadedModel, config: QuantizeConfig) -> tuple[list[TensorPlan], dict[str, DQSpec], str]:
     """The plan of every stored tensor, the storage of those quantized, and what the model
-    already holds quantized ("" if nothing). Raises when nothing is left to quantize."""
+    already holds quantized ("" if nothing). Raises when nothing is left to quantize, or when
+    `config` asks for MatMulNBits and no weight can be one (OptionError on quant_format)."""
     src = model.path
     index = GraphIndex(model.proto.graph)
     plans = plan_weights(model.proto.graph, model.weights, config, index)
@@ -159,6 +158,8 @@ def plan_model(model: LoadedModel, config: QuantizeConfig) -> tuple[list[TensorP
     for p in plans:
         logger.debug("  %s %s: %s", p.name, list(p.shape), ("quantize: " if p.quantize else "skip: ") + p.reason)
     already = _describe_quantized(quantized_ops(index))
+    if config.quant_format == "matmulnbits" and specs and not any(s.nbits for s in specs.values()):
+        raise OptionError("quant_format", f"matmulnbits: {src} has no float32/float16 MatMul weight to write as MatMulNBits")
     if not specs:
         if already:
             raise AlreadyQuantizedError(f"{src}: already quantized ({already}) and no float weight is left to quantize")
