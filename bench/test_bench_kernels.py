@@ -182,10 +182,10 @@ BLOCK_LAYOUTS = {"matmul-4096x4096-axis0": (0, 1), "gemm-4096x4096-axis1": (1, 0
 @pytest.mark.parametrize("n_threads", [1, 2])
 @pytest.mark.parametrize("layout", list(BLOCK_LAYOUTS))
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("impl", ["per-channel", "per-channel-all", "blocks", "blocks-search"])
+@pytest.mark.parametrize("impl", ["per-channel", "per-channel-all", "blocks", "blocks-refit", "blocks-search"])
 def test_quantize_blocks(benchmark, half_weights, impl, dtype, layout, n_threads):
     """Block size 32, UINT4 asymmetric; the bars: blocks at per-channel's GB/s, search <= 1.5x
-    blocks (MatMul, float32, 2 threads)."""
+    blocks (MatMul, float32, 2 threads). blocks-refit: the 4-bit default (alphas=(1.0,))."""
     x = half_weights[dtype]
     axis, channel_axis = BLOCK_LAYOUTS[layout]
     out = np.empty(x.size, dtype=np.uint8)
@@ -205,20 +205,21 @@ def test_quantize_blocks(benchmark, half_weights, impl, dtype, layout, n_threads
 
         benchmark(per_channel_all)
     else:
-        search = impl == "blocks-search"
-        benchmark(K.quantize_blocks, x, axis, 32, 0, 15, symmetric=False, search=search, n_threads=n_threads, out=out)
+        alphas = {"blocks": None, "blocks-refit": (1.0,), "blocks-search": K.SEARCH_ALPHAS}[impl]
+        benchmark(K.quantize_blocks, x, axis, 32, 0, 15, symmetric=False, alphas=alphas, n_threads=n_threads, out=out)
 
 
 @pytest.mark.parametrize("grid", [0, 1, 2, 3, 6, 11])
 def test_quantize_blocks_search_grid(benchmark, weights, grid):
-    """The search's cost by grid size (the first `grid` of kernels.SEARCH_ALPHAS; 0: no
-    search), MatMul [4096, 4096] along axis 0, block 32, UINT4, 2 threads."""
+    """The search's cost by grid size (1.0, 0.95, ... down by 0.05, `grid` points; 0: no search;
+    kernels.SEARCH_ALPHAS is the first 3), MatMul [4096, 4096] along axis 0, block 32, UINT4,
+    2 threads."""
     x, _ = weights("matmul-4096x4096")
     out = np.empty(x.size, dtype=np.uint8)
     benchmark.group = "blocks int4 b32 matmul-4096x4096-axis0, 2 threads, search grid size"
     benchmark.extra_info["bytes"] = x.nbytes
     benchmark.extra_info["impl"] = f"{grid} point(s)"
-    alphas = K.SEARCH_ALPHAS[:grid] if grid else None
+    alphas = tuple(float(np.float32(1.0 - 0.05 * k)) for k in range(grid)) or None
     benchmark(K.quantize_blocks, x, 0, 32, 0, 15, symmetric=False, alphas=alphas, n_threads=2, out=out)
 
 

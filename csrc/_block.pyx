@@ -21,14 +21,18 @@ Parameters follow _quant.scales exactly, codes are ONNX QuantizeLinear (saturate
 qmax], see _quant._quantize_run) and the error of one value is taken as _quant.channel_error does
 (d = x - dequantized in float32, its square in double).
 
-Range search, per block: for each alpha of the grid (SEARCH_ALPHAS in quantrs.kernels), the
-scale and zero point scales() gives [alpha * lo, alpha * hi], that grid point's codes, the least
-squares scale (and zero point) for those codes (_refine_n; float32 sums in lane order, float32
-arithmetic), and the error of the codes re-quantized with it. Plain min/max comes first and
-each grid point's refined candidate after it; the smallest error wins, ties keep the earlier, so
-the search never loses to plain min/max. With half_scale every candidate's scale is rounded up to
-float16 (an asymmetric zero point recomputed so its lowest value still maps to qmin) before its
-codes and error are taken, so the choice is made on what is stored.
+Range search, per block, over a grid of shrink factors (alphas; the first is 1.0, plain
+min/max): for each alpha the codes of [alpha * lo, alpha * hi] with scales()'s parameters, and
+the stored scale and zero point of least squared error for those same codes (_fit_n: the
+least-squares scale, and asymmetric the least-squares line's integer zero point), their error
+in closed form from the block's sums (sum x, x*x; sum t, t*t, t*x of the codes t = code - zero
+point; float32 lanes, float64 arithmetic). The candidate of least error wins, ties keep the
+earlier (plain min/max first); its codes are then written once, with their error taken value by
+value against the stored parameters. The closed form and that error differ in the last bits, so
+a block whose written error comes out above plain min/max's (taken exactly beside the grid's
+first point) is written with plain min/max: the search never loses to it. With half_scale every
+scale is rounded up to float16 (a grid point's asymmetric zero point recomputed from its range's
+lowest value) before any code or error is taken, so the choice is made on what is stored.
 
 Sums: value r of a block goes to lane r % 4 (lanes summed in order, the block's sum is
 (l0 + l1) + (l2 + l3)), in both layouts. Totals (sse, plain min/max's sse) add the blocks in
@@ -189,59 +193,89 @@ cdef void _params_n(const float* lo, const float* hi, float alpha, Py_ssize_t n,
             hib[c] = <float>(qmax - zz)
 
 
-cdef void _half_n(const float* lo, Py_ssize_t n, const Job* j, float* s, int* z, float* lob,
-                  float* hib) noexcept nogil:
-    # half_scale for n candidates: lo (the block minima) for plain min/max, NULL for refined
-    # candidates, whose lowest value is (qmin - z) * s.
+cdef void _half_n(const float* lo, float alpha, Py_ssize_t n, const Job* j, float* s, int* z,
+                  float* lob, float* hib) noexcept nogil:
+    # half_scale for n grid points' parameters: the range's lowest value is alpha * lo (<= 0).
     cdef Py_ssize_t c
-    cdef double low
+    cdef float lf
     for c in range(n):
-        if lo != NULL:
-            low = lo[c] if lo[c] < 0 else 0.0
-        else:
-            low = <double>(j.qmin - z[c]) * <double>s[c]
-        _to_half(low, j, &s[c], &z[c])
+        lf = alpha * lo[c]
+        _to_half(lf if lf < 0 else 0.0, j, &s[c], &z[c])
         lob[c] = j.qmin - z[c]
         hib[c] = j.qmax - z[c]
 
 
-cdef void _refine_n(const float* sq, const float* sqq, const float* sxq, const float* sx,
-                    const float* cnt, const float* gs, const int* gz, Py_ssize_t n, const Job* j,
-                    float_rp s, int_rp z, float_rp lob, float_rp hib) noexcept nogil:
-    # The least-squares scale (and zero point) for n grid points' codes, in float32, from their
-    # lane sums (q = code - gz; cnt values per block): symmetric s = sum(q x) / sum(q q);
-    # asymmetric x regressed on q, s = (n sum(q x) - sum(q) sum(x)) / (n sum(q q) - sum(q)^2),
-    # offset = (sum(x) - s sum(q)) / n, zero point rint(gz - offset / s) clamped. A scale that
-    # is not finite and >= FLT_MIN_NORMAL keeps the grid point's (gs, gz). Then half_scale.
-    cdef Py_ssize_t c
-    cdef float st, den, num, off, zf, qmin = j.qmin, qmax = j.qmax
-    cdef int zc
-    cdef bint ok
-    if j.symmetric:
-        for c in range(n):
-            st = sxq[c] / sqq[c]
-            ok = (sqq[c] > 0) & (st >= FLT_MIN_NORMAL) & (st - st == 0)
-            s[c] = st if ok else gs[c]
-            z[c] = gz[c]
-    else:
-        for c in range(n):
-            den = cnt[c] * sqq[c] - sq[c] * sq[c]
-            num = cnt[c] * sxq[c] - sq[c] * sx[c]
-            st = num / den
-            ok = (den > 0) & (st >= FLT_MIN_NORMAL) & (st - st == 0)
-            off = (sx[c] - st * sq[c]) / cnt[c]
-            zf = <float>gz[c] - off / st
-            zf = zf if zf > qmin else qmin
-            zf = zf if zf < qmax else qmax
-            zc = <int>((zf + MAGIC) - MAGIC)
-            s[c] = st if ok else gs[c]
-            z[c] = zc if ok else gz[c]
+cdef inline double _fit_error(double sxx, double sxq, double sx, double sqq, double sq, double n,
+                              double d, double s) noexcept nogil:
+    # sum (x - s (t + d))^2 over a block, from its sums (reference.fit_codes, same order).
+    cdef double xq = sxq + d * sx
+    cdef double qq = (sqq + (2.0 * d) * sq) + (n * d) * d
+    return (sxx - (2.0 * s) * xq) + (s * s) * qq
+
+
+cdef inline bint _fit_scale(double sxq, double sx, double sqq, double sq, double n, double d,
+                            const Job* j, float* s) noexcept nogil:
+    # The least-squares scale for the codes t + d, as stored (float32, float16 with half);
+    # False when it is not a finite normal float32.
+    cdef double xq = sxq + d * sx
+    cdef double qq = (sqq + (2.0 * d) * sq) + (n * d) * d
+    cdef float f
+    if not (qq > 0):
+        return False
+    f = <float>(xq / qq)
+    if not (f >= FLT_MIN_NORMAL and f - f == 0):
+        return False
     if j.half:
-        _half_n(NULL, n, j, s, z, lob, hib)
-    else:
-        for c in range(n):
-            lob[c] = j.qmin - z[c]
-            hib[c] = j.qmax - z[c]
+        f = _half_up(f)
+        if not (f - f == 0):
+            return False
+    s[0] = f
+    return True
+
+
+cdef void _fit_n(const float* sq, const float* sqq, const float* sxq, const float* sx,
+                 const float* sxx, const float* cnt, const float* gs, const int* gz, Py_ssize_t n,
+                 const Job* j, float_rp fs, int_rp fz, double* fe) noexcept nogil:
+    # reference.fit_codes for n grid points' codes (t = code - gz; float32 lane sums, float64
+    # arithmetic): the stored scale and zero point of least error for those codes, and its
+    # error in closed form. Candidates: (gs, gz), the least-squares scale with gz, and
+    # (asymmetric) the integer zero point nearest the least-squares line's with its scale.
+    cdef Py_ssize_t c
+    cdef double q, qq, xq, x, xx, m, e, den, slope, zf, d
+    cdef float st
+    for c in range(n):
+        q = sq[c]
+        qq = sqq[c]
+        xq = sxq[c]
+        x = sx[c]
+        xx = sxx[c]
+        m = cnt[c]
+        fs[c] = gs[c]
+        fz[c] = gz[c]
+        fe[c] = _fit_error(xx, xq, x, qq, q, m, 0.0, gs[c])
+        if _fit_scale(xq, x, qq, q, m, 0.0, j, &st):
+            e = _fit_error(xx, xq, x, qq, q, m, 0.0, st)
+            if e < fe[c]:
+                fs[c] = st
+                fe[c] = e
+        if j.symmetric:
+            continue
+        den = m * qq - q * q
+        if not (den > 0):
+            continue
+        slope = (m * xq - q * x) / den
+        if not (slope >= FLT_MIN_NORMAL and slope - slope == 0):
+            continue
+        zf = <double>gz[c] - ((x - slope * q) / m) / slope
+        zf = zf if zf > j.qmin else j.qmin
+        zf = zf if zf < j.qmax else j.qmax
+        d = <double>gz[c] - _rint64(zf)
+        if d != 0 and _fit_scale(xq, x, qq, q, m, d, j, &st):
+            e = _fit_error(xx, xq, x, qq, q, m, d, st)
+            if e < fe[c]:
+                fs[c] = st
+                fz[c] = gz[c] - <int>d
+                fe[c] = e
 
 
 cdef inline float _q(float v, float s, float lob, float hib) noexcept nogil:
@@ -282,9 +316,11 @@ cdef inline void _c_minmax(const_float_up y, Py_ssize_t n, int* st) noexcept nog
 
 
 cdef inline void _c_write(const_float_up y, Py_ssize_t n, float s, int z, float lob, float hib,
-                          uchar_rp out, float_rp d, double* acc, int* mx) noexcept nogil:
-    # Codes into out and the errors into d (one vectorised loop, which also keeps the largest
-    # |error| as bits), then the errors' squares into the lanes acc[4].
+                          float ds, float off, uchar_rp out, float_rp d, double* acc,
+                          int* mx) noexcept nogil:
+    # Codes of (s, z) into out and the errors of the stored (ds, z - off) into d (one vectorised
+    # loop, which also keeps the largest |error| as bits), then the errors' squares into the
+    # lanes acc[4]. Plain min/max: ds = s, off = 0.
     cdef double a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3]
     cdef int m = mx[0], u
     cdef float t, e
@@ -292,7 +328,7 @@ cdef inline void _c_write(const_float_up y, Py_ssize_t n, float s, int z, float 
     for i in range(n):
         t = _q(y[i], s, lob, hib)
         out[i] = <unsigned char>(<int>t + z)
-        e = y[i] - t * s
+        e = y[i] - (t + off) * ds
         d[i] = e
         u = f32_ibits(e) & 0x7FFFFFFF
         m = u if u > m else m
@@ -318,7 +354,7 @@ cdef inline void _c_write(const_float_up y, Py_ssize_t n, float s, int z, float 
 
 cdef inline void _c_error(const_float_up y, Py_ssize_t n, float s, float lob, float hib,
                           double* acc) noexcept nogil:
-    # The error's lanes only (a search candidate).
+    # The error's lanes of (s, z) for its own codes: plain min/max's, beside the search.
     cdef double a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3]
     cdef float d0, d1, d2, d3
     cdef Py_ssize_t i, k, m = n // 4
@@ -405,8 +441,9 @@ cdef inline void _c_grid(const_float_up y, Py_ssize_t n, float s, float lob, flo
 
 
 cdef inline void _c_sum(const_float_up y, Py_ssize_t n, float* acc) noexcept nogil:
-    # sum x, lanes acc[4].
+    # sum x, lanes acc[0:4]; sum x*x, lanes acc[4:8].
     cdef float s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3]
+    cdef float p0 = acc[4], p1 = acc[5], p2 = acc[6], p3 = acc[7]
     cdef Py_ssize_t i, k, m = n // 4
     for k in range(m):
         i = 4 * k
@@ -414,17 +451,28 @@ cdef inline void _c_sum(const_float_up y, Py_ssize_t n, float* acc) noexcept nog
         s1 = s1 + y[i + 1]
         s2 = s2 + y[i + 2]
         s3 = s3 + y[i + 3]
+        p0 = p0 + y[i] * y[i]
+        p1 = p1 + y[i + 1] * y[i + 1]
+        p2 = p2 + y[i + 2] * y[i + 2]
+        p3 = p3 + y[i + 3] * y[i + 3]
     i = 4 * m
     if i < n:
         s0 = s0 + y[i]
+        p0 = p0 + y[i] * y[i]
     if i + 1 < n:
         s1 = s1 + y[i + 1]
+        p1 = p1 + y[i + 1] * y[i + 1]
     if i + 2 < n:
         s2 = s2 + y[i + 2]
+        p2 = p2 + y[i + 2] * y[i + 2]
     acc[0] = s0
     acc[1] = s1
     acc[2] = s2
     acc[3] = s3
+    acc[4] = p0
+    acc[5] = p1
+    acc[6] = p2
+    acc[7] = p3
 
 
 cdef inline double _lanes64(const double* a) noexcept nogil:
@@ -452,13 +500,14 @@ cdef enum Pass:
     PASS_MINMAX
     PASS_SUM
     PASS_GRID
+    PASS_GRID0  # strided: PASS_GRID and PASS_ERROR at once (plain min/max's codes)
     PASS_ERROR
     PASS_WRITE
 
 
 cdef inline void _c_pass(weight_p x, const float* whole, float* buf, float* dbuf, Py_ssize_t n,
-                         Pass kind, float s, int z, float lob, float hib, uchar_rp out, float* facc,
-                         double* dacc, int* iacc) noexcept nogil:
+                         Pass kind, float s, int z, float lob, float hib, float ds, float off,
+                         uchar_rp out, float* facc, double* dacc, int* iacc) noexcept nogil:
     # One pass over a block (x: its first value), piece by piece when it is longer than a batch.
     cdef Py_ssize_t p = 0, m
     cdef const_float_up y
@@ -474,7 +523,7 @@ cdef inline void _c_pass(weight_p x, const float* whole, float* buf, float* dbuf
         elif kind == PASS_ERROR:
             _c_error(y, m, s, lob, hib, dacc)
         else:
-            _c_write(y, m, s, z, lob, hib, out + p, dbuf, dacc, iacc)
+            _c_write(y, m, s, z, lob, hib, ds, off, out + p, dbuf, dacc, iacc)
         p += m
 
 
@@ -503,15 +552,20 @@ cdef void _c_batch(weight_p x, const float* whole, float* buf, float* dbuf, floa
     cdef float lo[BATCH_BLOCKS]
     cdef float hi[BATCH_BLOCKS]
     cdef float cnt[BATCH_BLOCKS]
+    cdef float ps[BATCH_BLOCKS]
+    cdef float pl[BATCH_BLOCKS]
+    cdef float ph[BATCH_BLOCKS]
+    cdef int pz[BATCH_BLOCKS]
+    cdef float cs[BATCH_BLOCKS]
+    cdef float cl[BATCH_BLOCKS]
+    cdef float ch[BATCH_BLOCKS]
+    cdef int cz[BATCH_BLOCKS]
     cdef float bs[BATCH_BLOCKS]
-    cdef float bl[BATCH_BLOCKS]
-    cdef float bh[BATCH_BLOCKS]
     cdef int bz[BATCH_BLOCKS]
     cdef double e0[BATCH_BLOCKS]
-    cdef double eb[BATCH_BLOCKS]
     cdef double acc[4]
+    cdef double e
     cdef int mx = mx_bits[0], mk
-    cdef bint changed = False
     cdef bint direct = j.B <= BATCH_VALUES  # every block is one piece: call the loops directly
     cdef const_float_up y
     if m < 1:
@@ -530,28 +584,23 @@ cdef void _c_batch(weight_p x, const float* whole, float* buf, float* dbuf, floa
         if direct:
             _c_minmax(_at(x, off[k], 0, whole, NULL), off[k + 1] - off[k], st)
         else:
-            _c_pass(x + off[k], NULL, buf, dbuf, off[k + 1] - off[k], PASS_MINMAX, 0, 0, 0, 0, NULL,
-                    NULL, NULL, st)
+            _c_pass(x + off[k], NULL, buf, dbuf, off[k + 1] - off[k], PASS_MINMAX, 0, 0, 0, 0, 0, 0,
+                    NULL, NULL, NULL, st)
         lo[k] = ibits_f32(_key(st[0]))
         hi[k] = ibits_f32(_key(st[1]))
         bad[0] = bad[0] | st[2]
-    _params_n(lo, hi, 1.0, m, j, bs, bz, bl, bh)
+    _params_n(lo, hi, 1.0, m, j, ps, pz, pl, ph)
     if j.half:
-        _half_n(lo, m, j, bs, bz, bl, bh)
-    # Plain min/max's codes are written now (and kept unless the search finds better).
+        _half_n(lo, 1.0, m, j, ps, pz, pl, ph)
     for k in range(m):
-        _zero64(acc, 4)
-        mk = 0
-        if direct:
-            _c_write(_at(x, off[k], 0, whole, NULL), off[k + 1] - off[k], bs[k], bz[k], bl[k], bh[k],
-                     out + off[k], dbuf, acc, &mk)
-        else:
-            _c_pass(x + off[k], NULL, buf, dbuf, off[k + 1] - off[k], PASS_WRITE, bs[k], bz[k], bl[k],
-                    bh[k], out + off[k], NULL, acc, &mk)
-        e0[k] = _lanes64(acc)
-        eb[k] = e0[k]
-        mx = mk if mk > mx else mx
+        cs[k] = ps[k]
+        cz[k] = pz[k]
+        cl[k] = pl[k]
+        ch[k] = ph[k]
+        bs[k] = ps[k]
+        bz[k] = pz[k]
     if j.ngrid > 0:
+        # Each block's codes and stored parameters, chosen on sums; then written once.
         if direct and m >= TILE_MIN_BLOCKS:
             # Transposed into a tile (block k = column k, zero-padded past its end), so that the
             # search runs across blocks, as in the strided layout.
@@ -566,69 +615,83 @@ cdef void _c_batch(weight_p x, const float* whole, float* buf, float* dbuf, floa
                     tile[r * m + k] = y[r]
                 for r in range(n, rows):
                     tile[r * m + k] = 0
-            changed = _search(<const_float_up>tile, m, NULL, m, NULL, rows, m, lo, hi, cnt, j, bs, bz,
-                              bl, bh, eb)
+            _search(<const_float_up>tile, m, NULL, m, NULL, rows, m, lo, hi, cnt, j, cs, cz, cl, ch,
+                    bs, bz, e0)
         else:
             for k in range(m):
-                if _c_search(x + off[k], whole + off[k] if whole != NULL else NULL, buf, dbuf,
-                             off[k + 1] - off[k], lo[k], hi[k], j, bs + k, bz + k, bl + k, bh + k,
-                             eb + k):
-                    changed = True
-        if changed:
-            # A block whose best error is below plain min/max's has other parameters: its codes
-            # are written again (an equal error is a tie, which keeps plain min/max).
-            mx = mx_bits[0]
-            for k in range(m):
-                mk = 0
-                _zero64(acc, 4)
-                if direct:
-                    _c_write(_at(x, off[k], 0, whole, NULL), off[k + 1] - off[k], bs[k], bz[k], bl[k],
-                             bh[k], out + off[k], dbuf, acc, &mk)
-                else:
-                    _c_pass(x + off[k], NULL, buf, dbuf, off[k + 1] - off[k], PASS_WRITE, bs[k], bz[k],
-                            bl[k], bh[k], out + off[k], NULL, acc, &mk)
-                mx = mk if mk > mx else mx
+                _c_search(x + off[k], whole + off[k] if whole != NULL else NULL, buf, dbuf,
+                          off[k + 1] - off[k], lo[k], hi[k], j, cs + k, cz + k, cl + k, ch + k,
+                          bs + k, bz + k, e0 + k)
     for k in range(m):
+        mk = 0
+        _zero64(acc, 4)
+        if direct:
+            _c_write(_at(x, off[k], 0, whole, NULL), off[k + 1] - off[k], cs[k], cz[k], cl[k], ch[k],
+                     bs[k], <float>(cz[k] - bz[k]), out + off[k], dbuf, acc, &mk)
+        else:
+            _c_pass(x + off[k], NULL, buf, dbuf, off[k + 1] - off[k], PASS_WRITE, cs[k], cz[k], cl[k],
+                    ch[k], bs[k], <float>(cz[k] - bz[k]), out + off[k], NULL, acc, &mk)
+        e = _lanes64(acc)
+        if j.ngrid == 0:
+            e0[k] = e
+        elif e > e0[k]:
+            # The closed form chose a candidate whose written error is above plain min/max's
+            # (they differ in the last bits): plain min/max it is.
+            bs[k] = ps[k]
+            bz[k] = pz[k]
+            mk = 0
+            _zero64(acc, 4)
+            if direct:
+                _c_write(_at(x, off[k], 0, whole, NULL), off[k + 1] - off[k], ps[k], pz[k], pl[k],
+                         ph[k], ps[k], 0, out + off[k], dbuf, acc, &mk)
+            else:
+                _c_pass(x + off[k], NULL, buf, dbuf, off[k + 1] - off[k], PASS_WRITE, ps[k], pz[k],
+                        pl[k], ph[k], ps[k], 0, out + off[k], NULL, acc, &mk)
+            e = _lanes64(acc)
+        mx = mk if mk > mx else mx
         scale[k] = bs[k]
         zero_point[k] = bz[k]
-        sse[0] = sse[0] + eb[k]
+        sse[0] = sse[0] + e
         sse_minmax[0] = sse_minmax[0] + e0[k]
     mx_bits[0] = mx
 
 
-cdef bint _c_search(weight_p x, const float* whole, float* buf, float* dbuf, Py_ssize_t n,
-                    float lo, float hi, const Job* j, float* bs, int* bz, float* bl, float* bh,
-                    double* eb) noexcept nogil:
-    # The range search for one block along it (a long block is read piece by piece).
+cdef void _c_search(weight_p x, const float* whole, float* buf, float* dbuf, Py_ssize_t n,
+                    float lo, float hi, const Job* j, float* cs, int* cz, float* cl, float* ch,
+                    float* bs, int* bz, double* e0) noexcept nogil:
+    # The range search for one block along it (a long block is read piece by piece): the best
+    # grid point's code parameters (cs, cz, cl, ch), its stored (bs, bz), plain min/max's error.
     cdef float gacc[12]
-    cdef float sx = 0, gs, gl, gh, cs, cl, ch, cnt = <float>n, sq, sqq, sxq
-    cdef int gz, cz, g
+    cdef float sx, sxx, gs, gl, gh, fs, cnt = <float>n, sq, sqq, sxq
+    cdef int gz, fz, g
     cdef double acc[4]
-    cdef double e
-    cdef bint changed = False
-    if not j.symmetric:
-        _zero32(gacc, 4)
-        _c_pass(x, whole, buf, dbuf, n, PASS_SUM, 0, 0, 0, 0, NULL, gacc, NULL, NULL)
-        sx = _lanes32(gacc)
+    cdef double e, best = 0
+    _zero32(gacc, 8)
+    _c_pass(x, whole, buf, dbuf, n, PASS_SUM, 0, 0, 0, 0, 0, 0, NULL, gacc, NULL, NULL)
+    sx = _lanes32(gacc)
+    sxx = _lanes32(gacc + 4)
     for g in range(j.ngrid):
         _params_n(&lo, &hi, j.alphas[g], 1, j, &gs, &gz, &gl, &gh)
+        if j.half:
+            _half_n(&lo, j.alphas[g], 1, j, &gs, &gz, &gl, &gh)
+        if g == 0:
+            _zero64(acc, 4)
+            _c_pass(x, whole, buf, dbuf, n, PASS_ERROR, gs, gz, gl, gh, 0, 0, NULL, NULL, acc, NULL)
+            e0[0] = _lanes64(acc)
         _zero32(gacc, 12)
-        _c_pass(x, whole, buf, dbuf, n, PASS_GRID, gs, gz, gl, gh, NULL, gacc, NULL, NULL)
+        _c_pass(x, whole, buf, dbuf, n, PASS_GRID, gs, gz, gl, gh, 0, 0, NULL, gacc, NULL, NULL)
         sq = _lanes32(gacc)
         sqq = _lanes32(gacc + 4)
         sxq = _lanes32(gacc + 8)
-        _refine_n(&sq, &sqq, &sxq, &sx, &cnt, &gs, &gz, 1, j, &cs, &cz, &cl, &ch)
-        _zero64(acc, 4)
-        _c_pass(x, whole, buf, dbuf, n, PASS_ERROR, cs, cz, cl, ch, NULL, NULL, acc, NULL)
-        e = _lanes64(acc)
-        if e < eb[0]:
-            eb[0] = e
-            bs[0] = cs
-            bz[0] = cz
-            bl[0] = cl
-            bh[0] = ch
-            changed = True
-    return changed
+        _fit_n(&sq, &sqq, &sxq, &sx, &sxx, &cnt, &gs, &gz, 1, j, &fs, &fz, &e)
+        if g == 0 or e < best:
+            best = e
+            cs[0] = gs
+            cz[0] = gz
+            cl[0] = gl
+            ch[0] = gh
+            bs[0] = fs
+            bz[0] = fz
 
 
 cdef void _contiguous_task(weight_p src, const Job* j, Py_ssize_t t, float* scratch) noexcept nogil:
@@ -746,17 +809,21 @@ cdef inline void _s_minmax1(const_float_up y, Py_ssize_t w, float_rp lo, float_r
 
 cdef inline void _s_write4(const_float_up y0, const_float_up y1, const_float_up y2,
                            const_float_up y3, Py_ssize_t w, const_float_rp s, const_int_rp z,
-                           const_float_rp lob, const_float_rp hib, uchar_rp o0, uchar_rp o1,
-                           uchar_rp o2, uchar_rp o3, double_rp l0, double_rp l1, double_rp l2,
-                           double_rp l3, float_rp mx) noexcept nogil:
+                           const_float_rp lob, const_float_rp hib, const_float_rp ds,
+                           const_float_rp off, uchar_rp o0, uchar_rp o1, uchar_rp o2, uchar_rp o3,
+                           double_rp l0, double_rp l1, double_rp l2, double_rp l3,
+                           float_rp mx) noexcept nogil:
+    # Codes of (s, z); errors of the stored (ds, z - off).
     cdef Py_ssize_t c
-    cdef float sc, lb, hb, t0, t1, t2, t3, d0, d1, d2, d3, m
+    cdef float sc, lb, hb, dc, oc, t0, t1, t2, t3, d0, d1, d2, d3, m
     cdef int zc
     for c in range(w):
         sc = s[c]
         lb = lob[c]
         hb = hib[c]
         zc = z[c]
+        dc = ds[c]
+        oc = off[c]
         t0 = _q(y0[c], sc, lb, hb)
         t1 = _q(y1[c], sc, lb, hb)
         t2 = _q(y2[c], sc, lb, hb)
@@ -765,10 +832,10 @@ cdef inline void _s_write4(const_float_up y0, const_float_up y1, const_float_up 
         o1[c] = <unsigned char>(<int>t1 + zc)
         o2[c] = <unsigned char>(<int>t2 + zc)
         o3[c] = <unsigned char>(<int>t3 + zc)
-        d0 = y0[c] - t0 * sc
-        d1 = y1[c] - t1 * sc
-        d2 = y2[c] - t2 * sc
-        d3 = y3[c] - t3 * sc
+        d0 = y0[c] - (t0 + oc) * dc
+        d1 = y1[c] - (t1 + oc) * dc
+        d2 = y2[c] - (t2 + oc) * dc
+        d3 = y3[c] - (t3 + oc) * dc
         l0[c] = l0[c] + <double>d0 * <double>d0
         l1[c] = l1[c] + <double>d1 * <double>d1
         l2[c] = l2[c] + <double>d2 * <double>d2
@@ -786,46 +853,18 @@ cdef inline void _s_write4(const_float_up y0, const_float_up y1, const_float_up 
 
 
 cdef inline void _s_write1(const_float_up y, Py_ssize_t w, const_float_rp s, const_int_rp z,
-                           const_float_rp lob, const_float_rp hib, uchar_rp out, double_rp lane,
+                           const_float_rp lob, const_float_rp hib, const_float_rp ds,
+                           const_float_rp off, uchar_rp out, double_rp lane,
                            float_rp mx) noexcept nogil:
     cdef Py_ssize_t c
     cdef float t, d
     for c in range(w):
         t = _q(y[c], s[c], lob[c], hib[c])
         out[c] = <unsigned char>(<int>t + z[c])
-        d = y[c] - t * s[c]
+        d = y[c] - (t + off[c]) * ds[c]
         lane[c] = lane[c] + <double>d * <double>d
         d = fabsf(d)
         mx[c] = d if d > mx[c] else mx[c]
-
-
-cdef inline void _s_error4(const_float_up y0, const_float_up y1, const_float_up y2,
-                           const_float_up y3, Py_ssize_t w, const_float_rp s, const_float_rp lob,
-                           const_float_rp hib, double_rp l0, double_rp l1, double_rp l2,
-                           double_rp l3) noexcept nogil:
-    cdef Py_ssize_t c
-    cdef float sc, lb, hb, d0, d1, d2, d3
-    for c in range(w):
-        sc = s[c]
-        lb = lob[c]
-        hb = hib[c]
-        d0 = y0[c] - _q(y0[c], sc, lb, hb) * sc
-        d1 = y1[c] - _q(y1[c], sc, lb, hb) * sc
-        d2 = y2[c] - _q(y2[c], sc, lb, hb) * sc
-        d3 = y3[c] - _q(y3[c], sc, lb, hb) * sc
-        l0[c] = l0[c] + <double>d0 * <double>d0
-        l1[c] = l1[c] + <double>d1 * <double>d1
-        l2[c] = l2[c] + <double>d2 * <double>d2
-        l3[c] = l3[c] + <double>d3 * <double>d3
-
-
-cdef inline void _s_error1(const_float_up y, Py_ssize_t w, const_float_rp s, const_float_rp lob,
-                           const_float_rp hib, double_rp lane) noexcept nogil:
-    cdef Py_ssize_t c
-    cdef float d
-    for c in range(w):
-        d = y[c] - _q(y[c], s[c], lob[c], hib[c]) * s[c]
-        lane[c] = lane[c] + <double>d * <double>d
 
 
 cdef inline void _s_grid1(const_float_up y, Py_ssize_t w, const_float_rp s, const_float_rp lob,
@@ -840,10 +879,33 @@ cdef inline void _s_grid1(const_float_up y, Py_ssize_t w, const_float_rp s, cons
         sxq[c] = sxq[c] + t * v
 
 
-cdef inline void _s_sum1(const_float_up y, Py_ssize_t w, float_rp sx) noexcept nogil:
+cdef inline void _s_grid_error1(const_float_up y, Py_ssize_t w, const_float_rp s,
+                                const_float_rp lob, const_float_rp hib, float_rp sq, float_rp sqq,
+                                float_rp sxq, float_rp sx, float_rp sxx,
+                                double_rp lane) noexcept nogil:
+    # Grid point 0 (plain min/max): _s_grid1 and _s_sum1 at once, plus the error of (s, z) for
+    # its own codes.
     cdef Py_ssize_t c
+    cdef float t, v, d
     for c in range(w):
-        sx[c] = sx[c] + y[c]
+        v = y[c]
+        t = _q(v, s[c], lob[c], hib[c])
+        sq[c] = sq[c] + t
+        sqq[c] = sqq[c] + t * t
+        sxq[c] = sxq[c] + t * v
+        sx[c] = sx[c] + v
+        sxx[c] = sxx[c] + v * v
+        d = v - t * s[c]
+        lane[c] = lane[c] + <double>d * <double>d
+
+
+cdef inline void _s_sum1(const_float_up y, Py_ssize_t w, float_rp sx, float_rp sxx) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef float v
+    for c in range(w):
+        v = y[c]
+        sx[c] = sx[c] + v
+        sxx[c] = sxx[c] + v * v
 
 
 cdef inline double _col64(const double* lanes, Py_ssize_t c) noexcept nogil:
@@ -856,62 +918,70 @@ cdef inline float _col32(const float* lanes, Py_ssize_t c) noexcept nogil:
 
 cdef void _s_pass(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, float* rowbuf,
                   Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t w, Pass kind, const float* s,
-                  const int* z, const float* lob, const float* hib, unsigned char* out,
-                  Py_ssize_t ors, float* facc, double* dacc, float* mx) noexcept nogil:
+                  const int* z, const float* lob, const float* hib, const float* ds,
+                  const float* off, unsigned char* out, Py_ssize_t ors, float* facc, double* dacc,
+                  float* mx) noexcept nogil:
     # One pass over rows [r0, r1) of a sub-span (r0 a multiple of 4): out is row r0's first
-    # code, facc/dacc lane arrays of SUB (PASS_GRID: sum q, sum q*q, sum q*x, 4 lanes each).
+    # code, facc/dacc lane arrays of SUB (PASS_SUM: sum x, sum x*x; PASS_GRID: sum q, sum q*q,
+    # sum q*x; PASS_GRID0: PASS_GRID's then PASS_SUM's; 4 lanes each).
     cdef const_float_up y[4]
     cdef Py_ssize_t r = r0, l
     while r + 4 <= r1:
         _rows4(x, rs, cache, cs, r, w, rowbuf, y)
         if kind == PASS_WRITE:
-            _s_write4(y[0], y[1], y[2], y[3], w, s, z, lob, hib, out, out + ors, out + 2 * ors,
-                      out + 3 * ors, dacc, dacc + SUB, dacc + 2 * SUB, dacc + 3 * SUB, mx)
+            _s_write4(y[0], y[1], y[2], y[3], w, s, z, lob, hib, ds, off, out, out + ors,
+                      out + 2 * ors, out + 3 * ors, dacc, dacc + SUB, dacc + 2 * SUB, dacc + 3 * SUB,
+                      mx)
             out += 4 * ors
-        elif kind == PASS_ERROR:
-            _s_error4(y[0], y[1], y[2], y[3], w, s, lob, hib, dacc, dacc + SUB, dacc + 2 * SUB,
-                      dacc + 3 * SUB)
         else:
             for l in range(4):
                 if kind == PASS_GRID:
                     _s_grid1(y[l], w, s, lob, hib, facc + l * SUB, facc + (4 + l) * SUB,
                              facc + (8 + l) * SUB)
+                elif kind == PASS_GRID0:
+                    _s_grid_error1(y[l], w, s, lob, hib, facc + l * SUB, facc + (4 + l) * SUB,
+                                   facc + (8 + l) * SUB, facc + (12 + l) * SUB,
+                                   facc + (16 + l) * SUB, dacc + l * SUB)
                 else:
-                    _s_sum1(y[l], w, facc + l * SUB)
+                    _s_sum1(y[l], w, facc + l * SUB, facc + (4 + l) * SUB)
         r += 4
     while r < r1:
         y[0] = _row(x, rs, cache, cs, r, w, rowbuf)
         l = r & 3
         if kind == PASS_WRITE:
-            _s_write1(y[0], w, s, z, lob, hib, out, dacc + l * SUB, mx)
+            _s_write1(y[0], w, s, z, lob, hib, ds, off, out, dacc + l * SUB, mx)
             out += ors
-        elif kind == PASS_ERROR:
-            _s_error1(y[0], w, s, lob, hib, dacc + l * SUB)
         elif kind == PASS_GRID:
             _s_grid1(y[0], w, s, lob, hib, facc + l * SUB, facc + (4 + l) * SUB, facc + (8 + l) * SUB)
+        elif kind == PASS_GRID0:
+            _s_grid_error1(y[0], w, s, lob, hib, facc + l * SUB, facc + (4 + l) * SUB,
+                           facc + (8 + l) * SUB, facc + (12 + l) * SUB, facc + (16 + l) * SUB,
+                           dacc + l * SUB)
         else:
-            _s_sum1(y[0], w, facc + l * SUB)
+            _s_sum1(y[0], w, facc + l * SUB, facc + (4 + l) * SUB)
         r += 1
 
 
 cdef void _s_write(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, float* rowbuf,
                    Py_ssize_t n, Py_ssize_t w, const float* s, const int* z, const float* lob,
-                   const float* hib, const Job* j, unsigned char* out, unsigned char* tbytes,
-                   double* lanes, float* mx) noexcept nogil:
-    # Codes of a sub-span (out: its first code), error lanes and per-column max |error|. Codes
-    # go to rows of `inner` bytes, or (transposed) through tbytes to columns of L bytes.
+                   const float* hib, const float* ds, const float* off, const Job* j,
+                   unsigned char* out, unsigned char* tbytes, double* lanes,
+                   float* mx) noexcept nogil:
+    # Codes of (s, z) for a sub-span (out: its first code), error lanes and per-column max
+    # |error| of the stored (ds, z - off). Codes go to rows of `inner` bytes, or (transposed)
+    # through tbytes to columns of L bytes.
     cdef Py_ssize_t r, c, rp = 0, rq
     cdef unsigned char* dst
     _zero64(lanes, 4 * SUB)
     _zero32(mx, w)
     if not j.transpose:
-        _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_WRITE, s, z, lob, hib, out, j.inner, NULL,
-                lanes, mx)
+        _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_WRITE, s, z, lob, hib, ds, off, out, j.inner,
+                NULL, lanes, mx)
         return
     while rp < n:
         rq = rp + TROWS if rp + TROWS < n else n
-        _s_pass(x, rs, cache, cs, rowbuf, rp, rq, w, PASS_WRITE, s, z, lob, hib, tbytes, SUB, NULL,
-                lanes, mx)
+        _s_pass(x, rs, cache, cs, rowbuf, rp, rq, w, PASS_WRITE, s, z, lob, hib, ds, off, tbytes, SUB,
+                NULL, lanes, mx)
         for c in range(w):
             dst = out + c * j.L
             for r in range(rp, rq):
@@ -919,59 +989,69 @@ cdef void _s_write(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs,
         rp = rq
 
 
-cdef bint _search(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, float* rowbuf,
+cdef void _search(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, float* rowbuf,
                   Py_ssize_t n, Py_ssize_t w, const float* lo, const float* hi, const float* cnt,
-                  const Job* j, float* bs, int* bz, float* bl, float* bh, double* eb) noexcept nogil:
+                  const Job* j, float* bcs, int* bcz, float* bcl, float* bch, float* bs, int* bz,
+                  double* e0) noexcept nogil:
     # The range search for w <= SUB blocks laid out as columns of n rows (a sub-span of a block
     # row, or a transposed batch of contiguous blocks, zero-padded past each block's cnt values:
-    # zeros add nothing to any sum). bs/bz/bl/bh/eb come in as plain min/max's parameters and
-    # error and leave as the best candidate's. Returns True if any block changed.
+    # zeros add nothing to any sum). bcs/bcz/bcl/bch come in as plain min/max's parameters, grid
+    # point 0, whose exact error goes to e0 (its pass also takes the block's sums). Out: the best
+    # grid point's code parameters (bcs, bcz, bcl, bch) and its stored ones (bs, bz), chosen on
+    # the closed-form errors of _fit_n.
     cdef float gs[SUB]
     cdef float gl[SUB]
     cdef float gh[SUB]
-    cdef float ls[SUB]
-    cdef float ll[SUB]
-    cdef float lh[SUB]
+    cdef float fs[SUB]
     cdef float sx[SUB]
+    cdef float sxx[SUB]
     cdef float sq[SUB]
     cdef float sqq[SUB]
     cdef float sxq[SUB]
-    cdef float acc[12 * SUB]
+    cdef float acc[20 * SUB]
     cdef int gz[SUB]
-    cdef int lz[SUB]
+    cdef int fz[SUB]
+    cdef double fe[SUB]
+    cdef double eb[SUB]
     cdef double lanes[4 * SUB]
     cdef Py_ssize_t c
     cdef int g
-    cdef double e
-    cdef bint changed = False
-    if not j.symmetric:
-        _zero32(acc, 4 * SUB)
-        _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_SUM, NULL, NULL, NULL, NULL, NULL, 0, acc,
-                NULL, NULL)
-        for c in range(w):
-            sx[c] = _col32(acc, c)
+    _zero32(acc, 20 * SUB)
+    _zero64(lanes, 4 * SUB)
+    _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_GRID0, bcs, bcz, bcl, bch, NULL, NULL, NULL, 0,
+            acc, lanes, NULL)
+    for c in range(w):
+        e0[c] = _col64(lanes, c)
+        sx[c] = _col32(acc + 12 * SUB, c)
+        sxx[c] = _col32(acc + 16 * SUB, c)
+        gs[c] = bcs[c]
+        gz[c] = bcz[c]
     for g in range(j.ngrid):
-        _params_n(lo, hi, j.alphas[g], w, j, gs, gz, gl, gh)
-        _zero32(acc, 12 * SUB)
-        _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_GRID, gs, gz, gl, gh, NULL, 0, acc, NULL, NULL)
+        if g > 0:
+            _params_n(lo, hi, j.alphas[g], w, j, gs, gz, gl, gh)
+            if j.half:
+                _half_n(lo, j.alphas[g], w, j, gs, gz, gl, gh)
+            _zero32(acc, 12 * SUB)
+            _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_GRID, gs, gz, gl, gh, NULL, NULL, NULL, 0,
+                    acc, NULL, NULL)
         for c in range(w):
             sq[c] = _col32(acc, c)
             sqq[c] = _col32(acc + 4 * SUB, c)
             sxq[c] = _col32(acc + 8 * SUB, c)
-        _refine_n(sq, sqq, sxq, sx, cnt, gs, gz, w, j, ls, lz, ll, lh)
-        _zero64(lanes, 4 * SUB)
-        _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_ERROR, ls, lz, ll, lh, NULL, 0, NULL, lanes,
-                NULL)
+        _fit_n(sq, sqq, sxq, sx, sxx, cnt, gs, gz, w, j, fs, fz, fe)
         for c in range(w):
-            e = _col64(lanes, c)
-            if e < eb[c]:
-                eb[c] = e
-                bs[c] = ls[c]
-                bz[c] = lz[c]
-                bl[c] = ll[c]
-                bh[c] = lh[c]
-                changed = True
-    return changed
+            if g == 0:
+                eb[c] = fe[c]
+                bs[c] = fs[c]
+                bz[c] = fz[c]
+            elif fe[c] < eb[c]:
+                eb[c] = fe[c]
+                bcs[c] = gs[c]
+                bcz[c] = gz[c]
+                bcl[c] = gl[c]
+                bch[c] = gh[c]
+                bs[c] = fs[c]
+                bz[c] = fz[c]
 
 
 cdef void _s_span(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, float* rowbuf,
@@ -980,31 +1060,63 @@ cdef void _s_span(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, 
                   double* sse_minmax, float* task_max) noexcept nogil:
     # One sub-span of w <= SUB columns of a block row: parameters, [search], codes and sums.
     # pidx: the first column's index into the scale and zero-point arrays.
+    cdef float ps[SUB]
+    cdef float pl[SUB]
+    cdef float ph[SUB]
+    cdef int pz[SUB]
+    cdef float cs_[SUB]
+    cdef float cl[SUB]
+    cdef float ch[SUB]
+    cdef int cz[SUB]
     cdef float bs[SUB]
-    cdef float bl[SUB]
-    cdef float bh[SUB]
+    cdef int bz[SUB]
+    cdef float off[SUB]
     cdef float mx[SUB]
     cdef float cnt[SUB]
-    cdef int bz[SUB]
     cdef double lanes[4 * SUB]
     cdef double e0[SUB]
-    cdef double eb[SUB]
+    cdef double e
     cdef Py_ssize_t c
     cdef float m = task_max[0]
-    _params_n(lo, hi, 1.0, w, j, bs, bz, bl, bh)
+    cdef bint worse = False
+    _params_n(lo, hi, 1.0, w, j, ps, pz, pl, ph)
     if j.half:
-        _half_n(lo, w, j, bs, bz, bl, bh)
-    _s_write(x, rs, cache, cs, rowbuf, n, w, bs, bz, bl, bh, j, out, tbytes, lanes, mx)
-    for c in range(SUB):
-        cnt[c] = <float>n
+        _half_n(lo, 1.0, w, j, ps, pz, pl, ph)
     for c in range(w):
-        e0[c] = _col64(lanes, c)
-        eb[c] = e0[c]
+        cs_[c] = ps[c]
+        cz[c] = pz[c]
+        cl[c] = pl[c]
+        ch[c] = ph[c]
+        bs[c] = ps[c]
+        bz[c] = pz[c]
     if j.ngrid > 0:
-        if _search(x, rs, cache, cs, rowbuf, n, w, lo, hi, cnt, j, bs, bz, bl, bh, eb):
-            _s_write(x, rs, cache, cs, rowbuf, n, w, bs, bz, bl, bh, j, out, tbytes, lanes, mx)
+        for c in range(SUB):
+            cnt[c] = <float>n
+        _search(x, rs, cache, cs, rowbuf, n, w, lo, hi, cnt, j, cs_, cz, cl, ch, bs, bz, e0)
     for c in range(w):
-        sse[0] = sse[0] + eb[c]
+        off[c] = <float>(cz[c] - bz[c])
+    _s_write(x, rs, cache, cs, rowbuf, n, w, cs_, cz, cl, ch, bs, off, j, out, tbytes, lanes, mx)
+    if j.ngrid > 0:
+        # A column whose written error is above plain min/max's (the closed form and the written
+        # error differ in the last bits) is written with plain min/max: the whole sub-span again.
+        for c in range(w):
+            if _col64(lanes, c) > e0[c]:
+                worse = True
+                cs_[c] = ps[c]
+                cz[c] = pz[c]
+                cl[c] = pl[c]
+                ch[c] = ph[c]
+                bs[c] = ps[c]
+                bz[c] = pz[c]
+                off[c] = 0
+        if worse:
+            _s_write(x, rs, cache, cs, rowbuf, n, w, cs_, cz, cl, ch, bs, off, j, out, tbytes, lanes,
+                     mx)
+    for c in range(w):
+        e = _col64(lanes, c)
+        if j.ngrid == 0:
+            e0[c] = e
+        sse[0] = sse[0] + e
         sse_minmax[0] = sse_minmax[0] + e0[c]
         m = mx[c] if mx[c] > m else m
         j.scale[pidx + c] = bs[c]
@@ -1088,7 +1200,7 @@ def quantize_blocks(x, int kind, Py_ssize_t block_size, int qmin, int qmax, bint
     """Block-wise codes, scales and zero points of x (viewed as (outer, L, inner), blocks of
     block_size along L), see the module docstring. x and kind as in _reduce.minmax.
 
-    alphas: the search grid (empty: no search). out: x.size code bytes, in x's order, or
+    alphas: the search grid, 1.0 first (empty: no search). out: x.size code bytes, in x's order, or
     [inner, L] when transpose (outer must be 1). scale, zero_point: (outer, ceil(L / block_size),
     inner) in C order. totals: sse, sse of plain min/max, max abs error. Returns True when x holds
     a NaN or an infinity (the results are then meaningless).
@@ -1112,6 +1224,8 @@ def quantize_blocks(x, int kind, Py_ssize_t block_size, int qmin, int qmax, bint
     j.half = half_scale
     j.transpose = transpose and w.inner > 1
     j.ngrid = alphas.shape[0]
+    if j.ngrid > 0 and alphas[0] != 1.0:
+        raise ValueError("the search grid starts with 1.0 (plain min/max)")
     j.alphas = &alphas[0] if alphas.shape[0] > 0 else NULL
     j.out = &out[0]
     j.scale = &scale[0]

@@ -61,7 +61,21 @@ def check(x, axis, block_size, qrange, *, search, half_scale=False, transpose=Fa
     typed = got.codes.view(np.int8) if signed else got.codes
     assert typed.min() >= qmin and typed.max() <= qmax
     assert ((got.zero_point >= qmin) & (got.zero_point <= qmax)).all()
+    # What DequantizeLinear gives back from the codes and the stored parameters is what the
+    # error figures describe (the search's codes are a grid point's, its parameters their fit).
+    codes_x = typed.T if transpose else typed
+    error = np.abs(R.as_float32(x) - dequantize_blocks(codes_x, got.scale, got.zero_point, axis, block_size))
+    assert float(error.max()) == got.max_abs_error
     return got
+
+
+def dequantize_blocks(codes, scale, zero_point, axis, block_size):
+    """ONNX DequantizeLinear with axis and block_size, in float32: (code - z) * s, each block's
+    parameters repeated along the axis."""
+    n = codes.shape[axis]
+    s = np.repeat(scale, block_size, axis=axis).take(range(n), axis=axis)
+    z = np.repeat(zero_point, block_size, axis=axis).take(range(n), axis=axis)
+    return (codes.astype(np.int32) - z).astype(np.float32) * s
 
 
 def finite_values(dtype: np.dtype):
@@ -241,16 +255,36 @@ def quantize_linear_onnx(x, axis, block_size, scale, zero_point, qmin, qmax):
 
 @pytest.mark.parametrize("qrange", SCHEMES + [(-8, 7, False), (-128, 127, False)])
 @pytest.mark.parametrize("shape, axis, block_size", [((64, 48), 0, 16), ((48, 64), 1, 32), ((6, 40, 3), 1, 16), ((100,), 0, 32)])
-@pytest.mark.parametrize("search", [False, True])
-def test_codes_are_onnx_quantize_linear(qrange, shape, axis, block_size, search):
-    """The codes are what ONNX QuantizeLinear computes from the returned scales and zero points
-    (saturated to [qmin, qmax], which for symmetric INT4/INT8 drops the most negative code)."""
+@pytest.mark.parametrize("half", [False, True])
+def test_codes_are_onnx_quantize_linear(qrange, shape, axis, block_size, half):
+    """Without the search the codes are what ONNX QuantizeLinear computes from the returned
+    scales and zero points (saturated to [qmin, qmax], which for symmetric INT4/INT8 drops the
+    most negative code). With it, each block's codes are QuantizeLinear's for one grid point's
+    range (the stored parameters being their least-squares fit): those of --range search-less
+    quantization of the range shrunk by some alpha."""
     qmin, qmax, symmetric = qrange
     x = outlier_weight(int(np.prod(shape[:-1], dtype=int)) or 1, shape[-1], seed=5).reshape(shape)
-    got = K.quantize_blocks(x, axis, block_size, qmin, qmax, symmetric=symmetric, search=search, half_scale=search)
+    got = K.quantize_blocks(x, axis, block_size, qmin, qmax, symmetric=symmetric, half_scale=half)
     want = np.clip(quantize_linear_onnx(x, axis, block_size, got.scale, got.zero_point, qmin, qmax), qmin, qmax)
-    codes = got.codes.view(np.int8) if qmin < 0 else got.codes
-    np.testing.assert_array_equal(codes.astype(np.int32), want)
+    signed = qmin < 0
+    np.testing.assert_array_equal((got.codes.view(np.int8) if signed else got.codes).astype(np.int32), want)
+    searched = K.quantize_blocks(x, axis, block_size, qmin, qmax, symmetric=symmetric, search=True, half_scale=half).codes
+    searched = searched.view(np.int8) if signed else searched
+    starts = np.arange(0, x.shape[axis], block_size)
+    lo, hi = np.minimum.reduceat(x, starts, axis=axis), np.maximum.reduceat(x, starts, axis=axis)
+    matched = np.zeros(got.scale.shape, dtype=bool)
+    for alpha in K.SEARCH_ALPHAS:  # the grid point's own parameters: scales() of its shrunk range
+        s, z = R.scales((np.float32(alpha) * lo).reshape(-1), (np.float32(alpha) * hi).reshape(-1), qmin, qmax, symmetric)
+        s, z = s.reshape(lo.shape), z.reshape(lo.shape)
+        if half:
+            s = R.half_up(s)
+            if not symmetric:
+                low = np.minimum((np.float32(alpha) * lo).astype(np.float64), 0.0)
+                z = np.clip(np.rint(qmin - low / s.astype(np.float64)), qmin, qmax).astype(np.int32)
+        codes = np.clip(quantize_linear_onnx(x, axis, block_size, s, z, qmin, qmax), qmin, qmax)
+        same = np.equal(codes, searched.astype(np.int32))
+        matched |= np.logical_and.reduceat(same, starts, axis=axis)
+    assert matched.all()
 
 
 def test_half_scales_are_float16_values_rounded_up():

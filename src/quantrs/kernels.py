@@ -409,7 +409,8 @@ def to_float32(x: np.ndarray) -> np.ndarray:
 # The range search's grid: shrink factors of each block's min/max range, as float32 values
 # (1.0, 0.95, 0.9). quantrs.reference.SEARCH_ALPHAS must hold the same values. Three points, not
 # the 11 down to 0.5 first tried: shrinking further changed the error by < 0.002 on normal and
-# outlier-heavy weights, at 11x the time of no search instead of 4.2x (bench/RESULTS.md).
+# outlier-heavy weights, at 11x the time of no search instead of 4.2x (bench/RESULTS.md; each
+# point now costs one pass of sums, 2.7-3.1x in all).
 SEARCH_ALPHAS: tuple[float, ...] = tuple(float(np.float32(1.0 - 0.05 * k)) for k in range(3))
 
 
@@ -423,6 +424,11 @@ class Blocks:
     sse: float  # sum of squared error of the dequantized codes vs x (float64 sums, fixed order)
     max_abs_error: float
     sse_minmax: float  # the sse plain min/max ranges give (equal to sse when search=False)
+
+
+def _search_grid(alphas: tuple[float, ...]) -> tuple[float, ...]:
+    """1.0 (plain min/max) first, then the other alphas in order (reference.search_grid)."""
+    return (1.0,) + tuple(a for a in alphas if np.float32(a) != np.float32(1.0))
 
 
 def _flag(value, what: str) -> bool:
@@ -452,13 +458,14 @@ def quantize_blocks(
     x (float32, float16 or bfloat16, any rank >= 1) is cut into blocks of `block_size`
     consecutive values along `axis` (the last block short); each block gets the scale and zero
     point scales() gives its own min/max, and the codes are ONNX QuantizeLinear's, each block's
-    values read from memory once (csrc/_block.pyx). `search` tries, per block, the range
-    shrunk by each of SEARCH_ALPHAS with a least-squares scale for its codes, and keeps the
-    candidate with the smallest squared error (plain min/max included, so sse <= sse_minmax).
-    `alphas` replaces the grid (search is then on when it is not empty): (1.0,) refits the
-    min/max codes' scale and zero point without trying clipped ranges. `half_scale` rounds every
-    scale up to a float16 value (asymmetric zero points recomputed)
-    before the codes are computed. `transpose` (2-D x, axis 0: a MatMul weight [K, N]) writes the
+    values read from memory once (csrc/_block.pyx). `search` tries, per block, the codes of the
+    range shrunk by each of SEARCH_ALPHAS, each with the least-squares scale (and zero point)
+    for those codes, weighs them by their error in closed form from sums taken in cache, and
+    writes the best one's codes once (plain min/max included, so sse <= sse_minmax; the codes
+    are then QuantizeLinear's for the chosen range, the stored parameters their fit). `alphas`
+    replaces the grid, 1.0 always first (search is then on when it is not empty): (1.0,) keeps
+    the min/max codes and refits their scale and zero point. `half_scale` rounds every scale up
+    to a float16 value (asymmetric zero points recomputed) before the codes are computed. `transpose` (2-D x, axis 0: a MatMul weight [K, N]) writes the
     codes as [N, K], the layout of onnxruntime's MatMulNBits; scale and zero_point keep the ONNX
     blocked shape. `out`: a writable C-contiguous uint8 buffer of x.size bytes to write the
     codes into. Results are identical for any thread count. Raises NonFiniteWeightError (naming
@@ -506,9 +513,9 @@ def quantize_blocks(
     if alphas is not None:
         if not all(isinstance(a, float) and 0.0 < a <= 1.0 for a in alphas):
             raise ConfigError(f"alphas must be floats in (0, 1], not {alphas!r}")
-        grid = np.asarray(alphas, dtype=np.float32)
+        grid = np.asarray(_search_grid(alphas) if alphas else (), dtype=np.float32)
     else:
-        grid = np.asarray(SEARCH_ALPHAS if search else (), dtype=np.float32)
+        grid = np.asarray(_search_grid(SEARCH_ALPHAS) if search else (), dtype=np.float32)
     alphas_array = grid
     bad = _block.quantize_blocks(
         x3,

@@ -24,6 +24,8 @@ __all__ = [
     "unpack4",
     "histogram",
     "quantize_blocks",
+    "search_grid",
+    "fit_codes",
     "compensate_rows",
     "ERR_BLOCK",
 ]
@@ -205,6 +207,69 @@ def _fold_chunks(block_values: np.ndarray, chunk: int) -> float:
     return float(np.cumsum(chunk_sums.reshape(-1))[-1])
 
 
+def search_grid(alphas: tuple[float, ...]) -> tuple[float, ...]:
+    """The grid a search walks: 1.0 (plain min/max) first, then the other alphas in order."""
+    return (1.0,) + tuple(float(np.float32(a)) for a in alphas if np.float32(a) != np.float32(1.0))
+
+
+def fit_codes(sq, sqq, sxq, sx, sxx, count, gs, gz, qmin: int, qmax: int, symmetric: bool, half_scale: bool):
+    """The stored scale and zero point for a grid point's codes, and their squared error.
+
+    The codes stay what the grid point's own (gs, gz) gave them; t = code - gz, and the float32
+    lane sums sq = sum t, sqq = sum t^2, sxq = sum t x, sx = sum x, sxx = sum x^2 (count values)
+    give, in float64, the error of any (s, z) for those codes in closed form: with d = gz - z,
+    sum (x - s (t + d))^2 = (sxx - 2 s (sxq + d sx)) + s^2 ((sqq + 2 d sq) + n d d). Candidates,
+    in order (a later one must be strictly better): (gs, gz); the least-squares scale with z = gz;
+    asymmetric, the integer zero point nearest the least-squares line's (x regressed on t) and the
+    least-squares scale for it. A candidate's scale is taken to float32, where it must be normal
+    and finite, then (half_scale) up to float16, where it must be finite, before its error is.
+    """
+    f64, f32 = np.float64, np.float32
+    sq, sqq, sxq, sx, sxx = (np.asarray(v, dtype=f32).astype(f64) for v in (sq, sqq, sxq, sx, sxx))
+    n = np.asarray(count, dtype=f32).astype(f64)
+
+    def moments(d):
+        return sxq + d * sx, (sqq + (2.0 * d) * sq) + (n * d) * d
+
+    def error(s, d):
+        xq, qq = moments(d)
+        s = s.astype(f64)
+        with np.errstate(all="ignore"):  # an infinite float16 scale: NaN, never chosen (the front refuses it)
+            return (sxx - (2.0 * s) * xq) + (s * s) * qq
+
+    def scale_for(d):
+        xq, qq = moments(d)
+        with np.errstate(all="ignore"):
+            s = (xq / qq).astype(f32)
+        ok = (qq > 0) & (s >= _TINY32) & (s < np.inf)
+        if half_scale:
+            s = half_up(np.where(ok, s, f32(1)))
+            ok &= s < np.inf
+        return s, ok
+
+    best_s, best_z, best_e = gs.astype(f32), gz.astype(np.int32), error(gs, np.zeros_like(sq))
+    zero = np.zeros_like(sq)
+    s, ok = scale_for(zero)
+    e = error(s, zero)
+    better = ok & (e < best_e)
+    best_s, best_e = np.where(better, s, best_s), np.where(better, e, best_e)
+    if not symmetric:
+        with np.errstate(all="ignore"):
+            den = n * sqq - sq * sq
+            slope = (n * sxq - sq * sx) / den
+            line = (den > 0) & (slope >= float(_TINY32)) & (slope < np.inf)
+            zf = gz.astype(f64) - ((sx - slope * sq) / n) / slope
+            zc = np.rint(np.clip(np.where(line, zf, 0.0), qmin, qmax))
+        d = np.where(line, gz.astype(f64) - zc, 0.0)
+        s, ok = scale_for(d)
+        e = error(s, d)
+        better = line & (d != 0) & ok & (e < best_e)
+        best_s = np.where(better, s, best_s)
+        best_z = np.where(better, zc.astype(np.int32), best_z)
+        best_e = np.where(better, e, best_e)
+    return best_s.astype(f32), best_z.astype(np.int32), best_e
+
+
 def quantize_blocks(
     x: np.ndarray,
     axis: int,
@@ -221,12 +286,13 @@ def quantize_blocks(
     """Twin of kernels.quantize_blocks: (codes, scale, zero_point, sse, max_abs_error, sse_minmax).
 
     Blocks of `block_size` values along `axis` (the last one short), each with the scale and
-    zero point of scales() on its own min/max. With `search`, each block also tries the range
-    shrunk by every alpha: codes for that range, the least-squares scale (and zero point) for
-    those codes (float32 sums in lane order, float32 arithmetic), and keeps the candidate whose
-    re-quantized codes have the smallest error; plain min/max comes first, so ties keep it.
-    With `half_scale` every candidate's scale is rounded up to float16 (and an asymmetric zero
-    point recomputed) before its codes and error are taken.
+    zero point of scales() on its own min/max. With `search`, each block walks search_grid(alphas)
+    (1.0 first): the codes of its range shrunk by alpha, and fit_codes' scale and zero point for
+    those codes, with their error in closed form from the codes' sums. The candidate of least
+    error (ties keep the earlier) gives the codes and the stored parameters, written once; a
+    block whose written error comes out above plain min/max's (the closed form rounds) is
+    written with plain min/max. With `half_scale` every scale is rounded up to float16 (a grid
+    point's asymmetric zero point recomputed from its range) before codes or errors are taken.
     """
     x32 = as_float32(x)
     ndim = x32.ndim
@@ -246,69 +312,54 @@ def quantize_blocks(
     shape = lo.shape
     f64 = np.float64
 
-    def params(lo_, hi_):
-        s, z = scales(lo_.reshape(-1), hi_.reshape(-1), qmin, qmax, symmetric)
-        return s.reshape(shape), z.reshape(shape)
+    def params(alpha):
+        a = np.float32(alpha)
+        lo_a, hi_a = a * lo, a * hi
+        s, z = scales(lo_a.reshape(-1), hi_a.reshape(-1), qmin, qmax, symmetric)
+        s, z = s.reshape(shape), z.reshape(shape)
+        if half_scale:
+            s = half_up(s)
+            if not symmetric:
+                with np.errstate(all="ignore"):
+                    z = np.clip(np.rint(qmin - np.minimum(lo_a.astype(f64), 0.0) / s.astype(f64)), qmin, qmax).astype(np.int32)
+        return s, z
 
-    def to_half(s, z, low):
-        sh = half_up(s)
-        if not symmetric:
-            with np.errstate(all="ignore"):
-                z = np.clip(np.rint(qmin - low / sh.astype(f64)), qmin, qmax).astype(np.int32)
-        return sh, z
-
-    def codes_of(s, z):
-        """q - z (float32, 0 past the ends), and the error d = x - (q - z) * s (float32)."""
-        s4 = s[:, :, None, :]
-        z4 = z[:, :, None, :].astype(np.float32)
+    def codes_of(s, z, ds=None, dz=None):
+        """code - z (float32, 0 past the ends) for codes of (s, z), and the error d = x - (code -
+        dz) * ds (float32) of the stored (ds, dz), by default (s, z)."""
+        ds = s if ds is None else ds
+        dz = z if dz is None else dz
+        s4, z4 = s[:, :, None, :], z[:, :, None, :].astype(np.float32)
         with np.errstate(all="ignore"):
             t = np.clip(np.rint(xp / s4) + z4, qmin, qmax) - z4
             t = np.where(valid, t, np.float32(0))
-            d = np.where(valid, xp - t * s4, np.float32(0))
+            q = t + (z4 - dz[:, :, None, :].astype(np.float32))
+            d = np.where(valid, xp - q * ds[:, :, None, :], np.float32(0))
         return t, d
 
     def error_of(d):
         return _lane_sum(d.astype(f64) ** 2, f64)
 
-    s0, z0 = params(lo, hi)
-    if half_scale:
-        s0, z0 = to_half(s0, z0, np.minimum(lo.astype(f64), 0.0))
+    s0, z0 = params(1.0)
     err0 = error_of(codes_of(s0, z0)[1])
-    best_s, best_z, best_err = s0, z0, err0
+    code_s, code_z, best_s, best_z = s0, z0, s0, z0
     if search:
-        sx = _lane_sum(xp, np.float32)
-        for alpha in alphas:
-            a = np.float32(alpha)
-            s_k, z_k = params(a * lo, a * hi)
+        sx, sxx = _lane_sum(xp, np.float32), _lane_sum(xp * xp, np.float32)
+        best_e = None
+        for alpha in search_grid(alphas):
+            s_k, z_k = params(alpha)
             t, _ = codes_of(s_k, z_k)
-            sq = _lane_sum(t, np.float32)
-            sqq = _lane_sum(t * t, np.float32)
-            sxq = _lane_sum(t * xp, np.float32)
-            zk32 = z_k.astype(np.float32)
-            with np.errstate(all="ignore"):
-                if symmetric:
-                    s_star = sxq / sqq
-                    ok = (sqq > 0) & (s_star >= _TINY32) & (s_star < np.inf)
-                    z_star = z_k
-                else:
-                    den = count * sqq - sq * sq
-                    num = count * sxq - sq * sx
-                    s_star = num / den
-                    ok = (den > 0) & (s_star >= _TINY32) & (s_star < np.inf)
-                    offset = (sx - s_star * sq) / count
-                    zf = np.where(ok, zk32 - offset / s_star, zk32)
-                    z_star = np.rint(np.clip(zf, qmin, qmax)).astype(np.int32)
-            s_c = np.where(ok, s_star, s_k).astype(np.float32)
-            z_c = np.where(ok, z_star, z_k).astype(np.int32)
-            if half_scale:
-                s_c, z_c = to_half(s_c, z_c, (qmin - z_c).astype(f64) * s_c.astype(f64))
-            err = error_of(codes_of(s_c, z_c)[1])
-            better = err < best_err
-            best_s = np.where(better, s_c, best_s)
-            best_z = np.where(better, z_c, best_z)
-            best_err = np.where(better, err, best_err)
-    t, d = codes_of(best_s, best_z)
-    q = (t + best_z[:, :, None, :].astype(np.float32)).reshape(outer, nb * b, inner)[:, :length]
+            sums = (_lane_sum(t, np.float32), _lane_sum(t * t, np.float32), _lane_sum(t * xp, np.float32))
+            fs, fz, fe = fit_codes(*sums, sx, sxx, count, s_k, z_k, qmin, qmax, symmetric, half_scale)
+            better = np.ones(shape, dtype=bool) if best_e is None else fe < best_e
+            code_s, code_z = np.where(better, s_k, code_s), np.where(better, z_k, code_z)
+            best_s, best_z = np.where(better, fs, best_s), np.where(better, fz, best_z)
+            best_e = np.where(better, fe, best_e) if best_e is not None else fe
+        worse = error_of(codes_of(code_s, code_z, best_s, best_z)[1]) > err0
+        code_s, code_z = np.where(worse, s0, code_s), np.where(worse, z0, code_z)
+        best_s, best_z = np.where(worse, s0, best_s), np.where(worse, z0, best_z)
+    t, d = codes_of(code_s, code_z, best_s, best_z)
+    q = (t + code_z[:, :, None, :].astype(np.float32)).reshape(outer, nb * b, inner)[:, :length]
     codes = q.astype(np.int32).astype(np.uint8).reshape(x32.shape)
     if transpose:
         codes = np.ascontiguousarray(codes.T)
