@@ -262,12 +262,17 @@ def quantize_matmulnbits(
         blocks = replace(blocks, codes=np.ascontiguousarray(compensated.T))
         sse_minmax = None
     count = -(-k // block_size)
-    offset = 1 << (scheme.bits - 1) if scheme.signed else 0
-    codes = np.full((n, count * block_size), offset if scheme.signed else 0, dtype=np.uint8)
-    codes[:, :k] = blocks.codes + np.uint8(offset)  # a signed code's byte + 2**(bits-1) wraps to the unsigned code
+    offset = np.uint8(1 << (scheme.bits - 1) if scheme.signed else 0)
+    if count * block_size == k:  # the usual case: the kernel's [N, K] codes are already whole blocks
+        codes = blocks.codes
+        if offset:
+            np.add(codes, offset, out=codes)  # a signed code's byte + 2**(bits-1) wraps to the unsigned code
+    else:
+        codes = np.full((n, count * block_size), offset, dtype=np.uint8)
+        codes[:, :k] = blocks.codes + offset
     zero_points = np.ascontiguousarray(blocks.zero_point.T).astype(np.uint8)  # [N, blocks]
     if scheme.bits == 4:
-        codes = ((codes[:, 0::2] & 0x0F) | (codes[:, 1::2] << 4)).astype(np.uint8)
+        codes = kernels.pack4(codes, n_threads=n_threads)  # rows of whole blocks: a byte never spans two columns
         if count % 2:
             zero_points = np.concatenate([zero_points, np.zeros((n, 1), np.uint8)], axis=1)
         zero_points = ((zero_points[:, 0::2] & 0x0F) | (zero_points[:, 1::2] << 4)).astype(np.uint8)
