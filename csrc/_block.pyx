@@ -23,15 +23,17 @@ qmax], see _quant._quantize_run) and the error of one value is taken as _quant.c
 
 Range search, per block, over a grid of shrink factors (alphas; the first is 1.0, plain
 min/max): for each alpha the codes of [alpha * lo, alpha * hi] with scales()'s parameters, and
-the stored scale and zero point of least squared error for those same codes (_fit_n: the
-least-squares scale, and asymmetric the least-squares line's integer zero point), their error
-in closed form from the block's sums (sum x, x*x; sum t, t*t, t*x of the codes t = code - zero
-point; float32 lanes, float64 arithmetic). The candidate of least error wins, ties keep the
-earlier (plain min/max first); its codes are then written once, with their error taken value by
-value against the stored parameters. The closed form and that error differ in the last bits, so
-a block whose written error comes out above plain min/max's (taken exactly beside the grid's
-first point) is written with plain min/max: the search never loses to it. With half_scale every
-scale is rounded up to float16 (a grid point's asymmetric zero point recomputed from its range's
+stored parameters fitted to those same codes (_fit_n: candidates are the grid point's own, the
+least-squares scale with its zero point, and asymmetric the integer zero point nearest the
+least-squares line's with its least-squares scale), each weighed by its squared error in
+closed form from the block's sums (sum x, x*x; sum t, t*t, t*x of the codes t = code - zero
+point; float64 lanes, every product exact). The candidate of least error wins, ties keep the
+earlier (plain min/max first); the winner's codes are written, with their error taken value by
+value against the stored parameters. The closed form is computed, the written error measured:
+they can differ in their last bits, so a block whose written error comes out above plain
+min/max's (taken exactly in the grid's first pass) is written again with plain min/max: the
+search never loses to it (measured: 0.04% of blocks at 4 bits, 0.3% at 8). With half_scale every scale
+is rounded up to float16 (a grid point's asymmetric zero point recomputed from its range's
 lowest value) before any code or error is taken, so the choice is made on what is stored.
 
 Sums: value r of a block goes to lane r % 4 (lanes summed in order, the block's sum is
@@ -205,24 +207,27 @@ cdef void _half_n(const float* lo, float alpha, Py_ssize_t n, const Job* j, floa
         hib[c] = j.qmax - z[c]
 
 
-cdef inline double _fit_error(double sxx, double sxq, double sx, double sqq, double sq, double n,
-                              double d, double s) noexcept nogil:
-    # sum (x - s (t + d))^2 over a block, from its sums (reference.fit_codes, same order).
-    cdef double xq = sxq + d * sx
-    cdef double qq = (sqq + (2.0 * d) * sq) + (n * d) * d
-    return (sxx - (2.0 * s) * xq) + (s * s) * qq
+cdef inline double _fit_error(double srr, double srt, double sr, double stt, double st, double n,
+                              double g, double d, double s) noexcept nogil:
+    # sum (x - s (t + d))^2 over a block, from the sums of its codes t and of the residuals
+    # r = x - g t of the grid point's own scale g: x - s (t + d) = r + a t + b, a = g - s,
+    # b = -s d (reference.fit_codes, same order). Every term is of the error's size.
+    cdef double a = g - s
+    cdef double b = -(s * d)
+    return ((((srr + (a * a) * stt) + (n * b) * b) + (2.0 * a) * srt) + (2.0 * b) * sr) + ((2.0 * a) * b) * st
 
 
-cdef inline bint _fit_scale(double sxq, double sx, double sqq, double sq, double n, double d,
-                            const Job* j, float* s) noexcept nogil:
-    # The least-squares scale for the codes t + d, as stored (float32, float16 with half);
-    # False when it is not a finite normal float32.
-    cdef double xq = sxq + d * sx
-    cdef double qq = (sqq + (2.0 * d) * sq) + (n * d) * d
+cdef inline bint _fit_scale(double srt, double sr, double stt, double st, double n, double g,
+                            double d, const Job* j, float* s) noexcept nogil:
+    # The least-squares scale for the codes t + d, as stored (float32, float16 with half):
+    # g + (sum r (t + d) - g sum d (t + d)) / sum (t + d)^2. False when it is not a finite
+    # normal float32.
+    cdef double qq = (stt + (2.0 * d) * st) + (n * d) * d
+    cdef double num = (srt + d * sr) - g * ((d * st) + (n * d) * d)
     cdef float f
     if not (qq > 0):
         return False
-    f = <float>(xq / qq)
+    f = <float>(g + num / qq)
     if not (f >= FLT_MIN_NORMAL and f - f == 0):
         return False
     if j.half:
@@ -233,47 +238,50 @@ cdef inline bint _fit_scale(double sxq, double sx, double sqq, double sq, double
     return True
 
 
-cdef void _fit_n(const float* sq, const float* sqq, const float* sxq, const float* sx,
-                 const float* sxx, const float* cnt, const float* gs, const int* gz, Py_ssize_t n,
+cdef void _fit_n(const float* st, const float* stt, const float* sr, const float* srt,
+                 const double* srr, const float* cnt, const float* gs, const int* gz, Py_ssize_t n,
                  const Job* j, float_rp fs, int_rp fz, double* fe) noexcept nogil:
-    # reference.fit_codes for n grid points' codes (t = code - gz; float32 lane sums, float64
-    # arithmetic): the stored scale and zero point of least error for those codes, and its
-    # error in closed form. Candidates: (gs, gz), the least-squares scale with gz, and
-    # (asymmetric) the integer zero point nearest the least-squares line's with its scale.
+    # reference.fit_codes for n grid points' codes (t = code - gz; float32 lane sums of t, t*t,
+    # and of the residuals r = x - gs t: r, r*t; srr the sum of r*r; float64 arithmetic): the
+    # stored scale and zero point of least error for those codes, and that error in closed
+    # form. Candidates: (gs, gz), the least-squares scale with gz, and (asymmetric) the integer
+    # zero point nearest the least-squares line's with its scale.
     cdef Py_ssize_t c
-    cdef double q, qq, xq, x, xx, m, e, den, slope, zf, d
-    cdef float st
+    cdef double t1, t2, r1, rt, rr, m, g, e, den, delta, slope, zf, d
+    cdef float sc
     for c in range(n):
-        q = sq[c]
-        qq = sqq[c]
-        xq = sxq[c]
-        x = sx[c]
-        xx = sxx[c]
+        t1 = st[c]
+        t2 = stt[c]
+        r1 = sr[c]
+        rt = srt[c]
+        rr = srr[c]
         m = cnt[c]
+        g = gs[c]
         fs[c] = gs[c]
         fz[c] = gz[c]
-        fe[c] = _fit_error(xx, xq, x, qq, q, m, 0.0, gs[c])
-        if _fit_scale(xq, x, qq, q, m, 0.0, j, &st):
-            e = _fit_error(xx, xq, x, qq, q, m, 0.0, st)
+        fe[c] = rr
+        if _fit_scale(rt, r1, t2, t1, m, g, 0.0, j, &sc):
+            e = _fit_error(rr, rt, r1, t2, t1, m, g, 0.0, sc)
             if e < fe[c]:
-                fs[c] = st
+                fs[c] = sc
                 fe[c] = e
         if j.symmetric:
             continue
-        den = m * qq - q * q
+        den = m * t2 - t1 * t1
         if not (den > 0):
             continue
-        slope = (m * xq - q * x) / den
+        delta = (m * rt - t1 * r1) / den
+        slope = g + delta
         if not (slope >= FLT_MIN_NORMAL and slope - slope == 0):
             continue
-        zf = <double>gz[c] - ((x - slope * q) / m) / slope
+        zf = <double>gz[c] - ((r1 - delta * t1) / m) / slope
         zf = zf if zf > j.qmin else j.qmin
         zf = zf if zf < j.qmax else j.qmax
         d = <double>gz[c] - _rint64(zf)
-        if d != 0 and _fit_scale(xq, x, qq, q, m, d, j, &st):
-            e = _fit_error(xx, xq, x, qq, q, m, d, st)
+        if d != 0 and _fit_scale(rt, r1, t2, t1, m, g, d, j, &sc):
+            e = _fit_error(rr, rt, r1, t2, t1, m, g, d, sc)
             if e < fe[c]:
-                fs[c] = st
+                fs[c] = sc
                 fz[c] = gz[c] - <int>d
                 fe[c] = e
 
@@ -386,93 +394,54 @@ cdef inline void _c_error(const_float_up y, Py_ssize_t n, float s, float lob, fl
 
 cdef inline void _c_grid(const_float_up y, Py_ssize_t n, float s, float lob, float hib,
                          float* acc) noexcept nogil:
-    # One grid point's least-squares sums, lanes: sum q [0:4], sum q*q [4:8], sum q*x [8:12].
-    cdef float q0 = acc[0], q1 = acc[1], q2 = acc[2], q3 = acc[3]
-    cdef float p0 = acc[4], p1 = acc[5], p2 = acc[6], p3 = acc[7]
-    cdef float x0 = acc[8], x1 = acc[9], x2 = acc[10], x3 = acc[11]
-    cdef float t0, t1, t2, t3
-    cdef Py_ssize_t i, k, m = n // 4
+    # One grid point's sums over its codes t and residuals r = x - t s, lanes: sum t [0:4],
+    # sum t*t [4:8], sum r [8:12], sum r*t [12:16], sum r*r [16:20].
+    cdef float a[20]
+    cdef float t0, t1, t2, t3, r0, r1, r2, r3
+    cdef Py_ssize_t i, k, m = n // 4, l
+    for l in range(20):
+        a[l] = acc[l]
     for k in range(m):
         i = 4 * k
         t0 = _q(y[i], s, lob, hib)
         t1 = _q(y[i + 1], s, lob, hib)
         t2 = _q(y[i + 2], s, lob, hib)
         t3 = _q(y[i + 3], s, lob, hib)
-        q0 = q0 + t0
-        q1 = q1 + t1
-        q2 = q2 + t2
-        q3 = q3 + t3
-        p0 = p0 + t0 * t0
-        p1 = p1 + t1 * t1
-        p2 = p2 + t2 * t2
-        p3 = p3 + t3 * t3
-        x0 = x0 + t0 * y[i]
-        x1 = x1 + t1 * y[i + 1]
-        x2 = x2 + t2 * y[i + 2]
-        x3 = x3 + t3 * y[i + 3]
-    i = 4 * m
-    if i < n:
+        r0 = y[i] - t0 * s
+        r1 = y[i + 1] - t1 * s
+        r2 = y[i + 2] - t2 * s
+        r3 = y[i + 3] - t3 * s
+        a[0] = a[0] + t0
+        a[1] = a[1] + t1
+        a[2] = a[2] + t2
+        a[3] = a[3] + t3
+        a[4] = a[4] + t0 * t0
+        a[5] = a[5] + t1 * t1
+        a[6] = a[6] + t2 * t2
+        a[7] = a[7] + t3 * t3
+        a[8] = a[8] + r0
+        a[9] = a[9] + r1
+        a[10] = a[10] + r2
+        a[11] = a[11] + r3
+        a[12] = a[12] + r0 * t0
+        a[13] = a[13] + r1 * t1
+        a[14] = a[14] + r2 * t2
+        a[15] = a[15] + r3 * t3
+        a[16] = a[16] + r0 * r0
+        a[17] = a[17] + r1 * r1
+        a[18] = a[18] + r2 * r2
+        a[19] = a[19] + r3 * r3
+    for i in range(4 * m, n):
+        l = i - 4 * m
         t0 = _q(y[i], s, lob, hib)
-        q0 = q0 + t0
-        p0 = p0 + t0 * t0
-        x0 = x0 + t0 * y[i]
-    if i + 1 < n:
-        t1 = _q(y[i + 1], s, lob, hib)
-        q1 = q1 + t1
-        p1 = p1 + t1 * t1
-        x1 = x1 + t1 * y[i + 1]
-    if i + 2 < n:
-        t2 = _q(y[i + 2], s, lob, hib)
-        q2 = q2 + t2
-        p2 = p2 + t2 * t2
-        x2 = x2 + t2 * y[i + 2]
-    acc[0] = q0
-    acc[1] = q1
-    acc[2] = q2
-    acc[3] = q3
-    acc[4] = p0
-    acc[5] = p1
-    acc[6] = p2
-    acc[7] = p3
-    acc[8] = x0
-    acc[9] = x1
-    acc[10] = x2
-    acc[11] = x3
-
-
-cdef inline void _c_sum(const_float_up y, Py_ssize_t n, float* acc) noexcept nogil:
-    # sum x, lanes acc[0:4]; sum x*x, lanes acc[4:8].
-    cdef float s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3]
-    cdef float p0 = acc[4], p1 = acc[5], p2 = acc[6], p3 = acc[7]
-    cdef Py_ssize_t i, k, m = n // 4
-    for k in range(m):
-        i = 4 * k
-        s0 = s0 + y[i]
-        s1 = s1 + y[i + 1]
-        s2 = s2 + y[i + 2]
-        s3 = s3 + y[i + 3]
-        p0 = p0 + y[i] * y[i]
-        p1 = p1 + y[i + 1] * y[i + 1]
-        p2 = p2 + y[i + 2] * y[i + 2]
-        p3 = p3 + y[i + 3] * y[i + 3]
-    i = 4 * m
-    if i < n:
-        s0 = s0 + y[i]
-        p0 = p0 + y[i] * y[i]
-    if i + 1 < n:
-        s1 = s1 + y[i + 1]
-        p1 = p1 + y[i + 1] * y[i + 1]
-    if i + 2 < n:
-        s2 = s2 + y[i + 2]
-        p2 = p2 + y[i + 2] * y[i + 2]
-    acc[0] = s0
-    acc[1] = s1
-    acc[2] = s2
-    acc[3] = s3
-    acc[4] = p0
-    acc[5] = p1
-    acc[6] = p2
-    acc[7] = p3
+        r0 = y[i] - t0 * s
+        a[l] = a[l] + t0
+        a[4 + l] = a[4 + l] + t0 * t0
+        a[8 + l] = a[8 + l] + r0
+        a[12 + l] = a[12 + l] + r0 * t0
+        a[16 + l] = a[16 + l] + r0 * r0
+    for l in range(20):
+        acc[l] = a[l]
 
 
 cdef inline double _lanes64(const double* a) noexcept nogil:
@@ -498,7 +467,6 @@ cdef inline const_float_up _at(weight_p x, Py_ssize_t off, Py_ssize_t m, const f
 
 cdef enum Pass:
     PASS_MINMAX
-    PASS_SUM
     PASS_GRID
     PASS_GRID0  # strided: PASS_GRID and PASS_ERROR at once (plain min/max's codes)
     PASS_ERROR
@@ -516,8 +484,6 @@ cdef inline void _c_pass(weight_p x, const float* whole, float* buf, float* dbuf
         y = _at(x, p, m, whole + p if whole != NULL else NULL, buf)
         if kind == PASS_MINMAX:
             _c_minmax(y, m, iacc)
-        elif kind == PASS_SUM:
-            _c_sum(y, m, facc)
         elif kind == PASS_GRID:
             _c_grid(y, m, s, lob, hib, facc)
         elif kind == PASS_ERROR:
@@ -661,29 +627,28 @@ cdef void _c_search(weight_p x, const float* whole, float* buf, float* dbuf, Py_
                     float* bs, int* bz, double* e0) noexcept nogil:
     # The range search for one block along it (a long block is read piece by piece): the best
     # grid point's code parameters (cs, cz, cl, ch), its stored (bs, bz), plain min/max's error.
-    cdef float gacc[12]
-    cdef float sx, sxx, gs, gl, gh, fs, cnt = <float>n, sq, sqq, sxq
+    cdef float gacc[20]
+    cdef float gs, gl, gh, fs, cnt = <float>n, st, stt, sr, srt
     cdef int gz, fz, g
     cdef double acc[4]
-    cdef double e, best = 0
-    _zero32(gacc, 8)
-    _c_pass(x, whole, buf, dbuf, n, PASS_SUM, 0, 0, 0, 0, 0, 0, NULL, gacc, NULL, NULL)
-    sx = _lanes32(gacc)
-    sxx = _lanes32(gacc + 4)
+    cdef double srr, e, best = 0
     for g in range(j.ngrid):
         _params_n(&lo, &hi, j.alphas[g], 1, j, &gs, &gz, &gl, &gh)
         if j.half:
             _half_n(&lo, j.alphas[g], 1, j, &gs, &gz, &gl, &gh)
-        if g == 0:
+        _zero32(gacc, 20)
+        _c_pass(x, whole, buf, dbuf, n, PASS_GRID, gs, gz, gl, gh, 0, 0, NULL, gacc, NULL, NULL)
+        st = _lanes32(gacc)
+        stt = _lanes32(gacc + 4)
+        sr = _lanes32(gacc + 8)
+        srt = _lanes32(gacc + 12)
+        srr = _lanes32(gacc + 16)
+        if g == 0:  # plain min/max: its exact error, which is also its sum r*r
             _zero64(acc, 4)
             _c_pass(x, whole, buf, dbuf, n, PASS_ERROR, gs, gz, gl, gh, 0, 0, NULL, NULL, acc, NULL)
             e0[0] = _lanes64(acc)
-        _zero32(gacc, 12)
-        _c_pass(x, whole, buf, dbuf, n, PASS_GRID, gs, gz, gl, gh, 0, 0, NULL, gacc, NULL, NULL)
-        sq = _lanes32(gacc)
-        sqq = _lanes32(gacc + 4)
-        sxq = _lanes32(gacc + 8)
-        _fit_n(&sq, &sqq, &sxq, &sx, &sxx, &cnt, &gs, &gz, 1, j, &fs, &fz, &e)
+            srr = e0[0]
+        _fit_n(&st, &stt, &sr, &srt, &srr, &cnt, &gs, &gz, 1, j, &fs, &fz, &e)
         if g == 0 or e < best:
             best = e
             cs[0] = gs
@@ -868,44 +833,36 @@ cdef inline void _s_write1(const_float_up y, Py_ssize_t w, const_float_rp s, con
 
 
 cdef inline void _s_grid1(const_float_up y, Py_ssize_t w, const_float_rp s, const_float_rp lob,
-                          const_float_rp hib, float_rp sq, float_rp sqq, float_rp sxq) noexcept nogil:
+                          const_float_rp hib, float_rp st, float_rp stt, float_rp sr, float_rp srt,
+                          float_rp srr) noexcept nogil:
+    # One row's part of a grid point's sums: its codes t and residuals r = x - t s.
     cdef Py_ssize_t c
-    cdef float t, v
+    cdef float t, r
     for c in range(w):
-        v = y[c]
-        t = _q(v, s[c], lob[c], hib[c])
-        sq[c] = sq[c] + t
-        sqq[c] = sqq[c] + t * t
-        sxq[c] = sxq[c] + t * v
+        t = _q(y[c], s[c], lob[c], hib[c])
+        r = y[c] - t * s[c]
+        st[c] = st[c] + t
+        stt[c] = stt[c] + t * t
+        sr[c] = sr[c] + r
+        srt[c] = srt[c] + r * t
+        srr[c] = srr[c] + r * r
 
 
 cdef inline void _s_grid_error1(const_float_up y, Py_ssize_t w, const_float_rp s,
-                                const_float_rp lob, const_float_rp hib, float_rp sq, float_rp sqq,
-                                float_rp sxq, float_rp sx, float_rp sxx,
-                                double_rp lane) noexcept nogil:
-    # Grid point 0 (plain min/max): _s_grid1 and _s_sum1 at once, plus the error of (s, z) for
-    # its own codes.
+                                const_float_rp lob, const_float_rp hib, float_rp st, float_rp stt,
+                                float_rp sr, float_rp srt, double_rp lane) noexcept nogil:
+    # Grid point 0 (plain min/max): _s_grid1 with the sum of r*r in float64, which is plain
+    # min/max's exact error.
     cdef Py_ssize_t c
-    cdef float t, v, d
+    cdef float t, r
     for c in range(w):
-        v = y[c]
-        t = _q(v, s[c], lob[c], hib[c])
-        sq[c] = sq[c] + t
-        sqq[c] = sqq[c] + t * t
-        sxq[c] = sxq[c] + t * v
-        sx[c] = sx[c] + v
-        sxx[c] = sxx[c] + v * v
-        d = v - t * s[c]
-        lane[c] = lane[c] + <double>d * <double>d
-
-
-cdef inline void _s_sum1(const_float_up y, Py_ssize_t w, float_rp sx, float_rp sxx) noexcept nogil:
-    cdef Py_ssize_t c
-    cdef float v
-    for c in range(w):
-        v = y[c]
-        sx[c] = sx[c] + v
-        sxx[c] = sxx[c] + v * v
+        t = _q(y[c], s[c], lob[c], hib[c])
+        r = y[c] - t * s[c]
+        st[c] = st[c] + t
+        stt[c] = stt[c] + t * t
+        sr[c] = sr[c] + r
+        srt[c] = srt[c] + r * t
+        lane[c] = lane[c] + <double>r * <double>r
 
 
 cdef inline double _col64(const double* lanes, Py_ssize_t c) noexcept nogil:
@@ -922,43 +879,30 @@ cdef void _s_pass(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, 
                   const float* off, unsigned char* out, Py_ssize_t ors, float* facc, double* dacc,
                   float* mx) noexcept nogil:
     # One pass over rows [r0, r1) of a sub-span (r0 a multiple of 4): out is row r0's first
-    # code, facc/dacc lane arrays of SUB (PASS_SUM: sum x, sum x*x; PASS_GRID: sum q, sum q*q,
-    # sum q*x; PASS_GRID0: PASS_GRID's then PASS_SUM's; 4 lanes each).
+    # code, facc/dacc lane arrays of SUB, 4 lanes each (PASS_GRID: sum t, t*t, r, r*t, r*r of
+    # the codes t and residuals r = x - t s; PASS_GRID0: the same, r*r in dacc).
     cdef const_float_up y[4]
     cdef Py_ssize_t r = r0, l
-    while r + 4 <= r1:
-        _rows4(x, rs, cache, cs, r, w, rowbuf, y)
-        if kind == PASS_WRITE:
+    while r < r1:
+        l = r & 3
+        if kind == PASS_WRITE and l == 0 and r + 4 <= r1:
+            _rows4(x, rs, cache, cs, r, w, rowbuf, y)
             _s_write4(y[0], y[1], y[2], y[3], w, s, z, lob, hib, ds, off, out, out + ors,
                       out + 2 * ors, out + 3 * ors, dacc, dacc + SUB, dacc + 2 * SUB, dacc + 3 * SUB,
                       mx)
             out += 4 * ors
-        else:
-            for l in range(4):
-                if kind == PASS_GRID:
-                    _s_grid1(y[l], w, s, lob, hib, facc + l * SUB, facc + (4 + l) * SUB,
-                             facc + (8 + l) * SUB)
-                elif kind == PASS_GRID0:
-                    _s_grid_error1(y[l], w, s, lob, hib, facc + l * SUB, facc + (4 + l) * SUB,
-                                   facc + (8 + l) * SUB, facc + (12 + l) * SUB,
-                                   facc + (16 + l) * SUB, dacc + l * SUB)
-                else:
-                    _s_sum1(y[l], w, facc + l * SUB, facc + (4 + l) * SUB)
-        r += 4
-    while r < r1:
+            r += 4
+            continue
         y[0] = _row(x, rs, cache, cs, r, w, rowbuf)
-        l = r & 3
         if kind == PASS_WRITE:
             _s_write1(y[0], w, s, z, lob, hib, ds, off, out, dacc + l * SUB, mx)
             out += ors
         elif kind == PASS_GRID:
-            _s_grid1(y[0], w, s, lob, hib, facc + l * SUB, facc + (4 + l) * SUB, facc + (8 + l) * SUB)
-        elif kind == PASS_GRID0:
-            _s_grid_error1(y[0], w, s, lob, hib, facc + l * SUB, facc + (4 + l) * SUB,
-                           facc + (8 + l) * SUB, facc + (12 + l) * SUB, facc + (16 + l) * SUB,
-                           dacc + l * SUB)
+            _s_grid1(y[0], w, s, lob, hib, facc + l * SUB, facc + (4 + l) * SUB, facc + (8 + l) * SUB,
+                     facc + (12 + l) * SUB, facc + (16 + l) * SUB)
         else:
-            _s_sum1(y[0], w, facc + l * SUB, facc + (4 + l) * SUB)
+            _s_grid_error1(y[0], w, s, lob, hib, facc + l * SUB, facc + (4 + l) * SUB,
+                           facc + (8 + l) * SUB, facc + (12 + l) * SUB, dacc + l * SUB)
         r += 1
 
 
@@ -996,49 +940,51 @@ cdef void _search(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, 
     # The range search for w <= SUB blocks laid out as columns of n rows (a sub-span of a block
     # row, or a transposed batch of contiguous blocks, zero-padded past each block's cnt values:
     # zeros add nothing to any sum). bcs/bcz/bcl/bch come in as plain min/max's parameters, grid
-    # point 0, whose exact error goes to e0 (its pass also takes the block's sums). Out: the best
-    # grid point's code parameters (bcs, bcz, bcl, bch) and its stored ones (bs, bz), chosen on
-    # the closed-form errors of _fit_n.
+    # point 0, whose exact error goes to e0. Out: the best grid point's code parameters (bcs,
+    # bcz, bcl, bch) and its stored ones (bs, bz), chosen on the closed-form errors of _fit_n.
     cdef float gs[SUB]
     cdef float gl[SUB]
     cdef float gh[SUB]
     cdef float fs[SUB]
-    cdef float sx[SUB]
-    cdef float sxx[SUB]
-    cdef float sq[SUB]
-    cdef float sqq[SUB]
-    cdef float sxq[SUB]
+    cdef float st[SUB]
+    cdef float stt[SUB]
+    cdef float sr[SUB]
+    cdef float srt[SUB]
     cdef float acc[20 * SUB]
     cdef int gz[SUB]
     cdef int fz[SUB]
+    cdef double srr[SUB]
     cdef double fe[SUB]
     cdef double eb[SUB]
     cdef double lanes[4 * SUB]
     cdef Py_ssize_t c
     cdef int g
-    _zero32(acc, 20 * SUB)
-    _zero64(lanes, 4 * SUB)
-    _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_GRID0, bcs, bcz, bcl, bch, NULL, NULL, NULL, 0,
-            acc, lanes, NULL)
-    for c in range(w):
-        e0[c] = _col64(lanes, c)
-        sx[c] = _col32(acc + 12 * SUB, c)
-        sxx[c] = _col32(acc + 16 * SUB, c)
-        gs[c] = bcs[c]
-        gz[c] = bcz[c]
     for g in range(j.ngrid):
-        if g > 0:
+        if g == 0:
+            _zero32(acc, 16 * SUB)
+            _zero64(lanes, 4 * SUB)
+            _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_GRID0, bcs, bcz, bcl, bch, NULL, NULL, NULL, 0,
+                    acc, lanes, NULL)
+            for c in range(w):
+                gs[c] = bcs[c]
+                gz[c] = bcz[c]
+                e0[c] = _col64(lanes, c)
+                srr[c] = e0[c]
+        else:
             _params_n(lo, hi, j.alphas[g], w, j, gs, gz, gl, gh)
             if j.half:
                 _half_n(lo, j.alphas[g], w, j, gs, gz, gl, gh)
-            _zero32(acc, 12 * SUB)
+            _zero32(acc, 20 * SUB)
             _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_GRID, gs, gz, gl, gh, NULL, NULL, NULL, 0,
                     acc, NULL, NULL)
+            for c in range(w):
+                srr[c] = _col32(acc + 16 * SUB, c)
         for c in range(w):
-            sq[c] = _col32(acc, c)
-            sqq[c] = _col32(acc + 4 * SUB, c)
-            sxq[c] = _col32(acc + 8 * SUB, c)
-        _fit_n(sq, sqq, sxq, sx, sxx, cnt, gs, gz, w, j, fs, fz, fe)
+            st[c] = _col32(acc, c)
+            stt[c] = _col32(acc + 4 * SUB, c)
+            sr[c] = _col32(acc + 8 * SUB, c)
+            srt[c] = _col32(acc + 12 * SUB, c)
+        _fit_n(st, stt, sr, srt, srr, cnt, gs, gz, w, j, fs, fz, fe)
         for c in range(w):
             if g == 0:
                 eb[c] = fe[c]
@@ -1064,7 +1010,7 @@ cdef void _s_span(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, 
     cdef float pl[SUB]
     cdef float ph[SUB]
     cdef int pz[SUB]
-    cdef float cs_[SUB]
+    cdef float code_s[SUB]
     cdef float cl[SUB]
     cdef float ch[SUB]
     cdef int cz[SUB]
@@ -1074,16 +1020,17 @@ cdef void _s_span(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, 
     cdef float mx[SUB]
     cdef float cnt[SUB]
     cdef double lanes[4 * SUB]
+    cdef double one[4 * SUB]
     cdef double e0[SUB]
-    cdef double e
+    cdef double e[SUB]
     cdef Py_ssize_t c
     cdef float m = task_max[0]
-    cdef bint worse = False
+    cdef float zero = 0
     _params_n(lo, hi, 1.0, w, j, ps, pz, pl, ph)
     if j.half:
         _half_n(lo, 1.0, w, j, ps, pz, pl, ph)
     for c in range(w):
-        cs_[c] = ps[c]
+        code_s[c] = ps[c]
         cz[c] = pz[c]
         cl[c] = pl[c]
         ch[c] = ph[c]
@@ -1092,31 +1039,25 @@ cdef void _s_span(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, 
     if j.ngrid > 0:
         for c in range(SUB):
             cnt[c] = <float>n
-        _search(x, rs, cache, cs, rowbuf, n, w, lo, hi, cnt, j, cs_, cz, cl, ch, bs, bz, e0)
+        _search(x, rs, cache, cs, rowbuf, n, w, lo, hi, cnt, j, code_s, cz, cl, ch, bs, bz, e0)
     for c in range(w):
         off[c] = <float>(cz[c] - bz[c])
-    _s_write(x, rs, cache, cs, rowbuf, n, w, cs_, cz, cl, ch, bs, off, j, out, tbytes, lanes, mx)
-    if j.ngrid > 0:
-        # A column whose written error is above plain min/max's (the closed form and the written
-        # error differ in the last bits) is written with plain min/max: the whole sub-span again.
-        for c in range(w):
-            if _col64(lanes, c) > e0[c]:
-                worse = True
-                cs_[c] = ps[c]
-                cz[c] = pz[c]
-                cl[c] = pl[c]
-                ch[c] = ph[c]
-                bs[c] = ps[c]
-                bz[c] = pz[c]
-                off[c] = 0
-        if worse:
-            _s_write(x, rs, cache, cs, rowbuf, n, w, cs_, cz, cl, ch, bs, off, j, out, tbytes, lanes,
-                     mx)
+    _s_write(x, rs, cache, cs, rowbuf, n, w, code_s, cz, cl, ch, bs, off, j, out, tbytes, lanes, mx)
     for c in range(w):
-        e = _col64(lanes, c)
+        e[c] = _col64(lanes, c)
         if j.ngrid == 0:
-            e0[c] = e
-        sse[0] = sse[0] + e
+            e0[c] = e[c]
+        elif e[c] > e0[c]:
+            # The written error is above plain min/max's (the closed form and the written error
+            # differ in their last bits): this column is written again with plain min/max.
+            bs[c] = ps[c]
+            bz[c] = pz[c]
+            _s_write(x + c, rs, cache + c if cache != NULL else NULL, cs, rowbuf, n, 1, &ps[c], &pz[c],
+                     &pl[c], &ph[c], &ps[c], &zero, j, out + (c * j.L if j.transpose else c), tbytes,
+                     one, &mx[c])
+            e[c] = _col64(one, 0)
+    for c in range(w):
+        sse[0] = sse[0] + e[c]
         sse_minmax[0] = sse_minmax[0] + e0[c]
         m = mx[c] if mx[c] > m else m
         j.scale[pidx + c] = bs[c]

@@ -34,14 +34,17 @@ threads = pytest.mark.parametrize("threads", [1, 2], ids=["1thread", "2threads"]
 pytestmark = pytest.mark.usefixtures("parallel_even_when_tiny")
 
 
-def check(x, axis, block_size, qrange, *, search, half_scale=False, transpose=False, threads=2, out=None):
+def check(x, axis, block_size, qrange, *, search, half_scale=False, transpose=False, threads=2, out=None, alphas=None):
     """Kernel vs twin, every output bit for bit; returns the kernel's Blocks (None when a float16
-    scale would overflow, which the kernel must refuse)."""
+    scale would overflow, which the kernel must refuse). `alphas`: the search grid (default
+    SEARCH_ALPHAS; () is no search)."""
     qmin, qmax, symmetric = qrange
+    grid = {} if alphas is None else {"alphas": alphas}
     codes, scale, zero_point, sse, max_abs, sse_minmax = R.quantize_blocks(
-        x, axis, block_size, qmin, qmax, symmetric=symmetric, search=search, half_scale=half_scale, transpose=transpose
+        x, axis, block_size, qmin, qmax, symmetric=symmetric, search=search, half_scale=half_scale, transpose=transpose, **grid
     )
-    args = dict(symmetric=symmetric, search=search, half_scale=half_scale, transpose=transpose, n_threads=threads, out=out)
+    args = dict(symmetric=symmetric, search=search, half_scale=half_scale, transpose=transpose, n_threads=threads, out=out, **grid)
+    search = search and alphas != ()
     if not np.isfinite(scale).all():
         with pytest.raises(ValueError, match="float16"):
             K.quantize_blocks(x, axis, block_size, qmin, qmax, **args)
@@ -113,12 +116,31 @@ def blocked_tensors(draw, dtypes=DTYPES):
     return x, axis, block_size
 
 
+# Search grids: none, the default, refit (the 4-bit default), grids without 1.0 (it is put first),
+# and an empty one (no search).
+GRIDS = [None, (), (1.0,), (0.9,), (1.0, 0.97), (0.5, 0.7, 0.95)]
+
+
 @settings(max_examples=300, deadline=None)
-@given(case=blocked_tensors(), qrange=st.sampled_from(RANGES), search=st.booleans(), half=st.booleans())
+@given(case=blocked_tensors(), qrange=st.sampled_from(RANGES), grid=st.sampled_from(GRIDS + ["default"]), half=st.booleans())
 @threads
-def test_kernel_equals_twin(case, qrange, search, half, threads):
+def test_kernel_equals_twin(case, qrange, grid, half, threads):
     x, axis, block_size = case
-    check(x, axis, block_size, qrange, search=search, half_scale=half, threads=threads)
+    alphas = None if grid in (None, "default") else grid
+    check(x, axis, block_size, qrange, search=grid is not None, half_scale=half, threads=threads, alphas=alphas)
+
+
+@pytest.mark.parametrize("qrange", [(0, 15, False), (0, 255, False), (-127, 127, True)], ids=["uint4", "uint8", "int8"])
+@pytest.mark.parametrize("alphas", [(1.0,), K.SEARCH_ALPHAS], ids=["refit", "search"])
+def test_search_over_long_blocks_equals_twin(qrange, alphas):
+    """Blocks longer than a batch, read piece by piece (contiguous), and block rows longer than
+    the transposing buffer (strided, codes written as [N, K] in chunks of rows): the sums, the
+    choice and a rewrite with plain min/max all take these paths."""
+    x = (np.random.default_rng(11).standard_normal((2, 9_000)) * 2).astype(np.float32)
+    check(x, 1, 9_000, qrange, search=True, alphas=alphas)
+    w = np.random.default_rng(12).standard_normal((5_000, 64)).astype(np.float32)
+    check(w, 0, 5_000, qrange, search=True, alphas=alphas, transpose=True)
+    check(w, 0, 1_000, qrange, search=True, alphas=alphas)
 
 
 @settings(max_examples=100, deadline=None)

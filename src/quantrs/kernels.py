@@ -409,8 +409,8 @@ def to_float32(x: np.ndarray) -> np.ndarray:
 # The range search's grid: shrink factors of each block's min/max range, as float32 values
 # (1.0, 0.95, 0.9). quantrs.reference.SEARCH_ALPHAS must hold the same values. Three points, not
 # the 11 down to 0.5 first tried: shrinking further changed the error by < 0.002 on normal and
-# outlier-heavy weights, at 11x the time of no search instead of 4.2x (bench/RESULTS.md; each
-# point now costs one pass of sums, 2.7-3.1x in all).
+# outlier-heavy weights, at 7.8x the time of no search instead of 3.1x (bench/RESULTS.md: each
+# point costs one pass of sums over the block).
 SEARCH_ALPHAS: tuple[float, ...] = tuple(float(np.float32(1.0 - 0.05 * k)) for k in range(3))
 
 
@@ -516,7 +516,6 @@ def quantize_blocks(
         grid = np.asarray(_search_grid(alphas) if alphas else (), dtype=np.float32)
     else:
         grid = np.asarray(_search_grid(SEARCH_ALPHAS) if search else (), dtype=np.float32)
-    alphas_array = grid
     bad = _block.quantize_blocks(
         x3,
         kind,
@@ -524,7 +523,7 @@ def quantize_blocks(
         qmin,
         qmax,
         symmetric,
-        alphas_array,
+        grid,
         half_scale,
         transpose,
         codes,

@@ -212,53 +212,56 @@ def search_grid(alphas: tuple[float, ...]) -> tuple[float, ...]:
     return (1.0,) + tuple(float(np.float32(a)) for a in alphas if np.float32(a) != np.float32(1.0))
 
 
-def fit_codes(sq, sqq, sxq, sx, sxx, count, gs, gz, qmin: int, qmax: int, symmetric: bool, half_scale: bool):
+def fit_codes(st, stt, sr, srt, srr, count, gs, gz, qmin: int, qmax: int, symmetric: bool, half_scale: bool):
     """The stored scale and zero point for a grid point's codes, and their squared error.
 
-    The codes stay what the grid point's own (gs, gz) gave them; t = code - gz, and the float32
-    lane sums sq = sum t, sqq = sum t^2, sxq = sum t x, sx = sum x, sxx = sum x^2 (count values)
-    give, in float64, the error of any (s, z) for those codes in closed form: with d = gz - z,
-    sum (x - s (t + d))^2 = (sxx - 2 s (sxq + d sx)) + s^2 ((sqq + 2 d sq) + n d d). Candidates,
-    in order (a later one must be strictly better): (gs, gz); the least-squares scale with z = gz;
-    asymmetric, the integer zero point nearest the least-squares line's (x regressed on t) and the
-    least-squares scale for it. A candidate's scale is taken to float32, where it must be normal
-    and finite, then (half_scale) up to float16, where it must be finite, before its error is.
+    The codes stay what the grid point's own (gs, gz) gave them: t = code - gz, and r = x - gs t
+    (float32) their residuals. From st = sum t, stt = sum t^2, sr = sum r, srt = sum r t (float32
+    lane sums) and srr = sum r^2, the error of any (s, z) for those codes is, in float64, with
+    d = gz - z, a = gs - s, b = -s d: sum (x - s (t + d))^2 = sum (r + a t + b)^2 = srr + a^2 stt
+    + n b^2 + 2 a srt + 2 b sr + 2 a b st, every term of the error's size (no cancellation of
+    the values' own magnitude). Candidates, in order (a later one must be strictly better):
+    (gs, gz), whose error is srr; the least-squares scale with z = gz; asymmetric, the integer
+    zero point nearest the least-squares line's (x regressed on t) and the least-squares scale
+    for it. A candidate's scale is taken to float32, where it must be normal and finite, then
+    (half_scale) up to float16, where it must be finite, before its error is.
     """
     f64, f32 = np.float64, np.float32
-    sq, sqq, sxq, sx, sxx = (np.asarray(v, dtype=f32).astype(f64) for v in (sq, sqq, sxq, sx, sxx))
+    st, stt, sr, srt = (np.asarray(v, dtype=f32).astype(f64) for v in (st, stt, sr, srt))
+    srr = np.asarray(srr, dtype=f64)
     n = np.asarray(count, dtype=f32).astype(f64)
-
-    def moments(d):
-        return sxq + d * sx, (sqq + (2.0 * d) * sq) + (n * d) * d
+    g = gs.astype(f64)
 
     def error(s, d):
-        xq, qq = moments(d)
-        s = s.astype(f64)
+        a = g - s.astype(f64)
+        b = -(s.astype(f64) * d)
         with np.errstate(all="ignore"):  # an infinite float16 scale: NaN, never chosen (the front refuses it)
-            return (sxx - (2.0 * s) * xq) + (s * s) * qq
+            return ((((srr + (a * a) * stt) + (n * b) * b) + (2.0 * a) * srt) + (2.0 * b) * sr) + ((2.0 * a) * b) * st
 
     def scale_for(d):
-        xq, qq = moments(d)
         with np.errstate(all="ignore"):
-            s = (xq / qq).astype(f32)
+            qq = (stt + (2.0 * d) * st) + (n * d) * d
+            num = (srt + d * sr) - g * ((d * st) + (n * d) * d)
+            s = (g + num / qq).astype(f32)
         ok = (qq > 0) & (s >= _TINY32) & (s < np.inf)
         if half_scale:
             s = half_up(np.where(ok, s, f32(1)))
             ok &= s < np.inf
         return s, ok
 
-    best_s, best_z, best_e = gs.astype(f32), gz.astype(np.int32), error(gs, np.zeros_like(sq))
-    zero = np.zeros_like(sq)
+    best_s, best_z, best_e = gs.astype(f32), gz.astype(np.int32), srr
+    zero = np.zeros_like(st)
     s, ok = scale_for(zero)
     e = error(s, zero)
     better = ok & (e < best_e)
     best_s, best_e = np.where(better, s, best_s), np.where(better, e, best_e)
     if not symmetric:
         with np.errstate(all="ignore"):
-            den = n * sqq - sq * sq
-            slope = (n * sxq - sq * sx) / den
+            den = n * stt - st * st
+            delta = (n * srt - st * sr) / den
+            slope = g + delta
             line = (den > 0) & (slope >= float(_TINY32)) & (slope < np.inf)
-            zf = gz.astype(f64) - ((sx - slope * sq) / n) / slope
+            zf = gz.astype(f64) - ((sr - delta * st) / n) / slope
             zc = np.rint(np.clip(np.where(line, zf, 0.0), qmin, qmax))
         d = np.where(line, gz.astype(f64) - zc, 0.0)
         s, ok = scale_for(d)
@@ -343,14 +346,15 @@ def quantize_blocks(
     s0, z0 = params(1.0)
     err0 = error_of(codes_of(s0, z0)[1])
     code_s, code_z, best_s, best_z = s0, z0, s0, z0
-    if search:
-        sx, sxx = _lane_sum(xp, np.float32), _lane_sum(xp * xp, np.float32)
+    if search and alphas:  # as the kernels' front: an empty grid is no search
         best_e = None
-        for alpha in search_grid(alphas):
+        for k, alpha in enumerate(search_grid(alphas)):
             s_k, z_k = params(alpha)
-            t, _ = codes_of(s_k, z_k)
-            sums = (_lane_sum(t, np.float32), _lane_sum(t * t, np.float32), _lane_sum(t * xp, np.float32))
-            fs, fz, fe = fit_codes(*sums, sx, sxx, count, s_k, z_k, qmin, qmax, symmetric, half_scale)
+            t, r = codes_of(s_k, z_k)
+            with np.errstate(all="ignore"):  # an infinite float16 scale's NaN, as in the kernel
+                st, stt, sr, srt = (_lane_sum(v, np.float32) for v in (t, t * t, r, r * t))
+                srr = err0 if k == 0 else _lane_sum(r * r, np.float32)  # grid point 0 is plain min/max
+            fs, fz, fe = fit_codes(st, stt, sr, srt, srr, count, s_k, z_k, qmin, qmax, symmetric, half_scale)
             better = np.ones(shape, dtype=bool) if best_e is None else fe < best_e
             code_s, code_z = np.where(better, s_k, code_s), np.where(better, z_k, code_z)
             best_s, best_z = np.where(better, fs, best_s), np.where(better, fz, best_z)

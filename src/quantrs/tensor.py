@@ -264,7 +264,7 @@ def quantize_matmulnbits(
     count = -(-k // block_size)
     offset = np.uint8(1 << (scheme.bits - 1) if scheme.signed else 0)
     if count * block_size == k:  # the usual case: the kernel's [N, K] codes are already whole blocks
-        codes = blocks.codes
+        codes = blocks.codes  # a fresh array (the kernel's or the compensation's), ours to shift
         if offset:
             np.add(codes, offset, out=codes)  # a signed code's byte + 2**(bits-1) wraps to the unsigned code
     else:
