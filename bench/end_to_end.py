@@ -35,9 +35,8 @@ TOOLS = {
     "quantrs int8": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--per-channel", "-q"],
     "quantrs int4": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--per-channel", "--bits", "4", "-q"],
     "quantrs int4 blocks of 32": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--block-size", "32", "--bits", "4", "-q"],
-    "quantrs int4 blocks of 32 (matmulnbits)": [
-        *(QUANTRS, "quantize", "{src}", "-o", "{dst}", "--block-size", "32", "--bits", "4", "--quant-format", "matmulnbits", "-q")
-    ],
+    "quantrs int4 blocks of 32 (matmulnbits)": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--block-size", "32", "--bits", "4",
+                                                "--quant-format", "matmulnbits", "-q"],
     "quantize-rs 0.10 int8": [sys.executable, "-c", "import quantize_rs, sys; quantize_rs.quantize(sys.argv[1], sys.argv[2], bits=8, per_channel=True)", "{src}", "{dst}"],
     "quantize-rs 0.10 int4": [sys.executable, "-c", "import quantize_rs, sys; quantize_rs.quantize(sys.argv[1], sys.argv[2], bits=4, per_channel=True, native_int4=True)", "{src}", "{dst}"],
     "ort quantize_dynamic int8": [

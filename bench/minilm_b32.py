@@ -6,13 +6,12 @@ sentences). Cosine of the 32 test sentences' embeddings to the float model's, Ma
 
     python bench/minilm_b32.py
 
-The prototype ("fixed-codes least squares"): each block's codes are those of its min/max range
-shrunk by alpha; its scale and zero point are then the least-squares fit for those codes
-(zero point: the best integer near the fitted one, or the range's own), with no second
-quantization of the block. The kernel's `refit` quantizes the block again with the fitted
-parameters and keeps the better, two more passes over the block. If the prototype keeps
-refit's cosine, a kernel can pick each block's parameters from sums taken while writing its
-codes once (see bench/RESULTS.md, "One-pass refit").
+The numpy prototype ("fixed-codes least squares") came first: each block's codes are those of
+its min/max range shrunk by alpha, its scale and zero point the least-squares fit for those
+codes (zero point: the best of the fitted one, its neighbours and the range's own). The kernel's
+refit and search now work this way (bench/RESULTS.md, "Refit and search chosen on sums"), with
+plain min/max always a candidate; the prototype's alpha 0.97 alone shows a single clipped grid
+point without that candidate.
 """
 
 from __future__ import annotations

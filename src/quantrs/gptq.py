@@ -17,7 +17,7 @@ any correction ("static groups"). Only codes change, so every format writes them
 a compensated model differs from a rounded one by its codes alone.
 
 Measured on all-MiniLM-L6-v2, 4-bit blocks of 32 (tests/test_transformer.py): the worst
-sentence's cosine to the float embeddings goes from 0.961 (nearest) to 0.980, with H from 32
+sentence's cosine to the float embeddings goes from 0.961 (nearest) to 0.981, with H from 32
 sentences of other topics. Damping (DAMP of H's mean diagonal added to its diagonal) matters on
 so few rows: 0.01, the paper's, overfits the calibration text (0.975; bench/RESULTS.md).
 
