@@ -216,3 +216,49 @@ def test_progress_is_reported_and_quiet_is_accepted(broken_pair, tmp_path):
     for args in (["validate", str(src), str(dst), "-q"], ["benchmark", str(src), str(dst), "--runs", "2", "-q"]):
         result = runner.invoke(app, args)
         assert result.exit_code in (0, 1) and "Traceback" not in result.output, result.output  # validate may miss no threshold: 0
+
+
+@pytest.mark.parametrize("bits, symmetric", [(4, False), (4, True), (8, False)])
+def test_matmulnbits_and_gather_block_weights_are_ranked(tmp_path, save, bits, symmetric):
+    """validate --detailed ranks the weights onnxruntime's MatMulNBits and GatherBlockQuantized
+    hold like any other. Their dequantized values are what onnxruntime computes: the MatMul
+    weight the QDQ form's DequantizeLinear gives, exactly, and the table what the model's own
+    lookup of every row returns. A broken one (its scales shuffled) is ranked first, and putting
+    it back in float (the original MatMul) passes."""
+    import onnxruntime as ort
+    from test_gather_block import V, table_model
+
+    from quantrs.model import load_model
+    from quantrs.validation import dequantized_weights
+
+    model, feeds = table_model()
+    src = save(model)
+    common = dict(bits=bits, symmetric=symmetric, block_size=32, min_elements=0)
+    quantrs.quantize(src, tmp_path / "qdq.onnx", QuantizeConfig(**common))
+    quantrs.quantize(src, tmp_path / "nb.onnx", QuantizeConfig(**common, quant_format="matmulnbits"))
+    orig = load_model(src)
+    fused = dequantized_weights(orig, load_model(tmp_path / "nb.onnx"))
+    assert sorted(fused) == ["emb", "w"]
+    assert [fused[n][0].op_type for n in ("emb", "w")] == ["GatherBlockQuantized", "MatMulNBits"]
+    np.testing.assert_array_equal(fused["w"][1], dequantized_weights(orig, load_model(tmp_path / "qdq.onnx"))["w"][1])
+    session = ort.InferenceSession(str(tmp_path / "nb.onnx"), providers=["CPUExecutionProvider"])
+    every_row = session.run(["rows"], {"ids": np.arange(V, dtype=np.int64)[None]})[0][0]
+    np.testing.assert_array_equal(fused["emb"][1], every_row)
+
+    broken = onnx.load(str(tmp_path / "nb.onnx"))
+    node = next(n for n in broken.graph.node if n.op_type == "MatMulNBits")
+    scale = next(t for t in broken.graph.initializer if t.name == node.input[2])
+    shuffled = np.random.default_rng(0).permutation(numpy_helper.to_array(scale).reshape(-1) * 3)
+    scale.CopyFrom(numpy_helper.from_array(shuffled.astype(np.float32).reshape(numpy_helper.to_array(scale).shape), scale.name))
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    np.save(tmp_path / "ids.npy", feeds["ids"][None])
+    report = quantrs.validate(src, tmp_path / "broken.onnx", data=tmp_path / "ids.npy", detailed=True, thresholds=Thresholds(min_cosine=0.999))
+    assert [(l.name, l.storage) for l in report.layers][0] == ("w", f"UINT{bits} (MatMulNBits)")
+    assert report.layers[0].local_relative_l2 > 10 * report.layers[1].local_relative_l2
+    assert report.layers[1].storage.endswith("(GatherBlockQuantized)")
+    # Back in float: w, and at 4 bits the table too (the looked-up rows are an output, whose
+    # cosine 4-bit codes keep below 0.999): the lookup becomes a Gather of the float table again.
+    assert report.suggested_exclude == (["w", "emb"] if bits == 4 else ["w"]), report.suggested_exclude
+    assert all(o.cosine >= 0.999 for o in report.suggested_outputs)
+    checked = next(c for c in report.checks if c.name == "DequantizeLinear nodes well-formed")
+    assert "2 MatMulNBits/GatherBlockQuantized node(s)" in checked.detail, checked.detail

@@ -193,7 +193,18 @@ def _check_dequantize_nodes(quant: LoadedModel) -> Check:
         scale = np.asarray(weights.array(scale_name), dtype=np.float64)
         if not (np.isfinite(scale).all() and (scale > 0).all()):
             problems.append(f"{node.name}: scales hold NaN, infinity, zero or negative values")
-    detail = "; ".join(problems[:3]) if problems else f"{count} DequantizeLinear node(s), scales finite and positive"
+    fused = 0
+    for node in quant.proto.graph.node:
+        if node.domain == "com.microsoft" and node.op_type in ("MatMulNBits", "GatherBlockQuantized") and node.input[2] in weights:
+            fused += 1
+            scale = np.asarray(weights.array(node.input[2]), dtype=np.float64)
+            if not (np.isfinite(scale).all() and (scale > 0).all()):
+                problems.append(f"{node.name}: scales hold NaN, infinity, zero or negative values")
+    if problems:
+        detail = "; ".join(problems[:3])
+    else:
+        also = f" and {fused} MatMulNBits/GatherBlockQuantized node(s)" if fused else ""
+        detail = f"{count} DequantizeLinear node(s){also}, scales finite and positive"
     return Check("DequantizeLinear nodes well-formed", not problems, detail)
 
 
@@ -260,9 +271,11 @@ def agreements(reference: dict[str, list[np.ndarray]], got: dict[str, list[np.nd
 
 
 def dequantized_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tuple[onnx.NodeProto, np.ndarray, str]]:
-    """name -> (DequantizeLinear node, dequantized weight, storage) for every weight-only DQ
-    whose output replaces a float initializer of the original."""
-    out = {}
+    """name -> (the node that reads its codes, dequantized weight, storage) for every weight of
+    the original that the quantized model replaces: by a weight-only DequantizeLinear whose
+    output takes its name, or inside onnxruntime's MatMulNBits / GatherBlockQuantized, which
+    take the place of the original's MatMul / Gather reading it."""
+    out = _fused_weights(orig, quant)
     weights = quant.weights
     for node in quant.proto.graph.node:
         if node.op_type != "DequantizeLinear" or node.output[0] not in orig.weights:
@@ -283,6 +296,62 @@ def dequantized_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tupl
             value = kernels.dequantize(codes.astype(code_type), scale.reshape(-1), zp.reshape(-1).astype(np.int32), axis)
         out[node.output[0]] = (node, value, info.dtype_name)
     return out
+
+
+def _fused_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tuple[onnx.NodeProto, np.ndarray, str]]:
+    """The weights held by com.microsoft.MatMulNBits (B of a MatMul) and GatherBlockQuantized
+    (a Gather's table), found through the original node that wrote the same output (for a
+    table cast back to float16, through that Cast), dequantized as onnxruntime does."""
+    producer = {o: n for n in orig.proto.graph.node for o in n.output}
+    casts = {n.input[0]: n.output[0] for n in quant.proto.graph.node if n.op_type == "Cast"}
+    weights = quant.weights
+    out: dict[str, tuple[onnx.NodeProto, np.ndarray, str]] = {}
+    for node in quant.proto.graph.node:
+        if node.domain != "com.microsoft" or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
+            continue
+        source = producer.get(node.output[0]) or producer.get(casts.get(node.output[0], ""))
+        stored = [name for i, name in enumerate(node.input) if name and i != (1 if node.op_type == "GatherBlockQuantized" else 0)]
+        if source is None or any(name not in weights for name in stored):
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        zero_point = np.asarray(weights.array(node.input[3])) if len(node.input) > 3 and node.input[3] else None
+        if node.op_type == "MatMulNBits" and source.op_type == "MatMul" and source.input[1] in orig.weights:
+            value = dequantize_matmulnbits(
+                np.asarray(weights.array(node.input[1])), np.asarray(weights.array(node.input[2])), zero_point, attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"]
+            )
+            out[source.input[1]] = (node, value, f"UINT{attrs['bits']} (MatMulNBits)")
+        elif node.op_type == "GatherBlockQuantized" and source.op_type == "Gather" and source.input[0] in orig.weights:
+            info = weights.info(node.input[0])
+            codes = np.asarray(weights.array(node.input[0]))
+            scale = np.asarray(weights.array(node.input[2]), dtype=np.float32)
+            if zero_point is None:  # onnxruntime's default: 0 for signed codes, the middle code of unsigned ones
+                signed = info.data_type in (TensorProto.INT4, TensorProto.INT8)
+                zero_point = np.full(scale.shape, 0 if signed else 1 << (attrs.get("bits", 4) - 1), np.int64)
+            axis = attrs.get("quantize_axis", codes.ndim - 1)
+            value = dequantize_exact(codes, scale, zero_point.astype(np.int64), axis, attrs["block_size"])
+            out[source.input[0]] = (node, value, f"{info.dtype_name} (GatherBlockQuantized)")
+    return out
+
+
+def dequantize_matmulnbits(packed: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, k: int, n: int, bits: int, block: int) -> np.ndarray:
+    """The [K, N] float32 weight of a MatMulNBits: codes [N, blocks, block * bits / 8] packed low
+    bits first, scales [N * blocks], zero points packed the same way per column (default the
+    middle code, 2**(bits - 1)) or float (then subtracted as values)."""
+    blocks = -(-k // block)
+    raw = packed.reshape(n, -1).astype(np.uint8)
+    per_byte = 8 // bits
+    mask = (1 << bits) - 1
+    codes = np.stack([(raw >> (bits * i)) & mask for i in range(per_byte)], axis=-1).reshape(n, -1)[:, : blocks * block].astype(np.float64)
+    scale = scale.reshape(n, blocks).astype(np.float64)
+    if zero_point is None:
+        zp = np.full((n, blocks), 1 << (bits - 1), np.float64)
+    elif zero_point.dtype.kind == "f":
+        zp = zero_point.reshape(n, blocks).astype(np.float64)
+    else:
+        zraw = zero_point.reshape(n, -1).astype(np.uint8)
+        zp = np.stack([(zraw >> (bits * i)) & mask for i in range(per_byte)], axis=-1).reshape(n, -1)[:, :blocks].astype(np.float64)
+    value = (codes.reshape(n, blocks, block) - zp[:, :, None]) * scale[:, :, None]
+    return np.ascontiguousarray(value.reshape(n, blocks * block)[:, :k].T).astype(np.float32)
 
 
 _KERNEL_CODES: dict[int, type[np.integer]] = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT4: np.int8, TensorProto.UINT4: np.uint8}
@@ -449,10 +518,11 @@ def suggest_exclude(
     if quant.file_size > 1 << 30:
         return None, None, "not tried: the model is too large to rebuild in memory for each step"
     full = onnx.load(str(quant.path))
+    fused = {node.output[0]: name for name, (node, _, _) in _fused_weights(orig, quant).items()}
     excluded: list[str] = []
     for layer in layers[:MAX_SUGGESTION_STEPS]:
         excluded.append(layer.name)
-        hybrid = _with_float_weights(full, orig, excluded)
+        hybrid = _with_float_weights(full, orig, excluded, fused)
         got = run_model(hybrid.SerializeToString(), feeds)
         outputs = agreements(reference, got)
         if all(r.passed for r in thresholds.evaluate(outputs)):
@@ -460,7 +530,10 @@ def suggest_exclude(
     return None, None, f"even {len(excluded)} layer(s) left in float do not meet the thresholds"
 
 
-def _with_float_weights(quantized: onnx.ModelProto, orig: LoadedModel, names: list[str]) -> onnx.ModelProto:
+def _with_float_weights(quantized: onnx.ModelProto, orig: LoadedModel, names: list[str], fused: dict[str, str]) -> onnx.ModelProto:
+    """`quantized` with the weights `names` back in float: their DequantizeLinear dropped (the
+    float initializer takes its output's name), or their MatMulNBits / GatherBlockQuantized
+    (`fused`: its output -> the weight) replaced by the original op on the float weight."""
     model = onnx.ModelProto()
     model.CopyFrom(quantized)
     graph = model.graph
@@ -468,8 +541,15 @@ def _with_float_weights(quantized: onnx.ModelProto, orig: LoadedModel, names: li
     dropped: set[str] = set()
     nodes = []
     for node in graph.node:
+        weight = fused.get(node.output[0]) if node.domain == "com.microsoft" else None
         if node.op_type == "DequantizeLinear" and node.output[0] in chosen:
             dropped.update(i for i in node.input if i)
+        elif weight in chosen and node.op_type == "MatMulNBits":  # back to the original MatMul
+            dropped.update(i for i in node.input[1:] if i)
+            nodes.append(helper.make_node("MatMul", [node.input[0], weight], list(node.output), name=node.name))
+        elif weight in chosen and node.op_type == "GatherBlockQuantized":  # back to a Gather of the table
+            dropped.update(i for i in node.input if i and i != node.input[1])
+            nodes.append(helper.make_node("Gather", [weight, node.input[1]], list(node.output), name=node.name, axis=0))
         else:
             nodes.append(node)
     still_used = {i for n in nodes for i in n.input}
