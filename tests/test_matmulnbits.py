@@ -70,9 +70,13 @@ def test_bad_format_options_are_usage_errors(save, tmp_path):
     result = runner.invoke(app, ["quantize", str(cnn), "-o", str(tmp_path / "q.onnx"), "--quant-format", "matmulnbits", "--min-elements", "0"])
     assert result.exit_code == 2 and "'--quant-format'" in result.stderr and "no float32/float16 MatMul weight" in " ".join(result.stderr.split())
     mlp = save(BUILDERS["mlp"]()[0], "mlp.onnx")
-    for flags, flag in ((["--accuracy-level", "7"], "--accuracy-level"), (["--quant-format", "gguf"], "--quant-format")):
+    for flags, flag, why in (
+        (["--accuracy-level", "7", "--quant-format", "matmulnbits"], "--accuracy-level", "must be 0, 1, 2, 3 or 4"),
+        (["--accuracy-level", "2"], "--accuracy-level", "read only by --quant-format matmulnbits"),  # not silently ignored
+        (["--quant-format", "gguf"], "--quant-format", "must be one of"),
+    ):
         result = runner.invoke(app, ["quantize", str(mlp), "-o", str(tmp_path / "q.onnx"), *flags])
-        assert result.exit_code == 2 and f"'{flag}'" in result.stderr
+        assert result.exit_code == 2 and f"'{flag}'" in result.stderr and why in " ".join(result.stderr.split()), result.stderr
     assert not (tmp_path / "q.onnx").exists()
 
 

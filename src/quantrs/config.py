@@ -149,6 +149,8 @@ class QuantizeConfig:
             raise OptionError("quant_format", f"must be one of {', '.join(QUANT_FORMATS)}, not {self.quant_format!r}")
         if self.accuracy_level is not None and (isinstance(self.accuracy_level, bool) or self.accuracy_level not in range(5)):
             raise OptionError("accuracy_level", f"must be 0, 1, 2, 3 or 4, not {self.accuracy_level!r}")
+        if self.accuracy_level is not None and self.quant_format != "matmulnbits":
+            raise OptionError("accuracy_level", "is read only by --quant-format matmulnbits (MatMulNBits' compute type)")
         if self.rounding not in ROUNDINGS:
             raise OptionError("rounding", f"must be one of {', '.join(ROUNDINGS)}, not {self.rounding!r}")
         if self.range is not None and self.range not in RANGES:
