@@ -396,3 +396,25 @@ def test_reference_mirrors_the_kernels_constants():
     assert all(np.float32(a) == a for a in K.SEARCH_ALPHAS)
 
 
+
+
+@pytest.mark.parametrize("qrange", [(0, 15, False), (-8, 7, True), (0, 255, False), (-127, 127, True)], ids=["uint4", "int4", "uint8", "int8"])
+@pytest.mark.parametrize("alpha", [1.0, 0.9])
+def test_closed_form_error_is_the_written_error(qrange, alpha):
+    """The search weighs candidates by reference.fit_codes' closed-form error. It must be the
+    error the candidate's codes and parameters really have (relative 1e-5 at 8 bits, where the
+    error is 1e-5 of the values' energy: a closed form that cancels the values' own magnitude,
+    sum x^2 - 2 s sum x t + s^2 sum t^2 from float32 sums, was off by up to 3e-2)."""
+    qmin, qmax, symmetric = qrange
+    x = outlier_weight(64, 32 * 16, seed=3).reshape(-1, 32).astype(np.float32) * 40 + 3  # blocks of 32, offset values
+    lo, hi = x.min(1), x.max(1)
+    s, z = R.scales(np.float32(alpha) * lo, np.float32(alpha) * hi, qmin, qmax, symmetric)
+    t = (np.clip(np.rint(x / s[:, None]) + z[:, None], qmin, qmax) - z[:, None]).astype(np.float32)
+    r = x - t * s[:, None]
+    lanes = lambda v: R._lane_sum(v.reshape(1, -1, 32, 1), np.float32).reshape(-1)  # noqa: E731
+    sums = [lanes(v) for v in (t, t * t, r, r * t)]
+    srr = lanes(r * r).astype(np.float64)
+    fs, fz, fe = R.fit_codes(*sums, srr, np.full(len(x), 32, np.float32), s, z, qmin, qmax, symmetric, False)
+    exact = np.sum((x.astype(np.float64) - fs[:, None].astype(np.float64) * (t + (z - fz)[:, None])) ** 2, axis=1)
+    assert np.all(np.abs(fe - exact) <= 1e-5 * exact), float(np.max(np.abs(fe - exact) / exact))
+    assert np.all(fe <= srr * (1 + 1e-6))  # never worse than the grid point's own parameters
