@@ -66,8 +66,8 @@ def check(x, axis, block_size, qrange, *, search, half_scale=False, transpose=Fa
     assert ((got.zero_point >= qmin) & (got.zero_point <= qmax)).all()
     # What DequantizeLinear gives back from the codes and the stored parameters is what the
     # error figures describe (the search's codes are a grid point's, its parameters their fit).
-    codes_x = typed.T if transpose else typed
-    error = np.abs(R.as_float32(x) - dequantize_blocks(codes_x, got.scale, got.zero_point, axis, block_size))
+    codes_x, scale_x, zero_x = (typed.T, got.scale.T, got.zero_point.T) if transpose else (typed, got.scale, got.zero_point)
+    error = np.abs(R.as_float32(x) - dequantize_blocks(codes_x, scale_x, zero_x, axis, block_size))
     assert float(error.max()) == got.max_abs_error
     return got
 
@@ -155,6 +155,9 @@ def test_transposed_codes_equal_twin(case, qrange, search, half):
             return
         plain = K.quantize_blocks(x, 0, block_size, qrange[0], qrange[1], symmetric=qrange[2], search=search, half_scale=half)
         np.testing.assert_array_equal(got.codes, plain.codes.T)
+        assert got.scale.shape == got.zero_point.shape == plain.scale.T.shape  # [N, blocks]
+        assert got.scale.tobytes() == np.ascontiguousarray(plain.scale.T).tobytes()
+        np.testing.assert_array_equal(got.zero_point, plain.zero_point.T)
 
 
 @pytest.mark.parametrize(

@@ -465,9 +465,10 @@ def quantize_blocks(
     are then QuantizeLinear's for the chosen range, the stored parameters their fit). `alphas`
     replaces the grid, 1.0 always first (search is then on when it is not empty): (1.0,) keeps
     the min/max codes and refits their scale and zero point. `half_scale` rounds every scale up
-    to a float16 value (asymmetric zero points recomputed) before the codes are computed. `transpose` (2-D x, axis 0: a MatMul weight [K, N]) writes the
-    codes as [N, K], the layout of onnxruntime's MatMulNBits; scale and zero_point keep the ONNX
-    blocked shape. `out`: a writable C-contiguous uint8 buffer of x.size bytes to write the
+    to a float16 value (asymmetric zero points recomputed) before the codes are computed.
+    `transpose` (2-D x, axis 0: a MatMul weight [K, N]) writes the codes as [N, K] and scale and
+    zero_point as [N, blocks], the layout of onnxruntime's MatMulNBits (the ONNX blocked shape
+    transposed). `out`: a writable C-contiguous uint8 buffer of x.size bytes to write the
     codes into. Results are identical for any thread count. Raises NonFiniteWeightError (naming
     `name`) on NaN/Inf.
     """
@@ -507,6 +508,8 @@ def quantize_blocks(
         codes = out.reshape(-1)
     blocked = list(x.shape)
     blocked[axis] = nblocks
+    if transpose:  # MatMulNBits' layout: [N, blocks], as the codes
+        blocked = [x.shape[1], nblocks]
     scale = np.empty(blocked, dtype=np.float32)
     zero_point = np.empty(blocked, dtype=np.int32)
     totals = np.empty(3, dtype=np.float64)

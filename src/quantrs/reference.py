@@ -372,10 +372,13 @@ def quantize_blocks(
     blocked[axis] = nb
     sse = _fold_chunks(error_of(d), chunk)
     sse_minmax = _fold_chunks(err0, chunk)
+    scale, zero_point = best_s.reshape(blocked), best_z.reshape(blocked)
+    if transpose:  # MatMulNBits' layout, as the codes
+        scale, zero_point = np.ascontiguousarray(scale.T), np.ascontiguousarray(zero_point.T)
     return (
         codes,
-        best_s.reshape(blocked),
-        best_z.reshape(blocked),
+        scale,
+        zero_point,
         sse,
         float(np.abs(d).max()),
         sse_minmax,

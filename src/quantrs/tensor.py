@@ -256,8 +256,8 @@ def quantize_matmulnbits(
     )  # fmt: skip
     sse, max_abs, sse_minmax = blocks.sse, blocks.max_abs_error, (blocks.sse_minmax if alphas else None)
     if compensation is not None:  # the same scales, error-compensated codes (quantrs.gptq)
-        compensated, sse, max_abs = compensation.codes(
-            x, blocks.scale.reshape(-1), blocks.zero_point.reshape(-1), axis=0, block_size=block_size, qmin=scheme.qmin, qmax=scheme.qmax
+        compensated, sse, max_abs = compensation.codes(  # which reads the parameters in the ONNX blocked order
+            x, blocks.scale.T.reshape(-1), blocks.zero_point.T.reshape(-1), axis=0, block_size=block_size, qmin=scheme.qmin, qmax=scheme.qmax
         )
         blocks = replace(blocks, codes=np.ascontiguousarray(compensated.T))
         sse_minmax = None
@@ -270,7 +270,7 @@ def quantize_matmulnbits(
     else:
         codes = np.full((n, count * block_size), offset, dtype=np.uint8)
         codes[:, :k] = blocks.codes + offset
-    zero_points = np.ascontiguousarray(blocks.zero_point.T).astype(np.uint8)  # [N, blocks]
+    zero_points = blocks.zero_point.astype(np.uint8)  # [N, blocks], as the kernel writes them
     if scheme.bits == 4:
         codes = kernels.pack4(codes, n_threads=n_threads)  # rows of whole blocks: a byte never spans two columns
         if count % 2:
@@ -282,7 +282,7 @@ def quantize_matmulnbits(
         scheme=scheme,
         axis=0,
         data=np.ascontiguousarray(codes).reshape(-1),
-        scale=np.ascontiguousarray(blocks.scale.T).reshape(-1),
+        scale=blocks.scale.reshape(-1),
         zero_point=np.ascontiguousarray(zero_points).reshape(-1).astype(np.int32),
         mse=sse / size,
         max_abs_error=max_abs,
