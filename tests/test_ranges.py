@@ -362,12 +362,14 @@ def test_entropy_pick_is_onnxruntimes_on_the_same_histogram(seed, n, nq, dist):
     theirs = tuple(float(v) for v in ort_entropy(hist, edges, lo, hi, nq))
     if ours != theirs:
         # onnxruntime sums its divergences in float32: near-ties may fall the other way. Its
-        # window must then be as good as ours to float32 precision.
+        # window must then be as good as ours to float32 precision, which for a divergence of
+        # 5e-4 summed from larger terms of both signs is ~1e-3 relative (a t1.5 draw measured
+        # 3.7e-4).
         divergences = entropy_divergences_twin(hist, nq)
         k_ours, k_theirs = (window_of(p, hist, threshold, lo, hi, nq) for p in (ours, theirs))
         best = divergences.min()
         assert divergences[k_ours] <= best * (1 + 1e-9) + 1e-12  # ours is the minimum (see the twin test)
-        assert divergences[k_theirs] <= best * (1 + 1e-4) + 1e-9
+        assert divergences[k_theirs] <= best * (1 + 1e-3) + 1e-9
 
 
 def ort_collect(method: str, x: np.ndarray, **options):
