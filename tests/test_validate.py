@@ -262,3 +262,28 @@ def test_matmulnbits_and_gather_block_weights_are_ranked(tmp_path, save, bits, s
     assert all(o.cosine >= 0.999 for o in report.suggested_outputs)
     checked = next(c for c in report.checks if c.name == "DequantizeLinear nodes well-formed")
     assert "2 MatMulNBits/GatherBlockQuantized node(s)" in checked.detail, checked.detail
+
+
+@pytest.mark.parametrize("options", [dict(bits=4, block_size=32), dict(bits=8, per_channel=True), dict(bits=4, per_channel=True, symmetric=True), dict(bits=8)])
+def test_qdq_lookup_tables_are_ranked(tmp_path, save, options):
+    """A table looked up in QDQ form (a Gather of its codes, per-row or blocked scales, then a
+    DequantizeLinear of the rows) is ranked like any weight: dequantized whole, it is what the
+    model's own lookup of every row returns; put back in float for the suggestion, the lookup
+    becomes the original Gather again."""
+    import onnxruntime as ort
+    from test_gather_block import V, table_model
+
+    from quantrs.model import load_model
+    from quantrs.validation import dequantized_weights
+
+    model, feeds = table_model()
+    src = save(model)
+    quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(min_elements=0, **options))
+    table = dequantized_weights(load_model(src), load_model(tmp_path / "q.onnx"))["emb"][1]
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(table, session.run(["rows"], {"ids": np.arange(V, dtype=np.int64)[None]})[0][0])
+    np.save(tmp_path / "ids.npy", feeds["ids"][None])
+    report = quantrs.validate(src, tmp_path / "q.onnx", data=tmp_path / "ids.npy", detailed=True, thresholds=Thresholds(min_cosine=0.99999))
+    assert sorted(l.name for l in report.layers) == ["emb", "w"]
+    assert report.suggested_exclude is not None and "emb" in report.suggested_exclude, report.suggestion_note
+    assert all(o.cosine >= 0.99999 for o in report.suggested_outputs)

@@ -275,7 +275,7 @@ def dequantized_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tupl
     the original that the quantized model replaces: by a weight-only DequantizeLinear whose
     output takes its name, or inside onnxruntime's MatMulNBits / GatherBlockQuantized, which
     take the place of the original's MatMul / Gather reading it."""
-    out = _fused_weights(orig, quant)
+    out = _fused_weights(orig, quant) | _lookup_weights(orig, quant)
     weights = quant.weights
     for node in quant.proto.graph.node:
         if node.op_type != "DequantizeLinear" or node.output[0] not in orig.weights:
@@ -330,6 +330,70 @@ def _fused_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tuple[onn
             axis = attrs.get("quantize_axis", codes.ndim - 1)
             value = dequantize_exact(codes, scale, zero_point.astype(np.int64), axis, attrs["block_size"])
             out[source.input[0]] = (node, value, f"{info.dtype_name} (GatherBlockQuantized)")
+    return out
+
+
+def _lookup_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tuple[onnx.NodeProto, np.ndarray, str]]:
+    """The tables of QDQ lookups: a Gather of the codes (and of per-row or blocked scales and
+    zero points) whose rows a DequantizeLinear dequantizes, standing for an original Gather:
+    its output reached from the DequantizeLinear's through Reshape or Cast. The whole table
+    dequantized, with that node."""
+    weights = quant.weights
+    nodes = list(quant.proto.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in nodes:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    original = {o: n for n in orig.proto.graph.node for o in n.output}
+
+    def table_of(name: str) -> str | None:
+        """The initializer a value is gathered from (axis 0), or the value itself if stored."""
+        if name in weights:
+            return name
+        gather = producer.get(name)
+        if gather is None or gather.op_type != "Gather" or gather.input[0] not in weights:
+            return None
+        return gather.input[0] if all(a.i == 0 for a in gather.attribute if a.name == "axis") else None
+
+    out: dict[str, tuple[onnx.NodeProto, np.ndarray, str]] = {}
+    for node in nodes:
+        if node.op_type != "DequantizeLinear" or node.input[0] in weights or producer.get(node.input[0]) is None:
+            continue
+        found = [table_of(name) if name else "" for name in node.input]
+        if producer[node.input[0]].op_type != "Gather" or None in found:
+            continue
+        parts = [part or "" for part in found]
+        last = node
+        while last.output[0] not in original and len(consumers.get(last.output[0], [])) == 1:
+            last = consumers[last.output[0]][0]
+            if last.op_type not in ("Reshape", "Cast"):
+                break
+        source = original.get(last.output[0])
+        if source is None or source.op_type != "Gather" or source.input[0] not in orig.weights:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        codes = np.asarray(weights.array(parts[0]))
+        scale = np.asarray(weights.array(parts[1]), dtype=np.float32)
+        zero_point = np.asarray(weights.array(parts[2])).astype(np.int64) if len(parts) > 2 and parts[2] else np.zeros(scale.shape, np.int64)
+        block = attrs.get("block_size")
+        axis = codes.ndim - 1 if block else 0  # the lookup's rows (per row), or blocks along the row
+        out[source.input[0]] = (last, dequantize_exact(codes, scale, zero_point, axis, block), weights.info(parts[0]).dtype_name)
+    return out
+
+
+def _float_replacements(orig: LoadedModel, quant: LoadedModel) -> dict[str, onnx.NodeProto]:
+    """weight -> the node that computes, from the float weight, what the quantized model's node
+    standing for its original MatMul or Gather writes (DequantizeLinear weights need none)."""
+    original = {o: n for n in orig.proto.graph.node for o in n.output}
+    casts = {n.input[0]: n.output[0] for n in quant.proto.graph.node if n.op_type == "Cast"}
+    out = {}
+    for name, (node, _, _) in (_fused_weights(orig, quant) | _lookup_weights(orig, quant)).items():
+        written = node.output[0] if node.output[0] in original else casts.get(node.output[0], node.output[0])
+        source = original[written]
+        replacement = onnx.NodeProto()
+        replacement.CopyFrom(source)  # the original MatMul or Gather: its inputs are all in the quantized model
+        out[name] = replacement
     return out
 
 
@@ -518,11 +582,11 @@ def suggest_exclude(
     if quant.file_size > 1 << 30:
         return None, None, "not tried: the model is too large to rebuild in memory for each step"
     full = onnx.load(str(quant.path))
-    fused = {node.output[0]: name for name, (node, _, _) in _fused_weights(orig, quant).items()}
+    replacements = _float_replacements(orig, quant)
     excluded: list[str] = []
     for layer in layers[:MAX_SUGGESTION_STEPS]:
         excluded.append(layer.name)
-        hybrid = _with_float_weights(full, orig, excluded, fused)
+        hybrid = _with_float_weights(full, orig, excluded, replacements)
         got = run_model(hybrid.SerializeToString(), feeds)
         outputs = agreements(reference, got)
         if all(r.passed for r in thresholds.evaluate(outputs)):
@@ -530,26 +594,24 @@ def suggest_exclude(
     return None, None, f"even {len(excluded)} layer(s) left in float do not meet the thresholds"
 
 
-def _with_float_weights(quantized: onnx.ModelProto, orig: LoadedModel, names: list[str], fused: dict[str, str]) -> onnx.ModelProto:
+def _with_float_weights(quantized: onnx.ModelProto, orig: LoadedModel, names: list[str], replacements: dict[str, onnx.NodeProto]) -> onnx.ModelProto:
     """`quantized` with the weights `names` back in float: their DequantizeLinear dropped (the
-    float initializer takes its output's name), or their MatMulNBits / GatherBlockQuantized
-    (`fused`: its output -> the weight) replaced by the original op on the float weight."""
+    float initializer takes its output's name), or the node standing for their original
+    MatMul or Gather (a MatMulNBits, a GatherBlockQuantized, a lookup's last node) replaced by
+    that original node (`replacements`); what fed it and nothing else is left unused."""
     model = onnx.ModelProto()
     model.CopyFrom(quantized)
     graph = model.graph
     chosen = set(names)
     dropped: set[str] = set()
     nodes = []
+    instead = {r.output[0]: r for name, r in replacements.items() if name in chosen}
     for node in graph.node:
-        weight = fused.get(node.output[0]) if node.domain == "com.microsoft" else None
         if node.op_type == "DequantizeLinear" and node.output[0] in chosen:
             dropped.update(i for i in node.input if i)
-        elif weight in chosen and node.op_type == "MatMulNBits":  # back to the original MatMul
-            dropped.update(i for i in node.input[1:] if i)
-            nodes.append(helper.make_node("MatMul", [node.input[0], weight], list(node.output), name=node.name))
-        elif weight in chosen and node.op_type == "GatherBlockQuantized":  # back to a Gather of the table
-            dropped.update(i for i in node.input if i and i != node.input[1])
-            nodes.append(helper.make_node("Gather", [weight, node.input[1]], list(node.output), name=node.name, axis=0))
+        elif node.output and node.output[0] in instead:
+            dropped.update(i for i in node.input if i)
+            nodes.append(instead[node.output[0]])
         else:
             nodes.append(node)
     still_used = {i for n in nodes for i in n.input}
