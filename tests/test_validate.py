@@ -218,7 +218,7 @@ def test_progress_is_reported_and_quiet_is_accepted(broken_pair, tmp_path):
         assert result.exit_code in (0, 1) and "Traceback" not in result.output, result.output  # validate may miss no threshold: 0
 
 
-@pytest.mark.parametrize("bits, symmetric", [(4, False), (4, True), (8, False)])
+@pytest.mark.parametrize("bits, symmetric", [(4, False), (4, True), (8, False), (8, True)])
 def test_matmulnbits_and_gather_block_weights_are_ranked(tmp_path, save, bits, symmetric):
     """validate --detailed ranks the weights onnxruntime's MatMulNBits and GatherBlockQuantized
     hold like any other. Their dequantized values are what onnxruntime computes: the MatMul
@@ -287,3 +287,144 @@ def test_qdq_lookup_tables_are_ranked(tmp_path, save, options):
     assert sorted(l.name for l in report.layers) == ["emb", "w"]
     assert report.suggested_exclude is not None and "emb" in report.suggested_exclude, report.suggestion_note
     assert all(o.cosine >= 0.99999 for o in report.suggested_outputs)
+
+
+def two_readers_model():
+    """ids -> two lookups of one table (emb) -> two MatMuls with one weight (w): every weight
+    read twice."""
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((300, 96)).astype(np.float32), "emb"),
+        numpy_helper.from_array((rng.standard_normal((96, 48)) / 10).astype(np.float32), "w"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["emb", "ids"], ["rows1"], axis=0, name="look1"),
+        helper.make_node("Gather", ["emb", "ids2"], ["rows2"], axis=0, name="look2"),
+        helper.make_node("MatMul", ["rows1", "w"], ["y1"], name="proj1"),
+        helper.make_node("MatMul", ["rows2", "w"], ["y2"], name="proj2"),
+    ]
+    ids = [helper.make_tensor_value_info(n, TensorProto.INT64, [f"B{n}", f"S{n}"]) for n in ("ids", "ids2")]
+    outs = [
+        helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["Bids", "Sids", 48]),
+        helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["Bids2", "Sids2", 48]),
+        helper.make_tensor_value_info("rows1", TensorProto.FLOAT, ["Bids", "Sids", 96]),
+    ]
+    model = helper.make_model(helper.make_graph(nodes, "two", ids, outs, inits), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = {"ids": rng.integers(0, 300, (2, 7)).astype(np.int64), "ids2": rng.integers(0, 300, (2, 5)).astype(np.int64)}
+    return model, feeds
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["two readers", "tie gemm", "tie transpose", "float16 table", "bfloat16 table"],
+)
+@pytest.mark.parametrize("options", [dict(bits=4, block_size=32, quant_format="matmulnbits"), dict(bits=4, block_size=32), dict(bits=8, per_channel=True)])
+def test_every_weight_put_back_gives_the_original_outputs(tmp_path, save, case, options):
+    """The suggestion's mechanism, at its limit: with every ranked weight put back in float, the
+    model computes exactly what the original does, whatever reads the weights (two lookups and
+    two MatMuls of one weight, a table tied to the output projection, tables cast back from
+    float16/bfloat16 lookups)."""
+    import onnxruntime as ort
+    from test_gather_block import table_model
+
+    from quantrs.model import load_model
+    from quantrs.validation import _float_replacements, _with_float_weights, dequantized_weights
+
+    if case == "two readers":
+        model, feeds = two_readers_model()
+    else:
+        tie = {"tie gemm": "gemm", "tie transpose": "transpose"}.get(case)
+        dtype = {"float16 table": TensorProto.FLOAT16, "bfloat16 table": TensorProto.BFLOAT16}.get(case, TensorProto.FLOAT)
+        model, feeds = table_model(tie=tie, dtype=dtype)
+    src = save(model)
+    quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(min_elements=0, **options))
+    orig, quant = load_model(src), load_model(tmp_path / "q.onnx")
+    ranked = sorted(dequantized_weights(orig, quant))
+    assert "emb" in ranked and "w" in ranked, ranked
+    replacements, partial = _float_replacements(orig, quant)
+    assert not partial
+    hybrid = _with_float_weights(onnx.load(str(tmp_path / "q.onnx")), orig, ranked, replacements)
+    onnx.checker.check_model(hybrid, full_check=True)
+    options_ = ort.SessionOptions()
+    options_.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    run = lambda m: ort.InferenceSession(m, options_, providers=["CPUExecutionProvider"]).run(None, feeds)  # noqa: E731
+    for got, want in zip(run(hybrid.SerializeToString()), run(str(src))):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_onnxruntimes_own_matmulnbits_models_are_read_as_it_runs_them(tmp_path, save):
+    """A model written by onnxruntime's MatMulNBitsQuantizer, not quantrs: the weight
+    dequantized_weights reads from it is what onnxruntime computes with it (the identity matrix
+    times the weight), asymmetric and symmetric; and a NaN scale is reported."""
+    import onnxruntime as ort
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from quantrs.model import load_model
+    from quantrs.validation import dequantized_weights
+
+    rng = np.random.default_rng(4)
+    k, n = 80, 24
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [k, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [k, n])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    src = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    for symmetric in (False, True):
+        theirs = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=32, is_symmetric=symmetric)
+        theirs.process()
+        theirs.model.save_model_to_file(str(tmp_path / "ort.onnx"))
+        session = ort.InferenceSession(str(tmp_path / "ort.onnx"), providers=["CPUExecutionProvider"])
+        computed = session.run(["y"], {"x": np.eye(k, dtype=np.float32)})[0]
+        got = dequantized_weights(load_model(src), load_model(tmp_path / "ort.onnx"))
+        np.testing.assert_allclose(got["w"][1], computed, rtol=0, atol=1e-6 * float(np.abs(w).max()))
+    model = onnx.load(str(tmp_path / "ort.onnx"))
+    node = next(n for n in model.graph.node if n.op_type == "MatMulNBits")
+    scale = next(t for t in model.graph.initializer if t.name == node.input[2])
+    values = numpy_helper.to_array(scale).copy()
+    values.reshape(-1)[0] = np.nan
+    scale.CopyFrom(numpy_helper.from_array(values, scale.name))
+    onnx.save(model, str(tmp_path / "nan.onnx"))
+    report = quantrs.validate(src, tmp_path / "nan.onnx", data=None, thresholds=Thresholds())
+    checked = next(c for c in report.checks if c.name == "DequantizeLinear nodes well-formed")
+    assert not checked.passed and "NaN" in checked.detail
+
+
+@pytest.mark.parametrize("zero_points", [True, False])
+def test_gather_block_quantized_with_codes_packed_in_bytes(tmp_path, zero_points):
+    """GatherBlockQuantized also takes UINT8 data with bits=4 (two codes a byte, low nibble
+    first; zero points packed alike, or its default 8): read as onnxruntime looks it up."""
+    from quantrs.model import load_model
+    from quantrs.validation import dequantized_weights
+
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(8)
+    rows, width = 20, 64
+    codes = rng.integers(0, 16, (rows, width)).astype(np.uint8)
+    zps = rng.integers(0, 16, (rows, 2)).astype(np.uint8)
+    inits = [
+        numpy_helper.from_array((codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8), "emb_q"),
+        numpy_helper.from_array(rng.uniform(0.1, 1, (rows, 2)).astype(np.float32), "emb_s"),
+    ] + ([numpy_helper.from_array((zps[:, :1] | (zps[:, 1:] << 4)).astype(np.uint8), "emb_z")] if zero_points else [])
+    ids = [helper.make_tensor_value_info("ids", TensorProto.INT64, [rows])]
+    out = [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [rows, width])]
+    table = numpy_helper.from_array(rng.standard_normal((rows, width)).astype(np.float32), "emb")
+    original = helper.make_model(helper.make_graph([helper.make_node("Gather", ["emb", "ids"], ["rows"])], "g", ids, out, [table]))
+    node = helper.make_node(
+        "GatherBlockQuantized", ["emb_q", "ids", "emb_s"] + (["emb_z"] if zero_points else []), ["rows"],
+        domain="com.microsoft", bits=4, block_size=32, gather_axis=0, quantize_axis=1,
+    )  # fmt: skip
+    quantized = helper.make_model(
+        helper.make_graph([node], "g", ids, out, inits), opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    for model, name in ((original, "o.onnx"), (quantized, "q.onnx")):
+        model.ir_version = 8
+        onnx.save(model, str(tmp_path / name))
+    looked_up = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(["rows"], {"ids": np.arange(rows, dtype=np.int64)})[0]
+    got = dequantized_weights(load_model(tmp_path / "o.onnx"), load_model(tmp_path / "q.onnx"))
+    np.testing.assert_array_equal(got["emb"][1], looked_up)

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantrs import kernels
 from quantrs.errors import first_line
+from quantrs.graph import GraphIndex
 from quantrs.model import LoadedModel, load_model
 from quantrs.report import ActivationError, Check, LayerError, OutputAgreement, ThresholdResult, ValidationReport
 from quantrs.samples import generate_samples, input_specs, load_samples
@@ -275,7 +276,7 @@ def dequantized_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tupl
     the original that the quantized model replaces: by a weight-only DequantizeLinear whose
     output takes its name, or inside onnxruntime's MatMulNBits / GatherBlockQuantized, which
     take the place of the original's MatMul / Gather reading it."""
-    out = _fused_weights(orig, quant) | _lookup_weights(orig, quant)
+    out = _fused_weights(orig, quant)
     weights = quant.weights
     for node in quant.proto.graph.node:
         if node.op_type != "DequantizeLinear" or node.output[0] not in orig.weights:
@@ -298,46 +299,25 @@ def dequantized_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tupl
     return out
 
 
-def _fused_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tuple[onnx.NodeProto, np.ndarray, str]]:
-    """The weights held by com.microsoft.MatMulNBits (B of a MatMul) and GatherBlockQuantized
-    (a Gather's table), found through the original node that wrote the same output (for a
-    table cast back to float16, through that Cast), dequantized as onnxruntime does."""
-    producer = {o: n for n in orig.proto.graph.node for o in n.output}
-    casts = {n.input[0]: n.output[0] for n in quant.proto.graph.node if n.op_type == "Cast"}
-    weights = quant.weights
-    out: dict[str, tuple[onnx.NodeProto, np.ndarray, str]] = {}
-    for node in quant.proto.graph.node:
-        if node.domain != "com.microsoft" or node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
-            continue
-        source = producer.get(node.output[0]) or producer.get(casts.get(node.output[0], ""))
-        stored = [name for i, name in enumerate(node.input) if name and i != (1 if node.op_type == "GatherBlockQuantized" else 0)]
-        if source is None or any(name not in weights for name in stored):
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        zero_point = np.asarray(weights.array(node.input[3])) if len(node.input) > 3 and node.input[3] else None
-        if node.op_type == "MatMulNBits" and source.op_type == "MatMul" and source.input[1] in orig.weights:
-            value = dequantize_matmulnbits(
-                np.asarray(weights.array(node.input[1])), np.asarray(weights.array(node.input[2])), zero_point, attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"]
-            )
-            out[source.input[1]] = (node, value, f"UINT{attrs['bits']} (MatMulNBits)")
-        elif node.op_type == "GatherBlockQuantized" and source.op_type == "Gather" and source.input[0] in orig.weights:
-            info = weights.info(node.input[0])
-            codes = np.asarray(weights.array(node.input[0]))
-            scale = np.asarray(weights.array(node.input[2]), dtype=np.float32)
-            if zero_point is None:  # onnxruntime's default: 0 for signed codes, the middle code of unsigned ones
-                signed = info.data_type in (TensorProto.INT4, TensorProto.INT8)
-                zero_point = np.full(scale.shape, 0 if signed else 1 << (attrs.get("bits", 4) - 1), np.int64)
-            axis = attrs.get("quantize_axis", codes.ndim - 1)
-            value = dequantize_exact(codes, scale, zero_point.astype(np.int64), axis, attrs["block_size"])
-            out[source.input[0]] = (node, value, f"{info.dtype_name} (GatherBlockQuantized)")
-    return out
+@dataclass(frozen=True)
+class _Reader:
+    """A node of the quantized model's main graph that stands for an original MatMul or Gather
+    of a weight and holds the weight's codes: com.microsoft.MatMulNBits, GatherBlockQuantized,
+    or the DequantizeLinear of a QDQ lookup (its codes, scales and zero points gathered by
+    row). `writes` is the node that writes the original node's output (the holder itself, or
+    the Reshape/Cast after it)."""
+
+    weight: str
+    holder: onnx.NodeProto = field(repr=False)
+    writes: onnx.NodeProto = field(repr=False)
+    original: onnx.NodeProto = field(repr=False)
+    stored: tuple[str, ...]  # codes, scales[, zero points]: initializers of the quantized model
 
 
-def _lookup_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tuple[onnx.NodeProto, np.ndarray, str]]:
-    """The tables of QDQ lookups: a Gather of the codes (and of per-row or blocked scales and
-    zero points) whose rows a DequantizeLinear dequantizes, standing for an original Gather:
-    its output reached from the DequantizeLinear's through Reshape or Cast. The whole table
-    dequantized, with that node."""
+def _readers(orig: LoadedModel, quant: LoadedModel) -> list[_Reader]:
+    """Every such node, found through the original node that wrote the same output (walking
+    from the holder through Reshape and Cast). Nodes whose codes onnxruntime reads in a way
+    dequantize_reader does not (MatMulNBits with g_idx) are left out."""
     weights = quant.weights
     nodes = list(quant.proto.graph.node)
     producer = {o: n for n in nodes for o in n.output}
@@ -347,8 +327,8 @@ def _lookup_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tuple[on
             consumers.setdefault(name, []).append(n)
     original = {o: n for n in orig.proto.graph.node for o in n.output}
 
-    def table_of(name: str) -> str | None:
-        """The initializer a value is gathered from (axis 0), or the value itself if stored."""
+    def gathered(name: str) -> str | None:
+        """The initializer a lookup's value is gathered from by row, or the value if stored."""
         if name in weights:
             return name
         gather = producer.get(name)
@@ -356,45 +336,102 @@ def _lookup_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tuple[on
             return None
         return gather.input[0] if all(a.i == 0 for a in gather.attribute if a.name == "axis") else None
 
-    out: dict[str, tuple[onnx.NodeProto, np.ndarray, str]] = {}
+    out = []
     for node in nodes:
-        if node.op_type != "DequantizeLinear" or node.input[0] in weights or producer.get(node.input[0]) is None:
+        if node.domain == "com.microsoft" and node.op_type == "MatMulNBits":
+            if len(node.input) > 4 and node.input[4]:  # g_idx reorders the rows' groups
+                continue
+            stored, reads, wanted = tuple(i for i in node.input[1:4] if i), 1, "MatMul"
+        elif node.domain == "com.microsoft" and node.op_type == "GatherBlockQuantized":
+            stored, reads, wanted = tuple(i for i in (node.input[0], *node.input[2:4]) if i), 0, "Gather"
+        elif node.op_type == "DequantizeLinear" and node.input[0] not in weights and getattr(producer.get(node.input[0]), "op_type", "") == "Gather":
+            found = [gathered(i) for i in node.input if i]
+            if None in found:
+                continue
+            stored, reads, wanted = tuple(i for i in found if i), 0, "Gather"
+        else:
             continue
-        found = [table_of(name) if name else "" for name in node.input]
-        if producer[node.input[0]].op_type != "Gather" or None in found:
+        if any(i not in weights for i in stored):
             continue
-        parts = [part or "" for part in found]
         last = node
-        while last.output[0] not in original and len(consumers.get(last.output[0], [])) == 1:
-            last = consumers[last.output[0]][0]
-            if last.op_type not in ("Reshape", "Cast"):
+        while last.output[0] not in original:
+            after = consumers.get(last.output[0], [])
+            if len(after) != 1 or after[0].op_type not in ("Reshape", "Cast"):
                 break
+            last = after[0]
         source = original.get(last.output[0])
-        if source is None or source.op_type != "Gather" or source.input[0] not in orig.weights:
+        if source is None or source.op_type != wanted or source.input[reads] not in orig.weights:
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        codes = np.asarray(weights.array(parts[0]))
-        scale = np.asarray(weights.array(parts[1]), dtype=np.float32)
-        zero_point = np.asarray(weights.array(parts[2])).astype(np.int64) if len(parts) > 2 and parts[2] else np.zeros(scale.shape, np.int64)
-        block = attrs.get("block_size")
-        axis = codes.ndim - 1 if block else 0  # the lookup's rows (per row), or blocks along the row
-        out[source.input[0]] = (last, dequantize_exact(codes, scale, zero_point, axis, block), weights.info(parts[0]).dtype_name)
+        out.append(_Reader(source.input[reads], node, last, source, stored))
     return out
 
 
-def _float_replacements(orig: LoadedModel, quant: LoadedModel) -> dict[str, onnx.NodeProto]:
-    """weight -> the node that computes, from the float weight, what the quantized model's node
-    standing for its original MatMul or Gather writes (DequantizeLinear weights need none)."""
-    original = {o: n for n in orig.proto.graph.node for o in n.output}
-    casts = {n.input[0]: n.output[0] for n in quant.proto.graph.node if n.op_type == "Cast"}
-    out = {}
-    for name, (node, _, _) in (_fused_weights(orig, quant) | _lookup_weights(orig, quant)).items():
-        written = node.output[0] if node.output[0] in original else casts.get(node.output[0], node.output[0])
-        source = original[written]
-        replacement = onnx.NodeProto()
-        replacement.CopyFrom(source)  # the original MatMul or Gather: its inputs are all in the quantized model
-        out[name] = replacement
+def dequantize_reader(reader: _Reader, quant: LoadedModel) -> tuple[np.ndarray, str]:
+    """The float32 weight a reader's codes stand for, dequantized as onnxruntime does (the
+    schemas' defaults for missing attributes), and how it is stored."""
+    weights = quant.weights
+    node = reader.holder
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    arrays = [np.asarray(weights.array(name)) for name in reader.stored]
+    codes, scale, zero_point = arrays[0], arrays[1].astype(np.float32), (arrays[2] if len(arrays) > 2 else None)
+    info = weights.info(reader.stored[0])
+    if node.op_type == "MatMulNBits":
+        bits = attrs.get("bits", 4)
+        value = dequantize_matmulnbits(codes, scale, zero_point, attrs["K"], attrs["N"], bits, attrs["block_size"])
+        return value, f"UINT{bits} (MatMulNBits)"
+    if node.op_type == "GatherBlockQuantized":
+        bits = attrs.get("bits", 4)
+        if info.data_type == TensorProto.UINT8 and bits == 4:  # two codes a byte, low nibble first
+            codes = np.stack([codes & 15, codes >> 4], axis=-1).reshape(*codes.shape[:-1], -1)
+            if zero_point is not None and zero_point.dtype.kind != "f":
+                zero_point = np.stack([zero_point & 15, zero_point >> 4], axis=-1).reshape(*zero_point.shape[:-1], -1)
+        if zero_point is None:  # 0 for signed codes, the middle code of unsigned ones
+            signed = info.data_type in (TensorProto.INT4, TensorProto.INT8)
+            zero_point = np.full(scale.shape, 0 if signed else 1 << (bits - 1), np.int64)
+        zero_point = zero_point[..., : scale.shape[-1]]
+        value = dequantize_exact(codes, scale, zero_point.astype(np.int64), attrs.get("quantize_axis", 1), attrs.get("block_size", 128))
+        return value, f"{info.dtype_name} (GatherBlockQuantized)"
+    block = attrs.get("block_size")
+    zero_point = zero_point.astype(np.int64) if zero_point is not None else np.zeros(scale.shape, np.int64)
+    value = dequantize_exact(codes, scale, zero_point, codes.ndim - 1 if block else 0, block)  # by row, or blocks along it
+    return value, info.dtype_name
+
+
+def _fused_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tuple[onnx.NodeProto, np.ndarray, str]]:
+    """The weights held by MatMulNBits, GatherBlockQuantized and QDQ lookups, each dequantized
+    once (a weight read by several such nodes has the same codes in all), as dequantized_weights
+    gives them; one whose values do not come out in the original's shape is left out."""
+    out: dict[str, tuple[onnx.NodeProto, np.ndarray, str]] = {}
+    for reader in _readers(orig, quant):
+        if reader.weight in out:
+            continue
+        value, storage = dequantize_reader(reader, quant)
+        if tuple(value.shape) == tuple(orig.weights.info(reader.weight).shape):
+            out[reader.weight] = (reader.holder, value, storage)
     return out
+
+
+def _float_replacements(orig: LoadedModel, quant: LoadedModel) -> tuple[dict[str, list[onnx.NodeProto]], set[str]]:
+    """For putting weights back in float: weight -> the original nodes that replace the
+    quantized model's nodes writing their outputs, and the weights that cannot be put back
+    whole (read somewhere neither such a node nor a DequantizeLinear named after them covers:
+    a second reader of another kind, a lookup inside a body)."""
+    dense = {n.output[0] for n in quant.proto.graph.node if n.op_type == "DequantizeLinear"}
+    replacements: dict[str, list[onnx.NodeProto]] = {}
+    covered: dict[str, set[str]] = {}
+    for reader in _readers(orig, quant):
+        node = onnx.NodeProto()
+        node.CopyFrom(reader.original)  # its inputs are all values of the quantized model too
+        replacements.setdefault(reader.weight, []).append(node)
+        covered.setdefault(reader.weight, set()).add(reader.original.output[0])
+    index = GraphIndex(orig.proto.graph)
+    partial = set()
+    for weight, outputs in covered.items():
+        if weight in dense:
+            continue  # its other readers read the DequantizeLinear's output, dropped with it
+        if any(use.scope is not index.main or use.node.output[0] not in outputs for use in index.uses.get(weight, [])):
+            partial.add(weight)
+    return replacements, partial
 
 
 def dequantize_matmulnbits(packed: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, k: int, n: int, bits: int, block: int) -> np.ndarray:
@@ -469,7 +506,8 @@ def rank_layers(orig: LoadedModel, quant: LoadedModel, feeds: Feeds) -> list[Lay
             note = "no consumer in the original graph"
         else:
             try:
-                local_rel, local_db = _local_error(orig, node, name, dequantized, feeds, captured)
+                stored = np.asarray(orig.weights.array(name)).dtype  # the consumer's type (float16 ones too)
+                local_rel, local_db = _local_error(orig, node, name, dequantized.astype(stored), feeds, captured)
             except Exception as exc:  # an op onnxruntime cannot run alone; keep the weight figures
                 note = f"local error unavailable: {first_line(exc)}"
         layers.append(
@@ -582,19 +620,24 @@ def suggest_exclude(
     if quant.file_size > 1 << 30:
         return None, None, "not tried: the model is too large to rebuild in memory for each step"
     full = onnx.load(str(quant.path))
-    replacements = _float_replacements(orig, quant)
+    replacements, partial = _float_replacements(orig, quant)
     excluded: list[str] = []
-    for layer in layers[:MAX_SUGGESTION_STEPS]:
+    for layer in [l for l in layers if l.name not in partial][:MAX_SUGGESTION_STEPS]:
         excluded.append(layer.name)
         hybrid = _with_float_weights(full, orig, excluded, replacements)
         got = run_model(hybrid.SerializeToString(), feeds)
         outputs = agreements(reference, got)
         if all(r.passed for r in thresholds.evaluate(outputs)):
-            return list(excluded), outputs, f"leaving {len(excluded)} layer(s) in float meets every threshold"
-    return None, None, f"even {len(excluded)} layer(s) left in float do not meet the thresholds"
+            return list(excluded), outputs, f"leaving {len(excluded)} layer(s) in float meets every threshold{_left_out(layers, partial)}"
+    return None, None, f"even {len(excluded)} layer(s) left in float do not meet the thresholds{_left_out(layers, partial)}"
 
 
-def _with_float_weights(quantized: onnx.ModelProto, orig: LoadedModel, names: list[str], replacements: dict[str, onnx.NodeProto]) -> onnx.ModelProto:
+def _left_out(layers: list[LayerError], partial: set[str]) -> str:
+    names = [l.name for l in layers if l.name in partial]
+    return f" ({len(names)} not tried: read where they cannot be put back in float, e.g. {names[0]})" if names else ""
+
+
+def _with_float_weights(quantized: onnx.ModelProto, orig: LoadedModel, names: list[str], replacements: dict[str, list[onnx.NodeProto]]) -> onnx.ModelProto:
     """`quantized` with the weights `names` back in float: their DequantizeLinear dropped (the
     float initializer takes its output's name), or the node standing for their original
     MatMul or Gather (a MatMulNBits, a GatherBlockQuantized, a lookup's last node) replaced by
@@ -605,7 +648,7 @@ def _with_float_weights(quantized: onnx.ModelProto, orig: LoadedModel, names: li
     chosen = set(names)
     dropped: set[str] = set()
     nodes = []
-    instead = {r.output[0]: r for name, r in replacements.items() if name in chosen}
+    instead = {r.output[0]: r for name, nodes_ in replacements.items() if name in chosen for r in nodes_}
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and node.output[0] in chosen:
             dropped.update(i for i in node.input if i)
