@@ -275,7 +275,7 @@ def quantize_matmulnbits(
         codes = kernels.pack4(codes, n_threads=n_threads)  # rows of whole blocks: a byte never spans two columns
         if count % 2:
             zero_points = np.concatenate([zero_points, np.zeros((n, 1), np.uint8)], axis=1)
-        zero_points = ((zero_points[:, 0::2] & 0x0F) | (zero_points[:, 1::2] << 4)).astype(np.uint8)
+        zero_points = kernels.pack4(zero_points, n_threads=n_threads)  # rows of even length: packed per column
     size = max(x.size, 1)
     return QuantizedTensor(
         shape=tuple(x.shape),

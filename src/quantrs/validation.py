@@ -191,22 +191,23 @@ def _check_dequantize_nodes(quant: LoadedModel) -> Check:
             problems.append(f"{node.name}: scale of rank {len(scale_info.shape)} without block_size")
         if zp_name and zp_name in weights and weights.info(zp_name).data_type != info.data_type:
             problems.append(f"{node.name}: zero point is {weights.info(zp_name).dtype_name}, codes are {info.dtype_name}")
-        scale = np.asarray(weights.array(scale_name), dtype=np.float64)
-        if not (np.isfinite(scale).all() and (scale > 0).all()):
-            problems.append(f"{node.name}: scales hold NaN, infinity, zero or negative values")
+        problems += _bad_scales(weights, node, scale_name)
     fused = 0
     for node in quant.proto.graph.node:
         if node.domain == "com.microsoft" and node.op_type in ("MatMulNBits", "GatherBlockQuantized") and node.input[2] in weights:
             fused += 1
-            scale = np.asarray(weights.array(node.input[2]), dtype=np.float64)
-            if not (np.isfinite(scale).all() and (scale > 0).all()):
-                problems.append(f"{node.name}: scales hold NaN, infinity, zero or negative values")
+            problems += _bad_scales(weights, node, node.input[2])
     if problems:
         detail = "; ".join(problems[:3])
     else:
         also = f" and {fused} MatMulNBits/GatherBlockQuantized node(s)" if fused else ""
         detail = f"{count} DequantizeLinear node(s){also}, scales finite and positive"
     return Check("DequantizeLinear nodes well-formed", not problems, detail)
+
+
+def _bad_scales(weights, node: onnx.NodeProto, name: str) -> list[str]:
+    scale = np.asarray(weights.array(name), dtype=np.float64)
+    return [] if np.isfinite(scale).all() and (scale > 0).all() else [f"{node.name}: scales hold NaN, infinity, zero or negative values"]
 
 
 _INTEGER_CODES = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4, TensorProto.INT16, TensorProto.UINT16, TensorProto.INT32}
@@ -304,12 +305,10 @@ class _Reader:
     """A node of the quantized model's main graph that stands for an original MatMul or Gather
     of a weight and holds the weight's codes: com.microsoft.MatMulNBits, GatherBlockQuantized,
     or the DequantizeLinear of a QDQ lookup (its codes, scales and zero points gathered by
-    row). `writes` is the node that writes the original node's output (the holder itself, or
-    the Reshape/Cast after it)."""
+    row), whose output reaches the original node's (directly, or through Reshape/Cast)."""
 
     weight: str
     holder: onnx.NodeProto = field(repr=False)
-    writes: onnx.NodeProto = field(repr=False)
     original: onnx.NodeProto = field(repr=False)
     stored: tuple[str, ...]  # codes, scales[, zero points]: initializers of the quantized model
 
@@ -362,7 +361,7 @@ def _readers(orig: LoadedModel, quant: LoadedModel) -> list[_Reader]:
         source = original.get(last.output[0])
         if source is None or source.op_type != wanted or source.input[reads] not in orig.weights:
             continue
-        out.append(_Reader(source.input[reads], node, last, source, stored))
+        out.append(_Reader(source.input[reads], node, source, stored))
     return out
 
 
@@ -382,9 +381,9 @@ def dequantize_reader(reader: _Reader, quant: LoadedModel) -> tuple[np.ndarray, 
     if node.op_type == "GatherBlockQuantized":
         bits = attrs.get("bits", 4)
         if info.data_type == TensorProto.UINT8 and bits == 4:  # two codes a byte, low nibble first
-            codes = np.stack([codes & 15, codes >> 4], axis=-1).reshape(*codes.shape[:-1], -1)
+            codes = _unpacked(codes, 4)
             if zero_point is not None and zero_point.dtype.kind != "f":
-                zero_point = np.stack([zero_point & 15, zero_point >> 4], axis=-1).reshape(*zero_point.shape[:-1], -1)
+                zero_point = _unpacked(zero_point, 4)
         if zero_point is None:  # 0 for signed codes, the middle code of unsigned ones
             signed = info.data_type in (TensorProto.INT4, TensorProto.INT8)
             zero_point = np.full(scale.shape, 0 if signed else 1 << (bits - 1), np.int64)
@@ -439,20 +438,25 @@ def dequantize_matmulnbits(packed: np.ndarray, scale: np.ndarray, zero_point: np
     bits first, scales [N * blocks], zero points packed the same way per column (default the
     middle code, 2**(bits - 1)) or float (then subtracted as values)."""
     blocks = -(-k // block)
-    raw = packed.reshape(n, -1).astype(np.uint8)
-    per_byte = 8 // bits
-    mask = (1 << bits) - 1
-    codes = np.stack([(raw >> (bits * i)) & mask for i in range(per_byte)], axis=-1).reshape(n, -1)[:, : blocks * block].astype(np.float64)
+    codes = _unpacked(packed.reshape(n, -1), bits)[:, : blocks * block].astype(np.float64)
     scale = scale.reshape(n, blocks).astype(np.float64)
     if zero_point is None:
         zp = np.full((n, blocks), 1 << (bits - 1), np.float64)
     elif zero_point.dtype.kind == "f":
         zp = zero_point.reshape(n, blocks).astype(np.float64)
     else:
-        zraw = zero_point.reshape(n, -1).astype(np.uint8)
-        zp = np.stack([(zraw >> (bits * i)) & mask for i in range(per_byte)], axis=-1).reshape(n, -1)[:, :blocks].astype(np.float64)
+        zp = _unpacked(zero_point.reshape(n, -1), bits)[:, :blocks].astype(np.float64)
     value = (codes.reshape(n, blocks, block) - zp[:, :, None]) * scale[:, :, None]
     return np.ascontiguousarray(value.reshape(n, blocks * block)[:, :k].T).astype(np.float32)
+
+
+def _unpacked(raw: np.ndarray, bits: int) -> np.ndarray:
+    """Bytes [..., m] holding 4-bit codes two a byte, low nibble first, as [..., 2 m] codes
+    (kernels.unpack4); 8-bit codes as they are."""
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    if bits == 8:
+        return raw
+    return kernels.unpack4(raw.reshape(-1), 2 * raw.size, signed=False).reshape(*raw.shape[:-1], -1)
 
 
 _KERNEL_CODES: dict[int, type[np.integer]] = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT4: np.int8, TensorProto.UINT4: np.uint8}
