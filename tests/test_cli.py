@@ -95,11 +95,39 @@ def test_same_output_refused(save):
     assert result.exit_code == 1 and "the output path is the input model" in result.stderr
 
 
-def test_usage_errors_exit_2(save, tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "flag"),
+    [
+        (["--bits", "3"], "'--bits'"),
+        ([], "-o"),  # -o is required
+        (["--format", "xml"], "'--format'"),
+        (["--bits", "4", "--block-size", "48"], "'--block-size'"),
+        (["--bits", "4", "--quant-format", "matmulnbits", "--accuracy-level", "7"], "'--accuracy-level'"),
+        (["--bitz", "4"], "--bitz"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_flag_exit_2(save, tmp_path, flags, flag):
     src = save(BUILDERS["mlp"]()[0])
-    assert invoke("quantize", src, "-o", tmp_path / "q.onnx", "--bits", "3").exit_code == 2
-    assert invoke("quantize", src).exit_code == 2  # -o is required
-    assert invoke("quantize", src, "-o", tmp_path / "q.onnx", "--format", "xml").exit_code == 2
+    result = invoke("quantize", src, *(["-o", tmp_path / "q.onnx"] if flag != "-o" else []), *flags)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], result.stderr
+    assert "quantrs quantize -h" in lines[0] and not list(tmp_path.glob("q.onnx*"))
+
+
+def test_usage_error_from_the_console_script_is_one_line(tmp_path):
+    # Not through CliRunner: the process's own stderr, as a user or a script sees it.
+    bad = subprocess.run(
+        [sys.executable, "-m", "quantrs", "quantize", "m.onnx", "-o", "q.onnx", "--bits", "4", "--block-size", "48"],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip().splitlines() == ["error: Invalid value for '--block-size': must be one of 16, 32, 64, 128, 256, not 48 (see 'python -m quantrs quantize -h')"]
+
+
+def test_no_arguments_prints_the_help_once():
+    result = invoke()
+    assert result.exit_code == 2 and result.output.count("Usage: quantrs") == 1 and "error:" not in result.output
 
 
 def test_python_dash_m_and_console_script(save, tmp_path):

@@ -13,17 +13,57 @@ import json
 import logging
 import sys
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from quantrs import __version__
 
+
+class _Commands(TyperGroup):
+    """typer's command group, with a usage error printed as one line on stderr naming the flag
+    (exit 2) instead of typer's usage block and framed message, which wraps long messages
+    over several lines: scripts and logs read one line, as for every other error."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        windows_expand_args: bool = True,
+        **extra: Any,
+    ) -> Any:
+        def run() -> Any:
+            return super(_Commands, self).main(args, prog_name, complete_var, False, windows_expand_args, **extra)
+
+        if not standalone_mode:
+            return run()
+        # typer 0.28 vendors click; pyproject caps typer below 0.29, and tests/test_cli.py
+        # checks the line, so a move of this class fails there, not in users' hands.
+        from typer._click.exceptions import ClickException
+
+        try:
+            result = run()
+        except ClickException as exc:
+            if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+                ctx = getattr(exc, "ctx", None)
+                hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+                _print_error(exc.format_message() + hint)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            _print_error("aborted")
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
     name="quantrs",
+    cls=_Commands,
     help="Quantize float ONNX models to INT8 and INT4 (QDQ models that run in onnxruntime).",
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -89,14 +129,19 @@ def _setup_verbose_logging(level: int) -> None:
     logger.propagate = False
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    """Print one line on stderr and return the Exit(code) to raise (no traceback)."""
+def _print_error(message: str) -> None:
+    """One line on stderr: "error: " and the message."""
     from quantrs._console import stderr_console
 
     from rich.markup import escape
 
     # The message is data (paths, tensor names, install hints like quantrs[report]): escaped.
     stderr_console().print(f"[bold red]error:[/bold red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one line on stderr and return the Exit(code) to raise (no traceback)."""
+    _print_error(message)
     return typer.Exit(code=code)
 
 
