@@ -58,7 +58,7 @@ class _Commands(TyperGroup):
         except typer.Abort:
             _print_error("aborted")
             sys.exit(1)
-        sys.exit(result if isinstance(result, int) else 0)
+        sys.exit(result if type(result) is int else 0)  # an Exit's code; a command's own return value is not one
 
 
 app = typer.Typer(
