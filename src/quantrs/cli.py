@@ -1,5 +1,6 @@
 """The `quantrs` command line (typer). Thin: it parses options, calls the library, renders the
-report, and turns every QuantrsError into one line on stderr and exit code 1.
+report, and turns every QuantrsError into one line on stderr and exit code 1 (a usage error
+into one line naming the flag and exit code 2, see _Commands).
 
 Heavy imports (numpy, onnx, onnxruntime) happen inside the commands so that `quantrs --version`
 and `quantrs -h` answer at once.
@@ -147,7 +148,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 def command(function: Callable) -> Callable:
     """Register a command with the one error path: a QuantrsError escaping it is printed as
-    one line on stderr (exit 1); usage errors stay typer's (exit 2)."""
+    one line on stderr (exit 1); usage errors are _Commands' (exit 2)."""
 
     @functools.wraps(function)
     def run(*args, **kwargs):
