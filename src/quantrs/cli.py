@@ -44,13 +44,9 @@ class _Commands(TyperGroup):
 
         if not standalone_mode:
             return run()
-        # typer 0.28 vendors click; pyproject caps typer below 0.29, and tests/test_cli.py
-        # checks the line, so a move of this class fails there, not in users' hands.
-        from typer._click.exceptions import ClickException
-
         try:
             result = run()
-        except ClickException as exc:
+        except _CLICK_EXCEPTION as exc:
             if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
                 ctx = getattr(exc, "ctx", None)
                 hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
@@ -61,6 +57,10 @@ class _Commands(TyperGroup):
             sys.exit(1)
         sys.exit(result if type(result) is int else 0)  # an Exit's code; a command's own return value is not one
 
+
+# click's base exception: typer 0.26+ vendors click (typer._click), older typer uses click
+# itself; typer.BadParameter, public in both, derives from it.
+_CLICK_EXCEPTION: Any = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 app = typer.Typer(
     name="quantrs",
