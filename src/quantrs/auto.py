@@ -399,7 +399,7 @@ def _build(
     if config.static:
         from quantrs.calibration import CalibrationConfig, calibrate
 
-        report = calibrate(src, dst, tuning, CalibrationConfig(weights=options))
+        report = calibrate(src, dst, tuning, CalibrationConfig(weights=options), factors=factors)  # factors: as below
         return [Path(p) for p in report.files_written]
     from quantrs.pipeline import quantize
 

@@ -101,13 +101,15 @@ def calibrate(
     config: CalibrationConfig | None = None,
     *,
     progress: Callable[[int, int], None] | None = None,
+    factors: dict | None = None,
 ) -> CalibrationReport:
     """Calibrate on `data` and write a statically quantized QDQ model.
 
     `data`: a .npy/.npz file (samples stacked on axis 0 allowed), a folder of them, onnxruntime
     `test_data_set_*` folders, an iterable of input dicts, or an object with `get_next()`
     (onnxruntime's CalibrationDataReader); see quantrs.samples. `progress(samples done, samples
-    in all or 0 when unknown)` is called after each sample.
+    in all or 0 when unknown)` is called after each sample. `factors`: with gptq weights, as
+    for quantrs.quantize (kept by source for the next call on the same model and samples).
     """
     config = config or CalibrationConfig()
     started = time.perf_counter()
@@ -150,7 +152,7 @@ def calibrate(
     ready: dict = {}
     if gptq:  # the weights' codes compensated on the float model's activations, as quantize does
         try:
-            ready, _, _ = compensate_weights(model, specs, options, samples, None)
+            ready, _, _ = compensate_weights(model, specs, options, samples, factors)
         except QuantrsError as exc:
             exc.about(file=src)
             raise

@@ -178,14 +178,12 @@ def _not_a_product(uses, index: GraphIndex) -> str:
     return ""
 
 
-def collect_hessians(
-    model: LoadedModel, targets: Mapping[str, Target], samples: Sequence[Mapping[str, np.ndarray]], *, budget: int | None = None
-):
+def collect_hessians(model: LoadedModel, targets: Mapping[str, Target], samples: Sequence[Mapping[str, np.ndarray]]):
     """Yield ({source: H [K, K] float64, the mean of x^T x over its rows}, the targets reading
-    them), a group of sources at a time (their Hessians within `budget`, at least one), each
-    group from one float run of the samples. Raises ConfigError naming the model for an
+    them), a group of sources at a time (their Hessians within HESSIAN_BYTES, at least one),
+    each group from one float run of the samples. Raises ConfigError naming the model for an
     activation that is not float [..., K] (or a Conv's [N, C, H, W])."""
-    budget = HESSIAN_BYTES if budget is None else budget
+    budget = HESSIAN_BYTES
     sizes: dict[Source, int] = {}
     for t in targets.values():
         sizes.setdefault(t.source, t.rows)

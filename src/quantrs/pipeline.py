@@ -477,7 +477,8 @@ def compensate_weights(
             ready[target.weight] = quantize_weight(model.weights.array(target.weight), specs[target.weight], config, compensation=compensation)
             model.weights.release(target.weight)
 
-    known = {a: f for a, f in (cache or {}).items() if any(t.source == a and t.rows == f.u.shape[0] for t in targets.values())}
+    rows = {t.source: t.rows for t in targets.values()}
+    known = {a: f for a, f in (cache or {}).items() if rows.get(a) == f.u.shape[0]}
     compensate([t for t in targets.values() if t.source in known], known)
     missing = {n: t for n, t in targets.items() if t.source not in known}
     for hessians, group in collect_hessians(model, missing, samples):
