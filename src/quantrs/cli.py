@@ -288,8 +288,7 @@ def batch(
     from quantrs.batch import expand_inputs, make_jobs
 
     config = quantize_config(options)
-    if config.rounding == "gptq":
-        raise typer.BadParameter("gptq needs each model's own samples: use quantrs quantize --data", param_hint="'--rounding'")
+    _refuse_gptq(config)
     work = make_jobs(expand_inputs(models), output, config)
     _run_batch(work, fmt, quiet, n_jobs=jobs, skip_existing=skip_existing, continue_on_error=continue_on_error, scheduler=scheduler)
 
@@ -313,8 +312,7 @@ def config(
     from quantrs.errors import UnknownNameError
     from quantrs.pipeline import dry_run as plan_only
 
-    if quantize_config(options).rounding == "gptq":  # flags given here: a bad value is a usage error naming the flag
-        raise typer.BadParameter("gptq needs each model's own samples: use quantrs quantize --data", param_hint="'--rounding'")
+    _refuse_gptq(quantize_config(options))  # flags given here: a bad value is a usage error naming the flag
     loaded = load_config(file)
     work = jobs_from_config(loaded, file.parent, options, file=file)
     gptq = next((j for j in work if j.config.rounding == "gptq"), None)
@@ -339,6 +337,13 @@ def config(
         continue_on_error=_first(continue_on_error, section and section.continue_on_error, False),
         scheduler=scheduler,
     )
+
+
+def _refuse_gptq(config) -> None:
+    """batch and config jobs quantize many models from one set of options: gptq's samples are
+    each model's own, so it is a usage error there."""
+    if config.rounding == "gptq":
+        raise typer.BadParameter("gptq needs each model's own samples: use quantrs quantize --data", param_hint="'--rounding'")
 
 
 def _run_batch(work, fmt: OutputFormat, quiet: bool, **options) -> None:

@@ -9,6 +9,7 @@ headers of the tensors it introduced, whose bytes the writer streams later.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,10 +106,7 @@ class DQSpec:
     @property
     def channels(self) -> int:
         """How many scales (and zero points) the weight has."""
-        count = 1
-        for d in self.param_dims:
-            count *= d
-        return count
+        return math.prod(self.param_dims)
 
     @property
     def code_bytes(self) -> int:
@@ -117,9 +115,7 @@ class DQSpec:
         if self.nbits:
             _, n, blocks, blob = self.nbits_layout
             return n * blocks * blob
-        count = 1
-        for d in self.shape:
-            count *= d
+        count = math.prod(self.shape)
         return (count + 1) // 2 if self.scheme.packed else count
 
     @property

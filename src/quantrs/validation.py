@@ -501,7 +501,8 @@ def rank_layers(orig: LoadedModel, quant: LoadedModel, feeds: Feeds) -> list[Lay
     captured = _capture(orig, feeds, wanted) if wanted else {}
     layers = []
     for name, (_, dequantized, storage) in deq.items():
-        original = np.asarray(orig.weights.array(name), dtype=np.float32)
+        stored = orig.weights.array(name)  # in its own type: the consumer's (float16 ones too)
+        original = np.asarray(stored, dtype=np.float32)
         noise = original - dequantized
         node = consumers.get(name)
         local_rel = local_db = None
@@ -510,8 +511,7 @@ def rank_layers(orig: LoadedModel, quant: LoadedModel, feeds: Feeds) -> list[Lay
             note = "no consumer in the original graph"
         else:
             try:
-                stored = np.asarray(orig.weights.array(name)).dtype  # the consumer's type (float16 ones too)
-                local_rel, local_db = _local_error(orig, node, name, dequantized.astype(stored), feeds, captured)
+                local_rel, local_db = _local_error(orig, node, name, dequantized.astype(stored.dtype), feeds, captured)
             except Exception as exc:  # an op onnxruntime cannot run alone; keep the weight figures
                 note = f"local error unavailable: {first_line(exc)}"
         layers.append(
@@ -588,6 +588,7 @@ def _capture(orig: LoadedModel, feeds: Feeds, names: list[str]) -> dict[str, lis
         for name, value in sample.values:
             captured[name].append(np.asarray(value))
     return captured
+
 
 def _local_error(orig: LoadedModel, node: onnx.NodeProto, weight: str, dequantized: np.ndarray, feeds: Feeds, captured) -> tuple[float, float]:
     """Run `node` alone on the original activations with the float and the dequantized weight."""
