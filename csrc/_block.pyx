@@ -26,8 +26,10 @@ min/max): for each alpha the codes of [alpha * lo, alpha * hi] with scales()'s p
 stored parameters fitted to those same codes (_fit_n: candidates are the grid point's own, the
 least-squares scale with its zero point, and asymmetric the integer zero point nearest the
 least-squares line's with its least-squares scale), each weighed by its squared error in
-closed form from the block's sums (sum x, x*x; sum t, t*t, t*x of the codes t = code - zero
-point; float64 lanes, every product exact). The candidate of least error wins, ties keep the
+closed form from the block's sums of its codes t = code - zero point and of their residuals
+r = x - t * s for the grid point's own scale s (sum t, t*t, r, r*t, r*r in float32 lanes; for
+plain min/max, r*r is its exact error, taken in float64 lanes; the fit in float64): every term
+is of the error's own size, so nothing cancels. The candidate of least error wins, ties keep the
 earlier (plain min/max first); the winner's codes are written, with their error taken value by
 value against the stored parameters. The closed form is computed, the written error measured:
 they can differ in their last bits, so a block whose written error comes out above plain
