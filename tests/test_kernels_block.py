@@ -10,7 +10,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -123,6 +123,9 @@ GRIDS = [None, (), (1.0,), (0.9,), (1.0, 0.97), (0.5, 0.7, 0.95)]
 
 @settings(max_examples=300, deadline=None)
 @given(case=blocked_tensors(), qrange=st.sampled_from(RANGES), grid=st.sampled_from(GRIDS + ["default"]), half=st.booleans())
+# A least-squares scale past float16's largest value (458529 / 7): infinite when rounded up,
+# never chosen, and the twin must not warn on it (it did, found by hypothesis).
+@example(case=(np.array([458529.0], dtype=np.float32), 0, 2), qrange=(-7, 7, True), grid=(0.9,), half=True)
 @threads
 def test_kernel_equals_twin(case, qrange, grid, half, threads):
     x, axis, block_size = case

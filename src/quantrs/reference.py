@@ -233,9 +233,9 @@ def fit_codes(st, stt, sr, srt, srr, count, gs, gz, qmin: int, qmax: int, symmet
     g = gs.astype(f64)
 
     def error(s, d):
-        a = g - s.astype(f64)
-        b = -(s.astype(f64) * d)
         with np.errstate(all="ignore"):  # an infinite float16 scale: NaN, never chosen (the front refuses it)
+            a = g - s.astype(f64)
+            b = -(s.astype(f64) * d)
             return ((((srr + (a * a) * stt) + (n * b) * b) + (2.0 * a) * srt) + (2.0 * b) * sr) + ((2.0 * a) * b) * st
 
     def scale_for(d):
