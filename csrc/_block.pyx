@@ -153,10 +153,23 @@ cdef inline void _to_half(double low, const Job* j, float* s, int* z) noexcept n
         z[0] = _clamp_int(_rint64(j.qmin - low / <double>s[0]), j.qmin, j.qmax)
 
 
+cdef void _half_n(const float* lo, float alpha, Py_ssize_t n, const Job* j, float* s, int* z,
+                  float* lob, float* hib) noexcept nogil:
+    # half_scale for n grid points' parameters: the range's lowest value is alpha * lo (<= 0).
+    cdef Py_ssize_t c
+    cdef float lf
+    for c in range(n):
+        lf = alpha * lo[c]
+        _to_half(lf if lf < 0 else 0.0, j, &s[c], &z[c])
+        lob[c] = j.qmin - z[c]
+        hib[c] = j.qmax - z[c]
+
+
 cdef void _params_n(const float* lo, const float* hi, float alpha, Py_ssize_t n, const Job* j,
                     float_rp s, int_rp z, float_rp lob, float_rp hib) noexcept nogil:
     # _quant.scales for n ranges shrunk by alpha (alpha * lo, alpha * hi in float32; 1.0 leaves
-    # them as they are), plus the clamp bounds qmin - z, qmax - z of _q.
+    # them as they are), plus the clamp bounds qmin - z, qmax - z of _q; with half_scale, as
+    # _half_n rounds them.
     cdef Py_ssize_t c
     cdef double r = j.qmax - j.qmin, qmin = j.qmin, qmax = j.qmax, l, h, a, zz
     cdef float lf, hf, sf
@@ -195,18 +208,8 @@ cdef void _params_n(const float* lo, const float* hi, float alpha, Py_ssize_t n,
             z[c] = <int>zz
             lob[c] = <float>(qmin - zz)
             hib[c] = <float>(qmax - zz)
-
-
-cdef void _half_n(const float* lo, float alpha, Py_ssize_t n, const Job* j, float* s, int* z,
-                  float* lob, float* hib) noexcept nogil:
-    # half_scale for n grid points' parameters: the range's lowest value is alpha * lo (<= 0).
-    cdef Py_ssize_t c
-    cdef float lf
-    for c in range(n):
-        lf = alpha * lo[c]
-        _to_half(lf if lf < 0 else 0.0, j, &s[c], &z[c])
-        lob[c] = j.qmin - z[c]
-        hib[c] = j.qmax - z[c]
+    if j.half:  # the scales as stored: float16, rounded up (the zero points recomputed for them)
+        _half_n(lo, alpha, n, j, s, z, lob, hib)
 
 
 cdef inline double _fit_error(double srr, double srt, double sr, double stt, double st, double n,
@@ -558,8 +561,6 @@ cdef void _c_batch(weight_p x, const float* whole, float* buf, float* dbuf, floa
         hi[k] = ibits_f32(_key(st[1]))
         bad[0] = bad[0] | st[2]
     _params_n(lo, hi, 1.0, m, j, ps, pz, pl, ph)
-    if j.half:
-        _half_n(lo, 1.0, m, j, ps, pz, pl, ph)
     for k in range(m):
         cs[k] = ps[k]
         cz[k] = pz[k]
@@ -636,8 +637,6 @@ cdef void _c_search(weight_p x, const float* whole, float* buf, float* dbuf, Py_
     cdef double srr, e, best = 0
     for g in range(j.ngrid):
         _params_n(&lo, &hi, j.alphas[g], 1, j, &gs, &gz, &gl, &gh)
-        if j.half:
-            _half_n(&lo, j.alphas[g], 1, j, &gs, &gz, &gl, &gh)
         _zero32(gacc, 20)
         _c_pass(x, whole, buf, dbuf, n, PASS_GRID, gs, gz, gl, gh, 0, 0, NULL, gacc, NULL, NULL)
         st = _lanes32(gacc)
@@ -974,8 +973,6 @@ cdef void _search(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, 
                 srr[c] = e0[c]
         else:
             _params_n(lo, hi, j.alphas[g], w, j, gs, gz, gl, gh)
-            if j.half:
-                _half_n(lo, j.alphas[g], w, j, gs, gz, gl, gh)
             _zero32(acc, 20 * SUB)
             _s_pass(x, rs, cache, cs, rowbuf, 0, n, w, PASS_GRID, gs, gz, gl, gh, NULL, NULL, NULL, 0,
                     acc, NULL, NULL)
@@ -1030,8 +1027,6 @@ cdef void _s_span(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, 
     cdef float m = task_max[0]
     cdef float zero = 0
     _params_n(lo, hi, 1.0, w, j, ps, pz, pl, ph)
-    if j.half:
-        _half_n(lo, 1.0, w, j, ps, pz, pl, ph)
     for c in range(w):
         code_s[c] = ps[c]
         cz[c] = pz[c]
