@@ -122,6 +122,7 @@ def run_batch(
     """Run every job and return one result per job, in the jobs' order."""
     if n_jobs < 1:
         raise ConfigError(f"jobs must be at least 1, not {n_jobs}")
+    refuse_overwrites(jobs)
     started = time.perf_counter()
     results: dict[int, ModelResult] = {}
     todo: list[int] = []
@@ -146,6 +147,50 @@ def run_batch(
         scheduler=scheduler,
         seconds=_since(started),
     )
+
+
+def refuse_overwrites(jobs: Sequence[Job]) -> None:
+    """Refuse, before any model runs, a batch in which a job would write over a file another
+    job reads (its model or external data, by path, symbolic or hard link), or two jobs would
+    write the same file. Each job's own input is checked again when it runs (pipeline)."""
+    from quantrs.pipeline import output_files
+
+    writers: dict[tuple[int, int], Job] = {}
+    seen: dict[Path, Job] = {}
+    for job in jobs:
+        target = job.output.resolve()
+        if target in seen:
+            raise ConfigError(f"{seen[target].input} and {job.input} would both be written to {job.output}")
+        seen[target] = job
+        for out in output_files(job.output):
+            identity = _identity(out)
+            if identity is not None:
+                writers[identity] = job
+    if not writers:  # no output exists yet, so none can be a file some job reads
+        return
+    for reader in jobs:
+        for read in _files_read(reader.input):
+            writer = writers.get(_identity(read) or (-1, -1))
+            if writer is not None and writer is not reader:
+                raise ConfigError(f"{writer.output}: writing it would replace {read}, which {reader.input} reads; choose another output folder")
+
+
+def _files_read(path: Path) -> list[Path]:
+    from quantrs.model import load_model
+    from quantrs.pipeline import input_files
+
+    try:
+        return input_files(load_model(path))
+    except QuantrsError:  # not loadable: its own job reports why; only the file itself is read
+        return [path]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 @dataclass

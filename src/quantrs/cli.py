@@ -487,9 +487,10 @@ def auto(
         block_size=block_size or None, static=static, max_evaluations=max_evaluations, weights=weights,
     )  # fmt: skip
     if report is not None:
-        from quantrs.html_report import require_matplotlib
+        from quantrs.html_report import check_report_path, require_matplotlib
 
         require_matplotlib()  # before the search, not after it
+        check_report_path(report, [model], [output])
     from quantrs.errors import OptionError, UnknownNameError
 
     say = None if quiet or _State.quiet or fmt is OutputFormat.json else _progress_line
@@ -533,6 +534,11 @@ def validate(
     from quantrs.validation import validate as run
 
     thresholds = Thresholds(min_cosine=min_cosine, max_relative_l2=max_relative_error, min_top1=min_top1)
+    if report is not None:
+        from quantrs.html_report import check_report_path, require_matplotlib
+
+        require_matplotlib()  # before the validation, not after it
+        check_report_path(report, [original, quantized])
     with _counting(quiet, "running both models", "sample runs") as progress:
         result = run(original, quantized, data=data, samples=samples, detailed=detailed or report is not None, thresholds=thresholds, progress=progress)
     if report is not None:

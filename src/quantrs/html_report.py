@@ -10,14 +10,15 @@ import html
 import io
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from quantrs.errors import ConfigError
+from quantrs.errors import ConfigError, OutputError, QuantrsError
 from quantrs.report import AutoReport, ValidationReport
 
-__all__ = ["write_html_report", "write_auto_html", "require_matplotlib"]
+__all__ = ["write_html_report", "write_auto_html", "require_matplotlib", "check_report_path"]
 
 WORST_LAYERS_PLOTTED = 4
 
@@ -36,6 +37,40 @@ def _pyplot():
 def require_matplotlib() -> None:
     """ConfigError now, when the page could not be drawn later."""
     _pyplot()
+
+
+def check_report_path(path: Path, models: Sequence[Path], outputs: Sequence[Path] = ()) -> None:
+    """Refuse, before any work, a page path that is a file the command reads (a model or its
+    external data) or writes (`outputs`): writing the page would destroy it."""
+    from quantrs.model import load_model
+    from quantrs.pipeline import input_files, output_files
+
+    files: list[Path] = []
+    for model in models:
+        try:
+            files += input_files(load_model(model))
+        except QuantrsError:  # the command itself says why it cannot read it
+            files.append(model)
+    for out in outputs:
+        files += output_files(out)
+    for f in files:
+        if os.path.exists(path) and os.path.exists(f) and os.path.samefile(path, f):
+            raise OutputError(f"{path}: the --report page would overwrite {f}; choose another path")
+        if path.resolve() == f.resolve():
+            raise OutputError(f"{path}: the --report page would be overwritten by {f}; choose another path")
+
+
+def _write_page(path: Path, text: str) -> None:
+    """Atomically: a page appears whole or not at all, and never writes through a link."""
+    folder = path.parent if str(path.parent) else Path(".")
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write the report ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _png(fig) -> str:
@@ -123,7 +158,7 @@ def write_html_report(report: ValidationReport, path: str | os.PathLike[str]) ->
                 chart = _distribution_chart(plt, layer.name, np.asarray(orig.weights.array(layer.name)), deq[layer.name][1])
                 parts.append(f"<img alt='{esc(layer.name)}' src='data:image/png;base64,{chart}'>")
     parts.append("<p style='color:#888;font-size:12px'>made by quantrs validate --report</p></body></html>")
-    path.write_text("\n".join(parts), encoding="utf-8")
+    _write_page(path, "\n".join(parts))
     return path
 
 
@@ -166,5 +201,5 @@ def write_auto_html(report: AutoReport, path: str | os.PathLike[str]) -> Path:
         cells = "".join(f"<td>{layer.errors[w]:.3g}</td>" for w in report.choices)
         parts.append(f"<tr><td>{esc(layer.name)}</td><td>{esc(layer.consumer)}</td><td>{esc(layer.width)}</td>{cells}</tr>")
     parts.append("</table></body></html>")
-    path.write_text("\n".join(parts), encoding="utf-8")
+    _write_page(path, "\n".join(parts))
     return path

@@ -142,7 +142,7 @@ def open_model(src: Path, dst: Path) -> LoadedModel:
     check_paths(src, dst)
     model = load_model(src)
     logger.info("loaded %s: %d nodes, %d stored tensors, %.1f MB file, in %.3f s", src, len(model.proto.graph.node), len(model.weights), model.file_size / 1e6, time.perf_counter() - began)
-    _check_external_collision(model, dst)
+    _check_overwrites(model, dst)
     return model
 
 
@@ -543,11 +543,34 @@ def check_paths(src: Path, dst: Path) -> None:
         raise OutputError(f"{dst}: the output folder {folder} does not exist")
 
 
-def _check_external_collision(model: LoadedModel, dst: Path) -> None:
-    data = (dst.parent / (dst.name + ".data")).resolve()
-    for location in model.external_files:
-        if (model.path.parent / location).resolve() == data:
-            raise OutputError(f"{dst}: its external data file {data.name} would overwrite the input's weights")
+def _check_overwrites(model: LoadedModel, dst: Path) -> None:
+    """Refuse an output whose model or data file is one of the files the input reads (its
+    model file or an external-data file), whether by the same path, a symbolic link or a hard
+    link: replacing it would destroy the input."""
+    reads = input_files(model)
+    for out in output_files(dst):
+        for read in reads:
+            if _same_file(out, read):
+                what = "the input model" if read == model.path else f"the input's external data file {read.name}"
+                role = "the output path" if out == dst else f"its external data file {out.name}"
+                raise OutputError(f"{dst}: {role} is {what}; writing it would destroy the input; choose another output")
+
+
+def input_files(model: LoadedModel) -> list[Path]:
+    """Every file `model` is read from: its model file, then its external-data files."""
+    return [model.path, *(model.path.parent / f for f in sorted(model.external_files))]
+
+
+def output_files(dst: Path) -> list[Path]:
+    """Every file writing `dst` may create or replace: the model, and its external data."""
+    return [dst, dst.parent / (dst.name + ".data")]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (or cannot be read): not the same file
+        return False
 
 
 def _check(model: onnx.ModelProto, dq: dict[str, DQTensors], extra: list[onnx.TensorProto], src: Path) -> None:
