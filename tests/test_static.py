@@ -22,6 +22,7 @@ import quantrs
 from quantrs import CalibrationConfig
 from quantrs.cli import app
 from quantrs.collect import _prefix_model, collect_statistics, data_folder
+from quantrs.errors import ConfigError
 from quantrs.model import load_model
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "small_cnn.onnx"
@@ -445,7 +446,7 @@ def test_nothing_calibratable_is_an_error_not_a_weight_only_model(tmp_path):
     m = helper.make_tensor_value_info("m", TensorProto.FLOAT, [2, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])
     src = save(make(nodes, [x, m], [y], {"w": np.ones((8, 8), np.float32)}), tmp_path / "m.onnx")
-    feed = {"x": np.ones((2, 8), np.float32), "m": np.full((2, 8), -np.inf, np.float32)}
+    feed = {"x": np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32), "m": np.full((2, 8), -np.inf, np.float32)}
     result = runner.invoke(app, ["calibrate", str(src), "--data", str(_npz(tmp_path, feed)), "-o", str(tmp_path / "q.onnx")])
     assert result.exit_code == 1 and "no activation could be calibrated" in result.stderr
     assert not (tmp_path / "q.onnx").exists()
@@ -558,3 +559,54 @@ def test_benchmark_tells_weight_and_activation_dequantizers_apart(tmp_path):
     quantrs.calibrate(EXAMPLE, tmp_path / "c.onnx", samples)
     ops = _runtime_ops(tmp_path / "c.onnx", threads=1)
     assert ops is not None and ops.get(ACTIVATION_DQ, 0) >= 1 and ops.get("QLinearConv", 0) >= 1, ops
+
+
+# --- degenerate samples -------------------------------------------------------------------------
+
+
+def _two_input_mlp(tmp_path):
+    """y = x @ wx + z @ wz: two float inputs, each feeding a quantizable MatMul."""
+    rng = np.random.default_rng(3)
+    d = 32
+    nodes = [
+        helper.make_node("MatMul", ["x", "wx"], ["a"]),
+        helper.make_node("MatMul", ["z", "wz"], ["b"]),
+        helper.make_node("Add", ["a", "b"], ["y"]),
+    ]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4, d]) for n in ("x", "z")]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, d])
+    weights = {n: (rng.standard_normal((d, d)) / 6).astype(np.float32) for n in ("wx", "wz")}
+    return save(make(nodes, inputs, [y], weights), tmp_path / "m.onnx"), d
+
+
+def test_all_zero_samples_are_refused_naming_them(tmp_path):
+    """Range [0, 0] made scale 1 and a model whose real outputs were 92% off, with exit 0."""
+    src, d = _two_input_mlp(tmp_path)
+    zeros = [{"x": np.zeros((4, d), np.float32), "z": np.zeros((4, d), np.float32)} for _ in range(4)]
+    with pytest.raises(ConfigError, match=r"samples are degenerate: .*'x' is 0, 'z' is 0"):
+        quantrs.calibrate(src, tmp_path / "q.onnx", zeros)
+    assert not (tmp_path / "q.onnx").exists()
+    result = CliRunner().invoke(app, ["calibrate", str(src), "--data", str(_stacked_npz(tmp_path, zeros)), "-o", str(tmp_path / "q.onnx")])
+    assert result.exit_code == 1 and "degenerate" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def _stacked_npz(tmp_path, samples):
+    path = tmp_path / "zeros.npz"
+    np.savez(path, **{n: np.stack([s[n] for s in samples]) for n in samples[0]})
+    return path
+
+
+def test_an_activation_with_one_value_on_every_sample_stays_float(tmp_path):
+    """z is 0 in every sample (x is not): it gets no scale of 1 but stays float, with the
+    reason, and real inputs for z still come out right."""
+    src, d = _two_input_mlp(tmp_path)
+    rng = np.random.default_rng(4)
+    samples = [{"x": rng.standard_normal((4, d)).astype(np.float32), "z": np.zeros((4, d), np.float32)} for _ in range(8)]
+    report = quantrs.calibrate(src, tmp_path / "q.onnx", samples)
+    assert {f.name: f.reason for f in report.left_float} == {"z": "one value (0) on every sample: no range to calibrate"}
+    assert "x" in {a.name for a in report.activations}
+    feeds = {"x": samples[0]["x"], "z": rng.standard_normal((4, d)).astype(np.float32)}  # x within its range
+    ref = ort.InferenceSession(str(src)).run(None, feeds)[0]
+    got = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, feeds)[0]
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.03  # z at scale 1, zero point 0: ~0.9

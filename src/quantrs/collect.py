@@ -144,7 +144,10 @@ def collect_statistics(
     reference: deque[dict[str, np.ndarray]] = deque(maxlen=HELD_OUT)
     wanted, kept_outputs = set(names), set(outputs)
     count = 0
+    float_inputs = [n for n, v in first.items() if np.asarray(v).dtype.kind == "f"]
+    constant = {n: _single_value(first[n]) for n in float_inputs}  # the float inputs with one value in every sample so far
     for sample in runner.run(itertools.chain([first], feeds)):
+        constant = {n: v for n, v in constant.items() if v is not None and _single_value(sample.feed[n]) == v}
         result: dict[str, np.ndarray] = {}
         for name, value in sample.values:
             if name in wanted:
@@ -162,10 +165,27 @@ def collect_statistics(
     for name, c in collectors.items():
         if name not in skipped and c.samples == 0:
             skipped[name] = "no finite value on any sample"
+        elif name not in skipped and c.lo == c.hi:
+            skipped[name] = f"one value ({c.lo:g}) on every sample: no range to calibrate"
+    if float_inputs and len(constant) == len(float_inputs):
+        held = ", ".join(f"{n!r} is {v:g}" for n, v in constant.items())
+        raise ConfigError(
+            f"{model.path}: the calibration samples are degenerate: every value of every float input is the same in all "
+            f"{count} sample(s) ({held}); calibrate on inputs like the ones the model will see"
+        )
     kept = {n: c for n, c in collectors.items() if n not in skipped}
     return Statistics(
         kept, skipped, count, list(held_out), list(reference), len(runner.groups), runner.inference_seconds, time.perf_counter() - started
     )
+
+
+def _single_value(x: np.ndarray) -> float | None:
+    """The one value every element of a float array holds, or None (several values, or none)."""
+    x = np.asarray(x)
+    if x.size == 0 or x.dtype.kind != "f":
+        return None
+    first = x.flat[0]
+    return float(first) if np.all(x == first) else None
 
 
 def _nbytes(values: Iterable[Mapping[str, np.ndarray]]) -> int:
