@@ -153,3 +153,23 @@ def test_quantized_weight_bytes_are_the_bytes_written(save, tmp_path, name, opti
     out = onnx.load(str(tmp_path / "q.onnx"))
     written = sum(len(t.raw_data) for t in out.graph.initializer if t.name.endswith(("_quantized", "_scale", "_zero_point")))
     assert report.quantized_weight_bytes == written
+
+
+@pytest.mark.skipif(not kernels.openmp_enabled(), reason="the serial build has no OpenMP runtime")
+@pytest.mark.parametrize(("given", "spins"), [(None, "0"), ("active", "30000000000")])
+def test_openmp_workers_wait_passively_unless_told_otherwise(given, spins):
+    """A waiting kernel thread must sleep, not spin: on a machine where another process holds a
+    core, spinning made 2 threads 2.3x slower than one. The policy is read once, when the runtime
+    loads, so it must be in place before the first kernel import; the runtime itself says what
+    it took (OMP_DISPLAY_ENV=VERBOSE; libgomp shows its spin count: 300000 when no policy is
+    set, 0 when passive). A policy the user chose is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["OMP_DISPLAY_ENV"] = "VERBOSE"
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    run = subprocess.run([sys.executable, "-c", "import quantrs.model, quantrs.kernels"], env=env, capture_output=True, text=True, check=True)
+    assert f"GOMP_SPINCOUNT = '{spins}'" in run.stderr, run.stderr

@@ -10,10 +10,18 @@ answers at once.
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from quantrs._version import __version__
+
+# Before any compiled kernel loads the OpenMP runtime, which reads this once: a kernel thread that
+# waits at a barrier sleeps instead of spinning. On a machine where another process holds a core,
+# spinning workers took the cycles their descheduled sibling needed (2 threads ran 2.3x slower
+# than one); sleeping ones cost nothing measurable when the machine is idle (bench/busy_threads.py,
+# bench/RESULTS.md). A value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # public name -> module that defines it
 _EXPORTS = {
