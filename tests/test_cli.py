@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -168,6 +169,30 @@ def test_quantize_imports_only_what_it_uses(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "q.onnx").exists()
+
+
+def test_info_on_the_example_imports_only_what_it_uses(tmp_path):
+    """`quantrs info` on the bundled model reads one file: no runtime, no config or report
+    libraries at start-up (a fresh install's start-up is most of this command's time)."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "small_cnn.onnx"
+    code = (
+        "import sys\nfrom quantrs.cli import main\n"
+        f"sys.argv = ['quantrs', 'info', {str(example)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnxruntime', 'pydantic', 'yaml', 'matplotlib', 'distributed', 'scipy', 'tokenizers'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_ml_dtypes_is_a_release_that_imports_fast():
+    """Every `import onnx` imports ml_dtypes; 0.7.0's took ~0.5 s, most of each command's start-up
+    from a fresh install. pyproject caps it below 0.7: a resolve that ignores the cap fails here."""
+    from importlib.metadata import requires, version
+
+    assert any(r.replace(" ", "").startswith("ml_dtypes<0.7") for r in requires("quantrs") or [])
+    major, minor = (int(p) for p in version("ml_dtypes").split(".")[:2])
+    assert (major, minor) < (0, 7), version("ml_dtypes")
 
 
 def test_verbose_logs_each_stage_and_vv_each_tensor(save, tmp_path):
