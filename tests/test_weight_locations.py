@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import quantrs
 from quantrs import QuantizeConfig
-from quantrs.errors import AlreadyQuantizedError, ModelLoadError, UnknownNameError
+from quantrs.errors import AlreadyQuantizedError, ModelLoadError, UnknownNameError, UnsupportedModelError
 
 OPSET = 17
 
@@ -563,27 +563,48 @@ def test_config_file_names_the_field_of_an_unknown_name(save, tmp_path):
 # --- found in review ----------------------------------------------------------------------------
 
 
-def test_sibling_branches_may_reuse_a_name(save, tmp_path):
-    """Both branches of an If define a Constant 'k': legal ONNX (separate scopes), not a name
-    defined twice; it is left as it is and the rest is quantized."""
-    rng = np.random.default_rng(0)
+def _sibling_branches(rng):
+    """Each branch of an If holds its own MatMul weight 'W' (different values) and Constant 'k':
+    legal ONNX (separate scopes), accepted by onnx.checker and onnxruntime."""
 
     def branch(tag):
         nodes = [
-            helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array([2.0], np.float32))),
-            helper.make_node("MatMul", ["x", "w_main"], [f"m_{tag}"]),
+            helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array([2.0 if tag == "then" else 3.0], np.float32))),
+            helper.make_node("MatMul", ["x", "W"], [f"m_{tag}"]),
             helper.make_node("Mul", [f"m_{tag}", "k"], [f"out_{tag}"]),
         ]
-        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"out_{tag}", TensorProto.FLOAT, [2, 64])])
+        w = numpy_helper.from_array(_w(rng, (64, 64)), "W")
+        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"out_{tag}", TensorProto.FLOAT, [2, 64])], [w])
 
     node = helper.make_node("If", ["c"], ["y"], then_branch=branch("then"), else_branch=branch("else"), name="by_flag")
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])]
-    model = _model([node], inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])], [numpy_helper.from_array(_w(rng, (64, 64)), "w_main")])
+    model = _model([node], inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])], [])
+    onnx.checker.check_model(model, full_check=True)
     feeds = [{"x": rng.standard_normal((2, 64)).astype(np.float32), "c": np.array(flag)} for flag in (True, False)]
-    report, _ = quantize_and_compare(save, tmp_path, model, feeds, QuantizeConfig(per_channel=True, min_elements=0), 0.02)
+    return model, feeds
+
+
+def test_sibling_branches_each_quantize_their_own_weight(save, tmp_path):
+    """Refused before ("defined in more than one body"): each branch's W is now quantized
+    inside its own body (the second renamed W__2 there), and each branch's output stays close
+    to the float model's."""
+    model, feeds = _sibling_branches(np.random.default_rng(0))
+    report, out = quantize_and_compare(save, tmp_path, model, feeds, QuantizeConfig(per_channel=True, min_elements=0), 0.02)
     tensors = {t.name: t for t in report.tensors}
-    assert tensors["w_main"].quantized
-    assert not tensors["k"].quantized and "more than one body" in tensors["k"].reason
+    assert tensors["W"].quantized and tensors["W__2"].quantized
+    assert {tensors["W"].scope.split()[-1], tensors["W__2"].scope.split()[-1]} == {"then_branch", "else_branch"}
+    for attr in out.graph.node[0].attribute:  # each body dequantizes its own codes
+        assert [n.op_type for n in attr.g.node].count("DequantizeLinear") == 1
+
+
+def test_sibling_branches_exclude_and_layer_bits_by_the_name_in_the_file(save, tmp_path):
+    """--exclude W and --layer-bits W=4 mean both branches' W: the user knows only that name."""
+    model, _ = _sibling_branches(np.random.default_rng(1))
+    src = save(model)
+    with pytest.raises(UnsupportedModelError, match=r"'W': excluded by the user.*'W__2': excluded by the user"):
+        quantrs.quantize(src, tmp_path / "e.onnx", QuantizeConfig(per_channel=True, min_elements=0, exclude=("W",)))
+    four = quantrs.quantize(src, tmp_path / "f.onnx", QuantizeConfig(per_channel=True, min_elements=0, layer_bits=(("W", 4),)))
+    assert {t.name: t.storage for t in four.tensors if t.quantized} == {"W": "UINT4", "W__2": "UINT4"}
 
 
 def test_excluding_an_if_node_keeps_the_weights_its_bodies_read(save, tmp_path):

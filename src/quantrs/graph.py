@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-__all__ = ["MAIN", "Scope", "Use", "GraphIndex", "walk_graphs", "subgraphs", "constant_tensor", "name_maker"]
+__all__ = ["MAIN", "Scope", "Use", "GraphIndex", "walk_graphs", "subgraphs", "constant_tensor", "name_maker", "separate_sibling_names"]
 
 MAIN = ""  # the main graph's scope name
 
@@ -78,6 +78,68 @@ def constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
         if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
             return attr.t
     return None
+
+
+def separate_sibling_names(graph: onnx.GraphProto) -> dict[str, str]:
+    """Give every stored tensor a name of its own across the model, and return {new: original}.
+
+    Sibling bodies (an If's two branches, two Loops' bodies) are separate scopes, so each may
+    store its own tensor under the same name (`W` in both branches): legal, and what exporters
+    write. Everything downstream names a tensor by its value name, so each later definition is
+    renamed `W__2`, `W__3`, ... within its own body (its uses there and in bodies nested in it, and
+    the body's outputs, which If/Loop/Scan match by position): the model computes the same. The
+    first keeps its name.
+    """
+    taken = {name for scope in walk_graphs(graph) for name in _defined(scope.graph)}
+    owner: dict[str, Scope] = {}
+    renamed: dict[str, str] = {}
+    for scope in walk_graphs(graph):
+        for name in _stored(scope.graph):
+            if name not in owner:
+                owner[name] = scope
+                continue
+            if scope.is_within(owner[name]) or owner[name].is_within(scope):
+                continue  # nested: invalid, and the loader says so
+            k = 2
+            while f"{name}__{k}" in taken:
+                k += 1
+            new = f"{name}__{k}"
+            taken.add(new)
+            renamed[new] = name
+            _rename(scope.graph, name, new)
+    return renamed
+
+
+def _stored(graph: onnx.GraphProto) -> list[str]:
+    names = [t.name for t in graph.initializer]
+    names += [node.output[0] for node in graph.node if constant_tensor(node) is not None and node.output and node.output[0]]
+    return names
+
+
+def _defined(graph: onnx.GraphProto) -> Iterator[str]:
+    yield from (v.name for v in graph.input)
+    yield from (t.name for t in graph.initializer)
+    for node in graph.node:
+        yield from node.output
+
+
+def _rename(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Rename value `old` defined in `graph` (as a stored tensor) to `new`, wherever it is read
+    in `graph` and in the bodies nested in it."""
+    for t in graph.initializer:
+        if t.name == old:
+            t.name = new
+    for value in (*graph.output, *graph.value_info):
+        if value.name == old:
+            value.name = new
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        if constant_tensor(node) is not None and node.output and node.output[0] == old:
+            node.output[0] = new
+        for _, body in subgraphs(node):
+            _rename(body, old, new)
 
 
 class GraphIndex:

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper
 
 from quantrs._wire import scan_fields
 from quantrs.errors import ModelLoadError, first_line
-from quantrs.graph import MAIN, constant_tensor, walk_graphs
+from quantrs.graph import MAIN, constant_tensor, separate_sibling_names, walk_graphs
 
 __all__ = ["WeightInfo", "WeightStore", "LoadedModel", "load_model", "resolve_external_path"]
 
@@ -76,11 +76,11 @@ class WeightStore:
         *,
         file_map: mmap.mmap | None = None,
         embedded: dict[str, tuple[int, int]] | None = None,
+        aliases: dict[str, str] | None = None,
     ) -> None:
         self._tensors: dict[str, TensorProto] = {}
         self._where: dict[str, tuple[str, str]] = {}  # name -> (kind, scope)
         self._paths: dict[str, tuple[str, ...]] = {}
-        self.ambiguous: set[str] = set()  # defined in sibling bodies (legal): not one tensor
         for scope in walk_graphs(graph):
             for t in scope.graph.initializer:
                 self._add(t.name, t, "initializer", scope.path, model_path)
@@ -93,11 +93,12 @@ class WeightStore:
                 if constant_tensor(node) is not None:
                     continue
                 for out in node.output:
-                    if out in self._tensors and out not in self.ambiguous and _nested(self._paths[out], scope.path):
+                    if out in self._tensors and _nested(self._paths[out], scope.path):
                         raise ModelLoadError(
                             f"{model_path}: invalid graph: {out!r} is {_describe(*self._where[out])} and also "
                             f"the output of {node.op_type} {node.name!r}"
                         )
+        self.aliases = aliases or {}  # a sibling body's tensor renamed apart -> its name in the file (graph.separate_sibling_names)
         self._base_dir = base_dir
         self._model_path = model_path
         self._file_map = file_map
@@ -106,10 +107,7 @@ class WeightStore:
 
     def _add(self, name: str, tensor: TensorProto, kind: str, path: tuple[str, ...], model_path: Path | None) -> None:
         scope = " > ".join(path)
-        if name in self._tensors:
-            if not _nested(self._paths[name], path):  # sibling bodies (an If's two branches) may reuse a name
-                self.ambiguous.add(name)
-                return
+        if name in self._tensors:  # sibling bodies' own tensors were renamed apart (load_model)
             first = _describe(*self._where[name])
             raise ModelLoadError(
                 f"{model_path}: invalid graph: {name!r} is defined twice ({first}, and {_describe(kind, scope)})"
@@ -363,7 +361,8 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     # Parsing touched the graph's pages (Constant nodes' tensors are now copies in `proto`):
     # hand them back, so that they are not counted twice; weights fault in again when read.
     _drop_pages(file_map, 0, size)
-    weights = WeightStore(proto.graph, path.parent, path, file_map=file_map, embedded=embedded)
+    aliases = separate_sibling_names(proto.graph)
+    weights = WeightStore(proto.graph, path.parent, path, file_map=file_map, embedded=embedded, aliases=aliases)
     return LoadedModel(path=path, proto=proto, weights=weights, file_size=size)
 
 

@@ -176,8 +176,9 @@ def plan_weights(graph: onnx.GraphProto, weights: WeightStore, config: QuantizeC
     patterns = [re.compile(p) for p in config.exclude_regex]
     plans = []
     for info in weights:
-        plan = _plan_one(info, index, config, excluded_nodes, weights.ambiguous)
-        plans.append(_apply_overrides(plan, config, patterns))
+        original = weights.aliases.get(info.name, info.name)  # what the user sees in the file
+        plan = _plan_one(info, index, config, excluded_nodes, original)
+        plans.append(_apply_overrides(plan, config, patterns, original))
     return plans
 
 
@@ -206,7 +207,7 @@ def _unquantized(plan: TensorPlan, reason: str) -> TensorPlan:
     return replace(plan, quantize=False, reason=reason, axis=None, block_size=None, nbits=False, gather_block=False)
 
 
-def _apply_overrides(plan: TensorPlan, config: QuantizeConfig, patterns: list[re.Pattern[str]]) -> TensorPlan:
+def _apply_overrides(plan: TensorPlan, config: QuantizeConfig, patterns: list[re.Pattern[str]], original: str) -> TensorPlan:
     """Per-layer options: op-type and regex exclusions, and per-tensor bit widths."""
     if not plan.quantize:
         return plan
@@ -214,9 +215,9 @@ def _apply_overrides(plan: TensorPlan, config: QuantizeConfig, patterns: list[re
     if excluded_ops:
         return _unquantized(plan, f"used by an excluded op type ({', '.join(excluded_ops)})")
     for pattern in patterns:
-        if pattern.search(plan.name):
+        if pattern.search(original):
             return _unquantized(plan, f"excluded by the pattern {pattern.pattern!r}")
-    bits = dict(config.layer_bits).get(plan.name, config.bits)
+    bits = dict(config.layer_bits).get(original, config.bits)
     if bits == 8 != config.bits and plan.block_size is not None and plan.channel_axis is not None and not (plan.nbits or plan.gather_block):
         # An 8-bit layer of a 4-bit blocked model: INT8 needs no blocks (per channel is as
         # accurate, 12% smaller), and onnxruntime's integer MatMul takes per-channel INT8 only.
@@ -224,17 +225,15 @@ def _apply_overrides(plan: TensorPlan, config: QuantizeConfig, patterns: list[re
     return replace(plan, bits=bits)
 
 
-def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, excluded_nodes: set[str], ambiguous: set[str]) -> TensorPlan:
+def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, excluded_nodes: set[str], original: str) -> TensorPlan:
     def skip(reason: str) -> TensorPlan:
         return TensorPlan(info.name, info.shape, info.dtype_name, False, reason, kind=info.kind, scope=info.scope)
 
     if info.data_type not in FLOAT_TYPES:
         return skip(f"not a float tensor ({info.dtype_name})")
-    if info.name in ambiguous:
-        return skip("its name is defined in more than one body (sibling If branches): left as it is")
     if info.size == 0:
         return skip("empty")
-    if info.name in config.exclude:
+    if original in config.exclude:
         return skip("excluded by the user")
     if not index.uses.get(info.name):
         return skip("not used by any node")
