@@ -132,7 +132,19 @@ def quantize(
         already_quantized=already,
         rounding=config.rounding,
         samples=samples,
+        notes=_format_notes(config, plans),
     )
+
+
+def _format_notes(config: QuantizeConfig, plans: list[TensorPlan]) -> list[str]:
+    """What the report must say beside the figures: with matmulnbits, the weights written as
+    QDQ instead (a CNN's are all of them), and why."""
+    fallback = [p for p in plans if p.quantize and p.not_nbits]
+    if not fallback:
+        return []
+    whys = sorted({p.not_nbits for p in fallback})
+    shown = "; ".join(whys[:3]) + (f"; {len(whys) - 3} more reasons" if len(whys) > 3 else "")
+    return [f"{len(fallback)} of {sum(p.quantize for p in plans)} quantized weights are QDQ, not MatMulNBits ({shown})"]
 
 
 def open_model(src: Path, dst: Path) -> LoadedModel:
@@ -149,7 +161,7 @@ def open_model(src: Path, dst: Path) -> LoadedModel:
 def plan_model(model: LoadedModel, config: QuantizeConfig) -> tuple[list[TensorPlan], dict[str, DQSpec], str]:
     """The plan of every stored tensor, the storage of those quantized, and what the model
     already holds quantized ("" if nothing). Raises when nothing is left to quantize, or when
-    `config` asks for MatMulNBits and no weight can be one (OptionError on quant_format)."""
+    the model has nothing left to quantize."""
     src = model.path
     index = GraphIndex(model.proto.graph)
     plans = plan_weights(model.proto.graph, model.weights, config, index)
@@ -158,8 +170,6 @@ def plan_model(model: LoadedModel, config: QuantizeConfig) -> tuple[list[TensorP
     for p in plans:
         logger.debug("  %s %s: %s", p.name, list(p.shape), ("quantize: " if p.quantize else "skip: ") + p.reason)
     already = _describe_quantized(quantized_ops(index))
-    if config.quant_format == "matmulnbits" and specs and not any(s.nbits for s in specs.values()):
-        raise OptionError("quant_format", f"matmulnbits: {src} has no float32/float16 MatMul weight to write as MatMulNBits")
     if not specs:
         if already:
             raise AlreadyQuantizedError(f"{src}: already quantized ({already}) and no float weight is left to quantize")

@@ -55,6 +55,7 @@ class TensorPlan:
     gather_block: bool = False  # a table its Gathers read as com.microsoft.GatherBlockQuantized
     ops: tuple[str, ...] = ()  # the op types that consume it (after Cast/Transpose)
     channel_axis: int | None = None  # with blocks: the output-channel axis (for 8-bit layers, per channel)
+    not_nbits: str = ""  # with quant_format matmulnbits, why this quantized weight is QDQ instead
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -308,6 +309,19 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
         if dense:  # the same codes, scales and zero points: stored once
             why += "; stored once: its other uses read the same codes through DequantizeLinear"
         return quantized(1, block, why, gather_block=True)
+    plan = _layout(info, config, quantized, axes, reductions)
+    if plan is None:
+        return skip(f"shared by {len(consumers)} nodes that need different channel axes {sorted(axes)}")
+    if config.quant_format == "matmulnbits":
+        why = _why_not_nbits(info, consumers)
+        plan = replace(plan, reason=f"{plan.reason}; QDQ, not MatMulNBits: {why}", not_nbits=why)
+    return plan
+
+
+def _layout(info: WeightInfo, config: QuantizeConfig, quantized: Callable[..., TensorPlan], axes: set[int], reductions: set[int | None]) -> TensorPlan | None:
+    """A QDQ weight's layout: blocks along its one reduction axis, else per channel (or per
+    tensor), with the reason when blocks were asked for and cannot be. None: its uses need
+    different channel axes, and per channel was asked for."""
     fallback = ""
     if config.blocks is not None:
         reduction = reductions.pop() if len(reductions) == 1 else None
@@ -322,7 +336,7 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
     if len(axes) > 1:
         if fallback:
             return quantized(None, why=fallback.replace("per channel", "per tensor") + f" (and its channel axes {sorted(axes)} differ)")
-        return skip(f"shared by {len(consumers)} nodes that need different channel axes {sorted(axes)}")
+        return None
     return quantized(axes.pop(), why=fallback)
 
 
@@ -342,6 +356,20 @@ def _matmulnbits_weight(info: WeightInfo, consumers: list[_Consumer]) -> bool:
         and len(info.shape) == 2
         and all(c.direct and c.use.op == "MatMul" and c.use.index == 1 and not c.use.scope.path for c in consumers)
     )
+
+
+def _why_not_nbits(info: WeightInfo, consumers: list[_Consumer]) -> str:
+    """Why _matmulnbits_weight is False, for the report."""
+    others = sorted({c.use.op for c in consumers if not (c.direct and c.use.op == "MatMul" and c.use.index == 1)})
+    if others:
+        return f"read by {', '.join(others)}"
+    if info.data_type not in NBITS_TYPES:
+        return f"{info.dtype_name.lower()}; MatMulNBits takes float32 or float16"
+    if len(info.shape) != 2:
+        return f"{len(info.shape)}-D; MatMulNBits takes 2-D weights"
+    if info.scope != MAIN or any(c.use.scope.path for c in consumers):
+        return "read inside an If/Loop/Scan body"
+    return "a Constant node's value; MatMulNBits takes an initializer"
 
 
 def _gather_block_table(info: WeightInfo, consumers: list[_Consumer], reductions: set[int | None], block: int | None) -> bool:

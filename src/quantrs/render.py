@@ -80,6 +80,8 @@ def render_quantize(report: QuantizeReport) -> None:
     )
     if report.already_quantized:
         console.print(f"  the input was already partly quantized ({report.already_quantized})", highlight=False)
+    for note in report.notes:
+        console.print(f"  note: {escape(note)}", highlight=False)
     if report.rounding == "gptq":
         _render_gptq(console, report)
     quantized = [t for t in report.tensors if t.quantized]

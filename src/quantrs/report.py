@@ -94,6 +94,7 @@ class QuantizeReport:
     already_quantized: str = ""  # quantized ops found in the input, e.g. "12 ConvInteger"
     rounding: str = "nearest"  # or gptq: which weights got compensated codes, and why not, is in each tensor's reason
     samples: int = 0  # the samples gptq computed its codes from
+    notes: list[str] = field(default_factory=list)  # said beside the figures (e.g. weights matmulnbits wrote as QDQ)
 
     @property
     def compression(self) -> float:
