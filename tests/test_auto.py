@@ -207,6 +207,11 @@ def test_a_bad_output_path_and_held_out_data_fail_at_once(tmp_path):
     result = runner.invoke(app, [*common, "-o", str(tmp_path / "q.onnx"), "--eval-data", str(tmp_path / "bad.npy")])
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "q.onnx").exists()
+    (tmp_path / "notes.txt").write_text("a file")  # a parent that is a file is said to be one
+    result = runner.invoke(app, [*common, "-o", str(tmp_path / "notes.txt" / "q.onnx")])
+    assert result.exit_code == 1 and "notes.txt is a file, not a folder" in result.stderr, result.output
+    result = runner.invoke(app, [*common, "-o", str(tmp_path / "q.onnx"), "--report", str(tmp_path / "notes.txt" / "r.html")])
+    assert result.exit_code == 2 and "--report" in result.output and "notes.txt is a file, not a folder" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("seed", range(6))

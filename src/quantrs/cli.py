@@ -473,8 +473,12 @@ def auto(
         raise typer.BadParameter(f"{choices!r}: a comma-separated list of 4, 8 and float, with 4 or 8", param_hint="'--choices'")
     if block_size and (not 16 <= block_size <= 256 or block_size & (block_size - 1)):
         raise typer.BadParameter(f"must be a power of two from 16 to 256, or 0, not {block_size}", param_hint="'--block-size'")
-    if report is not None and not (report.parent if str(report.parent) else Path(".")).is_dir():
-        raise typer.BadParameter(f"{report}: the folder {report.parent} does not exist", param_hint="'--report'")
+    if report is not None:
+        from quantrs.writer import folder_problem
+
+        problem = folder_problem(report)
+        if problem is not None:
+            raise typer.BadParameter(f"{report}: {problem}", param_hint="'--report'")
     if static and quant_format != "qdq":
         raise typer.BadParameter(f"{quant_format}: --static writes QDQ (calibrated activations); matmulnbits is weight-only", param_hint="'--quant-format'")
     if not block_size and quant_format == "matmulnbits":

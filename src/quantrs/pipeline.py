@@ -38,7 +38,7 @@ from quantrs.qdq import (
 )
 from quantrs.report import PlanEntry, PlanReport, QuantizeReport, TensorReport
 from quantrs.tensor import QuantizedTensor, Scheme, Scratch, quantize_matmulnbits, quantize_tensor, scheme_for
-from quantrs.writer import OutTensor, Payload, write_model
+from quantrs.writer import OutTensor, Payload, folder_problem, write_model
 
 if TYPE_CHECKING:
     from quantrs.gptq import Compensation, Factor, Source
@@ -533,14 +533,15 @@ def _has_external_data(model: LoadedModel) -> bool:
 
 
 def check_paths(src: Path, dst: Path) -> None:
-    """Refuse, before any work, an output that is the input, a folder, or in no folder."""
+    """Refuse, before any work, an output that is the input, a folder, or in no folder (its
+    folder missing, or a file)."""
     if dst.exists() and src.exists() and os.path.samefile(src, dst):
         raise OutputError(f"{dst}: the output path is the input model; choose another output")
     if dst.exists() and dst.is_dir():
         raise OutputError(f"{dst}: the output path is a folder")
-    folder = dst.parent if str(dst.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{dst}: the output folder {folder} does not exist")
+    problem = folder_problem(dst)
+    if problem is not None:
+        raise OutputError(f"{dst}: {problem}")
 
 
 def _check_overwrites(model: LoadedModel, dst: Path) -> None:
