@@ -347,7 +347,9 @@ def _refuse_gptq(config) -> None:
 
 
 def _run_batch(work, fmt: OutputFormat, quiet: bool, **options) -> None:
-    """Run the jobs with a progress bar, print the summary, exit 1 if any model failed."""
+    """Run the jobs with a progress bar, print the summary, then each failure's cause as one
+    line on stderr (as every other command says its error: the summary's cell wraps it), and
+    exit 1 if any model failed."""
     from quantrs.batch import run_batch
 
     finished = [0]
@@ -365,6 +367,11 @@ def _run_batch(work, fmt: OutputFormat, quiet: bool, **options) -> None:
         left = len(work) - finished[0]
         raise _fail(f"interrupted: {finished[0]} done, {left} not finished; rerun with --skip-existing to finish them", code=130) from None
     _emit(report, fmt, "render_batch")
+    for result in report.results:
+        if result.status == "failed":
+            cause = "; ".join(line.strip() for line in (result.error or "failed").splitlines() if line.strip())
+            named = result.input in cause or result.output in cause
+            _print_error(cause if named else f"{result.input}: {cause}")
     if not report.ok:
         raise typer.Exit(code=1)
 
