@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from quantrs import QuantizeConfig
 from quantrs.auto import AutoConfig, _Search, auto
 from quantrs.cli import app
+from quantrs.errors import ConfigError
 from quantrs.model import load_model
 from quantrs.sensitivity import LayerSensitivity, Sensitivity, measure, width_configs
 
@@ -126,6 +127,24 @@ def test_bad_budgets_and_choices_are_usage_errors_naming_the_flag(tmp_path, args
     result = runner.invoke(app, ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), *args])
     assert result.exit_code == 2 and flag in result.output
     assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("choices", ["4,8,float", "8,float", "4,8"])
+def test_a_cosine_of_1_is_refused_before_any_work_as_only_the_float_model(tmp_path, choices):
+    """Issue 23.5: --min-cosine 1.0 allows no error at all (as --max-relative-error 0, refused
+    too): only the float model meets it, which auto does not write (it quantizes). Refused at
+    once as a usage error naming the flag, before the model or the samples are read, rather
+    than searching and exiting 1 with a model that cannot have met it."""
+    src, _ = sensitive_mlp(tmp_path / "m.onnx")
+    result = runner.invoke(
+        app, ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "missing.npy"), "--min-cosine", "1.0", "--choices", choices]
+    )
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--min-cosine" in text and "only the float model meets it" in text, text
+    assert "Traceback" not in result.output and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    with pytest.raises(ConfigError, match="only the float model"):
+        AutoConfig(min_cosine=1.0)
+    assert AutoConfig(min_cosine=0.999999).min_cosine == 0.999999 and AutoConfig(max_relative_error=0.1, min_top1=1.0).min_top1 == 1.0
 
 
 def test_no_samples_is_a_usage_error_naming_data(tmp_path):

@@ -57,6 +57,9 @@ __all__ = ["AutoConfig", "auto", "WIDTHS"]
 logger = logging.getLogger(__name__)
 
 WIDTHS = ("4", "8", FLOAT)  # narrowest first
+# A cosine of 1 is no error at all (as a relative error of 0): every quantized weight adds some,
+# so only the float model meets it, and auto writes a quantized model: refused before any work.
+ONLY_FLOAT = "1 allows no error at all: only the float model meets it, and auto writes a quantized model; give a budget below 1 (e.g. 0.9999)"
 HELD_OUT_SHARE = 0.25  # of --data, when no --eval-data is given
 
 
@@ -67,6 +70,7 @@ class AutoConfig:
     Attributes:
         min_cosine / max_relative_error / min_top1: the budget, on every model output over the
             held-out samples (as `validate` measures them); cosine or relative error required.
+            A cosine of 1 is refused, as a relative error of 0: only the float model meets it.
         choices: the widths a weight may get, from "4", "8", "float".
         block_size: 4-bit weights in blocks of this size (None: per channel).
         static: also quantize activations (calibrated INT8), the budget measured on that model.
@@ -91,8 +95,10 @@ class AutoConfig:
     def __post_init__(self) -> None:
         for name in ("min_cosine", "max_relative_error", "min_top1"):
             value = getattr(self, name)
+            if name == "min_cosine" and value == 1:
+                raise ConfigError(f"min_cosine {ONLY_FLOAT}")
             if value is not None and not 0 < value <= 1:
-                raise ConfigError(f"{name} must be in (0, 1], not {value}")
+                raise ConfigError(f"{name} must be in {'(0, 1)' if name == 'min_cosine' else '(0, 1]'}, not {value}")
         if self.min_cosine is None and self.max_relative_error is None:
             raise ConfigError("a budget is needed: min_cosine or max_relative_error")
         unknown = [c for c in self.choices if c not in WIDTHS]

@@ -445,7 +445,7 @@ def auto(
     model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the chosen model.", show_default=False)],
     data: Annotated[Path, typer.Option("--data", help="Samples (as for calibrate): sensitivity, and the held-out quarter unless --eval-data.", show_default=False)],
-    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Budget: cosine to the float outputs, in (0, 1].", show_default=False)] = None,
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Budget: cosine to the float outputs, in (0, 1) (1 is only the float model).", show_default=False)] = None,
     max_relative_error: Annotated[Optional[float], typer.Option("--max-relative-error", help="Budget: relative L2 error of the outputs, in (0, 1].", show_default=False)] = None,
     min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Also: top-1 agreement (classifiers), in (0, 1].", show_default=False)] = None,
     choices: Annotated[str, typer.Option("--choices", help="Widths a weight may get, from 4, 8, float.")] = "4,8,float",
@@ -464,12 +464,14 @@ def auto(
     """The smallest model whose outputs stay within a budget of the float model's: a width per
     layer from one sensitivity pass, verified on held-out samples. Exit 1 when the budget is out
     of reach (the closest model is written)."""
-    from quantrs.auto import WIDTHS, AutoConfig
+    from quantrs.auto import ONLY_FLOAT, WIDTHS, AutoConfig
     from quantrs.auto import auto as run
 
-    for flag, value in (("--min-cosine", min_cosine), ("--max-relative-error", max_relative_error), ("--min-top1", min_top1)):
+    if min_cosine == 1:  # no error at all, as --max-relative-error 0 (refused below)
+        raise typer.BadParameter(ONLY_FLOAT, param_hint="'--min-cosine'")
+    for flag, value, interval in (("--min-cosine", min_cosine, "(0, 1)"), ("--max-relative-error", max_relative_error, "(0, 1]"), ("--min-top1", min_top1, "(0, 1]")):
         if value is not None and not 0 < value <= 1:
-            raise typer.BadParameter(f"must be in (0, 1], not {value}", param_hint=f"'{flag}'")
+            raise typer.BadParameter(f"must be in {interval}, not {value}", param_hint=f"'{flag}'")
     if min_cosine is None and max_relative_error is None:
         raise typer.BadParameter(
             "a budget is needed: --min-cosine or --max-relative-error (--min-top1 is checked besides)", param_hint="'--min-cosine'"
