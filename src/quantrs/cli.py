@@ -463,8 +463,8 @@ def auto(
 ) -> None:
     """The smallest model whose outputs stay within a budget of the float model's: a width per
     layer from one sensitivity pass, verified on held-out samples. Exit 1 when the budget is out
-    of reach (the closest model is written)."""
-    from quantrs.auto import ONLY_FLOAT, WIDTHS, AutoConfig
+    of reach: nothing is written at --output, the closest model goes beside it (q.closest.onnx)."""
+    from quantrs.auto import ONLY_FLOAT, WIDTHS, AutoConfig, closest_path
     from quantrs.auto import auto as run
 
     if min_cosine == 1:  # no error at all, as --max-relative-error 0 (refused below)
@@ -503,7 +503,7 @@ def auto(
         from quantrs.html_report import check_report_path, require_matplotlib
 
         require_matplotlib()  # before the search, not after it
-        check_report_path(report, [model], [output])
+        check_report_path(report, [model], [output, closest_path(output)])
     from quantrs.errors import OptionError, UnknownNameError
 
     say = None if quiet or _State.quiet or fmt is OutputFormat.json else _progress_line
@@ -519,7 +519,8 @@ def auto(
         write_auto_html(result, report)
     _emit(result, fmt, "render_auto")
     if not result.met:
-        raise typer.Exit(code=1)
+        budget = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.budget.items())
+        raise _fail(f"{model}: missed {budget} by {result.miss:.4g}; nothing written at {output}; the closest model is {result.closest}")
 
 
 def _progress_line(message: str) -> None:

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from quantrs.gptq import Compensation, Factor, Source
     from quantrs.samples import SampleSource
 
-__all__ = ["quantize", "dry_run", "open_model", "plan_model", "rewrite_and_write", "GraphEdit", "WeightStream"]
+__all__ = ["quantize", "dry_run", "open_model", "check_output", "plan_model", "rewrite_and_write", "GraphEdit", "WeightStream"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,14 @@ def open_model(src: Path, dst: Path) -> LoadedModel:
     logger.info("loaded %s: %d nodes, %d stored tensors, %.1f MB file, in %.3f s", src, len(model.proto.graph.node), len(model.weights), model.file_size / 1e6, time.perf_counter() - began)
     _check_overwrites(model, dst)
     return model
+
+
+def check_output(model: LoadedModel, dst: Path) -> None:
+    """The checks open_model makes of its output, for a further output of the same run (auto's
+    closest model): not the input, not a folder, in a folder, and neither it nor its data file
+    one of the files the input reads."""
+    check_paths(model.path, dst)
+    _check_overwrites(model, dst)
 
 
 def plan_model(model: LoadedModel, config: QuantizeConfig) -> tuple[list[TensorPlan], dict[str, DQSpec], str]:
