@@ -418,13 +418,43 @@ def test_gptq_sensitivity_measures_the_compensated_codes(tmp_path):
             assert b.errors[width] < 0.7 * a.errors[width], (a.name, width, a.errors, b.errors)
 
 
-def test_one_sample_is_an_error_naming_the_data_and_how_samples_are_counted(tmp_path):
+def test_rows_of_the_dynamic_batch_axis_are_samples_and_one_row_is_an_error_naming_the_data(tmp_path):
+    """Issue 23.5: one [128, D] array for the input [N, D] is 128 samples (what a user means),
+    not one run of batch 128 that leaves nothing to hold out; a single row is still 1 sample."""
     src, samples = sensitive_mlp(tmp_path / "m.onnx")
-    np.save(tmp_path / "one.npy", samples.reshape(-1, D))  # [N, D]: one run of batch N
-    result = runner.invoke(app, ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "one.npy"), "--min-cosine", "0.99"])
+    np.save(tmp_path / "rows.npy", samples.reshape(-1, D))  # [128, D]
+    common = ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--min-cosine", "0.99"]
+    result = runner.invoke(app, [*common, "--data", str(tmp_path / "rows.npy"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["tuning_samples"], data["held_out_samples"]) == (96, 32) and data["met"]
+    assert ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, {"x": samples[0]})[0].shape == (4, D)
+    np.save(tmp_path / "held.npy", samples[:5].reshape(-1, D))  # --eval-data is read the same way
+    report = auto(src, tmp_path / "q.onnx", tmp_path / "rows.npy", AutoConfig(min_cosine=0.99), eval_data=tmp_path / "held.npy")
+    assert (report.tuning_samples, report.held_out_samples) == (128, 20)
+    (tmp_path / "q.onnx").unlink()
+    np.save(tmp_path / "one.npy", samples[0, :1])  # [1, D]: one row
+    result = runner.invoke(app, [*common, "--data", str(tmp_path / "one.npy")])
     text = " ".join(result.output.split())
-    assert result.exit_code == 1 and "m.onnx: auto needs at least 2 samples" in text and "one.npy gives 1" in text and "stack samples on a new first axis" in text, text
+    assert result.exit_code == 1 and "m.onnx: auto needs at least 2 samples" in text and "one.npy gives 1" in text, text
+    assert "a sample is a row of the inputs' dynamic first axis" in text
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_a_fixed_batch_model_takes_its_rows_as_today(tmp_path):
+    """A model whose input has a fixed batch ([4, D]): a [32, D] array is 8 samples of that batch
+    (samples.py's rule for a fixed batch, unchanged); a [4, D] one is a single sample."""
+    src, samples = sensitive_mlp(tmp_path / "m.onnx")
+    model = onnx.load(str(src))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 4
+    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    np.save(tmp_path / "rows.npy", samples[:8].reshape(-1, D))  # [32, D]
+    report = auto(tmp_path / "fixed.onnx", tmp_path / "q.onnx", tmp_path / "rows.npy", AutoConfig(min_cosine=0.99))
+    assert (report.tuning_samples, report.held_out_samples) == (6, 2)
+    np.save(tmp_path / "one.npy", samples[0])  # [4, D]: the fixed batch itself
+    with pytest.raises(ConfigError, match="one.npy gives 1"):
+        auto(tmp_path / "fixed.onnx", tmp_path / "q2.onnx", tmp_path / "one.npy", AutoConfig(min_cosine=0.99))
 
 
 def test_the_report_says_the_format_and_the_rounding(tmp_path):

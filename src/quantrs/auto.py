@@ -152,14 +152,15 @@ def auto(
     except OutputError as exc:
         raise OutputError(f"{exc} (auto writes the closest model there when the budget is missed)") from None
     specs = input_specs(model.proto)
-    samples = list(iter_samples(data, specs, limit=config.max_samples))
+    # Samples are held out and counted: a file of [64, D] for an input [N, D] is 64 of them, not one batch.
+    samples = list(iter_samples(data, specs, limit=config.max_samples, split_batch=True))
     if eval_data is not None:
-        tuning, held_out = samples, list(iter_samples(eval_data, specs, limit=config.max_samples))
+        tuning, held_out = samples, list(iter_samples(eval_data, specs, limit=config.max_samples, split_batch=True))
     else:
         if len(samples) < 2:
             raise ConfigError(
-                f"auto needs at least 2 samples to hold some out, or --eval-data; {describe_source(data)} gives {len(samples)} (an array "
-                "whose first axis is the model's dynamic batch axis is one sample: stack samples on a new first axis)",
+                f"auto needs at least 2 samples to hold some out, or --eval-data; {describe_source(data)} gives {len(samples)} (a "
+                "sample is a row of the inputs' dynamic first axis, or an array stacked on a new first axis)",
                 file=src,
             )
         cut = len(samples) - max(1, round(len(samples) * HELD_OUT_SHARE))

@@ -444,7 +444,7 @@ def calibrate(
 def auto(
     model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the chosen model.", show_default=False)],
-    data: Annotated[Path, typer.Option("--data", help="Samples (as for calibrate): sensitivity, and the held-out quarter unless --eval-data.", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", help="Samples (as for calibrate; each row of a dynamic batch axis is one): sensitivity, and the held-out quarter unless --eval-data.", show_default=False)],
     min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Budget: cosine to the float outputs, in (0, 1) (1 is only the float model).", show_default=False)] = None,
     max_relative_error: Annotated[Optional[float], typer.Option("--max-relative-error", help="Budget: relative L2 error of the outputs, in (0, 1].", show_default=False)] = None,
     min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Also: top-1 agreement (classifiers), in (0, 1].", show_default=False)] = None,
