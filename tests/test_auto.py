@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from quantrs import QuantizeConfig
 from quantrs.auto import AutoConfig, _Search, auto
 from quantrs.cli import app
+from quantrs.errors import ConfigError
 from quantrs.model import load_model
 from quantrs.sensitivity import LayerSensitivity, Sensitivity, measure, width_configs
 
@@ -68,28 +69,89 @@ def test_the_result_meets_the_budget_is_smaller_than_int8_and_keeps_the_sensitiv
     assert report.candidates[report.chosen].met and 1 <= report.evaluations <= 6
 
 
-def test_an_unreachable_budget_writes_the_closest_model_and_exits_1(tmp_path):
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_an_unreachable_budget_leaves_nothing_at_o_writes_the_closest_beside_it_and_exits_1(tmp_path, fmt):
+    """Issue 23.5: a missed budget must not leave a model at -o (a make rule or a `set -e` script
+    would take the failed run for a success): the closest model goes to q.closest.onnx, which
+    stderr (one line), the report and its JSON name; exit 1."""
     src, samples = sensitive_mlp(tmp_path / "m.onnx")
     np.save(tmp_path / "data.npy", samples)
     result = runner.invoke(
-        app, ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.999999", "--choices", "4,8", "--format", "json"]
+        app, ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.999999", "--choices", "4,8", "--format", fmt]
     )
     assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    closest = tmp_path / "q.closest.onnx"
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "q.onnx.data").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npy", "m.onnx", "q.closest.onnx"]  # no work folder left
+    lines = [line for line in result.stderr.strip().splitlines() if not line.endswith("...")]  # progress in text
+    assert len(lines) == 1 and "m.onnx: missed min cosine 0.999999" in lines[0] and str(closest) in lines[0], lines
+    assert lines[0].startswith("error: ") and f"nothing written at {tmp_path / 'q.onnx'}" in lines[0]
+    x = samples[0]
+    assert ort.InferenceSession(str(closest)).run(None, {"x": x})[0].shape == x.shape  # a whole, runnable model
+    if fmt == "text":
+        assert str(closest) in " ".join(result.stdout.split())
+        return
     data = json.loads(result.stdout)
     assert data["met"] is False and data["miss"] > 0
-    assert (tmp_path / "q.onnx").exists()
+    assert data["closest"] == str(closest) and data["files_written"] == [str(closest)] and data["output"] == str(tmp_path / "q.onnx")
+    assert data["output_bytes"] == closest.stat().st_size
     assert all(layer["width"] == "8" for layer in data["layers"])  # the best these widths can do
     assert data["evaluations"] == len(data["candidates"]) >= 1
+
+
+def test_the_closest_model_keeps_its_external_data_beside_it(tmp_path):
+    """An input with external data: the closest model is rebuilt as q.closest.onnx with its own
+    q.closest.onnx.data; nothing at -o, and a met budget still writes -o (closest is None)."""
+    src, samples = sensitive_mlp(tmp_path / "m.onnx")
+    model = onnx.load(str(src))
+    onnx.save(model, str(src), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    feeds = [{"x": s} for s in samples]
+    report = auto(src, tmp_path / "q.onnx", feeds, AutoConfig(min_cosine=0.999999, choices=("4", "8")))
+    closest = tmp_path / "q.closest.onnx"
+    assert not report.met and report.closest == str(closest)
+    assert report.files_written == [str(closest), str(tmp_path / "q.closest.onnx.data")]
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "q.onnx.data").exists()
+    written = onnx.load(str(closest), load_external_data=False)
+    locations = {e.value for t in written.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"q.closest.onnx.data"}
+    ort.InferenceSession(str(closest)).run(None, {"x": samples[0]})
+    met = auto(src, tmp_path / "ok.onnx", feeds, AutoConfig(min_cosine=0.9))
+    assert met.met and met.closest is None and (tmp_path / "ok.onnx").exists() and not (tmp_path / "ok.closest.onnx").exists()
+
+
+@pytest.mark.parametrize("clash", ["model", "data"])
+def test_the_closest_model_may_not_overwrite_a_file_the_input_reads(tmp_path, clash):
+    """The closest model's name goes through the checks of every output (pipeline.check_output):
+    an input named q.closest.onnx, or whose external data is q.closest.onnx.data, is refused
+    before any work for -o q.onnx, and left as it was."""
+    name = "q.closest.onnx" if clash == "model" else "m.onnx"
+    src, samples = sensitive_mlp(tmp_path / name)
+    if clash == "data":
+        onnx.save(onnx.load(str(src)), str(src), save_as_external_data=True, location="q.closest.onnx.data", size_threshold=0)
+    np.save(tmp_path / "data.npy", samples)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    result = runner.invoke(
+        app, ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.999999", "--choices", "4,8"]
+    )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "q.closest.onnx" in lines[0] and "closest model" in lines[0], lines
+    assert ("is the input model" if clash == "model" else "external data file q.closest.onnx.data") in lines[0]
+    assert "evaluating" not in result.output  # refused before the search
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    from quantrs.errors import OutputError
+
+    with pytest.raises(OutputError, match="closest model"):
+        auto(src, tmp_path / "q.onnx", [{"x": s} for s in samples], AutoConfig(min_cosine=0.99))
 
 
 def test_json_and_html_report(tmp_path):
     pytest.importorskip("matplotlib")
     src, samples = sensitive_mlp(tmp_path / "m.onnx")
     np.save(tmp_path / "data.npy", samples)
-    result = runner.invoke(
-        app,
-        ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.99", "--format", "json", "--report", str(tmp_path / "r.html")],
-    )
+    common = ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--format", "json", "--min-cosine", "0.99"]
+    result = runner.invoke(app, [*common, "--report", str(tmp_path / "r.html")])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["budget"] == {"min_cosine": 0.99}
@@ -99,6 +161,11 @@ def test_json_and_html_report(tmp_path):
         assert 0 < c["predicted_cosine"] <= 1 and c["outputs"][0]["cosine"] > 0
     page = (tmp_path / "r.html").read_text()
     assert "data:image/png;base64" in page and "w2" in page
+    missed = [*common[:-2], "--min-cosine", "0.999999", "--choices", "4,8"]  # the page names the closest model
+    result = runner.invoke(app, [*missed, "--report", str(tmp_path / "r.html")])
+    assert result.exit_code == 1 and "q.closest.onnx (the closest model; nothing at" in (tmp_path / "r.html").read_text()
+    result = runner.invoke(app, [*missed, "--report", str(tmp_path / "q.closest.onnx")])  # nor may the page be that model
+    assert result.exit_code == 1 and "q.closest.onnx: the --report page would" in result.stderr, result.output
 
 
 def test_static_budget_is_measured_on_the_static_model(tmp_path):
@@ -126,6 +193,24 @@ def test_bad_budgets_and_choices_are_usage_errors_naming_the_flag(tmp_path, args
     result = runner.invoke(app, ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), *args])
     assert result.exit_code == 2 and flag in result.output
     assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("choices", ["4,8,float", "8,float", "4,8"])
+def test_a_cosine_of_1_is_refused_before_any_work_as_only_the_float_model(tmp_path, choices):
+    """Issue 23.5: --min-cosine 1.0 allows no error at all (as --max-relative-error 0, refused
+    too): only the float model meets it, which auto does not write (it quantizes). Refused at
+    once as a usage error naming the flag, before the model or the samples are read, rather
+    than searching and exiting 1 with a model that cannot have met it."""
+    src, _ = sensitive_mlp(tmp_path / "m.onnx")
+    result = runner.invoke(
+        app, ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "missing.npy"), "--min-cosine", "1.0", "--choices", choices]
+    )
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "--min-cosine" in text and "only the float model meets it" in text, text
+    assert "Traceback" not in result.output and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    with pytest.raises(ConfigError, match="only the float model"):
+        AutoConfig(min_cosine=1.0)
+    assert AutoConfig(min_cosine=0.999999).min_cosine == 0.999999 and AutoConfig(max_relative_error=0.1, min_top1=1.0).min_top1 == 1.0
 
 
 def test_no_samples_is_a_usage_error_naming_data(tmp_path):
@@ -207,6 +292,11 @@ def test_a_bad_output_path_and_held_out_data_fail_at_once(tmp_path):
     result = runner.invoke(app, [*common, "-o", str(tmp_path / "q.onnx"), "--eval-data", str(tmp_path / "bad.npy")])
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "q.onnx").exists()
+    (tmp_path / "notes.txt").write_text("a file")  # a parent that is a file is said to be one
+    result = runner.invoke(app, [*common, "-o", str(tmp_path / "notes.txt" / "q.onnx")])
+    assert result.exit_code == 1 and "notes.txt is a file, not a folder" in result.stderr, result.output
+    result = runner.invoke(app, [*common, "-o", str(tmp_path / "q.onnx"), "--report", str(tmp_path / "notes.txt" / "r.html")])
+    assert result.exit_code == 2 and "--report" in result.output and "notes.txt is a file, not a folder" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -331,13 +421,43 @@ def test_gptq_sensitivity_measures_the_compensated_codes(tmp_path):
             assert b.errors[width] < 0.7 * a.errors[width], (a.name, width, a.errors, b.errors)
 
 
-def test_one_sample_is_an_error_naming_the_data_and_how_samples_are_counted(tmp_path):
+def test_rows_of_the_dynamic_batch_axis_are_samples_and_one_row_is_an_error_naming_the_data(tmp_path):
+    """Issue 23.5: one [128, D] array for the input [N, D] is 128 samples (what a user means),
+    not one run of batch 128 that leaves nothing to hold out; a single row is still 1 sample."""
     src, samples = sensitive_mlp(tmp_path / "m.onnx")
-    np.save(tmp_path / "one.npy", samples.reshape(-1, D))  # [N, D]: one run of batch N
-    result = runner.invoke(app, ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "one.npy"), "--min-cosine", "0.99"])
+    np.save(tmp_path / "rows.npy", samples.reshape(-1, D))  # [128, D]
+    common = ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--min-cosine", "0.99"]
+    result = runner.invoke(app, [*common, "--data", str(tmp_path / "rows.npy"), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["tuning_samples"], data["held_out_samples"]) == (96, 32) and data["met"]
+    assert ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, {"x": samples[0]})[0].shape == (4, D)
+    np.save(tmp_path / "held.npy", samples[:5].reshape(-1, D))  # --eval-data is read the same way
+    report = auto(src, tmp_path / "q.onnx", tmp_path / "rows.npy", AutoConfig(min_cosine=0.99), eval_data=tmp_path / "held.npy")
+    assert (report.tuning_samples, report.held_out_samples) == (128, 20)
+    (tmp_path / "q.onnx").unlink()
+    np.save(tmp_path / "one.npy", samples[0, :1])  # [1, D]: one row
+    result = runner.invoke(app, [*common, "--data", str(tmp_path / "one.npy")])
     text = " ".join(result.output.split())
-    assert result.exit_code == 1 and "m.onnx: auto needs at least 2 samples" in text and "one.npy gives 1" in text and "stack samples on a new first axis" in text, text
+    assert result.exit_code == 1 and "m.onnx: auto needs at least 2 samples" in text and "one.npy gives 1" in text, text
+    assert "a sample is a row of the inputs' dynamic first axis" in text
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_a_fixed_batch_model_takes_its_rows_as_today(tmp_path):
+    """A model whose input has a fixed batch ([4, D]): a [32, D] array is 8 samples of that batch
+    (samples.py's rule for a fixed batch, unchanged); a [4, D] one is a single sample."""
+    src, samples = sensitive_mlp(tmp_path / "m.onnx")
+    model = onnx.load(str(src))
+    for value in (*model.graph.input, *model.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_value = 4
+    onnx.save(model, str(tmp_path / "fixed.onnx"))
+    np.save(tmp_path / "rows.npy", samples[:8].reshape(-1, D))  # [32, D]
+    report = auto(tmp_path / "fixed.onnx", tmp_path / "q.onnx", tmp_path / "rows.npy", AutoConfig(min_cosine=0.99))
+    assert (report.tuning_samples, report.held_out_samples) == (6, 2)
+    np.save(tmp_path / "one.npy", samples[0])  # [4, D]: the fixed batch itself
+    with pytest.raises(ConfigError, match="one.npy gives 1"):
+        auto(tmp_path / "fixed.onnx", tmp_path / "q2.onnx", tmp_path / "one.npy", AutoConfig(min_cosine=0.99))
 
 
 def test_the_report_says_the_format_and_the_rounding(tmp_path):
@@ -368,7 +488,7 @@ def test_matmulnbits_auto_weighs_a_gemm_weight_as_it_is_built(tmp_path):
     samples = [{"x": rng.standard_normal((8, k)).astype(np.float32)} for _ in range(8)]
     config = AutoConfig(min_cosine=0.999999, choices=("4", "8"), weights=QuantizeConfig(quant_format="matmulnbits"))  # every weight at 8
     report = auto(tmp_path / "m.onnx", tmp_path / "q.onnx", samples, config)
-    out = onnx.load(str(tmp_path / "q.onnx"))
+    out = onnx.load(report.files_written[0])  # q.onnx, or q.closest.onnx if even 8 bits miss
     stored = {t.name: len(t.raw_data) for t in out.graph.initializer}
     written = {w: sum(size for name, size in stored.items() if name.startswith(w + "_")) for w in ("w_mm", "w_gemm")}
     assert {layer.name: layer.width for layer in report.layers} == {"w_mm": "8", "w_gemm": "8"}

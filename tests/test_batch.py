@@ -72,6 +72,8 @@ def test_first_failure_stops_the_batch_then_skip_existing_finishes_it(models, tm
     assert result.exit_code == 1
     report = json.loads(result.stdout)
     assert report["summary"] == {"ok": 2, "failed": 1, "skipped": 0, "cancelled": len(BUILDERS) - 2}
+    lines = result.stderr.strip().splitlines()  # the cause, as one line (as config says it)
+    assert len(lines) == 1 and "d_broken.onnx" in lines[0] and "not a valid ONNX model" in lines[0], lines
     assert valid_outputs(out) == ["conv_net.onnx", "conv_transpose.onnx"]
     (models / "d_broken.onnx").unlink()
     again = runner.invoke(app, ["batch", str(models), "-o", str(out), "--min-elements", "0", "--skip-existing", "--format", "json"])

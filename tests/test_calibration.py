@@ -310,3 +310,20 @@ def test_memory_does_not_grow_with_samples(tmp_path, method):
 
     small, large = peak(10), peak(1000)
     assert large - small < 25, (small, large)  # 1000 samples of activations would be ~700 MB
+
+
+def test_a_dynamic_batch_array_is_one_run_with_every_row_counted(tmp_path):
+    """calibrate keeps [64, D] for an input [N, D] as one sample of batch 64 (auto splits it into
+    64 samples to hold some out; samples.split_batch): the ranges are those of the 64 rows run
+    one by one (to float rounding), since every row's values are in the statistics either way."""
+    from test_auto import D, sensitive_mlp
+
+    src, samples = sensitive_mlp(tmp_path / "m.onnx")
+    rows = samples[:16].reshape(-1, D)  # [64, D]
+    np.save(tmp_path / "rows.npy", rows)
+    batch = quantrs.calibrate(src, tmp_path / "a.onnx", tmp_path / "rows.npy")
+    one_by_one = quantrs.calibrate(src, tmp_path / "b.onnx", [{"x": r[None]} for r in rows])
+    assert (batch.samples, one_by_one.samples) == (1, 64)
+    assert [a.name for a in batch.activations] == [a.name for a in one_by_one.activations]
+    for a, b in zip(batch.activations, one_by_one.activations):  # MatMul's float rounding differs by batch
+        assert (a.lo, a.hi) == pytest.approx((b.lo, b.hi), rel=1e-5), a.name

@@ -90,6 +90,15 @@ def test_missing_file_exit_1(tmp_path):
     assert "missing.onnx: no such file" in result.stderr
 
 
+def test_output_under_a_file_is_one_line_saying_so(save, tmp_path):
+    src = save(BUILDERS["mlp"]()[0])
+    (tmp_path / "some_file.txt").write_text("x")
+    result = invoke("quantize", src, "-o", tmp_path / "some_file.txt" / "q.onnx", "--min-elements", "0")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "some_file.txt is a file, not a folder" in lines[0], lines
+
+
 def test_same_output_refused(save):
     src = save(BUILDERS["mlp"]()[0])
     result = invoke("quantize", src, "-o", src, "--min-elements", "0")

@@ -141,6 +141,20 @@ def test_config_command_runs_and_flags_override(workspace):
     assert json.loads(again.stdout)["summary"]["skipped"] == 3  # batch.skip_existing covers every model of the file
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_config_failures_say_their_cause_as_one_line_on_stderr(workspace, fmt):
+    """Issue 23 (messages): the summary table wraps a failure's cause inside its cell; each
+    failure is also one line on stderr naming the model, whatever the format of stdout."""
+    (workspace / "models" / "conv_net.onnx").write_bytes(b"not an onnx model" * 20)
+    result = runner.invoke(app, ["config", str(workspace / "q.yaml"), "--continue-on-error", "--format", fmt])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "conv_net.onnx" in lines[0] and "not a valid ONNX model" in lines[0], lines
+    if fmt == "json":
+        assert json.loads(result.stdout)["summary"]["failed"] == 1  # stdout stays one JSON object
+
+
 def test_exclusions_by_op_type_and_regex(save, tmp_path):
     model, _ = BUILDERS["conv_net"]()
     src = save(model)

@@ -74,6 +74,30 @@ def test_output_folder_missing(save, tmp_path):
         quantrs.quantize(save(model), tmp_path / "no" / "out.onnx", QuantizeConfig(min_elements=0))
 
 
+@pytest.mark.parametrize("under", ["", "sub"])  # the parent is a file, or a folder above it is
+def test_output_under_a_file_says_it_is_a_file(save, tmp_path, under):
+    """Issue 23 (messages): an output whose folder is a file says so, not that the folder does
+    not exist; quantize refuses it before any work (check_paths), and so does the writer."""
+    from quantrs.pipeline import check_paths
+    from quantrs.writer import write_model
+
+    model, _ = BUILDERS["mlp"]()
+    src = save(model)
+    (tmp_path / "notes.txt").write_text("a file")
+    out = tmp_path / "notes.txt" / under / "out.onnx"
+    expected = f"{tmp_path / 'notes.txt'} is a file, not a folder"
+    for refuse in (lambda: check_paths(src, out), lambda: quantrs.quantize(src, out, QuantizeConfig(min_elements=0))):
+        with pytest.raises(OutputError, match="is a file, not a folder") as caught:
+            refuse()
+        assert expected in str(caught.value) and "does not exist" not in str(caught.value)
+    bare = onnx.ModelProto()
+    bare.graph.name = "g"
+    with pytest.raises(OutputError, match="is a file, not a folder") as caught:
+        write_model(bare, [], out)
+    assert expected in str(caught.value) and "does not exist" not in str(caught.value)
+    assert (tmp_path / "notes.txt").read_text() == "a file"
+
+
 def test_nan_weight_is_refused_and_nothing_written(save, tmp_path):
     model, _ = BUILDERS["mlp"]()
     w = onnx.numpy_helper.to_array(model.graph.initializer[0]).copy()

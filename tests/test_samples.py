@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantrs.errors import ConfigError
-from quantrs.samples import describe_source, input_specs, iter_samples, load_samples
+from quantrs.samples import InputSpec, describe_source, input_specs, iter_samples, load_samples
 
 F32 = TensorProto.FLOAT
 I64 = TensorProto.INT64
@@ -463,3 +463,56 @@ def test_a_scalar_input_stacked_or_given_once(tmp_path):
     for name in ("stacked.npz", "once.npz"):
         samples = list(iter_samples(tmp_path / name, specs))
         assert len(samples) == 5 and all(s["sr"].shape == () and s["sr"] == 16000 for s in samples)
+
+
+# split_batch: what auto reads (it holds samples out, so a row of the batch axis is a sample)
+
+
+def test_split_batch_makes_each_row_of_a_dynamic_batch_a_sample(tmp_path):
+    """Issue 23.5: [64, D] for an input [N, D] is 64 samples of [1, D] for auto (read a row at a
+    time); calibrate, validate and gptq keep it as one run of batch 64 (every row counts there)."""
+    data = floats(64, 4)
+    np.save(tmp_path / "data.npy", data)
+    rows = load_samples(tmp_path / "data.npy", DYNAMIC, split_batch=True)
+    assert len(rows) == 64 and all(s["x"].shape == (1, 4) for s in rows)
+    np.testing.assert_array_equal(np.concatenate([s["x"] for s in rows]), data)
+    assert len(load_samples(tmp_path / "data.npy", DYNAMIC)) == 1  # without it: as today
+    assert len(load_samples(tmp_path / "data.npy", DYNAMIC, split_batch=True, limit=5)) == 5
+    with raises(f"{tmp_path / 'data.npy'}[3]: input 'x' holds NaN"):  # a bad row is named as a stacked slice is
+        data[3, 1] = np.nan
+        np.save(tmp_path / "data.npy", data)
+        load_samples(tmp_path / "data.npy", DYNAMIC, split_batch=True)
+
+
+@pytest.mark.parametrize("specs, rows, count", [(BATCH1, 5, 5), (BATCH2, 6, 3), (BATCH1, 1, 1), (BATCH2, 2, 1)])
+def test_split_batch_leaves_a_fixed_batch_as_today(tmp_path, specs, rows, count):
+    """A fixed batch (1, 2, ...) keeps its rules: rows split into that batch, or the batch
+    itself one sample; split_batch changes nothing there."""
+    data = floats(rows, 4)
+    np.save(tmp_path / "data.npy", data)
+    for split_batch in (False, True):
+        samples = load_samples(tmp_path / "data.npy", specs, split_batch=split_batch)
+        assert len(samples) == count and all(s["x"].shape == (rows // count, 4) for s in samples)
+
+
+def test_split_batch_in_npz_splits_every_input_together_or_none(tmp_path):
+    specs = specs_of(("ids", I64, ["N", 3]), ("feats", F32, ["N", 2]), ("sr", I64, []))
+    np.savez(tmp_path / "data.npz", ids=ids(6, 3), feats=floats(6, 2), sr=np.array(16000, np.int64))
+    samples = load_samples(tmp_path / "data.npz", specs, split_batch=True)
+    assert len(samples) == 6 and all(s["ids"].shape == (1, 3) and s["feats"].shape == (1, 2) and s["sr"] == 16000 for s in samples)
+    np.savez(tmp_path / "data.npz", ids=ids(6, 3), feats=floats(5, 2), sr=np.array(16000, np.int64))
+    assert len(load_samples(tmp_path / "data.npz", specs, split_batch=True)) == 1  # lengths differ: one run, as today
+    np.savez(tmp_path / "data.npz", ids=ids(1, 3), feats=floats(1, 2))  # an input with a fixed first axis: not split
+    assert len(load_samples(tmp_path / "data.npz", TWO, split_batch=True)) == 1
+    unknown = [InputSpec("x", np.dtype(np.float32), ())]  # unknown rank (no shape): never split
+    np.save(tmp_path / "u.npy", floats(6, 4))
+    assert len(load_samples(tmp_path / "u.npy", unknown, split_batch=True)) == 1
+
+
+def test_split_batch_in_a_test_data_set(tmp_path):
+    data = floats(8, 4)
+    folder = write_set(tmp_path / "test_data_set_0", [("x", data)])
+    rows = load_samples(folder, DYNAMIC, split_batch=True)
+    assert len(rows) == 8 and all(s["x"].shape == (1, 4) for s in rows)
+    np.testing.assert_array_equal(np.concatenate([s["x"] for s in rows]), data)
+    assert len(load_samples(folder, DYNAMIC)) == 1

@@ -26,8 +26,9 @@ last pass takes back upgrades the budget does not need, largest first.
 **Verification and repair.** A candidate missing the budget refits k and is re-assigned; if that
 changes nothing, the weight contributing most is promoted (4 -> 8 -> float). A candidate
 meeting it refits k too, and a smaller assignment it allows is tried. At most `max_evaluations`
-full evaluations; the smallest candidate that met the budget is written, or, when none did, the
-closest one, with how far it misses.
+full evaluations; the smallest candidate that met the budget is written, or, when none did,
+nothing is written at the output path and the closest one goes beside it under a name that says
+so (`closest_path`: q.onnx -> q.closest.onnx), with how far it misses.
 """
 
 from __future__ import annotations
@@ -45,18 +46,21 @@ from pathlib import Path
 import numpy as np
 
 from quantrs.config import QuantizeConfig
-from quantrs.errors import ConfigError, first_line
-from quantrs.pipeline import open_model, plan_model
+from quantrs.errors import ConfigError, OutputError, first_line
+from quantrs.pipeline import check_output, open_model, plan_model
 from quantrs.report import AutoCandidate, AutoLayer, AutoReport, OutputAgreement
 from quantrs.samples import SampleSource, describe_source, input_specs, iter_samples
 from quantrs.sensitivity import FLOAT, Sensitivity, measure, width_configs
 from quantrs.validation import Thresholds, agreements, run_model
 
-__all__ = ["AutoConfig", "auto", "WIDTHS"]
+__all__ = ["AutoConfig", "auto", "closest_path", "WIDTHS"]
 
 logger = logging.getLogger(__name__)
 
 WIDTHS = ("4", "8", FLOAT)  # narrowest first
+# A cosine of 1 is no error at all (as a relative error of 0): every quantized weight adds some,
+# so only the float model meets it, and auto writes a quantized model: refused before any work.
+ONLY_FLOAT = "1 allows no error at all: only the float model meets it, and auto writes a quantized model; give a budget below 1 (e.g. 0.9999)"
 HELD_OUT_SHARE = 0.25  # of --data, when no --eval-data is given
 
 
@@ -67,6 +71,7 @@ class AutoConfig:
     Attributes:
         min_cosine / max_relative_error / min_top1: the budget, on every model output over the
             held-out samples (as `validate` measures them); cosine or relative error required.
+            A cosine of 1 is refused, as a relative error of 0: only the float model meets it.
         choices: the widths a weight may get, from "4", "8", "float".
         block_size: 4-bit weights in blocks of this size (None: per channel).
         static: also quantize activations (calibrated INT8), the budget measured on that model.
@@ -91,8 +96,10 @@ class AutoConfig:
     def __post_init__(self) -> None:
         for name in ("min_cosine", "max_relative_error", "min_top1"):
             value = getattr(self, name)
+            if name == "min_cosine" and value == 1:
+                raise ConfigError(f"min_cosine {ONLY_FLOAT}")
             if value is not None and not 0 < value <= 1:
-                raise ConfigError(f"{name} must be in (0, 1], not {value}")
+                raise ConfigError(f"{name} must be in {'(0, 1)' if name == 'min_cosine' else '(0, 1]'}, not {value}")
         if self.min_cosine is None and self.max_relative_error is None:
             raise ConfigError("a budget is needed: min_cosine or max_relative_error")
         unknown = [c for c in self.choices if c not in WIDTHS]
@@ -133,19 +140,27 @@ def auto(
 ) -> AutoReport:
     """Write the smallest quantized model of `input_path` that meets `config`'s budget on
     held-out samples (`eval_data`, or the last quarter of `data`); the report says whether it
-    did (`met`)."""
+    did (`met`). When none did, nothing is written at `output_path` (a file already there is
+    left as it was): the closest model is written to `closest_path(output_path)` instead, and
+    the report names it (`closest`)."""
     started = time.perf_counter()
     src, dst = Path(input_path), Path(output_path)
     model = open_model(src, dst)  # a bad output path fails now, not after the search
+    closest = closest_path(dst)
+    try:
+        check_output(model, closest)  # nor may the closest model overwrite what the input reads
+    except OutputError as exc:
+        raise OutputError(f"{exc} (auto writes the closest model there when the budget is missed)") from None
     specs = input_specs(model.proto)
-    samples = list(iter_samples(data, specs, limit=config.max_samples))
+    # Samples are held out and counted: a file of [64, D] for an input [N, D] is 64 of them, not one batch.
+    samples = list(iter_samples(data, specs, limit=config.max_samples, split_batch=True))
     if eval_data is not None:
-        tuning, held_out = samples, list(iter_samples(eval_data, specs, limit=config.max_samples))
+        tuning, held_out = samples, list(iter_samples(eval_data, specs, limit=config.max_samples, split_batch=True))
     else:
         if len(samples) < 2:
             raise ConfigError(
-                f"auto needs at least 2 samples to hold some out, or --eval-data; {describe_source(data)} gives {len(samples)} (an array "
-                "whose first axis is the model's dynamic batch axis is one sample: stack samples on a new first axis)",
+                f"auto needs at least 2 samples to hold some out, or --eval-data; {describe_source(data)} gives {len(samples)} (a "
+                "sample is a row of the inputs' dynamic first axis, or an array stacked on a new first axis)",
                 file=src,
             )
         cut = len(samples) - max(1, round(len(samples) * HELD_OUT_SHARE))
@@ -176,12 +191,13 @@ def auto(
             return path
 
         outcome = _verify(search, config, build, lambda path: agreements(reference, _run(src, path, held_out)))
+        target = dst if outcome.met else closest  # a missed budget leaves nothing at the output path
         if outcome.kept is not None and not outcome.kept.with_name(outcome.kept.name + ".data").exists():
-            os.replace(outcome.kept, dst)  # a single file moves as it is; external data names its file: rebuilt
-            files = [dst]
+            os.replace(outcome.kept, target)  # a single file moves as it is; external data names its file: rebuilt
+            files = [target]
         else:
-            _say(progress, "writing the chosen model")
-            files = _build(src, dst, outcome.chosen, config, configs, tuning, sensitivity.fixed, factors)
+            _say(progress, "writing the chosen model" if outcome.met else "writing the closest model")
+            files = _build(src, target, outcome.chosen, config, configs, tuning, sensitivity.fixed, factors)
     chosen = outcome.chosen
     layers = [
         AutoLayer(l.name, l.consumer, chosen[l.name], {w: l.errors[w] for w in widths}, {w: l.bytes[w] for w in widths}, l.note)
@@ -220,7 +236,15 @@ def auto(
         quant_format=config.weights.quant_format,
         rounding=config.weights.rounding,
         compensated=_gptq_reach(model, sensitivity) if config.weights.rounding == "gptq" else 0,
+        closest=None if outcome.met else str(closest),
     )
+
+
+def closest_path(output: str | os.PathLike[str]) -> Path:
+    """Where auto writes the closest model when the budget is missed: beside the output, its
+    name saying so (q.onnx -> q.closest.onnx; external data, if any, in q.closest.onnx.data)."""
+    path = Path(output)
+    return path.with_name(f"{path.stem}.closest{path.suffix}")
 
 
 @dataclass

@@ -347,7 +347,9 @@ def _refuse_gptq(config) -> None:
 
 
 def _run_batch(work, fmt: OutputFormat, quiet: bool, **options) -> None:
-    """Run the jobs with a progress bar, print the summary, exit 1 if any model failed."""
+    """Run the jobs with a progress bar, print the summary, then each failure's cause as one
+    line on stderr (as every other command says its error: the summary's cell wraps it), and
+    exit 1 if any model failed."""
     from quantrs.batch import run_batch
 
     finished = [0]
@@ -365,6 +367,11 @@ def _run_batch(work, fmt: OutputFormat, quiet: bool, **options) -> None:
         left = len(work) - finished[0]
         raise _fail(f"interrupted: {finished[0]} done, {left} not finished; rerun with --skip-existing to finish them", code=130) from None
     _emit(report, fmt, "render_batch")
+    for result in report.results:
+        if result.status == "failed":
+            cause = "; ".join(line.strip() for line in (result.error or "failed").splitlines() if line.strip())
+            named = result.input in cause or result.output in cause
+            _print_error(cause if named else f"{result.input}: {cause}")
     if not report.ok:
         raise typer.Exit(code=1)
 
@@ -437,8 +444,8 @@ def calibrate(
 def auto(
     model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the chosen model.", show_default=False)],
-    data: Annotated[Path, typer.Option("--data", help="Samples (as for calibrate): sensitivity, and the held-out quarter unless --eval-data.", show_default=False)],
-    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Budget: cosine to the float outputs, in (0, 1].", show_default=False)] = None,
+    data: Annotated[Path, typer.Option("--data", help="Samples (as for calibrate; each row of a dynamic batch axis is one): sensitivity, and the held-out quarter unless --eval-data.", show_default=False)],
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Budget: cosine to the float outputs, in (0, 1) (1 is only the float model).", show_default=False)] = None,
     max_relative_error: Annotated[Optional[float], typer.Option("--max-relative-error", help="Budget: relative L2 error of the outputs, in (0, 1].", show_default=False)] = None,
     min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Also: top-1 agreement (classifiers), in (0, 1].", show_default=False)] = None,
     choices: Annotated[str, typer.Option("--choices", help="Widths a weight may get, from 4, 8, float.")] = "4,8,float",
@@ -456,13 +463,15 @@ def auto(
 ) -> None:
     """The smallest model whose outputs stay within a budget of the float model's: a width per
     layer from one sensitivity pass, verified on held-out samples. Exit 1 when the budget is out
-    of reach (the closest model is written)."""
-    from quantrs.auto import WIDTHS, AutoConfig
+    of reach: nothing is written at --output, the closest model goes beside it (q.closest.onnx)."""
+    from quantrs.auto import ONLY_FLOAT, WIDTHS, AutoConfig, closest_path
     from quantrs.auto import auto as run
 
-    for flag, value in (("--min-cosine", min_cosine), ("--max-relative-error", max_relative_error), ("--min-top1", min_top1)):
+    if min_cosine == 1:  # no error at all, as --max-relative-error 0 (refused below)
+        raise typer.BadParameter(ONLY_FLOAT, param_hint="'--min-cosine'")
+    for flag, value, interval in (("--min-cosine", min_cosine, "(0, 1)"), ("--max-relative-error", max_relative_error, "(0, 1]"), ("--min-top1", min_top1, "(0, 1]")):
         if value is not None and not 0 < value <= 1:
-            raise typer.BadParameter(f"must be in (0, 1], not {value}", param_hint=f"'{flag}'")
+            raise typer.BadParameter(f"must be in {interval}, not {value}", param_hint=f"'{flag}'")
     if min_cosine is None and max_relative_error is None:
         raise typer.BadParameter(
             "a budget is needed: --min-cosine or --max-relative-error (--min-top1 is checked besides)", param_hint="'--min-cosine'"
@@ -473,8 +482,12 @@ def auto(
         raise typer.BadParameter(f"{choices!r}: a comma-separated list of 4, 8 and float, with 4 or 8", param_hint="'--choices'")
     if block_size and (not 16 <= block_size <= 256 or block_size & (block_size - 1)):
         raise typer.BadParameter(f"must be a power of two from 16 to 256, or 0, not {block_size}", param_hint="'--block-size'")
-    if report is not None and not (report.parent if str(report.parent) else Path(".")).is_dir():
-        raise typer.BadParameter(f"{report}: the folder {report.parent} does not exist", param_hint="'--report'")
+    if report is not None:
+        from quantrs.writer import folder_problem
+
+        problem = folder_problem(report)
+        if problem is not None:
+            raise typer.BadParameter(f"{report}: {problem}", param_hint="'--report'")
     if static and quant_format != "qdq":
         raise typer.BadParameter(f"{quant_format}: --static writes QDQ (calibrated activations); matmulnbits is weight-only", param_hint="'--quant-format'")
     if not block_size and quant_format == "matmulnbits":
@@ -490,7 +503,7 @@ def auto(
         from quantrs.html_report import check_report_path, require_matplotlib
 
         require_matplotlib()  # before the search, not after it
-        check_report_path(report, [model], [output])
+        check_report_path(report, [model], [output, closest_path(output)])
     from quantrs.errors import OptionError, UnknownNameError
 
     say = None if quiet or _State.quiet or fmt is OutputFormat.json else _progress_line
@@ -506,7 +519,8 @@ def auto(
         write_auto_html(result, report)
     _emit(result, fmt, "render_auto")
     if not result.met:
-        raise typer.Exit(code=1)
+        budget = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.budget.items())
+        raise _fail(f"{model}: missed {budget} by {result.miss:.4g}; nothing written at {output}; the closest model is {result.closest}")
 
 
 def _progress_line(message: str) -> None:

@@ -190,7 +190,8 @@ def write_auto_html(report: AutoReport, path: str | os.PathLike[str]) -> Path:
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}"
         ".ok{color:#1a7f37}.bad{color:#c0392b;font-weight:bold}</style></head><body>",
         f"<h1>quantrs auto: {verdict}</h1>",
-        f"<p>{esc(report.input)} -> {esc(report.output)}; budget {esc(str(report.budget))}; candidate {report.chosen + 1} "
+        f"<p>{esc(report.input)} -> {esc(report.output if report.met else f'{report.closest} (the closest model; nothing at {report.output})')}; "
+        f"budget {esc(str(report.budget))}; candidate {report.chosen + 1} "
         f"written ({report.output_bytes:,} bytes); {report.evaluations} evaluation(s), {report.seconds:.1f} s.</p>",
         f"<h2>Size and accuracy of the candidates</h2><img alt='trade-off' src='data:image/png;base64,{chart}'>",
         "<h2>Widths</h2><table><tr><th>weight</th><th>consumer</th><th>width</th>"

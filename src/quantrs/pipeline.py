@@ -38,13 +38,13 @@ from quantrs.qdq import (
 )
 from quantrs.report import PlanEntry, PlanReport, QuantizeReport, TensorReport
 from quantrs.tensor import QuantizedTensor, Scheme, Scratch, quantize_matmulnbits, quantize_tensor, scheme_for
-from quantrs.writer import OutTensor, Payload, write_model
+from quantrs.writer import OutTensor, Payload, folder_problem, write_model
 
 if TYPE_CHECKING:
     from quantrs.gptq import Compensation, Factor, Source
     from quantrs.samples import SampleSource
 
-__all__ = ["quantize", "dry_run", "open_model", "plan_model", "rewrite_and_write", "GraphEdit", "WeightStream"]
+__all__ = ["quantize", "dry_run", "open_model", "check_output", "plan_model", "rewrite_and_write", "GraphEdit", "WeightStream"]
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,14 @@ def open_model(src: Path, dst: Path) -> LoadedModel:
     logger.info("loaded %s: %d nodes, %d stored tensors, %.1f MB file, in %.3f s", src, len(model.proto.graph.node), len(model.weights), model.file_size / 1e6, time.perf_counter() - began)
     _check_overwrites(model, dst)
     return model
+
+
+def check_output(model: LoadedModel, dst: Path) -> None:
+    """The checks open_model makes of its output, for a further output of the same run (auto's
+    closest model): not the input, not a folder, in a folder, and neither it nor its data file
+    one of the files the input reads."""
+    check_paths(model.path, dst)
+    _check_overwrites(model, dst)
 
 
 def plan_model(model: LoadedModel, config: QuantizeConfig) -> tuple[list[TensorPlan], dict[str, DQSpec], str]:
@@ -543,14 +551,15 @@ def _has_external_data(model: LoadedModel) -> bool:
 
 
 def check_paths(src: Path, dst: Path) -> None:
-    """Refuse, before any work, an output that is the input, a folder, or in no folder."""
+    """Refuse, before any work, an output that is the input, a folder, or in no folder (its
+    folder missing, or a file)."""
     if dst.exists() and src.exists() and os.path.samefile(src, dst):
         raise OutputError(f"{dst}: the output path is the input model; choose another output")
     if dst.exists() and dst.is_dir():
         raise OutputError(f"{dst}: the output path is a folder")
-    folder = dst.parent if str(dst.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{dst}: the output folder {folder} does not exist")
+    problem = folder_problem(dst)
+    if problem is not None:
+        raise OutputError(f"{dst}: {problem}")
 
 
 def _check_overwrites(model: LoadedModel, dst: Path) -> None:

@@ -343,8 +343,8 @@ def render_auto(report: AutoReport) -> None:
         console.print(f"[bold green]Met[/] {budget}: {escape(report.input)} -> {escape(report.output)}", highlight=False)
     else:
         console.print(
-            f"[bold red]Missed[/] {budget} by {report.miss:.4g} with widths {', '.join(report.choices)}: the closest model is "
-            f"{escape(report.output)}",
+            f"[bold red]Missed[/] {budget} by {report.miss:.4g} with widths {', '.join(report.choices)}: nothing written at "
+            f"{escape(report.output)}; the closest model is {escape(report.closest or '')}",
             highlight=False,
         )
     widths = ", ".join(f"{n} weight(s) at {w}" + ("" if w == "float" else " bits") for w, n in chosen.widths.items())

@@ -435,6 +435,7 @@ class AutoReport:
     quant_format: str = "qdq"
     rounding: str = "nearest"  # or gptq: codes compensated on the tuning samples
     compensated: int = 0  # with gptq: the weights it reaches (the others are rounded to nearest)
+    closest: str | None = None  # budget missed: where the closest model is (nothing is at `output`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

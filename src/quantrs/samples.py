@@ -21,6 +21,14 @@ A `.npy`/`.npz` array may stack several samples on axis 0. For an input of rank 
   input) but a multiple of it holds N = len / B samples of B rows each;
 * otherwise (a dynamic batch, or the fixed batch itself) the array is one sample, as given.
 
+With `split_batch` (what `auto` reads: it holds samples out, so it counts them as a user does),
+a file or test data set that the rules above leave as one sample is split on the batch axis when
+every input has one: an array of rank r whose axis 0 is dynamic (symbolic or unknown) holds one
+sample per row (`array[i:i+1]`), every input the same number of rows (a scalar given once goes
+with every row). Otherwise (an input with a fixed axis 0, or of unknown rank, or inputs of
+different lengths) it stays one sample. Without it (`calibrate`, `validate`, gptq's samples) the
+batch is one run of the model: every row is in its statistics all the same.
+
 In a `.npz` every input must hold the same number of samples, except a scalar input given once
 (a sample rate), which goes with every sample. A `.npy` is read one sample at a time (plain
 reads, so a stacked file is never resident at once; a `.npz` is read a file at a time). Inputs
@@ -94,20 +102,26 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
-def load_samples(source: SampleSource, specs: list[InputSpec], *, limit: int | None = None) -> list[dict[str, np.ndarray]]:
+def load_samples(
+    source: SampleSource, specs: list[InputSpec], *, limit: int | None = None, split_batch: bool = False
+) -> list[dict[str, np.ndarray]]:
     """All of iter_samples, as a list."""
-    return list(iter_samples(source, specs, limit=limit))
+    return list(iter_samples(source, specs, limit=limit, split_batch=split_batch))
 
 
-def iter_samples(source: SampleSource, specs: list[InputSpec], *, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def iter_samples(
+    source: SampleSource, specs: list[InputSpec], *, limit: int | None = None, split_batch: bool = False
+) -> Iterator[dict[str, np.ndarray]]:
     """The samples of `source` (see the module docstring for the accepted forms), each checked
     against the model's inputs, at most `limit` of them (counted after splitting stacked files).
-    Lazy: memory does not grow with the number of samples, and no sample past `limit` is read
-    (nor `get_next()` called). A missing path or an unusable source raises ConfigError at once;
-    a bad sample raises ConfigError when it is reached."""
+    `split_batch`: a file or test data set that is one sample is split into one sample per row
+    of its inputs' dynamic batch axis (module docstring). Lazy: memory does not grow with the
+    number of samples, and no sample past `limit` is read (nor `get_next()` called). A missing
+    path or an unusable source raises ConfigError at once; a bad sample raises ConfigError when
+    it is reached."""
     if limit is not None and limit < 0:
         raise ConfigError(f"the sample limit must be at least 0, not {limit}")
-    return _checked(_labelled(source, specs), specs, limit)
+    return _checked(_labelled(source, specs, split_batch), specs, limit)
 
 
 def describe_source(source: SampleSource) -> str:
@@ -134,10 +148,10 @@ def _checked(samples: _Labelled, specs: list[InputSpec], limit: int | None) -> I
             return  # before asking the source for one more
 
 
-def _labelled(source: SampleSource, specs: list[InputSpec]) -> _Labelled:
+def _labelled(source: SampleSource, specs: list[InputSpec], split_batch: bool = False) -> _Labelled:
     """(where it came from, sample) pairs, unchecked; path sources are resolved now."""
     if isinstance(source, (str, os.PathLike)):
-        return _path_samples(Path(source), specs)
+        return _path_samples(Path(source), specs, split_batch)
     get_next = getattr(source, "get_next", None)
     if callable(get_next):
         return _reader_samples(get_next)
@@ -162,27 +176,27 @@ def _reader_samples(get_next: Any) -> _Labelled:
         index += 1
 
 
-def _path_samples(path: Path, specs: list[InputSpec]) -> _Labelled:
+def _path_samples(path: Path, specs: list[InputSpec], split_batch: bool = False) -> _Labelled:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz") and p.is_file())
         if files:
-            return _file_samples(files, specs)
+            return _file_samples(files, specs, split_batch)
         sets = sorted((p for p in path.iterdir() if p.is_dir() and _SET.fullmatch(p.name)), key=lambda p: int(p.name[14:]))
         if sets or _set_inputs(path):
-            return _set_samples(sets or [path], specs)
+            return _set_samples(sets or [path], specs, split_batch)
         raise ConfigError(
             f"{path}: no .npy or .npz samples in this folder, nor onnxruntime test data (test_data_set_*/input_*.pb)"
         )
     if path.is_file():
         if path.suffix == ".pb":
             raise ConfigError(f"{path}: pass the test_data_set_* folder holding this tensor (one set is one sample)")
-        return _file_samples([path], specs)
+        return _file_samples([path], specs, split_batch)
     raise ConfigError(f"{path}: no such samples file or folder")
 
 
-def _file_samples(files: list[Path], specs: list[InputSpec]) -> _Labelled:
+def _file_samples(files: list[Path], specs: list[InputSpec], split_batch: bool = False) -> _Labelled:
     for file in files:
-        yield from _split(str(file), _read(file, specs), specs)
+        yield from _split(str(file), _read(file, specs), specs, split_batch)
 
 
 def _read(file: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
@@ -265,13 +279,48 @@ def _stacking(value: np.ndarray, spec: InputSpec) -> tuple[int, int | None]:
     return 1, 0
 
 
-def _split(label: str, arrays: dict[str, np.ndarray], specs: list[InputSpec]) -> _Labelled:
+def _batch_rows(ordered: list[tuple[InputSpec, Any]]) -> dict[str, tuple[int, int]] | None:
+    """For split_batch, the plans (as _stacking's) that split one sample into one per row of
+    its batch axis: every input of rank r >= 1 given at rank r with a dynamic axis 0 (one row
+    each), a scalar given once (with every row). None when an input has no such axis (fixed,
+    or unknown rank), when the inputs' lengths differ, or when there is a single row."""
+    plans: dict[str, tuple[int, int]] = {}
+    for spec, value in ordered:
+        if not spec.shape:  # a scalar input, or one of unknown rank
+            if np.ndim(value) != 0:
+                return None
+            plans[spec.name] = (1, 0)
+            continue
+        batch = spec.shape[0]
+        if value.ndim != len(spec.shape) or (isinstance(batch, int) and batch > 0) or value.shape[0] < 1:
+            return None
+        plans[spec.name] = (value.shape[0], 1)
+    lengths = {n for n, rows in plans.values() if rows}
+    return plans if len(lengths) == 1 and lengths != {1} else None
+
+
+def _rows_of(label: str, ordered: list[tuple[InputSpec, Any]], plans: dict[str, tuple[int, int | None]], count: int) -> _Labelled:
+    """The `count` samples `plans` cut from `ordered`, each copied out when it is reached."""
+    for i in range(count):
+        sample = {}
+        for spec, value in ordered:
+            rows = plans[spec.name][1]
+            part = value if rows == 0 else value[i] if rows is None else value[i * rows : (i + 1) * rows]
+            sample[spec.name] = np.array(part)  # a copy: never a view of the whole file
+        yield f"{label}[{i}]", sample
+
+
+def _split(label: str, arrays: dict[str, np.ndarray], specs: list[InputSpec], split_batch: bool = False) -> _Labelled:
     """The samples stacked in one file's arrays, each copied out when it is reached."""
     _check_names(arrays, specs, label)
     ordered = [(spec, arrays[spec.name]) for spec in specs]
-    plans = {spec.name: _stacking(value, spec) for spec, value in ordered}
+    plans: dict[str, tuple[int, int | None]] = {spec.name: _stacking(value, spec) for spec, value in ordered}
     if all(rows == 0 for _, rows in plans.values()):
-        yield label, {spec.name: np.array(value) for spec, value in ordered}
+        by_row = _batch_rows(ordered) if split_batch else None
+        if by_row is None:
+            yield label, {spec.name: np.array(value) for spec, value in ordered}
+            return
+        yield from _rows_of(label, ordered, dict(by_row), max(n for n, _ in by_row.values()))
         return
     stacked = {name: n for name, (n, rows) in plans.items() if rows != 0}
     counts = {name: stacked.get(name, n) for name, (n, _) in plans.items()}
@@ -290,13 +339,7 @@ def _split(label: str, arrays: dict[str, np.ndarray], specs: list[InputSpec]) ->
         )
     if counts[first] == 0:
         raise ConfigError(f"{label}: input {first!r} has shape {arrays[first].shape}: no samples on axis 0")
-    for i in range(counts[first]):
-        sample = {}
-        for spec, value in ordered:
-            rows = plans[spec.name][1]
-            part = value if rows == 0 else value[i] if rows is None else value[i * rows : (i + 1) * rows]
-            sample[spec.name] = np.array(part)  # a copy: never a view of the whole file
-        yield f"{label}[{i}]", sample
+    yield from _rows_of(label, ordered, plans, counts[first])
 
 
 def _set_inputs(folder: Path) -> list[tuple[int, Path]]:
@@ -304,7 +347,7 @@ def _set_inputs(folder: Path) -> list[tuple[int, Path]]:
     return sorted((int(m.group(1)), p) for m, p in found if m)
 
 
-def _set_samples(sets: list[Path], specs: list[InputSpec]) -> _Labelled:
+def _set_samples(sets: list[Path], specs: list[InputSpec], split_batch: bool = False) -> _Labelled:
     by_name = {s.name: s for s in specs}
     for folder in sets:
         inputs = _set_inputs(folder)
@@ -324,7 +367,12 @@ def _set_samples(sets: list[Path], specs: list[InputSpec]) -> _Labelled:
         _check_names(sample, specs, str(folder))
         for name, file in origin.items():
             _check_value(sample[name], by_name[name], str(file))
-        yield str(folder), sample
+        ordered = [(spec, sample[spec.name]) for spec in specs]
+        by_row = _batch_rows(ordered) if split_batch else None
+        if by_row is None:
+            yield str(folder), sample
+        else:
+            yield from _rows_of(str(folder), ordered, dict(by_row), max(n for n, _ in by_row.values()))
 
 
 def _read_tensor(file: Path) -> onnx.TensorProto:

@@ -22,7 +22,7 @@ from onnx import TensorProto
 
 from quantrs.errors import OutputError
 
-__all__ = ["Payload", "OutTensor", "write_model", "PROTOBUF_LIMIT"]
+__all__ = ["Payload", "OutTensor", "write_model", "folder_problem", "PROTOBUF_LIMIT"]
 
 # A serialized protobuf message cannot exceed 2 GiB; bigger models keep weights as external data.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -89,8 +89,9 @@ def write_model(
     limit -= min(1 << 20, limit // 16)  # headroom for what the size estimate leaves out
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{path}: the output folder {folder} does not exist")
+    problem = folder_problem(path)
+    if problem is not None:
+        raise OutputError(f"{path}: {problem}")
     if len(model.graph.initializer):
         raise ValueError("write_model takes the initializers separately, not in model.graph")
     if external_data is None:
@@ -116,6 +117,20 @@ def write_model(
         raise OutputError(f"{path}: cannot write the model ({exc.strerror or exc})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def folder_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why `path` cannot be written for want of its folder, or None: the folder does not exist,
+    or it (or a folder above it) is a file, not a folder."""
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    if folder.is_dir():
+        return None
+    for above in (folder, *folder.parents):
+        if above.exists() and not above.is_dir():
+            return f"{above} is a file, not a folder" + ("" if above == folder else f" (the output folder is {folder})")
+        if above.exists():
+            break
+    return f"the output folder {folder} does not exist"
 
 
 def _headers(tensors: Sequence[OutTensor]) -> list[bytes]:
