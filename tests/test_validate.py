@@ -264,7 +264,7 @@ def test_matmulnbits_and_gather_block_weights_are_ranked(tmp_path, save, bits, s
     assert "2 MatMulNBits/GatherBlockQuantized node(s)" in checked.detail, checked.detail
 
 
-@pytest.mark.parametrize("options", [dict(bits=4, block_size=32), dict(bits=8, per_channel=True), dict(bits=4, per_channel=True, symmetric=True), dict(bits=8)])
+@pytest.mark.parametrize("options", [dict(bits=4, block_size=32), dict(bits=8, per_channel=True), dict(bits=4, per_channel=True, symmetric=True), dict(bits=8, per_channel=False)])
 def test_qdq_lookup_tables_are_ranked(tmp_path, save, options):
     """A table looked up in QDQ form (a Gather of its codes, per-row or blocked scales, then a
     DequantizeLinear of the rows) is ranked like any weight: dequantized whole, it is what the
