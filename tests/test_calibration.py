@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from model_packages import magika_model
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -232,8 +233,7 @@ def test_transformer_block_with_two_inputs_from_npz_folder(tmp_path):
 
 
 def test_real_cnn_from_a_package(tmp_path):
-    magika = pytest.importorskip("magika")
-    model = next(Path(magika.__file__).parent.glob("models/*/model.onnx"))
+    model = magika_model()
     files = sorted(p for p in Path(np.__file__).parent.rglob("*.py"))[:96]
     rows = np.full((len(files), 2048), 256, np.int32)
     for i, f in enumerate(files):

@@ -193,7 +193,7 @@ def run(path, x):
 
 
 @pytest.mark.parametrize(
-    "options", [dict(bits=4, block_size=16), dict(bits=8, per_channel=True), dict(bits=8), dict(bits=4, quant_format="matmulnbits", block_size=16)]
+    "options", [dict(bits=4, block_size=16), dict(bits=8, per_channel=True), dict(bits=8, per_channel=False), dict(bits=4, quant_format="matmulnbits", block_size=16)]
 )
 def test_gptq_model_is_closer_to_float_on_held_out_inputs(tmp_path, options):
     src, inputs = two_layer_model(tmp_path / "m.onnx")

@@ -46,7 +46,7 @@ def test_biases_are_not_weights():
 def test_per_tensor_has_no_axis():
     model, _ = BUILDERS["shared_weight"]()
     weights = WeightStore(model.graph, None, None)
-    plans = plan_weights(model.graph, weights, QuantizeConfig(min_elements=0))
+    plans = plan_weights(model.graph, weights, QuantizeConfig(per_channel=False, min_elements=0))
     assert all(p.quantize and p.axis is None for p in plans)  # conflicting axes do not matter per tensor
 
 

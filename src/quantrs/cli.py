@@ -244,7 +244,7 @@ def quantize(
     *,
     options: dict,
 ) -> None:
-    """Quantize the weights of MODEL to INT8 or INT4 and write a QDQ model to --output."""
+    """Quantize the weights of MODEL to INT8 or INT4 (per channel unless --per-tensor) and write a QDQ model to --output."""
     from quantrs.errors import OptionError, UnknownNameError
     from quantrs.pipeline import dry_run as plan_only
     from quantrs.pipeline import quantize as run

@@ -71,7 +71,12 @@ class QuantizeConfig:
 
     bits: int = _option(8, "--bits", "-b", help="8 (INT8, the default) or 4 (INT4).", file_type=Literal[4, 8])
     per_channel: bool = _option(
-        False, "--per-channel/--per-tensor", help="One scale per output channel, the axis taken from how the graph uses the weight (default: per tensor)."
+        True,
+        "--per-channel/--per-tensor",
+        help=(
+            "One scale per output channel, the axis taken from how the graph uses the weight (the default); "
+            "--per-tensor: one scale for the whole tensor (coarser; INT8 per tensor keeps a model's opset below 13)."
+        ),
     )
     symmetric: bool = _option(
         False, "--symmetric/--asymmetric", help="Signed codes with zero point 0 (INT8 in [-127, 127], INT4 in [-8, 7]); default asymmetric unsigned."
