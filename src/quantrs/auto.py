@@ -47,7 +47,7 @@ import numpy as np
 
 from quantrs.config import QuantizeConfig
 from quantrs.errors import ConfigError, OutputError, first_line
-from quantrs.pipeline import check_output, open_model, plan_model
+from quantrs.pipeline import check_output, open_model
 from quantrs.report import AutoCandidate, AutoLayer, AutoReport, OutputAgreement
 from quantrs.samples import SampleSource, describe_source, input_specs, iter_samples
 from quantrs.sensitivity import FLOAT, Sensitivity, measure, width_configs
@@ -171,8 +171,6 @@ def auto(
     _say(progress, f"sensitivity of every weight on {len(tuning)} sample(s)")
     widths = config.widths
     configs = width_configs(widths, config.weights, config.block_size, static=config.static)
-    if config.weights.quant_format == "matmulnbits":
-        plan_model(model, next(iter(configs.values())))  # refuses a model with no MatMul weight for MatMulNBits
     sensitivity = measure(model, configs, tuning, with_float=FLOAT in widths)
     if not sensitivity.layers and not sensitivity.fixed:
         raise ConfigError(f"{src}: no weight whose width auto could choose")
