@@ -200,5 +200,6 @@ def test_report_lists_every_initializer_with_reasons(save, tmp_path):
     by_name = {t.name: t for t in report.tensors}
     assert set(by_name) == {"w", "tied"}
     assert by_name["w"].quantized and by_name["w"].axis == 1
-    assert not by_name["tied"].quantized and "different channel axes" in by_name["tied"].reason
+    assert by_name["tied"].quantized and by_name["tied"].axis is None  # one scale for both its users
+    assert "per tensor: its uses need different channel axes" in by_name["tied"].reason
     assert by_name["w"].mse is not None and by_name["w"].mse > 0

@@ -310,18 +310,15 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
             why += "; stored once: its other uses read the same codes through DequantizeLinear"
         return quantized(1, block, why, gather_block=True)
     plan = _layout(info, config, quantized, axes, reductions)
-    if plan is None:
-        return skip(f"shared by {len(consumers)} nodes that need different channel axes {sorted(axes)}")
     if config.quant_format == "matmulnbits":
         why = _why_not_nbits(info, consumers)
         plan = replace(plan, reason=f"{plan.reason}; QDQ, not MatMulNBits: {why}", not_nbits=why)
     return plan
 
 
-def _layout(info: WeightInfo, config: QuantizeConfig, quantized: Callable[..., TensorPlan], axes: set[int], reductions: set[int | None]) -> TensorPlan | None:
-    """A QDQ weight's layout: blocks along its one reduction axis, else per channel (or per
-    tensor), with the reason when blocks were asked for and cannot be. None: its uses need
-    different channel axes, and per channel was asked for."""
+def _layout(info: WeightInfo, config: QuantizeConfig, quantized: Callable[..., TensorPlan], axes: set[int], reductions: set[int | None]) -> TensorPlan:
+    """A QDQ weight's layout: blocks along its one reduction axis, else per channel, else per
+    tensor, with the reason when the layout asked for cannot be had."""
     fallback = ""
     if config.blocks is not None:
         reduction = reductions.pop() if len(reductions) == 1 else None
@@ -336,7 +333,8 @@ def _layout(info: WeightInfo, config: QuantizeConfig, quantized: Callable[..., T
     if len(axes) > 1:
         if fallback:
             return quantized(None, why=fallback.replace("per channel", "per tensor") + f" (and its channel axes {sorted(axes)} differ)")
-        return None
+        # One scale for all its users: per channel (the default) would leave it float.
+        return quantized(None, why=f"; per tensor: its uses need different channel axes {sorted(axes)}")
     return quantized(axes.pop(), why=fallback)
 
 
