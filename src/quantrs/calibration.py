@@ -28,7 +28,7 @@ from quantrs import kernels
 from quantrs.activations import TARGETS, ActivationParams, StaticEdit, choose_activations, excluded_outputs
 from quantrs.collect import GROUP_BYTES, collect_statistics
 from quantrs.config import QuantizeConfig
-from quantrs.errors import ConfigError, QuantrsError, UnsupportedModelError, first_line
+from quantrs.errors import ConfigError, OptionError, QuantrsError, UnsupportedModelError, first_line
 from quantrs.pipeline import compensate_weights, open_model, plan_model, rewrite_and_write
 from quantrs.qdq import DQSpec
 from quantrs.ranges import METHODS, pick_range
@@ -74,6 +74,8 @@ class CalibrationConfig:
     weights: QuantizeConfig = field(default_factory=lambda: QuantizeConfig(min_elements=0))
 
     def __post_init__(self) -> None:
+        if self.weights.dynamic:
+            raise OptionError("dynamic", "calibrate writes static INT8 (activation ranges from samples); dynamic INT8 is quantize's")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if not 50 < self.percentile <= 100:

@@ -411,11 +411,18 @@ def calibrate(
     exclude_regex: Annotated[Optional[list[str]], typer.Option("--exclude-regex", help="Leave nodes or weights whose name matches in float (repeatable).", show_default=False)] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Report as text or JSON (on stdout).")] = OutputFormat.text,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    dynamic: Annotated[bool, typer.Option("--dynamic", hidden=True)] = False,  # quantize's: refused with what to use
 ) -> None:
     """Static INT8: calibrate activation ranges on --data, quantize weights and activations (QDQ)."""
     from quantrs.calibration import CalibrationConfig
     from quantrs.calibration import calibrate as run
 
+    if dynamic:
+        raise typer.BadParameter(
+            "calibrate writes static INT8 (activation ranges from --data); for activations quantized at run time use "
+            "'quantrs quantize MODEL -o OUT --dynamic' (no samples needed)",
+            param_hint="'--dynamic'",
+        )
     if not 50 < percentile <= 100:
         raise typer.BadParameter(f"must be in (50, 100], not {percentile}", param_hint="'--percentile'")
     if Target(target) is Target.tensorrt and reduce_range:

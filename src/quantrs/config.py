@@ -107,6 +107,12 @@ class QuantizeConfig:
         "--accuracy-level",
         help="For --quant-format matmulnbits: onnxruntime's compute type for MatMulNBits, 0-4 (4: int8 activations, the CPU default).",
     )
+    dynamic: bool = _option(
+        False,
+        "--dynamic",
+        help="Dynamic INT8: MatMul weights as INT8 codes read by MatMulInteger, activations quantized at run time "
+        "(DynamicQuantizeLinear; onnxruntime's integer kernels, no samples needed). Other weights weight-only, each report line says why.",
+    )
     rounding: str = _option(
         "nearest",
         "--rounding",
@@ -145,7 +151,7 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         if self.bits not in (4, 8) or isinstance(self.bits, bool):
             raise OptionError("bits", f"must be 4 or 8, not {self.bits!r}")
-        for name in ("per_channel", "symmetric", "native_int4", "check_output", "external_data"):
+        for name in ("per_channel", "symmetric", "native_int4", "check_output", "external_data", "dynamic"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(name, f"must be true or false, not {getattr(self, name)!r}")
         if self.block_size is not None and (isinstance(self.block_size, bool) or self.block_size not in BLOCK_SIZES):
@@ -180,10 +186,24 @@ class QuantizeConfig:
             if not isinstance(name, str) or bits not in (4, 8) or isinstance(bits, bool):
                 raise OptionError("layer_bits", f"{name!r} must map to 4 or 8, not {bits!r}")
         object.__setattr__(self, "layer_bits", tuple(sorted(pairs.items())))
+        if self.dynamic:
+            self._check_dynamic(pairs)
         if self.n_threads is not None and (
             not isinstance(self.n_threads, int) or isinstance(self.n_threads, bool) or self.n_threads < 1
         ):
             raise OptionError("n_threads", f"must be a positive integer, not {self.n_threads!r}")
+
+    def _check_dynamic(self, layer_bits: Mapping[str, int]) -> None:
+        """--dynamic reads INT8 weights through MatMulInteger: each refusal says what to use."""
+        if self.bits != 8 or 4 in layer_bits.values():
+            raise OptionError(
+                "dynamic", "takes INT8 weights: 4-bit weights with INT8 activations at run time are MatMulNBits at accuracy level 4 "
+                "(--quant-format matmulnbits --bits 4 --accuracy-level 4)"
+            )  # fmt: skip
+        if self.quant_format != "qdq":
+            raise OptionError("dynamic", f"writes MatMulInteger, not {self.quant_format}: leave --quant-format at qdq")
+        if self.block_size is not None:
+            raise OptionError("dynamic", "reads INT8 weights per channel (or per tensor): --block-size has no integer kernel")
 
     @property
     def blocks(self) -> int | None:

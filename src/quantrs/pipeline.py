@@ -21,6 +21,7 @@ import onnx
 
 from quantrs import __version__, kernels
 from quantrs.config import QuantizeConfig
+from quantrs.dynamic import DynamicEdit
 from quantrs.errors import AlreadyQuantizedError, ConfigError, OptionError, OutputError, QuantrsError, UnsupportedModelError
 from quantrs.graph import MAIN, GraphIndex
 from quantrs.model import LoadedModel, load_model
@@ -104,9 +105,11 @@ def quantize(
         "quantrs.granularity": _granularity(config),
         "quantrs.range": ", ".join(sorted({s.range for s in specs.values()})),
         "quantrs.storage": _storage_names(specs),
+        **({"quantrs.mode": "dynamic"} if config.dynamic else {}),
         **({"quantrs.rounding": f"gptq ({len(ready)} weights)"} if config.rounding == "gptq" else {}),
     }
-    done = rewrite_and_write(model, dst, specs, config, metadata=metadata, progress=progress, ready=ready)
+    edit = DynamicEdit({n: s for n, s in specs.items() if s.dynamic}) if config.dynamic else None
+    done = rewrite_and_write(model, dst, specs, config, metadata=metadata, edit=edit, progress=progress, ready=ready)
     stream = done.stream
     reports = [_tensor_report(p, stream.results.get(p.name), notes.get(p.name)) for p in plans]
     return QuantizeReport(
@@ -178,6 +181,11 @@ def plan_model(model: LoadedModel, config: QuantizeConfig) -> tuple[list[TensorP
     for p in plans:
         logger.debug("  %s %s: %s", p.name, list(p.shape), ("quantize: " if p.quantize else "skip: ") + p.reason)
     already = _describe_quantized(quantized_ops(index))
+    if config.dynamic and specs and not any(s.dynamic for s in specs.values()):
+        raise OptionError(
+            "dynamic", f"{src} has no 2-D float32/float16 MatMul weight for MatMulInteger: quantize it without --dynamic "
+            "(weight-only), or calibrate it (static INT8, with samples) for Conv models"
+        )  # fmt: skip
     if not specs:
         if already:
             raise AlreadyQuantizedError(f"{src}: already quantized ({already}) and no float weight is left to quantize")
@@ -285,7 +293,8 @@ def dq_spec(plan: TensorPlan, config: QuantizeConfig) -> DQSpec:
     since onnxruntime has no DequantizeLinear producing bfloat16."""
     assert plan.bits is not None
     packed = (config.native_int4 and not plan.lookups and not plan.nbits) or (plan.gather_block and plan.bits == 4)
-    scheme = scheme_for(plan.bits, symmetric=config.symmetric, native_int4=packed)
+    # MatMulInteger's weights: signed INT8, zero point 0, as onnxruntime's u8s8 kernels take them.
+    scheme = scheme_for(plan.bits, symmetric=config.symmetric or plan.dynamic, native_int4=packed)
     data_type = onnx.TensorProto.DataType.Value(plan.dtype)
     return DQSpec(
         plan.name,
@@ -302,6 +311,7 @@ def dq_spec(plan: TensorPlan, config: QuantizeConfig) -> DQSpec:
         range=config.range_for(plan.bits, plan.block_size is not None),
         nbits=plan.nbits,
         gather_block=plan.gather_block,
+        dynamic=plan.dynamic,
         accuracy_level=4 if config.accuracy_level is None else config.accuracy_level,
     )
 

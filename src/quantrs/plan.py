@@ -56,6 +56,7 @@ class TensorPlan:
     ops: tuple[str, ...] = ()  # the op types that consume it (after Cast/Transpose)
     channel_axis: int | None = None  # with blocks: the output-channel axis (for 8-bit layers, per channel)
     not_nbits: str = ""  # with quant_format matmulnbits, why this quantized weight is QDQ instead
+    dynamic: bool = False  # read through MatMulInteger, its activations quantized at run time (--dynamic)
 
 
 def _attr(node: onnx.NodeProto, name: str, default):
@@ -279,7 +280,9 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
     if any(not c.direct for c in consumers):
         role += " (through " + ", ".join(sorted({_path_ops(index, info.name)})) + ")"
 
-    def quantized(axis: int | None, block_size: int | None = None, why: str = "", nbits: bool = False, gather_block: bool = False) -> TensorPlan:
+    def quantized(
+        axis: int | None, block_size: int | None = None, why: str = "", nbits: bool = False, gather_block: bool = False, dynamic: bool = False
+    ) -> TensorPlan:
         return TensorPlan(
             info.name,
             info.shape,
@@ -294,6 +297,7 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
             block_size=block_size,
             nbits=nbits,
             gather_block=gather_block,
+            dynamic=dynamic,
             ops=tuple(sorted(set(roles))),
             channel_axis=next(iter(axes)) if len(axes) == 1 and block_size is not None else None,
         )
@@ -309,10 +313,14 @@ def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, exclu
         if dense:  # the same codes, scales and zero points: stored once
             why += "; stored once: its other uses read the same codes through DequantizeLinear"
         return quantized(1, block, why, gather_block=True)
+    if config.dynamic and _matmulnbits_weight(info, consumers):  # the same rule: what MatMulInteger takes
+        return quantized(1 if config.per_channel else None, why=", dynamic INT8 (activations quantized at run time: MatMulInteger)", dynamic=True)
     plan = _layout(info, config, quantized, axes, reductions)
     if config.quant_format == "matmulnbits":
-        why = _why_not_nbits(info, consumers)
+        why = _why_not_fused(info, consumers, "MatMulNBits")
         plan = replace(plan, reason=f"{plan.reason}; QDQ, not MatMulNBits: {why}", not_nbits=why)
+    elif config.dynamic:
+        plan = replace(plan, reason=f"{plan.reason}; weight-only, not dynamic: {_why_not_fused(info, consumers, 'MatMulInteger')}")
     return plan
 
 
@@ -356,18 +364,19 @@ def _matmulnbits_weight(info: WeightInfo, consumers: list[_Consumer]) -> bool:
     )
 
 
-def _why_not_nbits(info: WeightInfo, consumers: list[_Consumer]) -> str:
-    """Why _matmulnbits_weight is False, for the report."""
+def _why_not_fused(info: WeightInfo, consumers: list[_Consumer], form: str) -> str:
+    """Why _matmulnbits_weight is False, for the report: `form` (MatMulNBits, MatMulInteger)
+    takes only what it accepts."""
     others = sorted({c.use.op for c in consumers if not (c.direct and c.use.op == "MatMul" and c.use.index == 1)})
     if others:
         return f"read by {', '.join(others)}"
     if info.data_type not in NBITS_TYPES:
-        return f"{info.dtype_name.lower()}; MatMulNBits takes float32 or float16"
+        return f"{info.dtype_name.lower()}; {form} takes float32 or float16"
     if len(info.shape) != 2:
-        return f"{len(info.shape)}-D; MatMulNBits takes 2-D weights"
+        return f"{len(info.shape)}-D; {form} takes 2-D weights"
     if info.scope != MAIN or any(c.use.scope.path for c in consumers):
         return "read inside an If/Loop/Scan body"
-    return "a Constant node's value; MatMulNBits takes an initializer"
+    return f"a Constant node's value; {form} takes an initializer"
 
 
 def _gather_block_table(info: WeightInfo, consumers: list[_Consumer], reductions: set[int | None], block: int | None) -> bool:

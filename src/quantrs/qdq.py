@@ -69,6 +69,7 @@ class DQSpec:
     nbits: bool = False  # com.microsoft.MatMulNBits instead of DequantizeLinear (MatMul weights [K, N])
     accuracy_level: int = 4  # MatMulNBits' compute type
     gather_block: bool = False  # lookups as com.microsoft.GatherBlockQuantized (tables [V, D], blocks along axis 1)
+    dynamic: bool = False  # read by MatMulInteger, activations quantized at run time (quantrs.dynamic)
 
     @property
     def code_offset(self) -> int:
@@ -88,6 +89,8 @@ class DQSpec:
         unsigned width (its B input is bytes)."""
         if self.nbits:
             return f"UINT{self.scheme.bits} (MatMulNBits)"
+        if self.dynamic:
+            return "INT8 (MatMulInteger)"
         return TensorProto.DataType.Name(self.code_type)
 
     @property

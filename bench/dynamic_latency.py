@@ -1,0 +1,113 @@
+"""Which quantized model runs fastest: float, quantrs' weight-only INT8, quantrs `--dynamic`,
+onnxruntime's `quantize_dynamic`, and 4-bit MatMulNBits, on all-MiniLM-L6-v2 (built from its
+packaged checkpoint, tests/minilm.py) and a Llama-shaped decoder's prefill (bench/llama.py,
+TinyLlama widths, --layers of them), one thread, batch 8 x 32 tokens, in one run.
+
+    python bench/dynamic_latency.py WORKDIR [--layers 2] [--repeat 30] [--threads 1]
+
+Each model is run once per round, rounds interleaved (these machines are noisy), and the median
+of each is reported with its ratio to float and its cosine to float's outputs (MiniLM's last
+hidden state; the decoder's logits), inputs random token ids. Also the time each tool took to
+quantize. Prints a Markdown table (for bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+import minilm  # noqa: E402
+from llama import SIZES, Widths, build_decoder  # noqa: E402
+
+import quantrs  # noqa: E402
+
+BATCH, TOKENS = 8, 32
+
+
+def variants(src: Path, folder: Path) -> dict[str, tuple[Path, float]]:
+    """Each quantized form of `src`: its path and the seconds it took to make."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    made: dict[str, tuple[Path, float]] = {"float": (src, 0.0)}
+    steps = {
+        "quantrs INT8 weight-only": lambda dst: quantrs.quantize(src, dst),
+        "quantrs --dynamic": lambda dst: quantrs.quantize(src, dst, quantrs.QuantizeConfig(dynamic=True)),
+        "ort quantize_dynamic": lambda dst: quantize_dynamic(
+            src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=src.with_name(src.name + ".data").exists()
+        ),
+        "quantrs 4-bit MatMulNBits": lambda dst: quantrs.quantize(src, dst, quantrs.QuantizeConfig(bits=4, quant_format="matmulnbits")),
+    }
+    for name, make in steps.items():
+        dst = folder / (name.replace(" ", "_").replace("-", "") + ".onnx")
+        began = time.perf_counter()
+        make(dst)
+        made[name] = (dst, time.perf_counter() - began)
+    return made
+
+
+def measure(models: dict[str, tuple[Path, float]], feeds: dict[str, np.ndarray], repeat: int, threads: int) -> list[str]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for name, (path, _) in models.items()}
+    outputs = {name: s.run(None, feeds)[0].astype(np.float64).ravel() for name, s in sessions.items()}
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(repeat):
+        for name, s in sessions.items():
+            began = time.perf_counter()
+            s.run(None, feeds)
+            times[name].append(time.perf_counter() - began)
+    ref = outputs["float"]
+    base = statistics.median(times["float"])
+    rows = []
+    for name in sessions:
+        got = outputs[name]
+        cosine = float(ref @ got / np.linalg.norm(ref) / np.linalg.norm(got))
+        ms = statistics.median(times[name]) * 1e3
+        made = models[name][1]
+        rows.append(f"| {name} | {ms:.1f} ms | {base * 1e3 / ms:.2f}x | {cosine:.4f} | {made:.2f} s |" if name != "float" else f"| float | {ms:.1f} ms | 1.00x | 1 | |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("workdir", type=Path)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    rng = np.random.default_rng(0)
+    header = "| model | latency | vs float | cosine to float | quantizing |\n|---|---|---|---|---|"
+
+    folder = args.workdir / "minilm"
+    folder.mkdir(parents=True, exist_ok=True)
+    src = folder / "minilm.onnx"
+    onnx.save(minilm.build_encoder(minilm.weights_dir(), last_hidden_state=True), str(src))
+    ids = rng.integers(1000, 30000, (BATCH, TOKENS)).astype(np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    print(f"all-MiniLM-L6-v2, batch {BATCH} x {TOKENS} tokens, {args.threads} thread(s), median of {args.repeat}\n\n{header}")
+    print("\n".join(measure(variants(src, folder), feeds, args.repeat, args.threads)))
+
+    size = SIZES["1.1B"]
+    widths = Widths(size.hidden, size.intermediate, args.layers, size.heads, size.kv_heads, size.vocab)
+    folder = args.workdir / f"decoder{args.layers}"
+    folder.mkdir(parents=True, exist_ok=True)
+    src = build_decoder(folder / "decoder.onnx", widths, "float32")
+    feeds = {"input_ids": rng.integers(0, widths.vocab, (BATCH, TOKENS)).astype(np.int64)}
+    print(f"\nLlama-shaped decoder, TinyLlama widths, {args.layers} layers, float32, prefill {BATCH} x {TOKENS}\n\n{header}")
+    print("\n".join(measure(variants(src, folder), feeds, args.repeat, args.threads)))
+
+
+if __name__ == "__main__":
+    main()
