@@ -171,3 +171,18 @@ def test_a_dynamically_quantized_model_says_so(save, tmp_path):
     result = runner.invoke(app, ["quantize", str(tmp_path / "q.onnx"), "-o", str(tmp_path / "again.onnx"), "--dynamic", "--min-elements", "0"])
     assert result.exit_code == 1 and "already quantized" in result.stderr and "MatMulInteger" in result.stderr, result.stderr
     assert not (tmp_path / "again.onnx").exists()
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_validate_detailed_ranks_dynamic_weights(save, tmp_path, half):
+    """validate --detailed finds each weight's codes in MatMulInteger and its scale in the
+    rescale Mul (through the float16 model's Cast), and puts each back in float alone."""
+    model = _half_mlp()[0] if half else BUILDERS["mlp"]()[0]
+    src = save(model)
+    quantrs.quantize(src, tmp_path / "q.onnx", DYNAMIC)
+    report = quantrs.validate(src, tmp_path / "q.onnx", detailed=True)
+    layers = {layer.name: layer for layer in report.layers or []}
+    assert set(layers) == {"w1", "w2"}
+    for layer in layers.values():
+        assert layer.storage == "INT8 (MatMulInteger)" and 35 < layer.weight_sqnr_db < 60
+        assert layer.local_sqnr_db is not None and layer.local_sqnr_db > 20

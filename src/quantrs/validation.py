@@ -343,6 +343,11 @@ def _readers(orig: LoadedModel, quant: LoadedModel) -> list[_Reader]:
             stored, reads, wanted = tuple(i for i in node.input[1:4] if i), 1, "MatMul"
         elif node.domain == "com.microsoft" and node.op_type == "GatherBlockQuantized":
             stored, reads, wanted = tuple(i for i in (node.input[0], *node.input[2:4]) if i), 0, "Gather"
+        elif node.op_type == "MatMulInteger" and node.input[1] in weights:  # --dynamic: the weight's scale is in the rescale Mul
+            scale = _dynamic_scale(node, producer, consumers)
+            if scale is None or scale not in weights:
+                continue
+            stored, reads, wanted = (node.input[1], scale, *(node.input[3:4] if len(node.input) > 3 and node.input[3] else ())), 1, "MatMul"
         elif node.op_type == "DequantizeLinear" and node.input[0] not in weights and getattr(producer.get(node.input[0]), "op_type", "") == "Gather":
             found = [gathered(i) for i in node.input if i]
             if None in found:
@@ -353,9 +358,10 @@ def _readers(orig: LoadedModel, quant: LoadedModel) -> list[_Reader]:
         if any(i not in weights for i in stored):
             continue
         last = node
+        passes = ("Reshape", "Cast", "Mul") if node.op_type == "MatMulInteger" else ("Reshape", "Cast")  # Mul: the rescale
         while last.output[0] not in original:
             after = consumers.get(last.output[0], [])
-            if len(after) != 1 or after[0].op_type not in ("Reshape", "Cast"):
+            if len(after) != 1 or after[0].op_type not in passes:
                 break
             last = after[0]
         source = original.get(last.output[0])
@@ -363,6 +369,26 @@ def _readers(orig: LoadedModel, quant: LoadedModel) -> list[_Reader]:
             continue
         out.append(_Reader(source.input[reads], node, source, stored))
     return out
+
+
+def _dynamic_scale(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto], consumers: dict[str, list[onnx.NodeProto]]) -> str | None:
+    """The weight scale of a MatMulInteger in quantrs.dynamic's form: MatMulInteger -> Cast ->
+    Mul(product, Mul(x_scale, [Cast] W_scale)); None for any other arrangement."""
+    after = consumers.get(node.output[0], [])
+    if len(after) != 1 or after[0].op_type != "Cast":
+        return None
+    rescale = consumers.get(after[0].output[0], [])
+    if len(rescale) != 1 or rescale[0].op_type != "Mul":
+        return None
+    scales = producer.get(next((i for i in rescale[0].input if i != after[0].output[0]), ""))
+    if scales is None or scales.op_type != "Mul":
+        return None
+    x_scale = node.input[2] and producer.get(node.input[0])
+    other = [i for i in scales.input if not (x_scale and i == x_scale.output[1])]
+    if len(other) != 1:
+        return None
+    cast = producer.get(other[0])
+    return cast.input[0] if cast is not None and cast.op_type == "Cast" else other[0]
 
 
 def dequantize_reader(reader: _Reader, quant: LoadedModel) -> tuple[np.ndarray, str]:
@@ -378,6 +404,9 @@ def dequantize_reader(reader: _Reader, quant: LoadedModel) -> tuple[np.ndarray, 
         bits = attrs.get("bits", 4)
         value = dequantize_matmulnbits(codes, scale, zero_point, attrs["K"], attrs["N"], bits, attrs["block_size"])
         return value, f"UINT{bits} (MatMulNBits)"
+    if node.op_type == "MatMulInteger":  # codes [K, N], one scale per column
+        zero_point = zero_point.astype(np.int64) if zero_point is not None else np.zeros(scale.shape, np.int64)
+        return dequantize_exact(codes, scale, zero_point, codes.ndim - 1, None), "INT8 (MatMulInteger)"
     if node.op_type == "GatherBlockQuantized":
         bits = attrs.get("bits", 4)
         if info.data_type == TensorProto.UINT8 and bits == 4:  # two codes a byte, low nibble first
