@@ -47,6 +47,9 @@ def variants(src: Path, folder: Path) -> dict[str, tuple[Path, float]]:
             src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=src.with_name(src.name + ".data").exists()
         ),
         "quantrs 4-bit MatMulNBits": lambda dst: quantrs.quantize(src, dst, quantrs.QuantizeConfig(bits=4, quant_format="matmulnbits")),
+        "quantrs 4-bit MatMulNBits, --accuracy-level 0": lambda dst: quantrs.quantize(
+            src, dst, quantrs.QuantizeConfig(bits=4, quant_format="matmulnbits", accuracy_level=0)
+        ),
     }
     for name, make in steps.items():
         dst = folder / (name.replace(" ", "_").replace("-", "") + ".onnx")

@@ -33,6 +33,7 @@ QUANTRS = str(_SCRIPT) if _SCRIPT.exists() else (shutil.which("quantrs") or "qua
 
 TOOLS = {
     "quantrs int8": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--per-channel", "-q"],
+    "quantrs int8 --dynamic": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--dynamic", "-q"],
     "quantrs int4": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--per-channel", "--bits", "4", "-q"],
     "quantrs int4 blocks of 32": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--block-size", "32", "--bits", "4", "-q"],
     "quantrs int4 blocks of 32 (matmulnbits)": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--block-size", "32", "--bits", "4",

@@ -37,6 +37,7 @@ print("serial ok")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (ROOT / "setup.py").exists(), reason="needs the source tree")
 def test_serial_build_without_openmp(tmp_path):
     pytest.importorskip("Cython")

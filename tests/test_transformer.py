@@ -82,6 +82,7 @@ def test_per_channel_int4_is_what_blocks_fix(encoder, feeds, tmp_path):
     assert per_channel < 0.92 < 0.955 <= blocks, (per_channel, blocks)
 
 
+@pytest.mark.slow
 def test_gptq_lifts_4_bit_blocks_on_sentences_it_never_saw(encoder, feeds, tmp_path):
     """--rounding gptq with the Hessians of 32 sentences of other topics (TUNING_SENTENCES):
     4-bit blocks of 32 in MatMulNBits form, 6.17x smaller. Measured on SENTENCES: the worst
@@ -99,6 +100,7 @@ def test_gptq_lifts_4_bit_blocks_on_sentences_it_never_saw(encoder, feeds, tmp_p
     assert len(compensated) == 36  # every MatMul weight; the tables are looked up, not multiplied
 
 
+@pytest.mark.slow
 def test_4_bit_blocks_of_16_with_gptq_keep_cosine_099_at_5x_smaller(encoder, feeds, tmp_path):
     """Every weight 4-bit: blocks of 16, gptq (Hessians of TUNING_SENTENCES), MatMulNBits and
     GatherBlockQuantized. Measured: 5.07x smaller; on SENTENCES, unseen, cosine 0.991 over all
@@ -113,6 +115,7 @@ def test_4_bit_blocks_of_16_with_gptq_keep_cosine_099_at_5x_smaller(encoder, fee
     assert overall >= 0.99 and cosines(ref, got).min() >= 0.98, (overall, cosines(ref, got).min())
 
 
+@pytest.mark.slow
 def test_auto_mixes_4_and_8_bit_matmulnbits_to_a_budget_at_5x_smaller(encoder, tmp_path):
     """`auto --quant-format matmulnbits --min-cosine 0.99`, tuned and verified on sentences of
     other topics (minilm.TUNING_SENTENCES, HELD_OUT_SENTENCES), measured on SENTENCES, unseen.
@@ -147,6 +150,7 @@ def test_auto_mixes_4_and_8_bit_matmulnbits_to_a_budget_at_5x_smaller(encoder, t
     assert all(int(np.argmax(sims[i])) == partner[i] for i in range(len(minilm.SENTENCES)))
 
 
+@pytest.mark.slow
 def test_auto_with_gptq_reaches_the_budget_at_a_smaller_size(encoder, tmp_path):
     """The same search with --rounding gptq (the sensitivities and every candidate's codes
     compensated on the tuning sentences). Measured: 33 weights at 4 bits, 5 at 8, 6.00x smaller
