@@ -50,6 +50,9 @@ __all__ = [
 
 TARGETS = ("ort-cpu", "tensorrt")
 COMPUTE_OPS = {"Conv", "MatMul", "Gemm"}  # with quantized weights: the integer kernels
+# Producers a following Relu folds into (their quantized output saturates at zero point 0): the
+# integer kernels, and a residual Add (QLinearAdd), as onnxruntime's own quantizer folds them.
+RELU_FOLDS = COMPUTE_OPS | {"Add"}
 # Ops onnxruntime keeps in integer form between QDQ nodes (its QDQ selectors and propagation).
 # Softmax and Sigmoid are left out: their outputs live in [0, 1] and usually end the model, where
 # 8 bits cost accuracy and buy no integer kernel. For ort-cpu, the ops beyond COMPUTE_OPS are
@@ -336,7 +339,7 @@ class StaticEdit:
         return out
 
     def _fold_relus(self, graph: onnx.GraphProto) -> None:
-        """Conv/MatMul/Gemm -> Relu becomes Conv -> QuantizeLinear when the Relu's output is UINT8
+        """Conv/MatMul/Gemm/Add -> Relu becomes Conv -> QuantizeLinear when the Relu's output is UINT8
         with zero point 0 and only quantized ops read it: the quantizer saturates negatives to
         code 0, i.e. dequantized 0, which is exactly Relu. onnxruntime then fuses the pair into
         one integer kernel."""
@@ -358,7 +361,7 @@ class StaticEdit:
             # copy is Relu'd: every reader must read that copy.
             if result in outputs or not all(self._quantizes(r) for r in readers.get(result, [])):
                 continue
-            if producer.op_type not in COMPUTE_OPS or not self._quantizes(producer):
+            if producer.op_type not in RELU_FOLDS or not self._quantizes(producer):
                 continue
             if result not in self.params or self.params[result].zero_point != 0:
                 continue
