@@ -64,7 +64,7 @@ MUTATIONS = [
     ),
     (
         "top-1 agreement computed with argmin",
-        "validation.py",
+        "compare.py",
         "hits = [np.argmax(r, axis=-1) == np.argmax(g, axis=-1)",
         "hits = [np.argmin(r, axis=-1) == np.argmin(g, axis=-1)",
         ["test_seams.py::test_top1_agreement_compares_the_largest_logits"],

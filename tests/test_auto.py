@@ -228,7 +228,7 @@ def test_local_errors_are_the_consumers_relative_squared_error(tmp_path):
     configs = width_configs(["4", "8"], QuantizeConfig(), 32)
     result = measure(model, configs, feeds, with_float=False)
     import quantrs
-    from quantrs.validation import dequantized_weights
+    from quantrs.dequantize import dequantized_weights
 
     quantrs.quantize(src, tmp_path / "q4.onnx", configs["4"])
     w4 = dequantized_weights(load_model(src), load_model(tmp_path / "q4.onnx"))["w0"][1]

@@ -66,7 +66,7 @@ def test_percentile_clips_only_the_top_of_one_sided_data():
 
 
 def test_top1_agreement_compares_the_largest_logits():
-    from quantrs.validation import agreements
+    from quantrs.compare import agreements
 
     reference = {"logits": [np.array([[0.1, 0.2, 0.7], [0.5, 0.3, 0.2]], np.float32)]}
     got = {"logits": [np.array([[0.2, 0.1, 0.7], [0.6, 0.1, 0.3]], np.float32)]}  # same argmax, other argmin
@@ -173,3 +173,18 @@ def test_openmp_workers_wait_passively_unless_told_otherwise(given, spins):
         env["OMP_WAIT_POLICY"] = given
     run = subprocess.run([sys.executable, "-c", "import quantrs.model, quantrs.kernels"], env=env, capture_output=True, text=True, check=True)
     assert f"GOMP_SPINCOUNT = '{spins}'" in run.stderr, run.stderr
+
+
+def test_the_library_never_imports_the_command_line_front_end():
+    """Programs calling quantrs pay for no CLI: every library module imports without typer,
+    rich or quantrs.cli (a subprocess: this test process has them loaded already)."""
+    import subprocess
+    import sys
+
+    modules = [
+        "quantrs", "quantrs.pipeline", "quantrs.calibration", "quantrs.auto", "quantrs.validation", "quantrs.compare",
+        "quantrs.dequantize", "quantrs.benchmarking", "quantrs.batch", "quantrs.configfile", "quantrs.dynamic", "quantrs.activations",
+    ]  # fmt: skip
+    code = f"import importlib, sys\nfor m in {modules!r}:\n    importlib.import_module(m)\nprint(sorted(m for m in ('typer', 'rich', 'click', 'quantrs.cli', 'quantrs.render') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

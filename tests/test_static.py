@@ -386,7 +386,7 @@ def test_validate_detailed_decodes_int32_biases(tmp_path):
     report = quantrs.calibrate(EXAMPLE, dst, samples)
     assert report.quantized_biases
     from quantrs.model import load_model as load
-    from quantrs.validation import dequantized_weights
+    from quantrs.dequantize import dequantized_weights
 
     orig, quant = load(EXAMPLE), load(dst)
     decoded = dequantized_weights(orig, quant)

@@ -229,7 +229,7 @@ def test_matmulnbits_and_gather_block_weights_are_ranked(tmp_path, save, bits, s
     from test_gather_block import V, table_model
 
     from quantrs.model import load_model
-    from quantrs.validation import dequantized_weights
+    from quantrs.dequantize import dequantized_weights
 
     model, feeds = table_model()
     src = save(model)
@@ -274,7 +274,7 @@ def test_qdq_lookup_tables_are_ranked(tmp_path, save, options):
     from test_gather_block import V, table_model
 
     from quantrs.model import load_model
-    from quantrs.validation import dequantized_weights
+    from quantrs.dequantize import dequantized_weights
 
     model, feeds = table_model()
     src = save(model)
@@ -329,7 +329,8 @@ def test_every_weight_put_back_gives_the_original_outputs(tmp_path, save, case, 
     from test_gather_block import table_model
 
     from quantrs.model import load_model
-    from quantrs.validation import _float_replacements, _with_float_weights, dequantized_weights
+    from quantrs.dequantize import dequantized_weights, float_replacements
+    from quantrs.validation import _with_float_weights
 
     if case == "two readers":
         model, feeds = two_readers_model()
@@ -342,7 +343,7 @@ def test_every_weight_put_back_gives_the_original_outputs(tmp_path, save, case, 
     orig, quant = load_model(src), load_model(tmp_path / "q.onnx")
     ranked = sorted(dequantized_weights(orig, quant))
     assert "emb" in ranked and "w" in ranked, ranked
-    replacements, partial = _float_replacements(orig, quant)
+    replacements, partial = float_replacements(orig, quant)
     assert not partial
     hybrid = _with_float_weights(onnx.load(str(tmp_path / "q.onnx")), orig, ranked, replacements)
     onnx.checker.check_model(hybrid, full_check=True)
@@ -361,7 +362,7 @@ def test_onnxruntimes_own_matmulnbits_models_are_read_as_it_runs_them(tmp_path, 
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     from quantrs.model import load_model
-    from quantrs.validation import dequantized_weights
+    from quantrs.dequantize import dequantized_weights
 
     rng = np.random.default_rng(4)
     k, n = 80, 24
@@ -399,7 +400,7 @@ def test_gather_block_quantized_with_codes_packed_in_bytes(tmp_path, zero_points
     """GatherBlockQuantized also takes UINT8 data with bits=4 (two codes a byte, low nibble
     first; zero points packed alike, or its default 8): read as onnxruntime looks it up."""
     from quantrs.model import load_model
-    from quantrs.validation import dequantized_weights
+    from quantrs.dequantize import dequantized_weights
 
     import onnxruntime as ort
 

@@ -5,6 +5,7 @@ given. onnxruntime is imported here, on first use, never at start-up."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from quantrs._cpus import available_cpus
@@ -39,12 +40,15 @@ def session(
     optimize: bool = True,
     optimized_path: str | os.PathLike[str] | None = None,
     lean: bool = False,
+    config: Mapping[str, str] | None = None,
 ) -> Any:
     """An onnxruntime.InferenceSession on the CPU (see options); `optimized_path` writes the
-    optimized graph."""
+    optimized graph; `config` adds session configuration entries."""
     import onnxruntime as ort
 
     opts = options(threads=threads, optimize=optimize, lean=lean)
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     if optimized_path is not None:
         opts.optimized_model_filepath = str(optimized_path)
     source = model if isinstance(model, bytes) else str(model)

@@ -39,7 +39,7 @@ from onnx import TensorProto, helper
 
 from quantrs.config import QuantizeConfig
 from quantrs.graph import GraphIndex, name_maker
-from quantrs.pipeline import WeightStream
+from quantrs.edit import EditContext
 from quantrs.qdq import DQSpec, tensor_header
 from quantrs.writer import OutTensor, Payload
 
@@ -267,7 +267,7 @@ class StaticEdit:
     folded: list[str] = field(default_factory=list)  # Relu outputs folded into their producer
     _readers: set[str] | None = field(default=None, init=False, repr=False)  # set by apply
 
-    def apply(self, graph: onnx.GraphProto, stream: WeightStream) -> list[OutTensor]:
+    def apply(self, graph: onnx.GraphProto, stream: EditContext) -> list[OutTensor]:
         fresh = name_maker(GraphIndex(graph).all_names())
 
         extra: list[OutTensor] = []
@@ -293,7 +293,7 @@ class StaticEdit:
             return False
         return self._readers is not None and _key(node) in self._readers
 
-    def _biases(self, graph: onnx.GraphProto, stream: WeightStream, fresh) -> list[OutTensor]:
+    def _biases(self, graph: onnx.GraphProto, stream: EditContext, fresh) -> list[OutTensor]:
         """Conv and Gemm biases as INT32 at scale = input scale x weight scale, zero point 0,
         read through a DequantizeLinear that keeps the bias's name."""
         stored = {t.name: t for t in graph.initializer}
@@ -412,7 +412,7 @@ class _BiasValues:
     """An INT32 bias's codes and scales, computed when the writer reaches them (after the weight,
     whose scales the stream kept)."""
 
-    stream: WeightStream
+    stream: EditContext
     bias: str
     weight: str
     input_scale: float
@@ -424,7 +424,7 @@ class _BiasValues:
         return np.broadcast_to(scale, (self.length,)).copy() if scale.size == 1 else scale
 
     def codes(self) -> np.ndarray:
-        values = self.stream.model.weights.array(self.bias).astype(np.float64)
+        values = self.stream.weight_array(self.bias).astype(np.float64)
         codes = np.rint(values / self.scale().astype(np.float64))
         return np.clip(codes, -(2**31), 2**31 - 1).astype(np.int32)
 

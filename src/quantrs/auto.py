@@ -51,7 +51,8 @@ from quantrs.pipeline import check_output, open_model
 from quantrs.report import AutoCandidate, AutoLayer, AutoReport, OutputAgreement
 from quantrs.samples import SampleSource, describe_source, input_specs, iter_samples
 from quantrs.sensitivity import FLOAT, Sensitivity, measure, width_configs
-from quantrs.validation import Thresholds, agreements, run_model
+from quantrs.compare import agreements, run_model
+from quantrs.validation import Thresholds
 
 __all__ = ["AutoConfig", "auto", "closest_path", "WIDTHS"]
 

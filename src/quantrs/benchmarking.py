@@ -19,7 +19,7 @@ from quantrs._ort import session
 from quantrs.model import load_model
 from quantrs.report import BenchmarkReport, ModelTiming
 from quantrs.samples import generate_samples, input_specs, load_samples
-from quantrs.validation import _Steps
+from quantrs.compare import Steps
 
 __all__ = ["benchmark"]
 
@@ -38,7 +38,7 @@ def benchmark(
 ) -> BenchmarkReport:
     """Size, load time and latency of both models; `progress(runs done, runs in all)`."""
     orig = load_model(original)
-    step = _Steps(progress, 2 * (runs + warmup))
+    step = Steps(progress, 2 * (runs + warmup))
     feed = load_samples(data, input_specs(orig.proto), limit=1)[0] if data is not None else generate_samples(orig.proto, 1)[0]
     return BenchmarkReport(
         original=_time_model(Path(original), feed, runs, warmup, threads, step),
@@ -82,7 +82,7 @@ def _runtime_ops(path: Path, threads: int | None) -> dict[str, int] | None:
     return dict(sorted(counts.items()))
 
 
-def _time_model(path: Path, feed: dict[str, np.ndarray], runs: int, warmup: int, threads: int | None, step: _Steps) -> ModelTiming:
+def _time_model(path: Path, feed: dict[str, np.ndarray], runs: int, warmup: int, threads: int | None, step: Steps) -> ModelTiming:
     model = load_model(path)
     by_dtype: dict[str, int] = defaultdict(int)
     for info in model.weights:

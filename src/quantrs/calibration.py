@@ -169,7 +169,7 @@ def calibrate(
         **({"quantrs.rounding": f"gptq ({len(ready)} weights)"} if gptq else {}),
     }
     done = rewrite_and_write(model, dst, specs, options, metadata=metadata, edit=edit, ready=ready)
-    from quantrs.validation import agreements, run_model
+    from quantrs.compare import agreements, run_model
 
     checking = time.perf_counter()
     reference = {o: [r[o] for r in stats.reference] for o in stats.reference[0]}

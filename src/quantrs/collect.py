@@ -268,17 +268,13 @@ def _estimated_bytes(model: LoadedModel, names: list[str], sample: Mapping[str, 
 def _session(model: LoadedModel, outputs: list[str], folder: Path):
     """A session computing `outputs` from the graph's inputs: the prefix of the main graph they
     need, its weights read by onnxruntime from where they lie on disk."""
-    import onnxruntime as ort
-
-    from quantrs._ort import options as ort_options
+    from quantrs._ort import session
 
     proto = _prefix_model(model, outputs, folder)
     # Fully optimized: onnxruntime never fuses away a graph output, and the activations are
-    # the graph's outputs here.
-    options = ort_options(lean=True)  # and the weights stay mapped from the file, never packed copies
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
+    # the graph's outputs here. Lean: the weights stay mapped from the file, never packed copies.
     try:
-        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return session(proto.SerializeToString(), lean=True, config={"session.model_external_initializers_file_folder_path": str(folder)})
     except Exception as exc:  # onnxruntime's own error types
         raise UnsupportedModelError(f"onnxruntime cannot load the model: {first_line(exc)}", file=model.path) from None
 

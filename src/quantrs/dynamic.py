@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto, helper
 
+from quantrs.edit import EditContext
 from quantrs.graph import GraphIndex, name_maker
 from quantrs.qdq import DQSpec
 from quantrs.writer import OutTensor
@@ -34,12 +35,12 @@ FORM = "DynamicQuantizeLinear + MatMulInteger"
 @dataclass
 class DynamicEdit:
     """The dynamic rewrite of the main graph's MatMuls, after the weights' DequantizeLinear
-    nodes are in (a pipeline.GraphEdit)."""
+    nodes are in (a quantrs.edit.GraphEdit)."""
 
     specs: dict[str, DQSpec]  # the weights read through MatMulInteger (DQSpec.dynamic)
     min_opset: int = DYNAMIC_OPSET
 
-    def apply(self, graph: onnx.GraphProto, stream) -> list[OutTensor]:
+    def apply(self, graph: onnx.GraphProto, context: EditContext) -> list[OutTensor]:
         fresh = name_maker(GraphIndex(graph).all_names())
         dq_of = {node.output[0]: node for node in graph.node if node.op_type == "DequantizeLinear" and node.output[0] in self.specs}
         nodes: list[onnx.NodeProto] = []

@@ -112,7 +112,7 @@ def _distribution_chart(plt, name: str, original: np.ndarray, dequantized: np.nd
 def write_html_report(report: ValidationReport, path: str | os.PathLike[str]) -> Path:
     """Write the page and return its path."""
     from quantrs.model import load_model
-    from quantrs.validation import dequantized_weights
+    from quantrs.dequantize import dequantized_weights
 
     plt = _pyplot()
     path = Path(path)

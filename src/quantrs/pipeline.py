@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import onnx
 from quantrs import __version__, kernels
 from quantrs.config import QuantizeConfig
 from quantrs.dynamic import DynamicEdit
+from quantrs.edit import GraphEdit
 from quantrs.errors import AlreadyQuantizedError, ConfigError, OptionError, OutputError, QuantrsError, UnsupportedModelError
 from quantrs.graph import MAIN, GraphIndex
 from quantrs.model import LoadedModel, load_model
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from quantrs.gptq import Compensation, Factor, Source
     from quantrs.samples import SampleSource
 
-__all__ = ["quantize", "dry_run", "open_model", "check_output", "plan_model", "rewrite_and_write", "GraphEdit", "WeightStream"]
+__all__ = ["quantize", "dry_run", "open_model", "check_output", "plan_model", "rewrite_and_write", "WeightStream"]
 
 logger = logging.getLogger(__name__)
 
@@ -193,17 +194,6 @@ def plan_model(model: LoadedModel, config: QuantizeConfig) -> tuple[list[TensorP
     if already:
         logger.warning("%s: already quantized (%s); quantizing the %d float weight(s) left", src, already, len(specs))
     return plans, specs, already
-
-
-class GraphEdit(Protocol):
-    """A further rewrite of the main graph after the weights' DequantizeLinear nodes are in
-    (static quantization's activation QDQ): `min_opset` is the opset it needs; `apply` edits
-    the graph and returns the initializers it adds whose bytes are streamed (after every
-    weight's, so their payloads may read the weights' scales)."""
-
-    min_opset: int
-
-    def apply(self, graph: onnx.GraphProto, stream: WeightStream) -> list[OutTensor]: ...
 
 
 @dataclass
@@ -376,6 +366,10 @@ class WeightStream:
 
     def __post_init__(self) -> None:
         self._total_bytes = sum(self.model.weights.info(n).nbytes for n in self.specs)
+
+    def weight_array(self, name: str) -> np.ndarray:
+        """A stored float tensor of the input (quantrs.edit.EditContext)."""
+        return self.model.weights.array(name)
 
     def out_tensors(self, graph: onnx.GraphProto) -> list[OutTensor]:
         """Kept float tensors first (headers from `graph`), then each weight's replacements

@@ -221,7 +221,7 @@ def _quantize(values: np.ndarray, plan: TensorPlan, config: QuantizeConfig, comp
 
 def dequantize(qt: QuantizedTensor, block_size: int | None) -> np.ndarray:
     """The values DequantizeLinear gives for `qt` (codes one per byte)."""
-    from quantrs.validation import dequantize_exact
+    from quantrs.dequantize import dequantize_exact
 
     codes = qt.data.view(np.int8 if qt.scheme.signed else np.uint8).reshape(qt.shape)
     scale, zero_point = qt.scale.astype(np.float32), qt.zero_point
