@@ -114,6 +114,7 @@ def test_same_output_refused(save):
         (["--bits", "4", "--block-size", "48"], "'--block-size'"),
         (["--bits", "4", "--quant-format", "matmulnbits", "--accuracy-level", "7"], "'--accuracy-level'"),
         (["--bitz", "4"], "--bitz"),
+        (["--exclude-op-type", "Gemmm"], "'--exclude-op-type'"),  # an op type the model lacks
     ],
 )
 def test_usage_errors_are_one_line_naming_the_flag_exit_2(save, tmp_path, flags, flag):
@@ -123,6 +124,16 @@ def test_usage_errors_are_one_line_naming_the_flag_exit_2(save, tmp_path, flags,
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], result.stderr
     assert "quantrs quantize -h" in lines[0] and not list(tmp_path.glob("q.onnx*"))
+
+
+def test_an_op_type_the_model_lacks_is_refused_with_close_matches(save, tmp_path):
+    """--exclude-op-type is checked against the model as --exclude is: a typo would otherwise
+    leave every weight quantized without a word."""
+    src = save(BUILDERS["conv_net"]()[0])
+    result = invoke("quantize", src, "-o", tmp_path / "q.onnx", "--exclude-op-type", "Gemmm")
+    assert result.exit_code == 2 and "'Gemmm' matches no op type of the model; did you mean 'Gemm'?" in result.stderr, result.stderr
+    assert not list(tmp_path.glob("q.onnx*"))
+    assert invoke("quantize", src, "-o", tmp_path / "q.onnx", "--exclude-op-type", "Gemm", "-q").exit_code == 0
 
 
 def test_usage_error_from_the_console_script_is_one_line(tmp_path):
