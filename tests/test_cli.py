@@ -174,6 +174,18 @@ def test_version_does_not_import_heavy_modules(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_kernels_and_reference_are_reached_from_the_package_lazily(tmp_path):
+    """The README: the kernels are usable "through `quantrs.kernels`", with twins in
+    `quantrs.reference`, after a plain `import quantrs`; which itself imports no numpy."""
+    code = (
+        "import sys, quantrs\nheavy = 'numpy' in sys.modules\n"
+        "import numpy as np\nx = np.arange(6, dtype=np.float32).reshape(2, 3)\n"
+        "print(heavy, quantrs.kernels.minmax(x, axis=0).lo.tolist(), quantrs.reference.__name__, 'kernels' in dir(quantrs) or 'kernels' in quantrs.__all__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.split() == ["False", "[0.0,", "3.0]", "quantrs.reference", "True"], out.stdout
+
+
 def test_quantize_imports_only_what_it_uses(tmp_path):
     """Start-up is a large share of quantizing a small model: `quantize` must not pull in
     onnxruntime (it does not run the model) or pydantic (typer >= 0.29 coerces options through
