@@ -32,6 +32,24 @@ def test_help_lists_commands():
     assert "quantize" in result.stdout and "info" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("command", "usage"),
+    [("quantize", "quantize [OPTIONS] MODEL"), ("batch", "batch [OPTIONS] MODELS..."), ("validate", "validate [OPTIONS] ORIGINAL QUANTIZED"), ("config", "config [OPTIONS] FILE")],
+)
+def test_usage_lines_name_arguments_in_capitals(command, usage):
+    result = invoke(command, "-h")
+    assert result.exit_code == 0 and usage in result.stdout and "{" not in result.stdout.split("\n\n")[0], result.stdout[:300]
+    missing = invoke(command)
+    assert missing.exit_code == 2 and "Missing argument" in missing.stderr and f"'{usage.split()[2].rstrip('.')}'" in missing.stderr
+
+
+def test_verbose_is_a_counted_flag_in_the_help():
+    """-v, -vv: a count, not an option taking an <int> (`-v2` is not how it is given)."""
+    result = invoke("-h")
+    line = next(line for line in result.stdout.splitlines() if "--verbose" in line)
+    assert "<int>" not in line and "-vv" in result.stdout and "[default: 0]" not in result.stdout
+
+
 def test_quantize_text(save, tmp_path):
     src = save(BUILDERS["conv_net"]()[0])
     result = invoke("quantize", src, "-o", tmp_path / "q.onnx", "--per-channel", "--min-elements", "0")

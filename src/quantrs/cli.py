@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from quantrs import __version__
 
@@ -56,6 +56,28 @@ class _Commands(TyperGroup):
             _print_error("aborted")
             sys.exit(1)
         sys.exit(result if type(result) is int else 0)  # an Exit's code; a command's own return value is not one
+
+
+class _Command(TyperCommand):
+    """typer's command, with its arguments named as usage lines conventionally name them
+    (`quantize [OPTIONS] MODEL`, `batch [OPTIONS] MODELS...`), not as typer's `{model}`: the
+    metavar is the name in capitals, also in the help's argument panel and usage errors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument) and param.metavar is None:
+                param.metavar = (param.name or "").upper()
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = f"{param.metavar}..." if param.nargs != 1 else str(param.metavar)
+                pieces.append(name if param.required else f"[{name}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
 
 
 # click's base exception: typer 0.26+ vendors click (typer._click), older typer uses click
@@ -110,7 +132,7 @@ def _main(
         Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, only errors on stderr.")] = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log what quantrs does on stderr: -v each stage, -vv every tensor.")] = 0,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, metavar="", show_default=False, help="Log what quantrs does on stderr: -v each stage, -vv every tensor.")] = 0,
 ) -> None:
     _State.quiet = quiet
     if verbose:
@@ -159,7 +181,7 @@ def command(function: Callable) -> Callable:
         except QuantrsError as exc:
             raise _fail(str(exc)) from None
 
-    return app.command()(run)
+    return app.command(cls=_Command)(run)
 
 
 def _quantize_options() -> list[tuple[str, object, typer.models.OptionInfo]]:
