@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from builders import BUILDERS
@@ -56,6 +57,38 @@ def test_quantize_text(save, tmp_path):
     assert result.exit_code == 0, result.output
     assert "Quantized" in result.stdout and "3 tensors quantized" in result.stdout
     onnx.checker.check_model(str(tmp_path / "q.onnx"))
+
+
+def _one_small_matmul():
+    w = onnx.numpy_helper.from_array(np.arange(16, dtype=np.float32).reshape(4, 4) / 16, "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], [w],
+    )  # fmt: skip
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+
+
+def test_reports_count_in_the_singular_and_say_larger_when_larger(save, tmp_path):
+    """One tensor is "1 tensor"; a model too small to gain (its scales and DequantizeLinear
+    outweigh the saved bytes) is "1.20x larger", not "0.83x smaller"."""
+    src = save(_one_small_matmul())
+    out = tmp_path / "q.onnx"
+    result = invoke("quantize", src, "-o", out, "--min-elements", "0", "-q")
+    assert result.exit_code == 0, result.output
+    assert "1 tensor quantized, 0 left as they are" in result.stdout, result.stdout
+    assert out.stat().st_size > src.stat().st_size and "x larger)" in result.stdout and "smaller" not in result.stdout
+    plan = runner.invoke(app, ["quantize", str(src), "--dry-run", "--min-elements", "0"], env={"COLUMNS": "300"})
+    assert "1 tensor would be quantized" in plan.stdout, plan.stdout
+    assert "float weights: 1 tensor," in invoke("info", src).stdout
+    checked = invoke("validate", src, out, "--samples", "1", "-q")
+    assert checked.exit_code == 0 and "x larger)" in checked.stdout and "smaller" not in checked.stdout, checked.stdout
+
+
+def test_storage_names_each_type_once(save, tmp_path):
+    src = save(BUILDERS["embedding"]()[0])
+    result = invoke("quantize", src, "-o", tmp_path / "q.onnx", "-b", "4", "--quant-format", "matmulnbits", "--min-elements", "0", "-q")
+    assert result.exit_code == 0, result.output
+    assert "stored as UINT4 (1 of 2 as MatMulNBits)" in result.stdout and "UINT4+UINT4" not in result.stdout, result.stdout
 
 
 def test_quantize_json(save, tmp_path):

@@ -24,7 +24,7 @@ def test_report_counts_quantized_and_skipped_apart(save, tmp_path):
     src = save(BUILDERS["mlp"]()[0])  # two weights quantized, one bias left
     result = CliRunner().invoke(app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--min-elements", "0"])
     assert result.exit_code == 0, result.output
-    assert "2 tensors quantized, 1 left as they are" in result.stdout
+    assert "2 tensors quantized, 1 left as it is" in result.stdout
 
 
 def test_metadata_says_the_granularity(save, tmp_path):

@@ -540,8 +540,16 @@ def _present(raw: np.ndarray | None) -> np.ndarray:
 
 
 def _storage_names(specs: dict[str, DQSpec]) -> str:
-    """The ONNX types the codes are stored as, e.g. "UINT8" or "UINT4+UINT8" (mixed bit widths)."""
-    names = sorted({s.storage_name for s in specs.values()}, key=lambda n: ("4" in n, n))
+    """The ONNX types the codes are stored as, each named once: "UINT8", "UINT8+UINT4" (mixed
+    bit widths), "UINT4 (MatMulNBits)", or "UINT4 (1 of 3 as MatMulNBits)" when matmulnbits
+    wrote the others as QDQ or GatherBlockQuantized (each tensor's own storage says which)."""
+    forms: dict[str, list[bool]] = {}
+    for spec in specs.values():
+        forms.setdefault(spec.storage_name.split(" ")[0], []).append(bool(spec.nbits))
+    names = []
+    for code_type in sorted(forms, key=lambda n: ("4" in n, n)):
+        nbits, count = sum(forms[code_type]), len(forms[code_type])
+        names.append(code_type + ("" if not nbits else " (MatMulNBits)" if nbits == count else f" ({nbits} of {count} as MatMulNBits)"))
     return "+".join(names)
 
 

@@ -53,6 +53,19 @@ def _print_table(console, table: Table) -> None:
     console.print(table)
 
 
+def _n(count: int, noun: str, plural: str = "") -> str:
+    """"1 tensor", "3 tensors"."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
+def _size_change(before: float, after: float) -> str:
+    """"5.23x smaller", or "1.50x larger" when the output is bigger (a small model gains more
+    scales and DequantizeLinear nodes than its codes save)."""
+    if not before or not after or before == after:
+        return "the same size" if before == after else "size unknown"
+    return f"{before / after:.2f}x smaller" if after < before else f"{after / before:.2f}x larger"
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1000 or unit == "GB":
@@ -71,11 +84,11 @@ def render_quantize(report: QuantizeReport) -> None:
     console.print(f"  opset {opset}")
     console.print(
         f"  size {human_bytes(report.input_bytes)} -> {human_bytes(report.output_bytes)} "
-        f"({report.compression:.2f}x smaller); weights {human_bytes(report.float_weight_bytes)} -> "
+        f"({_size_change(report.input_bytes, report.output_bytes)}); weights {human_bytes(report.float_weight_bytes)} -> "
         f"{human_bytes(report.quantized_weight_bytes)}"
     )
     console.print(
-        f"  {report.quantized_count} tensors quantized, {report.skipped_count} left as they are, "
+        f"  {_n(report.quantized_count, 'tensor')} quantized, {report.skipped_count} left as {'it is' if report.skipped_count == 1 else 'they are'}, "
         f"in {report.seconds:.2f} s"
     )
     if report.already_quantized:
@@ -126,14 +139,14 @@ def render_info(report: InfoReport) -> None:
         for v in values:
             table.add_row(escape(v.name), v.dtype, escape("[" + ", ".join("?" if d is None else str(d) for d in v.shape) + "]"))
         _print_table(console, table)
-    ops = Table(title=f"{report.node_count} nodes", title_justify="left", show_edge=False)
+    ops = Table(title=_n(report.node_count, "node"), title_justify="left", show_edge=False)
     ops.add_column("op type")
     ops.add_column("count", justify="right")
     for op, n in report.op_counts.items():
         ops.add_row(escape(op), str(n))
     _print_table(console, ops)
     console.print(
-        f"  float weights: {report.float_weight_count} tensors, {report.float_weight_elements:,} values, "
+        f"  float weights: {_n(report.float_weight_count, 'tensor')}, {report.float_weight_elements:,} values, "
         f"{human_bytes(report.float_weight_bytes)}" + (" (external data)" if report.external_data else "")
     )
     types = ", ".join(f"{n} {dtype}" for dtype, n in report.float_weight_dtypes.items())
@@ -161,7 +174,7 @@ def render_plans(plans: list[PlanReport]) -> None:
     console = stdout_console()
     for plan in plans:
         target = f" -> {escape(plan.output)}" if plan.output else ""
-        console.print(f"[bold]{escape(plan.input)}[/]{target}: {plan.quantized_count} tensors would be quantized")
+        console.print(f"[bold]{escape(plan.input)}[/]{target}: {_n(plan.quantized_count, 'tensor')} would be quantized")
         table = Table(show_edge=False)
         for col in ("tensor", "shape", "bits", "axis", "use / reason"):
             table.add_column(col)
@@ -174,7 +187,7 @@ def render_plans(plans: list[PlanReport]) -> None:
         _print_table(console, table)
         others = len(plan.tensors) - len(floats)
         if others:
-            console.print(f"  and {others} tensors that are not float")
+            console.print(f"  and {_n(others, 'tensor')} that {'is' if others == 1 else 'are'} not float")
 
 
 def render_batch(report: BatchReport) -> None:
@@ -189,7 +202,7 @@ def render_batch(report: BatchReport) -> None:
     _print_table(console, table)
     counts = ", ".join(f"{report.count(s)} {s}" for s in ("ok", "failed", "skipped", "cancelled") if report.count(s))
     where = f"on {report.scheduler}" if report.scheduler else f"with {report.jobs} job(s)"
-    console.print(f"{len(report.results)} models {where} in {report.seconds:.2f} s: {counts}")
+    console.print(f"{_n(len(report.results), 'model')} {where} in {report.seconds:.2f} s: {counts}")
 
 
 def _mark(passed: bool) -> str:
@@ -199,8 +212,7 @@ def _mark(passed: bool) -> str:
 def render_validation(report: ValidationReport) -> None:
     console = stdout_console()
     console.print(f"[bold]{escape(report.original)}[/] vs [bold]{escape(report.quantized)}[/]")
-    ratio = report.original_bytes / report.quantized_bytes if report.quantized_bytes else 0
-    console.print(f"  {human_bytes(report.original_bytes)} -> {human_bytes(report.quantized_bytes)} ({ratio:.2f}x smaller)")
+    console.print(f"  {human_bytes(report.original_bytes)} -> {human_bytes(report.quantized_bytes)} ({_size_change(report.original_bytes, report.quantized_bytes)})")
     for c in report.checks:
         console.print(f"{_mark(c.passed)} {c.name}" + (f": {c.detail}" if c.detail else ""), highlight=False)
     if report.outputs:
@@ -270,7 +282,7 @@ def render_benchmark(report: BenchmarkReport) -> None:
         )
     threads = "the CPUs this process may use" if report.threads is None else str(report.threads)
     console.print(
-        f"{report.compression:.2f}x smaller, {report.speedup:.2f}x the speed; {report.runs} runs after {report.warmup} "
+        f"{_size_change(report.original.file_bytes, report.quantized.file_bytes)}, {report.speedup:.2f}x the speed; {report.runs} runs after {report.warmup} "
         f"warm-up, threads: {threads}, inputs {report.batch_inputs}",
         highlight=False,
     )
@@ -279,10 +291,10 @@ def render_benchmark(report: BenchmarkReport) -> None:
 def render_calibration(report: CalibrationReport) -> None:
     console = stdout_console()
     console.print(f"[bold green]Calibrated[/] {escape(report.input)} -> {escape(report.output)} (for {report.target})")
-    biases = f" and {len(report.quantized_biases)} biases (INT32)" if report.quantized_biases else ""
+    biases = f" and {_n(len(report.quantized_biases), 'bias', 'biases')} (INT32)" if report.quantized_biases else ""
     console.print(
-        f"  {report.method} ranges from {report.samples} sample(s); {len(report.activations)} activations, "
-        f"{len(report.quantized_weights)} weights (INT8){biases} quantized",
+        f"  {report.method} ranges from {report.samples} sample(s); {_n(len(report.activations), 'activation')}, "
+        f"{_n(len(report.quantized_weights), 'weight')} (INT8){biases} quantized",
         highlight=False,
     )
     console.print(
