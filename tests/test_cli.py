@@ -237,6 +237,19 @@ def test_kernels_and_reference_are_reached_from_the_package_lazily(tmp_path):
     assert out.stdout.split() == ["False", "[0.0,", "3.0]", "quantrs.reference", "True"], out.stdout
 
 
+@pytest.mark.parametrize("command", ["validate", "auto"])
+def test_report_without_matplotlib_fails_before_any_work(save, tmp_path, command):
+    """The only commands with --report check for matplotlib first: here the quantized model
+    (validate) or the samples (auto) do not exist, and the error is still matplotlib's."""
+    src = save(BUILDERS["mlp"]()[0])
+    missing = tmp_path / "absent.onnx"
+    args = [command, str(src), str(missing)] if command == "validate" else [command, str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(missing), "--min-cosine", "0.9"]
+    code = "import sys\nsys.modules['matplotlib'] = None\nfrom quantrs.cli import main\nsys.argv = ['quantrs', *sys.argv[1:]]\nmain()"
+    out = subprocess.run([sys.executable, "-c", code, *args, "--report", str(tmp_path / "r.html")], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == ["error: --report needs matplotlib: pip install 'quantrs[report]'"], out.stderr
+    assert not list(tmp_path.glob("r.html*")) and not list(tmp_path.glob("q.onnx*"))
+
+
 def test_quantize_imports_only_what_it_uses(tmp_path):
     """Start-up is a large share of quantizing a small model: `quantize` must not pull in
     onnxruntime (it does not run the model) or pydantic (typer >= 0.29 coerces options through
