@@ -187,6 +187,34 @@ def test_an_op_type_the_model_lacks_is_refused_with_close_matches(save, tmp_path
     assert invoke("quantize", src, "-o", tmp_path / "q.onnx", "--exclude-op-type", "Gemm", "-q").exit_code == 0
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_ctrl_c_in_quantize_says_nothing_was_written(tmp_path, existing):
+    """SIGINT while the output is being written: one line saying what was interrupted and
+    that nothing was written, exit 130, and no partial output or temporary folder left."""
+    import signal
+    import time
+
+    from quantrs.synthetic import matmul_stack
+
+    src = matmul_stack(tmp_path / "m.onnx", 4, 2048)
+    out = tmp_path / "q.onnx"
+    if existing:
+        out.write_bytes(b"an older file")
+    proc = subprocess.Popen([sys.executable, "-m", "quantrs", "quantize", str(src), "-o", str(out), "-q"], cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".q.onnx.*.tmp")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the model was written before the signal arrived")
+    assert proc.returncode == 130 and stdout == "" and "Traceback" not in stderr, stderr
+    left = f": {out} is as it was" if existing else f" at {out}"
+    assert stderr.strip().splitlines() == [f"error: interrupted while quantizing {src}: nothing written{left}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"] + (["q.onnx"] if existing else [])
+    assert not existing or out.read_bytes() == b"an older file"
+
+
 def test_usage_error_from_the_console_script_is_one_line(tmp_path):
     # Not through CliRunner: the process's own stderr, as a user or a script sees it.
     bad = subprocess.run(

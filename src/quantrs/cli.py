@@ -180,6 +180,8 @@ def command(function: Callable) -> Callable:
             return function(*args, **kwargs)
         except QuantrsError as exc:
             raise _fail(str(exc)) from None
+        except KeyboardInterrupt:  # commands that write say what is left (quantize, batch)
+            raise _fail(f"interrupted: quantrs {function.__name__} stopped", code=130) from None
 
     return app.command(cls=_Command)(run)
 
@@ -283,8 +285,12 @@ def quantize(
             _emit(plan_only(model, config, output_path=output), fmt, "render_plan")
             return
         assert output is not None  # checked above
-        with _progress(quiet) as progress:
-            report = run(model, output, config, data=data, progress=progress)
+        before = _identity(output)
+        try:
+            with _progress(quiet) as progress:
+                report = run(model, output, config, data=data, progress=progress)
+        except KeyboardInterrupt:
+            raise _fail(_interrupted(f"quantizing {model}", output, before), code=130) from None
     except UnknownNameError as exc:  # a flag's value, so a usage error
         raise typer.BadParameter(f"{exc} ({model})", param_hint=_flag(exc.field)) from None
     except OptionError as exc:  # a flag that does not fit this model
@@ -359,6 +365,23 @@ def config(
         continue_on_error=_first(continue_on_error, section and section.continue_on_error, False),
         scheduler=scheduler,
     )
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _interrupted(doing: str, output: Path, before: tuple[int, int, int] | None) -> str:
+    """What an interruption left at `output`: outputs are written into a temporary folder and
+    renamed into place (quantrs.writer), so either nothing changed or the whole model is there."""
+    if _identity(output) != before:  # the signal came after the rename
+        return f"interrupted after {doing}: {output} was written completely"
+    left = f": {output} is as it was" if before is not None else f" at {output}"
+    return f"interrupted while {doing}: nothing written{left}"
 
 
 def _refuse_gptq(config) -> None:
