@@ -287,8 +287,8 @@ def quantize(
         assert output is not None  # checked above
         before = _identity(output)
         try:
-            with _progress(quiet) as progress:
-                report = run(model, output, config, data=data, progress=progress)
+            with _progress(quiet) as bar:
+                report = run(model, output, config, data=data, progress=bar, stage=bar.stage if bar is not None else None)
         except KeyboardInterrupt:
             raise _fail(_interrupted(f"quantizing {model}", output, before), code=130) from None
     except UnknownNameError as exc:  # a flag's value, so a usage error
