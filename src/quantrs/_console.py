@@ -3,11 +3,12 @@ Colour and TTY handling are left to rich (NO_COLOR, FORCE_COLOR, non-TTY output)
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -23,9 +24,43 @@ def stderr_console() -> Console:
 
 
 def stdout_console() -> Console:
+    """The reports' console. Its print wraps a line of text at spaces only: a word longer than
+    the width (a path, a tensor name) stays whole on its own line, for the terminal to wrap,
+    where rich would fold it into pieces no one can copy."""
     from rich.console import Console
+    from rich.text import Text
 
-    return Console()
+    class ReportConsole(Console):
+        def print(self, *objects: Any, **kwargs: Any) -> None:
+            if len(objects) != 1 or not isinstance(objects[0], str) or kwargs.get("soft_wrap") is not None:
+                super().print(*objects, **kwargs)
+                return
+            text = self.render_str(objects[0], markup=kwargs.pop("markup", None), highlight=kwargs.pop("highlight", None))
+            for line in text.split("\n", allow_blank=True):
+                indent = line.plain[: len(line.plain) - len(line.plain.lstrip(" "))]
+                for i, piece in enumerate(line.divide(word_breaks(line.plain, self.width))):
+                    piece.rstrip()
+                    super().print(piece if i == 0 else Text(indent).append_text(piece), soft_wrap=True, **kwargs)
+
+    return ReportConsole()
+
+
+def word_breaks(plain: str, width: int) -> list[int]:
+    """Where to break `plain` into lines of at most `width` cells, at spaces only (a longer word
+    gets a line of its own), each line after the first indented as the first is. Offsets into
+    `plain`, for rich's Text.divide."""
+    from rich.cells import cell_len
+
+    indent = len(plain) - len(plain.lstrip(" "))
+    breaks: list[int] = []
+    used = indent
+    for word in re.finditer(r"[^ ]+ *", plain[indent:]):
+        length = cell_len(word.group().rstrip(" "))
+        if used > indent and used + length > width:
+            breaks.append(indent + word.start())
+            used = indent
+        used += cell_len(word.group())
+    return breaks
 
 
 @contextmanager
