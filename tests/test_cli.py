@@ -215,6 +215,17 @@ def test_ctrl_c_in_quantize_says_nothing_was_written(tmp_path, existing):
     assert not existing or out.read_bytes() == b"an older file"
 
 
+def test_ctrl_c_in_any_other_command_is_one_line_exit_130(save, monkeypatch):
+    import quantrs.info
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantrs.info, "inspect_model", interrupted)
+    result = invoke("info", save(BUILDERS["mlp"]()[0]))
+    assert result.exit_code == 130 and result.stderr.strip().splitlines() == ["error: interrupted: quantrs info stopped"], result.output
+
+
 def test_usage_error_from_the_console_script_is_one_line(tmp_path):
     # Not through CliRunner: the process's own stderr, as a user or a script sees it.
     bad = subprocess.run(
