@@ -184,3 +184,29 @@ def test_cpu_count_honours_a_cgroup_quota(tmp_path):
     assert cgroup_cpu_limit(tmp_path) == 1.5
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
     assert cgroup_cpu_limit(tmp_path) is None
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_progress_counts_bytes_before_the_first_model_finishes(tmp_path, jobs):
+    """The bar's totals are known at once, and a model under way counts the share of its
+    weights written (it read "0/0 MB" until the first model finished)."""
+    import multiprocessing
+
+    from quantrs.batch import _run_job_sharing, _share_into, make_jobs, run_batch
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("a", "b"):
+        matmul_stack(folder / f"{name}.onnx", 3, 256, seed=ord(name))
+    work = make_jobs(expand_inputs([folder]), tmp_path / "out", SMALL)
+    total = sum(j.input.stat().st_size for j in work)
+    calls: list[tuple[int, int, int, int]] = []
+    report = run_batch(work, n_jobs=jobs, progress=lambda *a: calls.append(a))
+    assert report.ok and calls[0] == (0, 2, 0, total) and calls[-1] == (2, 2, total, total)
+    if jobs == 1:  # in this process every tensor is heard of: the bytes grow while the first model runs
+        under_way = [c for c in calls if c[0] == 0 and 0 < c[2] < total]
+        assert len(under_way) >= 2 and under_way == sorted(under_way), calls
+    else:  # on worker processes, each writes its model's share where the batch reads it
+        shares = multiprocessing.get_context("spawn").Array("d", 2, lock=False)
+        _share_into(shares)
+        assert _run_job_sharing(work[1], 1).status == "ok" and list(shares) == [0.0, 1.0]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from builders import BUILDERS
@@ -32,12 +33,62 @@ def test_help_lists_commands():
     assert "quantize" in result.stdout and "info" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("command", "usage"),
+    [("quantize", "quantize [OPTIONS] MODEL"), ("batch", "batch [OPTIONS] MODELS..."), ("validate", "validate [OPTIONS] ORIGINAL QUANTIZED"), ("config", "config [OPTIONS] FILE")],
+)
+def test_usage_lines_name_arguments_in_capitals(command, usage):
+    result = invoke(command, "-h")
+    assert result.exit_code == 0 and usage in result.stdout and "{" not in result.stdout.split("\n\n")[0], result.stdout[:300]
+    missing = invoke(command)
+    assert missing.exit_code == 2 and "Missing argument" in missing.stderr and f"'{usage.split()[2].rstrip('.')}'" in missing.stderr
+
+
+def test_verbose_is_a_counted_flag_in_the_help():
+    """-v, -vv: a count, not an option taking an <int> (`-v2` is not how it is given)."""
+    result = invoke("-h")
+    line = next(line for line in result.stdout.splitlines() if "--verbose" in line)
+    assert "<int>" not in line and "-vv" in result.stdout and "[default: 0]" not in result.stdout
+
+
 def test_quantize_text(save, tmp_path):
     src = save(BUILDERS["conv_net"]()[0])
     result = invoke("quantize", src, "-o", tmp_path / "q.onnx", "--per-channel", "--min-elements", "0")
     assert result.exit_code == 0, result.output
     assert "Quantized" in result.stdout and "3 tensors quantized" in result.stdout
     onnx.checker.check_model(str(tmp_path / "q.onnx"))
+
+
+def _one_small_matmul():
+    w = onnx.numpy_helper.from_array(np.arange(16, dtype=np.float32).reshape(4, 4) / 16, "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], [w],
+    )  # fmt: skip
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+
+
+def test_reports_count_in_the_singular_and_say_larger_when_larger(save, tmp_path):
+    """One tensor is "1 tensor"; a model too small to gain (its scales and DequantizeLinear
+    outweigh the saved bytes) is "1.20x larger", not "0.83x smaller"."""
+    src = save(_one_small_matmul())
+    out = tmp_path / "q.onnx"
+    result = invoke("quantize", src, "-o", out, "--min-elements", "0", "-q")
+    assert result.exit_code == 0, result.output
+    assert "1 tensor quantized, 0 left as they are" in result.stdout, result.stdout
+    assert out.stat().st_size > src.stat().st_size and "x larger)" in result.stdout and "smaller" not in result.stdout
+    plan = runner.invoke(app, ["quantize", str(src), "--dry-run", "--min-elements", "0"], env={"COLUMNS": "300"})
+    assert "1 tensor would be quantized" in plan.stdout, plan.stdout
+    assert "float weights: 1 tensor," in invoke("info", src).stdout
+    checked = invoke("validate", src, out, "--samples", "1", "-q")
+    assert checked.exit_code == 0 and "x larger)" in checked.stdout and "smaller" not in checked.stdout, checked.stdout
+
+
+def test_storage_names_each_type_once(save, tmp_path):
+    src = save(BUILDERS["embedding"]()[0])
+    result = invoke("quantize", src, "-o", tmp_path / "q.onnx", "-b", "4", "--quant-format", "matmulnbits", "--min-elements", "0", "-q")
+    assert result.exit_code == 0, result.output
+    assert "stored as UINT4 (1 of 2 as MatMulNBits)" in result.stdout and "UINT4+UINT4" not in result.stdout, result.stdout
 
 
 def test_quantize_json(save, tmp_path):
@@ -114,6 +165,7 @@ def test_same_output_refused(save):
         (["--bits", "4", "--block-size", "48"], "'--block-size'"),
         (["--bits", "4", "--quant-format", "matmulnbits", "--accuracy-level", "7"], "'--accuracy-level'"),
         (["--bitz", "4"], "--bitz"),
+        (["--exclude-op-type", "Gemmm"], "'--exclude-op-type'"),  # an op type the model lacks
     ],
 )
 def test_usage_errors_are_one_line_naming_the_flag_exit_2(save, tmp_path, flags, flag):
@@ -123,6 +175,55 @@ def test_usage_errors_are_one_line_naming_the_flag_exit_2(save, tmp_path, flags,
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], result.stderr
     assert "quantrs quantize -h" in lines[0] and not list(tmp_path.glob("q.onnx*"))
+
+
+def test_an_op_type_the_model_lacks_is_refused_with_close_matches(save, tmp_path):
+    """--exclude-op-type is checked against the model as --exclude is: a typo would otherwise
+    leave every weight quantized without a word."""
+    src = save(BUILDERS["conv_net"]()[0])
+    result = invoke("quantize", src, "-o", tmp_path / "q.onnx", "--exclude-op-type", "Gemmm")
+    assert result.exit_code == 2 and "'Gemmm' matches no op type of the model; did you mean 'Gemm'?" in result.stderr, result.stderr
+    assert not list(tmp_path.glob("q.onnx*"))
+    assert invoke("quantize", src, "-o", tmp_path / "q.onnx", "--exclude-op-type", "Gemm", "-q").exit_code == 0
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_ctrl_c_in_quantize_says_nothing_was_written(tmp_path, existing):
+    """SIGINT while the output is being written: one line saying what was interrupted and
+    that nothing was written, exit 130, and no partial output or temporary folder left."""
+    import signal
+    import time
+
+    from quantrs.synthetic import matmul_stack
+
+    src = matmul_stack(tmp_path / "m.onnx", 4, 2048)
+    out = tmp_path / "q.onnx"
+    if existing:
+        out.write_bytes(b"an older file")
+    proc = subprocess.Popen([sys.executable, "-m", "quantrs", "quantize", str(src), "-o", str(out), "-q"], cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".q.onnx.*.tmp")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    if proc.returncode == 0:
+        pytest.skip("the model was written before the signal arrived")
+    assert proc.returncode == 130 and stdout == "" and "Traceback" not in stderr, stderr
+    left = f": {out} is as it was" if existing else f" at {out}"
+    assert stderr.strip().splitlines() == [f"error: interrupted while quantizing {src}: nothing written{left}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"] + (["q.onnx"] if existing else [])
+    assert not existing or out.read_bytes() == b"an older file"
+
+
+def test_ctrl_c_in_any_other_command_is_one_line_exit_130(save, monkeypatch):
+    import quantrs.info
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantrs.info, "inspect_model", interrupted)
+    result = invoke("info", save(BUILDERS["mlp"]()[0]))
+    assert result.exit_code == 130 and result.stderr.strip().splitlines() == ["error: interrupted: quantrs info stopped"], result.output
 
 
 def test_usage_error_from_the_console_script_is_one_line(tmp_path):
@@ -161,6 +262,31 @@ def test_version_does_not_import_heavy_modules(tmp_path):
     code = "import sys; sys.argv=['quantrs','--version']\nfrom quantrs.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('numpy','onnx','onnxruntime') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_kernels_and_reference_are_reached_from_the_package_lazily(tmp_path):
+    """The README: the kernels are usable "through `quantrs.kernels`", with twins in
+    `quantrs.reference`, after a plain `import quantrs`; which itself imports no numpy."""
+    code = (
+        "import sys, quantrs\nheavy = 'numpy' in sys.modules\n"
+        "import numpy as np\nx = np.arange(6, dtype=np.float32).reshape(2, 3)\n"
+        "print(heavy, quantrs.kernels.minmax(x, axis=0).lo.tolist(), quantrs.reference.__name__, 'kernels' in dir(quantrs) or 'kernels' in quantrs.__all__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.split() == ["False", "[0.0,", "3.0]", "quantrs.reference", "True"], out.stdout
+
+
+@pytest.mark.parametrize("command", ["validate", "auto"])
+def test_report_without_matplotlib_fails_before_any_work(save, tmp_path, command):
+    """The only commands with --report check for matplotlib first: here the quantized model
+    (validate) or the samples (auto) do not exist, and the error is still matplotlib's."""
+    src = save(BUILDERS["mlp"]()[0])
+    missing = tmp_path / "absent.onnx"
+    args = [command, str(src), str(missing)] if command == "validate" else [command, str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(missing), "--min-cosine", "0.9"]
+    code = "import sys\nsys.modules['matplotlib'] = None\nfrom quantrs.cli import main\nsys.argv = ['quantrs', *sys.argv[1:]]\nmain()"
+    out = subprocess.run([sys.executable, "-c", code, *args, "--report", str(tmp_path / "r.html")], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == ["error: --report needs matplotlib: pip install 'quantrs[report]'"], out.stderr
+    assert not list(tmp_path.glob("r.html*")) and not list(tmp_path.glob("q.onnx*"))
 
 
 def test_quantize_imports_only_what_it_uses(tmp_path):

@@ -96,7 +96,8 @@ def test_precedence_flag_over_model_over_file_over_default(workspace):
         ("batch:\n  input_dir: nothing/*.onnx\n  output_dir: out\n", r"nothing/\*\.onnx: matches no ONNX model"),
         ("bits: [8\n", r"q\.yaml: not valid YAML"),
         ("- 1\n- 2\n", r"q\.yaml: the top level must be a mapping"),
-        ("{}\n", r"the config names no model"),
+        ("{}\n", r"q\.yaml: the config names no model"),
+        ("bits: 8\n", r"q\.yaml: the config names no model"),
     ],
 )
 def test_config_errors_name_the_file_and_field(tmp_path, text, message):

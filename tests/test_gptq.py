@@ -507,3 +507,72 @@ def test_calibrate_compensates_the_weights_of_a_static_model(tmp_path):
     np.save(tmp_path / "d.npy", np.stack([s["x"] for s in samples]))
     result = runner.invoke(app, ["calibrate", str(src), "--data", str(tmp_path / "d.npy"), "-o", str(tmp_path / "c.onnx"), "--rounding", "gptq"])
     assert result.exit_code == 0 and "gptq: codes of 2 weight(s) compensated on the samples" in " ".join(result.output.split()), result.output
+
+
+def test_the_stages_before_the_writing_are_reported(tmp_path, monkeypatch):
+    """gptq's Hessians and codes come before the writing and take most of its time: `stage`
+    hears of every sample run and every weight, all before the first tensor is written (a bar
+    at "0 tensors, 0/0 MB" through them looked hung)."""
+    src, inputs = two_layer_model(tmp_path / "m.onnx")
+    data = [{"x": inputs(16, seed)} for seed in range(3)]
+    config = QuantizeConfig(bits=4, block_size=16, rounding="gptq")
+    events: list[tuple] = []
+
+    def quantize(name):
+        events.clear()
+        quantrs.quantize(src, tmp_path / name, config, data=data, stage=lambda *a: events.append(("stage", *a)), progress=lambda *a: events.append(("write", *a)))
+        first_write = next(i for i, e in enumerate(events) if e[0] == "write")
+        assert all(e[0] == "stage" for e in events[:first_write]) and all(e[0] == "write" for e in events[first_write:])
+        return events[:first_write]
+
+    stages = quantize("one.onnx")
+    assert stages[0] == ("stage", "loading samples", "", 0, 0)
+    assert [e[2:] for e in stages if e[1] == "collecting Hessians"] == [("samples", n, 3) for n in range(4)]
+    assert stages[-1] == ("stage", "compensating codes", "weights", 2, 2)
+    monkeypatch.setattr(gptq, "HESSIAN_BYTES", 8 * 64 * 64)  # one activation at a time: a run of the samples each
+    stages = quantize("two.onnx")
+    assert [e[2:] for e in stages if e[1] == "collecting Hessians"] == [("sample runs", n, 6) for n in range(7)]
+    assert [e[1:] for e in stages if e[1] != "collecting Hessians"] == [
+        ("loading samples", "", 0, 0),
+        ("factoring Hessians", "activations", 0, 2),
+        ("compensating codes", "weights", 0, 2),
+        ("compensating codes", "weights", 1, 2),
+        ("factoring Hessians", "activations", 1, 2),
+        ("compensating codes", "weights", 1, 2),
+        ("compensating codes", "weights", 2, 2),
+    ]
+
+
+def test_the_cli_bar_shows_the_stage(tmp_path, monkeypatch):
+    """quantize --rounding gptq hands the bar the stages; the bar names the stage and counts it."""
+    import contextlib
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from quantrs import _console
+
+    shown: list[tuple[str, str]] = []
+
+    @contextlib.contextmanager
+    def recording_bar(what, *, disabled):
+        progress = Progress(console=Console(file=io.StringIO()))
+        bar = _console.Bar(progress, what)
+        real_stage = bar.stage
+
+        def stage(*args):
+            real_stage(*args)
+            shown.append((progress.tasks[0].description, progress.tasks[0].fields["detail"]))
+
+        bar.stage = stage  # type: ignore[method-assign]
+        yield bar
+        shown.append((progress.tasks[0].description, progress.tasks[0].fields["detail"]))  # after the writing
+
+    monkeypatch.setattr(_console, "progress_bar", recording_bar)
+    src, inputs = two_layer_model(tmp_path / "m.onnx")
+    np.save(tmp_path / "d.npy", inputs(64, 1))
+    result = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--rounding", "gptq", "--data", str(tmp_path / "d.npy")])
+    assert result.exit_code == 0, result.output
+    assert ("collecting Hessians", "1/1 samples") in shown and ("compensating codes", "2/2 weights") in shown, shown
+    assert shown[-1][0] == "quantizing" and shown[-1][1].startswith("2/2 tensors, "), shown

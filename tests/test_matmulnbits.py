@@ -57,7 +57,7 @@ def test_default_accuracy_level_and_mixed_formats(save, tmp_path):
     assert "as MatMulNBits in blocks of 32" in reasons["w_mm"] and "blocks of 32 along axis 0" in reasons["w_gemm"]
     storage = {t.name: t.storage for t in report.tensors if t.quantized}
     assert storage == {"w_mm": "UINT4 (MatMulNBits)", "w_gemm": "UINT4"}  # B is bytes, the codes 4-bit
-    assert report.storage == "UINT4+UINT4 (MatMulNBits)"
+    assert report.storage == "UINT4 (1 of 2 as MatMulNBits)"  # the type once
     ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
     assert "MatMulNBits" in ops and "DequantizeLinear" in ops
     feeds = {"x": rng.standard_normal((4, 128)).astype(np.float32)}

@@ -56,9 +56,14 @@ _EXPORTS = {
     "AutoReport": "quantrs.report",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+# submodules reachable as attributes (`quantrs.kernels.quantize_per_channel(...)` after a plain
+# `import quantrs`), imported on first use like the names above
+_SUBMODULES = ("kernels", "reference")
+
+__all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 
 if TYPE_CHECKING:
+    from quantrs import kernels, reference
     from quantrs.auto import AutoConfig, auto
     from quantrs.batch import quantize_batch
     from quantrs.benchmarking import benchmark
@@ -91,6 +96,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return import_module(f"quantrs.{name}")  # the import binds it in globals()
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'quantrs' has no attribute {name!r}")

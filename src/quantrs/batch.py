@@ -9,6 +9,7 @@ already running finish, the rest are reported as cancelled).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import logging
 import multiprocessing
@@ -29,7 +30,11 @@ __all__ = ["Job", "expand_inputs", "make_jobs", "run_job", "run_batch", "quantiz
 
 logger = logging.getLogger(__name__)
 
-# Called after each model with (models done, models in all, input bytes done, input bytes in all).
+PROGRESS_SECONDS = 0.25  # how often the progress of models on worker processes is read
+
+# Called with (models done, models in all, input bytes done, input bytes in all): when the batch
+# starts, as the models being quantized advance (the bytes count the share of each model's
+# weights written so far; not on a Dask cluster), and after each model.
 BatchProgress = Callable[[int, int, int, int], None]
 
 
@@ -80,15 +85,20 @@ def make_jobs(inputs: Sequence[Path], output_dir: Path, config: QuantizeConfig) 
     return jobs
 
 
-def run_job(job: Job) -> ModelResult:
-    """Quantize one model; never raises: failures come back as a result with the error."""
+def run_job(job: Job, progress: Callable[[float], None] | None = None) -> ModelResult:
+    """Quantize one model; never raises: failures come back as a result with the error.
+    `progress(share of the model's weights written, 0 to 1)` as the model advances."""
     from quantrs.pipeline import quantize
+
+    def advanced(done: int, total: int, nbytes: int, total_bytes: int) -> None:
+        assert progress is not None
+        progress(nbytes / total_bytes if total_bytes else done / max(total, 1))
 
     started = time.perf_counter()
     base: dict[str, Any] = dict(input=str(job.input), output=str(job.output), input_bytes=_size(job.input))
     try:
         job.output.parent.mkdir(parents=True, exist_ok=True)
-        report = quantize(job.input, job.output, job.config)
+        report = quantize(job.input, job.output, job.config, progress=advanced if progress is not None else None)
     except AlreadyQuantizedError as exc:
         return ModelResult(**base, status="skipped", error=str(exc), seconds=_since(started))
     except UnknownNameError as exc:
@@ -132,6 +142,7 @@ def run_batch(
         else:
             todo.append(i)
     tracker = _Tracker(jobs, todo, progress)
+    tracker.report()  # the totals, before any model is done
     if scheduler is not None:
         _run_on_dask(jobs, todo, results, scheduler, continue_on_error, tracker)
     elif n_jobs == 1 or len(todo) <= 1:
@@ -195,6 +206,9 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 @dataclass
 class _Tracker:
+    """Models done and input bytes done, those of the models under way counted by the share of
+    their weights written."""
+
     jobs: Sequence[Job]
     todo: list[int]
     progress: BatchProgress | None
@@ -202,19 +216,31 @@ class _Tracker:
     done_bytes: int = 0
 
     def __post_init__(self) -> None:
-        self.total_bytes = sum(_size(self.jobs[i].input) for i in self.todo)
+        self.sizes = {i: _size(self.jobs[i].input) for i in self.todo}
+        self.total_bytes = sum(self.sizes.values())
+        self.under_way: dict[int, int] = {}  # job -> its input bytes counted so far
 
-    def finished(self, result: ModelResult) -> None:
+    def advanced(self, i: int, share: float) -> None:
+        counted = int(self.sizes.get(i, 0) * min(max(share, 0.0), 1.0))
+        if counted != self.under_way.get(i):
+            self.under_way[i] = counted
+            self.report()
+
+    def finished(self, i: int, result: ModelResult) -> None:
+        self.under_way.pop(i, None)
         self.done += 1
         self.done_bytes += result.input_bytes
+        self.report()
+
+    def report(self) -> None:
         if self.progress is not None:
-            self.progress(self.done, len(self.todo), self.done_bytes, self.total_bytes)
+            self.progress(self.done, len(self.todo), self.done_bytes + sum(self.under_way.values()), self.total_bytes)
 
 
 def _run_here(jobs, todo, results, continue_on_error, tracker) -> None:
     for i in todo:
-        results[i] = run_job(jobs[i])
-        tracker.finished(results[i])
+        results[i] = run_job(jobs[i], functools.partial(tracker.advanced, i))
+        tracker.finished(i, results[i])
         if results[i].status == "failed" and not continue_on_error:
             return
 
@@ -252,13 +278,32 @@ def _process_context() -> multiprocessing.context.BaseContext:
     return context
 
 
+# In a worker process: each job's share of its weights written, by job (see _run_on_processes).
+_SHARES: Any = None
+
+
+def _share_into(shares: Any) -> None:
+    global _SHARES
+    _SHARES = shares
+
+
+def _run_job_sharing(job: Job, i: int) -> ModelResult:
+    return run_job(job, functools.partial(_SHARES.__setitem__, i))
+
+
 def _run_on_processes(jobs, todo, results, n_jobs, continue_on_error, tracker) -> None:
+    """Jobs on local worker processes, which write how far each model is into shared memory;
+    the tracker reads it while waiting for the next model to finish."""
     context = _process_context()
-    with ProcessPoolExecutor(max_workers=min(n_jobs, len(todo)), mp_context=context) as pool:
-        pending: dict[Future, int] = {pool.submit(run_job, _threads_per_job(jobs[i], n_jobs)): i for i in todo}
+    shares = context.Array("d", len(jobs), lock=False)
+    with ProcessPoolExecutor(max_workers=min(n_jobs, len(todo)), mp_context=context, initializer=_share_into, initargs=(shares,)) as pool:
+        pending: dict[Future, int] = {pool.submit(_run_job_sharing, _threads_per_job(jobs[i], n_jobs), i): i for i in todo}
         stop = False
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, timeout=PROGRESS_SECONDS, return_when=FIRST_COMPLETED)
+            for i in pending.values():
+                if shares[i]:
+                    tracker.advanced(i, shares[i])
             for future in done:
                 i = pending.pop(future)
                 if future.cancelled():
@@ -267,7 +312,7 @@ def _run_on_processes(jobs, todo, results, n_jobs, continue_on_error, tracker) -
                     results[i] = future.result()
                 except Exception as exc:  # the worker process died (killed, out of memory)
                     results[i] = ModelResult(str(jobs[i].input), str(jobs[i].output), "failed", error=f"worker died: {exc}")
-                tracker.finished(results[i])
+                tracker.finished(i, results[i])
                 if results[i].status == "failed" and not continue_on_error and not stop:
                     stop = True
                     for other in pending:
@@ -292,7 +337,7 @@ def _run_on_dask(jobs, todo, results, address, continue_on_error, tracker) -> No
                 results[i] = future.result()
             except Exception as exc:  # the task itself failed on the worker (it died, lost data)
                 results[i] = ModelResult(str(jobs[i].input), str(jobs[i].output), "failed", error=f"worker error: {exc}")
-            tracker.finished(results[i])
+            tracker.finished(i, results[i])
             if results[i].status == "failed" and not continue_on_error:
                 remaining = [f for f in futures if futures[f] not in results]
                 client.cancel(remaining)

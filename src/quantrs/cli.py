@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from quantrs import __version__
 
@@ -56,6 +56,28 @@ class _Commands(TyperGroup):
             _print_error("aborted")
             sys.exit(1)
         sys.exit(result if type(result) is int else 0)  # an Exit's code; a command's own return value is not one
+
+
+class _Command(TyperCommand):
+    """typer's command, with its arguments named as usage lines conventionally name them
+    (`quantize [OPTIONS] MODEL`, `batch [OPTIONS] MODELS...`), not as typer's `{model}`: the
+    metavar is the name in capitals, also in the help's argument panel and usage errors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperArgument) and param.metavar is None:
+                param.metavar = (param.name or "").upper()
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = f"{param.metavar}..." if param.nargs != 1 else str(param.metavar)
+                pieces.append(name if param.required else f"[{name}]")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
 
 
 # click's base exception: typer 0.26+ vendors click (typer._click), older typer uses click
@@ -110,7 +132,7 @@ def _main(
         Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, only errors on stderr.")] = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="Log what quantrs does on stderr: -v each stage, -vv every tensor.")] = 0,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, metavar="", show_default=False, help="Log what quantrs does on stderr: -v each stage, -vv every tensor.")] = 0,
 ) -> None:
     _State.quiet = quiet
     if verbose:
@@ -158,8 +180,10 @@ def command(function: Callable) -> Callable:
             return function(*args, **kwargs)
         except QuantrsError as exc:
             raise _fail(str(exc)) from None
+        except KeyboardInterrupt:  # commands that write say what is left (quantize, batch)
+            raise _fail(f"interrupted: quantrs {function.__name__} stopped", code=130) from None
 
-    return app.command()(run)
+    return app.command(cls=_Command)(run)
 
 
 def _quantize_options() -> list[tuple[str, object, typer.models.OptionInfo]]:
@@ -261,8 +285,12 @@ def quantize(
             _emit(plan_only(model, config, output_path=output), fmt, "render_plan")
             return
         assert output is not None  # checked above
-        with _progress(quiet) as progress:
-            report = run(model, output, config, data=data, progress=progress)
+        before = _identity(output)
+        try:
+            with _progress(quiet) as bar:
+                report = run(model, output, config, data=data, progress=bar, stage=bar.stage if bar is not None else None)
+        except KeyboardInterrupt:
+            raise _fail(_interrupted(f"quantizing {model}", output, before), code=130) from None
     except UnknownNameError as exc:  # a flag's value, so a usage error
         raise typer.BadParameter(f"{exc} ({model})", param_hint=_flag(exc.field)) from None
     except OptionError as exc:  # a flag that does not fit this model
@@ -337,6 +365,23 @@ def config(
         continue_on_error=_first(continue_on_error, section and section.continue_on_error, False),
         scheduler=scheduler,
     )
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _interrupted(doing: str, output: Path, before: tuple[int, int, int] | None) -> str:
+    """What an interruption left at `output`: outputs are written into a temporary folder and
+    renamed into place (quantrs.writer), so either nothing changed or the whole model is there."""
+    if _identity(output) != before:  # the signal came after the rename
+        return f"interrupted after {doing}: {output} was written completely"
+    left = f": {output} is as it was" if before is not None else f" at {output}"
+    return f"interrupted while {doing}: nothing written{left}"
 
 
 def _refuse_gptq(config) -> None:

@@ -129,7 +129,7 @@ class QuantizeConfig:
         (), "--exclude", help="A weight, or a node whose weights, to leave in float (repeatable; checked against the model).", cli_type=list[str], file_type=list[str]
     )
     exclude_op_types: tuple[str, ...] = _option(
-        (), "--exclude-op-type", help="Leave the weights of this op type in float, e.g. Gemm (repeatable).", cli_type=list[str], file_type=list[str]
+        (), "--exclude-op-type", help="Leave the weights of this op type in float, e.g. Gemm (repeatable; checked against the model).", cli_type=list[str], file_type=list[str]
     )
     exclude_regex: tuple[str, ...] = _option(
         (), "--exclude-regex", help="Leave weights whose name matches this regular expression in float (repeatable).", cli_type=list[str], file_type=list[str]

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 __all__ = ["Options", "ModelEntry", "BatchSection", "ConfigFile", "load_config", "resolve", "jobs_from_config"]
 
 
+_NO_MODEL = "the config names no model: add a `models` list or a `batch` section"
+
+
 def _set_fields(self) -> dict[str, Any]:
     """The options this layer sets (None means "not set here")."""
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(Options) if getattr(self, f.name) is not None}
@@ -92,7 +95,7 @@ class ConfigFile(Options):
 
 
 def load_config(path: str | Path) -> ConfigFile:
-    """Read and validate a .yaml/.yml or .toml config file."""
+    """Read and validate a .yaml/.yml or .toml config file (one that names no model is refused)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
@@ -135,6 +138,8 @@ def _validate(raw: dict, path: Path) -> ConfigFile:
             QuantizeConfig(**layer.set_fields())
         except ConfigError as exc:
             raise ConfigError(f"{path}: {where}: {exc}") from None
+    if not config.models and config.batch is None:
+        raise ConfigError(f"{path}: {_NO_MODEL}")
     return config
 
 
@@ -166,6 +171,6 @@ def jobs_from_config(config: ConfigFile, base: Path, cli: dict[str, Any] | None 
         patterns = [config.batch.input_dir] if isinstance(config.batch.input_dir, str) else config.batch.input_dir
         found = make_jobs(expand_inputs(patterns, base), at(config.batch.output_dir), resolve(config, cli))
         jobs += [dataclasses.replace(job, origin=f"{source}(top level)") for job in found]
-    if not jobs:
-        raise ConfigError("the config names no model: add a `models` list or a `batch` section")
+    if not jobs:  # a ConfigFile built in code (load_config refuses such a file)
+        raise ConfigError(_NO_MODEL, file=file)
     return jobs

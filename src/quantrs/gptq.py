@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,11 +178,17 @@ def _not_a_product(uses, index: GraphIndex) -> str:
     return ""
 
 
-def collect_hessians(model: LoadedModel, targets: Mapping[str, Target], samples: Sequence[Mapping[str, np.ndarray]]):
+def collect_hessians(
+    model: LoadedModel,
+    targets: Mapping[str, Target],
+    samples: Sequence[Mapping[str, np.ndarray]],
+    progress: Callable[[int, int], None] | None = None,
+):
     """Yield ({source: H [K, K] float64, the mean of x^T x over its rows}, the targets reading
     them), a group of sources at a time (their Hessians within HESSIAN_BYTES, at least one),
-    each group from one float run of the samples. Raises ConfigError naming the model for an
-    activation that is not float [..., K] (or a Conv's [N, C, H, W])."""
+    each group from one float run of the samples. `progress(sample runs done, sample runs in
+    all)` before the first and after each sample of each group's run. Raises ConfigError naming
+    the model for an activation that is not float [..., K] (or a Conv's [N, C, H, W])."""
     budget = HESSIAN_BYTES
     sizes: dict[Source, int] = {}
     for t in targets.values():
@@ -195,11 +201,21 @@ def collect_hessians(model: LoadedModel, targets: Mapping[str, Target], samples:
             held = 0
         groups[-1].append(source)
         held += 8 * k * k
+    runs = [0, len(groups) * len(samples)]
+
+    def tick(step: int = 1) -> None:
+        runs[0] += step
+        if progress is not None:
+            progress(*runs)
+
+    tick(0)
     for sources in groups:
-        yield _hessians(model, sources, sizes, samples), [t for t in targets.values() if t.source in sources]
+        yield _hessians(model, sources, sizes, samples, tick), [t for t in targets.values() if t.source in sources]
 
 
-def _hessians(model: LoadedModel, sources: list[Source], sizes: Mapping[Source, int], samples: Sequence[Mapping[str, np.ndarray]]) -> dict[Source, np.ndarray]:
+def _hessians(
+    model: LoadedModel, sources: list[Source], sizes: Mapping[Source, int], samples: Sequence[Mapping[str, np.ndarray]], tick: Callable[[], None]
+) -> dict[Source, np.ndarray]:
     began = time.perf_counter()
     sums = {source: HessianSum(source[0], sizes[source], source[1]) for source in sources}
     runner = ActivationRunner(model, list(dict.fromkeys(name for name, _ in sources)), samples[0])
@@ -209,6 +225,7 @@ def _hessians(model: LoadedModel, sources: list[Source], sizes: Mapping[Source, 
                 for source in sources:
                     if source[0] == name:
                         sums[source].add(value, sample.index)
+            tick()
         hessians = {source: sums.pop(source).mean() for source in sources}
     except ConfigError as exc:
         raise exc.about(file=model.path) from None

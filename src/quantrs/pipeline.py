@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 # Called after each quantized tensor with (tensors done, tensors planned, bytes done, bytes planned).
 ProgressCallback = Callable[[int, int, int, int], None]
+# Called in the stages before the writing (gptq's) with (what is being done, its unit, done,
+# in all), e.g. ("collecting Hessians", "samples", 3, 16); a total of 0: not known yet.
+StageCallback = Callable[[str, str, int, int], None]
 
 
 def quantize(
@@ -62,6 +65,7 @@ def quantize(
     data: SampleSource | None = None,
     factors: dict[Source, Factor] | None = None,
     progress: ProgressCallback | None = None,
+    stage: StageCallback | None = None,
 ) -> QuantizeReport:
     """Quantize the float weights of an ONNX model and write a QDQ model that runs in onnxruntime.
 
@@ -74,6 +78,10 @@ def quantize(
     kept by source (gptq.Target.source; as many as gptq.HESSIAN_BYTES holds) and taken from on the next call;
     only for the same model and samples (auto builds several candidates); None: each factor
     is dropped once its weights are quantized.
+
+    `progress` follows the writing, tensor by tensor; `stage` what comes before it, which with
+    gptq is most of the time: loading the samples, collecting the Hessians (sample by sample)
+    and compensating the codes (weight by weight).
 
     Raises:
         ModelLoadError: the input is missing, not ONNX, or corrupt.
@@ -96,7 +104,7 @@ def quantize(
     if config.rounding == "gptq":
         assert data is not None
         try:
-            ready, notes, samples = compensate_weights(model, specs, config, data, factors)
+            ready, notes, samples = compensate_weights(model, specs, config, data, factors, stage=stage)
         except QuantrsError as exc:
             exc.about(file=src)
             raise
@@ -473,38 +481,60 @@ def quantize_weight(
 
 
 def compensate_weights(
-    model: LoadedModel, specs: Mapping[str, DQSpec], config: QuantizeConfig, data: SampleSource, cache: dict[Source, Factor] | None
+    model: LoadedModel,
+    specs: Mapping[str, DQSpec],
+    config: QuantizeConfig,
+    data: SampleSource,
+    cache: dict[Source, Factor] | None,
+    *,
+    stage: StageCallback | None = None,
 ) -> tuple[dict[str, QuantizedTensor], dict[str, str], int]:
     """The weights GPTQ applies to, quantized with compensated codes from the samples'
     Hessians (quantrs.gptq), a group of Hessians at a time (their factors dropped with the
     group, unless `cache` keeps them by source for the next call); for every quantized weight
-    "" (compensated) or why it is rounded to nearest; how many samples."""
+    "" (compensated) or why it is rounded to nearest; how many samples. `stage` hears of each
+    step (see quantize)."""
     from quantrs.gptq import HESSIAN_BYTES, Compensation, collect_hessians, factor, find_targets
     from quantrs.samples import input_specs, load_samples
 
+    def say(doing: str, unit: str, done: int, total: int) -> None:
+        if stage is not None:
+            stage(doing, unit, done, total)
+
     began = time.perf_counter()
+    say("loading samples", "", 0, 0)
     samples = load_samples(data, input_specs(model.proto))
     if not samples:
         raise ConfigError("gptq: no calibration samples", file=model.path)
     names = [n for n, s in specs.items() if not s.in_body]
     targets, skipped = find_targets(model.proto.graph, names, {n: specs[n].shape for n in names})
     ready: dict[str, QuantizedTensor] = {}
+    compensated = [0]
 
     def compensate(group, factors: Mapping[Source, Factor]) -> None:
+        if group:
+            say("compensating codes", "weights", compensated[0], len(targets))
         for target in group:
             if factors[target.source].active == 0:
                 skipped[target.weight] = f"{target.activation} is zero on every sample"
-                continue
-            compensation = Compensation(factors[target.source], target.transposed)
-            ready[target.weight] = quantize_weight(model.weights.array(target.weight), specs[target.weight], config, compensation=compensation)
-            model.weights.release(target.weight)
+            else:
+                compensation = Compensation(factors[target.source], target.transposed)
+                ready[target.weight] = quantize_weight(model.weights.array(target.weight), specs[target.weight], config, compensation=compensation)
+                model.weights.release(target.weight)
+            compensated[0] += 1
+            say("compensating codes", "weights", compensated[0], len(targets))
 
     rows = {t.source: t.rows for t in targets.values()}
     known = {a: f for a, f in (cache or {}).items() if rows.get(a) == f.u.shape[0]}
     compensate([t for t in targets.values() if t.source in known], known)
     missing = {n: t for n, t in targets.items() if t.source not in known}
-    for hessians, group in collect_hessians(model, missing, samples):
-        factors = {name: factor(hessians.pop(name)) for name in list(hessians)}  # each H freed once factored
+    sources, factored = {t.source for t in missing.values()}, [0]
+    for hessians, group in collect_hessians(model, missing, samples, lambda done, total: say("collecting Hessians", "sample runs" if total > len(samples) else "samples", done, total)):
+        factors = {}
+        for name in list(hessians):
+            say("factoring Hessians", "activations", factored[0], len(sources))
+            factors[name] = factor(hessians.pop(name))  # each H freed once factored
+            factored[0] += 1
         compensate(group, factors)
         if cache is not None:  # kept while they fit the Hessians' budget; the rest are recomputed
             held = sum(f.u.nbytes for f in cache.values())
@@ -534,8 +564,16 @@ def _present(raw: np.ndarray | None) -> np.ndarray:
 
 
 def _storage_names(specs: dict[str, DQSpec]) -> str:
-    """The ONNX types the codes are stored as, e.g. "UINT8" or "UINT4+UINT8" (mixed bit widths)."""
-    names = sorted({s.storage_name for s in specs.values()}, key=lambda n: ("4" in n, n))
+    """The ONNX types the codes are stored as, each named once: "UINT8", "UINT8+UINT4" (mixed
+    bit widths), "UINT4 (MatMulNBits)", or "UINT4 (1 of 3 as MatMulNBits)" when matmulnbits
+    wrote the others as QDQ or GatherBlockQuantized (each tensor's own storage says which)."""
+    forms: dict[str, list[bool]] = {}
+    for spec in specs.values():
+        forms.setdefault(spec.storage_name.split(" ")[0], []).append(bool(spec.nbits))
+    names = []
+    for code_type in sorted(forms, key=lambda n: ("4" in n, n)):
+        nbits, count = sum(forms[code_type]), len(forms[code_type])
+        names.append(code_type + ("" if not nbits else " (MatMulNBits)" if nbits == count else f" ({nbits} of {count} as MatMulNBits)"))
     return "+".join(names)
 
 

@@ -169,8 +169,9 @@ def _consumers(index: GraphIndex, name: str, rank: int) -> tuple[list[_Consumer]
 def plan_weights(graph: onnx.GraphProto, weights: WeightStore, config: QuantizeConfig, index: GraphIndex | None = None) -> list[TensorPlan]:
     """One TensorPlan per stored tensor (initializers and Constant values, every scope).
 
-    Raises UnknownNameError when `config.exclude` or `config.layer_bits` names something the
-    model does not have (a typo would otherwise pass silently).
+    Raises UnknownNameError when `config.exclude`, `config.exclude_op_types` or
+    `config.layer_bits` names something the model does not have (a typo would otherwise pass
+    silently).
     """
     index = index or GraphIndex(graph)
     _check_names(index, weights, config)
@@ -195,6 +196,10 @@ def _check_names(index: GraphIndex, weights: WeightStore, config: QuantizeConfig
     for name in config.exclude:
         if name not in weights and name not in node_names:
             raise UnknownNameError("exclude", name, "weight or node", _close(name, [*weight_names, *sorted(node_names)]))
+    op_types = sorted({node.op_type for scope in index.scopes for node in scope.graph.node})
+    for op in config.exclude_op_types:
+        if op not in op_types:
+            raise UnknownNameError("exclude_op_types", op, "op type", _close(op, op_types))
     for name, _ in config.layer_bits:
         if name not in weights:
             raise UnknownNameError("layer_bits", name, "weight", _close(name, weight_names))

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import shlex
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+from rich.cells import cell_len
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from quantrs._console import stdout_console
 from quantrs.report import (
@@ -45,12 +51,101 @@ def _located(name: str, kind: str, scope: str) -> str:
     return escape(name) + (f" [dim]({escape(' '.join(where))})[/]" if where else "")
 
 
-def _print_table(console, table: Table) -> None:
-    """Print a table whose cells wrap instead of being cut: names are what users copy into
-    --exclude, so no cell may lose characters to an ellipsis."""
-    for column in table.columns:
-        column.overflow = "fold"
-    console.print(table)
+@dataclass(frozen=True)
+class Col:
+    """A column of a report's table. Its cells are rich markup, or (full, short) pairs for a
+    column that a narrow terminal shortens."""
+
+    header: str
+    right: bool = False  # numbers
+    wrap: bool = False  # free text (reasons, errors) wraps at spaces; every other cell is kept whole
+    key: bool = False  # the row's name: a line of its own when no table fits
+    name: bool = False  # names or paths (a consumer, an output): back when no table fits, if dropped
+
+
+Cell = str | tuple[str, str]
+WRAP_MIN = 16  # cells a wrapping column keeps at least (unless all its text is shorter)
+
+
+def _print_table(
+    console, columns: Sequence[Col], rows: Sequence[Sequence[Cell]], *, title: str | None = None, degrade: Sequence[tuple[str, str]] = ()
+) -> None:
+    """Print rows as a table in which names, paths and numbers are never split or cut: they are
+    what users copy into --exclude, scripts and shells. When the table is wider than the
+    terminal, the steps of `degrade` are taken in turn, ("drop", header) leaving a less
+    important column out, ("short", header) taking its cells' short forms; when even then no
+    table fits (a name longer than the terminal is wide), each row becomes a line with its name
+    and an indented line with the rest (the names and paths dropped from the table back)."""
+    dropped: set[str] = set()
+    short: set[str] = set()
+    for step in [None, *degrade]:
+        if step is not None:
+            (dropped if step[0] == "drop" else short).add(step[1])
+        kept = [j for j, c in enumerate(columns) if c.header not in dropped]
+        heads = [columns[j] for j in kept]
+        cells = [[_cell(row[j], columns[j].header in short) for j in kept] for row in rows]
+        if _width_needed(heads, cells) <= console.width:
+            table = Table(title=title, title_justify="left", show_edge=False)
+            for c in heads:
+                table.add_column(c.header, justify="right" if c.right else "left", no_wrap=not c.wrap, overflow="fold")
+            for row in cells:
+                table.add_row(*row)
+            console.print(table)
+            return
+    kept = [j for j, c in enumerate(columns) if c.header not in dropped or c.name]
+    _print_stacked(console, [columns[j] for j in kept], [[_cell(row[j], True) for j in kept] for row in rows], title)
+
+
+def _cell(cell: Cell, short: bool) -> str:
+    return cell if isinstance(cell, str) else cell[1 if short else 0]
+
+
+def _width_needed(columns: Sequence[Col], rows: Sequence[Sequence[str]]) -> int:
+    """The width a table needs to show every cell of the columns kept whole on one line (and
+    the wrapping ones at WRAP_MIN or their longest word): rich's tables (show_edge=False) pad
+    each cell with a space on both sides and draw a rule between columns."""
+    total = 3 * len(columns) - 1
+    for j, column in enumerate(columns):
+        texts = [column.header, *(_plain(row[j]) for row in rows)]
+        widest = max(cell_len(t) for t in texts)
+        if column.wrap:
+            longest_word = max((cell_len(w) for t in texts for w in t.split()), default=1)
+            total += min(widest, max(longest_word, WRAP_MIN))
+        else:
+            total += widest
+    return total
+
+
+@functools.lru_cache(maxsize=8192)
+def _plain(markup: str) -> str:
+    """The text a cell shows (without markup); cached: a table is measured at each step."""
+    return Text.from_markup(markup).plain if "[" in markup else markup
+
+
+def _print_stacked(console, columns: Sequence[Col], rows: Sequence[Sequence[str]], title: str | None) -> None:
+    """Rows without a table: the name (after what precedes it, such as a rank) on a line of its
+    own, never wrapped by rich, then the other cells as "header value" on an indented line."""
+    if title:
+        console.print(f"[italic]{escape(title)}[/]", highlight=False)
+    k = next((j for j, c in enumerate(columns) if c.key), 0)
+    for row in rows:
+        console.print(" " + " ".join(row[: k + 1]), soft_wrap=True, highlight=False)
+        rest = [f"{columns[j].header}: {row[j]}" for j in range(k + 1, len(columns)) if row[j] not in ("", "-")]
+        if rest:
+            console.print("     " + ", ".join(rest), highlight=False)
+
+
+def _n(count: int, noun: str, plural: str = "") -> str:
+    """"1 tensor", "3 tensors"."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
+def _size_change(before: float, after: float) -> str:
+    """"5.23x smaller", or "1.50x larger" when the output is bigger (a small model gains more
+    scales and DequantizeLinear nodes than its codes save)."""
+    if not before or not after or before == after:
+        return "the same size" if before == after else "size unknown"
+    return f"{before / after:.2f}x smaller" if after < before else f"{after / before:.2f}x larger"
 
 
 def human_bytes(n: float) -> str:
@@ -71,11 +166,11 @@ def render_quantize(report: QuantizeReport) -> None:
     console.print(f"  opset {opset}")
     console.print(
         f"  size {human_bytes(report.input_bytes)} -> {human_bytes(report.output_bytes)} "
-        f"({report.compression:.2f}x smaller); weights {human_bytes(report.float_weight_bytes)} -> "
+        f"({_size_change(report.input_bytes, report.output_bytes)}); weights {human_bytes(report.float_weight_bytes)} -> "
         f"{human_bytes(report.quantized_weight_bytes)}"
     )
     console.print(
-        f"  {report.quantized_count} tensors quantized, {report.skipped_count} left as they are, "
+        f"  {_n(report.quantized_count, 'tensor')} quantized, {report.skipped_count} left as {'it is' if report.skipped_count == 1 else 'they are'}, "
         f"in {report.seconds:.2f} s"
     )
     if report.already_quantized:
@@ -86,31 +181,37 @@ def render_quantize(report: QuantizeReport) -> None:
         _render_gptq(console, report)
     quantized = [t for t in report.tensors if t.quantized]
     if quantized:
-        table = Table(title="quantized", title_justify="left", show_edge=False)
         searched = any(t.search_gain is not None for t in quantized)
-        columns = ("tensor", "shape", "axis", "storage", "MSE", "max abs err") + (("MSE vs min/max",) if searched else ())
-        for col in columns:
-            table.add_column(col, justify="left" if col in ("tensor", "shape", "storage") else "right")
+        columns = [Col("tensor", key=True), Col("shape"), Col("axis", right=True), Col("storage"), Col("MSE", right=True), Col("max abs err", right=True)]
+        columns += [Col("MSE vs min/max", right=True)] if searched else []
+        rows = []
         for t in quantized:
-            axis = "-" if t.axis is None else str(t.axis) + (f" (blocks of {t.block_size})" if t.block_size else "")
-            row = [_located(t.name, t.kind, t.scope), "x".join(map(str, t.shape)), axis, t.storage or "", f"{t.mse:.3g}", f"{t.max_abs_error:.3g}"]
+            row: list[Cell] = [_located(t.name, t.kind, t.scope), "x".join(map(str, t.shape)), _axis(t.axis, t.block_size, report.block_size)]
+            row += [t.storage or "", f"{t.mse:.3g}", f"{t.max_abs_error:.3g}"]
             if searched:
                 row.append("-" if t.search_gain is None else f"{1 / t.search_gain:.2f}x")
-            table.add_row(*row)
-        _print_table(console, table)
+            rows.append(row)
+        steps = [("drop", "MSE vs min/max"), ("drop", "max abs err"), ("short", "axis"), ("drop", "storage"), ("drop", "MSE"), ("drop", "shape")]
+        _print_table(console, columns, rows, title="quantized", degrade=steps)
     skipped = [t for t in report.tensors if not t.quantized and t.dtype in FLOAT_NAMES]
     if skipped:
-        table = Table(title="float tensors left as they are", title_justify="left", show_edge=False)
-        table.add_column("tensor")
-        table.add_column("shape")
-        table.add_column("reason")
-        for t in skipped:
-            table.add_row(_located(t.name, t.kind, t.scope), "x".join(map(str, t.shape)) or "scalar", escape(t.reason))
-        _print_table(console, table)
+        rows = [[_located(t.name, t.kind, t.scope), "x".join(map(str, t.shape)) or "scalar", escape(t.reason)] for t in skipped]
+        columns = [Col("tensor", key=True), Col("shape"), Col("reason", wrap=True)]
+        _print_table(console, columns, rows, title="float tensors left as they are", degrade=[("drop", "shape")])
     others = Counter(t.dtype for t in report.tensors if not t.quantized and t.dtype not in FLOAT_NAMES)
     if others:
         listed = ", ".join(f"{n} {dtype}" for dtype, n in sorted(others.items()))
         console.print(f"  not float, left as they are: {listed}")
+
+
+def _axis(axis: int | None, block_size: int | None, blocks: int | None) -> Cell:
+    """A tensor's axis: "1 (blocks of 32)", short "1" when its blocks are those the report's
+    heading names (else "1 (32)")."""
+    if axis is None:
+        return "-"
+    if not block_size:
+        return str(axis)
+    return f"{axis} (blocks of {block_size})", str(axis) if block_size == blocks else f"{axis} ({block_size})"
 
 
 def render_info(report: InfoReport) -> None:
@@ -119,21 +220,12 @@ def render_info(report: InfoReport) -> None:
     opsets = ", ".join(f"{d} {v}" for d, v in report.opsets.items())
     console.print(f"  IR {report.ir_version}, opsets: {opsets}" + (f", producer: {report.producer}" if report.producer else ""))
     for title, values in (("inputs", report.inputs), ("outputs", report.outputs)):
-        table = Table(title=title, title_justify="left", show_edge=False)
-        table.add_column("name")
-        table.add_column("type")
-        table.add_column("shape")
-        for v in values:
-            table.add_row(escape(v.name), v.dtype, escape("[" + ", ".join("?" if d is None else str(d) for d in v.shape) + "]"))
-        _print_table(console, table)
-    ops = Table(title=f"{report.node_count} nodes", title_justify="left", show_edge=False)
-    ops.add_column("op type")
-    ops.add_column("count", justify="right")
-    for op, n in report.op_counts.items():
-        ops.add_row(escape(op), str(n))
-    _print_table(console, ops)
+        rows = [[escape(v.name), v.dtype, escape("[" + ", ".join("?" if d is None else str(d) for d in v.shape) + "]")] for v in values]
+        _print_table(console, [Col("name", key=True), Col("type"), Col("shape")], rows, title=title)
+    ops = [[escape(op), str(n)] for op, n in report.op_counts.items()]
+    _print_table(console, [Col("op type", key=True), Col("count", right=True)], ops, title=_n(report.node_count, "node"))
     console.print(
-        f"  float weights: {report.float_weight_count} tensors, {report.float_weight_elements:,} values, "
+        f"  float weights: {_n(report.float_weight_count, 'tensor')}, {report.float_weight_elements:,} values, "
         f"{human_bytes(report.float_weight_bytes)}" + (" (external data)" if report.external_data else "")
     )
     types = ", ".join(f"{n} {dtype}" for dtype, n in report.float_weight_dtypes.items())
@@ -161,35 +253,34 @@ def render_plans(plans: list[PlanReport]) -> None:
     console = stdout_console()
     for plan in plans:
         target = f" -> {escape(plan.output)}" if plan.output else ""
-        console.print(f"[bold]{escape(plan.input)}[/]{target}: {plan.quantized_count} tensors would be quantized")
-        table = Table(show_edge=False)
-        for col in ("tensor", "shape", "bits", "axis", "use / reason"):
-            table.add_column(col)
+        console.print(f"[bold]{escape(plan.input)}[/]{target}: {_n(plan.quantized_count, 'tensor')} would be quantized")
         floats = [t for t in plan.tensors if t.dtype in FLOAT_NAMES]
+        rows = []
         for t in floats:
             bits = str(t.bits) if t.quantize else "-"
             axis = "-" if t.axis is None else str(t.axis)
             reason = escape(t.reason) if t.quantize else f"[dim]skip: {escape(t.reason)}[/]"
-            table.add_row(_located(t.name, t.kind, t.scope), "x".join(map(str, t.shape)) or "scalar", bits, axis, reason)
-        _print_table(console, table)
+            rows.append([_located(t.name, t.kind, t.scope), "x".join(map(str, t.shape)) or "scalar", bits, axis, reason])
+        columns = [Col("tensor", key=True), Col("shape"), Col("bits"), Col("axis"), Col("use / reason", wrap=True)]
+        _print_table(console, columns, rows, degrade=[("drop", "shape")])
         others = len(plan.tensors) - len(floats)
         if others:
-            console.print(f"  and {others} tensors that are not float")
+            console.print(f"  and {_n(others, 'tensor')} that {'is' if others == 1 else 'are'} not float")
 
 
 def render_batch(report: BatchReport) -> None:
     console = stdout_console()
-    table = Table(show_edge=False)
-    for col in ("model", "output", "status", "size", "time", "error / note"):
-        table.add_column(col, justify="right" if col in ("size", "time") else "left")
     colours = {"ok": "green", "failed": "red", "skipped": "yellow", "cancelled": "yellow"}
+    rows = []
     for r in report.results:
         size = f"{human_bytes(r.input_bytes)} -> {human_bytes(r.output_bytes)}" if r.output_bytes else human_bytes(r.input_bytes)
-        table.add_row(escape(r.input), escape(r.output), f"[{colours[r.status]}]{r.status}[/]", size, f"{r.seconds:.2f} s", escape(r.error or ""))
-    _print_table(console, table)
+        error = (r.error or "").removeprefix(f"{r.input}: ")  # the row names the model
+        rows.append([escape(r.input), escape(r.output), f"[{colours[r.status]}]{r.status}[/]", size, f"{r.seconds:.2f} s", escape(error)])
+    columns = [Col("model", key=True), Col("output", name=True), Col("status"), Col("size", right=True), Col("time", right=True), Col("error / note", wrap=True)]
+    _print_table(console, columns, rows, degrade=[("drop", "time"), ("drop", "size")])  # the summary names every output
     counts = ", ".join(f"{report.count(s)} {s}" for s in ("ok", "failed", "skipped", "cancelled") if report.count(s))
     where = f"on {report.scheduler}" if report.scheduler else f"with {report.jobs} job(s)"
-    console.print(f"{len(report.results)} models {where} in {report.seconds:.2f} s: {counts}")
+    console.print(f"{_n(len(report.results), 'model')} {where} in {report.seconds:.2f} s: {counts}")
 
 
 def _mark(passed: bool) -> str:
@@ -199,18 +290,17 @@ def _mark(passed: bool) -> str:
 def render_validation(report: ValidationReport) -> None:
     console = stdout_console()
     console.print(f"[bold]{escape(report.original)}[/] vs [bold]{escape(report.quantized)}[/]")
-    ratio = report.original_bytes / report.quantized_bytes if report.quantized_bytes else 0
-    console.print(f"  {human_bytes(report.original_bytes)} -> {human_bytes(report.quantized_bytes)} ({ratio:.2f}x smaller)")
+    console.print(f"  {human_bytes(report.original_bytes)} -> {human_bytes(report.quantized_bytes)} ({_size_change(report.original_bytes, report.quantized_bytes)})")
     for c in report.checks:
         console.print(f"{_mark(c.passed)} {c.name}" + (f": {c.detail}" if c.detail else ""), highlight=False)
     if report.outputs:
-        table = Table(title=f"output agreement over {report.samples} sample(s) ({report.samples_source})", title_justify="left", show_edge=False)
-        for col in ("output", "cosine", "max abs error", "relative L2", "top-1"):
-            table.add_column(col, justify="left" if col == "output" else "right")
+        rows = []
         for o in report.outputs:
             top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.2%}"
-            table.add_row(escape(o.name), f"{o.cosine:.6f}", f"{o.max_abs_error:.4g}", f"{o.relative_l2:.4g}", top1)
-        _print_table(console, table)
+            rows.append([escape(o.name), f"{o.cosine:.6f}", f"{o.max_abs_error:.4g}", f"{o.relative_l2:.4g}", top1])
+        columns = [Col("output", key=True), Col("cosine", right=True), Col("max abs error", right=True), Col("relative L2", right=True), Col("top-1", right=True)]
+        title = f"output agreement over {report.samples} sample(s) ({report.samples_source})"
+        _print_table(console, columns, rows, title=title, degrade=[("drop", "max abs error"), ("drop", "relative L2")])
     for t in report.thresholds:
         # The relation printed is the one that holds: "0.98 < 0.99 MISSED", never a false ">=".
         wanted_at_least = t.name.startswith("min")
@@ -218,24 +308,28 @@ def render_validation(report: ValidationReport) -> None:
         verdict = "" if t.passed else " [bold red]MISSED[/]"
         console.print(f"{_mark(t.passed)} {t.name}: {escape(t.output)} {t.value:.6g} {relation} {t.limit}{verdict}", highlight=False)
     if report.layers is not None:
-        table = Table(title="layers ranked by the error they inject (worst first)", title_justify="left", show_edge=False)
-        for col in ("#", "weight", "consumer", "storage", "weight SQNR dB", "local SQNR dB", "local rel. L2"):
-            table.add_column(col, justify="right" if "SQNR" in col or col in ("#", "local rel. L2") else "left")
+        rows = []
         for i, l in enumerate(report.layers, 1):
             local = "-" if l.local_sqnr_db is None else f"{l.local_sqnr_db:.2f}"
             rel = "-" if l.local_relative_l2 is None else f"{l.local_relative_l2:.4g}"
-            table.add_row(str(i), escape(l.name), escape(l.consumer), l.storage, f"{l.weight_sqnr_db:.2f}", local, rel)
-        _print_table(console, table)
+            rows.append([str(i), escape(l.name), escape(l.consumer), l.storage, f"{l.weight_sqnr_db:.2f}", local, rel])
+        columns = [Col("#", right=True), Col("weight", key=True), Col("consumer", name=True), Col("storage"), Col("weight SQNR dB", right=True)]
+        columns += [Col("local SQNR dB", right=True), Col("local rel. L2", right=True)]
+        steps = [("drop", "local rel. L2"), ("drop", "weight SQNR dB"), ("drop", "storage"), ("drop", "consumer")]
+        _print_table(console, columns, rows, title="layers ranked by the error they inject (worst first)", degrade=steps)
     if report.activations:
-        table = Table(title="activations (static model) ranked by the error of their 8-bit grid", title_justify="left", show_edge=False)
-        for col in ("#", "activation", "storage", "scale", "SQNR dB", "rel. L2", "clipped"):
-            table.add_column(col, justify="left" if col in ("activation", "storage") else "right")
-        for i, a in enumerate(report.activations, 1):
-            table.add_row(str(i), escape(a.name), a.storage, f"{a.scale:.4g}", f"{a.sqnr_db:.2f}", f"{a.relative_l2:.4g}", f"{a.clipped:.2%}")
-        _print_table(console, table)
+        rows = [
+            [str(i), escape(a.name), a.storage, f"{a.scale:.4g}", f"{a.sqnr_db:.2f}", f"{a.relative_l2:.4g}", f"{a.clipped:.2%}"]
+            for i, a in enumerate(report.activations, 1)
+        ]
+        columns = [Col("#", right=True), Col("activation", key=True), Col("storage"), *(Col(h, right=True) for h in ("scale", "SQNR dB", "rel. L2", "clipped"))]
+        title = "activations (static model) ranked by the error of their 8-bit grid"
+        _print_table(console, columns, rows, title=title, degrade=[("drop", "scale"), ("drop", "storage"), ("drop", "rel. L2")])
     if report.suggested_exclude:
-        flags = " ".join(f"--exclude {name}" for name in report.suggested_exclude)
-        console.print(f"suggestion ({report.suggestion_note}): {flags}", highlight=False)
+        # On a line of its own, never wrapped, each name quoted for the shell: pasted, it parses.
+        console.print(f"suggestion ({escape(report.suggestion_note)}), to add to the quantize command:", highlight=False)
+        flags = " ".join(f"--exclude {shlex.quote(name)}" for name in report.suggested_exclude)
+        console.print(escape(flags), soft_wrap=True, highlight=False)
     elif report.suggestion_note:
         console.print(f"no suggestion: {report.suggestion_note}")
     console.print("[bold green]VALIDATION PASSED[/]" if report.passed else "[bold red]VALIDATION FAILED[/]")
@@ -243,18 +337,14 @@ def render_validation(report: ValidationReport) -> None:
 
 def render_benchmark(report: BenchmarkReport) -> None:
     console = stdout_console()
-    table = Table(show_edge=False)
-    table.add_column("")
-    table.add_column("original", justify="right")
-    table.add_column("quantized", justify="right")
     o, q = report.original, report.quantized
-    table.add_row("file", human_bytes(o.file_bytes), human_bytes(q.file_bytes))
+    rows = [["file", human_bytes(o.file_bytes), human_bytes(q.file_bytes)]]
     for dtype in sorted(set(o.weight_bytes_by_dtype) | set(q.weight_bytes_by_dtype)):
-        table.add_row(f"  {dtype} weights", human_bytes(o.weight_bytes_by_dtype.get(dtype, 0)), human_bytes(q.weight_bytes_by_dtype.get(dtype, 0)))
-    table.add_row("load (median)", f"{o.load_seconds * 1e3:.1f} ms", f"{q.load_seconds * 1e3:.1f} ms")
-    table.add_row("latency median", f"{o.latency_ms_median:.3f} ms", f"{q.latency_ms_median:.3f} ms")
-    table.add_row("latency p10-p90", f"{o.latency_ms_p10:.3f}-{o.latency_ms_p90:.3f} ms", f"{q.latency_ms_p10:.3f}-{q.latency_ms_p90:.3f} ms")
-    _print_table(console, table)
+        rows.append([f"  {dtype} weights", human_bytes(o.weight_bytes_by_dtype.get(dtype, 0)), human_bytes(q.weight_bytes_by_dtype.get(dtype, 0))])
+    rows.append(["load (median)", f"{o.load_seconds * 1e3:.1f} ms", f"{q.load_seconds * 1e3:.1f} ms"])
+    rows.append(["latency median", f"{o.latency_ms_median:.3f} ms", f"{q.latency_ms_median:.3f} ms"])
+    rows.append(["latency p10-p90", f"{o.latency_ms_p10:.3f}-{o.latency_ms_p90:.3f} ms", f"{q.latency_ms_p10:.3f}-{q.latency_ms_p90:.3f} ms"])
+    _print_table(console, [Col("", key=True), Col("original", right=True), Col("quantized", right=True)], rows)
     if report.runtime_ops is not None:
         from quantrs.benchmarking import ACTIVATION_DQ
 
@@ -270,7 +360,7 @@ def render_benchmark(report: BenchmarkReport) -> None:
         )
     threads = "the CPUs this process may use" if report.threads is None else str(report.threads)
     console.print(
-        f"{report.compression:.2f}x smaller, {report.speedup:.2f}x the speed; {report.runs} runs after {report.warmup} "
+        f"{_size_change(report.original.file_bytes, report.quantized.file_bytes)}, {report.speedup:.2f}x the speed; {report.runs} runs after {report.warmup} "
         f"warm-up, threads: {threads}, inputs {report.batch_inputs}",
         highlight=False,
     )
@@ -279,10 +369,10 @@ def render_benchmark(report: BenchmarkReport) -> None:
 def render_calibration(report: CalibrationReport) -> None:
     console = stdout_console()
     console.print(f"[bold green]Calibrated[/] {escape(report.input)} -> {escape(report.output)} (for {report.target})")
-    biases = f" and {len(report.quantized_biases)} biases (INT32)" if report.quantized_biases else ""
+    biases = f" and {_n(len(report.quantized_biases), 'bias', 'biases')} (INT32)" if report.quantized_biases else ""
     console.print(
-        f"  {report.method} ranges from {report.samples} sample(s); {len(report.activations)} activations, "
-        f"{len(report.quantized_weights)} weights (INT8){biases} quantized",
+        f"  {report.method} ranges from {report.samples} sample(s); {_n(len(report.activations), 'activation')}, "
+        f"{_n(len(report.quantized_weights), 'weight')} (INT8){biases} quantized",
         highlight=False,
     )
     console.print(
@@ -307,12 +397,9 @@ def render_calibration(report: CalibrationReport) -> None:
         console.print(f"  {len(report.left_float)} activation(s) left in float:", highlight=False)
         for item in report.left_float:
             console.print(f"    {escape(item.name)}: {escape(item.reason)}", highlight=False)
-    table = Table(title="activation ranges", title_justify="left", show_edge=False)
-    for col in ("tensor", "min", "max", "scale", "zero point"):
-        table.add_column(col, justify="left" if col == "tensor" else "right")
-    for a in report.activations:
-        table.add_row(escape(a.name), f"{a.lo:.4g}", f"{a.hi:.4g}", f"{a.scale:.4g}", str(a.zero_point))
-    _print_table(console, table)
+    rows = [[escape(a.name), f"{a.lo:.4g}", f"{a.hi:.4g}", f"{a.scale:.4g}", str(a.zero_point)] for a in report.activations]
+    columns = [Col("tensor", key=True), *(Col(h, right=True) for h in ("min", "max", "scale", "zero point"))]
+    _print_table(console, columns, rows, title="activation ranges", degrade=[("drop", "min"), ("drop", "max")])
 
 
 def _render_gptq(console, report: QuantizeReport) -> None:
@@ -372,12 +459,10 @@ def render_auto(report: AutoReport) -> None:
         f"error model: gain {report.gain:.3g}, floor {report.floor:.3g}",
         highlight=False,
     )
-    table = Table(title="candidates (predicted vs measured on held-out samples)", title_justify="left", show_edge=False)
-    for col in ("#", "widths", "weights", "predicted cosine", "measured cosine", "relative L2", "budget"):
-        table.add_column(col, justify="left" if col == "widths" else "right")
+    rows = []
     for c in report.candidates:
         worst = min(c.outputs, key=lambda o: o.cosine)
-        table.add_row(
+        rows.append([
             str(c.index + 1) + (" *" if c.index == report.chosen else ""),
             ", ".join(f"{n}x{w}" for w, n in c.widths.items()),
             human_bytes(c.weight_bytes),
@@ -385,19 +470,15 @@ def render_auto(report: AutoReport) -> None:
             f"{worst.cosine:.5f}",
             f"{max(o.relative_l2 for o in c.outputs):.4g}",
             "met" if c.met else "missed",
-        )
-    _print_table(console, table)
-    layers = Table(title="widths (local relative squared error at each width)", title_justify="left", show_edge=False)
-    layers.add_column("weight")
-    layers.add_column("consumer")
-    layers.add_column("width", justify="right")
-    for w in report.choices:
-        layers.add_column(f"error at {w}", justify="right")
-    for layer in report.layers:
-        layers.add_row(
-            escape(layer.name), escape(layer.consumer), layer.width, *[f"{layer.errors[w]:.3g}" for w in report.choices]
-        )
-    _print_table(console, layers)
+        ])  # fmt: skip
+    columns = [Col("#", right=True), Col("widths", key=True), *(Col(h, right=True) for h in ("weights", "predicted cosine", "measured cosine", "relative L2", "budget"))]
+    title = "candidates (predicted vs measured on held-out samples)"
+    _print_table(console, columns, rows, title=title, degrade=[("drop", "predicted cosine"), ("drop", "relative L2")])
+    errors = [f"error at {w}" for w in report.choices]
+    rows = [[escape(layer.name), escape(layer.consumer), layer.width, *[f"{layer.errors[w]:.3g}" for w in report.choices]] for layer in report.layers]
+    columns = [Col("weight", key=True), Col("consumer", name=True), Col("width", right=True), *(Col(h, right=True) for h in errors)]
+    title = "widths (local relative squared error at each width)"
+    _print_table(console, columns, rows, title=title, degrade=[("drop", "consumer"), *(("drop", h) for h in errors[1:])])
     if report.fixed:
         widest = max(w for w in report.choices if w != "float")
         console.print(f"  inside bodies, not measured, at {widest} bits: {escape(', '.join(report.fixed))}", highlight=False)
