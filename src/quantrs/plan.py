@@ -14,6 +14,7 @@ import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import onnx
 from onnx import TensorProto, helper
@@ -235,100 +236,187 @@ def _apply_overrides(plan: TensorPlan, config: QuantizeConfig, patterns: list[re
 
 
 def _plan_one(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, excluded_nodes: set[str], original: str) -> TensorPlan:
-    def skip(reason: str) -> TensorPlan:
-        return TensorPlan(info.name, info.shape, info.dtype_name, False, reason, kind=info.kind, scope=info.scope)
+    """One stored tensor's plan, in named steps that each give a plan or the reason for none:
+    the refusals the tensor alone decides (`_refusal`), the roles its consumers give it
+    (`_roles`: a new op is a line in WEIGHT_INPUTS/REDUCTION_AXES), then the layout
+    (`_choose_layout`: a new format is one more entry in `_FORMS`)."""
+    reason = _refusal(info, index, config, original)
+    if reason is not None:
+        return _skipped(info, reason)
+    roles = _roles(info, index, excluded_nodes)
+    if isinstance(roles, str):
+        return _skipped(info, roles)
+    if info.size < config.min_elements:
+        return _skipped(info, f"too small: {info.size} elements < min_elements {config.min_elements}")
+    return _choose_layout(info, index, config, roles)
 
+
+def _skipped(info: WeightInfo, reason: str) -> TensorPlan:
+    return TensorPlan(info.name, info.shape, info.dtype_name, False, reason, kind=info.kind, scope=info.scope)
+
+
+def _refusal(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, original: str) -> str | None:
+    """Why the tensor stays float whatever reads it (None: its uses decide)."""
     if info.data_type not in FLOAT_TYPES:
-        return skip(f"not a float tensor ({info.dtype_name})")
+        return f"not a float tensor ({info.dtype_name})"
     if info.size == 0:
-        return skip("empty")
+        return "empty"
     if original in config.exclude:
-        return skip("excluded by the user")
+        return "excluded by the user"
     if not index.uses.get(info.name):
-        return skip("not used by any node")
+        return "not used by any node"
     if info.name in index.graph_inputs:
-        return skip("also a graph input (its value can be overridden at run time)")
+        return "also a graph input (its value can be overridden at run time)"
     if info.name in index.graph_outputs:
-        return skip("also a graph output")
+        return "also a graph output"
+    return None
 
+
+@dataclass(frozen=True)
+class _Roles:
+    """What a weight's consumers make of it: the stored tensor's output-channel axes and
+    reduction axes (None: a use without blocks), the consuming op types, how many Gathers read
+    rows straight from it, whether another use needs it whole, and the plan's reason text."""
+
+    consumers: tuple[_Consumer, ...]
+    axes: frozenset[int]
+    reductions: frozenset[int | None]
+    ops: tuple[str, ...]
+    lookups: int
+    dense: bool
+    role: str
+
+
+def _roles(info: WeightInfo, index: GraphIndex, excluded_nodes: set[str]) -> _Roles | str:
+    """The roles the tensor's consumers give it, or the reason (the first consumer that is not
+    a quantizable weight use) it is not a weight."""
     consumers, escapes = _consumers(index, info.name, len(info.shape))
     if escapes:
-        return skip(f"not a weight: {escapes}")
+        return f"not a weight: {escapes}"
     axes: set[int] = set()
     reductions: set[int | None] = set()
     roles = []
     lookups = 0
-    dense = False
     for c in consumers:
         node, where = c.use.node, c.use.index
-        label = f"{node.op_type} {node.name!r}".replace(" ''", "")
-        if node.name and node.name in excluded_nodes:
-            return skip(f"read by {label}, excluded by the user")
-        inside = [n for n in excluded_nodes if any(f" {n!r} " in f" {level} " for level in c.use.scope.path)]
-        if inside:  # an excluded If/Loop/Scan node: the weights its bodies read stay float too
-            return skip(f"read inside the body of {inside[0]!r}, excluded by the user")
-        rule = WEIGHT_INPUTS.get((node.op_type, where))
-        if node.domain not in ("", "ai.onnx") or rule is None:
-            return skip(f"not a weight: input {where} of {label}")
-        axis = rule(node, len(info.shape))
-        if axis is None:
-            return skip(f"not a weight: {label} uses it with rank {len(info.shape)}")
+        refused = _consumer_refusal(c, len(info.shape), excluded_nodes)
+        if refused is not None:
+            return refused
+        axis = WEIGHT_INPUTS[node.op_type, where](node, len(info.shape))
+        assert axis is not None  # _consumer_refusal checked
         axes.add(c.perm[axis])
         reduction = REDUCTION_AXES.get((node.op_type, where), lambda node, rank: None)(node, len(info.shape))
         reductions.add(None if reduction is None else c.perm[reduction])
         roles.append(node.op_type)
         if node.op_type == "Gather" and c.direct:
             lookups += 1
-        else:
-            dense = True
-    if info.size < config.min_elements:
-        return skip(f"too small: {info.size} elements < min_elements {config.min_elements}")
     role = "weight of " + ", ".join(sorted(set(roles)))
     if any(not c.direct for c in consumers):
         role += " (through " + ", ".join(sorted({_path_ops(index, info.name)})) + ")"
+    dense = lookups < len(consumers)  # some use other than a direct Gather
+    return _Roles(tuple(consumers), frozenset(axes), frozenset(reductions), tuple(sorted(set(roles))), lookups, dense, role)
 
-    def quantized(
-        axis: int | None, block_size: int | None = None, why: str = "", nbits: bool = False, gather_block: bool = False, dynamic: bool = False
-    ) -> TensorPlan:
-        return TensorPlan(
-            info.name,
-            info.shape,
-            info.dtype_name,
-            True,
-            role + why,
-            axis,
-            kind=info.kind,
-            scope=info.scope,
-            lookups=lookups,
-            dense=dense,
-            block_size=block_size,
-            nbits=nbits,
-            gather_block=gather_block,
-            dynamic=dynamic,
-            ops=tuple(sorted(set(roles))),
-            channel_axis=next(iter(axes)) if len(axes) == 1 and block_size is not None else None,
-        )
 
-    if config.quant_format == "matmulnbits" and _matmulnbits_weight(info, consumers):
-        block = config.blocks
-        assert block is not None
-        return quantized(0, block, f", as MatMulNBits in blocks of {block} along axis 0", nbits=True)
-    if config.quant_format == "matmulnbits" and lookups and _gather_block_table(info, consumers, reductions, config.blocks):
-        block = config.blocks
-        assert block is not None
-        why = f", as GatherBlockQuantized in blocks of {block} along axis 1"
-        if dense:  # the same codes, scales and zero points: stored once
-            why += "; stored once: its other uses read the same codes through DequantizeLinear"
-        return quantized(1, block, why, gather_block=True)
-    if config.dynamic and _matmulnbits_weight(info, consumers):  # the same rule: what MatMulInteger takes
-        return quantized(1 if config.per_channel else None, why=", dynamic INT8 (activations quantized at run time: MatMulInteger)", dynamic=True)
-    plan = _layout(info, config, quantized, axes, reductions)
+def _consumer_refusal(c: _Consumer, rank: int, excluded_nodes: set[str]) -> str | None:
+    """Why this use keeps the tensor float (None: it is a quantizable weight use)."""
+    node, where = c.use.node, c.use.index
+    label = f"{node.op_type} {node.name!r}".replace(" ''", "")
+    if node.name and node.name in excluded_nodes:
+        return f"read by {label}, excluded by the user"
+    inside = [n for n in excluded_nodes if any(f" {n!r} " in f" {level} " for level in c.use.scope.path)]
+    if inside:  # an excluded If/Loop/Scan node: the weights its bodies read stay float too
+        return f"read inside the body of {inside[0]!r}, excluded by the user"
+    rule = WEIGHT_INPUTS.get((node.op_type, where))
+    if node.domain not in ("", "ai.onnx") or rule is None:
+        return f"not a weight: input {where} of {label}"
+    if rule(node, rank) is None:
+        return f"not a weight: {label} uses it with rank {rank}"
+    return None
+
+
+def _quantized(
+    info: WeightInfo,
+    roles: _Roles,
+    axis: int | None,
+    block_size: int | None = None,
+    why: str = "",
+    nbits: bool = False,
+    gather_block: bool = False,
+    dynamic: bool = False,
+) -> TensorPlan:
+    """The plan of a weight quantized in this layout; `why` adds to its role in the reason."""
+    return TensorPlan(
+        info.name,
+        info.shape,
+        info.dtype_name,
+        True,
+        roles.role + why,
+        axis,
+        kind=info.kind,
+        scope=info.scope,
+        lookups=roles.lookups,
+        dense=roles.dense,
+        block_size=block_size,
+        nbits=nbits,
+        gather_block=gather_block,
+        dynamic=dynamic,
+        ops=roles.ops,
+        channel_axis=next(iter(roles.axes)) if len(roles.axes) == 1 and block_size is not None else None,
+    )
+
+
+def _choose_layout(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, roles: _Roles) -> TensorPlan:
+    """The first fused form (`_FORMS`) that takes the weight, else QDQ (`_layout`), its reason
+    saying why the fused form asked for did not take it."""
+    for form in _FORMS:
+        plan = form(info, config, roles)
+        if plan is not None:
+            return plan
+    quantized = partial(_quantized, info, roles)
+    plan = _layout(info, config, quantized, set(roles.axes), set(roles.reductions))
+    consumers = list(roles.consumers)
     if config.quant_format == "matmulnbits":
         why = _why_not_fused(info, consumers, "MatMulNBits")
         plan = replace(plan, reason=f"{plan.reason}; QDQ, not MatMulNBits: {why}", not_nbits=why)
     elif config.dynamic:
         plan = replace(plan, reason=f"{plan.reason}; weight-only, not dynamic: {_why_not_fused(info, consumers, 'MatMulInteger')}")
     return plan
+
+
+def _as_matmulnbits(info: WeightInfo, config: QuantizeConfig, roles: _Roles) -> TensorPlan | None:
+    """--quant-format matmulnbits: a MatMul weight as com.microsoft.MatMulNBits."""
+    if config.quant_format != "matmulnbits" or not _matmulnbits_weight(info, list(roles.consumers)):
+        return None
+    block = config.blocks
+    assert block is not None
+    return _quantized(info, roles, 0, block, f", as MatMulNBits in blocks of {block} along axis 0", nbits=True)
+
+
+def _as_gather_block(info: WeightInfo, config: QuantizeConfig, roles: _Roles) -> TensorPlan | None:
+    """--quant-format matmulnbits: an embedding table as com.microsoft.GatherBlockQuantized."""
+    if config.quant_format != "matmulnbits" or not roles.lookups:
+        return None
+    if not _gather_block_table(info, list(roles.consumers), set(roles.reductions), config.blocks):
+        return None
+    block = config.blocks
+    assert block is not None
+    why = f", as GatherBlockQuantized in blocks of {block} along axis 1"
+    if roles.dense:  # the same codes, scales and zero points: stored once
+        why += "; stored once: its other uses read the same codes through DequantizeLinear"
+    return _quantized(info, roles, 1, block, why, gather_block=True)
+
+
+def _as_dynamic(info: WeightInfo, config: QuantizeConfig, roles: _Roles) -> TensorPlan | None:
+    """--dynamic: a MatMul weight read through MatMulInteger (the same rule as MatMulNBits')."""
+    if not config.dynamic or not _matmulnbits_weight(info, list(roles.consumers)):
+        return None
+    why = ", dynamic INT8 (activations quantized at run time: MatMulInteger)"
+    return _quantized(info, roles, 1 if config.per_channel else None, why=why, dynamic=True)
+
+
+# The fused forms, tried in order before QDQ: each gives the weight's plan or None (not this
+# form, or not this weight). A new format is one function here.
+_FORMS: tuple[Callable[[WeightInfo, QuantizeConfig, _Roles], TensorPlan | None], ...] = (_as_matmulnbits, _as_gather_block, _as_dynamic)
 
 
 def _layout(info: WeightInfo, config: QuantizeConfig, quantized: Callable[..., TensorPlan], axes: set[int], reductions: set[int | None]) -> TensorPlan:
