@@ -149,6 +149,19 @@ class QuantizeConfig:
     check_output: bool = True  # run onnx.checker on the rewritten graph (Python only)
 
     def __post_init__(self) -> None:
+        """Check every option (an OptionError names the field) and store the lists as tuples."""
+        self._check_scalars()
+        self._check_name_lists()
+        layer_bits = self._check_layer_bits()
+        if self.dynamic:
+            self._check_dynamic(layer_bits)
+        if self.n_threads is not None and (
+            not isinstance(self.n_threads, int) or isinstance(self.n_threads, bool) or self.n_threads < 1
+        ):
+            raise OptionError("n_threads", f"must be a positive integer, not {self.n_threads!r}")
+
+    def _check_scalars(self) -> None:
+        """The widths, flags and choices: each one of its allowed values."""
         if self.bits not in (4, 8) or isinstance(self.bits, bool):
             raise OptionError("bits", f"must be 4 or 8, not {self.bits!r}")
         for name in ("per_channel", "symmetric", "native_int4", "check_output", "external_data", "dynamic"):
@@ -168,6 +181,10 @@ class QuantizeConfig:
             raise OptionError("range", f"must be one of {', '.join(RANGES)}, not {self.range!r}")
         if not isinstance(self.min_elements, int) or isinstance(self.min_elements, bool) or self.min_elements < 0:
             raise OptionError("min_elements", f"must be a non-negative integer, not {self.min_elements!r}")
+
+    def _check_name_lists(self) -> None:
+        """--exclude, --exclude-op-type, --exclude-regex: lists of strings (stored as tuples),
+        the patterns valid regular expressions."""
         for name in ("exclude", "exclude_op_types", "exclude_regex"):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(n, str) for n in value):
@@ -178,6 +195,9 @@ class QuantizeConfig:
                 re.compile(pattern)
             except re.error as exc:
                 raise OptionError("exclude_regex", f"{pattern!r} is not a valid regular expression ({exc})") from None
+
+    def _check_layer_bits(self) -> dict[str, int]:
+        """--layer-bits: names to 4 or 8 (a mapping or pairs), stored as sorted pairs."""
         try:
             pairs = dict(self.layer_bits.items() if isinstance(self.layer_bits, Mapping) else self.layer_bits)
         except (TypeError, ValueError):
@@ -186,12 +206,7 @@ class QuantizeConfig:
             if not isinstance(name, str) or bits not in (4, 8) or isinstance(bits, bool):
                 raise OptionError("layer_bits", f"{name!r} must map to 4 or 8, not {bits!r}")
         object.__setattr__(self, "layer_bits", tuple(sorted(pairs.items())))
-        if self.dynamic:
-            self._check_dynamic(pairs)
-        if self.n_threads is not None and (
-            not isinstance(self.n_threads, int) or isinstance(self.n_threads, bool) or self.n_threads < 1
-        ):
-            raise OptionError("n_threads", f"must be a positive integer, not {self.n_threads!r}")
+        return pairs
 
     def _check_dynamic(self, layer_bits: Mapping[str, int]) -> None:
         """--dynamic reads INT8 weights through MatMulInteger: each refusal says what to use."""
