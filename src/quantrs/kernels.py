@@ -437,6 +437,45 @@ def _flag(value, what: str) -> bool:
     return bool(value)
 
 
+def _block_axis(x: np.ndarray, axis: int, block_size: int, name: str) -> int:
+    """quantize_blocks' tensor, axis and block size checked; the axis in [0, x.ndim)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(x).__name__}")
+    if x.ndim < 1:
+        raise ValueError(f"{name}: block-wise quantization needs a tensor of rank >= 1")
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+        raise ConfigError(f"axis must be an integer, not {axis!r}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ConfigError(f"axis {axis} is out of range for a tensor of shape {x.shape}")
+    if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ConfigError(f"block_size must be a positive integer, not {block_size!r}")
+    return int(axis) % x.ndim
+
+
+def _flat_codes(out: np.ndarray | None, size: int) -> np.ndarray:
+    """quantize_blocks' codes buffer, flat: `out` checked, or a new one."""
+    if out is None:
+        return np.empty(size, dtype=np.uint8)
+    if (
+        not isinstance(out, np.ndarray)
+        or out.dtype != np.uint8
+        or out.size != size
+        or not out.flags.c_contiguous
+        or not out.flags.writeable
+    ):
+        raise ValueError("out must be a writable C-contiguous uint8 array of x's size")
+    return out.reshape(-1)
+
+
+def _block_grid(alphas: tuple[float, ...] | None, search: bool) -> np.ndarray:
+    """The range-shrinking factors quantize_blocks tries per block (empty: min/max only)."""
+    if alphas is not None:
+        if not all(isinstance(a, float) and 0.0 < a <= 1.0 for a in alphas):
+            raise ConfigError(f"alphas must be floats in (0, 1], not {alphas!r}")
+        return np.asarray(_search_grid(alphas) if alphas else (), dtype=np.float32)
+    return np.asarray(_search_grid(SEARCH_ALPHAS) if search else (), dtype=np.float32)
+
+
 def quantize_blocks(
     x: np.ndarray,
     axis: int,
@@ -472,17 +511,7 @@ def quantize_blocks(
     codes into. Results are identical for any thread count. Raises NonFiniteWeightError (naming
     `name`) on NaN/Inf.
     """
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy array, got {type(x).__name__}")
-    if x.ndim < 1:
-        raise ValueError(f"{name}: block-wise quantization needs a tensor of rank >= 1")
-    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
-        raise ConfigError(f"axis must be an integer, not {axis!r}")
-    if not -x.ndim <= axis < x.ndim:
-        raise ConfigError(f"axis {axis} is out of range for a tensor of shape {x.shape}")
-    axis = int(axis) % x.ndim
-    if isinstance(block_size, (bool, np.bool_)) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-        raise ConfigError(f"block_size must be a positive integer, not {block_size!r}")
+    axis = _block_axis(x, axis, block_size, name)
     _check_qrange(qmin, qmax)
     symmetric = _flag(symmetric, "symmetric")
     search = _flag(search, "search")
@@ -494,18 +523,7 @@ def quantize_blocks(
     length = x.shape[axis]
     nblocks = -(-length // int(block_size))
     block_size = min(int(block_size), length)  # one block per column either way; keeps the kernel's counts small
-    if out is None:
-        codes = np.empty(x.size, dtype=np.uint8)
-    else:
-        if (
-            not isinstance(out, np.ndarray)
-            or out.dtype != np.uint8
-            or out.size != x.size
-            or not out.flags.c_contiguous
-            or not out.flags.writeable
-        ):
-            raise ValueError("out must be a writable C-contiguous uint8 array of x's size")
-        codes = out.reshape(-1)
+    codes = _flat_codes(out, x.size)
     blocked = list(x.shape)
     blocked[axis] = nblocks
     if transpose:  # MatMulNBits' layout: [N, blocks], as the codes
@@ -513,12 +531,7 @@ def quantize_blocks(
     scale = np.empty(blocked, dtype=np.float32)
     zero_point = np.empty(blocked, dtype=np.int32)
     totals = np.empty(3, dtype=np.float64)
-    if alphas is not None:
-        if not all(isinstance(a, float) and 0.0 < a <= 1.0 for a in alphas):
-            raise ConfigError(f"alphas must be floats in (0, 1], not {alphas!r}")
-        grid = np.asarray(_search_grid(alphas) if alphas else (), dtype=np.float32)
-    else:
-        grid = np.asarray(_search_grid(SEARCH_ALPHAS) if search else (), dtype=np.float32)
+    grid = _block_grid(alphas, search)
     bad = _block.quantize_blocks(
         x3,
         kind,
