@@ -90,28 +90,9 @@ def measure(
     started = time.perf_counter()
     graph = model.proto.graph
     index = GraphIndex(graph)
-    # Each width planned as auto builds it: the narrowest width's config with every weight set
-    # to this width by layer_bits (an 8-bit Gemm weight of a 4-bit MatMulNBits model is per
-    # channel, its MatMul weights 8-bit MatMulNBits).
-    base = next(iter(configs.values()))
-    base_plans = {p.name: p for p in plan_weights(graph, model.weights, base, index) if p.quantize}
-    plans: dict[str, dict[str, TensorPlan]] = {}
-    for width, config in configs.items():
-        if config.bits == base.bits:
-            plans[width] = base_plans
-            continue
-        every_weight = dataclasses.replace(base, layer_bits=tuple((n, config.bits) for n in base_plans))
-        plans[width] = {p.name: p for p in plan_weights(graph, model.weights, every_weight, index) if p.quantize}
-    common = set.intersection(*(set(p) for p in plans.values())) if plans else set()
+    plans = _width_plans(model, configs, index)
     first_plans = next(iter(plans.values()))
-    measured, fixed = [], []
-    for name in (n for n in first_plans if n in common):
-        plan = first_plans[name]
-        consumer = next((u.node for u in index.uses.get(name, []) if u.scope.path == () and next(subgraphs(u.node), None) is None), None)
-        if plan.scope != MAIN or consumer is None:
-            fixed.append(name)
-        else:
-            measured.append((name, consumer))
+    measured, fixed = _measurable(plans, index)
     layers = {name: LayerSensitivity(name, _label(node), {}, {}) for name, node in measured}
     stored = {t.name for t in graph.initializer} | {name for name, _ in measured}  # (a weight may be a Constant's output)
     needed = sorted({i for _, node in measured for i in node.input if i and i not in stored})
@@ -126,37 +107,89 @@ def measure(
         # One weight at a time: its sessions (float and each width) live only while its
         # consumer runs on the cached inputs, so memory holds one weight's copies, not all.
         values = np.asarray(model.weights.array(name))
-        layer = layers[name]
-        variants = {"reference": values}
         compensation = _compensation(model, compensated.get(name), inputs, factors, uses)
-        for width, config in configs.items():
-            plan = plans[width][name]
-            layer.bytes[width] = _stored_bytes(plan, config)
-            variants[width] = dequantize(_quantize(values, plan, config, compensation), plan.block_size).astype(values.dtype)
         feeds = [{i: cached[i] for i in node.input if i and i not in stored} for cached in inputs]
-        sessions = {width: _single_node(model, node, name, v, feeds[0]) for width, v in variants.items()} if feeds else {}
-        del variants
-        sums = dict.fromkeys(configs, 0.0)
-        norm = 0.0
-        for feed in feeds:
-            reference = np.asarray(sessions["reference"].run([node.output[0]], feed)[0], dtype=np.float64)
-            norm += float(np.sum(reference**2))
-            for width in configs:
-                out = np.asarray(sessions[width].run([node.output[0]], feed)[0], dtype=np.float64)
-                sums[width] += float(np.sum((out - reference) ** 2))
-            runs += 1 + len(configs)
-        for width in configs:
-            layer.errors[width] = sums[width] / norm if norm > 0 else (0.0 if sums[width] == 0 else float("inf"))
-        if norm == 0:
-            layer.note = "its consumer's output is zero on the samples"
+        runs += _measure_layer(model, layers[name], node, values, {w: plans[w][name] for w in configs}, configs, compensation, feeds)
         if with_float:
-            layer.bytes[FLOAT] = values.nbytes
-            layer.errors[FLOAT] = 0.0
-        del sessions, values
+            layers[name].bytes[FLOAT] = values.nbytes
+            layers[name].errors[FLOAT] = 0.0
+        del values
         model.weights.release(name)
         if progress is not None:
             progress(done + 1, len(measured))
     return Sensitivity(list(layers.values()), fixed, len(inputs), time.perf_counter() - started, runs)
+
+
+def _width_plans(model: LoadedModel, configs: Mapping[str, QuantizeConfig], index: GraphIndex) -> dict[str, dict[str, TensorPlan]]:
+    """The quantized weights' plans for each width, by name."""
+    graph = model.proto.graph
+    # Each width planned as auto builds it: the narrowest width's config with every weight set
+    # to this width by layer_bits (an 8-bit Gemm weight of a 4-bit MatMulNBits model is per
+    # channel, its MatMul weights 8-bit MatMulNBits).
+    base = next(iter(configs.values()))
+    base_plans = {p.name: p for p in plan_weights(graph, model.weights, base, index) if p.quantize}
+    plans: dict[str, dict[str, TensorPlan]] = {}
+    for width, config in configs.items():
+        if config.bits == base.bits:
+            plans[width] = base_plans
+            continue
+        every_weight = dataclasses.replace(base, layer_bits=tuple((n, config.bits) for n in base_plans))
+        plans[width] = {p.name: p for p in plan_weights(graph, model.weights, every_weight, index) if p.quantize}
+    return plans
+
+
+def _measurable(plans: dict[str, dict[str, TensorPlan]], index: GraphIndex) -> tuple[list[tuple[str, onnx.NodeProto]], list[str]]:
+    """The weights every width quantizes, split into those measured (with the main-graph node,
+    without bodies, that consumes each) and those whose error is not measured."""
+    common = set.intersection(*(set(p) for p in plans.values())) if plans else set()
+    first_plans = next(iter(plans.values()))
+    measured, fixed = [], []
+    for name in (n for n in first_plans if n in common):
+        plan = first_plans[name]
+        consumer = next((u.node for u in index.uses.get(name, []) if u.scope.path == () and next(subgraphs(u.node), None) is None), None)
+        if plan.scope != MAIN or consumer is None:
+            fixed.append(name)
+        else:
+            measured.append((name, consumer))
+    return measured, fixed
+
+
+def _measure_layer(
+    model: LoadedModel,
+    layer: LayerSensitivity,
+    node: onnx.NodeProto,
+    values: np.ndarray,
+    plans: Mapping[str, TensorPlan],
+    configs: Mapping[str, QuantizeConfig],
+    compensation,
+    feeds: list[dict[str, np.ndarray]],
+) -> int:
+    """One weight's stored bytes and its consumer's relative output error at each width (its
+    consumer run alone on `feeds`, with the float weight and with each width's); the number of
+    onnxruntime runs."""
+    name = layer.name
+    variants = {"reference": values}
+    for width, config in configs.items():
+        plan = plans[width]
+        layer.bytes[width] = _stored_bytes(plan, config)
+        variants[width] = dequantize(_quantize(values, plan, config, compensation), plan.block_size).astype(values.dtype)
+    sessions = {width: _single_node(model, node, name, v, feeds[0]) for width, v in variants.items()} if feeds else {}
+    del variants
+    sums = dict.fromkeys(configs, 0.0)
+    norm = 0.0
+    runs = 0
+    for feed in feeds:
+        reference = np.asarray(sessions["reference"].run([node.output[0]], feed)[0], dtype=np.float64)
+        norm += float(np.sum(reference**2))
+        for width in configs:
+            out = np.asarray(sessions[width].run([node.output[0]], feed)[0], dtype=np.float64)
+            sums[width] += float(np.sum((out - reference) ** 2))
+        runs += 1 + len(configs)
+    for width in configs:
+        layer.errors[width] = sums[width] / norm if norm > 0 else (0.0 if sums[width] == 0 else float("inf"))
+    if norm == 0:
+        layer.note = "its consumer's output is zero on the samples"
+    return runs
 
 
 def _consumer_inputs(model: LoadedModel, names: list[str], samples: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
