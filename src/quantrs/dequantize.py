@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from quantrs import kernels
 from quantrs.graph import GraphIndex
-from quantrs.model import LoadedModel
+from quantrs.model import LoadedModel, WeightStore
 
 __all__ = ["dequantized_weights", "dequantize_exact", "dequantize_matmulnbits", "dequantize_reader", "float_replacements"]
 
@@ -72,50 +72,69 @@ def _readers(orig: LoadedModel, quant: LoadedModel) -> list[_Reader]:
         for name in n.input:
             consumers.setdefault(name, []).append(n)
     original = {o: n for n in orig.proto.graph.node for o in n.output}
-
-    def gathered(name: str) -> str | None:
-        """The initializer a lookup's value is gathered from by row, or the value if stored."""
-        if name in weights:
-            return name
-        gather = producer.get(name)
-        if gather is None or gather.op_type != "Gather" or gather.input[0] not in weights:
-            return None
-        return gather.input[0] if all(a.i == 0 for a in gather.attribute if a.name == "axis") else None
-
     out = []
     for node in nodes:
-        if node.domain == "com.microsoft" and node.op_type == "MatMulNBits":
-            if len(node.input) > 4 and node.input[4]:  # g_idx reorders the rows' groups
-                continue
-            stored, reads, wanted = tuple(i for i in node.input[1:4] if i), 1, "MatMul"
-        elif node.domain == "com.microsoft" and node.op_type == "GatherBlockQuantized":
-            stored, reads, wanted = tuple(i for i in (node.input[0], *node.input[2:4]) if i), 0, "Gather"
-        elif node.op_type == "MatMulInteger" and node.input[1] in weights:  # --dynamic: the weight's scale is in the rescale Mul
-            scale = _dynamic_scale(node, producer, consumers)
-            if scale is None or scale not in weights:
-                continue
-            stored, reads, wanted = (node.input[1], scale, *(node.input[3:4] if len(node.input) > 3 and node.input[3] else ())), 1, "MatMul"
-        elif node.op_type == "DequantizeLinear" and node.input[0] not in weights and getattr(producer.get(node.input[0]), "op_type", "") == "Gather":
-            found = [gathered(i) for i in node.input if i]
-            if None in found:
-                continue
-            stored, reads, wanted = tuple(i for i in found if i), 0, "Gather"
-        else:
+        read = _stored_reads(node, weights, producer, consumers)
+        if read is None:
             continue
+        stored, reads, wanted = read
         if any(i not in weights for i in stored):
             continue
-        last = node
-        passes = ("Reshape", "Cast", "Mul") if node.op_type == "MatMulInteger" else ("Reshape", "Cast")  # Mul: the rescale
-        while last.output[0] not in original:
-            after = consumers.get(last.output[0], [])
-            if len(after) != 1 or after[0].op_type not in passes:
-                break
-            last = after[0]
-        source = original.get(last.output[0])
+        source = _original_node(node, consumers, original)
         if source is None or source.op_type != wanted or source.input[reads] not in orig.weights:
             continue
         out.append(_Reader(source.input[reads], node, source, stored))
     return out
+
+
+def _stored_reads(
+    node: onnx.NodeProto, weights: WeightStore, producer: dict[str, onnx.NodeProto], consumers: dict[str, list[onnx.NodeProto]]
+) -> tuple[tuple[str, ...], int, str] | None:
+    """What a node holding quantized codes reads: its stored inputs (codes, scales[, zero
+    points]), and the input index and op type of the original node it replaces; None for any
+    other node."""
+    if node.domain == "com.microsoft" and node.op_type == "MatMulNBits":
+        if len(node.input) > 4 and node.input[4]:  # g_idx reorders the rows' groups
+            return None
+        return tuple(i for i in node.input[1:4] if i), 1, "MatMul"
+    if node.domain == "com.microsoft" and node.op_type == "GatherBlockQuantized":
+        return tuple(i for i in (node.input[0], *node.input[2:4]) if i), 0, "Gather"
+    if node.op_type == "MatMulInteger" and node.input[1] in weights:  # --dynamic: the weight's scale is in the rescale Mul
+        scale = _dynamic_scale(node, producer, consumers)
+        if scale is None or scale not in weights:
+            return None
+        return (node.input[1], scale, *(node.input[3:4] if len(node.input) > 3 and node.input[3] else ())), 1, "MatMul"
+    if node.op_type == "DequantizeLinear" and node.input[0] not in weights and getattr(producer.get(node.input[0]), "op_type", "") == "Gather":
+        found = [_gathered(i, weights, producer) for i in node.input if i]
+        if None in found:
+            return None
+        return tuple(i for i in found if i), 0, "Gather"
+    return None
+
+
+def _gathered(name: str, weights: WeightStore, producer: dict[str, onnx.NodeProto]) -> str | None:
+    """The initializer a lookup's value is gathered from by row, or the value if stored."""
+    if name in weights:
+        return name
+    gather = producer.get(name)
+    if gather is None or gather.op_type != "Gather" or gather.input[0] not in weights:
+        return None
+    return gather.input[0] if all(a.i == 0 for a in gather.attribute if a.name == "axis") else None
+
+
+def _original_node(
+    node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]], original: dict[str, onnx.NodeProto]
+) -> onnx.NodeProto | None:
+    """The original model's node that wrote the value `node` (followed through Reshape and
+    Cast, and a MatMulInteger's rescale Mul) now writes."""
+    last = node
+    passes = ("Reshape", "Cast", "Mul") if node.op_type == "MatMulInteger" else ("Reshape", "Cast")  # Mul: the rescale
+    while last.output[0] not in original:
+        after = consumers.get(last.output[0], [])
+        if len(after) != 1 or after[0].op_type not in passes:
+            break
+        last = after[0]
+    return original.get(last.output[0])
 
 
 def _dynamic_scale(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto], consumers: dict[str, list[onnx.NodeProto]]) -> str | None:
