@@ -516,34 +516,10 @@ def auto(
     """The smallest model whose outputs stay within a budget of the float model's: a width per
     layer from one sensitivity pass, verified on held-out samples. Exit 1 when the budget is out
     of reach: nothing is written at --output, the closest model goes beside it (q.closest.onnx)."""
-    from quantrs.auto import ONLY_FLOAT, WIDTHS, AutoConfig, closest_path
+    from quantrs.auto import AutoConfig, closest_path
     from quantrs.auto import auto as run
 
-    if min_cosine == 1:  # no error at all, as --max-relative-error 0 (refused below)
-        raise typer.BadParameter(ONLY_FLOAT, param_hint="'--min-cosine'")
-    for flag, value, interval in (("--min-cosine", min_cosine, "(0, 1)"), ("--max-relative-error", max_relative_error, "(0, 1]"), ("--min-top1", min_top1, "(0, 1]")):
-        if value is not None and not 0 < value <= 1:
-            raise typer.BadParameter(f"must be in {interval}, not {value}", param_hint=f"'{flag}'")
-    if min_cosine is None and max_relative_error is None:
-        raise typer.BadParameter(
-            "a budget is needed: --min-cosine or --max-relative-error (--min-top1 is checked besides)", param_hint="'--min-cosine'"
-        )
-    widths = tuple(c.strip() for c in choices.split(",") if c.strip())
-    unknown = [c for c in widths if c not in WIDTHS]
-    if unknown or not widths or set(widths) == {"float"}:
-        raise typer.BadParameter(f"{choices!r}: a comma-separated list of 4, 8 and float, with 4 or 8", param_hint="'--choices'")
-    if block_size and (not 16 <= block_size <= 256 or block_size & (block_size - 1)):
-        raise typer.BadParameter(f"must be a power of two from 16 to 256, or 0, not {block_size}", param_hint="'--block-size'")
-    if report is not None:
-        from quantrs.writer import folder_problem
-
-        problem = folder_problem(report)
-        if problem is not None:
-            raise typer.BadParameter(f"{report}: {problem}", param_hint="'--report'")
-    if static and quant_format != "qdq":
-        raise typer.BadParameter(f"{quant_format}: --static writes QDQ (calibrated activations); matmulnbits is weight-only", param_hint="'--quant-format'")
-    if not block_size and quant_format == "matmulnbits":
-        raise typer.BadParameter("0 (per channel) is not a MatMulNBits layout: give a block size with --quant-format matmulnbits", param_hint="'--block-size'")
+    widths = _auto_flags(min_cosine, max_relative_error, min_top1, choices, block_size, report, static, quant_format)
     weights = quantize_config(
         {"exclude": tuple(exclude or ()), "exclude_regex": tuple(exclude_regex or ()), "quant_format": quant_format, "rounding": rounding}
     )
@@ -573,6 +549,47 @@ def auto(
     if not result.met:
         budget = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.budget.items())
         raise _fail(f"{model}: missed {budget} by {result.miss:.4g}; nothing written at {output}; the closest model is {result.closest}")
+
+
+def _auto_flags(
+    min_cosine: float | None,
+    max_relative_error: float | None,
+    min_top1: float | None,
+    choices: str,
+    block_size: int,
+    report: Path | None,
+    static: bool,
+    quant_format: str,
+) -> tuple[str, ...]:
+    """auto's flags checked together (a usage error names the flag); the widths --choices lists."""
+    from quantrs.auto import ONLY_FLOAT, WIDTHS
+
+    if min_cosine == 1:  # no error at all, as --max-relative-error 0 (refused below)
+        raise typer.BadParameter(ONLY_FLOAT, param_hint="'--min-cosine'")
+    for flag, value, interval in (("--min-cosine", min_cosine, "(0, 1)"), ("--max-relative-error", max_relative_error, "(0, 1]"), ("--min-top1", min_top1, "(0, 1]")):
+        if value is not None and not 0 < value <= 1:
+            raise typer.BadParameter(f"must be in {interval}, not {value}", param_hint=f"'{flag}'")
+    if min_cosine is None and max_relative_error is None:
+        raise typer.BadParameter(
+            "a budget is needed: --min-cosine or --max-relative-error (--min-top1 is checked besides)", param_hint="'--min-cosine'"
+        )
+    widths = tuple(c.strip() for c in choices.split(",") if c.strip())
+    unknown = [c for c in widths if c not in WIDTHS]
+    if unknown or not widths or set(widths) == {"float"}:
+        raise typer.BadParameter(f"{choices!r}: a comma-separated list of 4, 8 and float, with 4 or 8", param_hint="'--choices'")
+    if block_size and (not 16 <= block_size <= 256 or block_size & (block_size - 1)):
+        raise typer.BadParameter(f"must be a power of two from 16 to 256, or 0, not {block_size}", param_hint="'--block-size'")
+    if report is not None:
+        from quantrs.writer import folder_problem
+
+        problem = folder_problem(report)
+        if problem is not None:
+            raise typer.BadParameter(f"{report}: {problem}", param_hint="'--report'")
+    if static and quant_format != "qdq":
+        raise typer.BadParameter(f"{quant_format}: --static writes QDQ (calibrated activations); matmulnbits is weight-only", param_hint="'--quant-format'")
+    if not block_size and quant_format == "matmulnbits":
+        raise typer.BadParameter("0 (per channel) is not a MatMulNBits layout: give a block size with --quant-format matmulnbits", param_hint="'--block-size'")
+    return widths
 
 
 def _progress_line(message: str) -> None:
