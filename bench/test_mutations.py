@@ -30,8 +30,8 @@ MUTATIONS = [
     (
         "report prints the skipped count as the quantized count",
         "render.py",
-        'f"  {report.quantized_count} tensors quantized, {report.skipped_count} left as they are, "',
-        'f"  {report.skipped_count} tensors quantized, {report.skipped_count} left as they are, "',
+        "{_n(report.quantized_count, 'tensor')} quantized, {report.skipped_count} left as",
+        "{_n(report.skipped_count, 'tensor')} quantized, {report.skipped_count} left as",
         ["test_seams.py::test_report_counts_quantized_and_skipped_apart"],
     ),
     (
