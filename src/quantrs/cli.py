@@ -261,7 +261,7 @@ def _build(cls: type, given: dict, weight_fields: dict) -> Any:
 
     try:
         if weight_fields:
-            default = next(f for f in dataclasses.fields(cls) if f.name == "weights").default_factory  # type: ignore[misc]
+            default: Any = next(f for f in dataclasses.fields(cls) if f.name == "weights").default_factory
             given = {**given, "weights": dataclasses.replace(default(), **weight_fields)}
         return cls(**given)
     except OptionError as exc:
