@@ -319,3 +319,7 @@ def test_one_name_for_the_relative_error_budget():
     assert Thresholds(max_relative_l2=0.1).max_relative_l2 == 0.1
     with pytest.raises(quantrs.errors.OptionError, match="max_relative_error"):
         Thresholds(max_relative_error=0.1, max_relative_l2=0.2)
+    from quantrs.report import OutputAgreement
+
+    (result,) = Thresholds(max_relative_error=0.1).evaluate([OutputAgreement("y", 0.99, 0.0, 0.05, None)])
+    assert (result.name, result.passed) == ("max_relative_error", True)  # validate's report and JSON say the flag's name

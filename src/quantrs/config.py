@@ -372,7 +372,7 @@ class Thresholds:
                 results.append(ThresholdResult("min_cosine", self.min_cosine, out.name, out.cosine, out.cosine >= self.min_cosine))
             if self.max_relative_error is not None:
                 results.append(
-                    ThresholdResult("max_relative_l2", self.max_relative_error, out.name, out.relative_l2, out.relative_l2 <= self.max_relative_error)
+                    ThresholdResult("max_relative_error", self.max_relative_error, out.name, out.relative_l2, out.relative_l2 <= self.max_relative_error)
                 )
             if self.min_top1 is not None and out.top1_agreement is not None:
                 results.append(ThresholdResult("min_top1", self.min_top1, out.name, out.top1_agreement, out.top1_agreement >= self.min_top1))
