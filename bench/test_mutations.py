@@ -140,17 +140,17 @@ MUTATIONS = [
         ["test_gptq.py::test_conv_patches_are_the_rows_the_conv_multiplies"],
     ),
     (
-        "calibrate --exclude-op-type dropped on its way to the config",
-        "cli.py",
-        '"exclude_op_types": tuple(exclude_op_type or ())',
-        '"exclude_op_types": ()',
+        "calibrate --exclude-op-type dropped from the weight options calibrate takes",
+        "config.py",
+        'WEIGHT_OPTIONS: ClassVar[tuple[str, ...]] = ("rounding", "exclude", "exclude_op_types", "exclude_regex", "dynamic")',
+        'WEIGHT_OPTIONS: ClassVar[tuple[str, ...]] = ("rounding", "exclude", "exclude_regex", "dynamic")',
         ["test_seam_effects.py::test_calibrate_exclude_op_type_keeps_that_op_types_weights_float"],
     ),
     (
-        "auto --min-top1 not passed to AutoConfig",
-        "cli.py",
-        "min_top1=min_top1, choices=widths",
-        "min_top1=None, choices=widths",
+        "auto --min-top1 not passed to the budget's thresholds",
+        "config.py",
+        "max_relative_error=self.max_relative_error, min_top1=self.min_top1)",
+        "max_relative_error=self.max_relative_error, min_top1=None)",
         ["test_seam_effects.py::test_auto_min_top1_is_part_of_the_budget"],
     ),
     (
@@ -162,9 +162,9 @@ MUTATIONS = [
     ),
     (
         "relative-error threshold compared the wrong way",
-        "validation.py",
-        "out.relative_l2 <= self.max_relative_l2)",
-        "out.relative_l2 >= self.max_relative_l2)",
+        "config.py",
+        "out.relative_l2 <= self.max_relative_error)",
+        "out.relative_l2 >= self.max_relative_error)",
         ["test_seam_effects.py::test_max_relative_error_passes_below_and_fails_above"],
     ),
     (

@@ -124,3 +124,202 @@ def test_per_channel_is_the_default_everywhere(save, tmp_path):
     (tmp_path / "c.yaml").write_text(f"per_channel: false\nmodels:\n  - input: {src}\n    output: {tmp_path / 'config.onnx'}\n")
     assert runner.invoke(app, ["config", str(tmp_path / "c.yaml"), "-q", "--min-elements", "0"]).exit_code == 0
     assert _scale_ranks(tmp_path / "config.onnx") == {0}
+
+
+# --- Every command's flags come from one declaration (issue 24.7) --------------------------------
+
+import typer.main  # noqa: E402
+
+import quantrs.auto  # noqa: E402
+import quantrs.batch  # noqa: E402
+import quantrs.calibration  # noqa: E402
+import quantrs.pipeline  # noqa: E402
+import quantrs.validation  # noqa: E402
+from quantrs.config import AutoConfig, BatchOptions, CalibrationConfig, Thresholds  # noqa: E402
+
+
+class _Built(Exception):
+    """Raised by a command's stand-in run function, carrying what the command built."""
+
+
+def _catch(position: int | None = None, keyword: str | None = None, keywords: bool = False):
+    def run(*args, **kwargs):
+        raise _Built(kwargs if keywords else kwargs[keyword] if keyword else args[position])
+
+    return run
+
+
+# Per command: the stand-in for the function it runs, its arguments besides the options, the
+# parameters that are not config fields, and, for each generated flag, a non-default value on
+# the command line and the field (dotted: inside `weights`) that must hold it.
+REACH = {
+    "quantize": (
+        (quantrs.pipeline, "quantize", _catch(position=2)),
+        ["m.onnx", "-o", "q.onnx"],
+        {"model", "output", "dry_run", "fmt", "quiet", "data"},
+        {
+            "bits": (["--bits", "4"], 4),
+            "per_channel": (["--per-tensor"], False),
+            "symmetric": (["--symmetric"], True),
+            "block_size": (["--block-size", "64"], 64),
+            "range": (["--range", "search"], "search"),
+            "quant_format": (["--quant-format", "matmulnbits"], "matmulnbits"),
+            "accuracy_level": (["--quant-format", "matmulnbits", "--accuracy-level", "2"], 2),
+            "dynamic": (["--dynamic"], True),
+            "rounding": (["--rounding", "gptq", "--data", "d.npy"], "gptq"),
+            "native_int4": (["--int4-as-int8"], False),
+            "min_elements": (["--min-elements", "7"], 7),
+            "exclude": (["--exclude", "w", "--exclude", "v"], ("w", "v")),
+            "exclude_op_types": (["--exclude-op-type", "Gemm"], ("Gemm",)),
+            "exclude_regex": (["--exclude-regex", "w.*"], ("w.*",)),
+            "layer_bits": (["--layer-bits", "w=4"], (("w", 4),)),
+            "n_threads": (["--threads", "3"], 3),
+            "external_data": (["--external-data"], True),
+        },
+    ),
+    "calibrate": (
+        (quantrs.calibration, "calibrate", _catch(position=3)),
+        ["m.onnx", "--data", "d.npy", "-o", "q.onnx"],
+        {"model", "data", "output", "fmt", "quiet", "dynamic"},  # --dynamic: hidden, refused (test_dynamic.py)
+        {
+            "target": (["--target", "tensorrt"], "tensorrt"),
+            "method": (["--method", "entropy"], "entropy"),
+            "percentile": (["--percentile", "99.5"], 99.5),
+            "per_channel": (["--per-tensor"], False),
+            "symmetric_activations": (["--symmetric-activations"], True),
+            "reduce_range": (["--reduce-range"], True),
+            "max_samples": (["--max-samples", "7"], 7),
+            "min_samples": (["--min-samples", "2"], 2),
+            "weights.rounding": (["--rounding", "gptq"], "gptq"),
+            "weights.exclude": (["--exclude", "w"], ("w",)),
+            "weights.exclude_op_types": (["--exclude-op-type", "Gemm"], ("Gemm",)),
+            "weights.exclude_regex": (["--exclude-regex", "w.*"], ("w.*",)),
+        },
+    ),
+    "auto": (
+        (quantrs.auto, "auto", _catch(position=3)),
+        ["m.onnx", "-o", "q.onnx", "--data", "d.npy", "--min-cosine", "0.9"],
+        {"model", "output", "data", "eval_data", "report", "fmt", "quiet"},
+        {
+            "min_cosine": (["--min-cosine", "0.5"], 0.5),
+            "max_relative_error": (["--max-relative-error", "0.2"], 0.2),
+            "min_top1": (["--min-top1", "0.8"], 0.8),
+            "choices": (["--choices", "4, float"], ("4", "float")),
+            "block_size": (["--block-size", "64"], 64),
+            "static": (["--static"], True),
+            "max_evaluations": (["--max-evaluations", "3"], 3),
+            "max_samples": (["--max-samples", "9"], 9),
+            "weights.exclude": (["--exclude", "w"], ("w",)),
+            "weights.exclude_regex": (["--exclude-regex", "w.*"], ("w.*",)),
+            "weights.quant_format": (["--quant-format", "matmulnbits"], "matmulnbits"),
+            "weights.rounding": (["--rounding", "gptq"], "gptq"),
+        },
+    ),
+    "validate": (
+        (quantrs.validation, "validate", _catch(keyword="thresholds")),
+        ["a.onnx", "b.onnx"],
+        {"original", "quantized", "data", "samples", "detailed", "report", "fmt", "quiet"},
+        {
+            "min_cosine": (["--min-cosine", "0.5"], 0.5),
+            "max_relative_error": (["--max-relative-error", "0.2"], 0.2),
+            "min_top1": (["--min-top1", "0.8"], 0.8),
+        },
+    ),
+    "batch": (
+        (quantrs.batch, "run_batch", _catch(keywords=True)),
+        None,  # a real model: batch expands its inputs before it runs them
+        {"models", "output", "fmt", "quiet", *(f.name for f, _ in options())},  # QuantizeConfig's: quantize's row
+        {
+            "jobs": (["--jobs", "3"], 3),
+            "skip_existing": (["--skip-existing"], True),
+            "continue_on_error": (["--continue-on-error"], True),
+            "scheduler": (["--scheduler", "tcp://host:8786"], "tcp://host:8786"),
+        },
+    ),
+}
+_BATCH_KEYWORD = {"jobs": "n_jobs"}  # run_batch's keyword for a BatchOptions field, where it differs
+
+
+def _field(built, path: str, command: str):
+    if command == "batch":
+        return built[_BATCH_KEYWORD.get(path, path)]
+    for part in path.split("."):
+        built = getattr(built, part)
+    return built
+
+
+@pytest.mark.parametrize("command", sorted(REACH))
+def test_every_flag_reaches_its_field(command, monkeypatch, save, tmp_path):
+    """Table-driven: every flag the command has (its generated parameters, read from the click
+    command itself) given a non-default value reaches the field of the config it builds. A
+    flag added to a config without a row here fails the first assertion."""
+    (module, name, stand_in), args, plumbing, rows = REACH[command]
+    params = {p.name for p in typer.main.get_command(app).commands[command].params}  # type: ignore[attr-defined]
+    generated = {path.rsplit(".", 1)[-1] for path in rows}
+    assert params - plumbing == generated, f"{command}: flags without a row, or rows without a flag"
+    monkeypatch.setattr(module, name, stand_in)
+    if args is None:
+        args = [str(save(BUILDERS["mlp"]()[0])), "-o", str(tmp_path / "out")]
+    for path, (flags, expected) in rows.items():
+        result = runner.invoke(app, [command, *args, *flags])
+        assert isinstance(result.exception, _Built), (command, flags, result.output)
+        value = _field(result.exception.args[0], path, command)
+        assert value == expected and value != _field(_default(command), path, command), (command, path, value)
+
+
+def _default(command: str):
+    """What the command builds with no flag (a flag's value must differ from it)."""
+    return {
+        "quantize": QuantizeConfig(),
+        "calibrate": CalibrationConfig(),
+        "auto": AutoConfig(min_cosine=0.9),
+        "validate": Thresholds(),
+        "batch": {"n_jobs": BatchOptions().jobs, **{k: getattr(BatchOptions(), k) for k in ("skip_existing", "continue_on_error", "scheduler")}},
+    }[command]
+
+
+def test_auto_block_size_0_is_per_channel(monkeypatch):
+    monkeypatch.setattr(quantrs.auto, "auto", _catch(position=3))
+    result = runner.invoke(app, ["auto", "m.onnx", "-o", "q.onnx", "--data", "d.npy", "--min-cosine", "0.9", "--block-size", "0"])
+    assert result.exception.args[0].block_size is None
+
+
+def _section(readme: str, heading: str) -> list[str]:
+    """The option-table rows of the README section under `heading`."""
+    start = readme.index(heading)
+    end = readme.index("\n### ", start + 1)
+    return [line for line in readme[start:end].splitlines() if line.startswith("| `")]
+
+
+@pytest.mark.parametrize(
+    "command, heading",
+    [("calibrate", "### Faster models: static INT8 with `calibrate`"), ("auto", "### The smallest model within a budget: `auto`")],
+)
+def test_the_readme_tables_of_calibrate_and_auto_follow_their_declaration(command, heading):
+    """Each flag the command has (from its config's one declaration, and the shared ones) is in
+    its README table, and each flag the table names is one the command has."""
+    readme = README.read_text(encoding="utf-8")
+    rows = _section(readme, heading)
+    cells = " ".join(row.split(" | ")[0] for row in rows)
+    flags = {opt for p in typer.main.get_command(app).commands[command].params if not getattr(p, "hidden", False) for opt in (*p.opts, *p.secondary_opts)}  # type: ignore[attr-defined]
+    named = set(re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", cells))
+    long_flags = {f for f in flags if f.startswith("--")}
+    assert long_flags - named == set(), f"{command}: flags missing from the README's table"
+    assert named - flags == set(), f"{command}: the README's table names flags {command} does not have"
+    help_text = runner.invoke(app, [command, "-h"]).stdout
+    cls = {"calibrate": CalibrationConfig, "auto": AutoConfig}[command]
+    for _, spec in [*options(cls), *((f, s) for f, s in options() if f.name in cls.WEIGHT_OPTIONS and f.name not in cls.HIDDEN)]:
+        assert spec.flag in help_text and spec.flag in named, spec.flag
+
+
+def test_one_name_for_the_relative_error_budget():
+    """--max-relative-error is `max_relative_error` in validate's Thresholds and auto's
+    AutoConfig; Thresholds' old keyword max_relative_l2 still works, as an attribute too."""
+    assert Thresholds(max_relative_l2=0.1) == Thresholds(max_relative_error=0.1) == AutoConfig(max_relative_error=0.1).thresholds
+    assert Thresholds(max_relative_l2=0.1).max_relative_l2 == 0.1
+    with pytest.raises(quantrs.errors.OptionError, match="max_relative_error"):
+        Thresholds(max_relative_error=0.1, max_relative_l2=0.2)
+    from quantrs.report import OutputAgreement
+
+    (result,) = Thresholds(max_relative_error=0.1).evaluate([OutputAgreement("y", 0.99, 0.0, 0.05, None)])
+    assert (result.name, result.passed) == ("max_relative_error", True)  # validate's report and JSON say the flag's name

@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from quantrs.config import QuantizeConfig
+from quantrs.config import TARGETS, QuantizeConfig  # TARGETS: declared with calibrate's options
 from quantrs.graph import GraphIndex, name_maker
 from quantrs.edit import EditContext
 from quantrs.qdq import DQSpec, tensor_header
@@ -48,7 +48,6 @@ __all__ = [
     "ort_cpu_selection",
 ]  # fmt: skip
 
-TARGETS = ("ort-cpu", "tensorrt")
 COMPUTE_OPS = {"Conv", "MatMul", "Gemm"}  # with quantized weights: the integer kernels
 # Producers a following Relu folds into (their quantized output saturates at zero point 0): the
 # integer kernels, and a residual Add (QLinearAdd), as onnxruntime's own quantizer folds them.

@@ -40,94 +40,24 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from quantrs.config import QuantizeConfig
+from quantrs.config import WIDTHS, AutoConfig, error_budget  # noqa: F401  (declared with every command's options; re-exported)
 from quantrs.errors import ConfigError, OutputError, first_line
 from quantrs.pipeline import check_output, open_model
 from quantrs.report import AutoCandidate, AutoLayer, AutoReport, OutputAgreement
 from quantrs.samples import SampleSource, describe_source, input_specs, iter_samples
 from quantrs.sensitivity import FLOAT, Sensitivity, measure, width_configs
 from quantrs.compare import agreements, run_model
-from quantrs.validation import Thresholds
 
 __all__ = ["AutoConfig", "auto", "closest_path", "WIDTHS"]
 
 logger = logging.getLogger(__name__)
 
-WIDTHS = ("4", "8", FLOAT)  # narrowest first
-# A cosine of 1 is no error at all (as a relative error of 0): every quantized weight adds some,
-# so only the float model meets it, and auto writes a quantized model: refused before any work.
-ONLY_FLOAT = "1 allows no error at all: only the float model meets it, and auto writes a quantized model; give a budget below 1 (e.g. 0.9999)"
 HELD_OUT_SHARE = 0.25  # of --data, when no --eval-data is given
-
-
-@dataclass(frozen=True, kw_only=True)
-class AutoConfig:
-    """The budget and the room `auto` has.
-
-    Attributes:
-        min_cosine / max_relative_error / min_top1: the budget, on every model output over the
-            held-out samples (as `validate` measures them); cosine or relative error required.
-            A cosine of 1 is refused, as a relative error of 0: only the float model meets it.
-        choices: the widths a weight may get, from "4", "8", "float".
-        block_size: 4-bit weights in blocks of this size (None: per channel).
-        static: also quantize activations (calibrated INT8), the budget measured on that model.
-        max_evaluations: full evaluations (build + run on the held-out samples) at most.
-        max_samples: samples read from --data and --eval-data at most (None: all).
-        weights: further quantize options (exclusions, min_elements, threads, quant_format:
-            matmulnbits writes onnxruntime's MatMulNBits / GatherBlockQuantized at 4 and 8 bits;
-            rounding: gptq compensates the codes on the tuning samples, in the sensitivity
-            pass as in every candidate).
-    """
-
-    min_cosine: float | None = None
-    max_relative_error: float | None = None
-    min_top1: float | None = None
-    choices: tuple[str, ...] = WIDTHS
-    block_size: int | None = 32
-    static: bool = False
-    max_evaluations: int = 6
-    max_samples: int | None = None
-    weights: QuantizeConfig = field(default_factory=QuantizeConfig)
-
-    def __post_init__(self) -> None:
-        for name in ("min_cosine", "max_relative_error", "min_top1"):
-            value = getattr(self, name)
-            if name == "min_cosine" and value == 1:
-                raise ConfigError(f"min_cosine {ONLY_FLOAT}")
-            if value is not None and not 0 < value <= 1:
-                raise ConfigError(f"{name} must be in {'(0, 1)' if name == 'min_cosine' else '(0, 1]'}, not {value}")
-        if self.min_cosine is None and self.max_relative_error is None:
-            raise ConfigError("a budget is needed: min_cosine or max_relative_error")
-        unknown = [c for c in self.choices if c not in WIDTHS]
-        if unknown or not self.choices:
-            raise ConfigError(f"choices must be among {', '.join(WIDTHS)}, not {', '.join(unknown) or 'none'}")
-        if list(self.choices) == [FLOAT]:
-            raise ConfigError("choices must include an integer width (4 or 8)")
-        if self.static and self.weights.quant_format != "qdq":
-            raise ConfigError(f"static (calibrated activations) writes QDQ, not {self.weights.quant_format}")
-        if self.weights.quant_format == "matmulnbits" and self.block_size is None:
-            raise ConfigError("matmulnbits stores weights in blocks: block_size is needed")
-        if self.max_evaluations < 1:
-            raise ConfigError(f"max_evaluations must be at least 1, not {self.max_evaluations}")
-
-    @property
-    def thresholds(self) -> Thresholds:
-        return Thresholds(min_cosine=self.min_cosine, max_relative_l2=self.max_relative_error, min_top1=self.min_top1)
-
-    @property
-    def error_budget(self) -> float:
-        allowed = error_budget(self.min_cosine, self.max_relative_error)
-        assert allowed is not None  # __post_init__ requires one of them
-        return allowed
-
-    @property
-    def widths(self) -> list[str]:
-        return [w for w in WIDTHS if w in self.choices]
 
 
 def auto(
@@ -309,17 +239,6 @@ def _verify(
     if best is not None:
         return _Outcome(candidates, best[0], best[1], True, 0.0, best[2] if best[2].exists() else None)
     return _Outcome(candidates, closest[1], closest[2], False, closest[0], closest[3] if closest[3].exists() else None)
-
-
-def error_budget(min_cosine: float | None, max_relative_error: float | None) -> float | None:
-    """The output's relative squared error a budget allows (the tighter of cosine and relative
-    error), or None without either."""
-    allowed = []
-    if min_cosine is not None:
-        allowed.append(1 / min_cosine**2 - 1)
-    if max_relative_error is not None:
-        allowed.append(max_relative_error**2)
-    return min(allowed) if allowed else None
 
 
 class _Search:

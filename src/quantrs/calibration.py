@@ -19,19 +19,18 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from quantrs import kernels
-from quantrs.activations import TARGETS, ActivationParams, StaticEdit, choose_activations, excluded_outputs
-from quantrs.collect import GROUP_BYTES, collect_statistics
-from quantrs.config import QuantizeConfig
-from quantrs.errors import ConfigError, OptionError, QuantrsError, UnsupportedModelError, first_line
+from quantrs.activations import ActivationParams, StaticEdit, choose_activations, excluded_outputs
+from quantrs.collect import collect_statistics
+from quantrs.config import CalibrationConfig, QuantizeConfig  # CalibrationConfig: declared with every command's options
+from quantrs.errors import ConfigError, QuantrsError, UnsupportedModelError, first_line
 from quantrs.pipeline import compensate_weights, open_model, plan_model, rewrite_and_write
 from quantrs.qdq import DQSpec
-from quantrs.ranges import METHODS, pick_range
+from quantrs.ranges import pick_range
 from quantrs.report import ActivationRange, CalibrationReport, LeftFloat
 from quantrs.samples import SampleSource, input_specs, iter_samples, load_samples
 from quantrs.tensor import Scheme
@@ -39,61 +38,6 @@ from quantrs.tensor import Scheme
 __all__ = ["CalibrationConfig", "calibrate"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class CalibrationConfig:
-    """How `calibrate` chooses ranges and quantizes.
-
-    Attributes:
-        method: minmax, percentile, entropy or mse (see quantrs.ranges.pick_range).
-        percentile: for method="percentile", the share of values kept inside the range.
-        per_channel: one weight scale per output channel.
-        symmetric_activations: INT8 activations with zero point 0 (default UINT8 asymmetric).
-        reduce_range: 7-bit weights ([-63, 63]): avoids the saturation of onnxruntime's u8s8
-            integer kernels on x86 CPUs without VNNI (AVX2-only); costs a little accuracy.
-        target: "ort-cpu" (onnxruntime's QDQ form) or "tensorrt" (NVIDIA's explicit
-            quantization: symmetric INT8 activations, per-channel weights, float biases, Q/DQ on
-            the inputs of weighted ops and residual Adds only); see quantrs.activations.
-        max_samples: stop after this many samples (None: all).
-        min_samples: refuse to calibrate on fewer samples than this.
-        group_bytes: activations held at once per inference run (see quantrs.collect).
-        weights: the weight options shared with `quantize` (exclusions, min_elements; bits,
-            blocks and layer_bits for ort-cpu); weights are symmetric.
-    """
-
-    method: str = "minmax"
-    percentile: float = 99.999
-    per_channel: bool = True
-    symmetric_activations: bool = False
-    reduce_range: bool = False
-    target: str = "ort-cpu"
-    max_samples: int | None = None
-    min_samples: int = 1
-    group_bytes: int = GROUP_BYTES
-    weights: QuantizeConfig = field(default_factory=lambda: QuantizeConfig(min_elements=0))
-
-    def __post_init__(self) -> None:
-        if self.weights.dynamic:
-            raise OptionError("dynamic", "calibrate writes static INT8 (activation ranges from samples); dynamic INT8 is quantize's")
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if not 50 < self.percentile <= 100:
-            raise ConfigError(f"percentile must be in (50, 100], not {self.percentile}")
-        if self.target not in TARGETS:
-            raise ConfigError(f"target must be one of {', '.join(TARGETS)}, not {self.target!r}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ConfigError(f"max_samples must be at least 1, not {self.max_samples}")
-        if self.min_samples < 1 or (self.max_samples is not None and self.min_samples > self.max_samples):
-            raise ConfigError(f"min_samples must be between 1 and max_samples, not {self.min_samples}")
-        if self.group_bytes < 1:
-            raise ConfigError(f"group_bytes must be positive, not {self.group_bytes}")
-        if self.target == "tensorrt" and (self.reduce_range or not self.per_channel):
-            raise ConfigError("target tensorrt takes INT8 per-channel weights: not reduce_range, not per_channel=False")
-
-    @property
-    def signed_activations(self) -> bool:
-        return self.symmetric_activations or self.target == "tensorrt"
 
 
 def calibrate(

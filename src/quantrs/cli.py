@@ -23,6 +23,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from quantrs import __version__
+from quantrs.config import AutoConfig, BatchOptions, CalibrationConfig, QuantizeConfig, Thresholds  # light: the option tables
 
 
 class _Commands(TyperGroup):
@@ -100,22 +101,6 @@ class OutputFormat(str, Enum):
     json = "json"
 
 
-class Method(str, Enum):
-    """Calibration range pickers (quantrs.ranges.METHODS)."""
-
-    minmax = "minmax"
-    percentile = "percentile"
-    entropy = "entropy"
-    mse = "mse"
-
-
-class Target(str, Enum):
-    """Runtimes static models are laid out for (quantrs.activations.TARGETS)."""
-
-    ort_cpu = "ort-cpu"
-    tensorrt = "tensorrt"
-
-
 class _State:
     quiet = False
 
@@ -131,7 +116,7 @@ def _main(
     version: Annotated[
         Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, only errors on stderr.")] = False,
+    quiet: Quiet = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, metavar="", show_default=False, help="Log what quantrs does on stderr: -v each stage, -vv every tensor.")] = 0,
 ) -> None:
     _State.quiet = quiet
@@ -186,50 +171,44 @@ def command(function: Callable) -> Callable:
     return app.command(cls=_Command)(run)
 
 
-def _quantize_options() -> list[tuple[str, object, typer.models.OptionInfo]]:
-    """(parameter name, type, typer option) for every QuantizeConfig option, from its one
-    declaration (quantrs.config). Defaults are None ("not given"), so that a flag given on the
-    command line can override a config file; unset means QuantizeConfig's default."""
-    from quantrs.config import QuantizeConfig, options
+# Options every command that has them spells and explains alike.
+Format = Annotated[OutputFormat, typer.Option("--format", help="Report as text or JSON (on stdout).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+Data = Annotated[
+    Path,
+    typer.Option(
+        "--data",
+        help="Samples: .npy, .npz (by input name; N samples may be stacked on axis 0), a folder of them, or onnxruntime test_data_set_* folders.",
+        show_default=False,
+    ),
+]
+Output = Annotated[Path, typer.Option("--output", "-o", help="Where to write the quantized model.", show_default=False)]
 
-    hints = typing.get_type_hints(QuantizeConfig)
+
+def _declared(cls: type, names: Sequence[str] | None = None, hidden: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
+    """(field name, type, typer option) for the options `cls` declares (quantrs.config), or the
+    fields `names` of them. Defaults are None ("not given"): unset means the config's default,
+    and a flag given on the command line can override a config file."""
+    from quantrs.config import options
+
+    hints = typing.get_type_hints(cls)
     out: list[tuple[str, Any, Any]] = []
-    for f, spec in options():
-        kind = spec.cli_type or hints[f.name]
-        out.append((f.name, Optional[kind], typer.Option(*spec.flags, help=spec.help, show_default=False)))
+    for f, spec in options(cls):
+        if names is None or f.name in names:
+            kind = spec.cli_type or hints[f.name]
+            out.append((f.name, Optional[kind], typer.Option(*spec.flags, help=spec.help, show_default=False, hidden=f.name in hidden)))
     return out
 
 
-def with_quantize_options(command: Callable) -> Callable:
-    """Give a command every quantize option; they reach it as `options`, a dict of the
-    QuantizeConfig fields that were given on the command line."""
-    declared = _quantize_options()
-    signature = inspect.signature(command)
-    hints = typing.get_type_hints(command, include_extras=True)  # this module's annotations are strings
-    params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != "options"]
-    params += [
-        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind, option])
-        for name, kind, option in declared
-    ]
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        given = {name: kwargs.pop(name) for name, _, _ in declared}
-        return command(*args, options=config_fields(given), **kwargs)
-
-    wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
-    return wrapper
-
-
-def config_fields(given: dict) -> dict:
-    """The QuantizeConfig fields given on the command line (None and empty lists: not given),
-    parsed as their declaration says; a bad value is a usage error naming the flag."""
+def _given(cls: type, values: dict) -> dict:
+    """The fields of `cls` given on the command line (None and empty lists: not given), parsed as
+    their declaration says; a bad value is a usage error naming the flag."""
     from quantrs.config import options
     from quantrs.errors import OptionError
 
     fields = {}
-    for f, spec in options():
-        value = given.get(f.name)
+    for f, spec in options(cls):
+        value = values.get(f.name)
         if value is None or value == []:
             continue
         try:
@@ -239,9 +218,65 @@ def config_fields(given: dict) -> dict:
     return fields
 
 
+def with_options(cls: type, into: str, *, build: bool = True) -> Callable[[Callable], Callable]:
+    """Give a command the options `cls` declares, and those of QuantizeConfig its WEIGHT_OPTIONS
+    name (with quantize's flags and help). They reach the command as the keyword `into`: the
+    config built from them (a bad value or combination: a usage error naming the flag, exit 2),
+    or, with build=False, a dict of the fields given on the command line."""
+
+    weight_names = getattr(cls, "WEIGHT_OPTIONS", ())
+    own, weights = _declared(cls), _declared(QuantizeConfig, weight_names, getattr(cls, "HIDDEN", ()))
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command)
+        hints = typing.get_type_hints(command, include_extras=True)  # this module's annotations are strings
+        params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values() if p.name != into]
+        taken = {p.name for p in params}
+        declared = own + weights
+        clash = taken & {name for name, _, _ in declared}
+        assert not clash, f"{command.__name__}: parameters {clash} are also options of {cls.__name__}"
+        params += [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind, option])
+            for name, kind, option in declared
+        ]
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            given = _given(cls, {name: kwargs.pop(name) for name, _, _ in own})
+            weight_fields = _given(QuantizeConfig, {name: kwargs.pop(name) for name, _, _ in weights})
+            return command(*args, **{into: _build(cls, given, weight_fields) if build else given}, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def _build(cls: type, given: dict, weight_fields: dict) -> Any:
+    """cls(**given), its `weights` the class's default weights with `weight_fields` set; a bad
+    value is a usage error naming its flag."""
+    import dataclasses
+
+    from quantrs.errors import OptionError
+
+    try:
+        if weight_fields:
+            default: Any = next(f for f in dataclasses.fields(cls) if f.name == "weights").default_factory
+            given = {**given, "weights": dataclasses.replace(default(), **weight_fields)}
+        return cls(**given)
+    except OptionError as exc:
+        raise typer.BadParameter(exc.detail, param_hint=_flag(exc.field)) from None
+
+
+def with_quantize_options(command: Callable) -> Callable:
+    """Give a command every quantize option; they reach it as `options`, a dict of the
+    QuantizeConfig fields that were given on the command line."""
+
+    return with_options(QuantizeConfig, "options", build=False)(command)
+
+
 def quantize_config(options: dict):
     """QuantizeConfig(**options), a bad value being a usage error (exit 2) naming its flag."""
-    from quantrs.config import QuantizeConfig
     from quantrs.errors import OptionError
 
     try:
@@ -251,9 +286,10 @@ def quantize_config(options: dict):
 
 
 def _flag(field: str) -> str:
-    from quantrs.config import options
+    """The flag that sets a config field, quoted as click quotes it (any command's config)."""
+    from quantrs.config import flag_of
 
-    return next((f"'{spec.flag}'" for f, spec in options() if f.name == field), f"'{field}'")
+    return f"'{flag_of(field) or field}'"
 
 
 @command
@@ -262,8 +298,8 @@ def quantize(
     model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the quantized model.", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be quantized (bits, axis, or why not); write nothing.")] = False,
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="Report as text or JSON (on stdout).")] = OutputFormat.text,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    fmt: Format = OutputFormat.text,
+    quiet: Quiet = False,
     data: Annotated[Optional[Path], typer.Option("--data", help="Samples for --rounding gptq (as for calibrate): .npy, .npz or a folder.", show_default=False)] = None,
     *,
     options: dict,
@@ -299,18 +335,16 @@ def quantize(
 
 
 @command
+@with_options(BatchOptions, "run")
 @with_quantize_options
 def batch(
     models: Annotated[list[str], typer.Argument(help="Models: files, folders (their *.onnx) or glob patterns.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="The folder to write the quantized models to.", show_default=False)],
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Models quantized at once, in local processes.")] = 1,
-    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip models whose output exists (rerun after an interruption).")] = False,
-    continue_on_error: Annotated[bool, typer.Option("--continue-on-error", help="Go on with the other models when one fails.")] = False,
-    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run on this Dask scheduler (tcp://host:8786); needs quantrs\\[dask].", show_default=False)] = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="Summary as text or JSON (on stdout).")] = OutputFormat.text,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    fmt: Format = OutputFormat.text,
+    quiet: Quiet = False,
     *,
     options: dict,
+    run: BatchOptions,
 ) -> None:
     """Quantize many models into one folder; exit code 1 if any failed."""
     from quantrs.batch import expand_inputs, make_jobs
@@ -318,24 +352,22 @@ def batch(
     config = quantize_config(options)
     _refuse_gptq(config)
     work = make_jobs(expand_inputs(models), output, config)
-    _run_batch(work, fmt, quiet, n_jobs=jobs, skip_existing=skip_existing, continue_on_error=continue_on_error, scheduler=scheduler)
+    _run_batch(work, fmt, quiet, n_jobs=run.jobs, skip_existing=run.skip_existing, continue_on_error=run.continue_on_error, scheduler=run.scheduler)
 
 
 @command
+@with_options(BatchOptions, "run", build=False)
 @with_quantize_options
 def config(
     file: Annotated[Path, typer.Argument(help="A YAML (.yaml/.yml) or TOML (.toml) config file.", show_default=False)],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan of every model; write nothing.")] = False,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Override the file's batch.jobs.", show_default=False)] = None,
-    skip_existing: Annotated[Optional[bool], typer.Option("--skip-existing/--no-skip-existing", help="Override the file's batch.skip_existing.", show_default=False)] = None,
-    continue_on_error: Annotated[Optional[bool], typer.Option("--continue-on-error/--stop-on-error", help="Override the file's batch.continue_on_error.", show_default=False)] = None,
-    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run on this Dask scheduler; needs quantrs\\[dask].", show_default=False)] = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="Text or JSON (on stdout).")] = OutputFormat.text,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    fmt: Format = OutputFormat.text,
+    quiet: Quiet = False,
     *,
     options: dict,
+    run: dict,
 ) -> None:
-    """Run the models and batch a config file describes. Flags given here override the file."""
+    """Run the models and batch a config file describes. Flags given here override the file (its batch section too)."""
     from quantrs.configfile import jobs_from_config, load_config
     from quantrs.errors import UnknownNameError
     from quantrs.pipeline import dry_run as plan_only
@@ -356,14 +388,10 @@ def config(
         _emit(plans, fmt, "render_plans")
         return
     section = loaded.batch
+    file_fields = {} if section is None else {"jobs": section.jobs, "skip_existing": section.skip_existing, "continue_on_error": section.continue_on_error}
+    settings = _build(BatchOptions, {**file_fields, **run}, {})
     _run_batch(
-        work,
-        fmt,
-        quiet,
-        n_jobs=jobs if jobs is not None else (section.jobs if section else 1),
-        skip_existing=_first(skip_existing, section and section.skip_existing, False),
-        continue_on_error=_first(continue_on_error, section and section.continue_on_error, False),
-        scheduler=scheduler,
+        work, fmt, quiet, n_jobs=settings.jobs, skip_existing=settings.skip_existing, continue_on_error=settings.continue_on_error, scheduler=settings.scheduler
     )
 
 
@@ -421,10 +449,6 @@ def _run_batch(work, fmt: OutputFormat, quiet: bool, **options) -> None:
         raise typer.Exit(code=1)
 
 
-def _first(*values):
-    return next(v for v in values if v is not None)
-
-
 def _emit(report, fmt: OutputFormat, renderer: str) -> None:
     """JSON of the report on stdout (always one object: several plans go under "plans"), or the
     rich rendering for people."""
@@ -438,50 +462,18 @@ def _emit(report, fmt: OutputFormat, renderer: str) -> None:
 
 
 @command
+@with_options(CalibrationConfig, "config")
 def calibrate(
     model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
-    data: Annotated[Path, typer.Option("--data", help="Calibration samples: .npy, .npz (by input name; N samples may be stacked on axis 0), a folder of them, or onnxruntime test_data_set_* folders.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the quantized model.", show_default=False)],
-    target: Annotated[Target, typer.Option("--target", help="ort-cpu: onnxruntime's QDQ form; tensorrt: NVIDIA's explicit-quantization rules (symmetric INT8, float biases, Q/DQ on inputs only).")] = "ort-cpu",  # type: ignore[assignment]
-    method: Annotated[Method, typer.Option("--method", help="Range selection.")] = "minmax",  # type: ignore[assignment]
-    percentile: Annotated[float, typer.Option("--percentile", help="For --method percentile: the share of values kept, in (50, 100].")] = 99.999,
-    per_channel: Annotated[bool, typer.Option("--per-channel/--per-tensor", help="One weight scale per output channel.")] = True,
-    symmetric_activations: Annotated[bool, typer.Option("--symmetric-activations", help="INT8 activations with zero point 0 (default UINT8).")] = False,
-    reduce_range: Annotated[bool, typer.Option("--reduce-range", help="7-bit weights, for x86 CPUs without VNNI (see README).")] = False,
-    max_samples: Annotated[Optional[int], typer.Option("--max-samples", min=1, help="Use at most this many samples.", show_default=False)] = None,
-    min_samples: Annotated[int, typer.Option("--min-samples", min=1, help="Refuse to calibrate on fewer samples.")] = 1,
-    rounding: Annotated[str, typer.Option("--rounding", help="The weights' codes: nearest, or gptq (compensated on the samples, as quantize --rounding gptq).")] = "nearest",
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Node or weight name to leave in float (repeatable).", show_default=False)] = None,
-    exclude_op_type: Annotated[Optional[list[str]], typer.Option("--exclude-op-type", help="Op type to leave in float (repeatable).", show_default=False)] = None,
-    exclude_regex: Annotated[Optional[list[str]], typer.Option("--exclude-regex", help="Leave nodes or weights whose name matches in float (repeatable).", show_default=False)] = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="Report as text or JSON (on stdout).")] = OutputFormat.text,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    dynamic: Annotated[bool, typer.Option("--dynamic", hidden=True)] = False,  # quantize's: refused with what to use
+    data: Data,
+    output: Output,
+    fmt: Format = OutputFormat.text,
+    quiet: Quiet = False,
+    *,
+    config: CalibrationConfig,
 ) -> None:
     """Static INT8: calibrate activation ranges on --data, quantize weights and activations (QDQ)."""
-    from quantrs.calibration import CalibrationConfig
     from quantrs.calibration import calibrate as run
-
-    if dynamic:
-        raise typer.BadParameter(
-            "calibrate writes static INT8 (activation ranges from --data); for activations quantized at run time use "
-            "'quantrs quantize MODEL -o OUT --dynamic' (no samples needed)",
-            param_hint="'--dynamic'",
-        )
-    if not 50 < percentile <= 100:
-        raise typer.BadParameter(f"must be in (50, 100], not {percentile}", param_hint="'--percentile'")
-    if Target(target) is Target.tensorrt and reduce_range:
-        raise typer.BadParameter("not with --target tensorrt (INT8 weights, [-127, 127])", param_hint="'--reduce-range'")
-    if Target(target) is Target.tensorrt and not per_channel:
-        raise typer.BadParameter("not with --target tensorrt (its weights are per channel)", param_hint="'--per-tensor'")
-    weights = quantize_config(
-        {"min_elements": 0, "exclude": tuple(exclude or ()), "exclude_op_types": tuple(exclude_op_type or ()), "exclude_regex": tuple(exclude_regex or ()),
-         "rounding": rounding}
-    )  # fmt: skip
-    config = CalibrationConfig(
-        method=Method(method).value, percentile=percentile, per_channel=per_channel, symmetric_activations=symmetric_activations,
-        reduce_range=reduce_range, target=Target(target).value, max_samples=max_samples, min_samples=min_samples, weights=weights,
-    )
     from quantrs.errors import UnknownNameError
 
     try:
@@ -493,43 +485,31 @@ def calibrate(
 
 
 @command
+@with_options(AutoConfig, "config")
 def auto(
     model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the chosen model.", show_default=False)],
-    data: Annotated[Path, typer.Option("--data", help="Samples (as for calibrate; each row of a dynamic batch axis is one): sensitivity, and the held-out quarter unless --eval-data.", show_default=False)],
-    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Budget: cosine to the float outputs, in (0, 1) (1 is only the float model).", show_default=False)] = None,
-    max_relative_error: Annotated[Optional[float], typer.Option("--max-relative-error", help="Budget: relative L2 error of the outputs, in (0, 1].", show_default=False)] = None,
-    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Also: top-1 agreement (classifiers), in (0, 1].", show_default=False)] = None,
-    choices: Annotated[str, typer.Option("--choices", help="Widths a weight may get, from 4, 8, float.")] = "4,8,float",
-    block_size: Annotated[int, typer.Option("--block-size", help="4-bit weights in blocks of this size (16-256); 0: per channel. 8-bit ones are per channel (in matmulnbits form: MatMul weights in these blocks).")] = 32,
-    static: Annotated[bool, typer.Option("--static", help="Also quantize activations (calibrated INT8); the budget is measured on that model.")] = False,
-    rounding: Annotated[str, typer.Option("--rounding", help="nearest, or gptq: codes compensated on the tuning samples (weight-only).")] = "nearest",
-    quant_format: Annotated[str, typer.Option("--quant-format", help="qdq, or matmulnbits: MatMul weights as onnxruntime's MatMulNBits and tables as GatherBlockQuantized, 4- and 8-bit in blocks (weight-only).")] = "qdq",
-    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Held-out samples for verification (default: the last quarter of --data).", show_default=False)] = None,
-    max_evaluations: Annotated[int, typer.Option("--max-evaluations", min=1, help="Candidates built and run, at most.")] = 6,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Node or weight name to keep in float (repeatable).", show_default=False)] = None,
-    exclude_regex: Annotated[Optional[list[str]], typer.Option("--exclude-regex", help="Keep nodes or weights whose name matches in float (repeatable).", show_default=False)] = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="Report as text or JSON (on stdout).")] = OutputFormat.text,
+    output: Output,
+    data: Data,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Held-out samples for verification (default: the last quarter of --data; each row of a dynamic batch axis is one sample).", show_default=False)] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Also an HTML page with the size/accuracy trade-off (needs quantrs\\[report]).", show_default=False)] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress messages.")] = False,
+    fmt: Format = OutputFormat.text,
+    quiet: Quiet = False,
+    *,
+    config: AutoConfig,
 ) -> None:
     """The smallest model whose outputs stay within a budget of the float model's: a width per
     layer from one sensitivity pass, verified on held-out samples. Exit 1 when the budget is out
     of reach: nothing is written at --output, the closest model goes beside it (q.closest.onnx)."""
-    from quantrs.auto import AutoConfig, closest_path
     from quantrs.auto import auto as run
+    from quantrs.auto import closest_path
 
-    widths = _auto_flags(min_cosine, max_relative_error, min_top1, choices, block_size, report, static, quant_format)
-    weights = quantize_config(
-        {"exclude": tuple(exclude or ()), "exclude_regex": tuple(exclude_regex or ()), "quant_format": quant_format, "rounding": rounding}
-    )
-    config = AutoConfig(
-        min_cosine=min_cosine, max_relative_error=max_relative_error, min_top1=min_top1, choices=widths,
-        block_size=block_size or None, static=static, max_evaluations=max_evaluations, weights=weights,
-    )  # fmt: skip
     if report is not None:
         from quantrs.html_report import check_report_path, require_matplotlib
+        from quantrs.writer import folder_problem
 
+        problem = folder_problem(report)
+        if problem is not None:
+            raise typer.BadParameter(f"{report}: {problem}", param_hint="'--report'")
         require_matplotlib()  # before the search, not after it
         check_report_path(report, [model], [output, closest_path(output)])
     from quantrs.errors import OptionError, UnknownNameError
@@ -551,47 +531,6 @@ def auto(
         raise _fail(f"{model}: missed {budget} by {result.miss:.4g}; nothing written at {output}; the closest model is {result.closest}")
 
 
-def _auto_flags(
-    min_cosine: float | None,
-    max_relative_error: float | None,
-    min_top1: float | None,
-    choices: str,
-    block_size: int,
-    report: Path | None,
-    static: bool,
-    quant_format: str,
-) -> tuple[str, ...]:
-    """auto's flags checked together (a usage error names the flag); the widths --choices lists."""
-    from quantrs.auto import ONLY_FLOAT, WIDTHS
-
-    if min_cosine == 1:  # no error at all, as --max-relative-error 0 (refused below)
-        raise typer.BadParameter(ONLY_FLOAT, param_hint="'--min-cosine'")
-    for flag, value, interval in (("--min-cosine", min_cosine, "(0, 1)"), ("--max-relative-error", max_relative_error, "(0, 1]"), ("--min-top1", min_top1, "(0, 1]")):
-        if value is not None and not 0 < value <= 1:
-            raise typer.BadParameter(f"must be in {interval}, not {value}", param_hint=f"'{flag}'")
-    if min_cosine is None and max_relative_error is None:
-        raise typer.BadParameter(
-            "a budget is needed: --min-cosine or --max-relative-error (--min-top1 is checked besides)", param_hint="'--min-cosine'"
-        )
-    widths = tuple(c.strip() for c in choices.split(",") if c.strip())
-    unknown = [c for c in widths if c not in WIDTHS]
-    if unknown or not widths or set(widths) == {"float"}:
-        raise typer.BadParameter(f"{choices!r}: a comma-separated list of 4, 8 and float, with 4 or 8", param_hint="'--choices'")
-    if block_size and (not 16 <= block_size <= 256 or block_size & (block_size - 1)):
-        raise typer.BadParameter(f"must be a power of two from 16 to 256, or 0, not {block_size}", param_hint="'--block-size'")
-    if report is not None:
-        from quantrs.writer import folder_problem
-
-        problem = folder_problem(report)
-        if problem is not None:
-            raise typer.BadParameter(f"{report}: {problem}", param_hint="'--report'")
-    if static and quant_format != "qdq":
-        raise typer.BadParameter(f"{quant_format}: --static writes QDQ (calibrated activations); matmulnbits is weight-only", param_hint="'--quant-format'")
-    if not block_size and quant_format == "matmulnbits":
-        raise typer.BadParameter("0 (per channel) is not a MatMulNBits layout: give a block size with --quant-format matmulnbits", param_hint="'--block-size'")
-    return widths
-
-
 def _progress_line(message: str) -> None:
     from quantrs._console import stderr_console
 
@@ -599,24 +538,22 @@ def _progress_line(message: str) -> None:
 
 
 @command
+@with_options(Thresholds, "thresholds")
 def validate(
     original: Annotated[Path, typer.Argument(help="The float model.", show_default=False)],
     quantized: Annotated[Path, typer.Argument(help="The quantized model.", show_default=False)],
     data: Annotated[Optional[Path], typer.Option("--data", help="Samples: .npy, .npz (by input name) or a folder of them. Default: generated from the inputs.", show_default=False)] = None,
     samples: Annotated[int, typer.Option("--samples", min=1, help="Generated samples when --data is not given.")] = 8,
     detailed: Annotated[bool, typer.Option("--detailed", help="Per-layer errors, a ranking of the layers that hurt most, and a suggested --exclude list.")] = False,
-    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="Fail when an output's cosine similarity is lower.", show_default=False)] = None,
-    max_relative_error: Annotated[Optional[float], typer.Option("--max-relative-error", help="Fail when an output's relative L2 error is higher.", show_default=False)] = None,
-    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="Fail when a classifier output's top-1 agreement is lower (0-1).", show_default=False)] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here (needs quantrs\\[report]).", show_default=False)] = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="Text or JSON (on stdout).")] = OutputFormat.text,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    fmt: Format = OutputFormat.text,
+    quiet: Quiet = False,
+    *,
+    thresholds: Thresholds,
 ) -> None:
     """Check that QUANTIZED still behaves like ORIGINAL; exit code 1 if a check or threshold fails."""
-    from quantrs.validation import Thresholds
     from quantrs.validation import validate as run
 
-    thresholds = Thresholds(min_cosine=min_cosine, max_relative_l2=max_relative_error, min_top1=min_top1)
     if report is not None:
         from quantrs.html_report import check_report_path, require_matplotlib
 
@@ -641,8 +578,8 @@ def benchmark(
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 3,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="onnxruntime intra-op threads (default: the CPUs this process may use).", show_default=False)] = None,
     data: Annotated[Optional[Path], typer.Option("--data", help="A sample to run (.npy/.npz/folder); default: generated.", show_default=False)] = None,
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="Text or JSON (on stdout).")] = OutputFormat.text,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    fmt: Format = OutputFormat.text,
+    quiet: Quiet = False,
 ) -> None:
     """Compare file size, weight bytes by type, load time and inference latency in onnxruntime."""
     from quantrs.benchmarking import benchmark as run
@@ -655,7 +592,7 @@ def benchmark(
 @command
 def info(
     model: Annotated[Path, typer.Argument(help="An ONNX model.", show_default=False)],
-    fmt: Annotated[OutputFormat, typer.Option("--format", help="Text or JSON (on stdout).")] = OutputFormat.text,
+    fmt: Format = OutputFormat.text,
 ) -> None:
     """Show a model's opset, inputs/outputs, node counts and float weights, and this build."""
     from quantrs.info import inspect_model

@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from quantrs.config import GROUP_BYTES  # declared with calibrate's options
 from quantrs.errors import ConfigError, UnsupportedModelError, first_line
 from quantrs.graph import subgraphs
 from quantrs.model import LoadedModel
@@ -40,7 +41,6 @@ __all__ = ["GROUP_BYTES", "ActivationRunner", "Sample", "Statistics", "collect_s
 
 logger = logging.getLogger(__name__)
 
-GROUP_BYTES = 128 << 20  # activations held at once per inference run
 HELD_OUT = 8  # the last samples seen, replayed through the quantized model for the report...
 HELD_OUT_BYTES = 64 << 20  # ...as many of them as fit here (at least one)
 

@@ -1,10 +1,16 @@
-"""Typed, frozen configuration of a quantization run, validated at construction.
+"""Typed, frozen configuration of every command, validated at construction.
 
 Each option is declared once, here: its field (name, type, default) and, in the field's
 metadata, how it appears on the command line (flags, help) and in config files (the type the
 file's value is read as). The CLI options (quantrs.cli), the config-file schema
-(quantrs.configfile) and the README's option table (checked by a test) are derived from this
-declaration, so they cannot drift apart.
+(quantrs.configfile) and the README's option tables (checked by a test) are derived from this
+declaration, so they cannot drift apart. A bad value raises OptionError(field), which the CLI
+turns into a usage error naming the flag.
+
+QuantizeConfig (quantize, batch, config), CalibrationConfig (calibrate), AutoConfig (auto),
+Thresholds (validate, and auto's budget) and BatchOptions (batch) live here, in a module that
+imports nothing heavy, so that the command line is built from them without importing numpy,
+onnx or onnxruntime (quantrs.calibration, quantrs.auto and quantrs.validation re-export them).
 """
 
 from __future__ import annotations
@@ -12,23 +18,30 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import InitVar, dataclass, field
+from typing import Any, ClassVar, Literal
 
 from quantrs.errors import OptionError
 
-__all__ = ["QuantizeConfig", "OptionSpec", "options", "BLOCK_SIZES"]
+__all__ = ["QuantizeConfig", "CalibrationConfig", "AutoConfig", "Thresholds", "BatchOptions", "OptionSpec", "options", "BLOCK_SIZES"]
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 RANGES = ("minmax", "refit", "search")
 QUANT_FORMATS = ("qdq", "matmulnbits")
 ROUNDINGS = ("nearest", "gptq")
 MATMULNBITS_BLOCK = 32  # --quant-format matmulnbits without --block-size
+METHODS = ("minmax", "percentile", "entropy", "mse")  # calibration range pickers (quantrs.ranges)
+TARGETS = ("ort-cpu", "tensorrt")  # runtimes static models are laid out for (quantrs.activations)
+GROUP_BYTES = 128 << 20  # activations held at once per inference run (quantrs.collect)
+WIDTHS = ("4", "8", "float")  # auto's width choices, narrowest first ("float": quantrs.sensitivity.FLOAT)
+# A cosine of 1 is no error at all (as a relative error of 0): every quantized weight adds some,
+# so only the float model meets it, and auto writes a quantized model: refused before any work.
+ONLY_FLOAT = "1 allows no error at all: only the float model meets it, and auto writes a quantized model; give a budget below 1 (e.g. 0.9999)"
 
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """How one QuantizeConfig field is set from outside Python.
+    """How one config field is set from outside Python.
 
     flags: typer's spelling, e.g. ("--bits", "-b") or ("--per-channel/--per-tensor",).
     cli_type: the type typer parses (list[str] for repeatable options); None: the field's.
@@ -51,6 +64,14 @@ class OptionSpec:
 def _option(default: Any, *flags: str, help: str, cli_type: Any = None, parse=None, file_type: Any = None) -> Any:
     spec = OptionSpec(flags, help, cli_type, parse, file_type)
     return field(default=default, metadata={"option": spec})
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _layer_bits(values: list[str]) -> dict[str, int]:
@@ -238,15 +259,273 @@ class QuantizeConfig:
         return self.range or ("refit" if bits == 4 and blocked else "minmax")
 
 
-def options() -> list[tuple[dataclasses.Field, OptionSpec]]:
-    """The QuantizeConfig fields that are options (command line and config files), in order."""
-    return [(f, f.metadata["option"]) for f in dataclasses.fields(QuantizeConfig) if "option" in f.metadata]
+def _positive_int(name: str, value: object) -> None:
+    if not _is_int(value) or value < 1:  # type: ignore[operator]
+        raise OptionError(name, f"must be a positive integer, not {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrationConfig:
+    """How `calibrate` chooses ranges and quantizes (see each field's help below, or
+    `quantrs calibrate -h`).
+
+    reduce_range: 7-bit weights ([-63, 63]) avoid the saturation of onnxruntime's u8s8 integer
+    kernels on x86 CPUs without VNNI (AVX2-only), for a little accuracy. target "tensorrt":
+    NVIDIA's explicit quantization (symmetric INT8 activations, per-channel weights, float
+    biases, Q/DQ on the inputs of weighted ops and residual Adds only; quantrs.activations).
+    group_bytes: activations held at once per inference run (quantrs.collect). weights: the
+    weight options shared with `quantize` (exclusions, min_elements; bits, blocks and
+    layer_bits for ort-cpu); weights are symmetric. WEIGHT_OPTIONS: the QuantizeConfig fields
+    `calibrate` takes as flags (declared there, with quantize's help).
+    """
+
+    WEIGHT_OPTIONS: ClassVar[tuple[str, ...]] = ("rounding", "exclude", "exclude_op_types", "exclude_regex", "dynamic")
+    HIDDEN: ClassVar[tuple[str, ...]] = ("dynamic",)  # accepted only to be refused saying what to use
+
+    target: str = _option(
+        "ort-cpu",
+        "--target",
+        help="ort-cpu (onnxruntime's QDQ form, the default) or tensorrt: NVIDIA's explicit-quantization rules "
+        "(symmetric INT8, float biases, Q/DQ on inputs only).",
+    )
+    method: str = _option("minmax", "--method", help="How each activation's range is chosen: minmax (the default), percentile, entropy or mse.")
+    percentile: float = _option(99.999, "--percentile", help="For --method percentile: the share of values kept, in (50, 100] (default 99.999).")
+    per_channel: bool = _option(True, "--per-channel/--per-tensor", help="One weight scale per output channel (the default), or one per tensor.")
+    symmetric_activations: bool = _option(False, "--symmetric-activations", help="INT8 activations with zero point 0 (default UINT8).")
+    reduce_range: bool = _option(False, "--reduce-range", help="7-bit weights, for x86 CPUs without VNNI (see README).")
+    max_samples: int | None = _option(None, "--max-samples", help="Use at most this many samples (default: all).")
+    min_samples: int = _option(1, "--min-samples", help="Refuse to calibrate on fewer samples (default 1).")
+    group_bytes: int = GROUP_BYTES
+    weights: QuantizeConfig = field(default_factory=lambda: QuantizeConfig(min_elements=0))
+
+    def __post_init__(self) -> None:
+        if self.weights.dynamic:
+            raise OptionError(
+                "dynamic", "calibrate writes static INT8 (activation ranges from samples); dynamic INT8 is quantize's: "
+                "'quantrs quantize MODEL -o OUT --dynamic' (no samples needed)"
+            )  # fmt: skip
+        if self.method not in METHODS:
+            raise OptionError("method", f"must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if not _is_number(self.percentile) or not 50 < self.percentile <= 100:
+            raise OptionError("percentile", f"must be in (50, 100], not {self.percentile}")
+        if self.target not in TARGETS:
+            raise OptionError("target", f"must be one of {', '.join(TARGETS)}, not {self.target!r}")
+        for name in ("per_channel", "symmetric_activations", "reduce_range"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(name, f"must be true or false, not {getattr(self, name)!r}")
+        if self.max_samples is not None:
+            _positive_int("max_samples", self.max_samples)
+        _positive_int("min_samples", self.min_samples)
+        if self.max_samples is not None and self.min_samples > self.max_samples:
+            raise OptionError("min_samples", f"must be between 1 and max_samples ({self.max_samples}), not {self.min_samples}")
+        _positive_int("group_bytes", self.group_bytes)
+        if self.target == "tensorrt" and self.reduce_range:
+            raise OptionError("reduce_range", "is not for target tensorrt (INT8 weights, [-127, 127])")
+        if self.target == "tensorrt" and not self.per_channel:
+            raise OptionError("per_channel", "must be true for target tensorrt (its weights are per channel, not --per-tensor)")
+
+    @property
+    def signed_activations(self) -> bool:
+        return self.symmetric_activations or self.target == "tensorrt"
+
+
+def _fraction(name: str, value: object, interval: str = "(0, 1]") -> None:
+    if value is not None and (not _is_number(value) or not 0 < value <= 1):  # type: ignore[operator]
+        raise OptionError(name, f"must be in {interval}, not {value}")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What `validate` requires of every output (None: not checked), and auto's budget.
+
+    `max_relative_l2=`, the old keyword (and attribute) for max_relative_error, is still accepted."""
+
+    min_cosine: float | None = _option(
+        None, "--min-cosine", help="Cosine similarity to the float model's outputs, at least this on every output, in (0, 1]."
+    )
+    max_relative_error: float | None = _option(
+        None, "--max-relative-error", help="Relative L2 error of the outputs, at most this on every output (e.g. 0.05)."
+    )
+    min_top1: float | None = _option(
+        None, "--min-top1", help="Top-1 agreement of classifier outputs, at least this, in (0, 1]."
+    )
+    max_relative_l2: InitVar[float | None] = None
+
+    def __post_init__(self, max_relative_l2: float | None) -> None:
+        if max_relative_l2 is not None:
+            if self.max_relative_error is not None and self.max_relative_error != max_relative_l2:
+                raise OptionError("max_relative_error", "and max_relative_l2 (its old name) differ: give one")
+            object.__setattr__(self, "max_relative_error", max_relative_l2)
+        object.__setattr__(self, "max_relative_l2", self.max_relative_error)  # the old name, read
+        _fraction("min_cosine", self.min_cosine)
+        if self.max_relative_error is not None and (not _is_number(self.max_relative_error) or not self.max_relative_error > 0):
+            raise OptionError("max_relative_error", f"must be positive, not {self.max_relative_error}")
+        _fraction("min_top1", self.min_top1)
+
+    def evaluate(self, outputs: list) -> list:
+        """One ThresholdResult per output and threshold given (top-1: classifier outputs only)."""
+        from quantrs.report import ThresholdResult
+
+        results = []
+        for out in outputs:
+            if self.min_cosine is not None:
+                results.append(ThresholdResult("min_cosine", self.min_cosine, out.name, out.cosine, out.cosine >= self.min_cosine))
+            if self.max_relative_error is not None:
+                results.append(
+                    ThresholdResult("max_relative_error", self.max_relative_error, out.name, out.relative_l2, out.relative_l2 <= self.max_relative_error)
+                )
+            if self.min_top1 is not None and out.top1_agreement is not None:
+                results.append(ThresholdResult("min_top1", self.min_top1, out.name, out.top1_agreement, out.top1_agreement >= self.min_top1))
+        return results
+
+
+def _shared(cls: type, name: str) -> Any:
+    """A field declared as `cls`'s field `name` is (default, flags, help): one declaration."""
+    declared = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field(default=declared.default, metadata=declared.metadata)
+
+
+def _widths(value: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in value.split(",") if c.strip())
+
+
+def _block_size(value: int) -> int | None:
+    return value or None  # 0: per channel
+
+
+def error_budget(min_cosine: float | None, max_relative_error: float | None) -> float | None:
+    """The output's relative squared error a budget allows (the tighter of cosine and relative
+    error), or None without either."""
+    allowed = []
+    if min_cosine is not None:
+        allowed.append(1 / min_cosine**2 - 1)
+    if max_relative_error is not None:
+        allowed.append(max_relative_error**2)
+    return min(allowed) if allowed else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoConfig:
+    """The budget and the room `auto` has (see each field's help below, or `quantrs auto -h`).
+
+    The budget (min_cosine, max_relative_error, min_top1, declared by Thresholds) holds on every
+    model output over the held-out samples, as `validate` measures them; a cosine or a relative
+    error is required, and a cosine of 1 is refused, as a relative error of 0: only the float
+    model meets it. block_size None: 4-bit weights per channel. weights: further quantize
+    options (exclusions, min_elements, threads, quant_format: matmulnbits writes onnxruntime's
+    MatMulNBits / GatherBlockQuantized at 4 and 8 bits; rounding: gptq compensates the codes on
+    the tuning samples, in the sensitivity pass as in every candidate). WEIGHT_OPTIONS: the
+    QuantizeConfig fields `auto` takes as flags (declared there, with quantize's help).
+    """
+
+    WEIGHT_OPTIONS: ClassVar[tuple[str, ...]] = ("exclude", "exclude_regex", "quant_format", "rounding")
+    HIDDEN: ClassVar[tuple[str, ...]] = ()
+
+    min_cosine: float | None = _shared(Thresholds, "min_cosine")
+    max_relative_error: float | None = _shared(Thresholds, "max_relative_error")
+    min_top1: float | None = _shared(Thresholds, "min_top1")
+    choices: tuple[str, ...] = _option(WIDTHS, "--choices", help="Widths a weight may get: a comma-separated list from 4, 8, float (default 4,8,float).", cli_type=str, parse=_widths)
+    block_size: int | None = _option(
+        32,
+        "--block-size",
+        help="4-bit weights in blocks of N values, as quantize's --block-size (16-256, default 32); 0: per channel. "
+        "8-bit weights are per channel (with --quant-format matmulnbits, MatMul weights in these blocks).",
+        cli_type=int,
+        parse=_block_size,
+    )
+    static: bool = _option(False, "--static", help="Also quantize activations (calibrated INT8); the budget is measured on that model.")
+    max_evaluations: int = _option(6, "--max-evaluations", help="Candidates built and run, at most (default 6).")
+    max_samples: int | None = _option(None, "--max-samples", help="Samples read from --data and --eval-data, at most (default: all).")
+    weights: QuantizeConfig = field(default_factory=QuantizeConfig)
+
+    def __post_init__(self) -> None:
+        if self.min_cosine == 1:
+            raise OptionError("min_cosine", ONLY_FLOAT)
+        self.thresholds  # noqa: B018  (their own checks)
+        _fraction("min_cosine", self.min_cosine, "(0, 1)")
+        _fraction("max_relative_error", self.max_relative_error)
+        if self.min_cosine is None and self.max_relative_error is None:
+            raise OptionError("min_cosine", "(or max_relative_error) is needed: the budget (min_top1 is checked besides)")
+        if isinstance(self.choices, str):
+            object.__setattr__(self, "choices", _widths(self.choices))
+        unknown = [c for c in self.choices if c not in WIDTHS]
+        if unknown or not self.choices:
+            raise OptionError("choices", f"must be among {', '.join(WIDTHS)}, not {', '.join(map(str, unknown)) or 'none'}")
+        if set(self.choices) == {"float"}:
+            raise OptionError("choices", "must include an integer width (4 or 8)")
+        object.__setattr__(self, "choices", tuple(self.choices))
+        if self.block_size is not None and (not _is_int(self.block_size) or self.block_size not in BLOCK_SIZES):
+            raise OptionError("block_size", f"must be one of {', '.join(map(str, BLOCK_SIZES))} (or 0/None: per channel), not {self.block_size!r}")
+        if not isinstance(self.static, bool):
+            raise OptionError("static", f"must be true or false, not {self.static!r}")
+        if self.static and self.weights.quant_format != "qdq":
+            raise OptionError("quant_format", f"{self.weights.quant_format}: static (calibrated activations) writes QDQ; matmulnbits is weight-only")
+        if self.weights.quant_format == "matmulnbits" and self.block_size is None:
+            raise OptionError("block_size", "per channel is not a MatMulNBits layout: matmulnbits stores weights in blocks")
+        _positive_int("max_evaluations", self.max_evaluations)
+        if self.max_samples is not None:
+            _positive_int("max_samples", self.max_samples)
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(min_cosine=self.min_cosine, max_relative_error=self.max_relative_error, min_top1=self.min_top1)
+
+    @property
+    def error_budget(self) -> float:
+        allowed = error_budget(self.min_cosine, self.max_relative_error)
+        assert allowed is not None  # __post_init__ requires one of them
+        return allowed
+
+    @property
+    def widths(self) -> list[str]:
+        return [w for w in WIDTHS if w in self.choices]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchOptions:
+    """How `batch` (and `config`, over a file's batch section) runs many models."""
+
+    jobs: int = _option(1, "--jobs", "-j", help="Models quantized at once, in local processes (default 1).")
+    skip_existing: bool = _option(
+        False, "--skip-existing/--no-skip-existing", help="Skip models whose output exists (rerun after an interruption); default: redo them."
+    )
+    continue_on_error: bool = _option(
+        False, "--continue-on-error/--stop-on-error", help="Go on with the other models when one fails; default: stop."
+    )
+    scheduler: str | None = _option(None, "--scheduler", help="Run on this Dask scheduler (tcp://host:8786); needs quantrs\\[dask].")
+
+    def __post_init__(self) -> None:
+        _positive_int("jobs", self.jobs)
+        for name in ("skip_existing", "continue_on_error"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(name, f"must be true or false, not {getattr(self, name)!r}")
+        if self.scheduler is not None and not isinstance(self.scheduler, str):
+            raise OptionError("scheduler", f"must be an address (tcp://host:8786), not {self.scheduler!r}")
+
+
+CONFIGS: tuple[type, ...] = (QuantizeConfig, CalibrationConfig, AutoConfig, Thresholds, BatchOptions)
+
+
+def options(cls: type = QuantizeConfig) -> list[tuple[dataclasses.Field, OptionSpec]]:
+    """The fields of `cls` that are options (command line and config files), in order."""
+    return [(f, f.metadata["option"]) for f in dataclasses.fields(cls) if "option" in f.metadata]
+
+
+def flag_of(field_name: str) -> str | None:
+    """The long flag that sets a field of any command's config (a field's flag is the same in
+    every config that has it), or None."""
+    return next((spec.flag for cls in CONFIGS for f, spec in options(cls) if f.name == field_name), None)
 
 
 def _check_unique() -> None:
-    flags = [flag for _, spec in options() for spelling in spec.flags for flag in spelling.split("/")]
-    if len(flags) != len(set(flags)):
-        raise RuntimeError(f"duplicate option flags in QuantizeConfig: {sorted(flags)}")
+    seen: dict[str, str] = {}
+    for cls in CONFIGS:
+        flags = [flag for _, spec in options(cls) for spelling in spec.flags for flag in spelling.split("/")]
+        if len(flags) != len(set(flags)):
+            raise RuntimeError(f"duplicate option flags in {cls.__name__}: {sorted(flags)}")
+        for f, spec in options(cls):
+            if seen.setdefault(f.name, spec.flag) != spec.flag:
+                raise RuntimeError(f"{cls.__name__}.{f.name} is set by {spec.flag}, elsewhere by {seen[f.name]}")
 
 
 _check_unique()

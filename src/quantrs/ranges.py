@@ -29,12 +29,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quantrs.config import METHODS  # declared with calibrate's options
 from quantrs import kernels
 from quantrs.errors import ConfigError
 
 __all__ = ["HistogramCollector", "pick_range", "entropy_range", "METHODS", "EXTREME", "ENTROPY_BINS", "ENTROPY_QUANTIZED_BINS"]
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
 NBINS = 2048  # over [-R, R]; a multiple of 4 so that doubling keeps edges aligned
 EXTREME = 1e30  # |x| >= this (as float32) is a mask value, excluded from the statistics
 # onnxruntime's entropy calibration defaults (EntropyCalibrater: num_bins, num_quantized_bins).

@@ -444,7 +444,7 @@ def render_auto(report: AutoReport) -> None:
         + f"{narrowest}); file {human_bytes(report.input_bytes)} -> {human_bytes(report.output_bytes)}",
         highlight=False,
     )
-    from quantrs.auto import error_budget
+    from quantrs.config import error_budget
 
     budget_error = error_budget(report.budget.get("min_cosine"), report.budget.get("max_relative_error"))
     if report.static and budget_error is not None and report.floor > budget_error / 2:

@@ -227,7 +227,7 @@ class OutputAgreement:
 
 @dataclass(frozen=True)
 class ThresholdResult:
-    name: str  # min_cosine, max_relative_l2, min_top1
+    name: str  # min_cosine, max_relative_error (the flag's name; max_relative_l2 before 24.7), min_top1
     limit: float
     output: str
     value: float

@@ -18,15 +18,15 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from quantrs.config import Thresholds  # declared with every command's options
 from quantrs.errors import first_line
 from quantrs.model import LoadedModel, load_model
-from quantrs.report import ActivationError, Check, LayerError, OutputAgreement, ThresholdResult, ValidationReport
+from quantrs.report import ActivationError, Check, LayerError, OutputAgreement, ValidationReport
 from quantrs.compare import Feeds, Steps, agreements, run_model
 from quantrs.dequantize import dequantized_weights, float_replacements
 from quantrs.samples import generate_samples, input_specs, load_samples
@@ -36,26 +36,6 @@ __all__ = ["validate", "Thresholds"]
 logger = logging.getLogger(__name__)
 
 MAX_SUGGESTION_STEPS = 24
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    min_cosine: float | None = None
-    max_relative_l2: float | None = None
-    min_top1: float | None = None
-
-    def evaluate(self, outputs: list[OutputAgreement]) -> list[ThresholdResult]:
-        results = []
-        for out in outputs:
-            if self.min_cosine is not None:
-                results.append(ThresholdResult("min_cosine", self.min_cosine, out.name, out.cosine, out.cosine >= self.min_cosine))
-            if self.max_relative_l2 is not None:
-                results.append(
-                    ThresholdResult("max_relative_l2", self.max_relative_l2, out.name, out.relative_l2, out.relative_l2 <= self.max_relative_l2)
-                )
-            if self.min_top1 is not None and out.top1_agreement is not None:
-                results.append(ThresholdResult("min_top1", self.min_top1, out.name, out.top1_agreement, out.top1_agreement >= self.min_top1))
-        return results
 
 
 def validate(
