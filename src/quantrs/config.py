@@ -445,7 +445,7 @@ class AutoConfig:
         _fraction("min_cosine", self.min_cosine, "(0, 1)")
         _fraction("max_relative_error", self.max_relative_error)
         if self.min_cosine is None and self.max_relative_error is None:
-            raise OptionError("min_cosine", "(or max_relative_error) is needed: the budget (min_top1 is checked besides)")
+            raise OptionError("min_cosine", "a budget is needed: --min-cosine or --max-relative-error (--min-top1 is checked besides)")
         if isinstance(self.choices, str):
             object.__setattr__(self, "choices", _widths(self.choices))
         unknown = [c for c in self.choices if c not in WIDTHS]
