@@ -68,13 +68,20 @@ def test_blocks_are_written_as_blocked_dequantize_linear(save, tmp_path):
     onnx.checker.check_model(out, full_check=True)
     assert report.opset_after == 21 and report.block_size == 32
     dq = {n.output[0]: n for n in out.graph.node if n.op_type == "DequantizeLinear"}
-    attrs = {a.name: helper.get_attribute_value(a) for a in dq["w1"].attribute}
+    attrs = {a.name: helper.get_attribute_value(a) for a in dq["w1_padded"].attribute}
     assert attrs == {"axis": 0, "block_size": 32}
     inits = {t.name: t for t in out.graph.initializer}
-    assert list(inits["w1_scale"].dims) == [7, 512]  # ceil(200 / 32) blocks per column; the last is short
+    # The short block is padded to a whole one (OpenVINO takes whole blocks only): ceil(200 / 32)
+    # blocks per column, 224 codes, the 24 added ones the zero point (0), and the MatMul reads
+    # the padded weight with its input padded with zeros.
+    assert list(inits["w1_scale"].dims) == [7, 512] and list(inits["w1_quantized"].dims) == [224, 512]
     assert inits["w1_quantized"].data_type == TensorProto.INT4
+    assert not numpy_helper.to_array(inits["w1_quantized"])[200:].any()
+    fc1 = next(n for n in out.graph.node if n.name == "fc1")
+    pad = next(n for n in out.graph.node if n.op_type == "Pad")
+    assert fc1.input[1] == "w1_padded" and fc1.input[0] == pad.output[0] and pad.input[0] == "x"
     # Exact semantics: the runtime computes with exactly the stored codes and scales.
-    codes = numpy_helper.to_array(inits["w1_quantized"]).astype(np.float32)
+    codes = numpy_helper.to_array(inits["w1_quantized"])[:200].astype(np.float32)
     scale = np.repeat(numpy_helper.to_array(inits["w1_scale"]), 32, axis=0)[:200]
     w1 = codes * scale
     w2_codes = numpy_helper.to_array(inits["w2_quantized"]).astype(np.float32)
@@ -83,6 +90,51 @@ def test_blocks_are_written_as_blocked_dequantize_linear(save, tmp_path):
     np.testing.assert_allclose(run(tmp_path / "q.onnx", feeds, exact=True), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
     tensors = {t.name: t for t in report.tensors}
     assert tensors["w1"].block_size == 32 and "blocks of 32 along axis 0" in tensors["w1"].reason
+
+
+def test_padded_codes_are_the_zero_point_of_their_block(save, tmp_path):
+    """Asymmetric codes: the 24 codes added to each column's short block of 8 are that block's
+    zero point (value 0), and the model computes with the weight's own 200 rows."""
+    model, feeds = outlier_mlp(k=200)
+    quantrs.quantize(save(model), tmp_path / "q.onnx", QuantizeConfig(bits=4, block_size=32))
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+    codes, scale, zero_point = (inits[f"w1_{part}"].astype(np.float32) for part in ("quantized", "scale", "zero_point"))
+    assert codes.shape == (224, 512) and (codes[200:] == zero_point[-1]).all() and zero_point[-1].any()
+    expand = lambda p: np.repeat(p, 32, axis=0)[:200]  # noqa: E731
+    w1 = (codes[:200] - expand(zero_point)) * expand(scale)
+    w2 = (inits["w2_quantized"].astype(np.float32) - np.repeat(inits["w2_zero_point"], 32, axis=0)) * np.repeat(inits["w2_scale"], 32, axis=0)
+    expected = np.maximum(feeds["x"] @ w1, 0) @ w2
+    np.testing.assert_allclose(run(tmp_path / "q.onnx", feeds, exact=True), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+def test_padded_blocks_are_still_fused_into_matmulnbits(save, tmp_path, op):
+    """The padded weight's reader takes its input padded with zeros, not the weight cut back:
+    onnxruntime still fuses DequantizeLinear -> MatMul (Gemm, transB 0) into one MatMulNBits,
+    as it did the short last block. (A Slice of the padded weight would leave a DequantizeLinear
+    of the whole weight at every run: 30x slower at batch 1, bench/RESULTS.md.)"""
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((200, 64)) / 14).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node(op, ["x", "w"], ["y"], name="proj")],
+        "proj",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 200])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 64])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    src = save(model)
+    quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(bits=4, block_size=32))
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3  # (onnxruntime warns that an optimized model it saves is for this machine)
+    ort.InferenceSession(str(tmp_path / "q.onnx"), options, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    assert [n.op_type for n in nodes] == ["Pad", "MatMulNBits"], [n.op_type for n in nodes]
+    assert {a.name: a.i for a in nodes[1].attribute}["K"] == 224
+    x = {"x": rng.standard_normal((8, 200)).astype(np.float32)}
+    assert rel_l2(run(tmp_path / "q.onnx", x), x["x"] @ w) < 0.15
 
 
 def test_blocks_beat_per_channel_and_onnxruntimes_quantizer(save, tmp_path):

@@ -142,8 +142,8 @@ def test_gather_block_quantized_equals_the_qdq_form(save, tmp_path, bits, symmet
     if bits == 4:  # the table packed two codes a byte, where the QDQ form's Gather needs one a byte
         assert table_bytes(tmp_path / "nb.onnx") < 0.6 * table_bytes(tmp_path / "qdq.onnx")
         assert nb.output_bytes < 0.65 * qdq.output_bytes and nb.compression > 5.5
-    else:  # the same bytes
-        assert table_bytes(tmp_path / "nb.onnx") == table_bytes(tmp_path / "qdq.onnx")
+    else:  # the same bytes, but for the QDQ form's rows padded to whole blocks (224 codes: OpenVINO takes whole blocks only)
+        assert table_bytes(tmp_path / "nb.onnx") + V * (224 - D) == table_bytes(tmp_path / "qdq.onnx")
 
 
 @pytest.mark.parametrize("tie", ["transpose", "gemm"])

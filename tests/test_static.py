@@ -255,6 +255,26 @@ def residual_net():
     return make(nodes, [x], [y], inits)
 
 
+def test_padded_blocks_leave_the_activations_quantized(tmp_path):
+    """Static with 4-bit blocks and a weight whose reduction axis (200) is not a multiple of 32:
+    its codes are padded to whole blocks and cut back by a Slice, so the MatMul still reads its
+    activation through the QuantizeLinear/DequantizeLinear pair (a padded input would read x
+    itself and leave that pair unread)."""
+    from test_blocks import outlier_mlp
+
+    model, feeds = outlier_mlp(k=200)
+    src = save(model, tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    samples = [{"x": rng.standard_normal((4, 200)).astype(np.float32)} for _ in range(4)]
+    quantrs.calibrate(src, tmp_path / "q.onnx", samples, CalibrationConfig(weights=quantrs.QuantizeConfig(bits=4, block_size=32)))
+    out = onnx.load(str(tmp_path / "q.onnx"))
+    producers = {o: n for n in out.graph.node for o in n.output}
+    for node in (n for n in out.graph.node if n.op_type == "MatMul"):
+        assert producers[node.input[0]].op_type == "DequantizeLinear", node.name
+    assert producers[producers["w1"].input[0]].op_type == "DequantizeLinear" and producers["w1"].op_type == "Slice"
+    assert relative_l2(run(src, feeds)[0], run(tmp_path / "q.onnx", feeds)[0]) < 0.3
+
+
 def test_tensorrt_layout(tmp_path):
     """NVIDIA's explicit-quantization rules: signed symmetric INT8 (zero points 0), per-channel
     weights, float biases, Q/DQ on the inputs of weighted ops and residual Adds and never on

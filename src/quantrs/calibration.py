@@ -63,7 +63,9 @@ def calibrate(
     model = open_model(src, dst)
     options = _weight_options(config)
     plans, specs, _ = plan_model(model, options)
-    specs = {n: _unblocked_int8(s) for n, s in specs.items()}
+    # Blocks padded to whole blocks are read sliced back, never with padded inputs: the activation
+    # Q/DQ pairs go on the MatMul/Gemm inputs as they are (see qdq.DQSpec).
+    specs = {n: dataclasses.replace(_unblocked_int8(s), pad_inputs=False) for n, s in specs.items()}
     if config.reduce_range:
         seven = Scheme(bits=7, signed=True, symmetric=True, packed=False)
         specs = {n: dataclasses.replace(s, scheme=seven) if s.scheme.bits == 8 else s for n, s in specs.items()}

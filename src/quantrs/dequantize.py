@@ -22,12 +22,19 @@ __all__ = ["dequantized_weights", "dequantize_exact", "dequantize_matmulnbits", 
 def dequantized_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tuple[onnx.NodeProto, np.ndarray, str]]:
     """name -> (the node that reads its codes, dequantized weight, storage) for every weight of
     the original that the quantized model replaces: by a weight-only DequantizeLinear whose
-    output takes its name, or inside onnxruntime's MatMulNBits / GatherBlockQuantized, which
-    take the place of the original's MatMul / Gather reading it."""
+    output takes its name (or, its codes padded to whole blocks, a Slice of that output), by
+    a DequantizeLinear of padded codes that MatMul/Gemm nodes read, or inside onnxruntime's
+    MatMulNBits / GatherBlockQuantized, which take the place of the original's MatMul / Gather
+    reading it."""
     out = _fused_weights(orig, quant)
     weights = quant.weights
-    for node in quant.proto.graph.node:
-        if node.op_type != "DequantizeLinear" or node.output[0] not in orig.weights:
+    producer = {o: n for n in quant.proto.graph.node for o in n.output}
+    for written in quant.proto.graph.node:
+        if written.output and written.output[0] in orig.weights and written.op_type == "DequantizeLinear":
+            node = written
+        elif written.output and written.output[0] in orig.weights and _cuts_padded(written, producer):
+            node = producer[written.input[0]]  # the weight's codes padded to whole blocks, cut back by this Slice
+        else:
             continue
         if any(name and name not in weights for name in node.input):
             continue
@@ -43,8 +50,27 @@ def dequantized_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tupl
         else:
             axis = attrs.get("axis", 1) if scale.size > 1 else None
             value = kernels.dequantize(codes.astype(code_type), scale.reshape(-1), zp.reshape(-1).astype(np.int32), axis)
-        out[node.output[0]] = (node, value, info.dtype_name)
+        cut = _cut(value, orig.weights.info(written.output[0]).shape)
+        if cut is not None:
+            out[written.output[0]] = (node, cut, info.dtype_name)
     return out
+
+
+def _cuts_padded(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto]) -> bool:
+    """`node` is a Slice of a DequantizeLinear's output: a weight whose codes are padded to whole
+    blocks, cut back to its shape (qdq._dequantize)."""
+    return node.op_type == "Slice" and getattr(producer.get(node.input[0]), "op_type", "") == "DequantizeLinear"
+
+
+def _cut(value: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """`value` cut to `shape` when it is that shape padded along one axis (codes padded to whole
+    blocks); `value` itself when it has the shape; None when it is neither."""
+    if value.shape == tuple(shape):
+        return value
+    longer = [k for k, (have, want) in enumerate(zip(value.shape, shape)) if have != want]
+    if value.ndim != len(shape) or len(longer) != 1 or value.shape[longer[0]] < shape[longer[0]]:
+        return None
+    return np.ascontiguousarray(value[tuple(slice(0, d) for d in shape)])
 
 
 @dataclass(frozen=True)
@@ -52,7 +78,9 @@ class _Reader:
     """A node of the quantized model's main graph that stands for an original MatMul or Gather
     of a weight and holds the weight's codes: com.microsoft.MatMulNBits, GatherBlockQuantized,
     or the DequantizeLinear of a QDQ lookup (its codes, scales and zero points gathered by
-    row), whose output reaches the original node's (directly, or through Reshape/Cast)."""
+    row), whose output reaches the original node's (directly, or through Reshape/Cast/Slice);
+    or the DequantizeLinear of codes padded to whole blocks that a MatMul/Gemm writing the
+    original node's output reads."""
 
     weight: str
     holder: onnx.NodeProto = field(repr=False)
@@ -74,6 +102,10 @@ def _readers(orig: LoadedModel, quant: LoadedModel) -> list[_Reader]:
     original = {o: n for n in orig.proto.graph.node for o in n.output}
     out = []
     for node in nodes:
+        padded = _padded_reader(node, orig, weights, producer, original)
+        if padded is not None:
+            out.append(padded)
+            continue
         read = _stored_reads(node, weights, producer, consumers)
         if read is None:
             continue
@@ -85,6 +117,22 @@ def _readers(orig: LoadedModel, quant: LoadedModel) -> list[_Reader]:
             continue
         out.append(_Reader(source.input[reads], node, source, stored))
     return out
+
+
+def _padded_reader(
+    node: onnx.NodeProto, orig: LoadedModel, weights: WeightStore, producer: dict[str, onnx.NodeProto], original: dict[str, onnx.NodeProto]
+) -> _Reader | None:
+    """A MatMul/Gemm reading its weight padded to whole blocks (a DequantizeLinear of stored
+    codes whose output is not the weight's name), its data input padded to match: the reader
+    of the original node writing the same output; None for any other node."""
+    if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.output[0] not in original:
+        return None
+    dq, source = producer.get(node.input[1]), original[node.output[0]]
+    if dq is None or dq.op_type != "DequantizeLinear" or dq.output[0] in orig.weights or source.op_type != node.op_type:
+        return None
+    if len(source.input) < 2 or source.input[1] not in orig.weights or any(i and i not in weights for i in dq.input):
+        return None
+    return _Reader(source.input[1], dq, source, tuple(i for i in dq.input if i))
 
 
 def _stored_reads(
@@ -125,10 +173,10 @@ def _gathered(name: str, weights: WeightStore, producer: dict[str, onnx.NodeProt
 def _original_node(
     node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]], original: dict[str, onnx.NodeProto]
 ) -> onnx.NodeProto | None:
-    """The original model's node that wrote the value `node` (followed through Reshape and
-    Cast, and a MatMulInteger's rescale Mul) now writes."""
+    """The original model's node that wrote the value `node` (followed through Reshape, Cast
+    and Slice, or a MatMulInteger's rescale Mul) now writes."""
     last = node
-    passes = ("Reshape", "Cast", "Mul") if node.op_type == "MatMulInteger" else ("Reshape", "Cast")  # Mul: the rescale
+    passes = ("Reshape", "Cast", "Mul") if node.op_type == "MatMulInteger" else ("Reshape", "Cast", "Slice")  # Mul: the rescale
     while last.output[0] not in original:
         after = consumers.get(last.output[0], [])
         if len(after) != 1 or after[0].op_type not in passes:
@@ -187,6 +235,8 @@ def dequantize_reader(reader: _Reader, quant: LoadedModel) -> tuple[np.ndarray, 
         return value, f"{info.dtype_name} (GatherBlockQuantized)"
     block = attrs.get("block_size")
     zero_point = zero_point.astype(np.int64) if zero_point is not None else np.zeros(scale.shape, np.int64)
+    if reader.stored[0] == node.input[0]:  # the whole weight dequantized (padded), read by a MatMul/Gemm
+        return dequantize_exact(codes, scale, zero_point, attrs.get("axis", 1), block), info.dtype_name
     value = dequantize_exact(codes, scale, zero_point, codes.ndim - 1 if block else 0, block)  # by row, or blocks along it
     return value, info.dtype_name
 
@@ -200,8 +250,9 @@ def _fused_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tuple[onn
         if reader.weight in out:
             continue
         value, storage = dequantize_reader(reader, quant)
-        if tuple(value.shape) == tuple(orig.weights.info(reader.weight).shape):
-            out[reader.weight] = (reader.holder, value, storage)
+        cut = _cut(value, orig.weights.info(reader.weight).shape)  # (codes padded to whole blocks: cut back)
+        if cut is not None:
+            out[reader.weight] = (reader.holder, cut, storage)
     return out
 
 
@@ -210,7 +261,8 @@ def float_replacements(orig: LoadedModel, quant: LoadedModel) -> tuple[dict[str,
     quantized model's nodes writing their outputs, and the weights that cannot be put back
     whole (read somewhere neither such a node nor a DequantizeLinear named after them covers:
     a second reader of another kind, a lookup inside a body)."""
-    dense = {n.output[0] for n in quant.proto.graph.node if n.op_type == "DequantizeLinear"}
+    producer = {o: n for n in quant.proto.graph.node for o in n.output}
+    dense = {n.output[0] for n in quant.proto.graph.node if n.op_type == "DequantizeLinear" or _cuts_padded(n, producer)}
     replacements: dict[str, list[onnx.NodeProto]] = {}
     covered: dict[str, set[str]] = {}
     for reader in _readers(orig, quant):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -433,6 +434,8 @@ class WeightStream:
                 qt = quantize_weight(self.model.weights.array(name), spec, self.config, scratch=self._scratch)
             if spec.code_offset:
                 qt = _offset_codes(qt, spec.code_offset)
+            if spec.padding:
+                qt = _padded_codes(qt, spec)
             took = time.perf_counter() - began
             self.quantize_seconds += took
             logger.debug("  quantized %s %s in %.4f s: MSE %.3g", name, list(spec.shape), took, qt.mse)
@@ -556,6 +559,22 @@ def _offset_codes(qt: QuantizedTensor, offset: int) -> QuantizedTensor:
     np.add(qt.data, np.uint8(offset), out=qt.data)
     storage = Scheme(qt.scheme.bits, signed=False, symmetric=qt.scheme.symmetric, packed=False)
     return dataclasses.replace(qt, scheme=storage, zero_point=qt.zero_point + offset)
+
+
+def _padded_codes(qt: QuantizedTensor, spec: DQSpec) -> QuantizedTensor:
+    """The codes padded to whole blocks along the block axis (DQSpec.padding), each added code
+    its block's zero point, so that it dequantizes to 0 (a copy: the scratch buffers hold the
+    weight's own codes). The scales, zero points and errors are the weight's."""
+    assert spec.axis is not None
+    axis, blocks = spec.axis, spec.param_dims
+    count = math.prod(spec.shape)
+    codes = kernels.unpack4(qt.data, count, signed=False) if qt.scheme.packed else qt.data.view(np.uint8)
+    last = np.take(qt.zero_point.reshape(blocks), [blocks[axis] - 1], axis=axis) & 0xFF  # the short block's
+    fill = list(spec.shape)
+    fill[axis] = spec.padding
+    padded = np.concatenate([codes.reshape(spec.shape), np.broadcast_to(last.astype(np.uint8), fill)], axis=axis)
+    data = kernels.pack4(padded) if qt.scheme.packed else padded.reshape(-1)
+    return dataclasses.replace(qt, data=data)
 
 
 def _present(raw: np.ndarray | None) -> np.ndarray:

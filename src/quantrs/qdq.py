@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from quantrs.errors import UnsupportedModelError, first_line
-from quantrs.graph import GraphIndex, constant_tensor, name_maker, walk_graphs
+from quantrs.graph import GraphIndex, Use, constant_tensor, name_maker, walk_graphs
 from quantrs.model import default_opset
 from quantrs.tensor import Scheme
 
@@ -52,6 +52,14 @@ class DQSpec:
     `dense` says whether any other use needs the whole tensor. `gather_block`: those lookups are
     com.microsoft.GatherBlockQuantized nodes (a main-graph table [V, D] in blocks along axis 1),
     its dense uses a DequantizeLinear of the same codes.
+
+    Blocked codes are stored padded to whole blocks along their axis (`padding` codes, each its
+    block's zero point: value 0), a form every runtime takes (ONNX allows a short last block;
+    OpenVINO refuses one). A MatMul or Gemm that reads the weight directly as its B reads it
+    padded, its data input padded with zeros to match (exact; onnxruntime still fuses
+    DequantizeLinear -> MatMul/Gemm into MatMulNBits); every other use reads it sliced back.
+    `pad_inputs` False: every use reads it sliced back (static quantization, whose activation
+    Q/DQ pairs sit on those inputs).
     """
 
     name: str
@@ -70,6 +78,26 @@ class DQSpec:
     accuracy_level: int = 4  # MatMulNBits' compute type
     gather_block: bool = False  # lookups as com.microsoft.GatherBlockQuantized (tables [V, D], blocks along axis 1)
     dynamic: bool = False  # read by MatMulInteger, activations quantized at run time (quantrs.dynamic)
+    pad_inputs: bool = True  # padded codes: direct MatMul/Gemm readers get their data input padded (else a Slice)
+
+    @property
+    def padding(self) -> int:
+        """Codes added along the block axis to make whole blocks (0: none): DequantizeLinear
+        blocks only. MatMulNBits pads its own columns; GatherBlockQuantized (onnxruntime only)
+        takes a short last block."""
+        if self.block_size is None or self.axis is None or self.nbits or self.gather_block:
+            return 0
+        return -self.shape[self.axis] % self.block_size
+
+    @property
+    def stored_shape(self) -> tuple[int, ...]:
+        """The codes' shape: the weight's, with `padding` more along the block axis."""
+        if not self.padding:
+            return self.shape
+        assert self.axis is not None
+        dims = list(self.shape)
+        dims[self.axis] += self.padding
+        return tuple(dims)
 
     @property
     def code_offset(self) -> int:
@@ -114,11 +142,11 @@ class DQSpec:
     @property
     def code_bytes(self) -> int:
         """Bytes of the stored codes: MatMulNBits' columns padded to whole blocks, or the codes
-        one per byte (two when packed)."""
+        (padded to whole blocks, `stored_shape`) one per byte (two when packed)."""
         if self.nbits:
             _, n, blocks, blob = self.nbits_layout
             return n * blocks * blob
-        count = math.prod(self.shape)
+        count = math.prod(self.stored_shape)
         return (count + 1) // 2 if self.scheme.packed else count
 
     @property
@@ -148,7 +176,7 @@ class DQSpec:
     @property
     def param_dims(self) -> list[int]:
         """The scale's shape: [] per tensor, [C] per channel, or the blocked shape (the weight's,
-        with the block axis divided into blocks, the last one short)."""
+        with the block axis divided into whole blocks of the padded codes)."""
         if self.axis is None:
             return []
         if self.block_size is None:
@@ -315,10 +343,14 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
     the main graph's initializers, or the initializers of the body that held the weight. A
     main-graph initializer is removed and its DequantizeLinear put first in the main graph (it
     reads only initializers, so the graph stays topologically sorted); a nested weight's
-    placeholder (see detach_nested_weights) is replaced where it stands. Gather lookups of a table become Gather(codes) + Gather(scale) (+ Gather(zero point))
-    -> DequantizeLinear, or one GatherBlockQuantized for `gather_block` specs, so that only the
-    rows looked up are dequantized; a table that nothing else reads needs no DequantizeLinear of
-    its own. New names are derived from the weight's name and made unique across the model.
+    placeholder (see detach_nested_weights) is replaced where it stands. Gather lookups of a
+    table become Gather(codes) + Gather(scale) (+ Gather(zero point)) -> DequantizeLinear (see
+    _lookup), or one GatherBlockQuantized for `gather_block` specs, so that only the rows looked
+    up are dequantized; a table that nothing else reads needs no DequantizeLinear of its own.
+    Codes padded to whole blocks (DQSpec.padding) dequantize to `<name>_padded`: the MatMul/Gemm
+    nodes that read the weight directly read that, their data input padded with zeros; a Slice
+    gives the weight under its name to its other readers. New names are derived from the
+    weight's name and made unique across the model.
     """
     index = GraphIndex(graph)
     fresh = name_maker(index.all_names())
@@ -333,7 +365,7 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
     # bodies included, so a body's nodes are other objects by the time the walk reaches them,
     # but in the same scopes and order (the nodes added have no bodies).
     place = {id(node): (k, j) for k, scope in enumerate(index.scopes) for j, node in enumerate(scope.graph.node)}
-    lookups: dict[tuple[int, int], list[onnx.NodeProto]] = {}  # place of a Gather -> its nodes
+    rewrites: dict[tuple[int, int], list[onnx.NodeProto]] = {}  # place of a Gather (or a MatMul/Gemm reading padded codes) -> its nodes
     fused: dict[tuple[int, int], onnx.NodeProto] = {}  # place of a MatMul -> its MatMulNBits
     for name, spec in specs.items():
         if spec.nbits:
@@ -347,18 +379,25 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
                 fused[place[id(use.node)]] = _matmulnbits(spec, tensors[name], use.node, fresh)
             continue
         code_type = spec.code_type
-        codes = tensor_header(fresh(f"{name}_quantized"), code_type, list(spec.shape))
+        codes = tensor_header(fresh(f"{name}_quantized"), code_type, list(spec.stored_shape))
         scale = tensor_header(fresh(f"{name}_scale"), spec.scale_type, spec.param_dims)
         zero_point = tensor_header(fresh(f"{name}_zero_point"), code_type, spec.param_dims) if spec.has_zero_point else None
         tensors[name] = DQTensors(codes, scale, zero_point)
-        nodes = _dequantize(spec, tensors[name], name, fresh) if spec.dense else []
+        uses = index.uses.get(name, [])
+        padded_reads = {id(use) for use in uses if spec.padding and spec.pad_inputs and _reads_padded(spec, use)}
+        padded = fresh(f"{name}_padded") if spec.padding else None
+        whole = any(not (u.node.op_type == "Gather" and u.index == 0 and spec.lookups) for u in uses if id(u) not in padded_reads)
+        nodes = _dequantize(spec, tensors[name], name, fresh, padded=padded, whole=whole) if spec.dense else []
         if spec.nested:
             replacements[name] = nodes
         else:
             top += nodes
-        for use in index.uses.get(name, []):
+        for use in uses:
             if use.node.op_type == "Gather" and use.index == 0 and spec.lookups:
-                lookups[place[id(use.node)]] = (_gather_block if spec.gather_block else _lookup)(spec, tensors[name], use.node, fresh)
+                rewrites[place[id(use.node)]] = (_gather_block if spec.gather_block else _lookup)(spec, tensors[name], use.node, fresh)
+            elif id(use) in padded_reads:
+                assert padded is not None
+                rewrites[place[id(use.node)]] = _padded_read(spec, padded, use.node, fresh)
     for k, scope in enumerate(walk_graphs(graph)):
         g = scope.graph
         nodes = []
@@ -371,8 +410,8 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
                     count = len(tensors[name].all())
                     owned = list(g.initializer[len(g.initializer) - count :])  # the body's own messages
                     tensors[name] = DQTensors(owned[0], owned[1], owned[2] if count == 3 else None, in_body=True)
-            elif (k, j) in lookups:
-                nodes += lookups.pop((k, j))
+            elif (k, j) in rewrites:
+                nodes += rewrites.pop((k, j))
             elif (k, j) in fused:
                 nodes.append(fused.pop((k, j)))
             else:
@@ -391,14 +430,73 @@ def _params(tensors: DQTensors) -> list[str]:
     return [tensors.codes.name, tensors.scale.name] + ([tensors.zero_point.name] if tensors.zero_point is not None else [])
 
 
-def _dequantize(spec: DQSpec, tensors: DQTensors, name: str, fresh) -> list[onnx.NodeProto]:
-    """DequantizeLinear of the whole weight (and the Cast back to its type, for bfloat16)."""
+def _dequantize(spec: DQSpec, tensors: DQTensors, name: str, fresh, *, padded: str | None = None, whole: bool = True) -> list[onnx.NodeProto]:
+    """DequantizeLinear of the whole weight (and the Cast back to its type, for bfloat16). Codes
+    padded to whole blocks dequantize to `padded`, and when `whole` a Slice cuts the weight
+    itself (its name) out of them."""
     attrs: dict[str, Any] = dict(spec.dq_attributes)
-    out = fresh(f"{name}_dequantized") if spec.cast_to is not None else name
+    final = padded if padded is not None else name
+    out = fresh(f"{name}_dequantized") if spec.cast_to is not None else final
     nodes = [helper.make_node("DequantizeLinear", _params(tensors), [out], name=fresh(f"{name}_DequantizeLinear"), **attrs)]
     if spec.cast_to is not None:
-        nodes.append(helper.make_node("Cast", [out], [name], to=spec.cast_to, name=fresh(f"{name}_Cast")))
+        nodes.append(helper.make_node("Cast", [out], [final], to=spec.cast_to, name=fresh(f"{name}_Cast")))
+    if padded is not None and whole:
+        assert spec.axis is not None
+        nodes += _cut(padded, name, spec.axis, spec.shape[spec.axis], fresh, name)
     return nodes
+
+
+def _constant(name: str, values: list[int], fresh, base: str) -> onnx.NodeProto:
+    """A Constant node holding an INT64 vector (a shape, axes, pads)."""
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values), name=fresh(f"{base}_Constant"))
+
+
+def _cut(value: str, result: str, axis: int, length: int, fresh, base: str) -> list[onnx.NodeProto]:
+    """Slice `value` to its first `length` entries along `axis`: padded values back to the weight's."""
+    starts, ends, axes = (fresh(f"{base}_slice_{part}") for part in ("starts", "ends", "axes"))
+    return [
+        _constant(starts, [0], fresh, base),
+        _constant(ends, [length], fresh, base),
+        _constant(axes, [axis], fresh, base),
+        helper.make_node("Slice", [value, starts, ends, axes], [result], name=fresh(f"{base}_Slice")),
+    ]
+
+
+def _int_attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == name), default)
+
+
+def _reads_padded(spec: DQSpec, use: Use) -> bool:
+    """A MatMul or Gemm that reads the weight straight as its B, blocked along its reduction
+    axis: it can take the padded weight with its A padded to match."""
+    node = use.node
+    if use.index != 1 or node.domain not in ("", "ai.onnx") or spec.axis is None:
+        return False
+    if node.op_type == "MatMul":
+        return spec.axis == len(spec.shape) - 2
+    if node.op_type == "Gemm":
+        return spec.axis == (1 if _int_attribute(node, "transB", 0) else 0)
+    return False
+
+
+def _padded_read(spec: DQSpec, padded: str, node: onnx.NodeProto, fresh) -> list[onnx.NodeProto]:
+    """MatMul(A, W) or Gemm(A, W, ...) as the same node reading W padded to whole blocks along
+    its reduction axis, and A padded with zeros along its own to match: the padded codes
+    dequantize to 0, so the products are the same. onnxruntime fuses DequantizeLinear ->
+    MatMul (or Gemm, transB 0) into MatMulNBits as it does for an unpadded weight."""
+    a = node.input[0]
+    base = node.name or node.output[0]
+    axis = 0 if node.op_type == "Gemm" and _int_attribute(node, "transA", 0) else -1  # A's reduction axis
+    pads, axes, widened = fresh(f"{a}_pads"), fresh(f"{a}_pad_axes"), fresh(f"{a}_padded")
+    reader = onnx.NodeProto()
+    reader.CopyFrom(node)
+    reader.input[0], reader.input[1] = widened, padded
+    return [
+        _constant(pads, [0, spec.padding], fresh, base),
+        _constant(axes, [axis], fresh, base),
+        helper.make_node("Pad", [a, pads, "", axes], [widened], name=fresh(f"{base}_Pad")),
+        reader,
+    ]
 
 
 def _matmulnbits(spec: DQSpec, tensors: DQTensors, matmul: onnx.NodeProto, fresh) -> onnx.NodeProto:
@@ -447,8 +545,8 @@ def _gather_block(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fres
 
 
 def _lookup(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fresh) -> list[onnx.NodeProto]:
-    """Gather rows of the codes (and of the per-row scales and zero points), then dequantize
-    only those rows. Per row, the ids are flattened so that the gathered scales are 1-D (what
+    """Gather rows of the codes (and of their scales and zero points), then dequantize only
+    those rows. Per row, the ids are flattened so that the gathered scales are 1-D (what
     DequantizeLinear's axis needs) and the rows are put back in the ids' shape afterwards."""
     ids, result = gather.input[1], gather.output[0]
     base = gather.name or result
@@ -462,8 +560,11 @@ def _lookup(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fresh) -> 
         ]
     elif spec.block_size is not None:  # scales [rows, blocks]: gathered like the codes, blocks on the last axis
         params = [fresh(f"{result}_{part}") for part in ("codes", "scales", "zero_points")[: len(_params(tensors))]]
+        whole = fresh(f"{result}_padded") if spec.padding else final
         nodes = [node("Gather", [source, ids], [gathered], axis=0) for source, gathered in zip(_params(tensors), params)]
-        nodes.append(node("DequantizeLinear", params, [final], axis=-1, block_size=spec.block_size))
+        nodes.append(node("DequantizeLinear", params, [whole], axis=-1, block_size=spec.block_size))
+        if spec.padding:  # rows padded to whole blocks: cut back to the row's length
+            nodes += _cut(whole, final, -1, spec.shape[-1], fresh, base)
     else:
         flat_shape, flat_ids, rows, row_scales = (fresh(f"{result}_{s}") for s in ("flat_shape", "flat_ids", "codes", "scales"))
         row_shape, ids_shape, out_shape, deq = (fresh(f"{result}_{s}") for s in ("row_shape", "ids_shape", "shape", "rows"))

@@ -373,7 +373,7 @@ def _with_float_weights(quantized: onnx.ModelProto, orig: LoadedModel, names: li
     nodes = []
     instead = {r.output[0]: r for name, nodes_ in replacements.items() if name in chosen for r in nodes_}
     for node in graph.node:
-        if node.op_type == "DequantizeLinear" and node.output[0] in chosen:
+        if node.op_type in ("DequantizeLinear", "Slice") and node.output[0] in chosen:  # (a Slice: of padded codes)
             dropped.update(i for i in node.input if i)
         elif node.output and node.output[0] in instead:
             dropped.update(i for i in node.input if i)
