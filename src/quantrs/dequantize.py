@@ -152,7 +152,7 @@ def _stored_reads(
         if scale is None or scale not in weights:
             return None
         return (node.input[1], scale, *(node.input[3:4] if len(node.input) > 3 and node.input[3] else ())), 1, "MatMul"
-    if node.op_type == "DequantizeLinear" and node.input[0] not in weights and getattr(producer.get(node.input[0]), "op_type", "") == "Gather":
+    if node.op_type == "DequantizeLinear" and node.input[0] not in weights and getattr(producer.get(node.input[0]), "op_type", "") in ("Gather", "Reshape"):
         found = [_gathered(i, weights, producer) for i in node.input if i]
         if None in found:
             return None
@@ -161,10 +161,13 @@ def _stored_reads(
 
 
 def _gathered(name: str, weights: WeightStore, producer: dict[str, onnx.NodeProto]) -> str | None:
-    """The initializer a lookup's value is gathered from by row, or the value if stored."""
+    """The initializer a lookup's value is gathered from by row (then reshaped, for blocks), or
+    the value if stored."""
     if name in weights:
         return name
     gather = producer.get(name)
+    if gather is not None and gather.op_type == "Reshape":
+        gather = producer.get(gather.input[0])
     if gather is None or gather.op_type != "Gather" or gather.input[0] not in weights:
         return None
     return gather.input[0] if all(a.i == 0 for a in gather.attribute if a.name == "axis") else None
@@ -237,6 +240,8 @@ def dequantize_reader(reader: _Reader, quant: LoadedModel) -> tuple[np.ndarray, 
     zero_point = zero_point.astype(np.int64) if zero_point is not None else np.zeros(scale.shape, np.int64)
     if reader.stored[0] == node.input[0]:  # the whole weight dequantized (padded), read by a MatMul/Gemm
         return dequantize_exact(codes, scale, zero_point, attrs.get("axis", 1), block), info.dtype_name
+    if not block and scale.ndim == 2:  # a lookup dequantized block by block: scales [rows, blocks]
+        block = codes.shape[-1] // scale.shape[-1]
     value = dequantize_exact(codes, scale, zero_point, codes.ndim - 1 if block else 0, block)  # by row, or blocks along it
     return value, info.dtype_name
 

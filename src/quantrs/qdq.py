@@ -547,7 +547,8 @@ def _gather_block(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fres
 def _lookup(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fresh) -> list[onnx.NodeProto]:
     """Gather rows of the codes (and of their scales and zero points), then dequantize only
     those rows. Per row, the ids are flattened so that the gathered scales are 1-D (what
-    DequantizeLinear's axis needs) and the rows are put back in the ids' shape afterwards."""
+    DequantizeLinear's axis needs) and the rows are put back in the ids' shape afterwards; in
+    blocks, the gathered codes are viewed as one block per row (see below)."""
     ids, result = gather.input[1], gather.output[0]
     base = gather.name or result
     node = lambda op, inputs, outputs, **attrs: helper.make_node(op, inputs, outputs, name=fresh(f"{base}_{op}"), **attrs)  # noqa: E731
@@ -558,12 +559,33 @@ def _lookup(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fresh) -> 
             node("Gather", [tensors.codes.name, ids], [rows], axis=0),
             node("DequantizeLinear", [rows, *_params(tensors)[1:]], [final]),
         ]
-    elif spec.block_size is not None:  # scales [rows, blocks]: gathered like the codes, blocks on the last axis
-        params = [fresh(f"{result}_{part}") for part in ("codes", "scales", "zero_points")[: len(_params(tensors))]]
+    elif spec.block_size is not None:
+        # Blocks along the row: the rows' codes [*ids, blocks * block] as [rows * blocks, block],
+        # one scale (and zero point) each from the rows' [*ids, blocks] flattened, dequantized per
+        # axis and put back in the rows' shape (cut to the row's length when padded). A blocked
+        # DequantizeLinear of the gathered rows would be shorter, but needs static shapes in
+        # OpenVINO; the ids' shape is known only at run time.
+        rows, rows_shape, block_shape, flat_shape, blocks, deq = (
+            fresh(f"{result}_{s}") for s in ("codes", "rows_shape", "block_shape", "flat_shape", "code_blocks", "blocks")
+        )
         whole = fresh(f"{result}_padded") if spec.padding else final
-        nodes = [node("Gather", [source, ids], [gathered], axis=0) for source, gathered in zip(_params(tensors), params)]
-        nodes.append(node("DequantizeLinear", params, [whole], axis=-1, block_size=spec.block_size))
-        if spec.padding:  # rows padded to whole blocks: cut back to the row's length
+        nodes = [
+            node("Gather", [tensors.codes.name, ids], [rows], axis=0),
+            _constant(block_shape, [-1, spec.block_size], fresh, base),
+            node("Reshape", [rows, block_shape], [blocks]),
+            _constant(flat_shape, [-1], fresh, base),
+        ]
+        params = [blocks]
+        for source, part in zip(_params(tensors)[1:], ("scales", "zero_points")):
+            gathered, flat = fresh(f"{result}_{part}"), fresh(f"{result}_block_{part}")
+            nodes += [node("Gather", [source, ids], [gathered], axis=0), node("Reshape", [gathered, flat_shape], [flat])]
+            params.append(flat)
+        nodes += [
+            node("DequantizeLinear", params, [deq], axis=0),
+            node("Shape", [rows], [rows_shape]),
+            node("Reshape", [deq, rows_shape], [whole]),
+        ]
+        if spec.padding:
             nodes += _cut(whole, final, -1, spec.shape[-1], fresh, base)
     else:
         flat_shape, flat_ids, rows, row_scales = (fresh(f"{result}_{s}") for s in ("flat_shape", "flat_ids", "codes", "scales"))
