@@ -107,33 +107,56 @@ def test_padded_codes_are_the_zero_point_of_their_block(save, tmp_path):
     np.testing.assert_allclose(run(tmp_path / "q.onnx", feeds, exact=True), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
-def test_padded_blocks_are_still_fused_into_matmulnbits(save, tmp_path, op):
-    """The padded weight's reader takes its input padded with zeros, not the weight cut back:
-    onnxruntime still fuses DequantizeLinear -> MatMul (Gemm, transB 0) into one MatMulNBits,
-    as it did the short last block. (A Slice of the padded weight would leave a DequantizeLinear
-    of the whole weight at every run: 30x slower at batch 1, bench/RESULTS.md.)"""
+def _projection(op: str, n: int):
+    """x [B, 200] -> MatMul (or Gemm) with w [200, n] -> y."""
     rng = np.random.default_rng(0)
-    w = (rng.standard_normal((200, 64)) / 14).astype(np.float32)
+    w = (rng.standard_normal((200, n)) / 14).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node(op, ["x", "w"], ["y"], name="proj")],
         "proj",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 200])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])],
         [numpy_helper.from_array(w, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    src = save(model)
-    quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(bits=4, block_size=32))
+    return model, w, {"x": rng.standard_normal((8, 200)).astype(np.float32)}
+
+
+def optimized_ops(path, tmp_path) -> list[onnx.NodeProto]:
+    """The nodes of the graph onnxruntime runs (its default optimizations)."""
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     options.log_severity_level = 3  # (onnxruntime warns that an optimized model it saves is for this machine)
-    ort.InferenceSession(str(tmp_path / "q.onnx"), options, providers=["CPUExecutionProvider"])
-    nodes = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return list(onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+def test_padded_blocks_are_still_fused_into_matmulnbits(save, tmp_path, op):
+    """A padded weight of 2^16 values or more is read by its MatMul (Gemm, transB 0) with the
+    input padded with zeros, not cut back: onnxruntime still fuses DequantizeLinear -> MatMul
+    into one MatMulNBits, as it did the short last block. (A Slice of the padded weight would
+    leave a DequantizeLinear of the whole weight at every run: 30x slower at batch 1 on a
+    [1000, 4096] weight, bench/RESULTS.md.)"""
+    model, w, x = _projection(op, 512)
+    quantrs.quantize(save(model), tmp_path / "q.onnx", QuantizeConfig(bits=4, block_size=32))
+    nodes = optimized_ops(tmp_path / "q.onnx", tmp_path)
     assert [n.op_type for n in nodes] == ["Pad", "MatMulNBits"], [n.op_type for n in nodes]
     assert {a.name: a.i for a in nodes[1].attribute}["K"] == 224
-    x = {"x": rng.standard_normal((8, 200)).astype(np.float32)}
+    assert rel_l2(run(tmp_path / "q.onnx", x), x["x"] @ w) < 0.15
+
+
+def test_a_small_padded_weight_is_sliced_back(save, tmp_path):
+    """Under 2^16 values the padded weight is cut back by a Slice and the input is left alone:
+    dequantizing it at every run is cheaper than copying a large input (magika's [257, 64]
+    weight reads 2048 one-hot rows a sample: padded, its runs took twice the memory)."""
+    model, w, x = _projection("MatMul", 64)
+    quantrs.quantize(save(model), tmp_path / "q.onnx", QuantizeConfig(bits=4, block_size=32))
+    out = onnx.load(str(tmp_path / "q.onnx"))
+    producers = {o: n for n in out.graph.node for o in n.output}
+    proj = next(n for n in out.graph.node if n.name == "proj")
+    assert proj.input[0] == "x" and producers["w"].op_type == "Slice" and "Pad" not in [n.op_type for n in out.graph.node]
     assert rel_l2(run(tmp_path / "q.onnx", x), x["x"] @ w) < 0.15
 
 

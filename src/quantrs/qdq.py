@@ -55,11 +55,11 @@ class DQSpec:
 
     Blocked codes are stored padded to whole blocks along their axis (`padding` codes, each its
     block's zero point: value 0), a form every runtime takes (ONNX allows a short last block;
-    OpenVINO refuses one). A MatMul or Gemm that reads the weight directly as its B reads it
-    padded, its data input padded with zeros to match (exact; onnxruntime still fuses
-    DequantizeLinear -> MatMul/Gemm into MatMulNBits); every other use reads it sliced back.
-    `pad_inputs` False: every use reads it sliced back (static quantization, whose activation
-    Q/DQ pairs sit on those inputs).
+    OpenVINO refuses one). A MatMul or Gemm that reads a weight of PAD_INPUTS_MIN_VALUES values
+    or more directly as its B reads it padded, its data input padded with zeros to match (exact;
+    onnxruntime still fuses DequantizeLinear -> MatMul/Gemm into MatMulNBits); every other use
+    reads it sliced back. `pad_inputs` False: every use reads it sliced back (static
+    quantization, whose activation Q/DQ pairs sit on those inputs).
     """
 
     name: str
@@ -88,6 +88,12 @@ class DQSpec:
         if self.block_size is None or self.axis is None or self.nbits or self.gather_block:
             return 0
         return -self.shape[self.axis] % self.block_size
+
+    @property
+    def reads_padded(self) -> bool:
+        """Whether its direct MatMul/Gemm readers read the padded weight (their input padded),
+        rather than the weight sliced back: see PAD_INPUTS_MIN_VALUES."""
+        return bool(self.padding) and self.pad_inputs and math.prod(self.shape) >= PAD_INPUTS_MIN_VALUES
 
     @property
     def stored_shape(self) -> tuple[int, ...]:
@@ -210,6 +216,14 @@ class DQTensors:
     def all(self) -> list[TensorProto]:
         return [t for t in (self.codes, self.scale, self.zero_point) if t is not None]
 
+
+# A padded weight at least this large is read padded by its MatMul/Gemm (the input padded to
+# match); a smaller one sliced back. Slicing makes onnxruntime dequantize the whole weight at
+# every run instead of fusing it into MatMulNBits: 30x slower on a [1000, 4096] FFN weight at
+# batch 1; padding copies the input: on magika's [257, 64] weight, whose input is 2048 x 257
+# one-hot rows a sample, that doubles the memory its runs take (batch 32: 430 MB, 202 MB
+# sliced, in onnxruntime's arena) and is 9% slower. bench/portable_forms.py measures both.
+PAD_INPUTS_MIN_VALUES = 1 << 16
 
 HALF_SCALE_OPSET = 19  # DequantizeLinear accepts float16/bfloat16 scales from opset 19
 BLOCKED_OPSET = 21  # DequantizeLinear's block_size
@@ -384,7 +398,7 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
         zero_point = tensor_header(fresh(f"{name}_zero_point"), code_type, spec.param_dims) if spec.has_zero_point else None
         tensors[name] = DQTensors(codes, scale, zero_point)
         uses = index.uses.get(name, [])
-        padded_reads = {id(use) for use in uses if spec.padding and spec.pad_inputs and _reads_padded(spec, use)}
+        padded_reads = {id(use) for use in uses if spec.reads_padded and _reads_padded(spec, use)}
         padded = fresh(f"{name}_padded") if spec.padding else None
         whole = any(not (u.node.op_type == "Gather" and u.index == 0 and spec.lookups) for u in uses if id(u) not in padded_reads)
         nodes = _dequantize(spec, tensors[name], name, fresh, padded=padded, whole=whole) if spec.dense else []
