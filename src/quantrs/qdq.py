@@ -219,10 +219,10 @@ class DQTensors:
 
 # A padded weight at least this large is read padded by its MatMul/Gemm (the input padded to
 # match); a smaller one sliced back. Slicing makes onnxruntime dequantize the whole weight at
-# every run instead of fusing it into MatMulNBits: 30x slower on a [1000, 4096] FFN weight at
-# batch 1; padding copies the input: on magika's [257, 64] weight, whose input is 2048 x 257
-# one-hot rows a sample, that doubles the memory its runs take (batch 32: 430 MB, 202 MB
-# sliced, in onnxruntime's arena) and is 9% slower. bench/portable_forms.py measures both.
+# every run instead of fusing it into MatMulNBits: 33x slower on a [1000, 4096] FFN weight at
+# batch 1; padding copies the input: on magika's [257, 64] weight, whose input is 2048 one-hot
+# rows a sample, its runs then take 453 MB at batch 32 in onnxruntime's arena (292 MB with the
+# short last block, 134 MB sliced), 7% slower than sliced. bench/RESULTS.md has both.
 PAD_INPUTS_MIN_VALUES = 1 << 16
 
 HALF_SCALE_OPSET = 19  # DequantizeLinear accepts float16/bfloat16 scales from opset 19
