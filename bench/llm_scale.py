@@ -33,6 +33,7 @@ QUANTRS = str(_SCRIPT) if _SCRIPT.exists() else (shutil.which("quantrs") or "qua
 TOOLS = {
     "quantrs 4-bit MatMulNBits (block 32)": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--bits", "4", "--block-size", "32", "--quant-format", "matmulnbits", "-q", "--format", "json"],
     "quantrs INT8 per channel": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "-q", "--format", "json"],
+    "quantrs INT8 --dynamic": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--dynamic", "-q", "--format", "json"],
     "ort MatMulNBitsQuantizer (block 32)": [
         sys.executable,
         "-c",
