@@ -297,29 +297,29 @@ def test_quantize_imports_only_what_it_uses(tmp_path):
     it, ~70 ms a command; pyproject caps typer below 0.29 for that reason)."""
     model = tmp_path / "m.onnx"
     onnx.save(BUILDERS["mlp"]()[0], model)
-    code = (
-        "import sys\nfrom quantrs.cli import main\n"
-        f"sys.argv = ['quantrs', 'quantize', {str(model)!r}, '-o', {str(tmp_path / 'q.onnx')!r}, '-q']\n"
-        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-        "print(sorted(m for m in ('onnxruntime', 'pydantic', 'matplotlib') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert _imported_by(tmp_path, ["quantize", str(model), "-o", str(tmp_path / "q.onnx"), "-q"], {"onnxruntime", "pydantic", "matplotlib"}) == []
     assert (tmp_path / "q.onnx").exists()
+
+
+def _imported_by(folder, argv: list[str], heavy: set[str]) -> list[str]:
+    """Which of the `heavy` top-level packages a successful `quantrs *argv` run has imported
+    (in a fresh interpreter, so nothing is loaded before it)."""
+    code = (
+        "import json, sys\nfrom quantrs.cli import main\n"
+        f"sys.argv = ['quantrs', *{argv!r}]\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(heavy)!r}))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=folder)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_info_on_the_example_imports_only_what_it_uses(tmp_path):
     """`quantrs info` on the bundled model reads one file: no runtime, no config or report
     libraries at start-up (a fresh install's start-up is most of this command's time)."""
     example = Path(__file__).resolve().parents[1] / "examples" / "small_cnn.onnx"
-    code = (
-        "import sys\nfrom quantrs.cli import main\n"
-        f"sys.argv = ['quantrs', 'info', {str(example)!r}]\n"
-        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'onnxruntime', 'pydantic', 'yaml', 'matplotlib', 'distributed', 'scipy', 'tokenizers'}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    heavy = {"onnxruntime", "pydantic", "yaml", "matplotlib", "distributed", "scipy", "tokenizers"}
+    assert _imported_by(tmp_path, ["info", str(example)], heavy) == []
 
 
 def test_ml_dtypes_is_a_release_that_imports_fast():
