@@ -5,6 +5,20 @@ field boundaries (without copying a payload) lets quantrs parse everything excep
 with `onnx`, and read each weight as a view of the mapped file.
 """
 
+cdef extern from *:
+    """
+    #ifdef QUANTRS_CYTHON_DEBUG
+    #define QUANTRS_BOUNDS_CHECKED 1
+    #else
+    #define QUANTRS_BOUNDS_CHECKED 0
+    #endif
+    """
+    int QUANTRS_BOUNDS_CHECKED
+
+# True in the build made with QUANTRS_CYTHON_DEBUG=1 (setup.py: boundscheck and
+# initializedcheck on); the fuzz targets (fuzz/) refuse to run against any other.
+BOUNDS_CHECKED = bool(QUANTRS_BOUNDS_CHECKED)
+
 
 cdef inline Py_ssize_t _varint(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end,
                                unsigned long long* value) noexcept nogil:
