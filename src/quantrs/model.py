@@ -9,8 +9,10 @@ touching its callers. External data is memory-mapped and must stay inside the mo
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +114,10 @@ class WeightStore:
             raise ModelLoadError(
                 f"{model_path}: invalid graph: {name!r} is defined twice ({first}, and {_describe(kind, scope)})"
             )
+        if any(d < 0 for d in tensor.dims) or math.prod(max(d, 1) for d in tensor.dims) >= _MAX_ELEMENTS:
+            raise ModelLoadError(f"{model_path}: {name!r} has the shape {list(tensor.dims)}, not one a tensor can have")
+        if tensor.data_location == TensorProto.EXTERNAL:
+            _check_external_fields(tensor, name, model_path)
         self._tensors[name] = tensor
         self._where[name] = (kind, scope)
         self._paths[name] = path
@@ -182,7 +188,7 @@ class WeightStore:
             except Exception as exc:  # onnx raises bare ValueError/TypeError on bad payloads
                 raise ModelLoadError(f"{self._model_path}: cannot read initializer {name!r}: {exc}") from None
         else:
-            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+            dtype = _values_dtype(t, self._model_path)
             count = int(np.prod(t.dims, dtype=np.int64))
             if raw.size != count * dtype.itemsize:
                 raise ModelLoadError(
@@ -219,7 +225,7 @@ class WeightStore:
         if self._base_dir is None or self._model_path is None:
             raise ModelLoadError(f"{self._model_path}: initializer {t.name!r} has external data but no folder")
         path = resolve_external_path(self._base_dir, fields.get("location", ""), self._model_path)
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+        dtype = _values_dtype(t, self._model_path)
         count = int(np.prod(t.dims, dtype=np.int64))
         needed = (count + 1) // 2 if t.data_type in _SUB_BYTE else count * dtype.itemsize
         offset = int(fields.get("offset", 0))
@@ -273,10 +279,41 @@ def _drop_pages(mapping: mmap.mmap | bytes, offset: int, length: int) -> None:
 
 
 _SUB_BYTE = {TensorProto.INT4, TensorProto.UINT4}
+# No tensor has this many elements, counting a 0 as 1 (numpy's limit is 2**63 bytes, 2**59
+# elements of 16 bytes): dims such as [2**32, 2**32] wrap int64 products to 0, and numpy refuses
+# [5, 2**62, 2**62, 0] with a ValueError or MemoryError of its own though it holds nothing.
+_MAX_ELEMENTS = 2**59
+
+
+def _values_dtype(t: TensorProto, model_path: Path | None) -> np.dtype:
+    """The numpy dtype of a tensor's stored bytes; ModelLoadError for a data type onnx does not
+    define (0, UNDEFINED, included) and for strings, which are not stored as raw bytes."""
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+    except (KeyError, TypeError, ValueError):
+        raise ModelLoadError(f"{model_path}: tensor {t.name!r} has data type {t.data_type}, not an onnx tensor type") from None
+    if dtype.hasobject:
+        raise ModelLoadError(f"{model_path}: string tensor {t.name!r} holds raw bytes; strings are stored as string_data")
+    return dtype
 
 
 def _external_fields(t: TensorProto) -> dict[str, str]:
     return {e.key: e.value for e in t.external_data}
+
+
+def _check_external_fields(t: TensorProto, name: str, model_path: Path | None) -> None:
+    """Refuse external-data entries that are not text (protobuf hands invalid UTF-8 over as
+    bytes) and an offset or length that is not a whole number."""
+    for entry in t.external_data:
+        if not isinstance(entry.key, str) or not isinstance(entry.value, str):
+            raise ModelLoadError(f"{model_path}: the external data entries of {name!r} are not UTF-8 text")
+    fields = _external_fields(t)
+    for key in ("offset", "length"):
+        if key in fields and not _DECIMAL.fullmatch(fields[key]):
+            raise ModelLoadError(f"{model_path}: the external data {key} of {name!r} is {fields[key]!r}, not a number of bytes")
+
+
+_DECIMAL = re.compile(r"[0-9]{1,19}")
 
 
 def resolve_external_path(base_dir: Path, location: str, model_path: Path) -> Path:
@@ -287,17 +324,24 @@ def resolve_external_path(base_dir: Path, location: str, model_path: Path) -> Pa
     """
     if not location or os.path.isabs(location) or Path(location).drive:
         raise ModelLoadError(f"{model_path}: external data location {location!r} must be a relative path")
-    base = base_dir.resolve()
-    candidate = base_dir / location
-    resolved = candidate.resolve()
-    if base not in resolved.parents:
-        raise ModelLoadError(f"{model_path}: external data location {location!r} escapes the model's folder")
-    if not resolved.is_file():
-        raise ModelLoadError(f"{model_path}: external data file {location!r} is missing")
-    if candidate.is_symlink() or resolved != candidate.absolute():
-        raise ModelLoadError(f"{model_path}: external data location {location!r} goes through a symbolic link")
-    if resolved.stat().st_nlink > 1:
-        raise ModelLoadError(f"{model_path}: external data file {location!r} is a hard link")
+    if "\0" in location:
+        raise ModelLoadError(f"{model_path}: external data location {location!r} holds a NUL character")
+    try:
+        base = base_dir.resolve()
+        candidate = base_dir / location
+        resolved = candidate.resolve()
+        if base not in resolved.parents:
+            raise ModelLoadError(f"{model_path}: external data location {location!r} escapes the model's folder")
+        if not resolved.is_file():
+            raise ModelLoadError(f"{model_path}: external data file {location!r} is missing")
+        if candidate.is_symlink() or resolved != candidate.absolute():
+            raise ModelLoadError(f"{model_path}: external data location {location!r} goes through a symbolic link")
+        if resolved.stat().st_nlink > 1:
+            raise ModelLoadError(f"{model_path}: external data file {location!r} is a hard link")
+    except ModelLoadError:
+        raise
+    except OSError as exc:  # a name too long, a loop of links, a folder that cannot be read
+        raise ModelLoadError(f"{model_path}: external data location {location!r}: {first_line(exc)}") from None
     return resolved
 
 
