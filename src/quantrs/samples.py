@@ -41,12 +41,16 @@ naming where it came from (`data.npz`, `data.npy[3]` for the fourth sample stack
 
 from __future__ import annotations
 
+import io
+import math
 import os
 import re
+import struct
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeAlias
+from typing import IO, Any, Protocol, TypeAlias
 
 import numpy as np
 import onnx
@@ -206,15 +210,87 @@ def _read(file: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
                 names = ", ".join(s.name for s in specs)
                 raise ConfigError(f"{file}: a .npy sample feeds one input, the model has {len(specs)} ({names}); use .npz")
             return {specs[0].name: _NpyRows.open(file)}  # stacked samples: read one at a time
-        data = np.load(file, allow_pickle=False)
-        if isinstance(data, np.ndarray):
-            raise ConfigError(f"{file}: one .npy array, not a .npz archive keyed by input name; name it .npy")
-        with data:
-            return {k: data[k] for k in data.files}
+        return _read_npz(file)
     except ConfigError:
         raise
     except Exception as exc:  # ValueError, OSError, zipfile.BadZipFile: not a numpy file
         raise ConfigError(f"{file}: cannot read the sample ({first_line(exc)})") from None
+
+
+# The .npy header's length field, by format version (numpy writes 1.0, 2.0 and 3.0; 3.0 is 2.0
+# with a utf-8 header, which numpy only writes for non-ASCII field names).
+_NPY_LENGTH = {(1, 0): "<H", (2, 0): "<I", (3, 0): "<I"}
+# At most what one compressed byte of a deflated zip member inflates to: a member claiming more
+# than this many times the whole archive's size cannot hold what it claims.
+_DEFLATE_RATIO = 1032
+# No array has this many elements, counting a 0 as 1 (numpy's limit is 2**63 bytes; 16-byte
+# complex128 items make it 2**59): a shape such as (5, 2**62, 2**62, 0) holds nothing, yet numpy
+# refuses it with a ValueError or MemoryError of its own.
+_MAX_ELEMENTS = 2**59
+
+
+def _npy_header(f: IO[bytes], available: int, where: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran order, dtype, bytes of data) from the .npy header at `f`'s position,
+    refused unless the header and the data it announces fit in the `available` bytes of the
+    file (or zip member): nothing is read or allocated for what a header only claims."""
+    try:
+        version = np.lib.format.read_magic(f)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a .npy array ({first_line(exc)})") from None
+    layout = _NPY_LENGTH.get(version)
+    if layout is None:
+        raise ConfigError(f"{where}: .npy format version {version[0]}.{version[1]}, not one numpy writes (1.0, 2.0, 3.0)")
+    field = f.read(struct.calcsize(layout))
+    if len(field) != struct.calcsize(layout):
+        raise ConfigError(f"{where}: the file ends inside its .npy header")
+    length = struct.unpack(layout, field)[0]
+    start = np.lib.format.MAGIC_LEN + len(field)
+    if start + length > available:
+        raise ConfigError(f"{where}: the .npy header claims {length} bytes, the file holds {max(0, available - start)} after it")
+    text = f.read(length)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    try:
+        shape, fortran, dtype = read_header(io.BytesIO(field + text))  # numpy's checks of the header's contents
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a .npy array ({first_line(exc)})") from None
+    if dtype.hasobject:
+        raise ConfigError(f"{where}: an array of Python objects (pickled data), not numbers")
+    if any(d < 0 for d in shape) or math.prod(max(d, 1) for d in shape) >= _MAX_ELEMENTS:
+        raise ConfigError(f"{where}: the .npy header gives the shape {shape}, not one an array can have")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if start + length + nbytes > available:
+        raise ConfigError(
+            f"{where}: the file is shorter than its header says (shape {shape} of {dtype} needs {nbytes} bytes, "
+            f"{max(0, available - start - length)} follow the header; truncated?)"
+        )
+    return tuple(shape), fortran, dtype, nbytes
+
+
+def _read_npz(file: Path) -> dict[str, np.ndarray]:
+    """The arrays of a .npz archive, by name (a member "x.npy" is "x"), each checked against
+    what the archive can hold before it is read (_npy_header, _DEFLATE_RATIO)."""
+    with open(file, "rb") as f:
+        if f.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX:
+            raise ConfigError(f"{file}: one .npy array, not a .npz archive keyed by input name; name it .npy")
+    size = file.stat().st_size
+    arrays: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(file) as archive:
+        members = archive.infolist()
+        claimed = sum(m.file_size for m in members)
+        if claimed > _DEFLATE_RATIO * size:
+            raise ConfigError(f"{file}: the archive's members claim {claimed} bytes, more than its {size} bytes can hold")
+        for member in members:
+            where = f"{file}: {member.filename}"
+            if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise ConfigError(f"{where}: compressed with zip method {member.compress_type}; numpy writes stored or deflated members")
+            with archive.open(member) as data:
+                shape, fortran, dtype, nbytes = _npy_header(data, member.file_size, where)
+                payload = data.read(nbytes)
+            if len(payload) != nbytes:
+                raise ConfigError(f"{where}: the member is shorter than its header says (truncated?)")
+            name = member.filename[:-4] if member.filename.endswith(".npy") else member.filename
+            arrays[name] = np.frombuffer(payload, dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    return arrays
 
 
 class _NpyRows:
@@ -229,15 +305,11 @@ class _NpyRows:
     @staticmethod
     def open(file: Path) -> Any:
         with open(file, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version not in ((1, 0), (2, 0)):
-                return np.load(file, allow_pickle=False)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(f)
+            shape, fortran, dtype, _ = _npy_header(f, os.fstat(f.fileno()).st_size, str(file))
             offset = f.tell()
-        if fortran or dtype.hasobject or not shape:
+        if fortran or not shape:
             return np.load(file, allow_pickle=False)  # rare layouts: read whole
-        return _NpyRows(file, tuple(shape), dtype, offset)
+        return _NpyRows(file, shape, dtype, offset)
 
     def _rows(self, start: int, stop: int) -> np.ndarray:
         row = int(np.prod(self.shape[1:], dtype=np.int64))
@@ -300,7 +372,12 @@ def _batch_rows(ordered: list[tuple[InputSpec, Any]]) -> dict[str, tuple[int, in
 
 
 def _rows_of(label: str, ordered: list[tuple[InputSpec, Any]], plans: dict[str, tuple[int, int | None]], count: int) -> _Labelled:
-    """The `count` samples `plans` cut from `ordered`, each copied out when it is reached."""
+    """The `count` samples `plans` cut from `ordered`, each copied out when it is reached.
+    Several samples that hold no values are refused: a header can claim 10**12 of them in a
+    file of a few bytes (reading them would never end)."""
+    for spec, value in ordered:
+        if count > 1 and plans[spec.name][1] != 0 and math.prod(value.shape[1:]) == 0:
+            raise ConfigError(f"{label}: input {spec.name!r} has shape {tuple(value.shape)}: {count} samples that hold no values")
     for i in range(count):
         sample = {}
         for spec, value in ordered:
@@ -389,6 +466,10 @@ def _read_tensor(file: Path) -> onnx.TensorProto:
 
 
 def _tensor_array(tensor: onnx.TensorProto, file: Path) -> np.ndarray:
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims) or math.prod(max(d, 1) for d in dims) >= _MAX_ELEMENTS:
+        # numpy raises MemoryError (or allocates) for some of these, even with no values
+        raise ConfigError(f"{file}: cannot read the tensor (its shape {dims} is not one an array can have)")
     try:
         return numpy_helper.to_array(tensor, base_dir=str(file.parent))
     except Exception as exc:  # unknown data type, data not matching dims, missing external data
