@@ -83,12 +83,7 @@ directives = {
 # -ffp-contract=off: the kernels must round exactly as their numpy twins do, so the compiler may
 # not fuse a multiply and an add into one FMA (baseline on aarch64), e.g. in x - code * scale.
 COMPILE_ARGS = ["-O3", "-ffp-contract=off"] if os.name != "nt" else []
-# The debug build says so at run time (quantrs._wire.BOUNDS_CHECKED), for the fuzz targets.
-MACROS = [("QUANTRS_CYTHON_DEBUG", "1")] if debug else []
-extensions = [
-    Extension(f"quantrs.{name}", [f"csrc/{name}.pyx"], extra_compile_args=list(COMPILE_ARGS), define_macros=list(MACROS))
-    for name in KERNEL_MODULES
-]
+extensions = [Extension(f"quantrs.{name}", [f"csrc/{name}.pyx"], extra_compile_args=list(COMPILE_ARGS)) for name in KERNEL_MODULES]
 
 setup(
     ext_modules=cythonize(extensions, include_path=["csrc"], compiler_directives=directives, quiet=True),

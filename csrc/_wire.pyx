@@ -5,19 +5,21 @@ field boundaries (without copying a payload) lets quantrs parse everything excep
 with `onnx`, and read each weight as a view of the mapped file.
 """
 
-cdef extern from *:
-    """
-    #ifdef QUANTRS_CYTHON_DEBUG
-    #define QUANTRS_BOUNDS_CHECKED 1
-    #else
-    #define QUANTRS_BOUNDS_CHECKED 0
-    #endif
-    """
-    int QUANTRS_BOUNDS_CHECKED
+def _bounds_checked():
+    # Index one past the end of a view of the first of two bytes: with boundscheck on (the
+    # QUANTRS_CYTHON_DEBUG=1 build, setup.py) that raises IndexError; without, it reads the
+    # second byte, which is there. The directive as compiled, whatever C file it came from.
+    cdef unsigned char[::1] view = bytearray(2)
+    cdef Py_ssize_t one = 1
+    view = view[:1]
+    try:
+        return view[one] < 0  # never true: a byte is unsigned
+    except IndexError:
+        return True
 
-# True in the build made with QUANTRS_CYTHON_DEBUG=1 (setup.py: boundscheck and
-# initializedcheck on); the fuzz targets (fuzz/) refuse to run against any other.
-BOUNDS_CHECKED = bool(QUANTRS_BOUNDS_CHECKED)
+
+# True in the bounds-checked build; the fuzz targets (fuzz/) refuse to run against any other.
+BOUNDS_CHECKED = _bounds_checked()
 
 
 cdef inline Py_ssize_t _varint(const unsigned char* buf, Py_ssize_t pos, Py_ssize_t end,
