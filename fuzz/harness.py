@@ -141,9 +141,8 @@ def require_bounds_checked() -> None:
 
     if not getattr(_wire, "BOUNDS_CHECKED", False) and not os.environ.get("QUANTRS_FUZZ_ANY_BUILD"):
         sys.exit(
-            f"fuzz: {_wire.__file__} is not the bounds-checked build; build one with "
-            "QUANTRS_CYTHON_DEBUG=1 python setup.py build_ext --inplace and put its src/ first on PYTHONPATH "
-            "(or set QUANTRS_FUZZ_ANY_BUILD=1)"
+            f"fuzz: {_wire.__file__} is not the bounds-checked build; build one with fuzz/build_debug.sh DIR "
+            "and run with PYTHONPATH=DIR/src (or set QUANTRS_FUZZ_ANY_BUILD=1 to fuzz this one)"
         )
 
 

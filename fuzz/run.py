@@ -74,8 +74,9 @@ def main() -> int:
             print(log[-6000:], file=sys.stderr)
             artifacts = re.findall(r"Test unit written to (\S+)", log)
             print(f"{summary}: FINDING (exit {result.returncode})", file=sys.stderr)
+            path = f"PYTHONPATH={os.environ['PYTHONPATH']} " if os.environ.get("PYTHONPATH") else ""
             for artifact in artifacts:
-                print(f"  replay: python {HERE / f'fuzz_{target}.py'} {artifact}", file=sys.stderr)
+                print(f"  replay: {path}python {HERE / f'fuzz_{target}.py'} {artifact}", file=sys.stderr)
         else:
             print(summary, flush=True)
     print(f"fuzzing took {time.monotonic() - began:.0f} s; " + (f"findings in {', '.join(failed)}" if failed else "no findings"))
