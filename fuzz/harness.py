@@ -65,7 +65,9 @@ class Sandbox:
     beside it that no reader may open; `opened_outside()` lists the paths opened there."""
 
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="quantrs-fuzz-")).resolve()
+        # In fuzz/run.py's work folder when it starts the target (libFuzzer exits without
+        # running Python's clean-up, so the folder stays: there, not loose in /tmp).
+        self.root = Path(tempfile.mkdtemp(prefix="sandbox-", dir=os.environ.get("QUANTRS_FUZZ_SANDBOX"))).resolve()
         self.work = self.root / "work"
         self.work.mkdir()
         self.outside = self.root / "secret.bin"

@@ -61,7 +61,10 @@ def main() -> int:
             command += [f"-jobs={args.jobs}", f"-workers={args.jobs}"]
         command += [str(corpus), str(seeds)]
         started = time.monotonic()
-        result = subprocess.run(command, capture_output=True, text=True, env=os.environ)
+        sandboxes = work / "sandboxes"
+        sandboxes.mkdir(exist_ok=True)
+        env = {**os.environ, "QUANTRS_FUZZ_SANDBOX": str(sandboxes)}
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
         took = time.monotonic() - started
         log = result.stdout + result.stderr
         runs = re.findall(r"stat::number_of_executed_units:\s*(\d+)", log)
