@@ -43,7 +43,7 @@ def check_report_path(path: Path, models: Sequence[Path], outputs: Sequence[Path
     """Refuse, before any work, a page path that is a file the command reads (a model or its
     external data) or writes (`outputs`): writing the page would destroy it."""
     from quantrs.model import load_model
-    from quantrs.pipeline import input_files, output_files
+    from quantrs.pipeline import input_files, output_files, same_file
 
     files: list[Path] = []
     for model in models:
@@ -54,7 +54,7 @@ def check_report_path(path: Path, models: Sequence[Path], outputs: Sequence[Path
     for out in outputs:
         files += output_files(out)
     for f in files:
-        if os.path.exists(path) and os.path.exists(f) and os.path.samefile(path, f):
+        if same_file(path, f):
             raise OutputError(f"{path}: the --report page would overwrite {f}; choose another path")
         if path.resolve() == f.resolve():
             raise OutputError(f"{path}: the --report page would be overwritten by {f}; choose another path")

@@ -182,7 +182,7 @@ def check_output(model: LoadedModel, dst: Path) -> None:
 def plan_model(model: LoadedModel, config: QuantizeConfig) -> tuple[list[TensorPlan], dict[str, DQSpec], str]:
     """The plan of every stored tensor, the storage of those quantized, and what the model
     already holds quantized ("" if nothing). Raises when nothing is left to quantize, or when
-    the model has nothing left to quantize."""
+    `config` asks for --dynamic and no weight is a MatMul weight (OptionError on dynamic)."""
     src = model.path
     index = GraphIndex(model.proto.graph)
     plans = plan_weights(model.proto.graph, model.weights, config, index)
@@ -630,7 +630,7 @@ def _check_overwrites(model: LoadedModel, dst: Path) -> None:
     reads = input_files(model)
     for out in output_files(dst):
         for read in reads:
-            if _same_file(out, read):
+            if same_file(out, read):
                 what = "the input model" if read == model.path else f"the input's external data file {read.name}"
                 role = "the output path" if out == dst else f"its external data file {out.name}"
                 raise OutputError(f"{dst}: {role} is {what}; writing it would destroy the input; choose another output")
@@ -646,7 +646,9 @@ def output_files(dst: Path) -> list[Path]:
     return [dst, dst.parent / (dst.name + ".data")]
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (by path, symbolic or hard link); False when either is
+    missing."""
     try:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (or cannot be read): not the same file
