@@ -3,12 +3,14 @@ onnxruntime's `quantize_dynamic`, and 4-bit MatMulNBits, on all-MiniLM-L6-v2 (bu
 packaged checkpoint, tests/minilm.py) and a Llama-shaped decoder's prefill (bench/llama.py,
 TinyLlama widths, --layers of them), one thread, batch 8 x 32 tokens, in one run.
 
-    python bench/dynamic_latency.py WORKDIR [--layers 2] [--repeat 30] [--threads 1]
+    python bench/dynamic_latency.py WORKDIR [--layers 2] [--repeat 30] [--threads 1] [--busy]
 
 Each model is run once per round, rounds interleaved (these machines are noisy), and the median
 of each is reported with its ratio to float and its cosine to float's outputs (MiniLM's last
 hidden state; the decoder's logits), inputs random token ids. Also the time each tool took to
-quantize. Prints a Markdown table (for bench/RESULTS.md).
+quantize. With --busy, every model is timed again beside one competing CPU-bound process the
+script starts and stops (bench/busy_threads.py), ratios to float from that same block. Prints
+Markdown tables (for bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import minilm  # noqa: E402
+from busy_threads import competing_process  # noqa: E402
 from llama import SIZES, Widths, build_decoder  # noqa: E402
 
 import quantrs  # noqa: E402
@@ -89,6 +92,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--busy", action="store_true", help="also time every model beside a competing process")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     header = "| model | latency | vs float | cosine to float | quantizing |\n|---|---|---|---|---|"
@@ -99,8 +103,8 @@ def main() -> None:
     onnx.save(minilm.build_encoder(minilm.weights_dir(), last_hidden_state=True), str(src))
     ids = rng.integers(1000, 30000, (BATCH, TOKENS)).astype(np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    print(f"all-MiniLM-L6-v2, batch {BATCH} x {TOKENS} tokens, {args.threads} thread(s), median of {args.repeat}\n\n{header}")
-    print("\n".join(measure(variants(src, folder), feeds, args.repeat, args.threads)))
+    print(f"all-MiniLM-L6-v2, batch {BATCH} x {TOKENS} tokens, {args.threads} thread(s), median of {args.repeat}")
+    report(variants(src, folder), feeds, args, header)
 
     size = SIZES["1.1B"]
     widths = Widths(size.hidden, size.intermediate, args.layers, size.heads, size.kv_heads, size.vocab)
@@ -108,8 +112,15 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     src = build_decoder(folder / "decoder.onnx", widths, "float32")
     feeds = {"input_ids": rng.integers(0, widths.vocab, (BATCH, TOKENS)).astype(np.int64)}
-    print(f"\nLlama-shaped decoder, TinyLlama widths, {args.layers} layers, float32, prefill {BATCH} x {TOKENS}\n\n{header}")
-    print("\n".join(measure(variants(src, folder), feeds, args.repeat, args.threads)))
+    print(f"\nLlama-shaped decoder, TinyLlama widths, {args.layers} layers, float32, prefill {BATCH} x {TOKENS}")
+    report(variants(src, folder), feeds, args, header)
+
+
+def report(models: dict[str, tuple[Path, float]], feeds: dict[str, np.ndarray], args: argparse.Namespace, header: str) -> None:
+    for busy in (False, True) if args.busy else (False,):
+        with competing_process(busy, limit=600.0):
+            rows = measure(models, feeds, args.repeat, args.threads)
+        print(f"\n{'busy (1 competing process)' if busy else 'idle'}\n\n{header}\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":

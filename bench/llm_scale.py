@@ -1,7 +1,7 @@
 """quantrs against onnxruntime's MatMulNBitsQuantizer on Llama-shaped decoders, in one run.
 
     python bench/llm_scale.py WORKDIR [--models 1.1B-fp16 1.1B-fp32 7B-fp16] [--repeat 1]
-                                      [--ort-memory-gb 20] [--skip-ort 7B-fp16]
+                                      [--ort-memory-gb 20] [--skip-ort 7B-fp16] [--busy]
 
 Models are built once into WORKDIR by bench/llama.py (external data; 1.1B float16 is 2.2 GB,
 float32 4.4 GB, 7B float16 13.5 GB: about 40 GB of disk with the outputs). Each tool runs as its
@@ -12,7 +12,8 @@ model it cannot quantize in this machine's memory ends with MemoryError, reporte
 instead of bringing the machine down.
 
 Prints a Markdown table (for bench/RESULTS.md): seconds, seconds per GB of input, peak RSS, and
-onnxruntime's time over quantrs' for the same model.
+onnxruntime's time over quantrs' for the same model. --busy runs every tool beside one
+competing CPU-bound process the script starts and stops (bench/busy_threads.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from busy_threads import competing_process  # noqa: E402
 from llama import SIZES, build_decoder  # noqa: E402
 
 _SCRIPT = Path(sys.executable).with_name("quantrs")
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per tool (the fastest is kept)")
     parser.add_argument("--ort-memory-gb", type=float, default=20.0)
     parser.add_argument("--skip-ort", nargs="*", default=[], help="models on which onnxruntime's tool is not run")
+    parser.add_argument("--busy", action="store_true", help="beside one competing CPU-bound process")
     args = parser.parse_args()
     rows = []
     for spec in args.models:
@@ -99,7 +102,8 @@ def main() -> None:
                 out = args.workdir / spec / "out"
                 clean(out)
                 cmd = [a.format(src=src, dst=out / "q.onnx") for a in TOOLS[tool]]
-                run = timed(cmd, args.ort_memory_gb if tool.startswith("ort") else None)
+                with competing_process(args.busy, limit=1800.0):
+                    run = timed(cmd, args.ort_memory_gb if tool.startswith("ort") else None)
                 if run[0] is not None and (best[0] is None or run[0] < best[0]):
                     best = run
                 elif run[0] is None:
