@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="+", default=["mlp100M", "minilm"])
     args = parser.parse_args(argv)
     args.folder.mkdir(parents=True, exist_ok=True)
-    print("| model | min cosine | result | measured | widths | weights | uniform 8-bit | uniform 4-bit | file smaller | evaluations | sensitivity | total |")
+    print(
+        "| model | min cosine | result | measured | widths | weights | uniform 8-bit | uniform 4-bit | file smaller | evaluations | sensitivity | total |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     if "mlp100M" in args.cases:
         src = matmul_stack(args.folder / "mlp100M.onnx", 24, 1024)
@@ -65,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         held_out = [tokenized(minilm.SENTENCES)]
         for budget in (0.99, 0.995):
             began = time.perf_counter()
-            report = auto(src, args.folder / f"minilm_auto_{budget}.onnx", tuning, AutoConfig(min_cosine=budget), eval_data=held_out)
+            report = auto(
+                src, args.folder / f"minilm_auto_{budget}.onnx", tuning, AutoConfig(min_cosine=budget), eval_data=held_out
+            )
             print(row("all-MiniLM-L6-v2", budget, report, time.perf_counter() - began), flush=True)
     return 0
 

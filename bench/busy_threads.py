@@ -33,7 +33,11 @@ HIDDEN = 4096
 _SCRIPT = Path(sys.executable).with_name("quantrs")
 QUANTRS = [str(_SCRIPT) if _SCRIPT.exists() else (shutil.which("quantrs") or "quantrs")]
 # python -c "<run quantrs from this tree>" TREE ...: the tree first on sys.path.
-FROM_TREE = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); from quantrs.cli import main; sys.argv[0] = 'quantrs'; main()"]
+FROM_TREE = [
+    sys.executable,
+    "-c",
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); from quantrs.cli import main; sys.argv[0] = 'quantrs'; main()",
+]
 # One kernel pass, in-process: the median of 30 per-channel min/max passes over 4096 x 4096.
 KERNEL = """
 import sys, time, numpy as np
@@ -101,16 +105,22 @@ def main() -> None:
                 for name, threads in variants:
                     base = QUANTRS if not trees[name] else [*FROM_TREE, trees[name]]
                     flags = ["--threads", "1"] if threads == 1 else []
-                    times.setdefault((name, threads, busy), []).append(wall([*base, "quantize", str(src), "-o", str(dst), "-q", *flags, *args.args]))
+                    times.setdefault((name, threads, busy), []).append(
+                        wall([*base, "quantize", str(src), "-o", str(dst), "-q", *flags, *args.args])
+                    )
                     kernels.setdefault((name, threads, busy), []).append(kernel_seconds(trees[name], threads))
     print(f"{args.params} MatMul stack, `quantize {' '.join(args.args)}`; median of {args.repeat} interleaved runs\n")
-    print("| build | machine | default threads | --threads 1 | default / 1 thread | minmax 4096x4096, default | 1 thread | ratio |")
+    print(
+        "| build | machine | default threads | --threads 1 | default / 1 thread | minmax 4096x4096, default | 1 thread | ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name in trees:
         for busy in (False, True):
             d, one = (statistics.median(times[(name, t, busy)]) for t in (0, 1))
             kd, k1 = (statistics.median(kernels[(name, t, busy)]) * 1e3 for t in (0, 1))
-            print(f"| {name} | {'busy (1 competing process)' if busy else 'idle'} | {d:.2f} s | {one:.2f} s | {d / one:.2f}x | {kd:.1f} ms | {k1:.1f} ms | {kd / k1:.2f}x |")
+            print(
+                f"| {name} | {'busy (1 competing process)' if busy else 'idle'} | {d:.2f} s | {one:.2f} s | {d / one:.2f}x | {kd:.1f} ms | {k1:.1f} ms | {kd / k1:.2f}x |"
+            )
 
 
 if __name__ == "__main__":

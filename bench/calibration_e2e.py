@@ -64,7 +64,10 @@ def conv12(folder: Path) -> tuple[Path, tuple[int, ...]]:
     nodes, inits, prev = [], [], "x"
     for i in range(12):
         inits.append(numpy_helper.from_array((rng.standard_normal((32, 32, 3, 3)) * 0.05).astype(np.float32), f"w{i}"))
-        nodes += [helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]), helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        nodes += [
+            helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", [f"c{i}"], [f"r{i}"]),
+        ]
         prev = f"r{i}"
     nodes.append(helper.make_node("ReduceMean", [prev], ["y"], axes=[2, 3], keepdims=0))
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 512, 512])
@@ -106,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=8)
     args = parser.parse_args(argv)
     args.folder.mkdir(parents=True, exist_ok=True)
-    print("| model | samples | ort inference | ort peak | quantrs calibrate | in ort | runs/sample | quantrs peak | peak ratio | fidelity check | statistics overhead / inference | own time / inference | cosine |")
+    print(
+        "| model | samples | ort inference | ort peak | quantrs calibrate | in ort | runs/sample | quantrs peak | peak ratio | fidelity check | statistics overhead / inference | own time / inference | cosine |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
         src, shape = conv12(args.folder) if name == "conv12" else stack(args.folder, 600e6)

@@ -47,9 +47,15 @@ def variants(src: Path, folder: Path) -> dict[str, tuple[Path, float]]:
         "quantrs INT8 weight-only": lambda dst: quantrs.quantize(src, dst),
         "quantrs --dynamic": lambda dst: quantrs.quantize(src, dst, quantrs.QuantizeConfig(dynamic=True)),
         "ort quantize_dynamic": lambda dst: quantize_dynamic(
-            src, dst, weight_type=QuantType.QInt8, per_channel=True, use_external_data_format=src.with_name(src.name + ".data").exists()
+            src,
+            dst,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            use_external_data_format=src.with_name(src.name + ".data").exists(),
         ),
-        "quantrs 4-bit MatMulNBits": lambda dst: quantrs.quantize(src, dst, quantrs.QuantizeConfig(bits=4, quant_format="matmulnbits")),
+        "quantrs 4-bit MatMulNBits": lambda dst: quantrs.quantize(
+            src, dst, quantrs.QuantizeConfig(bits=4, quant_format="matmulnbits")
+        ),
         "quantrs 4-bit MatMulNBits, --accuracy-level 0": lambda dst: quantrs.quantize(
             src, dst, quantrs.QuantizeConfig(bits=4, quant_format="matmulnbits", accuracy_level=0)
         ),
@@ -66,7 +72,9 @@ def measure(models: dict[str, tuple[Path, float]], feeds: dict[str, np.ndarray],
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for name, (path, _) in models.items()}
+    sessions = {
+        name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for name, (path, _) in models.items()
+    }
     outputs = {name: s.run(None, feeds)[0].astype(np.float64).ravel() for name, s in sessions.items()}
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(repeat):
@@ -82,7 +90,11 @@ def measure(models: dict[str, tuple[Path, float]], feeds: dict[str, np.ndarray],
         cosine = float(ref @ got / np.linalg.norm(ref) / np.linalg.norm(got))
         ms = statistics.median(times[name]) * 1e3
         made = models[name][1]
-        rows.append(f"| {name} | {ms:.1f} ms | {base * 1e3 / ms:.2f}x | {cosine:.4f} | {made:.2f} s |" if name != "float" else f"| float | {ms:.1f} ms | 1.00x | 1 | |")
+        rows.append(
+            f"| {name} | {ms:.1f} ms | {base * 1e3 / ms:.2f}x | {cosine:.4f} | {made:.2f} s |"
+            if name != "float"
+            else f"| float | {ms:.1f} ms | 1.00x | 1 | |"
+        )
     return rows
 
 

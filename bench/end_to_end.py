@@ -36,10 +36,34 @@ TOOLS = {
     "quantrs int8 --dynamic": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--dynamic", "-q"],
     "quantrs int4": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--per-channel", "--bits", "4", "-q"],
     "quantrs int4 blocks of 32": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--block-size", "32", "--bits", "4", "-q"],
-    "quantrs int4 blocks of 32 (matmulnbits)": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--block-size", "32", "--bits", "4",
-                                                "--quant-format", "matmulnbits", "-q"],
-    "quantize-rs 0.10 int8": [sys.executable, "-c", "import quantize_rs, sys; quantize_rs.quantize(sys.argv[1], sys.argv[2], bits=8, per_channel=True)", "{src}", "{dst}"],
-    "quantize-rs 0.10 int4": [sys.executable, "-c", "import quantize_rs, sys; quantize_rs.quantize(sys.argv[1], sys.argv[2], bits=4, per_channel=True, native_int4=True)", "{src}", "{dst}"],
+    "quantrs int4 blocks of 32 (matmulnbits)": [
+        QUANTRS,
+        "quantize",
+        "{src}",
+        "-o",
+        "{dst}",
+        "--block-size",
+        "32",
+        "--bits",
+        "4",
+        "--quant-format",
+        "matmulnbits",
+        "-q",
+    ],
+    "quantize-rs 0.10 int8": [
+        sys.executable,
+        "-c",
+        "import quantize_rs, sys; quantize_rs.quantize(sys.argv[1], sys.argv[2], bits=8, per_channel=True)",
+        "{src}",
+        "{dst}",
+    ],
+    "quantize-rs 0.10 int4": [
+        sys.executable,
+        "-c",
+        "import quantize_rs, sys; quantize_rs.quantize(sys.argv[1], sys.argv[2], bits=4, per_channel=True, native_int4=True)",
+        "{src}",
+        "{dst}",
+    ],
     "ort quantize_dynamic int8": [
         sys.executable,
         "-c",
@@ -72,7 +96,11 @@ TOOLS = {
 
 
 # python -c "<run quantrs from this tree>" TREE quantize ...: the tree first on sys.path.
-BASELINE = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); from quantrs.cli import main; sys.argv[0] = 'quantrs'; main()"]
+BASELINE = [
+    sys.executable,
+    "-c",
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); from quantrs.cli import main; sys.argv[0] = 'quantrs'; main()",
+]
 
 
 def model_bytes(src: Path) -> int:
@@ -136,7 +164,12 @@ def main() -> None:
             for _ in range(args.repeat):
                 clean(dst)
                 out_bytes = int(model_bytes(src) / (4 if bits == 8 else 8))
-                run = subprocess.run([sys.executable, str(HERE / "lean_floor.py"), str(src), str(dst), str(out_bytes)], capture_output=True, text=True, check=True)
+                run = subprocess.run(
+                    [sys.executable, str(HERE / "lean_floor.py"), str(src), str(dst), str(out_bytes)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 floors.append(float(run.stdout.strip()))
             rows.append({"tool": f"lean floor (int{bits} output size)", "seconds": min(floors), "rss_mb": None})
         for tool in args.tools:
@@ -173,7 +206,9 @@ def print_table(spec: str, gb: float, rows: list[dict]) -> None:
         rss = "" if r["rss_mb"] is None else f"{r['rss_mb']:.0f}"
         ours_now = r["tool"].startswith("quantrs") and "@" not in r["tool"]
         faster = "" if ours_now or r["tool"].startswith("lean") or mine is None else f"{r['seconds'] / mine:.2f}x"
-        print(f"| {r['tool']} | {r['seconds']:.2f} | {r['seconds'] / gb:.2f} | {rss} | {r['seconds'] / floor[bits]:.2f}x | {faster} |")
+        print(
+            f"| {r['tool']} | {r['seconds']:.2f} | {r['seconds'] / gb:.2f} | {rss} | {r['seconds'] / floor[bits]:.2f}x | {faster} |"
+        )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ def report(tool: str, setting: str, seconds: float, path: Path, src: Path, feeds
     ref, got = embed(src, feeds), embed(path, feeds)
     cos = np.sum(ref * got, axis=1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
     overall = float(np.sum(ref * got) / (np.linalg.norm(ref) * np.linalg.norm(got)))
-    row = dict(tool=tool, setting=setting, seconds=round(seconds, 2), worst_cosine=round(float(cos.min()), 4), cosine=round(overall, 4))
+    row = dict(
+        tool=tool, setting=setting, seconds=round(seconds, 2), worst_cosine=round(float(cos.min()), 4), cosine=round(overall, 4)
+    )
     row["compression"] = round(src.stat().st_size / path.stat().st_size, 2)
     print(json.dumps(row), flush=True)
 
@@ -77,7 +79,14 @@ def run_onnxruntime(src: Path, work: Path, tuning: dict[str, np.ndarray], feeds:
         quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=32, is_symmetric=False, algo_config=config)
         quantizer.process()
         quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
-        report("onnxruntime", f"GPTQ (defaults{', actorder' if actorder else ''}), blocks of 32", time.perf_counter() - began, out, src, feeds)
+        report(
+            "onnxruntime",
+            f"GPTQ (defaults{', actorder' if actorder else ''}), blocks of 32",
+            time.perf_counter() - began,
+            out,
+            src,
+            feeds,
+        )
 
 
 def main() -> None:

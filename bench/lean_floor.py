@@ -18,7 +18,11 @@ CHUNK = 16 << 20
 def main(src: str, dst: str, out_bytes: int) -> float:
     started = time.perf_counter()
     buffer = np.frombuffer(mmap.mmap(-1, CHUNK), dtype=np.uint8)  # anonymous maps are page aligned
-    files = [src] + [os.path.join(os.path.dirname(src), f) for f in os.listdir(os.path.dirname(src) or ".") if f == os.path.basename(src) + ".data"]
+    files = [src] + [
+        os.path.join(os.path.dirname(src), f)
+        for f in os.listdir(os.path.dirname(src) or ".")
+        if f == os.path.basename(src) + ".data"
+    ]
     total_in = sum(os.path.getsize(f) for f in files)
     ratio = out_bytes / total_in
     written = 0

@@ -65,15 +65,21 @@ def build_decoder(path: Path, widths: Widths, dtype: str = "float16", *, externa
     h, hd, nh, nkv = widths.hidden, widths.head_dim, widths.heads, widths.kv_heads
     x = g.node("Gather", [g.weight("model.embed_tokens.weight", (widths.vocab, h), fan_in=None), "input_ids"], "embed")
     # Positions 0..S-1, their rotary angles, and the causal mask, from the sequence length.
-    seq = g.node("Gather", [g.node("Shape", ["input_ids"], "ids_shape"), g.const("one_index", np.array(1, np.int64))], "seq", axis=0)
-    positions = g.node("Range", [g.const("zero", np.array(0, np.int64)), seq, g.const("step", np.array(1, np.int64))], "positions")
+    seq = g.node(
+        "Gather", [g.node("Shape", ["input_ids"], "ids_shape"), g.const("one_index", np.array(1, np.int64))], "seq", axis=0
+    )
+    positions = g.node(
+        "Range", [g.const("zero", np.array(0, np.int64)), seq, g.const("step", np.array(1, np.int64))], "positions"
+    )
     inv = 1.0 / (10000.0 ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
     angles = np.outer(np.arange(MAX_POSITIONS), inv)
     angles = np.concatenate([angles, angles], axis=1)
     cos = g.node("Gather", [g.const("rope.cos", np.cos(angles).astype(np_type)), positions], "cos")
     sin = g.node("Gather", [g.const("rope.sin", np.sin(angles).astype(np_type)), positions], "sin")
     mask_table = np.triu(np.full((MAX_POSITIONS, MAX_POSITIONS), np.finfo(np_type).min, dtype=np_type), k=1)
-    ends = g.node("Concat", [g.node("Unsqueeze", [seq, g.const("axis0", np.array([0], np.int64))], "seq_1d")] * 2, "mask_ends", axis=0)
+    ends = g.node(
+        "Concat", [g.node("Unsqueeze", [seq, g.const("axis0", np.array([0], np.int64))], "seq_1d")] * 2, "mask_ends", axis=0
+    )
     mask = g.node("Slice", [g.const("causal_mask", mask_table), g.const("zeros2", np.array([0, 0], np.int64)), ends], "mask")
     scale = g.const("attn_scale", np.array(1.0 / math.sqrt(hd), np_type))
     half = g.const("rope_split", np.array([hd // 2, hd // 2], np.int64))
@@ -87,12 +93,21 @@ def build_decoder(path: Path, widths: Widths, dtype: str = "float16", *, externa
         second = f"{name}_half1"
         g.nodes.append(helper.make_node("Split", [t, half], [first, second], name=f"{name}_split", axis=-1))
         rotated = g.node("Concat", [g.node("Neg", [second], f"{name}_neg"), first], f"{name}_rot", axis=-1)
-        return g.node("Add", [g.node("Mul", [t, cos], f"{name}_cos"), g.node("Mul", [rotated, sin], f"{name}_sin")], f"{name}_rope")
+        return g.node(
+            "Add", [g.node("Mul", [t, cos], f"{name}_cos"), g.node("Mul", [rotated, sin], f"{name}_sin")], f"{name}_rope"
+        )
 
     def repeat_kv(t: str, name: str) -> str:  # [B, nkv, S, hd] -> [B, nh, S, hd]
         if nkv == nh:
             return t
-        wide = g.node("Expand", [g.node("Unsqueeze", [t, g.const("axis2", np.array([2], np.int64))], f"{name}_u"), g.const("kv_repeat", np.array([1, 1, nh // nkv, 1, 1], np.int64))], f"{name}_x")
+        wide = g.node(
+            "Expand",
+            [
+                g.node("Unsqueeze", [t, g.const("axis2", np.array([2], np.int64))], f"{name}_u"),
+                g.const("kv_repeat", np.array([1, 1, nh // nkv, 1, 1], np.int64)),
+            ],
+            f"{name}_x",
+        )
         return g.node("Reshape", [wide, g.const("shape_kv", np.array([0, nh, -1, hd], np.int64))], f"{name}_rep")
 
     for i in range(widths.layers):
@@ -105,7 +120,11 @@ def build_decoder(path: Path, widths: Widths, dtype: str = "float16", *, externa
         scores = g.node("Add", [g.node("Mul", [g.node("MatMul", [q, kt], f"{p}.qk"), scale], f"{p}.scaled"), mask], f"{p}.masked")
         probs = g.node("Softmax", [scores], f"{p}.probs", axis=-1)
         ctx = g.node("MatMul", [probs, repeat_kv(v, f"{p}.v")], f"{p}.ctx")
-        merged = g.node("Reshape", [g.node("Transpose", [ctx], f"{p}.ctx_t", perm=[0, 2, 1, 3]), g.const("shape_merge", np.array([0, 0, h], np.int64))], f"{p}.merged")
+        merged = g.node(
+            "Reshape",
+            [g.node("Transpose", [ctx], f"{p}.ctx_t", perm=[0, 2, 1, 3]), g.const("shape_merge", np.array([0, 0, h], np.int64))],
+            f"{p}.merged",
+        )
         x = g.node("Add", [x, g.matmul(merged, f"{p}.self_attn.o_proj", nh * hd, h)], f"{p}.attn_residual")
         y = g.rms_norm(x, f"{p}.post_attention_layernorm", h)
         gate = g.matmul(y, f"{p}.mlp.gate_proj", h, widths.intermediate)
@@ -174,7 +193,9 @@ class _Graph:
         gain = self.const(f"{name}.weight", np.ones(width, self.np_type))
         wide = x if self.elem == TensorProto.FLOAT else self.node("Cast", [x], f"{name}.f32", to=TensorProto.FLOAT)
         mean = self.node("ReduceMean", [self.node("Mul", [wide, wide], f"{name}.sq")], f"{name}.ms", axes=[-1], keepdims=1)
-        root = self.node("Sqrt", [self.node("Add", [mean, self.const("rms_eps", np.array(1e-5, np.float32))], f"{name}.eps")], f"{name}.rms")
+        root = self.node(
+            "Sqrt", [self.node("Add", [mean, self.const("rms_eps", np.array(1e-5, np.float32))], f"{name}.eps")], f"{name}.rms"
+        )
         normed = self.node("Div", [wide, root], f"{name}.normed")
         if self.elem != TensorProto.FLOAT:
             normed = self.node("Cast", [normed], f"{name}.back", to=self.elem)

@@ -33,7 +33,22 @@ from llama import SIZES, build_decoder  # noqa: E402
 _SCRIPT = Path(sys.executable).with_name("quantrs")
 QUANTRS = str(_SCRIPT) if _SCRIPT.exists() else (shutil.which("quantrs") or "quantrs")
 TOOLS = {
-    "quantrs 4-bit MatMulNBits (block 32)": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--bits", "4", "--block-size", "32", "--quant-format", "matmulnbits", "-q", "--format", "json"],
+    "quantrs 4-bit MatMulNBits (block 32)": [
+        QUANTRS,
+        "quantize",
+        "{src}",
+        "-o",
+        "{dst}",
+        "--bits",
+        "4",
+        "--block-size",
+        "32",
+        "--quant-format",
+        "matmulnbits",
+        "-q",
+        "--format",
+        "json",
+    ],
     "quantrs INT8 per channel": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "-q", "--format", "json"],
     "quantrs INT8 --dynamic": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--dynamic", "-q", "--format", "json"],
     "ort MatMulNBitsQuantizer (block 32)": [
@@ -116,7 +131,11 @@ def main() -> None:
             ratio = ""
             if secs is not None and ort and ort[0] is not None and not tool.startswith("ort"):
                 ratio = f"{ort[0] / secs:.1f}x" if "MatMulNBits" in tool else ""
-            cells = (f"{secs:.2f} s", f"{secs / gb:.2f} s", f"{rss:.0f} MB") if secs is not None and rss is not None else (why, "", "")
+            cells = (
+                (f"{secs:.2f} s", f"{secs / gb:.2f} s", f"{rss:.0f} MB")
+                if secs is not None and rss is not None
+                else (why, "", "")
+            )
             rows.append(f"| {spec} ({gb:.1f} GB) | {tool} | {' | '.join(cells)} | {ratio} |")
     print("| model | tool | time | per GB | peak RSS | ort / quantrs |")
     print("|---|---|---|---|---|---|")

@@ -63,7 +63,12 @@ def fixed_codes_fit(x: np.ndarray, alpha: float, qmax: int = 15) -> tuple[np.nda
     zero = np.clip(np.rint(-lo / scale), 0, qmax)
     codes = np.clip(np.rint(x / scale) + zero, 0, qmax)
     n = x.shape[1]
-    sq, sqq, sxq, sx = codes.sum(1, keepdims=True), (codes**2).sum(1, keepdims=True), (x * codes).sum(1, keepdims=True), x.sum(1, keepdims=True)
+    sq, sqq, sxq, sx = (
+        codes.sum(1, keepdims=True),
+        (codes**2).sum(1, keepdims=True),
+        (x * codes).sum(1, keepdims=True),
+        x.sum(1, keepdims=True),
+    )
     den = n * sqq - sq * sq
     slope = np.where(den > 0, (n * sxq - sq * sx) / np.where(den > 0, den, 1), scale)
     fitted = np.clip(np.rint(-(sx - slope * sq) / n / slope), 0, qmax)
@@ -97,7 +102,14 @@ def refit_matmulnbits(quantized: Path, src: Path, out: Path, alpha: float) -> No
         codes, scale, zero = fixed_codes_fit(w.T.reshape(n * blocks, block), alpha)
         c = codes.reshape(n, blocks, block).astype(np.uint8)
         z = zero.reshape(n, blocks).astype(np.uint8)
-        for name, value in zip(node.input[1:4], (c[..., 0::2] | (c[..., 1::2] << 4), scale.astype(np.float32).reshape(-1), (z[:, 0::2] | (z[:, 1::2] << 4)).reshape(-1))):
+        for name, value in zip(
+            node.input[1:4],
+            (
+                c[..., 0::2] | (c[..., 1::2] << 4),
+                scale.astype(np.float32).reshape(-1),
+                (z[:, 0::2] | (z[:, 1::2] << 4)).reshape(-1),
+            ),
+        ):
             inits[name].CopyFrom(numpy_helper.from_array(value, name))
     onnx.save(model, str(out))
 
@@ -116,7 +128,11 @@ def weight_errors() -> None:
     for alpha in (1.0, 0.97):
         codes, scale, zero = fixed_codes_fit(rows, alpha)
         got = float(np.sum((rows - scale * (codes - zero)) ** 2))
-        print(json.dumps(dict(setting=f"weight sse / min/max's, fixed-codes least squares at alpha {alpha}", ratio=round(got / plain, 4))))
+        print(
+            json.dumps(
+                dict(setting=f"weight sse / min/max's, fixed-codes least squares at alpha {alpha}", ratio=round(got / plain, 4))
+            )
+        )
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The baseline a user would write by hand: onnx.load, per-channel INT8 in numpy, onnx.save.
 
-    python bench/naive_numpy.py MODEL OUT
+python bench/naive_numpy.py MODEL OUT
 """
 
 import sys
@@ -32,7 +32,9 @@ def main(src: str, dst: str) -> None:
             numpy_helper.from_array(scale, init.name + "_s"),
             numpy_helper.from_array(zp, init.name + "_z"),
         ]
-        dq_nodes.append(helper.make_node("DequantizeLinear", [init.name + "_q", init.name + "_s", init.name + "_z"], [init.name], axis=1))
+        dq_nodes.append(
+            helper.make_node("DequantizeLinear", [init.name + "_q", init.name + "_s", init.name + "_z"], [init.name], axis=1)
+        )
     del graph.initializer[:]
     graph.initializer.extend(new_inits)
     nodes = dq_nodes + list(graph.node)

@@ -67,7 +67,9 @@ def _rebuild(model: onnx.ModelProto, drop: set[str], add: list[onnx.NodeProto]) 
     whose output another node takes over), with `add`, in topological order."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    kept = [n for n in model.graph.node if n.output[0] not in drop and not (n.op_type == "Slice" and "Slice:" + n.output[0] in drop)]
+    kept = [
+        n for n in model.graph.node if n.output[0] not in drop and not (n.op_type == "Slice" and "Slice:" + n.output[0] in drop)
+    ]
     ordered, known = [], {i.name for i in model.graph.input} | {t.name for t in model.graph.initializer} | {""}
     pending = add + kept
     while pending:  # topological order
@@ -94,7 +96,9 @@ def padded_weights(model: onnx.ModelProto):
             continue
         readers = consumers.get(dq.output[0], [])
         slices = [r for r in readers if r.op_type == "Slice"]
-        direct = [r for r in readers if r.op_type in ("MatMul", "Gemm") and getattr(producer.get(r.input[0]), "op_type", "") == "Pad"]
+        direct = [
+            r for r in readers if r.op_type in ("MatMul", "Gemm") and getattr(producer.get(r.input[0]), "op_type", "") == "Pad"
+        ]
         if not slices and not direct:
             continue  # not padded: its output is the weight itself
         codes = next(t for t in model.graph.initializer if t.name == dq.input[0])
@@ -130,7 +134,10 @@ def weight_sliced(model: onnx.ModelProto) -> onnx.ModelProto:
     producer, _ = _index(model)
     for dq, _codes, axis, name, length, direct, cut in list(padded_weights(model)):
         if cut is None:
-            consts = [helper.make_node("Constant", [], [f"{name}_{k}"], value=numpy_helper.from_array(np.array([v], np.int64))) for k, v in (("s", 0), ("e", length), ("a", axis))]
+            consts = [
+                helper.make_node("Constant", [], [f"{name}_{k}"], value=numpy_helper.from_array(np.array([v], np.int64)))
+                for k, v in (("s", 0), ("e", length), ("a", axis))
+            ]
             add += consts + [helper.make_node("Slice", [dq.output[0], *(c.output[0] for c in consts)], [name])]
         for reader in direct:
             pad = producer[reader.input[0]]
@@ -153,7 +160,12 @@ def input_padded(model: onnx.ModelProto) -> onnx.ModelProto:
             pads, axes, widened = f"{name}_pads{k}", f"{name}_axes{k}", f"{name}_input{k}"
             a_axis = 0 if any(a.name == "transA" and a.i for a in reader.attribute) else -1
             add += [
-                helper.make_node("Constant", [], [pads], value=numpy_helper.from_array(np.array([0, dq_length(model, dq, axis) - length], np.int64))),
+                helper.make_node(
+                    "Constant",
+                    [],
+                    [pads],
+                    value=numpy_helper.from_array(np.array([0, dq_length(model, dq, axis) - length], np.int64)),
+                ),
                 helper.make_node("Constant", [], [axes], value=numpy_helper.from_array(np.array([a_axis], np.int64))),
                 helper.make_node("Pad", [reader.input[0], pads, "", axes], [widened]),
             ]
@@ -215,7 +227,11 @@ def table_first(model: onnx.ModelProto) -> onnx.ModelProto:
     for nodes, codes, scale, zero_point, ids, result, block in list(block_lookups(model)):
         drop.update(n.output[0] for n in nodes)
         table = f"{codes}_dequantized_table"
-        add.append(helper.make_node("DequantizeLinear", [codes, scale] + ([zero_point] if zero_point else []), [table], axis=1, block_size=block))
+        add.append(
+            helper.make_node(
+                "DequantizeLinear", [codes, scale] + ([zero_point] if zero_point else []), [table], axis=1, block_size=block
+            )
+        )
         add.append(helper.make_node("Gather", [table, ids], [result], axis=0))
         _unpad_table(model, codes, scale, zero_point, block)
     return _rebuild(model, drop, add)
@@ -268,7 +284,11 @@ def ffn(k: int = 1000, hidden: int = 4096) -> tuple[onnx.ModelProto, dict[str, d
         helper.make_node("Add", ["ob", "x"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "ffn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", k])], inits
+        nodes,
+        "ffn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", k])],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -299,7 +319,9 @@ def minilm_model() -> tuple[onnx.ModelProto, dict[str, dict[str, np.ndarray]]] |
     many = minilm.tokenize(minilm.SENTENCES, folder)
     return model, {
         f"1 sentence ({one['input_ids'].shape[1]} tokens)": {k: v for k, v in one.items() if k in names},
-        f"{len(minilm.SENTENCES)} sentences (padded to {many['input_ids'].shape[1]})": {k: v for k, v in many.items() if k in names},
+        f"{len(minilm.SENTENCES)} sentences (padded to {many['input_ids'].shape[1]})": {
+            k: v for k, v in many.items() if k in names
+        },
     }
 
 
@@ -370,7 +392,10 @@ def openvino_compiles(path: str) -> str:
         return "yes"
     except Exception as exc:  # noqa: BLE001  (OpenVINO raises RuntimeError subclasses with long logs)
         text = str(exc)
-        for needle, why in (("cannot be divided by block_size", "short last block"), ("dynamic shapes of input X", "blocked DQ of dynamic shape")):
+        for needle, why in (
+            ("cannot be divided by block_size", "short last block"),
+            ("dynamic shapes of input X", "blocked DQ of dynamic shape"),
+        ):
             if needle in text:
                 return f"no ({why})"
         return "no: " + text.splitlines()[0]
@@ -396,7 +421,9 @@ def table() -> tuple[onnx.ModelProto, dict[str, dict[str, np.ndarray]]]:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    return model, {f"{b} x {s} ids": {"ids": rng.integers(0, values.shape[0], (b, s)).astype(np.int64)} for b, s in ((1, 13), (32, 18))}
+    return model, {
+        f"{b} x {s} ids": {"ids": rng.integers(0, values.shape[0], (b, s)).astype(np.int64)} for b, s in ((1, 13), (32, 18))
+    }
 
 
 def main() -> None:
@@ -431,7 +458,12 @@ def main() -> None:
         quantrs.quantize(src, out, config)
         quantized = onnx.load(str(out))
         if name in ("minilm", "table"):
-            forms = {"float": model, "gather, blocked DQ (before)": blocked_lookup(quantized), "gather, DQ per block (now)": quantized, "DQ table, then gather": table_first(quantized)}
+            forms = {
+                "float": model,
+                "gather, blocked DQ (before)": blocked_lookup(quantized),
+                "gather, DQ per block (now)": quantized,
+                "DQ table, then gather": table_first(quantized),
+            }
         else:  # quantrs writes one of the two padded forms, by the weights' sizes
             now = any(n.op_type == "Pad" for n in quantized.graph.node)
             forms = {
@@ -452,7 +484,10 @@ def main() -> None:
             times = _child("--latency", feeds_path, str(args.rounds), str(args.runs), *paths)
             for label, path, ms, ok in zip(forms, paths, times, compiles):  # type: ignore[call-overload]
                 rss = _child("--memory", path, feeds_path, str(args.runs))
-                print(f"| {name} | {what} | {label} | {ms:.3f} | {rss['session_mb']:.0f} / {rss['runs_mb']:.0f} / {rss['peak_mb']:.0f} | {ok} |", flush=True)  # type: ignore[index]
+                print(
+                    f"| {name} | {what} | {label} | {ms:.3f} | {rss['session_mb']:.0f} / {rss['runs_mb']:.0f} / {rss['peak_mb']:.0f} | {ok} |",
+                    flush=True,
+                )  # type: ignore[index]
 
 
 if __name__ == "__main__":

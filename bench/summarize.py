@@ -17,8 +17,10 @@ def main(path: str) -> None:
     groups: dict[str, list[dict]] = defaultdict(list)
     for bench in data["benchmarks"]:
         groups[bench["group"]].append(bench)
-    print(f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
-          f"{data['machine_info'].get('cpu', {}).get('count', '?')} CPUs; {data['datetime']}\n")
+    print(
+        f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
+        f"{data['machine_info'].get('cpu', {}).get('count', '?')} CPUs; {data['datetime']}\n"
+    )
     print("| group | implementation | min time | GB/s | vs numpy | of copyto |")
     print("|---|---|---:|---:|---:|---:|")
     for group, benches in groups.items():

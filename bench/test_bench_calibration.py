@@ -30,7 +30,9 @@ def test_calibration_throughput(benchmark, tmp_path, method):
     benchmark.group = f"calibrate small_cnn, {SAMPLES} samples"
     data = samples()
     benchmark.extra_info["samples"] = SAMPLES
-    benchmark.pedantic(quantrs.calibrate, (EXAMPLE, tmp_path / "q.onnx", data, CalibrationConfig(method=method)), rounds=3, iterations=1)
+    benchmark.pedantic(
+        quantrs.calibrate, (EXAMPLE, tmp_path / "q.onnx", data, CalibrationConfig(method=method)), rounds=3, iterations=1
+    )
 
 
 @pytest.fixture(scope="module")

@@ -266,4 +266,10 @@ def test_gptq_weight(benchmark, weights, impl):
     if impl == "gptq":
         acts = np.random.default_rng(1).standard_normal((8192, 4096), dtype=np.float32)
         compensation = gptq.Compensation(gptq.factor(acts.T.astype(np.float64) @ acts / 8192), False)
-    benchmark.pedantic(quantize_tensor, args=(x, scheme, 0), kwargs=dict(block_size=32, range="refit", compensation=compensation), rounds=3, iterations=1)
+    benchmark.pedantic(
+        quantize_tensor,
+        args=(x, scheme, 0),
+        kwargs=dict(block_size=32, range="refit", compensation=compensation),
+        rounds=3,
+        iterations=1,
+    )

@@ -29,12 +29,18 @@ def _logits(path: Path, ids: np.ndarray) -> np.ndarray:
 def test_toy_decoder_runs_and_quantizes(tmp_path, dtype):
     src = build_decoder(tmp_path / "toy.onnx", TOY, dtype)
     assert (tmp_path / "toy.onnx.data").exists()
-    assert TOY.params == sum(int(np.prod(t.dims)) for t in __import__("onnx").load(str(src), load_external_data=False).graph.initializer if "weight" in t.name)
+    assert TOY.params == sum(
+        int(np.prod(t.dims))
+        for t in __import__("onnx").load(str(src), load_external_data=False).graph.initializer
+        if "weight" in t.name
+    )
     ids = np.random.default_rng(0).integers(0, TOY.vocab, (2, 16))
     ref = _logits(src, ids)
     assert ref.shape == (2, 16, TOY.vocab) and np.isfinite(ref).all()
     four = quantrs.quantize(src, tmp_path / "q4.onnx", quantrs.QuantizeConfig(bits=4, block_size=32, quant_format="matmulnbits"))
-    assert sum(t.storage == "UINT4 (MatMulNBits)" for t in four.tensors if t.quantized) == 7 * TOY.layers + 1  # q k v o gate up down, head
+    assert (
+        sum(t.storage == "UINT4 (MatMulNBits)" for t in four.tensors if t.quantized) == 7 * TOY.layers + 1
+    )  # q k v o gate up down, head
     assert np.isfinite(_logits(tmp_path / "q4.onnx", ids)).all()
     quantrs.quantize(src, tmp_path / "q8.onnx")  # INT8 per channel: close to float even with the x20 rows
     got = _logits(tmp_path / "q8.onnx", ids)

@@ -68,7 +68,9 @@ def main() -> None:
                     os.unlink(out)
                 times[way].append(run(args.model, out, overlap=way != "serial", threads=args.threads))
     for way, seconds in times.items():
-        print(f"{way:14s} kernel threads {args.threads}: best {min(seconds):.3f} s, median {sorted(seconds)[len(seconds) // 2]:.3f} s")
+        print(
+            f"{way:14s} kernel threads {args.threads}: best {min(seconds):.3f} s, median {sorted(seconds)[len(seconds) // 2]:.3f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ def main(float_path: str, quantized_path: str, batch: int = 64) -> None:
     want = reference.run(None, feeds)[0]
     got = quantized.run(None, feeds)[0]
     agreement = float((want.argmax(-1) == got.argmax(-1)).mean())
-    print(f"{quantized_path}: runs in onnxruntime; top-1 agreement with the float model "
-          f"{agreement:.1%}, max abs output difference {np.abs(want - got).max():.4g}")
+    print(
+        f"{quantized_path}: runs in onnxruntime; top-1 agreement with the float model "
+        f"{agreement:.1%}, max abs output difference {np.abs(want - got).max():.4g}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,13 @@ def build(seed: int = 2026) -> onnx.ModelProto:
         pad = k // 2
         nodes.append(
             helper.make_node(
-                "Conv", [x, name + ".weight", name + ".bias"], [name], name=name,
-                kernel_shape=[k, k], pads=[pad] * 4, strides=[stride, stride],
+                "Conv",
+                [x, name + ".weight", name + ".bias"],
+                [name],
+                name=name,
+                kernel_shape=[k, k],
+                pads=[pad] * 4,
+                strides=[stride, stride],
             )
         )
         if not relu:

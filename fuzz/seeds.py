@@ -77,7 +77,12 @@ def model_seeds() -> Iterator[bytes]:
     yield _model(_graph([mm], [numpy_helper.from_array(w.astype(np.float16), "w")])).SerializeToString()
     yield _model(_graph([mm], [helper.make_tensor("w", TensorProto.INT4, [4, 4], [1, -2, 3, -4] * 4)])).SerializeToString()
     yield _model(_graph([mm], [helper.make_tensor("w", TensorProto.FLOAT, [4, 4], w.reshape(-1).tolist())])).SerializeToString()
-    yield _model(_graph([mm], [helper.make_tensor("w", TensorProto.INT64, [2], [1, 2]), helper.make_tensor("s", TensorProto.STRING, [1], [b"a"])])).SerializeToString()
+    yield _model(
+        _graph(
+            [mm],
+            [helper.make_tensor("w", TensorProto.INT64, [2], [1, 2]), helper.make_tensor("s", TensorProto.STRING, [1], [b"a"])],
+        )
+    ).SerializeToString()
     # a Constant node's value, and an If whose branches hold their own weights
     const = helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(w, "w"))
     yield _model(_graph([const, mm], [])).SerializeToString()
@@ -96,7 +101,12 @@ def model_seeds() -> Iterator[bytes]:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
     yield _model(_graph([node], [], [x, cond])).SerializeToString()
     # external data: in the folder (fuzz_model writes weights.bin), out of it, through a link
-    for location, offset, length in (("weights.bin", 0, None), ("weights.bin", 64, 64), ("../secret.bin", 0, None), ("link.bin", 0, 64)):
+    for location, offset, length in (
+        ("weights.bin", 0, None),
+        ("weights.bin", 64, 64),
+        ("../secret.bin", 0, None),
+        ("link.bin", 0, 64),
+    ):
         yield _model(_graph([mm], [_external("w", location, [4, 4], offset, length)])).SerializeToString()
     # the graph field given twice (protobuf merges them; load_model parses it all)
     once = _model(_graph([mm], [numpy_helper.from_array(w, "w")])).SerializeToString()
@@ -181,7 +191,12 @@ def pb_seeds() -> Iterator[bytes]:
         (0, helper.make_tensor("x", TensorProto.FLOAT8E4M3FN, [2, 4], f.reshape(-1).tolist())),
     ]
     # external data: in the set folder (fuzz_pb writes data.bin), out of it, through a link
-    for location, offset, length in (("data.bin", 0, None), ("data.bin", 32, 32), ("../secret.bin", 0, None), ("link.bin", 0, 32)):
+    for location, offset, length in (
+        ("data.bin", 0, None),
+        ("data.bin", 32, 32),
+        ("../secret.bin", 0, None),
+        ("link.bin", 0, 32),
+    ):
         tensors.append((0, _external("x", location, [2, 4], offset, length)))
     for selector, tensor in tensors:
         yield bytes([selector]) + tensor.SerializeToString()

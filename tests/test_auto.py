@@ -34,7 +34,10 @@ def sensitive_mlp(path, layers: int = 5, sensitive: int = 2, seed: int = 0, d: i
         if i == sensitive:
             w[rng.choice(d, 3, replace=False)] *= 30.0
         inits.append(numpy_helper.from_array(w, f"w{i}"))
-        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"fc{i}"), helper.make_node("Tanh", [f"m{i}"], [f"t{i}"])]
+        nodes += [
+            helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"fc{i}"),
+            helper.make_node("Tanh", [f"m{i}"], [f"t{i}"]),
+        ]
         prev = f"t{i}"
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", d])
     y = helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["N", d])
@@ -53,7 +56,13 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 def test_the_result_meets_the_budget_is_smaller_than_int8_and_keeps_the_sensitive_layer(tmp_path):
     src, samples = sensitive_mlp(tmp_path / "m.onnx")
     held_out = np.random.default_rng(7).standard_normal((16, 4, D)).astype(np.float32)
-    report = auto(src, tmp_path / "q.onnx", [{"x": s} for s in samples], AutoConfig(min_cosine=0.99, block_size=None), eval_data=[{"x": s} for s in held_out])
+    report = auto(
+        src,
+        tmp_path / "q.onnx",
+        [{"x": s} for s in samples],
+        AutoConfig(min_cosine=0.99, block_size=None),
+        eval_data=[{"x": s} for s in held_out],
+    )
     assert report.met and report.miss == 0
     widths = {layer.name: layer.width for layer in report.layers}
     assert widths["w2"] in ("8", "float"), widths
@@ -77,7 +86,21 @@ def test_an_unreachable_budget_leaves_nothing_at_o_writes_the_closest_beside_it_
     src, samples = sensitive_mlp(tmp_path / "m.onnx")
     np.save(tmp_path / "data.npy", samples)
     result = runner.invoke(
-        app, ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.999999", "--choices", "4,8", "--format", fmt]
+        app,
+        [
+            "auto",
+            str(src),
+            "-o",
+            str(tmp_path / "q.onnx"),
+            "--data",
+            str(tmp_path / "data.npy"),
+            "--min-cosine",
+            "0.999999",
+            "--choices",
+            "4,8",
+            "--format",
+            fmt,
+        ],
     )
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
@@ -94,7 +117,9 @@ def test_an_unreachable_budget_leaves_nothing_at_o_writes_the_closest_beside_it_
         return
     data = json.loads(result.stdout)
     assert data["met"] is False and data["miss"] > 0
-    assert data["closest"] == str(closest) and data["files_written"] == [str(closest)] and data["output"] == str(tmp_path / "q.onnx")
+    assert (
+        data["closest"] == str(closest) and data["files_written"] == [str(closest)] and data["output"] == str(tmp_path / "q.onnx")
+    )
     assert data["output_bytes"] == closest.stat().st_size
     assert all(layer["width"] == "8" for layer in data["layers"])  # the best these widths can do
     assert data["evaluations"] == len(data["candidates"]) >= 1
@@ -132,7 +157,19 @@ def test_the_closest_model_may_not_overwrite_a_file_the_input_reads(tmp_path, cl
     np.save(tmp_path / "data.npy", samples)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     result = runner.invoke(
-        app, ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.999999", "--choices", "4,8"]
+        app,
+        [
+            "auto",
+            str(src),
+            "-o",
+            str(tmp_path / "q.onnx"),
+            "--data",
+            str(tmp_path / "data.npy"),
+            "--min-cosine",
+            "0.999999",
+            "--choices",
+            "4,8",
+        ],
     )
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
@@ -150,7 +187,18 @@ def test_json_and_html_report(tmp_path):
     pytest.importorskip("matplotlib")
     src, samples = sensitive_mlp(tmp_path / "m.onnx")
     np.save(tmp_path / "data.npy", samples)
-    common = ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--format", "json", "--min-cosine", "0.99"]
+    common = [
+        "auto",
+        str(src),
+        "-o",
+        str(tmp_path / "q.onnx"),
+        "--data",
+        str(tmp_path / "data.npy"),
+        "--format",
+        "json",
+        "--min-cosine",
+        "0.99",
+    ]
     result = runner.invoke(app, [*common, "--report", str(tmp_path / "r.html")])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -203,14 +251,29 @@ def test_a_cosine_of_1_is_refused_before_any_work_as_only_the_float_model(tmp_pa
     than searching and exiting 1 with a model that cannot have met it."""
     src, _ = sensitive_mlp(tmp_path / "m.onnx")
     result = runner.invoke(
-        app, ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "missing.npy"), "--min-cosine", "1.0", "--choices", choices]
+        app,
+        [
+            "auto",
+            str(src),
+            "-o",
+            str(tmp_path / "q.onnx"),
+            "--data",
+            str(tmp_path / "missing.npy"),
+            "--min-cosine",
+            "1.0",
+            "--choices",
+            choices,
+        ],
     )
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "--min-cosine" in text and "only the float model meets it" in text, text
     assert "Traceback" not in result.output and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
     with pytest.raises(ConfigError, match="only the float model"):
         AutoConfig(min_cosine=1.0)
-    assert AutoConfig(min_cosine=0.999999).min_cosine == 0.999999 and AutoConfig(max_relative_error=0.1, min_top1=1.0).min_top1 == 1.0
+    assert (
+        AutoConfig(min_cosine=0.999999).min_cosine == 0.999999
+        and AutoConfig(max_relative_error=0.1, min_top1=1.0).min_top1 == 1.0
+    )
 
 
 def test_no_samples_is_a_usage_error_naming_data(tmp_path):
@@ -248,7 +311,11 @@ def test_the_greedy_is_near_the_smallest_assignment_meeting_the_prediction(seed)
     for i in range(6):
         size = int(rng.integers(1, 10)) * 1000
         e4 = float(rng.uniform(1e-3, 2e-2))
-        layers.append(LayerSensitivity(f"w{i}", "MatMul", {"4": e4, "8": e4 / 300, "float": 0.0}, {"4": size // 2, "8": size, "float": 4 * size}))
+        layers.append(
+            LayerSensitivity(
+                f"w{i}", "MatMul", {"4": e4, "8": e4 / 300, "float": 0.0}, {"4": size // 2, "8": size, "float": 4 * size}
+            )
+        )
     budget = 0.02
     search = _Search(Sensitivity(layers, [], 8, 0.0), ["4", "8", "float"], budget)
     chosen = search.assign()
@@ -296,7 +363,11 @@ def test_a_bad_output_path_and_held_out_data_fail_at_once(tmp_path):
     result = runner.invoke(app, [*common, "-o", str(tmp_path / "notes.txt" / "q.onnx")])
     assert result.exit_code == 1 and "notes.txt is a file, not a folder" in result.stderr, result.output
     result = runner.invoke(app, [*common, "-o", str(tmp_path / "q.onnx"), "--report", str(tmp_path / "notes.txt" / "r.html")])
-    assert result.exit_code == 2 and "--report" in result.output and "notes.txt is a file, not a folder" in " ".join(result.output.split())
+    assert (
+        result.exit_code == 2
+        and "--report" in result.output
+        and "notes.txt is a file, not a folder" in " ".join(result.output.split())
+    )
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -350,7 +421,18 @@ def test_weights_only_inside_bodies_give_one_candidate_at_the_widest_width(tmp_p
 def test_exclude_keeps_a_weight_float_and_unknown_names_are_usage_errors(tmp_path):
     src, samples = sensitive_mlp(tmp_path / "m.onnx")
     np.save(tmp_path / "data.npy", samples)
-    common = ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.99", "--format", "json"]
+    common = [
+        "auto",
+        str(src),
+        "-o",
+        str(tmp_path / "q.onnx"),
+        "--data",
+        str(tmp_path / "data.npy"),
+        "--min-cosine",
+        "0.99",
+        "--format",
+        "json",
+    ]
     result = runner.invoke(app, [*common, "--exclude", "w2"])
     assert result.exit_code == 0, result.output
     assert "w2" not in {layer["name"] for layer in json.loads(result.stdout)["layers"]}
@@ -365,7 +447,9 @@ def test_matmulnbits_candidates_are_measured_and_stored_as_matmulnbits_at_4_and_
     for (8-bit weights keep them), and the bytes auto counts are the bytes written."""
     src, samples = sensitive_mlp(tmp_path / "m.onnx", d=d)
     held_out = np.random.default_rng(7).standard_normal((16, 4, d)).astype(np.float32)
-    config = AutoConfig(min_cosine=0.995, choices=("4", "8"), block_size=block_size, weights=QuantizeConfig(quant_format="matmulnbits"))
+    config = AutoConfig(
+        min_cosine=0.995, choices=("4", "8"), block_size=block_size, weights=QuantizeConfig(quant_format="matmulnbits")
+    )
     report = auto(src, tmp_path / "q.onnx", [{"x": s} for s in samples], config, eval_data=[{"x": s} for s in held_out])
     assert report.met
     model = onnx.load(str(tmp_path / "q.onnx"))
@@ -388,7 +472,16 @@ def test_matmulnbits_candidates_are_measured_and_stored_as_matmulnbits_at_4_and_
 def test_matmulnbits_is_weight_only(tmp_path):
     src, samples = sensitive_mlp(tmp_path / "m.onnx")
     np.save(tmp_path / "data.npy", samples)
-    common = ["-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.99", "--quant-format", "matmulnbits"]
+    common = [
+        "-o",
+        str(tmp_path / "q.onnx"),
+        "--data",
+        str(tmp_path / "data.npy"),
+        "--min-cosine",
+        "0.99",
+        "--quant-format",
+        "matmulnbits",
+    ]
     result = runner.invoke(app, ["auto", str(src), *common, "--static"])
     assert result.exit_code == 2 and "--quant-format" in result.output
     result = runner.invoke(app, ["auto", str(src), *common, "--block-size", "0"])
@@ -463,7 +556,18 @@ def test_a_fixed_batch_model_takes_its_rows_as_today(tmp_path):
 def test_the_report_says_the_format_and_the_rounding(tmp_path):
     src, samples = sensitive_mlp(tmp_path / "m.onnx")
     np.save(tmp_path / "data.npy", samples)
-    common = ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.99", "--choices", "4,8"]
+    common = [
+        "auto",
+        str(src),
+        "-o",
+        str(tmp_path / "q.onnx"),
+        "--data",
+        str(tmp_path / "data.npy"),
+        "--min-cosine",
+        "0.99",
+        "--choices",
+        "4,8",
+    ]
     result = runner.invoke(app, [*common, "--quant-format", "matmulnbits", "--rounding", "gptq", "-q"])
     assert result.exit_code == 0 and "(matmulnbits, gptq codes for 5 of them)" in " ".join(result.output.split()), result.output
     result = runner.invoke(app, [*common])  # progress on stderr, in words
@@ -478,15 +582,25 @@ def test_matmulnbits_auto_weighs_a_gemm_weight_as_it_is_built(tmp_path):
     rng = np.random.default_rng(1)
     k, n = 200, 96
     inits = [numpy_helper.from_array((rng.standard_normal((k, n)) / 14).astype(np.float32), name) for name in ("w_mm", "w_gemm")]
-    nodes = [helper.make_node("MatMul", ["x", "w_mm"], ["h"]), helper.make_node("Gemm", ["x", "w_gemm"], ["g"]), helper.make_node("Add", ["h", "g"], ["y"])]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w_mm"], ["h"]),
+        helper.make_node("Gemm", ["x", "w_gemm"], ["g"]),
+        helper.make_node("Add", ["h", "g"], ["y"]),
+    ]
     graph = helper.make_graph(
-        nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, k])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, n])], inits
+        nodes,
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, n])],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     onnx.save(model, str(tmp_path / "m.onnx"))
     samples = [{"x": rng.standard_normal((8, k)).astype(np.float32)} for _ in range(8)]
-    config = AutoConfig(min_cosine=0.999999, choices=("4", "8"), weights=QuantizeConfig(quant_format="matmulnbits"))  # every weight at 8
+    config = AutoConfig(
+        min_cosine=0.999999, choices=("4", "8"), weights=QuantizeConfig(quant_format="matmulnbits")
+    )  # every weight at 8
     report = auto(tmp_path / "m.onnx", tmp_path / "q.onnx", samples, config)
     out = onnx.load(report.files_written[0])  # q.onnx, or q.closest.onnx if even 8 bits miss
     stored = {t.name: len(t.raw_data) for t in out.graph.initializer}

@@ -76,7 +76,9 @@ def test_first_failure_stops_the_batch_then_skip_existing_finishes_it(models, tm
     assert len(lines) == 1 and "d_broken.onnx" in lines[0] and "not a valid ONNX model" in lines[0], lines
     assert valid_outputs(out) == ["conv_net.onnx", "conv_transpose.onnx"]
     (models / "d_broken.onnx").unlink()
-    again = runner.invoke(app, ["batch", str(models), "-o", str(out), "--min-elements", "0", "--skip-existing", "--format", "json"])
+    again = runner.invoke(
+        app, ["batch", str(models), "-o", str(out), "--min-elements", "0", "--skip-existing", "--format", "json"]
+    )
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["summary"] == {"ok": len(BUILDERS) - 2, "failed": 0, "skipped": 2, "cancelled": 0}
     assert len(valid_outputs(out)) == len(BUILDERS)
@@ -99,7 +101,9 @@ def test_a_batch_killed_mid_run_resumes_with_skip_existing(tmp_path):
     assert 1 <= len(done) < 6, done  # killed part-way
     for name in done:
         onnx.checker.check_model(str(out / name))  # whatever is there is complete
-    resumed = subprocess.run(cmd + ["--skip-existing", "--format", "json"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    resumed = subprocess.run(
+        cmd + ["--skip-existing", "--format", "json"], cwd=tmp_path, capture_output=True, text=True, check=False
+    )
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)["summary"]
     assert summary["skipped"] == len(done) and summary["ok"] == 6 - len(done)
@@ -151,7 +155,11 @@ def test_ctrl_c_says_what_is_done_and_how_to_finish(tmp_path):
         (folder / f"m{i:02d}.onnx").write_bytes(first.read_bytes())
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "quantrs", "batch", str(folder), "-o", str(out), "-q"], cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "quantrs", "batch", str(folder), "-o", str(out), "-q"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 60
     while not (out.exists() and any(out.glob("*.onnx"))) and time.monotonic() < deadline and proc.poll() is None:
@@ -165,7 +173,9 @@ def test_ctrl_c_says_what_is_done_and_how_to_finish(tmp_path):
     assert "Traceback" not in stderr
     line = stderr.strip().splitlines()[-1]
     # The count is of models reported done; one may have been renamed into place just before.
-    assert any(f"interrupted: {n} done, {40 - n} not finished; rerun with --skip-existing" in line for n in (len(done), len(done) - 1)), line
+    assert any(
+        f"interrupted: {n} done, {40 - n} not finished; rerun with --skip-existing" in line for n in (len(done), len(done) - 1)
+    ), line
     for path in done:
         onnx.checker.check_model(str(path))  # complete, not partial
 

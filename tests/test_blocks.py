@@ -52,7 +52,11 @@ def outlier_mlp(k=256, hidden=512, n=128, seed=0):
         helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2"),
     ]
     graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])], inits
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -87,7 +91,9 @@ def test_blocks_are_written_as_blocked_dequantize_linear(save, tmp_path):
     w2_codes = numpy_helper.to_array(inits["w2_quantized"]).astype(np.float32)
     w2 = w2_codes * np.repeat(numpy_helper.to_array(inits["w2_scale"]), 32, axis=0)
     expected = np.maximum(feeds["x"] @ w1, 0) @ w2
-    np.testing.assert_allclose(run(tmp_path / "q.onnx", feeds, exact=True), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        run(tmp_path / "q.onnx", feeds, exact=True), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max()
+    )
     tensors = {t.name: t for t in report.tensors}
     assert tensors["w1"].block_size == 32 and "blocks of 32 along axis 0" in tensors["w1"].reason
 
@@ -102,9 +108,13 @@ def test_padded_codes_are_the_zero_point_of_their_block(save, tmp_path):
     assert codes.shape == (224, 512) and (codes[200:] == zero_point[-1]).all() and zero_point[-1].any()
     expand = lambda p: np.repeat(p, 32, axis=0)[:200]  # noqa: E731
     w1 = (codes[:200] - expand(zero_point)) * expand(scale)
-    w2 = (inits["w2_quantized"].astype(np.float32) - np.repeat(inits["w2_zero_point"], 32, axis=0)) * np.repeat(inits["w2_scale"], 32, axis=0)
+    w2 = (inits["w2_quantized"].astype(np.float32) - np.repeat(inits["w2_zero_point"], 32, axis=0)) * np.repeat(
+        inits["w2_scale"], 32, axis=0
+    )
     expected = np.maximum(feeds["x"] @ w1, 0) @ w2
-    np.testing.assert_allclose(run(tmp_path / "q.onnx", feeds, exact=True), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        run(tmp_path / "q.onnx", feeds, exact=True), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max()
+    )
 
 
 def _projection(op: str, n: int):
@@ -275,7 +285,11 @@ def test_conv_and_short_axes_fall_back_to_per_channel(save, tmp_path):
         helper.make_node("MatMul", ["f", "short_w"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], inits
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        inits,
     )
     src = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(bits=4, block_size=32, min_elements=0))

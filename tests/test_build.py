@@ -48,13 +48,21 @@ def test_serial_build_without_openmp(tmp_path):
     env = {**os.environ, "QUANTRS_NO_OPENMP": "1"}
     build = subprocess.run(
         [sys.executable, "setup.py", "build_ext", "--inplace", "-j", "2"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert build.returncode == 0, build.stderr[-3000:]
     assert "SERIAL" in build.stderr  # the build says loudly that it is serial
     check = subprocess.run(
-        [sys.executable, "-c", CHECK], cwd=tmp_path, env={**env, "PYTHONPATH": str(tmp_path / "src")},
-        capture_output=True, text=True, check=False,
+        [sys.executable, "-c", CHECK],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(tmp_path / "src")},
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert check.returncode == 0, check.stderr[-3000:]
     assert "serial ok" in check.stdout

@@ -99,7 +99,9 @@ def quantization_mse(x: np.ndarray, threshold: float) -> float:
 @pytest.mark.parametrize("dist", ["normal", "laplace", "uniform"])
 def test_mse_pick_is_near_the_brute_force_optimum(dist):
     rng = np.random.default_rng(4)
-    x = {"normal": rng.standard_normal, "laplace": lambda n: rng.laplace(size=n), "uniform": lambda n: rng.uniform(-1, 1, n)}[dist](200_000)
+    x = {"normal": rng.standard_normal, "laplace": lambda n: rng.laplace(size=n), "uniform": lambda n: rng.uniform(-1, 1, n)}[
+        dist
+    ](200_000)
     x = x.astype(np.float32).astype(np.float64)
     _, hi = pick_range(collect(x), "mse")
     grid = np.linspace(0.05, 1.0, 200) * np.abs(x).max()
@@ -199,7 +201,10 @@ def encoder_block(d: int = 32, seq: int = 6):
     graph = helper.make_graph(
         nodes,
         "encoder",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", seq, d]), helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", 1, seq])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", seq, d]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", 1, seq]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", seq, d])],
         [numpy_helper.from_array(v, k) for k, v in w.items()],
     )
@@ -250,7 +255,9 @@ def test_real_cnn_from_a_package(tmp_path):
 
 def test_exclusions_keep_layers_float(tmp_path):
     dst = tmp_path / "static.onnx"
-    report = quantrs.calibrate(EXAMPLE, dst, image_samples(4), CalibrationConfig(weights=QuantizeConfig(exclude_op_types=("Gemm",), exclude=("stem",))))
+    report = quantrs.calibrate(
+        EXAMPLE, dst, image_samples(4), CalibrationConfig(weights=QuantizeConfig(exclude_op_types=("Gemm",), exclude=("stem",)))
+    )
     assert "head.weight" not in report.quantized_weights and "stem.weight" not in report.quantized_weights
     model = onnx.load(str(dst))
     head = next(n for n in model.graph.node if n.op_type == "Gemm")
@@ -278,11 +285,16 @@ def test_cli_calibrate_json_and_errors(tmp_path):
     for i, sample in enumerate(image_samples(4)):
         np.save(folder / f"{i}.npy", sample["image"])
     runner = CliRunner()
-    result = runner.invoke(app, ["calibrate", str(EXAMPLE), "--data", str(folder), "-o", str(tmp_path / "s.onnx"), "--method", "mse", "--format", "json"])
+    result = runner.invoke(
+        app,
+        ["calibrate", str(EXAMPLE), "--data", str(folder), "-o", str(tmp_path / "s.onnx"), "--method", "mse", "--format", "json"],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["method"] == "mse" and data["samples"] == 4 and data["activations"][0]["name"] == "image"
-    bad = runner.invoke(app, ["calibrate", str(EXAMPLE), "--data", str(folder), "-o", str(tmp_path / "t.onnx"), "--method", "magic"])
+    bad = runner.invoke(
+        app, ["calibrate", str(EXAMPLE), "--data", str(folder), "-o", str(tmp_path / "t.onnx"), "--method", "magic"]
+    )
     assert bad.exit_code == 2 and "'--method'" in bad.stderr  # a usage error naming the flag
     quiet = runner.invoke(app, ["calibrate", str(EXAMPLE), "--data", str(folder), "-o", str(tmp_path / "u.onnx"), "-q"])
     assert quiet.exit_code == 0, quiet.output
@@ -305,7 +317,13 @@ print(json.dumps(int(open("/proc/self/status").read().split("VmHWM:")[1].split()
 @pytest.mark.parametrize("method", ["minmax", "entropy"])
 def test_memory_does_not_grow_with_samples(tmp_path, method):
     def peak(n):
-        out = subprocess.run([sys.executable, "-c", PEAK, str(EXAMPLE), str(tmp_path / f"o{n}.onnx"), str(n), method], capture_output=True, text=True, check=True, cwd=tmp_path)
+        out = subprocess.run(
+            [sys.executable, "-c", PEAK, str(EXAMPLE), str(tmp_path / f"o{n}.onnx"), str(n), method],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tmp_path,
+        )
         return int(out.stdout.strip().splitlines()[-1]) / 1024
 
     small, large = peak(10), peak(1000)

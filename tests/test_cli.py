@@ -35,13 +35,20 @@ def test_help_lists_commands():
 
 @pytest.mark.parametrize(
     ("command", "usage"),
-    [("quantize", "quantize [OPTIONS] MODEL"), ("batch", "batch [OPTIONS] MODELS..."), ("validate", "validate [OPTIONS] ORIGINAL QUANTIZED"), ("config", "config [OPTIONS] FILE")],
+    [
+        ("quantize", "quantize [OPTIONS] MODEL"),
+        ("batch", "batch [OPTIONS] MODELS..."),
+        ("validate", "validate [OPTIONS] ORIGINAL QUANTIZED"),
+        ("config", "config [OPTIONS] FILE"),
+    ],
 )
 def test_usage_lines_name_arguments_in_capitals(command, usage):
     result = invoke(command, "-h")
     assert result.exit_code == 0 and usage in result.stdout and "{" not in result.stdout.split("\n\n")[0], result.stdout[:300]
     missing = invoke(command)
-    assert missing.exit_code == 2 and "Missing argument" in missing.stderr and f"'{usage.split()[2].rstrip('.')}'" in missing.stderr
+    assert (
+        missing.exit_code == 2 and "Missing argument" in missing.stderr and f"'{usage.split()[2].rstrip('.')}'" in missing.stderr
+    )
 
 
 def test_verbose_is_a_counted_flag_in_the_help():
@@ -86,14 +93,18 @@ def test_reports_count_in_the_singular_and_say_larger_when_larger(save, tmp_path
 
 def test_storage_names_each_type_once(save, tmp_path):
     src = save(BUILDERS["embedding"]()[0])
-    result = invoke("quantize", src, "-o", tmp_path / "q.onnx", "-b", "4", "--quant-format", "matmulnbits", "--min-elements", "0", "-q")
+    result = invoke(
+        "quantize", src, "-o", tmp_path / "q.onnx", "-b", "4", "--quant-format", "matmulnbits", "--min-elements", "0", "-q"
+    )
     assert result.exit_code == 0, result.output
     assert "stored as UINT4 (1 of 2 as MatMulNBits)" in result.stdout and "UINT4+UINT4" not in result.stdout, result.stdout
 
 
 def test_quantize_json(save, tmp_path):
     src = save(BUILDERS["mlp"]()[0])
-    result = invoke("quantize", src, "-o", tmp_path / "q.onnx", "-b", "4", "--symmetric", "--min-elements", "0", "--format", "json")
+    result = invoke(
+        "quantize", src, "-o", tmp_path / "q.onnx", "-b", "4", "--symmetric", "--min-elements", "0", "--format", "json"
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["bits"] == 4 and data["storage"] == "INT4" and data["quantized_count"] == 2
@@ -182,7 +193,9 @@ def test_an_op_type_the_model_lacks_is_refused_with_close_matches(save, tmp_path
     leave every weight quantized without a word."""
     src = save(BUILDERS["conv_net"]()[0])
     result = invoke("quantize", src, "-o", tmp_path / "q.onnx", "--exclude-op-type", "Gemmm")
-    assert result.exit_code == 2 and "'Gemmm' matches no op type of the model; did you mean 'Gemm'?" in result.stderr, result.stderr
+    assert result.exit_code == 2 and "'Gemmm' matches no op type of the model; did you mean 'Gemm'?" in result.stderr, (
+        result.stderr
+    )
     assert not list(tmp_path.glob("q.onnx*"))
     assert invoke("quantize", src, "-o", tmp_path / "q.onnx", "--exclude-op-type", "Gemm", "-q").exit_code == 0
     # An ONNX op type this model lacks is no typo: a batch's one option list must fit every model.
@@ -202,7 +215,13 @@ def test_ctrl_c_in_quantize_says_nothing_was_written(tmp_path, existing):
     out = tmp_path / "q.onnx"
     if existing:
         out.write_bytes(b"an older file")
-    proc = subprocess.Popen([sys.executable, "-m", "quantrs", "quantize", str(src), "-o", str(out), "-q"], cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quantrs", "quantize", str(src), "-o", str(out), "-q"],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".q.onnx.*.tmp")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.002)
@@ -225,7 +244,9 @@ def test_ctrl_c_in_any_other_command_is_one_line_exit_130(save, monkeypatch):
 
     monkeypatch.setattr(quantrs.info, "inspect_model", interrupted)
     result = invoke("info", save(BUILDERS["mlp"]()[0]))
-    assert result.exit_code == 130 and result.stderr.strip().splitlines() == ["error: interrupted: quantrs info stopped"], result.output
+    assert result.exit_code == 130 and result.stderr.strip().splitlines() == ["error: interrupted: quantrs info stopped"], (
+        result.output
+    )
 
 
 def test_usage_error_from_the_console_script_is_one_line(tmp_path):
@@ -235,7 +256,9 @@ def test_usage_error_from_the_console_script_is_one_line(tmp_path):
         capture_output=True, text=True, check=False, cwd=tmp_path,
     )  # fmt: skip
     assert bad.returncode == 2 and bad.stdout == ""
-    assert bad.stderr.strip().splitlines() == ["error: Invalid value for '--block-size': must be one of 16, 32, 64, 128, 256, not 48 (see 'python -m quantrs quantize -h')"]
+    assert bad.stderr.strip().splitlines() == [
+        "error: Invalid value for '--block-size': must be one of 16, 32, 64, 128, 256, not 48 (see 'python -m quantrs quantize -h')"
+    ]
 
 
 def test_no_arguments_prints_the_help_once():
@@ -246,7 +269,20 @@ def test_no_arguments_prints_the_help_once():
 def test_python_dash_m_and_console_script(save, tmp_path):
     src = save(BUILDERS["mlp"]()[0])
     result = subprocess.run(
-        [sys.executable, "-m", "quantrs", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--min-elements", "0", "--format", "json", "-q"],
+        [
+            sys.executable,
+            "-m",
+            "quantrs",
+            "quantize",
+            str(src),
+            "-o",
+            str(tmp_path / "q.onnx"),
+            "--min-elements",
+            "0",
+            "--format",
+            "json",
+            "-q",
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -255,7 +291,11 @@ def test_python_dash_m_and_console_script(save, tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["quantized_count"] == 2
     bad = subprocess.run(
-        [sys.executable, "-m", "quantrs", "info", str(tmp_path / "nope.onnx")], capture_output=True, text=True, check=False, cwd=tmp_path
+        [sys.executable, "-m", "quantrs", "info", str(tmp_path / "nope.onnx")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
     )
     assert bad.returncode == 1 and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
@@ -284,10 +324,18 @@ def test_report_without_matplotlib_fails_before_any_work(save, tmp_path, command
     (validate) or the samples (auto) do not exist, and the error is still matplotlib's."""
     src = save(BUILDERS["mlp"]()[0])
     missing = tmp_path / "absent.onnx"
-    args = [command, str(src), str(missing)] if command == "validate" else [command, str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(missing), "--min-cosine", "0.9"]
+    args = (
+        [command, str(src), str(missing)]
+        if command == "validate"
+        else [command, str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(missing), "--min-cosine", "0.9"]
+    )
     code = "import sys\nsys.modules['matplotlib'] = None\nfrom quantrs.cli import main\nsys.argv = ['quantrs', *sys.argv[1:]]\nmain()"
-    out = subprocess.run([sys.executable, "-c", code, *args, "--report", str(tmp_path / "r.html")], capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode == 1 and out.stderr.strip().splitlines() == ["error: --report needs matplotlib: pip install 'quantrs[report]'"], out.stderr
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args, "--report", str(tmp_path / "r.html")], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert out.returncode == 1 and out.stderr.strip().splitlines() == [
+        "error: --report needs matplotlib: pip install 'quantrs[report]'"
+    ], out.stderr
     assert not list(tmp_path.glob("r.html*")) and not list(tmp_path.glob("q.onnx*"))
 
 
@@ -297,7 +345,12 @@ def test_quantize_imports_only_what_it_uses(tmp_path):
     it, ~70 ms a command; pyproject caps typer below 0.29 for that reason)."""
     model = tmp_path / "m.onnx"
     onnx.save(BUILDERS["mlp"]()[0], model)
-    assert _imported_by(tmp_path, ["quantize", str(model), "-o", str(tmp_path / "q.onnx"), "-q"], {"onnxruntime", "pydantic", "matplotlib"}) == []
+    assert (
+        _imported_by(
+            tmp_path, ["quantize", str(model), "-o", str(tmp_path / "q.onnx"), "-q"], {"onnxruntime", "pydantic", "matplotlib"}
+        )
+        == []
+    )
     assert (tmp_path / "q.onnx").exists()
 
 
@@ -336,12 +389,24 @@ def test_verbose_logs_each_stage_and_vv_each_tensor(save, tmp_path):
     src = save(BUILDERS["conv_net"]()[0])
     code = "import sys\nfrom quantrs.cli import main\nsys.argv = ['quantrs', *sys.argv[1:]]\nmain()"
     base = [sys.executable, "-c", code]
-    one = subprocess.run([*base, "-v", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--per-channel", "--min-elements", "0"], capture_output=True, text=True, cwd=tmp_path, env={**__import__("os").environ, "COLUMNS": "300"})
+    one = subprocess.run(
+        [*base, "-v", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--per-channel", "--min-elements", "0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "COLUMNS": "300"},
+    )
     assert one.returncode == 0, one.stderr
     for stage in ("loaded", "plan: 3 of 6 tensors quantized", "opset 13 kept", "wrote"):
         assert stage in one.stderr, stage
     assert "conv1.b" not in one.stderr  # per-tensor lines are -vv
-    two = subprocess.run([*base, "-vv", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--per-channel", "--min-elements", "0"], capture_output=True, text=True, cwd=tmp_path, env={**__import__("os").environ, "COLUMNS": "300"})
+    two = subprocess.run(
+        [*base, "-vv", "quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--per-channel", "--min-elements", "0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "COLUMNS": "300"},
+    )
     assert "conv1.b" in two.stderr and "quantized conv1.w" in two.stderr
 
 
@@ -353,8 +418,15 @@ def test_works_from_the_repository_root():
     root = Path(__file__).resolve().parents[1]
     if not (root / "examples" / "small_cnn.onnx").exists():
         pytest.skip("needs the source tree")
-    out = subprocess.run([sys.executable, "-m", "quantrs", "info", "examples/small_cnn.onnx", "--format", "json"], capture_output=True, text=True, cwd=root)
+    out = subprocess.run(
+        [sys.executable, "-m", "quantrs", "info", "examples/small_cnn.onnx", "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["build"]["threads"] >= 1
     code = "import quantrs, quantrs.kernels; print(quantrs.inspect_model('examples/small_cnn.onnx').node_count)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True).stdout.strip() == "17"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True).stdout.strip() == "17"
+    )

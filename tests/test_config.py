@@ -81,7 +81,11 @@ def test_precedence_flag_over_model_over_file_over_default(workspace):
     assert mlp.bits == 8 and conv.bits == 4  # the model's own setting beats the file's global
     assert mlp.symmetric is False  # the command-line flag beats the model's setting
     assert conv.native_int4 is True  # nobody set it: the default
-    assert [j.output for j in jobs] == [workspace / "out" / "mlp_int8.onnx", workspace / "out" / "conv_net.onnx", workspace / "out" / "conv_transpose.onnx"]
+    assert [j.output for j in jobs] == [
+        workspace / "out" / "mlp_int8.onnx",
+        workspace / "out" / "conv_net.onnx",
+        workspace / "out" / "conv_transpose.onnx",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -184,8 +188,22 @@ def test_cli_per_layer_flags(save, tmp_path):
     src = save(BUILDERS["conv_net"]()[0])
     result = runner.invoke(
         app,
-        ["quantize", str(src), "--dry-run", "--format", "json", "--min-elements", "0", "--per-channel",
-         "--exclude", "conv1.w", "--exclude-op-type", "Gemm", "--layer-bits", "conv2.w=4"],
+        [
+            "quantize",
+            str(src),
+            "--dry-run",
+            "--format",
+            "json",
+            "--min-elements",
+            "0",
+            "--per-channel",
+            "--exclude",
+            "conv1.w",
+            "--exclude-op-type",
+            "Gemm",
+            "--layer-bits",
+            "conv2.w=4",
+        ],
     )
     assert result.exit_code == 0, result.output
     tensors = {t["name"]: t for t in json.loads(result.stdout)["tensors"]}  # an object, like a run's report

@@ -41,7 +41,10 @@ def test_matmuls_get_the_integer_form_onnxruntime_fuses(save, tmp_path):
     onnx.checker.check_model(out, full_check=True)
     ops = [n.op_type for n in out.graph.node]
     assert ops.count("DynamicQuantizeLinear") == ops.count("MatMulInteger") == 2 and "DequantizeLinear" not in ops
-    assert {t.name: t.storage for t in report.tensors if t.quantized} == {"w1": "INT8 (MatMulInteger)", "w2": "INT8 (MatMulInteger)"}
+    assert {t.name: t.storage for t in report.tensors if t.quantized} == {
+        "w1": "INT8 (MatMulInteger)",
+        "w2": "INT8 (MatMulInteger)",
+    }
     codes = {t.name: t for t in out.graph.initializer}
     assert codes["w1_quantized"].data_type == TensorProto.INT8 and list(codes["w1_scale"].dims) == [128]  # per output column
     assert {p.key: p.value for p in out.metadata_props}["quantrs.mode"] == "dynamic"
@@ -70,12 +73,18 @@ def _half_mlp():
     rng = np.random.default_rng(0)
     w1 = (rng.standard_normal((64, 128)) / 8).astype(np.float16)
     w2 = (rng.standard_normal((128, 32)) / 11).astype(np.float16)
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("MatMul", ["r", "w2"], ["y"]),
+    ]
     graph = helper.make_graph(
         nodes, "half", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 32])],
         [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
     )  # fmt: skip
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {"x": rng.standard_normal((4, 64)).astype(np.float16)}
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {
+        "x": rng.standard_normal((4, 64)).astype(np.float16)
+    }
 
 
 def test_float16_models_keep_their_activations_float16(save, tmp_path):
@@ -144,7 +153,9 @@ def test_config_file_and_python_api(save, tmp_path):
 )
 def test_what_dynamic_cannot_do_is_a_usage_error_saying_what_to_use(save, tmp_path, flags, says):
     src = save(BUILDERS["mlp"]()[0])
-    result = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--dynamic", "--min-elements", "0", *flags])
+    result = runner.invoke(
+        app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--dynamic", "--min-elements", "0", *flags]
+    )
     assert result.exit_code == 2 and "'--dynamic'" in result.stderr and says in " ".join(result.stderr.split()), result.stderr
     assert not (tmp_path / "q.onnx").exists()
 
@@ -159,8 +170,15 @@ def test_a_model_without_matmul_weights_is_a_usage_error(save, tmp_path):
 
 def test_calibrate_refuses_dynamic_saying_what_to_use(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
-    result = runner.invoke(app, ["calibrate", "examples/small_cnn.onnx", "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "q.onnx"), "--dynamic"])
-    assert result.exit_code == 2 and "'--dynamic'" in result.stderr and "quantrs quantize MODEL -o OUT --dynamic" in " ".join(result.stderr.split())
+    result = runner.invoke(
+        app,
+        ["calibrate", "examples/small_cnn.onnx", "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "q.onnx"), "--dynamic"],
+    )
+    assert (
+        result.exit_code == 2
+        and "'--dynamic'" in result.stderr
+        and "quantrs quantize MODEL -o OUT --dynamic" in " ".join(result.stderr.split())
+    )
     with pytest.raises(OptionError, match="dynamic INT8 is quantize's"):
         quantrs.CalibrationConfig(weights=QuantizeConfig(dynamic=True))
 
@@ -168,7 +186,9 @@ def test_calibrate_refuses_dynamic_saying_what_to_use(tmp_path):
 def test_a_dynamically_quantized_model_says_so(save, tmp_path):
     src = save(BUILDERS["mlp"]()[0])
     quantrs.quantize(src, tmp_path / "q.onnx", DYNAMIC)
-    result = runner.invoke(app, ["quantize", str(tmp_path / "q.onnx"), "-o", str(tmp_path / "again.onnx"), "--dynamic", "--min-elements", "0"])
+    result = runner.invoke(
+        app, ["quantize", str(tmp_path / "q.onnx"), "-o", str(tmp_path / "again.onnx"), "--dynamic", "--min-elements", "0"]
+    )
     assert result.exit_code == 1 and "already quantized" in result.stderr and "MatMulInteger" in result.stderr, result.stderr
     assert not (tmp_path / "again.onnx").exists()
 

@@ -101,7 +101,10 @@ def test_quantized_model_runs_and_matches(name, bits, per_channel, symmetric, sa
         assert np.abs(g - e).max() <= TOLERANCE[bits, per_channel] * scale
 
 
-@pytest.mark.parametrize("bits, symmetric, storage, opset", [(8, True, "INT8", 13), (8, False, "UINT8", 13), (4, True, "INT4", 21), (4, False, "UINT4", 21)])
+@pytest.mark.parametrize(
+    "bits, symmetric, storage, opset",
+    [(8, True, "INT8", 13), (8, False, "UINT8", 13), (4, True, "INT4", 21), (4, False, "UINT4", 21)],
+)
 def test_storage_types_and_opset(bits, symmetric, storage, opset, save, tmp_path):
     model, _ = BUILDERS["conv_net"]()
     dst = tmp_path / "q.onnx"

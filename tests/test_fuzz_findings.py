@@ -121,7 +121,11 @@ def npz(member: bytes, compression: int = zipfile.ZIP_STORED) -> bytes:
         # (5, 2**62, 2**62, 0) holds no values, but numpy cannot reshape into it: ValueError
         ("overflow.npy", npy((5, 2**62, 2**62, 0)), "the .npy header gives the shape (5, 4611686018427387904"),
         # 10**12 samples of shape (0, 4) in a 128-byte file: read one by one, for ever
-        ("empty.npy", npy((10**12, 0, 4)), "input 'x' has shape (1000000000000, 0, 4): 1000000000000 samples that hold no values"),
+        (
+            "empty.npy",
+            npy((10**12, 0, 4)),
+            "input 'x' has shape (1000000000000, 0, 4): 1000000000000 samples that hold no values",
+        ),
     ],
 )
 def test_sample_files_claiming_more_than_they_hold(tmp_path, name, data, message):
@@ -146,7 +150,11 @@ def raw_tensor(dims, data: bytes, data_type: int = TensorProto.FLOAT) -> TensorP
 
 def one_weight_model(tensor: TensorProto) -> bytes:
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["w"], ["y"])], "g", [], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [tensor]
+        [helper.make_node("Identity", ["w"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [tensor],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
 
@@ -162,15 +170,35 @@ def external(dims, **entries: str) -> TensorProto:
     "tensor, message",
     [
         # int64 products wrap to 0, matching an empty payload; reshape then raised ValueError
-        pytest.param(raw_tensor([2**32, 2**32], b""), "'w' has the shape [4294967296, 4294967296], not one a tensor can have", id="wrapping-dims"),
-        pytest.param(raw_tensor([-2, -2], b"\0" * 16), "'w' has the shape [-2, -2], not one a tensor can have", id="negative-dims"),
-        pytest.param(external([2**32, 2**32]), "'w' has the shape [4294967296, 4294967296], not one a tensor can have", id="wrapping-external-dims"),
+        pytest.param(
+            raw_tensor([2**32, 2**32], b""),
+            "'w' has the shape [4294967296, 4294967296], not one a tensor can have",
+            id="wrapping-dims",
+        ),
+        pytest.param(
+            raw_tensor([-2, -2], b"\0" * 16), "'w' has the shape [-2, -2], not one a tensor can have", id="negative-dims"
+        ),
+        pytest.param(
+            external([2**32, 2**32]),
+            "'w' has the shape [4294967296, 4294967296], not one a tensor can have",
+            id="wrapping-external-dims",
+        ),
         # a MemoryError from numpy, for a 4-bit tensor of no values
-        pytest.param(raw_tensor([2**40, 2**40, 0], b"", TensorProto.INT4), "'w' has the shape [1099511627776, 1099511627776, 0]", id="int4-no-values"),
+        pytest.param(
+            raw_tensor([2**40, 2**40, 0], b"", TensorProto.INT4),
+            "'w' has the shape [1099511627776, 1099511627776, 0]",
+            id="int4-no-values",
+        ),
         pytest.param(raw_tensor([1], b"\0", TensorProto.STRING), "string tensor 'w' holds raw bytes", id="string-raw"),
-        pytest.param(raw_tensor([1], b"\0" * 4, 999), "tensor 'w' has data type 999, not an onnx tensor type", id="unknown-data-type"),
+        pytest.param(
+            raw_tensor([1], b"\0" * 4, 999), "tensor 'w' has data type 999, not an onnx tensor type", id="unknown-data-type"
+        ),
         # int() raised ValueError
-        pytest.param(external([4], offset="zero"), "the external data offset of 'w' is 'zero', not a number of bytes", id="offset-not-a-number"),
+        pytest.param(
+            external([4], offset="zero"),
+            "the external data offset of 'w' is 'zero', not a number of bytes",
+            id="offset-not-a-number",
+        ),
     ],
 )
 def test_model_tensors_claiming_what_no_tensor_holds(tmp_path, tensor, message):

@@ -86,7 +86,13 @@ def test_the_row_kernel_rounds_half_to_even_and_saturates():
     ],
 )
 def test_the_row_kernel_checks_its_arguments(change, message):
-    args = dict(w=np.zeros((2, 4)), u=np.eye(2), scale=np.ones((1, 4), np.float32), zero_point=np.zeros((1, 4), np.int32), group=np.zeros(2, np.int32))
+    args = dict(
+        w=np.zeros((2, 4)),
+        u=np.eye(2),
+        scale=np.ones((1, 4), np.float32),
+        zero_point=np.zeros((1, 4), np.int32),
+        group=np.zeros(2, np.int32),
+    )
     change(args)
     with pytest.raises(ValueError, match=message):
         K.compensate_rows(args["w"], args["u"], args["scale"], args["zero_point"], args["group"], 0, 15)
@@ -132,7 +138,14 @@ def test_compensated_codes_keep_the_scales_and_lower_the_output_error(bits, bloc
     axis = None if per_tensor else (0 if block_size else 1)
     nearest = quantize_tensor(w, scheme, axis, block_size=block_size, range="refit" if block_size else "minmax")
     f = gptq.factor(h)
-    comp = quantize_tensor(w, scheme, axis, block_size=block_size, range="refit" if block_size else "minmax", compensation=gptq.Compensation(f, False))
+    comp = quantize_tensor(
+        w,
+        scheme,
+        axis,
+        block_size=block_size,
+        range="refit" if block_size else "minmax",
+        compensation=gptq.Compensation(f, False),
+    )
     np.testing.assert_array_equal(comp.scale, nearest.scale)
     np.testing.assert_array_equal(comp.zero_point, nearest.zero_point)
     w_near, w_comp = dequantize(nearest, block_size), dequantize(comp, block_size)
@@ -193,7 +206,13 @@ def run(path, x):
 
 
 @pytest.mark.parametrize(
-    "options", [dict(bits=4, block_size=16), dict(bits=8, per_channel=True), dict(bits=8, per_channel=False), dict(bits=4, quant_format="matmulnbits", block_size=16)]
+    "options",
+    [
+        dict(bits=4, block_size=16),
+        dict(bits=8, per_channel=True),
+        dict(bits=8, per_channel=False),
+        dict(bits=4, quant_format="matmulnbits", block_size=16),
+    ],
 )
 def test_gptq_model_is_closer_to_float_on_held_out_inputs(tmp_path, options):
     src, inputs = two_layer_model(tmp_path / "m.onnx")
@@ -214,7 +233,10 @@ def test_gptq_model_is_closer_to_float_on_held_out_inputs(tmp_path, options):
 def layout(path):
     """A model's nodes and stored tensors (names, types, shapes, scales' bytes), not its codes."""
     graph = onnx.load(str(path)).graph
-    tensors = [(t.name, t.data_type, list(t.dims), t.raw_data if "scale" in t.name or "zero_point" in t.name else b"") for t in graph.initializer]
+    tensors = [
+        (t.name, t.data_type, list(t.dims), t.raw_data if "scale" in t.name or "zero_point" in t.name else b"")
+        for t in graph.initializer
+    ]
     return [(n.op_type, list(n.input), list(n.output)) for n in graph.node], tensors
 
 
@@ -227,7 +249,9 @@ def test_hessians_in_groups_give_the_same_model(tmp_path, monkeypatch):
     quantrs.quantize(src, tmp_path / "one.onnx", config, data=data)
     groups = []
     real = gptq._hessians
-    monkeypatch.setattr(gptq, "_hessians", lambda model, sources, *a: groups.append([n for n, _ in sources]) or real(model, sources, *a))
+    monkeypatch.setattr(
+        gptq, "_hessians", lambda model, sources, *a: groups.append([n for n, _ in sources]) or real(model, sources, *a)
+    )
     monkeypatch.setattr(gptq, "HESSIAN_BYTES", 8 * 64 * 64)
     quantrs.quantize(src, tmp_path / "many.onnx", config, data=data)
     assert groups == [["x"], ["r"]]
@@ -243,7 +267,11 @@ def test_weights_gptq_cannot_reach_are_rounded_to_nearest_and_say_why(tmp_path):
     weight = lambda name: numpy_helper.from_array((rng.standard_normal((k, k)) / 6).astype(np.float32), name)  # noqa: E731
     shared, body_w, own, flipped, third = (weight(n) for n in ("shared", "body_w", "own", "flipped", "third"))
     branch = lambda name, w: helper.make_graph(  # noqa: E731
-        [helper.make_node("MatMul", ["c", w.name], [name])], name, [], [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", k])], [w] if w is body_w else []
+        [helper.make_node("MatMul", ["c", w.name], [name])],
+        name,
+        [],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["B", k])],
+        [w] if w is body_w else [],
     )
     nodes = [
         helper.make_node("MatMul", ["x", "shared"], ["a"]),
@@ -264,7 +292,9 @@ def test_weights_gptq_cannot_reach_are_rounded_to_nearest_and_say_why(tmp_path):
     model.ir_version = 9
     onnx.save(model, str(tmp_path / "m.onnx"))
     x = rng.standard_normal((64, k)).astype(np.float32)
-    report = quantrs.quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", QuantizeConfig(bits=8, min_elements=0, rounding="gptq"), data=[{"x": x}])
+    report = quantrs.quantize(
+        tmp_path / "m.onnx", tmp_path / "q.onnx", QuantizeConfig(bits=8, min_elements=0, rounding="gptq"), data=[{"x": x}]
+    )
     reasons = {t.name: t.reason for t in report.tensors}
     assert "rounded to nearest (gptq: read by 2 nodes)" in reasons["shared"]
     assert "rounded to nearest (gptq: inside a body)" in reasons["body_w"]
@@ -279,7 +309,9 @@ def test_samples_without_rows_are_an_error_and_zero_inputs_leave_nearest_codes(t
     with pytest.raises(ConfigError, match=r"m\.onnx: gptq: the samples give no rows of x"):
         quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(rounding="gptq"), data=[{"x": np.zeros((0, 64), np.float32)}])
     assert not (tmp_path / "q.onnx").exists()
-    report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(rounding="gptq"), data=[{"x": np.zeros((8, 64), np.float32)}])
+    report = quantrs.quantize(
+        src, tmp_path / "q.onnx", QuantizeConfig(rounding="gptq"), data=[{"x": np.zeros((8, 64), np.float32)}]
+    )
     reasons = {t.name: t.reason for t in report.tensors}
     assert "rounded to nearest (gptq: x is zero on every sample)" in reasons["w1"]
     assert "rounded to nearest (gptq: r is zero on every sample)" in reasons["w2"]  # Relu of zeros
@@ -327,18 +359,40 @@ def test_cli_quantize_with_gptq(tmp_path):
     src, inputs = two_layer_model(tmp_path / "m.onnx")
     np.save(tmp_path / "d.npy", inputs(64, 1))
     result = runner.invoke(
-        app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--bits", "4", "--block-size", "16", "--rounding", "gptq", "--data", str(tmp_path / "d.npy"), "--format", "json"]
+        app,
+        [
+            "quantize",
+            str(src),
+            "-o",
+            str(tmp_path / "q.onnx"),
+            "--bits",
+            "4",
+            "--block-size",
+            "16",
+            "--rounding",
+            "gptq",
+            "--data",
+            str(tmp_path / "d.npy"),
+            "--format",
+            "json",
+        ],
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     tensors = {t["name"]: t for t in data["tensors"]}
     assert "codes by gptq" in tensors["w1"]["reason"] and (data["rounding"], data["samples"]) == ("gptq", 1)
-    result = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "t.onnx"), "--rounding", "gptq", "--data", str(tmp_path / "d.npy")])
-    assert result.exit_code == 0 and "gptq: codes of 2 weight(s) compensated on 1 sample(s)" in " ".join(result.output.split()), result.output
+    result = runner.invoke(
+        app, ["quantize", str(src), "-o", str(tmp_path / "t.onnx"), "--rounding", "gptq", "--data", str(tmp_path / "d.npy")]
+    )
+    assert result.exit_code == 0 and "gptq: codes of 2 weight(s) compensated on 1 sample(s)" in " ".join(result.output.split()), (
+        result.output
+    )
     run(tmp_path / "q.onnx", inputs(4, 2))
     # A sample file the model cannot take: one line naming it, exit 1, nothing written.
     np.save(tmp_path / "bad.npy", np.zeros((4, 3), np.float32))
-    result = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "r.onnx"), "--rounding", "gptq", "--data", str(tmp_path / "bad.npy")])
+    result = runner.invoke(
+        app, ["quantize", str(src), "-o", str(tmp_path / "r.onnx"), "--rounding", "gptq", "--data", str(tmp_path / "bad.npy")]
+    )
     assert result.exit_code == 1 and "bad.npy" in result.output and "Traceback" not in result.output, result.output
     assert not (tmp_path / "r.onnx").exists()
 
@@ -350,7 +404,9 @@ def test_a_factor_cache_skips_the_float_runs_and_gives_the_same_model(tmp_path, 
     data = [{"x": inputs(100, 1)}]
     runs = []
     real = gptq._hessians
-    monkeypatch.setattr(gptq, "_hessians", lambda model, sources, *a: runs.append([n for n, _ in sources]) or real(model, sources, *a))
+    monkeypatch.setattr(
+        gptq, "_hessians", lambda model, sources, *a: runs.append([n for n, _ in sources]) or real(model, sources, *a)
+    )
     cache: dict = {}
     config = QuantizeConfig(bits=4, block_size=16, rounding="gptq")
     quantrs.quantize(src, tmp_path / "a.onnx", config, data=data, factors=cache)
@@ -376,10 +432,25 @@ def test_overflowing_activations_are_one_line_errors_in_quantize_and_auto(tmp_pa
     np.save(tmp_path / "big.npy", np.full((8, 16, 64), 1e25, np.float32))
     for args in (
         ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--rounding", "gptq", "--data", str(tmp_path / "big.npy")],
-        ["auto", str(src), "-o", str(tmp_path / "q.onnx"), "--min-cosine", "0.99", "--data", str(tmp_path / "big.npy"), "--rounding", "gptq", "--choices", "4,8"],
+        [
+            "auto",
+            str(src),
+            "-o",
+            str(tmp_path / "q.onnx"),
+            "--min-cosine",
+            "0.99",
+            "--data",
+            str(tmp_path / "big.npy"),
+            "--rounding",
+            "gptq",
+            "--choices",
+            "4,8",
+        ],
     ):
         result = runner.invoke(app, args)
-        assert result.exit_code == 1 and "m.onnx: gptq: the products of x overflow float32" in " ".join(result.output.split()), result.output
+        assert result.exit_code == 1 and "m.onnx: gptq: the products of x overflow float32" in " ".join(result.output.split()), (
+            result.output
+        )
         assert "Traceback" not in result.output and "RuntimeWarning" not in result.output
         assert not (tmp_path / "q.onnx").exists()
 
@@ -389,15 +460,33 @@ def test_the_report_says_when_gptq_reaches_no_weight(tmp_path):
     w = numpy_helper.from_array((rng.standard_normal((48, 64)) / 8).astype(np.float32), "w")
     nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "wt"], ["y"])]
     graph = helper.make_graph(
-        nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 48])], [w]
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 48])],
+        [w],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     onnx.save(model, str(tmp_path / "m.onnx"))
     np.save(tmp_path / "d.npy", rng.standard_normal((4, 8, 64)).astype(np.float32))
-    result = runner.invoke(app, ["quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q.onnx"), "--rounding", "gptq", "--data", str(tmp_path / "d.npy")])
+    result = runner.invoke(
+        app,
+        [
+            "quantize",
+            str(tmp_path / "m.onnx"),
+            "-o",
+            str(tmp_path / "q.onnx"),
+            "--rounding",
+            "gptq",
+            "--data",
+            str(tmp_path / "d.npy"),
+        ],
+    )
     text = " ".join(result.output.split())
-    assert result.exit_code == 0 and "gptq reached no weight: all 1 rounded to nearest" in text and "read by Transpose" in text, text
+    assert result.exit_code == 0 and "gptq reached no weight: all 1 rounded to nearest" in text and "read by Transpose" in text, (
+        text
+    )
 
 
 @pytest.mark.parametrize(
@@ -466,7 +555,9 @@ def test_conv_weights_get_compensated_codes(tmp_path, capsys):
     onnx.save(model, str(tmp_path / "m.onnx"))
     config = QuantizeConfig(bits=4, per_channel=True, min_elements=0)
     quantrs.quantize(tmp_path / "m.onnx", tmp_path / "near.onnx", config)
-    report = quantrs.quantize(tmp_path / "m.onnx", tmp_path / "gptq.onnx", dataclasses.replace(config, rounding="gptq"), data=[{"x": images(64, 1)}])
+    report = quantrs.quantize(
+        tmp_path / "m.onnx", tmp_path / "gptq.onnx", dataclasses.replace(config, rounding="gptq"), data=[{"x": images(64, 1)}]
+    )
     reasons = {t.name: t.reason for t in report.tensors}
     assert "codes by gptq" in reasons["c1"] and "codes by gptq" in reasons["c2"], reasons
     assert "rounded to nearest (gptq: a grouped Conv's weight (group 16))" in reasons["dw"]
@@ -481,7 +572,10 @@ def test_conv_weights_get_compensated_codes(tmp_path, capsys):
         ref = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": held_out})[0]
         return np.linalg.norm(got - ref) / np.linalg.norm(ref)
 
-    assert error(tmp_path / "gptq.onnx") < 0.8 * error(tmp_path / "near.onnx"), (error(tmp_path / "gptq.onnx"), error(tmp_path / "near.onnx"))
+    assert error(tmp_path / "gptq.onnx") < 0.8 * error(tmp_path / "near.onnx"), (
+        error(tmp_path / "gptq.onnx"),
+        error(tmp_path / "near.onnx"),
+    )
 
 
 def test_calibrate_compensates_the_weights_of_a_static_model(tmp_path):
@@ -494,7 +588,9 @@ def test_calibrate_compensates_the_weights_of_a_static_model(tmp_path):
     samples = [{"x": inputs(64, seed)} for seed in range(1, 9)]
     weights = QuantizeConfig(bits=4, block_size=16)
     quantrs.calibrate(src, tmp_path / "near.onnx", samples, CalibrationConfig(weights=weights))
-    report = quantrs.calibrate(src, tmp_path / "gptq.onnx", samples, CalibrationConfig(weights=dataclasses.replace(weights, rounding="gptq")))
+    report = quantrs.calibrate(
+        src, tmp_path / "gptq.onnx", samples, CalibrationConfig(weights=dataclasses.replace(weights, rounding="gptq"))
+    )
     assert report.rounding == "gptq" and report.compensated == ["w1", "w2"]
     model = onnx.load(str(tmp_path / "gptq.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)  # activations quantized too
@@ -505,8 +601,12 @@ def test_calibrate_compensates_the_weights_of_a_static_model(tmp_path):
     err_gptq = np.linalg.norm(run(tmp_path / "gptq.onnx", held_out) - ref) / np.linalg.norm(ref)
     assert err_gptq < 0.8 * err_near, (err_gptq, err_near)
     np.save(tmp_path / "d.npy", np.stack([s["x"] for s in samples]))
-    result = runner.invoke(app, ["calibrate", str(src), "--data", str(tmp_path / "d.npy"), "-o", str(tmp_path / "c.onnx"), "--rounding", "gptq"])
-    assert result.exit_code == 0 and "gptq: codes of 2 weight(s) compensated on the samples" in " ".join(result.output.split()), result.output
+    result = runner.invoke(
+        app, ["calibrate", str(src), "--data", str(tmp_path / "d.npy"), "-o", str(tmp_path / "c.onnx"), "--rounding", "gptq"]
+    )
+    assert result.exit_code == 0 and "gptq: codes of 2 weight(s) compensated on the samples" in " ".join(result.output.split()), (
+        result.output
+    )
 
 
 def test_the_stages_before_the_writing_are_reported(tmp_path, monkeypatch):
@@ -520,7 +620,14 @@ def test_the_stages_before_the_writing_are_reported(tmp_path, monkeypatch):
 
     def quantize(name):
         events.clear()
-        quantrs.quantize(src, tmp_path / name, config, data=data, stage=lambda *a: events.append(("stage", *a)), progress=lambda *a: events.append(("write", *a)))
+        quantrs.quantize(
+            src,
+            tmp_path / name,
+            config,
+            data=data,
+            stage=lambda *a: events.append(("stage", *a)),
+            progress=lambda *a: events.append(("write", *a)),
+        )
         first_write = next(i for i, e in enumerate(events) if e[0] == "write")
         assert all(e[0] == "stage" for e in events[:first_write]) and all(e[0] == "write" for e in events[first_write:])
         return events[:first_write]
@@ -572,7 +679,9 @@ def test_the_cli_bar_shows_the_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(_console, "progress_bar", recording_bar)
     src, inputs = two_layer_model(tmp_path / "m.onnx")
     np.save(tmp_path / "d.npy", inputs(64, 1))
-    result = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--rounding", "gptq", "--data", str(tmp_path / "d.npy")])
+    result = runner.invoke(
+        app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--rounding", "gptq", "--data", str(tmp_path / "d.npy")]
+    )
     assert result.exit_code == 0, result.output
     assert ("collecting Hessians", "1/1 samples") in shown and ("compensating codes", "2/2 weights") in shown, shown
     assert shown[-1][0] == "quantizing" and shown[-1][1].startswith("2/2 tensors, "), shown

@@ -14,7 +14,16 @@ from quantrs import reference as R
 from quantrs.errors import NonFiniteWeightError
 
 finite32 = st.floats(-1e4, 1e4, width=32, allow_nan=False, allow_infinity=False)
-RANGES = [(-127, 127, True), (-128, 127, False), (0, 255, False), (0, 255, True), (-7, 7, True), (-8, 7, True), (0, 15, False), (-8, 7, False)]
+RANGES = [
+    (-127, 127, True),
+    (-128, 127, False),
+    (0, 255, False),
+    (0, 255, True),
+    (-7, 7, True),
+    (-8, 7, True),
+    (0, 15, False),
+    (-8, 7, False),
+]
 
 
 # Let the kernels use 2 threads on tiny arrays (tests/conftest.py).

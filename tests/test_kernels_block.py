@@ -43,7 +43,9 @@ def check(x, axis, block_size, qrange, *, search, half_scale=False, transpose=Fa
     codes, scale, zero_point, sse, max_abs, sse_minmax = R.quantize_blocks(
         x, axis, block_size, qmin, qmax, symmetric=symmetric, search=search, half_scale=half_scale, transpose=transpose, **grid
     )
-    args = dict(symmetric=symmetric, search=search, half_scale=half_scale, transpose=transpose, n_threads=threads, out=out, **grid)
+    args = dict(
+        symmetric=symmetric, search=search, half_scale=half_scale, transpose=transpose, n_threads=threads, out=out, **grid
+    )
     search = search and alphas != ()
     if not np.isfinite(scale).all():
         with pytest.raises(ValueError, match="float16"):
@@ -89,7 +91,7 @@ def finite_values(dtype: np.dtype):
         return st.integers(0, 0xFFFF).filter(lambda b: (b & 0x7C00) != 0x7C00).map(lambda b: np.uint16(b).view(F16))
     if dtype == BF16:
         return st.integers(0, 0xFFFF).filter(lambda b: (b & 0x7F80) < 0x5F80).map(lambda b: np.uint16(b).view(BF16))
-    return st.floats(-2.0**60, 2.0**60, width=32, allow_nan=False, allow_infinity=False)
+    return st.floats(-(2.0**60), 2.0**60, width=32, allow_nan=False, allow_infinity=False)
 
 
 @st.composite
@@ -273,7 +275,10 @@ def quantize_linear_onnx(x, axis, block_size, scale, zero_point, qmin, qmax):
     graph = helper.make_graph(
         [node],
         "q",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape)), helper.make_tensor_value_info("s", TensorProto.FLOAT, list(scale.shape))],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape)),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, list(scale.shape)),
+        ],
         [helper.make_tensor_value_info("y", ztype, list(x.shape))],
         [zp],
     )
@@ -402,9 +407,9 @@ def test_reference_mirrors_the_kernels_constants():
     assert all(np.float32(a) == a for a in K.SEARCH_ALPHAS)
 
 
-
-
-@pytest.mark.parametrize("qrange", [(0, 15, False), (-8, 7, True), (0, 255, False), (-127, 127, True)], ids=["uint4", "int4", "uint8", "int8"])
+@pytest.mark.parametrize(
+    "qrange", [(0, 15, False), (-8, 7, True), (0, 255, False), (-127, 127, True)], ids=["uint4", "int4", "uint8", "int8"]
+)
 @pytest.mark.parametrize("alpha", [1.0, 0.9])
 def test_closed_form_error_is_the_written_error(qrange, alpha):
     """The search weighs candidates by reference.fit_codes' closed-form error. It must be the

@@ -28,7 +28,9 @@ print(json.dumps({"peak_kb": int(open("/proc/self/status").read().split("VmHWM:"
 
 
 def peak_rss_mb(src, dst, bits: int, cwd) -> tuple[float, int]:
-    out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(src), str(dst), str(bits)], capture_output=True, text=True, check=True, cwd=cwd)
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(src), str(dst), str(bits)], capture_output=True, text=True, check=True, cwd=cwd
+    )
     data = json.loads(out.stdout.strip().splitlines()[-1])
     return data["peak_kb"] / 1024, data["quantized"]
 
@@ -92,7 +94,10 @@ def test_constant_node_weights_cost_at_most_twice_the_model(tmp_path, bits):
     nodes, x = [], "x"
     for i in range(16):  # 16 x 4 MiB
         value = onnx.numpy_helper.from_array(rng.standard_normal((1024, 1024), dtype=np.float32), f"w{i}_value")
-        nodes += [onnx.helper.make_node("Constant", [], [f"w{i}"], value=value), onnx.helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"])]
+        nodes += [
+            onnx.helper.make_node("Constant", [], [f"w{i}"], value=value),
+            onnx.helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"]),
+        ]
         x = f"h{i}"
     graph = onnx.helper.make_graph(
         nodes,
@@ -103,16 +108,22 @@ def test_constant_node_weights_cost_at_most_twice_the_model(tmp_path, bits):
     src = tmp_path / "constants.onnx"
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), src)
     out = subprocess.run(
-        [sys.executable, "-c", CONSTANT_PEAK, str(src), str(tmp_path / "q.onnx"), str(bits)], capture_output=True, text=True, check=True, cwd=tmp_path
+        [sys.executable, "-c", CONSTANT_PEAK, str(src), str(tmp_path / "q.onnx"), str(bits)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
     )
     data = json.loads(out.stdout.strip().splitlines()[-1])
     assert data["quantized"] == 16
     size_kb = src.stat().st_size / 1024
     # Measured: 1.2-1.3x the model (parsed once, pages of the map handed back as parsed).
-    assert data["grew_kb"] <= 2 * size_kb, (data["grew_kb"] / size_kb)
+    assert data["grew_kb"] <= 2 * size_kb, data["grew_kb"] / size_kb
 
 
-@pytest.mark.parametrize("params, layers, hidden", [("1M", 1, 1000), ("10M", 1, 3160), ("25M", 1, 4096), ("100M", 6, 4096), ("0.5B", 30, 4096)])
+@pytest.mark.parametrize(
+    "params, layers, hidden", [("1M", 1, 1000), ("10M", 1, 3160), ("25M", 1, 4096), ("100M", 6, 4096), ("0.5B", 30, 4096)]
+)
 def test_synthetic_sizes(params, layers, hidden):
     from quantrs.synthetic import parse_params, shape_for
 
@@ -121,13 +132,21 @@ def test_synthetic_sizes(params, layers, hidden):
 
 @pytest.mark.parametrize("bad", ["abc", "1X", "-5M", "0"])
 def test_synthetic_bad_params_is_a_usage_error(bad, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "quantrs.synthetic", str(tmp_path), "--params", bad], capture_output=True, text=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "quantrs.synthetic", str(tmp_path), "--params", bad], capture_output=True, text=True, cwd=tmp_path
+    )
     assert out.returncode == 2 and "--params:" in out.stderr and "Traceback" not in out.stderr
     assert not any(tmp_path.glob("*.onnx"))
 
 
 def test_synthetic_writes_what_it_says(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "quantrs.synthetic", str(tmp_path), "--params", "1M"], capture_output=True, text=True, cwd=tmp_path, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "quantrs.synthetic", str(tmp_path), "--params", "1M"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
     assert "1 layer(s) of 1000x1000, 1,001,000 parameters (asked 1,000,000)" in out.stdout
     model = onnx.load(str(tmp_path / "matmul_1M.onnx"))
     assert sum(int(np.prod(t.dims)) for t in model.graph.initializer) == 1_001_000

@@ -47,9 +47,17 @@ def test_default_accuracy_level_and_mixed_formats(save, tmp_path):
     take (a Gemm's) are written as QDQ blocks in the same model."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((128, 64)).astype(np.float32) / 11, n) for n in ("w_mm", "w_gemm")]
-    nodes = [helper.make_node("MatMul", ["x", "w_mm"], ["h"]), helper.make_node("Gemm", ["x", "w_gemm"], ["g"]), helper.make_node("Add", ["h", "g"], ["y"])]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w_mm"], ["h"]),
+        helper.make_node("Gemm", ["x", "w_gemm"], ["g"]),
+        helper.make_node("Add", ["h", "g"], ["y"]),
+    ]
     graph = helper.make_graph(
-        nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 128])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])], inits
+        nodes,
+        "mixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 128])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])],
+        inits,
     )
     src = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(bits=4, quant_format="matmulnbits", min_elements=0))
@@ -77,7 +85,6 @@ def test_bad_format_options_are_usage_errors(save, tmp_path):
     assert not (tmp_path / "q.onnx").exists()
 
 
-
 def test_bfloat16_weights_stay_qdq(tmp_path):
     """MatMulNBits takes its scales in its input's type, float32 or float16 on the CPU; a
     bfloat16 weight is written as QDQ blocks with a float32 scale and a Cast back beside a
@@ -92,10 +99,16 @@ def test_bfloat16_weights_stay_qdq(tmp_path):
         [wb, numpy_helper.from_array(a, "w")],
     )  # fmt: skip
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
-    report = quantrs.quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", QuantizeConfig(bits=4, quant_format="matmulnbits", min_elements=0))
+    report = quantrs.quantize(
+        tmp_path / "m.onnx", tmp_path / "q.onnx", QuantizeConfig(bits=4, quant_format="matmulnbits", min_elements=0)
+    )
     out = onnx.load(str(tmp_path / "q.onnx"))
     onnx.checker.check_model(out, full_check=True)
-    readers = {n.input[1] if n.op_type == "MatMulNBits" else n.input[0]: n.op_type for n in out.graph.node if n.op_type in ("MatMulNBits", "DequantizeLinear")}
+    readers = {
+        n.input[1] if n.op_type == "MatMulNBits" else n.input[0]: n.op_type
+        for n in out.graph.node
+        if n.op_type in ("MatMulNBits", "DequantizeLinear")
+    }
     assert sorted(readers.values()) == ["DequantizeLinear", "MatMulNBits"] and "Cast" in [n.op_type for n in out.graph.node]
     storage = {t.name: t.storage for t in report.tensors if t.quantized}
     assert storage == {"wb": "UINT4", "w": "UINT4 (MatMulNBits)"}
@@ -104,7 +117,9 @@ def test_bfloat16_weights_stay_qdq(tmp_path):
     graph.input.pop()
     graph.output.pop()
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "b.onnx"))
-    only = quantrs.quantize(tmp_path / "b.onnx", tmp_path / "r.onnx", QuantizeConfig(bits=4, quant_format="matmulnbits", min_elements=0))
+    only = quantrs.quantize(
+        tmp_path / "b.onnx", tmp_path / "r.onnx", QuantizeConfig(bits=4, quant_format="matmulnbits", min_elements=0)
+    )
     assert "bfloat16; MatMulNBits takes float32 or float16" in only.tensors[0].reason
     assert only.notes == ["1 of 1 quantized weights are QDQ, not MatMulNBits (bfloat16; MatMulNBits takes float32 or float16)"]
 
@@ -117,13 +132,17 @@ def test_a_cnn_is_qdq_blocks_with_a_note_not_a_usage_error(save, tmp_path):
     `batch --quant-format matmulnbits` over mixed models works."""
     model, feeds = BUILDERS["conv_net"]()
     cnn = save(model, "cnn.onnx")
-    result = CliRunner().invoke(app, ["quantize", str(cnn), "-o", str(tmp_path / "q.onnx"), "--quant-format", "matmulnbits", "--min-elements", "0"])
+    result = CliRunner().invoke(
+        app, ["quantize", str(cnn), "-o", str(tmp_path / "q.onnx"), "--quant-format", "matmulnbits", "--min-elements", "0"]
+    )
     assert result.exit_code == 0, result.output
     said = " ".join(result.stdout.split())
     assert "note: 3 of 3 quantized weights are QDQ, not MatMulNBits (read by Conv; read by Gemm)" in said
     assert rel_l2(run(tmp_path / "q.onnx", feeds), run(cnn, feeds)) < 0.25
     mlp = save(BUILDERS["mlp"]()[0], "mlp.onnx")
-    batch = CliRunner().invoke(app, ["batch", str(cnn), str(mlp), "-o", str(tmp_path / "out"), "--quant-format", "matmulnbits", "--min-elements", "0"])
+    batch = CliRunner().invoke(
+        app, ["batch", str(cnn), str(mlp), "-o", str(tmp_path / "out"), "--quant-format", "matmulnbits", "--min-elements", "0"]
+    )
     assert batch.exit_code == 0, batch.output
     ops = {p.name: {n.op_type for n in onnx.load(str(p)).graph.node} for p in (tmp_path / "out").glob("*.onnx")}
     assert "MatMulNBits" in ops["mlp.onnx"] and "MatMulNBits" not in ops["cnn.onnx"] and "DequantizeLinear" in ops["cnn.onnx"]
@@ -167,7 +186,9 @@ def test_weights_only_in_bodies_are_qdq_blocks_in_their_bodies(save, tmp_path):
 
     model, feeds = _sibling_branches(np.random.default_rng(2))
     src = save(model)
-    report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(bits=4, block_size=32, quant_format="matmulnbits", min_elements=0))
+    report = quantrs.quantize(
+        src, tmp_path / "q.onnx", QuantizeConfig(bits=4, block_size=32, quant_format="matmulnbits", min_elements=0)
+    )
     weights = {t.name: t for t in report.tensors if t.quantized}
     assert set(weights) == {"W", "W__2"}
     assert all("read inside an If/Loop/Scan body" in t.reason and t.block_size == 32 for t in weights.values())

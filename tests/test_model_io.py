@@ -141,7 +141,9 @@ def test_embedded_weights_are_views_of_the_mapped_file(save):
 
 def _save_external(model, folder, name="model.onnx"):
     path = folder / name
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0
+    )
     return path
 
 

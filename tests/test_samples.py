@@ -499,7 +499,9 @@ def test_split_batch_in_npz_splits_every_input_together_or_none(tmp_path):
     specs = specs_of(("ids", I64, ["N", 3]), ("feats", F32, ["N", 2]), ("sr", I64, []))
     np.savez(tmp_path / "data.npz", ids=ids(6, 3), feats=floats(6, 2), sr=np.array(16000, np.int64))
     samples = load_samples(tmp_path / "data.npz", specs, split_batch=True)
-    assert len(samples) == 6 and all(s["ids"].shape == (1, 3) and s["feats"].shape == (1, 2) and s["sr"] == 16000 for s in samples)
+    assert len(samples) == 6 and all(
+        s["ids"].shape == (1, 3) and s["feats"].shape == (1, 2) and s["sr"] == 16000 for s in samples
+    )
     np.savez(tmp_path / "data.npz", ids=ids(6, 3), feats=floats(5, 2), sr=np.array(16000, np.int64))
     assert len(load_samples(tmp_path / "data.npz", specs, split_batch=True)) == 1  # lengths differ: one run, as today
     np.savez(tmp_path / "data.npz", ids=ids(1, 3), feats=floats(1, 2))  # an input with a fixed first axis: not split

@@ -54,7 +54,19 @@ def test_auto_min_top1_is_part_of_the_budget(tmp_path):
 
     src, samples = sensitive_mlp(tmp_path / "m.onnx", layers=3)
     np.save(tmp_path / "data.npy", samples)
-    common = ["auto", str(src), "--data", str(tmp_path / "data.npy"), "--min-cosine", "0.5", "--choices", "4", "--format", "json", "-q"]
+    common = [
+        "auto",
+        str(src),
+        "--data",
+        str(tmp_path / "data.npy"),
+        "--min-cosine",
+        "0.5",
+        "--choices",
+        "4",
+        "--format",
+        "json",
+        "-q",
+    ]
     loose = runner.invoke(app, [*common, "-o", str(tmp_path / "loose.onnx")])
     assert loose.exit_code == 0, loose.output
     report = json.loads(loose.stdout)
@@ -73,7 +85,10 @@ def test_auto_writes_the_smallest_of_several_candidates_that_met(tmp_path):
     from quantrs.report import OutputAgreement
     from quantrs.sensitivity import LayerSensitivity, Sensitivity
 
-    layers = [LayerSensitivity(f"w{i}", "MatMul", {"4": 0.01, "8": 0.01 / 200, "float": 0.0}, {"4": 500, "8": 1000, "float": 4000}) for i in range(6)]
+    layers = [
+        LayerSensitivity(f"w{i}", "MatMul", {"4": 0.01, "8": 0.01 / 200, "float": 0.0}, {"4": 500, "8": 1000, "float": 4000})
+        for i in range(6)
+    ]
     config = AutoConfig(min_cosine=0.99, max_evaluations=6)
     search = _Search(Sensitivity(layers, [], 8, 0.0), ["4", "8", "float"], config.error_budget)
     names = [layer.name for layer in layers]
@@ -121,7 +136,9 @@ def test_threads_reach_every_kernel_call(save, tmp_path, monkeypatch, layout):
 
     monkeypatch.setattr(kernels, "_threads", spy)
     src = save(BUILDERS["mlp"]()[0])
-    result = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--min-elements", "0", "--threads", "3", *layout])
+    result = runner.invoke(
+        app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--min-elements", "0", "--threads", "3", *layout]
+    )
     assert result.exit_code == 0, result.output
     assert asked and set(asked) == {3}
 

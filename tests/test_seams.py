@@ -29,7 +29,10 @@ def test_report_counts_quantized_and_skipped_apart(save, tmp_path):
 
 def test_metadata_says_the_granularity(save, tmp_path):
     src = save(BUILDERS["mlp"]()[0])
-    expected = {"per-channel": QuantizeConfig(per_channel=True, min_elements=0), "per-tensor": QuantizeConfig(per_channel=False, min_elements=0)}
+    expected = {
+        "per-channel": QuantizeConfig(per_channel=True, min_elements=0),
+        "per-tensor": QuantizeConfig(per_channel=False, min_elements=0),
+    }
     for granularity, config in expected.items():
         quantrs.quantize(src, tmp_path / "q.onnx", config)
         meta = {p.key: p.value for p in onnx.load(str(tmp_path / "q.onnx")).metadata_props}
@@ -85,7 +88,19 @@ def test_batch_splits_threads_between_jobs(tmp_path):
 
 def test_int4_as_int8_flag_reaches_the_config(save, tmp_path):
     src = save(BUILDERS["mlp"]()[0])
-    args = ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "-b", "4", "--min-elements", "0", "--format", "json", "--int4-as-int8"]
+    args = [
+        "quantize",
+        str(src),
+        "-o",
+        str(tmp_path / "q.onnx"),
+        "-b",
+        "4",
+        "--min-elements",
+        "0",
+        "--format",
+        "json",
+        "--int4-as-int8",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["storage"] == "UINT8"
@@ -100,11 +115,21 @@ def test_data_in_brackets_is_printed_as_is(tmp_path):
     src = tmp_path / "net[v2].onnx"
     onnx.save(BUILDERS["conv_net"]()[0], str(src))
     env = {**os.environ, "COLUMNS": "200"}
-    info = subprocess.run([sys.executable, "-m", "quantrs", "info", str(src)], capture_output=True, text=True, cwd=tmp_path, env=env, check=True)
+    info = subprocess.run(
+        [sys.executable, "-m", "quantrs", "info", str(src)], capture_output=True, text=True, cwd=tmp_path, env=env, check=True
+    )
     assert "net[v2].onnx" in info.stdout and "[N, 3, 16, 16]" in info.stdout
-    help_text = subprocess.run([sys.executable, "-m", "quantrs", "batch", "-h"], capture_output=True, text=True, cwd=tmp_path, env=env, check=True)
+    help_text = subprocess.run(
+        [sys.executable, "-m", "quantrs", "batch", "-h"], capture_output=True, text=True, cwd=tmp_path, env=env, check=True
+    )
     assert "quantrs[dask]" in help_text.stdout
-    bad = subprocess.run([sys.executable, "-m", "quantrs", "info", str(tmp_path / "gone[1].onnx")], capture_output=True, text=True, cwd=tmp_path, env=env)
+    bad = subprocess.run(
+        [sys.executable, "-m", "quantrs", "info", str(tmp_path / "gone[1].onnx")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert bad.returncode == 1 and "gone[1].onnx: no such file" in bad.stderr
 
 
@@ -127,23 +152,42 @@ def test_long_names_are_whole_not_folded_or_cut(tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), str(src))
     out = subprocess.run(
-        [sys.executable, "-m", "quantrs", "quantize", str(src), "--dry-run"], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "COLUMNS": "80"}, check=True
+        [sys.executable, "-m", "quantrs", "quantize", str(src), "--dry-run"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "80"},
+        check=True,
     )
     assert any(line.strip() == name for line in out.stdout.splitlines()) and "…" not in out.stdout, out.stdout
 
 
 def test_batch_summary_names_each_output(save, tmp_path):
     src = save(BUILDERS["mlp"]()[0], "one.onnx")
-    result = CliRunner().invoke(app, ["batch", str(src), "-o", str(tmp_path / "out"), "--min-elements", "0", "-q"], env={"COLUMNS": "300"})
+    result = CliRunner().invoke(
+        app, ["batch", str(src), "-o", str(tmp_path / "out"), "--min-elements", "0", "-q"], env={"COLUMNS": "300"}
+    )
     assert result.exit_code == 0, result.output
     header = result.stdout.splitlines()[0]
     assert "output" in header and "model" in header
-    narrow = CliRunner().invoke(app, ["batch", str(src), "-o", str(tmp_path / "out2"), "--min-elements", "0", "-q"], env={"COLUMNS": "60"})
-    assert any(str(tmp_path / "out2" / "one.onnx") in line for line in narrow.stdout.splitlines()), narrow.stdout  # a row of its own
+    narrow = CliRunner().invoke(
+        app, ["batch", str(src), "-o", str(tmp_path / "out2"), "--min-elements", "0", "-q"], env={"COLUMNS": "60"}
+    )
+    assert any(str(tmp_path / "out2" / "one.onnx") in line for line in narrow.stdout.splitlines()), (
+        narrow.stdout
+    )  # a row of its own
 
 
 @pytest.mark.parametrize("name", ["mlp", "conv_net", "embedding"])
-@pytest.mark.parametrize("options", [dict(per_channel=False), dict(bits=4, block_size=32), dict(bits=4, per_channel=True, symmetric=True), dict(bits=4, quant_format="matmulnbits")])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(per_channel=False),
+        dict(bits=4, block_size=32),
+        dict(bits=4, per_channel=True, symmetric=True),
+        dict(bits=4, quant_format="matmulnbits"),
+    ],
+)
 def test_quantized_weight_bytes_are_the_bytes_written(save, tmp_path, name, options):
     """The report's quantized weight bytes: codes, scales and zero points as stored (packed
     codes, float16 scales of float16 weights, MatMulNBits' padded blocks)."""
@@ -173,7 +217,9 @@ def test_openmp_workers_wait_passively_unless_told_otherwise(given, spins):
     env["OMP_DISPLAY_ENV"] = "VERBOSE"
     if given is not None:
         env["OMP_WAIT_POLICY"] = given
-    run = subprocess.run([sys.executable, "-c", "import quantrs.model, quantrs.kernels"], env=env, capture_output=True, text=True, check=True)
+    run = subprocess.run(
+        [sys.executable, "-c", "import quantrs.model, quantrs.kernels"], env=env, capture_output=True, text=True, check=True
+    )
     assert f"GOMP_SPINCOUNT = '{spins}'" in run.stderr, run.stderr
 
 

@@ -287,7 +287,10 @@ def test_tensorrt_layout(tmp_path):
     producers = {o: n for n in model.graph.node for o in n.output}
     quantizers = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     assert {n.input[0] for n in quantizers} == {"x", "sr", "ra", "cb"}  # Conv inputs; both of the Add
-    assert not any(producers.get(q.input[0]) is not None and producers[q.input[0]].op_type == "Conv" and q.input[0] != "cb" for q in quantizers)
+    assert not any(
+        producers.get(q.input[0]) is not None and producers[q.input[0]].op_type == "Conv" and q.input[0] != "cb"
+        for q in quantizers
+    )
     for q in quantizers:
         zp = inits[q.input[2]]
         assert zp.dtype == np.int8 and zp == 0
@@ -462,11 +465,24 @@ def test_an_output_that_is_not_a_tensor(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])
     outputs = [
         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3]),
-        helper.make_value_info("classes", helper.make_sequence_type_proto(helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))),
+        helper.make_value_info(
+            "classes",
+            helper.make_sequence_type_proto(
+                helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+            ),
+        ),
     ]
-    model = make(nodes, [x], outputs, {"w": rng.standard_normal((8, 3)).astype(np.float32)}, extra_opsets=[helper.make_opsetid("ai.onnx.ml", 1)])
+    model = make(
+        nodes,
+        [x],
+        outputs,
+        {"w": rng.standard_normal((8, 3)).astype(np.float32)},
+        extra_opsets=[helper.make_opsetid("ai.onnx.ml", 1)],
+    )
     src = save(model, tmp_path / "m.onnx")
-    report = quantrs.calibrate(src, tmp_path / "q.onnx", [{"x": rng.standard_normal((4, 8)).astype(np.float32)} for _ in range(4)])
+    report = quantrs.calibrate(
+        src, tmp_path / "q.onnx", [{"x": rng.standard_normal((4, 8)).astype(np.float32)} for _ in range(4)]
+    )
     assert [o.name for o in report.fidelity] == ["probabilities"]
 
 
@@ -499,13 +515,28 @@ def _npz(folder: Path, feed: dict) -> Path:
 @pytest.mark.parametrize("flag", ["--reduce-range", "--per-tensor"])
 def test_tensorrt_refuses_what_it_cannot_take(tmp_path, flag):
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
-    result = runner.invoke(app, ["calibrate", str(EXAMPLE), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "q.onnx"), "--target", "tensorrt", flag])
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            str(EXAMPLE),
+            "--data",
+            str(tmp_path / "x.npy"),
+            "-o",
+            str(tmp_path / "q.onnx"),
+            "--target",
+            "tensorrt",
+            flag,
+        ],
+    )
     assert result.exit_code == 2 and flag in result.output
 
 
 def test_an_unknown_exclude_name_is_a_usage_error_naming_the_flag_and_file(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
-    result = runner.invoke(app, ["calibrate", str(EXAMPLE), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "q.onnx"), "--exclude", "stage9"])
+    result = runner.invoke(
+        app, ["calibrate", str(EXAMPLE), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "q.onnx"), "--exclude", "stage9"]
+    )
     assert result.exit_code == 2 and "--exclude" in result.output and EXAMPLE.name in result.output
 
 
@@ -519,18 +550,25 @@ def test_products_of_activations_stay_float(tmp_path):
         helper.make_node("Conv", ["x", "w1"], ["h"], pads=[1, 1, 1, 1]),
         helper.make_node("Mul", ["h", "h"], ["h2"]),
         helper.make_node("Mul", ["h2", "h"], ["h3"]),
-        c("k1", 0.044715), helper.make_node("Mul", ["h3", "k1"], ["t1"]),
+        c("k1", 0.044715),
+        helper.make_node("Mul", ["h3", "k1"], ["t1"]),
         helper.make_node("Add", ["h", "t1"], ["t2"]),
-        c("k2", 0.7978846), helper.make_node("Mul", ["t2", "k2"], ["t3"]),
+        c("k2", 0.7978846),
+        helper.make_node("Mul", ["t2", "k2"], ["t3"]),
         helper.make_node("Tanh", ["t3"], ["t4"]),
-        c("one", 1.0), helper.make_node("Add", ["t4", "one"], ["t5"]),
+        c("one", 1.0),
+        helper.make_node("Add", ["t4", "one"], ["t5"]),
         helper.make_node("Mul", ["h", "t5"], ["t6"]),
-        c("half", 0.5), helper.make_node("Mul", ["t6", "half"], ["g"]),
+        c("half", 0.5),
+        helper.make_node("Mul", ["t6", "half"], ["g"]),
         helper.make_node("Conv", ["g", "w2"], ["y"], pads=[1, 1, 1, 1]),
     ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])
-    inits = {"w1": (rng.standard_normal((4, 4, 3, 3)) * 2).astype(np.float32), "w2": (rng.standard_normal((4, 4, 3, 3)) * 0.2).astype(np.float32)}
+    inits = {
+        "w1": (rng.standard_normal((4, 4, 3, 3)) * 2).astype(np.float32),
+        "w2": (rng.standard_normal((4, 4, 3, 3)) * 0.2).astype(np.float32),
+    }
     src = save(make(nodes, [x], [y], inits), tmp_path / "m.onnx")
     samples = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(8)]
     report = quantrs.calibrate(src, tmp_path / "q.onnx", samples)
@@ -553,7 +591,9 @@ def test_tensorrt_leaves_adds_that_are_not_residual(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8])
     src = save(make(nodes, [x], [y], {"w": rng.standard_normal((8, 8)).astype(np.float32)}), tmp_path / "m.onnx")
-    report = quantrs.calibrate(src, tmp_path / "q.onnx", [{"x": rng.standard_normal((2, 8)).astype(np.float32)}], CalibrationConfig(target="tensorrt"))
+    report = quantrs.calibrate(
+        src, tmp_path / "q.onnx", [{"x": rng.standard_normal((2, 8)).astype(np.float32)}], CalibrationConfig(target="tensorrt")
+    )
     assert {a.name for a in report.activations} == {"x"}
 
 
@@ -586,7 +626,11 @@ def test_benchmark_tells_weight_and_activation_dequantizers_apart(tmp_path):
     from quantrs.benchmarking import ACTIVATION_DQ, _runtime_ops
 
     rng = np.random.default_rng(0)
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Sigmoid", ["m"], ["s"]), helper.make_node("MatMul", ["s", "w2"], ["y"])]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Sigmoid", ["m"], ["s"]),
+        helper.make_node("MatMul", ["s", "w2"], ["y"]),
+    ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 64])
     inits = {"w": rng.standard_normal((64, 64)).astype(np.float32), "w2": rng.standard_normal((64, 64)).astype(np.float32)}
@@ -625,7 +669,9 @@ def test_all_zero_samples_are_refused_naming_them(tmp_path):
     with pytest.raises(ConfigError, match=r"samples are degenerate: .*'x' is 0, 'z' is 0"):
         quantrs.calibrate(src, tmp_path / "q.onnx", zeros)
     assert not (tmp_path / "q.onnx").exists()
-    result = CliRunner().invoke(app, ["calibrate", str(src), "--data", str(_stacked_npz(tmp_path, zeros)), "-o", str(tmp_path / "q.onnx")])
+    result = CliRunner().invoke(
+        app, ["calibrate", str(src), "--data", str(_stacked_npz(tmp_path, zeros)), "-o", str(tmp_path / "q.onnx")]
+    )
     assert result.exit_code == 1 and "degenerate" in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "q.onnx").exists()
 

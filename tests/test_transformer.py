@@ -129,7 +129,9 @@ def test_auto_mixes_4_and_8_bit_matmulnbits_to_a_budget_at_5x_smaller(encoder, t
         return [{k: feeds[k] for k in ("input_ids", "attention_mask")}]
 
     config = AutoConfig(min_cosine=0.99, choices=("4", "8"), weights=QuantizeConfig(quant_format="matmulnbits"))
-    report = auto(encoder, tmp_path / "q.onnx", samples(minilm.TUNING_SENTENCES), config, eval_data=samples(minilm.HELD_OUT_SENTENCES))
+    report = auto(
+        encoder, tmp_path / "q.onnx", samples(minilm.TUNING_SENTENCES), config, eval_data=samples(minilm.HELD_OUT_SENTENCES)
+    )
     assert report.met
     assert report.input_bytes / report.output_bytes >= 5.0, report.output_bytes
     widths = {layer.name: layer.width for layer in report.layers}
@@ -164,7 +166,9 @@ def test_auto_with_gptq_reaches_the_budget_at_a_smaller_size(encoder, tmp_path):
 
     weights = QuantizeConfig(quant_format="matmulnbits", rounding="gptq")
     config = AutoConfig(min_cosine=0.99, choices=("4", "8"), weights=weights)
-    report = auto(encoder, tmp_path / "q.onnx", samples(minilm.TUNING_SENTENCES), config, eval_data=samples(minilm.HELD_OUT_SENTENCES))
+    report = auto(
+        encoder, tmp_path / "q.onnx", samples(minilm.TUNING_SENTENCES), config, eval_data=samples(minilm.HELD_OUT_SENTENCES)
+    )
     assert report.met and report.input_bytes / report.output_bytes >= 5.7, report.output_bytes
     feeds = minilm.tokenize(minilm.SENTENCES, minilm.weights_dir())
     ref, got = embed(encoder, feeds), embed(tmp_path / "q.onnx", feeds)

@@ -89,16 +89,41 @@ def test_json_has_the_same_data(broken_pair):
     src, dst = broken_pair
     result = runner.invoke(app, ["validate", str(src), str(dst), "--detailed", "--min-cosine", "0.999", "--format", "json"])
     data = json.loads(result.stdout)
-    assert set(data) >= {"original", "quantized", "checks", "outputs", "thresholds", "layers", "suggested_exclude", "passed", "samples"}
+    assert set(data) >= {
+        "original",
+        "quantized",
+        "checks",
+        "outputs",
+        "thresholds",
+        "layers",
+        "suggested_exclude",
+        "passed",
+        "samples",
+    }
     assert data["passed"] is False and data["samples"] == 8
     assert {c["name"] for c in data["checks"]} >= {"inputs unchanged", "outputs unchanged", "onnx.checker", "runs in onnxruntime"}
     output = data["outputs"][0]
     assert set(output) == {"name", "cosine", "max_abs_error", "relative_l2", "top1_agreement"}
     assert isinstance(output["cosine"], float) and 0 <= output["top1_agreement"] <= 1
     layer = data["layers"][0]
-    assert set(layer) == {"name", "storage", "consumer", "weight_mse", "weight_sqnr_db", "local_relative_l2", "local_sqnr_db", "note"}
+    assert set(layer) == {
+        "name",
+        "storage",
+        "consumer",
+        "weight_mse",
+        "weight_sqnr_db",
+        "local_relative_l2",
+        "local_sqnr_db",
+        "note",
+    }
     assert layer["name"] == "fc2" and data["suggested_exclude"] == ["fc2"]
-    assert data["thresholds"][0] == {"name": "min_cosine", "limit": 0.999, "output": "y", "value": data["outputs"][0]["cosine"], "passed": False}
+    assert data["thresholds"][0] == {
+        "name": "min_cosine",
+        "limit": 0.999,
+        "output": "y",
+        "value": data["outputs"][0]["cosine"],
+        "passed": False,
+    }
 
 
 def test_structure_problems_are_found(tmp_path, save):
@@ -187,7 +212,9 @@ def test_real_model_validates_end_to_end(tmp_path):
         head = np.frombuffer(f.read_bytes()[:2048], np.uint8)
         batch[i, : head.size] = head
     np.save(tmp_path / "bytes.npy", batch)
-    report = quantrs.validate(model, dst, data=tmp_path / "bytes.npy", detailed=True, thresholds=Thresholds(min_cosine=0.99, min_top1=0.9))
+    report = quantrs.validate(
+        model, dst, data=tmp_path / "bytes.npy", detailed=True, thresholds=Thresholds(min_cosine=0.99, min_top1=0.9)
+    )
     assert report.passed, report.thresholds
     assert len(report.layers) == 3 and all(l.local_sqnr_db is not None and l.local_sqnr_db > 20 for l in report.layers)
 
@@ -252,7 +279,9 @@ def test_matmulnbits_and_gather_block_weights_are_ranked(tmp_path, save, bits, s
     scale.CopyFrom(numpy_helper.from_array(shuffled.astype(np.float32).reshape(numpy_helper.to_array(scale).shape), scale.name))
     onnx.save(broken, str(tmp_path / "broken.onnx"))
     np.save(tmp_path / "ids.npy", feeds["ids"][None])
-    report = quantrs.validate(src, tmp_path / "broken.onnx", data=tmp_path / "ids.npy", detailed=True, thresholds=Thresholds(min_cosine=0.999))
+    report = quantrs.validate(
+        src, tmp_path / "broken.onnx", data=tmp_path / "ids.npy", detailed=True, thresholds=Thresholds(min_cosine=0.999)
+    )
     assert [(l.name, l.storage) for l in report.layers][0] == ("w", f"UINT{bits} (MatMulNBits)")
     assert report.layers[0].local_relative_l2 > 10 * report.layers[1].local_relative_l2
     assert report.layers[1].storage.endswith("(GatherBlockQuantized)")
@@ -264,7 +293,15 @@ def test_matmulnbits_and_gather_block_weights_are_ranked(tmp_path, save, bits, s
     assert "2 MatMulNBits/GatherBlockQuantized node(s)" in checked.detail, checked.detail
 
 
-@pytest.mark.parametrize("options", [dict(bits=4, block_size=32), dict(bits=8, per_channel=True), dict(bits=4, per_channel=True, symmetric=True), dict(bits=8, per_channel=False)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(bits=4, block_size=32),
+        dict(bits=8, per_channel=True),
+        dict(bits=4, per_channel=True, symmetric=True),
+        dict(bits=8, per_channel=False),
+    ],
+)
 def test_qdq_lookup_tables_are_ranked(tmp_path, save, options):
     """A table looked up in QDQ form (a Gather of its codes, per-row or blocked scales, then a
     DequantizeLinear of the rows) is ranked like any weight: dequantized whole, it is what the
@@ -283,7 +320,9 @@ def test_qdq_lookup_tables_are_ranked(tmp_path, save, options):
     session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(table, session.run(["rows"], {"ids": np.arange(V, dtype=np.int64)[None]})[0][0])
     np.save(tmp_path / "ids.npy", feeds["ids"][None])
-    report = quantrs.validate(src, tmp_path / "q.onnx", data=tmp_path / "ids.npy", detailed=True, thresholds=Thresholds(min_cosine=0.99999))
+    report = quantrs.validate(
+        src, tmp_path / "q.onnx", data=tmp_path / "ids.npy", detailed=True, thresholds=Thresholds(min_cosine=0.99999)
+    )
     assert sorted(l.name for l in report.layers) == ["emb", "w"]
     assert report.suggested_exclude is not None and "emb" in report.suggested_exclude, report.suggestion_note
     assert all(o.cosine >= 0.99999 for o in report.suggested_outputs)
@@ -319,7 +358,10 @@ def two_readers_model():
     "case",
     ["two readers", "tie gemm", "tie transpose", "float16 table", "bfloat16 table"],
 )
-@pytest.mark.parametrize("options", [dict(bits=4, block_size=32, quant_format="matmulnbits"), dict(bits=4, block_size=32), dict(bits=8, per_channel=True)])
+@pytest.mark.parametrize(
+    "options",
+    [dict(bits=4, block_size=32, quant_format="matmulnbits"), dict(bits=4, block_size=32), dict(bits=8, per_channel=True)],
+)
 def test_every_weight_put_back_gives_the_original_outputs(tmp_path, save, case, options):
     """The suggestion's mechanism, at its limit: with every ranked weight put back in float, the
     model computes exactly what the original does, whatever reads the weights (two lookups and
@@ -415,17 +457,22 @@ def test_gather_block_quantized_with_codes_packed_in_bytes(tmp_path, zero_points
     ids = [helper.make_tensor_value_info("ids", TensorProto.INT64, [rows])]
     out = [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [rows, width])]
     table = numpy_helper.from_array(rng.standard_normal((rows, width)).astype(np.float32), "emb")
-    original = helper.make_model(helper.make_graph([helper.make_node("Gather", ["emb", "ids"], ["rows"])], "g", ids, out, [table]))
+    original = helper.make_model(
+        helper.make_graph([helper.make_node("Gather", ["emb", "ids"], ["rows"])], "g", ids, out, [table])
+    )
     node = helper.make_node(
         "GatherBlockQuantized", ["emb_q", "ids", "emb_s"] + (["emb_z"] if zero_points else []), ["rows"],
         domain="com.microsoft", bits=4, block_size=32, gather_axis=0, quantize_axis=1,
     )  # fmt: skip
     quantized = helper.make_model(
-        helper.make_graph([node], "g", ids, out, inits), opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+        helper.make_graph([node], "g", ids, out, inits),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
     )
     for model, name in ((original, "o.onnx"), (quantized, "q.onnx")):
         model.ir_version = 8
         onnx.save(model, str(tmp_path / name))
-    looked_up = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(["rows"], {"ids": np.arange(rows, dtype=np.int64)})[0]
+    looked_up = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["rows"], {"ids": np.arange(rows, dtype=np.int64)}
+    )[0]
     got = dequantized_weights(load_model(tmp_path / "o.onnx"), load_model(tmp_path / "q.onnx"))
     np.testing.assert_array_equal(got["emb"][1], looked_up)

@@ -70,7 +70,7 @@ def all_nodes(graph):
     for node in graph.node:
         yield node, graph
         for attr in node.attribute:
-            for g in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+            for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
                 yield from all_nodes(g)
 
 
@@ -242,10 +242,19 @@ def loop_and_scan_model(seed=0):
         [numpy_helper.from_array(_w(rng, (16, 16)), "w_loop")],
     )
     scan_body = helper.make_graph(
-        [helper.make_node("MatMul", ["row", "w_scan"], ["row_out"], name="scan_mm"), helper.make_node("Identity", ["acc_in"], ["acc_out"])],
+        [
+            helper.make_node("MatMul", ["row", "w_scan"], ["row_out"], name="scan_mm"),
+            helper.make_node("Identity", ["acc_in"], ["acc_out"]),
+        ],
         "scan_body",
-        [helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1]), helper.make_tensor_value_info("row", TensorProto.FLOAT, [1, 16])],
-        [helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1]), helper.make_tensor_value_info("row_out", TensorProto.FLOAT, [1, 8])],
+        [
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info("row", TensorProto.FLOAT, [1, 16]),
+        ],
+        [
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info("row_out", TensorProto.FLOAT, [1, 8]),
+        ],
     )
     nodes = [
         _const("trips", np.array(3, np.int64)),
@@ -331,7 +340,9 @@ def half_mlp(seed=0):
 @pytest.mark.parametrize("bits, per_channel, tolerance", [(8, True, 0.02), (8, False, 0.04), (4, True, 0.2)])
 def test_float16_model_keeps_float16(save, tmp_path, bits, per_channel, tolerance):
     model, feeds = half_mlp()
-    report, out = quantize_and_compare(save, tmp_path, model, [feeds], QuantizeConfig(bits=bits, per_channel=per_channel, min_elements=0), tolerance)
+    report, out = quantize_and_compare(
+        save, tmp_path, model, [feeds], QuantizeConfig(bits=bits, per_channel=per_channel, min_elements=0), tolerance
+    )
     assert report.quantized_count == 2 and report.opset_after >= 19
     scales = [t for t in out.graph.initializer if t.name.endswith("_scale")]
     assert scales and all(t.data_type == TensorProto.FLOAT16 for t in scales)
@@ -371,7 +382,9 @@ def test_weights_behind_cast_and_transpose(save, tmp_path):
     producers = {n.output[0]: n for n in out.graph.node}
     assert producers["w16"].op_type == "DequantizeLinear"
     assert producers["wbf"].op_type == "Cast" and producers["wbf"].attribute[0].i == TensorProto.BFLOAT16
-    assert producers["w16_f"].op_type == "Cast" and producers["wt_t"].op_type == "Transpose"  # kept, now on the dequantized weight
+    assert (
+        producers["w16_f"].op_type == "Cast" and producers["wt_t"].op_type == "Transpose"
+    )  # kept, now on the dequantized weight
 
 
 # --- embedding tables --------------------------------------------------------------------------
@@ -482,7 +495,11 @@ def _duplicated(kind: str):
     else:
         nodes.insert(0, _const("w", _w(rng, (8, 8))))
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], inits
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
@@ -569,7 +586,9 @@ def _sibling_branches(rng):
 
     def branch(tag):
         nodes = [
-            helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array([2.0 if tag == "then" else 3.0], np.float32))),
+            helper.make_node(
+                "Constant", [], ["k"], value=numpy_helper.from_array(np.array([2.0 if tag == "then" else 3.0], np.float32))
+            ),
             helper.make_node("MatMul", ["x", "W"], [f"m_{tag}"]),
             helper.make_node("Mul", [f"m_{tag}", "k"], [f"out_{tag}"]),
         ]
@@ -577,7 +596,10 @@ def _sibling_branches(rng):
         return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"out_{tag}", TensorProto.FLOAT, [2, 64])], [w])
 
     node = helper.make_node("If", ["c"], ["y"], then_branch=branch("then"), else_branch=branch("else"), name="by_flag")
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64]),
+        helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+    ]
     model = _model([node], inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])], [])
     onnx.checker.check_model(model, full_check=True)
     feeds = [{"x": rng.standard_normal((2, 64)).astype(np.float32), "c": np.array(flag)} for flag in (True, False)]
@@ -636,10 +658,15 @@ def test_external_data_held_by_bodies_and_constants_moves_with_the_model(tmp_pat
         [helper.make_tensor_value_info("out_e", TensorProto.FLOAT, [2, 512])],
     )
     node = helper.make_node("If", ["c"], ["y"], then_branch=body, else_branch=other, name="pick")
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64]),
+        helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+    ]
     model = _model([node], inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 512])])
     (tmp_path / "in").mkdir()
-    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="m.data", size_threshold=1024, convert_attribute=True)
+    convert_model_to_external_data(
+        model, all_tensors_to_one_file=True, location="m.data", size_threshold=1024, convert_attribute=True
+    )
     onnx.save(model, str(tmp_path / "in" / "m.onnx"))
     (tmp_path / "out").mkdir()
     config = QuantizeConfig(per_channel=True, min_elements=1024, exclude=("w_const",))

@@ -72,7 +72,15 @@ def count_bar(doing: str, what: str, *, disabled: bool) -> Iterator[Callable[[in
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn(doing), BarColumn(), MofNCompleteColumn(), TextColumn(what), TimeElapsedColumn(), console=stderr_console(), transient=True)
+    bar = Progress(
+        TextColumn(doing),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(what),
+        TimeElapsedColumn(),
+        console=stderr_console(),
+        transient=True,
+    )
     task = bar.add_task(doing, total=None)
 
     def update(done: int, total: int) -> None:

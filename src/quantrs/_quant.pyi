@@ -7,6 +7,7 @@ ROW_GROUPS_MAX_COUNT: int
 def scales(
     lo: np.ndarray, hi: np.ndarray, qmin: int, qmax: int, symmetric: bool, scale: np.ndarray, zero_point: np.ndarray
 ) -> None: ...
+
 # x and kind of the weight kernels: as _reduce.minmax.
 def quantize(
     x: np.ndarray,

@@ -93,7 +93,11 @@ def excluded_outputs(graph: onnx.GraphProto, options: QuantizeConfig) -> set[str
     out = set()
     for node in graph.node:
         labels = {node.name} | {n for n in node.input if n}
-        if node.op_type in options.exclude_op_types or labels & names or any(p.search(label) for p in patterns for label in labels if label):
+        if (
+            node.op_type in options.exclude_op_types
+            or labels & names
+            or any(p.search(label) for p in patterns for label in labels if label)
+        ):
             out.add(_key(node))
     return out
 
@@ -274,7 +278,9 @@ class StaticEdit:
         if self.target == "tensorrt":
             producers = {out: node for node in graph.node for out in node.output if out}
             self._readers = {
-                _key(n) for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul") or (n.op_type == "Add" and _residual(n, stored, producers))
+                _key(n)
+                for n in graph.node
+                if n.op_type in ("Conv", "Gemm", "MatMul") or (n.op_type == "Add" and _residual(n, stored, producers))
             }
         else:
             self._readers = ort_cpu_selection(graph, self.excluded, stored)[1]
@@ -385,7 +391,9 @@ class StaticEdit:
             q_out, dq_out = fresh(f"{name}_QuantizeLinear_Output"), fresh(f"{name}_DequantizeLinear_Output")
             pairs[name] = [
                 helper.make_node("QuantizeLinear", [name, scale, zero_point], [q_out], name=fresh(f"{name}_QuantizeLinear")),
-                helper.make_node("DequantizeLinear", [q_out, scale, zero_point], [dq_out], name=fresh(f"{name}_DequantizeLinear")),
+                helper.make_node(
+                    "DequantizeLinear", [q_out, scale, zero_point], [dq_out], name=fresh(f"{name}_DequantizeLinear")
+                ),
             ]
             dequantized[name] = dq_out
         produced = {out for node in graph.node for out in node.output}
@@ -426,4 +434,3 @@ class _BiasValues:
         values = self.stream.weight_array(self.bias).astype(np.float64)
         codes = np.rint(values / self.scale().astype(np.float64))
         return np.clip(codes, -(2**31), 2**31 - 1).astype(np.int32)
-

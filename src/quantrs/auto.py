@@ -138,7 +138,15 @@ def auto(
         input=str(src),
         output=str(dst),
         files_written=[str(p) for p in files],
-        budget={k: v for k, v in (("min_cosine", config.min_cosine), ("max_relative_error", config.max_relative_error), ("min_top1", config.min_top1)) if v is not None},
+        budget={
+            k: v
+            for k, v in (
+                ("min_cosine", config.min_cosine),
+                ("max_relative_error", config.max_relative_error),
+                ("min_top1", config.min_top1),
+            )
+            if v is not None
+        },
         choices=list(widths),
         block_size=config.block_size,
         static=config.static,

@@ -138,7 +138,9 @@ def run_batch(
     todo: list[int] = []
     for i, job in enumerate(jobs):
         if skip_existing and job.output.exists():
-            results[i] = ModelResult(str(job.input), str(job.output), "skipped", input_bytes=_size(job.input), output_bytes=_size(job.output))
+            results[i] = ModelResult(
+                str(job.input), str(job.output), "skipped", input_bytes=_size(job.input), output_bytes=_size(job.output)
+            )
         else:
             todo.append(i)
     tracker = _Tracker(jobs, todo, progress)
@@ -183,7 +185,9 @@ def refuse_overwrites(jobs: Sequence[Job]) -> None:
         for read in _files_read(reader.input):
             writer = writers.get(_identity(read) or (-1, -1))
             if writer is not None and writer is not reader:
-                raise ConfigError(f"{writer.output}: writing it would replace {read}, which {reader.input} reads; choose another output folder")
+                raise ConfigError(
+                    f"{writer.output}: writing it would replace {read}, which {reader.input} reads; choose another output folder"
+                )
 
 
 def _files_read(path: Path) -> list[Path]:
@@ -296,7 +300,9 @@ def _run_on_processes(jobs, todo, results, n_jobs, continue_on_error, tracker) -
     the tracker reads it while waiting for the next model to finish."""
     context = _process_context()
     shares = context.Array("d", len(jobs), lock=False)
-    with ProcessPoolExecutor(max_workers=min(n_jobs, len(todo)), mp_context=context, initializer=_share_into, initargs=(shares,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(n_jobs, len(todo)), mp_context=context, initializer=_share_into, initargs=(shares,)
+    ) as pool:
         pending: dict[Future, int] = {pool.submit(_run_job_sharing, _threads_per_job(jobs[i], n_jobs), i): i for i in todo}
         stop = False
         while pending:
@@ -361,7 +367,12 @@ def quantize_batch(
     """
     work = make_jobs(expand_inputs(inputs), Path(output_dir), config or QuantizeConfig())
     return run_batch(
-        work, n_jobs=jobs, skip_existing=skip_existing, continue_on_error=continue_on_error, scheduler=scheduler, progress=progress
+        work,
+        n_jobs=jobs,
+        skip_existing=skip_existing,
+        continue_on_error=continue_on_error,
+        scheduler=scheduler,
+        progress=progress,
     )
 
 

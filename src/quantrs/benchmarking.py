@@ -77,7 +77,13 @@ def _runtime_ops(path: Path, threads: int | None) -> dict[str, int] | None:
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] not in stored:
             counts[ACTIVATION_DQ] += 1  # an activation's Q/DQ pair left unfused: float compute around it
-        elif node.op_type in ("DequantizeLinear", "MatMulNBits", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "GatherBlockQuantized") or node.op_type.startswith("QLinear"):
+        elif node.op_type in (
+            "DequantizeLinear",
+            "MatMulNBits",
+            "MatMulIntegerToFloat",
+            "DynamicQuantizeMatMul",
+            "GatherBlockQuantized",
+        ) or node.op_type.startswith("QLinear"):
             counts[node.op_type] += 1
     return dict(sorted(counts.items()))
 

@@ -95,7 +95,9 @@ def calibrate(
         logger.info("activation %s left in float: %s", name, reason)
     if not params:
         reasons = "; ".join(f"{n}: {r}" for n, r in list(stats.skipped.items())[:3])
-        raise UnsupportedModelError(f"{src}: no activation could be calibrated ({reasons}); quantize weights only with `quantrs quantize`")
+        raise UnsupportedModelError(
+            f"{src}: no activation could be calibrated ({reasons}); quantize weights only with `quantrs quantize`"
+        )
 
     ready: dict = {}
     if gptq:  # the weights' codes compensated on the float model's activations, as quantize does
@@ -135,9 +137,7 @@ def calibrate(
         method=config.method,
         target=config.target,
         samples=stats.samples,
-        activations=[
-            ActivationRange(n, ranges[n][0], ranges[n][1], p.scale, p.zero_point) for n, p in edit.params.items()
-        ],
+        activations=[ActivationRange(n, ranges[n][0], ranges[n][1], p.scale, p.zero_point) for n, p in edit.params.items()],
         left_float=[LeftFloat(n, r) for n, r in stats.skipped.items()],
         folded_relus=list(edit.folded),
         quantized_weights=sorted(specs),
@@ -162,7 +162,14 @@ def _weight_options(config: CalibrationConfig) -> QuantizeConfig:
     channel, as its explicit quantization requires."""
     if config.target == "tensorrt":
         return dataclasses.replace(
-            config.weights, bits=8, symmetric=True, per_channel=True, layer_bits=(), block_size=None, range=None, quant_format="qdq"
+            config.weights,
+            bits=8,
+            symmetric=True,
+            per_channel=True,
+            layer_bits=(),
+            block_size=None,
+            range=None,
+            quant_format="qdq",
         )
     return dataclasses.replace(config.weights, symmetric=True, per_channel=config.per_channel, quant_format="qdq")
 

@@ -117,7 +117,17 @@ def _main(
         Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = None,
     quiet: Quiet = False,
-    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, metavar="", show_default=False, help="Log what quantrs does on stderr: -v each stage, -vv every tensor.")] = 0,
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            metavar="",
+            show_default=False,
+            help="Log what quantrs does on stderr: -v each stage, -vv every tensor.",
+        ),
+    ] = 0,
 ) -> None:
     _State.quiet = quiet
     if verbose:
@@ -196,7 +206,9 @@ def _declared(cls: type, names: Sequence[str] | None = None, hidden: Sequence[st
     for f, spec in options(cls):
         if names is None or f.name in names:
             kind = spec.cli_type or hints[f.name]
-            out.append((f.name, Optional[kind], typer.Option(*spec.flags, help=spec.help, show_default=False, hidden=f.name in hidden)))
+            out.append(
+                (f.name, Optional[kind], typer.Option(*spec.flags, help=spec.help, show_default=False, hidden=f.name in hidden))
+            )
     return out
 
 
@@ -296,11 +308,20 @@ def _flag(field: str) -> str:
 @with_quantize_options
 def quantize(
     model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the quantized model.", show_default=False)] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be quantized (bits, axis, or why not); write nothing.")] = False,
+    output: Annotated[
+        Optional[Path], typer.Option("--output", "-o", help="Where to write the quantized model.", show_default=False)
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be quantized (bits, axis, or why not); write nothing.")
+    ] = False,
     fmt: Format = OutputFormat.text,
     quiet: Quiet = False,
-    data: Annotated[Optional[Path], typer.Option("--data", help="Samples for --rounding gptq (as for calibrate): .npy, .npz or a folder.", show_default=False)] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data", help="Samples for --rounding gptq (as for calibrate): .npy, .npz or a folder.", show_default=False
+        ),
+    ] = None,
     *,
     options: dict,
 ) -> None:
@@ -338,8 +359,12 @@ def quantize(
 @with_options(BatchOptions, "run")
 @with_quantize_options
 def batch(
-    models: Annotated[list[str], typer.Argument(help="Models: files, folders (their *.onnx) or glob patterns.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="The folder to write the quantized models to.", show_default=False)],
+    models: Annotated[
+        list[str], typer.Argument(help="Models: files, folders (their *.onnx) or glob patterns.", show_default=False)
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The folder to write the quantized models to.", show_default=False)
+    ],
     fmt: Format = OutputFormat.text,
     quiet: Quiet = False,
     *,
@@ -352,7 +377,15 @@ def batch(
     config = quantize_config(options)
     _refuse_gptq(config)
     work = make_jobs(expand_inputs(models), output, config)
-    _run_batch(work, fmt, quiet, n_jobs=run.jobs, skip_existing=run.skip_existing, continue_on_error=run.continue_on_error, scheduler=run.scheduler)
+    _run_batch(
+        work,
+        fmt,
+        quiet,
+        n_jobs=run.jobs,
+        skip_existing=run.skip_existing,
+        continue_on_error=run.continue_on_error,
+        scheduler=run.scheduler,
+    )
 
 
 @command
@@ -388,10 +421,20 @@ def config(
         _emit(plans, fmt, "render_plans")
         return
     section = loaded.batch
-    file_fields = {} if section is None else {"jobs": section.jobs, "skip_existing": section.skip_existing, "continue_on_error": section.continue_on_error}
+    file_fields = (
+        {}
+        if section is None
+        else {"jobs": section.jobs, "skip_existing": section.skip_existing, "continue_on_error": section.continue_on_error}
+    )
     settings = _build(BatchOptions, {**file_fields, **run}, {})
     _run_batch(
-        work, fmt, quiet, n_jobs=settings.jobs, skip_existing=settings.skip_existing, continue_on_error=settings.continue_on_error, scheduler=settings.scheduler
+        work,
+        fmt,
+        quiet,
+        n_jobs=settings.jobs,
+        skip_existing=settings.skip_existing,
+        continue_on_error=settings.continue_on_error,
+        scheduler=settings.scheduler,
     )
 
 
@@ -438,7 +481,9 @@ def _run_batch(work, fmt: OutputFormat, quiet: bool, **options) -> None:
     except KeyboardInterrupt:
         # Outputs are written atomically: what exists is complete, so a rerun can skip it.
         left = len(work) - finished[0]
-        raise _fail(f"interrupted: {finished[0]} done, {left} not finished; rerun with --skip-existing to finish them", code=130) from None
+        raise _fail(
+            f"interrupted: {finished[0]} done, {left} not finished; rerun with --skip-existing to finish them", code=130
+        ) from None
     _emit(report, fmt, "render_batch")
     for result in report.results:
         if result.status == "failed":
@@ -490,8 +535,20 @@ def auto(
     model: Annotated[Path, typer.Argument(help="The float ONNX model.", show_default=False)],
     output: Output,
     data: Data,
-    eval_data: Annotated[Optional[Path], typer.Option("--eval-data", help="Held-out samples for verification (default: the last quarter of --data; each row of a dynamic batch axis is one sample).", show_default=False)] = None,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Also an HTML page with the size/accuracy trade-off (needs quantrs\\[report]).", show_default=False)] = None,
+    eval_data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--eval-data",
+            help="Held-out samples for verification (default: the last quarter of --data; each row of a dynamic batch axis is one sample).",
+            show_default=False,
+        ),
+    ] = None,
+    report: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--report", help="Also an HTML page with the size/accuracy trade-off (needs quantrs\\[report]).", show_default=False
+        ),
+    ] = None,
     fmt: Format = OutputFormat.text,
     quiet: Quiet = False,
     *,
@@ -528,7 +585,9 @@ def auto(
     _emit(result, fmt, "render_auto")
     if not result.met:
         budget = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in result.budget.items())
-        raise _fail(f"{model}: missed {budget} by {result.miss:.4g}; nothing written at {output}; the closest model is {result.closest}")
+        raise _fail(
+            f"{model}: missed {budget} by {result.miss:.4g}; nothing written at {output}; the closest model is {result.closest}"
+        )
 
 
 def _progress_line(message: str) -> None:
@@ -542,10 +601,25 @@ def _progress_line(message: str) -> None:
 def validate(
     original: Annotated[Path, typer.Argument(help="The float model.", show_default=False)],
     quantized: Annotated[Path, typer.Argument(help="The quantized model.", show_default=False)],
-    data: Annotated[Optional[Path], typer.Option("--data", help="Samples: .npy, .npz (by input name) or a folder of them. Default: generated from the inputs.", show_default=False)] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data",
+            help="Samples: .npy, .npz (by input name) or a folder of them. Default: generated from the inputs.",
+            show_default=False,
+        ),
+    ] = None,
     samples: Annotated[int, typer.Option("--samples", min=1, help="Generated samples when --data is not given.")] = 8,
-    detailed: Annotated[bool, typer.Option("--detailed", help="Per-layer errors, a ranking of the layers that hurt most, and a suggested --exclude list.")] = False,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write a self-contained HTML report here (needs quantrs\\[report]).", show_default=False)] = None,
+    detailed: Annotated[
+        bool,
+        typer.Option(
+            "--detailed", help="Per-layer errors, a ranking of the layers that hurt most, and a suggested --exclude list."
+        ),
+    ] = False,
+    report: Annotated[
+        Optional[Path],
+        typer.Option("--report", help="Write a self-contained HTML report here (needs quantrs\\[report]).", show_default=False),
+    ] = None,
     fmt: Format = OutputFormat.text,
     quiet: Quiet = False,
     *,
@@ -560,7 +634,15 @@ def validate(
         require_matplotlib()  # before the validation, not after it
         check_report_path(report, [original, quantized])
     with _counting(quiet, "running both models", "sample runs") as progress:
-        result = run(original, quantized, data=data, samples=samples, detailed=detailed or report is not None, thresholds=thresholds, progress=progress)
+        result = run(
+            original,
+            quantized,
+            data=data,
+            samples=samples,
+            detailed=detailed or report is not None,
+            thresholds=thresholds,
+            progress=progress,
+        )
     if report is not None:
         from quantrs.html_report import write_html_report
 
@@ -576,8 +658,15 @@ def benchmark(
     quantized: Annotated[Path, typer.Argument(help="The quantized model.", show_default=False)],
     runs: Annotated[int, typer.Option("--runs", min=1, help="Timed inference runs per model.")] = 20,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs first.")] = 3,
-    threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="onnxruntime intra-op threads (default: the CPUs this process may use).", show_default=False)] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="A sample to run (.npy/.npz/folder); default: generated.", show_default=False)] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            "--threads", min=1, help="onnxruntime intra-op threads (default: the CPUs this process may use).", show_default=False
+        ),
+    ] = None,
+    data: Annotated[
+        Optional[Path], typer.Option("--data", help="A sample to run (.npy/.npz/folder); default: generated.", show_default=False)
+    ] = None,
     fmt: Format = OutputFormat.text,
     quiet: Quiet = False,
 ) -> None:

@@ -82,7 +82,9 @@ class ActivationRunner:
     """The float model in onnxruntime, computing chosen values of the main graph on samples, in
     groups whose estimated size fits `budget` (see the module's docstring)."""
 
-    def __init__(self, model: LoadedModel, names: list[str], first: Mapping[str, np.ndarray], *, budget: int = GROUP_BYTES) -> None:
+    def __init__(
+        self, model: LoadedModel, names: list[str], first: Mapping[str, np.ndarray], *, budget: int = GROUP_BYTES
+    ) -> None:
         graph = model.proto.graph
         self.model = model
         self.inputs = {v.name for v in graph.input} - {t.name for t in graph.initializer}
@@ -175,7 +177,14 @@ def collect_statistics(
         )
     kept = {n: c for n, c in collectors.items() if n not in skipped}
     return Statistics(
-        kept, skipped, count, list(held_out), list(reference), len(runner.groups), runner.inference_seconds, time.perf_counter() - started
+        kept,
+        skipped,
+        count,
+        list(held_out),
+        list(reference),
+        len(runner.groups),
+        runner.inference_seconds,
+        time.perf_counter() - started,
     )
 
 
@@ -274,7 +283,9 @@ def _session(model: LoadedModel, outputs: list[str], folder: Path):
     # Fully optimized: onnxruntime never fuses away a graph output, and the activations are
     # the graph's outputs here. Lean: the weights stay mapped from the file, never packed copies.
     try:
-        return session(proto.SerializeToString(), lean=True, config={"session.model_external_initializers_file_folder_path": str(folder)})
+        return session(
+            proto.SerializeToString(), lean=True, config={"session.model_external_initializers_file_folder_path": str(folder)}
+        )
     except Exception as exc:  # onnxruntime's own error types
         raise UnsupportedModelError(f"onnxruntime cannot load the model: {first_line(exc)}", file=model.path) from None
 
@@ -321,7 +332,11 @@ def _prefix_model(model: LoadedModel, outputs: list[str], folder: Path) -> onnx.
             header.raw_data = np.asarray(model.weights.payload(t.name)).tobytes()
             continue
         header.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", path.resolve().relative_to(folder).as_posix()), ("offset", str(offset)), ("length", str(length))):
+        for key, value in (
+            ("location", path.resolve().relative_to(folder).as_posix()),
+            ("offset", str(offset)),
+            ("length", str(length)),
+        ):
             entry = header.external_data.add()
             entry.key, entry.value = key, value
     model.weights.embed_nested_external(g)  # bodies' external data, read in

@@ -23,7 +23,16 @@ from typing import Any, ClassVar, Literal
 
 from quantrs.errors import OptionError
 
-__all__ = ["QuantizeConfig", "CalibrationConfig", "AutoConfig", "Thresholds", "BatchOptions", "OptionSpec", "options", "BLOCK_SIZES"]
+__all__ = [
+    "QuantizeConfig",
+    "CalibrationConfig",
+    "AutoConfig",
+    "Thresholds",
+    "BatchOptions",
+    "OptionSpec",
+    "options",
+    "BLOCK_SIZES",
+]
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 RANGES = ("minmax", "refit", "search")
@@ -100,7 +109,9 @@ class QuantizeConfig:
         ),
     )
     symmetric: bool = _option(
-        False, "--symmetric/--asymmetric", help="Signed codes with zero point 0 (INT8 in [-127, 127], INT4 in [-8, 7]); default asymmetric unsigned."
+        False,
+        "--symmetric/--asymmetric",
+        help="Signed codes with zero point 0 (INT8 in [-127, 127], INT4 in [-8, 7]); default asymmetric unsigned.",
     )
     block_size: int | None = _option(
         None,
@@ -147,13 +158,25 @@ class QuantizeConfig:
     )
     min_elements: int = _option(1024, "--min-elements", help="Leave tensors with fewer values in float (default 1024).")
     exclude: tuple[str, ...] = _option(
-        (), "--exclude", help="A weight, or a node whose weights, to leave in float (repeatable; checked against the model).", cli_type=list[str], file_type=list[str]
+        (),
+        "--exclude",
+        help="A weight, or a node whose weights, to leave in float (repeatable; checked against the model).",
+        cli_type=list[str],
+        file_type=list[str],
     )
     exclude_op_types: tuple[str, ...] = _option(
-        (), "--exclude-op-type", help="Leave the weights of this op type in float, e.g. Gemm (repeatable; checked against the model).", cli_type=list[str], file_type=list[str]
+        (),
+        "--exclude-op-type",
+        help="Leave the weights of this op type in float, e.g. Gemm (repeatable; checked against the model).",
+        cli_type=list[str],
+        file_type=list[str],
     )
     exclude_regex: tuple[str, ...] = _option(
-        (), "--exclude-regex", help="Leave weights whose name matches this regular expression in float (repeatable).", cli_type=list[str], file_type=list[str]
+        (),
+        "--exclude-regex",
+        help="Leave weights whose name matches this regular expression in float (repeatable).",
+        cli_type=list[str],
+        file_type=list[str],
     )
     layer_bits: tuple[tuple[str, int], ...] = _option(
         (),
@@ -288,10 +311,18 @@ class CalibrationConfig:
         help="ort-cpu (onnxruntime's QDQ form, the default) or tensorrt: NVIDIA's explicit-quantization rules "
         "(symmetric INT8, float biases, Q/DQ on inputs only).",
     )
-    method: str = _option("minmax", "--method", help="How each activation's range is chosen: minmax (the default), percentile, entropy or mse.")
-    percentile: float = _option(99.999, "--percentile", help="For --method percentile: the share of values kept, in (50, 100] (default 99.999).")
-    per_channel: bool = _option(True, "--per-channel/--per-tensor", help="One weight scale per output channel (the default), or one per tensor.")
-    symmetric_activations: bool = _option(False, "--symmetric-activations", help="INT8 activations with zero point 0 (default UINT8).")
+    method: str = _option(
+        "minmax", "--method", help="How each activation's range is chosen: minmax (the default), percentile, entropy or mse."
+    )
+    percentile: float = _option(
+        99.999, "--percentile", help="For --method percentile: the share of values kept, in (50, 100] (default 99.999)."
+    )
+    per_channel: bool = _option(
+        True, "--per-channel/--per-tensor", help="One weight scale per output channel (the default), or one per tensor."
+    )
+    symmetric_activations: bool = _option(
+        False, "--symmetric-activations", help="INT8 activations with zero point 0 (default UINT8)."
+    )
     reduce_range: bool = _option(False, "--reduce-range", help="7-bit weights, for x86 CPUs without VNNI (see README).")
     max_samples: int | None = _option(None, "--max-samples", help="Use at most this many samples (default: all).")
     min_samples: int = _option(1, "--min-samples", help="Refuse to calibrate on fewer samples (default 1).")
@@ -346,9 +377,7 @@ class Thresholds:
     max_relative_error: float | None = _option(
         None, "--max-relative-error", help="Relative L2 error of the outputs, at most this on every output (e.g. 0.05)."
     )
-    min_top1: float | None = _option(
-        None, "--min-top1", help="Top-1 agreement of classifier outputs, at least this, in (0, 1]."
-    )
+    min_top1: float | None = _option(None, "--min-top1", help="Top-1 agreement of classifier outputs, at least this, in (0, 1].")
     max_relative_l2: InitVar[float | None] = None
 
     def __post_init__(self, max_relative_l2: float | None) -> None:
@@ -369,13 +398,23 @@ class Thresholds:
         results = []
         for out in outputs:
             if self.min_cosine is not None:
-                results.append(ThresholdResult("min_cosine", self.min_cosine, out.name, out.cosine, out.cosine >= self.min_cosine))
+                results.append(
+                    ThresholdResult("min_cosine", self.min_cosine, out.name, out.cosine, out.cosine >= self.min_cosine)
+                )
             if self.max_relative_error is not None:
                 results.append(
-                    ThresholdResult("max_relative_error", self.max_relative_error, out.name, out.relative_l2, out.relative_l2 <= self.max_relative_error)
+                    ThresholdResult(
+                        "max_relative_error",
+                        self.max_relative_error,
+                        out.name,
+                        out.relative_l2,
+                        out.relative_l2 <= self.max_relative_error,
+                    )
                 )
             if self.min_top1 is not None and out.top1_agreement is not None:
-                results.append(ThresholdResult("min_top1", self.min_top1, out.name, out.top1_agreement, out.top1_agreement >= self.min_top1))
+                results.append(
+                    ThresholdResult("min_top1", self.min_top1, out.name, out.top1_agreement, out.top1_agreement >= self.min_top1)
+                )
         return results
 
 
@@ -424,7 +463,13 @@ class AutoConfig:
     min_cosine: float | None = _shared(Thresholds, "min_cosine")
     max_relative_error: float | None = _shared(Thresholds, "max_relative_error")
     min_top1: float | None = _shared(Thresholds, "min_top1")
-    choices: tuple[str, ...] = _option(WIDTHS, "--choices", help="Widths a weight may get: a comma-separated list from 4, 8, float (default 4,8,float).", cli_type=str, parse=_widths)
+    choices: tuple[str, ...] = _option(
+        WIDTHS,
+        "--choices",
+        help="Widths a weight may get: a comma-separated list from 4, 8, float (default 4,8,float).",
+        cli_type=str,
+        parse=_widths,
+    )
     block_size: int | None = _option(
         32,
         "--block-size",
@@ -433,9 +478,13 @@ class AutoConfig:
         cli_type=int,
         parse=_block_size,
     )
-    static: bool = _option(False, "--static", help="Also quantize activations (calibrated INT8); the budget is measured on that model.")
+    static: bool = _option(
+        False, "--static", help="Also quantize activations (calibrated INT8); the budget is measured on that model."
+    )
     max_evaluations: int = _option(6, "--max-evaluations", help="Candidates built and run, at most (default 6).")
-    max_samples: int | None = _option(None, "--max-samples", help="Samples read from --data and --eval-data, at most (default: all).")
+    max_samples: int | None = _option(
+        None, "--max-samples", help="Samples read from --data and --eval-data, at most (default: all)."
+    )
     weights: QuantizeConfig = field(default_factory=QuantizeConfig)
 
     def __post_init__(self) -> None:
@@ -445,7 +494,9 @@ class AutoConfig:
         _fraction("min_cosine", self.min_cosine, "(0, 1)")
         _fraction("max_relative_error", self.max_relative_error)
         if self.min_cosine is None and self.max_relative_error is None:
-            raise OptionError("min_cosine", "a budget is needed: --min-cosine or --max-relative-error (--min-top1 is checked besides)")
+            raise OptionError(
+                "min_cosine", "a budget is needed: --min-cosine or --max-relative-error (--min-top1 is checked besides)"
+            )
         if isinstance(self.choices, str):
             object.__setattr__(self, "choices", _widths(self.choices))
         unknown = [c for c in self.choices if c not in WIDTHS]
@@ -455,11 +506,17 @@ class AutoConfig:
             raise OptionError("choices", "must include an integer width (4 or 8)")
         object.__setattr__(self, "choices", tuple(self.choices))
         if self.block_size is not None and (not _is_int(self.block_size) or self.block_size not in BLOCK_SIZES):
-            raise OptionError("block_size", f"must be one of {', '.join(map(str, BLOCK_SIZES))} (or 0/None: per channel), not {self.block_size!r}")
+            raise OptionError(
+                "block_size",
+                f"must be one of {', '.join(map(str, BLOCK_SIZES))} (or 0/None: per channel), not {self.block_size!r}",
+            )
         if not isinstance(self.static, bool):
             raise OptionError("static", f"must be true or false, not {self.static!r}")
         if self.static and self.weights.quant_format != "qdq":
-            raise OptionError("quant_format", f"{self.weights.quant_format}: static (calibrated activations) writes QDQ; matmulnbits is weight-only")
+            raise OptionError(
+                "quant_format",
+                f"{self.weights.quant_format}: static (calibrated activations) writes QDQ; matmulnbits is weight-only",
+            )
         if self.weights.quant_format == "matmulnbits" and self.block_size is None:
             raise OptionError("block_size", "per channel is not a MatMulNBits layout: matmulnbits stores weights in blocks")
         _positive_int("max_evaluations", self.max_evaluations)
@@ -487,12 +544,16 @@ class BatchOptions:
 
     jobs: int = _option(1, "--jobs", "-j", help="Models quantized at once, in local processes (default 1).")
     skip_existing: bool = _option(
-        False, "--skip-existing/--no-skip-existing", help="Skip models whose output exists (rerun after an interruption); default: redo them."
+        False,
+        "--skip-existing/--no-skip-existing",
+        help="Skip models whose output exists (rerun after an interruption); default: redo them.",
     )
     continue_on_error: bool = _option(
         False, "--continue-on-error/--stop-on-error", help="Go on with the other models when one fails; default: stop."
     )
-    scheduler: str | None = _option(None, "--scheduler", help="Run on this Dask scheduler (tcp://host:8786); needs quantrs\\[dask].")
+    scheduler: str | None = _option(
+        None, "--scheduler", help="Run on this Dask scheduler (tcp://host:8786); needs quantrs\\[dask]."
+    )
 
     def __post_init__(self) -> None:
         _positive_int("jobs", self.jobs)

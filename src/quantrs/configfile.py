@@ -51,9 +51,13 @@ def _options_class() -> type:
     fields = [(f.name, spec.file_type or hints[f.name], None) for f, spec in options()]
     fields = [(name, typing.Optional[kind], dataclasses.field(default=default)) for name, kind, default in fields]  # noqa: UP045
     cls = dataclasses.make_dataclass(
-        "Options", fields, namespace={"set_fields": _set_fields, "__pydantic_config__": {"extra": "forbid"}, "__module__": __name__}, frozen=True, kw_only=True
+        "Options",
+        fields,
+        namespace={"set_fields": _set_fields, "__pydantic_config__": {"extra": "forbid"}, "__module__": __name__},
+        frozen=True,
+        kw_only=True,
     )
-    cls.__doc__ = "Every QuantizeConfig option, optional: None means \"not set here\"."
+    cls.__doc__ = 'Every QuantizeConfig option, optional: None means "not set here".'
     return cls
 
 
@@ -153,7 +157,9 @@ def resolve(*layers: Options | dict[str, Any] | None) -> QuantizeConfig:
     return QuantizeConfig(**merged)
 
 
-def jobs_from_config(config: ConfigFile, base: Path, cli: dict[str, Any] | None = None, *, file: str | Path | None = None) -> list[Job]:
+def jobs_from_config(
+    config: ConfigFile, base: Path, cli: dict[str, Any] | None = None, *, file: str | Path | None = None
+) -> list[Job]:
     """Every model the file names: its `models` entries, then what its `batch` section matches.
 
     Each job's options: defaults < the file's globals < the model's own < `cli` (flags given on
@@ -166,7 +172,9 @@ def jobs_from_config(config: ConfigFile, base: Path, cli: dict[str, Any] | None 
     def at(p: str) -> Path:
         return Path(p) if Path(p).is_absolute() else base / p
 
-    jobs = [Job(at(m.input), at(m.output), resolve(config, m, cli), origin=f"{source}models.{i}") for i, m in enumerate(config.models)]
+    jobs = [
+        Job(at(m.input), at(m.output), resolve(config, m, cli), origin=f"{source}models.{i}") for i, m in enumerate(config.models)
+    ]
     if config.batch is not None:
         patterns = [config.batch.input_dir] if isinstance(config.batch.input_dir, str) else config.batch.input_dir
         found = make_jobs(expand_inputs(patterns, base), at(config.batch.output_dir), resolve(config, cli))

@@ -41,7 +41,11 @@ def dequantized_weights(orig: LoadedModel, quant: LoadedModel) -> dict[str, tupl
         info = weights.info(node.input[0])
         codes = np.asarray(weights.array(node.input[0]))
         scale = np.asarray(weights.array(node.input[1]), dtype=np.float32)
-        zp = np.asarray(weights.array(node.input[2])).astype(np.int64) if len(node.input) > 2 and node.input[2] else np.zeros(scale.shape, np.int64)
+        zp = (
+            np.asarray(weights.array(node.input[2])).astype(np.int64)
+            if len(node.input) > 2 and node.input[2]
+            else np.zeros(scale.shape, np.int64)
+        )
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         code_type = _KERNEL_CODES.get(info.data_type)
         if attrs.get("block_size") or code_type is None or scale.ndim > 1:
@@ -120,7 +124,11 @@ def _readers(orig: LoadedModel, quant: LoadedModel) -> list[_Reader]:
 
 
 def _padded_reader(
-    node: onnx.NodeProto, orig: LoadedModel, weights: WeightStore, producer: dict[str, onnx.NodeProto], original: dict[str, onnx.NodeProto]
+    node: onnx.NodeProto,
+    orig: LoadedModel,
+    weights: WeightStore,
+    producer: dict[str, onnx.NodeProto],
+    original: dict[str, onnx.NodeProto],
 ) -> _Reader | None:
     """A MatMul/Gemm reading its weight padded to whole blocks (a DequantizeLinear of stored
     codes whose output is not the weight's name), its data input padded to match: the reader
@@ -152,7 +160,11 @@ def _stored_reads(
         if scale is None or scale not in weights:
             return None
         return (node.input[1], scale, *(node.input[3:4] if len(node.input) > 3 and node.input[3] else ())), 1, "MatMul"
-    if node.op_type == "DequantizeLinear" and node.input[0] not in weights and getattr(producer.get(node.input[0]), "op_type", "") in ("Gather", "Reshape"):
+    if (
+        node.op_type == "DequantizeLinear"
+        and node.input[0] not in weights
+        and getattr(producer.get(node.input[0]), "op_type", "") in ("Gather", "Reshape")
+    ):
         found = [_gathered(i, weights, producer) for i in node.input if i]
         if None in found:
             return None
@@ -188,7 +200,9 @@ def _original_node(
     return original.get(last.output[0])
 
 
-def _dynamic_scale(node: onnx.NodeProto, producer: dict[str, onnx.NodeProto], consumers: dict[str, list[onnx.NodeProto]]) -> str | None:
+def _dynamic_scale(
+    node: onnx.NodeProto, producer: dict[str, onnx.NodeProto], consumers: dict[str, list[onnx.NodeProto]]
+) -> str | None:
     """The weight scale of a MatMulInteger in quantrs.dynamic's form: MatMulInteger -> Cast ->
     Mul(product, Mul(x_scale, [Cast] W_scale)); None for any other arrangement."""
     after = consumers.get(node.output[0], [])
@@ -234,7 +248,9 @@ def dequantize_reader(reader: _Reader, quant: LoadedModel) -> tuple[np.ndarray, 
             signed = info.data_type in (TensorProto.INT4, TensorProto.INT8)
             zero_point = np.full(scale.shape, 0 if signed else 1 << (bits - 1), np.int64)
         zero_point = zero_point[..., : scale.shape[-1]]
-        value = dequantize_exact(codes, scale, zero_point.astype(np.int64), attrs.get("quantize_axis", 1), attrs.get("block_size", 128))
+        value = dequantize_exact(
+            codes, scale, zero_point.astype(np.int64), attrs.get("quantize_axis", 1), attrs.get("block_size", 128)
+        )
         return value, f"{info.dtype_name} (GatherBlockQuantized)"
     block = attrs.get("block_size")
     zero_point = zero_point.astype(np.int64) if zero_point is not None else np.zeros(scale.shape, np.int64)
@@ -285,7 +301,9 @@ def float_replacements(orig: LoadedModel, quant: LoadedModel) -> tuple[dict[str,
     return replacements, partial
 
 
-def dequantize_matmulnbits(packed: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, k: int, n: int, bits: int, block: int) -> np.ndarray:
+def dequantize_matmulnbits(
+    packed: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, k: int, n: int, bits: int, block: int
+) -> np.ndarray:
     """The [K, N] float32 weight of a MatMulNBits: codes [N, blocks, block * bits / 8] packed low
     bits first, scales [N * blocks], zero points packed the same way per column (default the
     middle code, 2**(bits - 1)) or float (then subtracted as values)."""
@@ -311,7 +329,12 @@ def _unpacked(raw: np.ndarray, bits: int) -> np.ndarray:
     return kernels.unpack4(raw.reshape(-1), 2 * raw.size, signed=False).reshape(*raw.shape[:-1], -1)
 
 
-_KERNEL_CODES: dict[int, type[np.integer]] = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8, TensorProto.INT4: np.int8, TensorProto.UINT4: np.uint8}
+_KERNEL_CODES: dict[int, type[np.integer]] = {
+    TensorProto.INT8: np.int8,
+    TensorProto.UINT8: np.uint8,
+    TensorProto.INT4: np.int8,
+    TensorProto.UINT4: np.uint8,
+}
 
 
 def dequantize_exact(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int, block: int | None) -> np.ndarray:

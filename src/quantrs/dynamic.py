@@ -42,7 +42,9 @@ class DynamicEdit:
 
     def apply(self, graph: onnx.GraphProto, context: EditContext) -> list[OutTensor]:
         fresh = name_maker(GraphIndex(graph).all_names())
-        dq_of = {node.output[0]: node for node in graph.node if node.op_type == "DequantizeLinear" and node.output[0] in self.specs}
+        dq_of = {
+            node.output[0]: node for node in graph.node if node.op_type == "DequantizeLinear" and node.output[0] in self.specs
+        }
         nodes: list[onnx.NodeProto] = []
         for node in graph.node:
             if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and node.input[1] in dq_of:
@@ -83,4 +85,3 @@ class DynamicEdit:
         if half:
             out.append(helper.make_node("Cast", [result], [y], name=fresh(f"{base}_cast_output"), to=TensorProto.FLOAT16))
         return out
-

@@ -42,7 +42,18 @@ from quantrs.errors import ConfigError
 from quantrs.graph import GraphIndex
 from quantrs.model import LoadedModel
 
-__all__ = ["DAMP", "ConvGeometry", "Target", "Factor", "Compensation", "HessianSum", "find_targets", "collect_hessians", "factor", "compensate"]
+__all__ = [
+    "DAMP",
+    "ConvGeometry",
+    "Target",
+    "Factor",
+    "Compensation",
+    "HessianSum",
+    "find_targets",
+    "collect_hessians",
+    "factor",
+    "compensate",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +87,10 @@ class ConvGeometry:
         return np.ascontiguousarray(windows.transpose(0, 2, 3, 1, 4, 5)).reshape(n * ho * wo, c * kh * kw)
 
     def _same(self, size) -> tuple[int, int, int, int]:
-        total = [max(0, (-(-i // s) - 1) * s + (k - 1) * d + 1 - i) for i, s, k, d in zip(size, self.strides, self.kernel, self.dilations)]
+        total = [
+            max(0, (-(-i // s) - 1) * s + (k - 1) * d + 1 - i)
+            for i, s, k, d in zip(size, self.strides, self.kernel, self.dilations)
+        ]
         first = [t // 2 if self.same_upper else t - t // 2 for t in total]
         return first[0], first[1], total[0] - first[0], total[1] - first[1]
 
@@ -103,7 +117,9 @@ class Target:
 Source = tuple[str, ConvGeometry | None]
 
 
-def find_targets(graph: onnx.GraphProto, names: Sequence[str], shapes: Mapping[str, Sequence[int]]) -> tuple[dict[str, Target], dict[str, str]]:
+def find_targets(
+    graph: onnx.GraphProto, names: Sequence[str], shapes: Mapping[str, Sequence[int]]
+) -> tuple[dict[str, Target], dict[str, str]]:
     """The weights of `names` that GPTQ applies to, and for the others why not: a 2-D weight of
     the main graph read by exactly one node, a MatMul (as B) or a Gemm (as B, A not transposed),
     whose other input is computed from the samples."""
@@ -157,7 +173,9 @@ def _conv_geometry(node: onnx.NodeProto, shape: list[int]) -> ConvGeometry | str
         kernel=(kernel[0], kernel[1]),
         strides=(strides[0], strides[1]),
         dilations=(dilations[0], dilations[1]),
-        pads=None if auto_pad in ("SAME_UPPER", "SAME_LOWER") else ((0, 0, 0, 0) if auto_pad == "VALID" else (pads[0], pads[1], pads[2], pads[3])),
+        pads=None
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER")
+        else ((0, 0, 0, 0) if auto_pad == "VALID" else (pads[0], pads[1], pads[2], pads[3])),
         same_upper=auto_pad != "SAME_LOWER",
     )
 
@@ -214,7 +232,11 @@ def collect_hessians(
 
 
 def _hessians(
-    model: LoadedModel, sources: list[Source], sizes: Mapping[Source, int], samples: Sequence[Mapping[str, np.ndarray]], tick: Callable[[], None]
+    model: LoadedModel,
+    sources: list[Source],
+    sizes: Mapping[Source, int],
+    samples: Sequence[Mapping[str, np.ndarray]],
+    tick: Callable[[], None],
 ) -> dict[Source, np.ndarray]:
     began = time.perf_counter()
     sums = {source: HessianSum(source[0], sizes[source], source[1]) for source in sources}
@@ -229,7 +251,9 @@ def _hessians(
         hessians = {source: sums.pop(source).mean() for source in sources}
     except ConfigError as exc:
         raise exc.about(file=model.path) from None
-    logger.info("Hessians of %d activation(s) from %d sample(s) in %.2f s", len(sources), len(samples), time.perf_counter() - began)
+    logger.info(
+        "Hessians of %d activation(s) from %d sample(s) in %.2f s", len(sources), len(samples), time.perf_counter() - began
+    )
     return hessians
 
 
@@ -359,13 +383,23 @@ class Compensation:
     transposed: bool
 
     def codes(
-        self, x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, *, axis: int | None, block_size: int | None, qmin: int, qmax: int
+        self,
+        x: np.ndarray,
+        scale: np.ndarray,
+        zero_point: np.ndarray,
+        *,
+        axis: int | None,
+        block_size: int | None,
+        qmin: int,
+        qmax: int,
     ) -> tuple[np.ndarray, float, float]:
         """(codes in x's layout, their sum of squared error, max abs error) for the scale and
         zero_point as the kernels give them, flat: one per tensor, per channel along `axis`
         (the output axis), or blocked along `axis` (the reduction axis)."""
         if x.ndim > 2 and (not self.transposed or block_size is not None):
-            raise ConfigError(f"gptq: a {x.ndim}-D weight is compensated per channel or per tensor as [out, in...], not in blocks")
+            raise ConfigError(
+                f"gptq: a {x.ndim}-D weight is compensated per channel or per tensor as [out, in...], not in blocks"
+            )
         w = x.reshape(x.shape[0], -1).T if self.transposed else x  # [K, N]; a Conv's [O, C, kh, kw] as [C * kh * kw, O]
         k, n = w.shape
         out_axis, red_axis = (0, 1) if self.transposed else (1, 0)

@@ -14,7 +14,17 @@ from dataclasses import dataclass, field
 
 import onnx
 
-__all__ = ["MAIN", "Scope", "Use", "GraphIndex", "walk_graphs", "subgraphs", "constant_tensor", "name_maker", "separate_sibling_names"]
+__all__ = [
+    "MAIN",
+    "Scope",
+    "Use",
+    "GraphIndex",
+    "walk_graphs",
+    "subgraphs",
+    "constant_tensor",
+    "name_maker",
+    "separate_sibling_names",
+]
 
 MAIN = ""  # the main graph's scope name
 

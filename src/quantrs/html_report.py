@@ -128,28 +128,42 @@ def write_html_report(report: ValidationReport, path: str | os.PathLike[str]) ->
         "<h2>Checks</h2><table><tr><th>check</th><th>result</th><th>detail</th></tr>",
     ]
     for c in report.checks:
-        parts.append(f"<tr><td>{esc(c.name)}</td><td class={'ok' if c.passed else 'bad'}>{'pass' if c.passed else 'FAIL'}</td><td>{esc(c.detail)}</td></tr>")
-    parts.append("</table><h2>Output agreement</h2><table><tr><th>output</th><th>cosine</th><th>max abs error</th><th>relative L2</th><th>top-1</th></tr>")
+        parts.append(
+            f"<tr><td>{esc(c.name)}</td><td class={'ok' if c.passed else 'bad'}>{'pass' if c.passed else 'FAIL'}</td><td>{esc(c.detail)}</td></tr>"
+        )
+    parts.append(
+        "</table><h2>Output agreement</h2><table><tr><th>output</th><th>cosine</th><th>max abs error</th><th>relative L2</th><th>top-1</th></tr>"
+    )
     for o in report.outputs:
         top1 = "" if o.top1_agreement is None else f"{o.top1_agreement:.2%}"
-        parts.append(f"<tr><td>{esc(o.name)}</td><td>{o.cosine:.6f}</td><td>{o.max_abs_error:.4g}</td><td>{o.relative_l2:.4g}</td><td>{top1}</td></tr>")
+        parts.append(
+            f"<tr><td>{esc(o.name)}</td><td>{o.cosine:.6f}</td><td>{o.max_abs_error:.4g}</td><td>{o.relative_l2:.4g}</td><td>{top1}</td></tr>"
+        )
     parts.append("</table>")
     if report.thresholds:
         parts.append("<h2>Thresholds</h2><table><tr><th>threshold</th><th>output</th><th>value</th><th>result</th></tr>")
         for t in report.thresholds:
-            parts.append(f"<tr><td>{t.name} {t.limit}</td><td>{esc(t.output)}</td><td>{t.value:.6g}</td><td class={'ok' if t.passed else 'bad'}>{'pass' if t.passed else 'MISSED'}</td></tr>")
+            parts.append(
+                f"<tr><td>{t.name} {t.limit}</td><td>{esc(t.output)}</td><td>{t.value:.6g}</td><td class={'ok' if t.passed else 'bad'}>{'pass' if t.passed else 'MISSED'}</td></tr>"
+            )
         parts.append("</table>")
     if report.suggested_exclude is not None or report.suggestion_note:
-        parts.append(f"<p><b>Suggested exclude list:</b> {esc(', '.join(report.suggested_exclude or []) or '-')} ({esc(report.suggestion_note)})</p>")
+        parts.append(
+            f"<p><b>Suggested exclude list:</b> {esc(', '.join(report.suggested_exclude or []) or '-')} ({esc(report.suggestion_note)})</p>"
+        )
     if report.layers:
         chart = _ranking_chart(plt, report)
         if chart:
             parts.append(f"<h2>Per-layer error</h2><img alt='per-layer ranking' src='data:image/png;base64,{chart}'>")
-        parts.append("<table><tr><th>#</th><th>weight</th><th>consumer</th><th>storage</th><th>weight SQNR dB</th><th>local SQNR dB</th><th>local rel. L2</th></tr>")
+        parts.append(
+            "<table><tr><th>#</th><th>weight</th><th>consumer</th><th>storage</th><th>weight SQNR dB</th><th>local SQNR dB</th><th>local rel. L2</th></tr>"
+        )
         for i, l in enumerate(report.layers, 1):
             local = "" if l.local_sqnr_db is None else f"{l.local_sqnr_db:.2f}"
             rel = "" if l.local_relative_l2 is None else f"{l.local_relative_l2:.4g}"
-            parts.append(f"<tr><td>{i}</td><td>{esc(l.name)}</td><td>{esc(l.consumer)}</td><td>{l.storage}</td><td>{l.weight_sqnr_db:.2f}</td><td>{local}</td><td>{rel}</td></tr>")
+            parts.append(
+                f"<tr><td>{i}</td><td>{esc(l.name)}</td><td>{esc(l.consumer)}</td><td>{l.storage}</td><td>{l.weight_sqnr_db:.2f}</td><td>{local}</td><td>{rel}</td></tr>"
+            )
         parts.append("</table><h2>Weight distributions of the worst layers</h2>")
         orig, quant = load_model(report.original), load_model(report.quantized)
         deq = dequantized_weights(orig, quant)

@@ -134,9 +134,7 @@ class Range:
     hi: np.ndarray
 
 
-def minmax(
-    x: np.ndarray, axis: int | None = None, *, n_threads: int | None = None, name: str = "tensor"
-) -> Range:
+def minmax(x: np.ndarray, axis: int | None = None, *, n_threads: int | None = None, name: str = "tensor") -> Range:
     """Per-channel (or per-tensor) min and max (float32, also for float16/bfloat16 x); raises
     NonFiniteWeightError on NaN/Inf.
 
@@ -173,9 +171,7 @@ def _check_params(scale: np.ndarray, zero_point: np.ndarray, channels: int) -> t
     scale = np.ascontiguousarray(scale, dtype=np.float32).reshape(-1)
     zero_point = np.ascontiguousarray(zero_point, dtype=np.int32).reshape(-1)
     if scale.size != channels or zero_point.size != channels:
-        raise ValueError(
-            f"expected {channels} scale(s) and zero point(s), got {scale.size} and {zero_point.size}"
-        )
+        raise ValueError(f"expected {channels} scale(s) and zero point(s), got {scale.size} and {zero_point.size}")
     if not (np.isfinite(scale).all() and (scale > 0).all()):
         raise ValueError("scales must be finite and positive")
     return scale, zero_point
@@ -369,7 +365,13 @@ def finite_histogram(
     |x| >= limit are skipped; other values outside [lo, hi) count in the end bins. x may be
     empty. Returns `counts`."""
     flat = _activation_values(x, "x")
-    if counts.dtype != np.int64 or counts.ndim != 1 or counts.size == 0 or not counts.flags.c_contiguous or not counts.flags.writeable:
+    if (
+        counts.dtype != np.int64
+        or counts.ndim != 1
+        or counts.size == 0
+        or not counts.flags.c_contiguous
+        or not counts.flags.writeable
+    ):
         raise ValueError("counts must be a writable 1-D C-contiguous int64 array")
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
         raise ValueError(f"histogram range [{lo}, {hi}) must be finite with hi > lo")

@@ -100,7 +100,9 @@ class WeightStore:
                             f"{model_path}: invalid graph: {out!r} is {_describe(*self._where[out])} and also "
                             f"the output of {node.op_type} {node.name!r}"
                         )
-        self.aliases = aliases or {}  # a sibling body's tensor renamed apart -> its name in the file (graph.separate_sibling_names)
+        self.aliases = (
+            aliases or {}
+        )  # a sibling body's tensor renamed apart -> its name in the file (graph.separate_sibling_names)
         self._base_dir = base_dir
         self._model_path = model_path
         self._file_map = file_map

@@ -166,7 +166,14 @@ def open_model(src: Path, dst: Path) -> LoadedModel:
     began = time.perf_counter()
     check_paths(src, dst)
     model = load_model(src)
-    logger.info("loaded %s: %d nodes, %d stored tensors, %.1f MB file, in %.3f s", src, len(model.proto.graph.node), len(model.weights), model.file_size / 1e6, time.perf_counter() - began)
+    logger.info(
+        "loaded %s: %d nodes, %d stored tensors, %.1f MB file, in %.3f s",
+        src,
+        len(model.proto.graph.node),
+        len(model.weights),
+        model.file_size / 1e6,
+        time.perf_counter() - began,
+    )
     _check_overwrites(model, dst)
     return model
 
@@ -187,7 +194,14 @@ def plan_model(model: LoadedModel, config: QuantizeConfig) -> tuple[list[TensorP
     index = GraphIndex(model.proto.graph)
     plans = plan_weights(model.proto.graph, model.weights, config, index)
     specs = {p.name: dq_spec(p, config) for p in plans if p.quantize}
-    logger.info("plan: %d of %d tensors quantized (%d in Constant nodes, %d inside bodies), %d left as they are", len(specs), len(plans), sum(p.quantize and p.kind == "constant" for p in plans), sum(p.quantize and p.scope != MAIN for p in plans), len(plans) - len(specs))
+    logger.info(
+        "plan: %d of %d tensors quantized (%d in Constant nodes, %d inside bodies), %d left as they are",
+        len(specs),
+        len(plans),
+        sum(p.quantize and p.kind == "constant" for p in plans),
+        sum(p.quantize and p.scope != MAIN for p in plans),
+        len(plans) - len(specs),
+    )
     for p in plans:
         logger.debug("  %s %s: %s", p.name, list(p.shape), ("quantize: " if p.quantize else "skip: ") + p.reason)
     already = _describe_quantized(quantized_ops(index))
@@ -253,7 +267,9 @@ def rewrite_and_write(
         },
     )
     dq = insert_weight_dq(proto.graph, specs)
-    if any(s.nbits or s.gather_block for s in specs.values()) and not any(e.domain == MICROSOFT_DOMAIN for e in proto.opset_import):
+    if any(s.nbits or s.gather_block for s in specs.values()) and not any(
+        e.domain == MICROSOFT_DOMAIN for e in proto.opset_import
+    ):
         proto.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
     stream = WeightStream(model, specs, dq, config, progress, ready=dict(ready or {}))
     try:  # before any edit: rebuilding a node list copies the bodies, and the codes go in theirs
@@ -450,7 +466,9 @@ class WeightStream:
 
     def _finish(self, name: str) -> None:
         qt = self._quantized(name)
-        self.results[name] = _Summary(qt.axis, self.specs[name].storage_name, qt.mse, qt.max_abs_error, qt.mse_minmax, self.specs[name].block_size)
+        self.results[name] = _Summary(
+            qt.axis, self.specs[name].storage_name, qt.mse, qt.max_abs_error, qt.mse_minmax, self.specs[name].block_size
+        )
         self.quantized_bytes += self.specs[name].stored_bytes
         if name in self.keep_scales:
             self.scales[name] = qt.scale.astype(np.float32)
@@ -462,7 +480,12 @@ class WeightStream:
 
 
 def quantize_weight(
-    array: np.ndarray, spec: DQSpec, config: QuantizeConfig, *, scratch: Scratch | None = None, compensation: Compensation | None = None
+    array: np.ndarray,
+    spec: DQSpec,
+    config: QuantizeConfig,
+    *,
+    scratch: Scratch | None = None,
+    compensation: Compensation | None = None,
 ) -> QuantizedTensor:
     """One weight's codes and parameters as `spec` stores them (MatMulNBits' layout, or
     DequantizeLinear's); with `scratch`, the codes live in its buffers until the next call."""
@@ -522,7 +545,9 @@ def compensate_weights(
                 skipped[target.weight] = f"{target.activation} is zero on every sample"
             else:
                 compensation = Compensation(factors[target.source], target.transposed)
-                ready[target.weight] = quantize_weight(model.weights.array(target.weight), specs[target.weight], config, compensation=compensation)
+                ready[target.weight] = quantize_weight(
+                    model.weights.array(target.weight), specs[target.weight], config, compensation=compensation
+                )
                 model.weights.release(target.weight)
             compensated[0] += 1
             say("compensating codes", "weights", compensated[0], len(targets))
@@ -532,7 +557,12 @@ def compensate_weights(
     compensate([t for t in targets.values() if t.source in known], known)
     missing = {n: t for n, t in targets.items() if t.source not in known}
     sources, factored = {t.source for t in missing.values()}, [0]
-    for hessians, group in collect_hessians(model, missing, samples, lambda done, total: say("collecting Hessians", "sample runs" if total > len(samples) else "samples", done, total)):
+    for hessians, group in collect_hessians(
+        model,
+        missing,
+        samples,
+        lambda done, total: say("collecting Hessians", "sample runs" if total > len(samples) else "samples", done, total),
+    ):
         factors = {}
         for name in list(hessians):
             say("factoring Hessians", "activations", factored[0], len(sources))
@@ -545,7 +575,13 @@ def compensate_weights(
                 if held + f.u.nbytes <= HESSIAN_BYTES:
                     cache[name] = f
                     held += f.u.nbytes
-    logger.info("gptq: %d weights compensated on %d sample(s) in %.2f s; %d rounded to nearest", len(ready), len(samples), time.perf_counter() - began, len(skipped))
+    logger.info(
+        "gptq: %d weights compensated on %d sample(s) in %.2f s; %d rounded to nearest",
+        len(ready),
+        len(samples),
+        time.perf_counter() - began,
+        len(skipped),
+    )
     notes = dict.fromkeys(ready, "") | {n: why for n, why in skipped.items()}  # "" compensated, else why not
     notes |= {n: "inside a body" for n, s in specs.items() if s.in_body}
     return ready, notes, len(samples)
@@ -592,7 +628,9 @@ def _storage_names(specs: dict[str, DQSpec]) -> str:
     names = []
     for code_type in sorted(forms, key=lambda n: ("4" in n, n)):
         nbits, count = sum(forms[code_type]), len(forms[code_type])
-        names.append(code_type + ("" if not nbits else " (MatMulNBits)" if nbits == count else f" ({nbits} of {count} as MatMulNBits)"))
+        names.append(
+            code_type + ("" if not nbits else " (MatMulNBits)" if nbits == count else f" ({nbits} of {count} as MatMulNBits)")
+        )
     return "+".join(names)
 
 

@@ -167,7 +167,9 @@ def _consumers(index: GraphIndex, name: str, rank: int) -> tuple[list[_Consumer]
     return found, None
 
 
-def plan_weights(graph: onnx.GraphProto, weights: WeightStore, config: QuantizeConfig, index: GraphIndex | None = None) -> list[TensorPlan]:
+def plan_weights(
+    graph: onnx.GraphProto, weights: WeightStore, config: QuantizeConfig, index: GraphIndex | None = None
+) -> list[TensorPlan]:
     """One TensorPlan per stored tensor (initializers and Constant values, every scope).
 
     Raises UnknownNameError when `config.exclude`, `config.exclude_op_types` or
@@ -228,10 +230,21 @@ def _apply_overrides(plan: TensorPlan, config: QuantizeConfig, patterns: list[re
         if pattern.search(original):
             return _unquantized(plan, f"excluded by the pattern {pattern.pattern!r}")
     bits = dict(config.layer_bits).get(original, config.bits)
-    if bits == 8 != config.bits and plan.block_size is not None and plan.channel_axis is not None and not (plan.nbits or plan.gather_block):
+    if (
+        bits == 8 != config.bits
+        and plan.block_size is not None
+        and plan.channel_axis is not None
+        and not (plan.nbits or plan.gather_block)
+    ):
         # An 8-bit layer of a 4-bit blocked model: INT8 needs no blocks (per channel is as
         # accurate, 12% smaller), and onnxruntime's integer MatMul takes per-channel INT8 only.
-        return replace(plan, bits=8, axis=plan.channel_axis, block_size=None, reason=plan.reason.split(", blocks of")[0] + ", 8 bits per channel (--layer-bits)")
+        return replace(
+            plan,
+            bits=8,
+            axis=plan.channel_axis,
+            block_size=None,
+            reason=plan.reason.split(", blocks of")[0] + ", 8 bits per channel (--layer-bits)",
+        )
     return replace(plan, bits=bits)
 
 
@@ -379,7 +392,9 @@ def _choose_layout(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, 
         why = _why_not_fused(info, consumers, "MatMulNBits")
         plan = replace(plan, reason=f"{plan.reason}; QDQ, not MatMulNBits: {why}", not_nbits=why)
     elif config.dynamic:
-        plan = replace(plan, reason=f"{plan.reason}; weight-only, not dynamic: {_why_not_fused(info, consumers, 'MatMulInteger')}")
+        plan = replace(
+            plan, reason=f"{plan.reason}; weight-only, not dynamic: {_why_not_fused(info, consumers, 'MatMulInteger')}"
+        )
     return plan
 
 
@@ -416,26 +431,38 @@ def _as_dynamic(info: WeightInfo, config: QuantizeConfig, roles: _Roles) -> Tens
 
 # The fused forms, tried in order before QDQ: each gives the weight's plan or None (not this
 # form, or not this weight). A new format is one function here.
-_FORMS: tuple[Callable[[WeightInfo, QuantizeConfig, _Roles], TensorPlan | None], ...] = (_as_matmulnbits, _as_gather_block, _as_dynamic)
+_FORMS: tuple[Callable[[WeightInfo, QuantizeConfig, _Roles], TensorPlan | None], ...] = (
+    _as_matmulnbits,
+    _as_gather_block,
+    _as_dynamic,
+)
 
 
-def _layout(info: WeightInfo, config: QuantizeConfig, quantized: Callable[..., TensorPlan], axes: set[int], reductions: set[int | None]) -> TensorPlan:
+def _layout(
+    info: WeightInfo, config: QuantizeConfig, quantized: Callable[..., TensorPlan], axes: set[int], reductions: set[int | None]
+) -> TensorPlan:
     """A QDQ weight's layout: blocks along its one reduction axis, else per channel, else per
     tensor, with the reason when the layout asked for cannot be had."""
     fallback = ""
     if config.blocks is not None:
         reduction = reductions.pop() if len(reductions) == 1 else None
         if len(reductions) > 0 or reduction is None:
-            fallback = "; per channel: " + ("its uses need different block axes" if len(reductions) else "ONNX blocks a Conv weight along one axis only")
+            fallback = "; per channel: " + (
+                "its uses need different block axes" if len(reductions) else "ONNX blocks a Conv weight along one axis only"
+            )
         elif info.shape[reduction] < config.blocks:
-            fallback = f"; per channel: its input axis holds {info.shape[reduction]} values, less than one block of {config.blocks}"
+            fallback = (
+                f"; per channel: its input axis holds {info.shape[reduction]} values, less than one block of {config.blocks}"
+            )
         else:
             return quantized(reduction, config.blocks, f", blocks of {config.blocks} along axis {reduction}")
     if not config.per_channel and not fallback:
         return quantized(None)
     if len(axes) > 1:
         if fallback:
-            return quantized(None, why=fallback.replace("per channel", "per tensor") + f" (and its channel axes {sorted(axes)} differ)")
+            return quantized(
+                None, why=fallback.replace("per channel", "per tensor") + f" (and its channel axes {sorted(axes)} differ)"
+            )
         # One scale for all its users: per channel (the default) would leave it float.
         return quantized(None, why=f"; per tensor: its uses need different channel axes {sorted(axes)}")
     return quantized(axes.pop(), why=fallback)

@@ -296,9 +296,7 @@ def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
         try:
             converted = onnx.version_converter.convert_version(skeleton, target)
         except Exception as exc:  # the converter raises bare RuntimeError/ValueError
-            raise UnsupportedModelError(
-                f"cannot convert the model from opset {source} to {target}: {first_line(exc)}"
-            ) from None
+            raise UnsupportedModelError(f"cannot convert the model from opset {source} to {target}: {first_line(exc)}") from None
     kept_inputs = [i for i in converted.graph.input if i.name not in stand_ins]
     del converted.graph.input[:]
     converted.graph.input.extend(kept_inputs)
@@ -379,7 +377,9 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
     # bodies included, so a body's nodes are other objects by the time the walk reaches them,
     # but in the same scopes and order (the nodes added have no bodies).
     place = {id(node): (k, j) for k, scope in enumerate(index.scopes) for j, node in enumerate(scope.graph.node)}
-    rewrites: dict[tuple[int, int], list[onnx.NodeProto]] = {}  # place of a Gather (or a MatMul/Gemm reading padded codes) -> its nodes
+    rewrites: dict[
+        tuple[int, int], list[onnx.NodeProto]
+    ] = {}  # place of a Gather (or a MatMul/Gemm reading padded codes) -> its nodes
     fused: dict[tuple[int, int], onnx.NodeProto] = {}  # place of a MatMul -> its MatMulNBits
     for name, spec in specs.items():
         if spec.nbits:
@@ -387,7 +387,9 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
             tensors[name] = DQTensors(
                 tensor_header(fresh(f"{name}_quantized"), TensorProto.UINT8, [n, blocks, blob]),
                 tensor_header(fresh(f"{name}_scale"), spec.scale_type, [n, blocks]),
-                tensor_header(fresh(f"{name}_zero_point"), TensorProto.UINT8, [n, spec.nbits_zero_point_bytes]) if spec.has_zero_point else None,
+                tensor_header(fresh(f"{name}_zero_point"), TensorProto.UINT8, [n, spec.nbits_zero_point_bytes])
+                if spec.has_zero_point
+                else None,
             )
             for use in index.uses.get(name, []):
                 fused[place[id(use.node)]] = _matmulnbits(spec, tensors[name], use.node, fresh)
@@ -408,7 +410,9 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
             top += nodes
         for use in uses:
             if use.node.op_type == "Gather" and use.index == 0 and spec.lookups:
-                rewrites[place[id(use.node)]] = (_gather_block if spec.gather_block else _lookup)(spec, tensors[name], use.node, fresh)
+                rewrites[place[id(use.node)]] = (_gather_block if spec.gather_block else _lookup)(
+                    spec, tensors[name], use.node, fresh
+                )
             elif id(use) in padded_reads:
                 assert padded is not None
                 rewrites[place[id(use.node)]] = _padded_read(spec, padded, use.node, fresh)
@@ -444,7 +448,9 @@ def _params(tensors: DQTensors) -> list[str]:
     return [tensors.codes.name, tensors.scale.name] + ([tensors.zero_point.name] if tensors.zero_point is not None else [])
 
 
-def _dequantize(spec: DQSpec, tensors: DQTensors, name: str, fresh, *, padded: str | None = None, whole: bool = True) -> list[onnx.NodeProto]:
+def _dequantize(
+    spec: DQSpec, tensors: DQTensors, name: str, fresh, *, padded: str | None = None, whole: bool = True
+) -> list[onnx.NodeProto]:
     """DequantizeLinear of the whole weight (and the Cast back to its type, for bfloat16). Codes
     padded to whole blocks dequantize to `padded`, and when `whole` a Slice cuts the weight
     itself (its name) out of them."""
@@ -462,7 +468,13 @@ def _dequantize(spec: DQSpec, tensors: DQTensors, name: str, fresh, *, padded: s
 
 def _constant(name: str, values: list[int], fresh, base: str) -> onnx.NodeProto:
     """A Constant node holding an INT64 vector (a shape, axes, pads)."""
-    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values), name=fresh(f"{base}_Constant"))
+    return helper.make_node(
+        "Constant",
+        [],
+        [name],
+        value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values),
+        name=fresh(f"{base}_Constant"),
+    )
 
 
 def _cut(value: str, result: str, axis: int, length: int, fresh, base: str) -> list[onnx.NodeProto]:
@@ -516,7 +528,9 @@ def _padded_read(spec: DQSpec, padded: str, node: onnx.NodeProto, fresh) -> list
 def _matmulnbits(spec: DQSpec, tensors: DQTensors, matmul: onnx.NodeProto, fresh) -> onnx.NodeProto:
     """MatMul(A, W) as com.microsoft.MatMulNBits(A, packed codes, scales[, zero points])."""
     k, n, _, _ = spec.nbits_layout
-    inputs = [matmul.input[0], tensors.codes.name, tensors.scale.name] + ([tensors.zero_point.name] if tensors.zero_point is not None else [])
+    inputs = [matmul.input[0], tensors.codes.name, tensors.scale.name] + (
+        [tensors.zero_point.name] if tensors.zero_point is not None else []
+    )
     return helper.make_node(
         "MatMulNBits",
         inputs,

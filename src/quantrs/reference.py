@@ -52,9 +52,7 @@ def minmax(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     return x3.min(axis=(0, 2)), x3.max(axis=(0, 2)), bad
 
 
-def scales(
-    lo: np.ndarray, hi: np.ndarray, qmin: int, qmax: int, symmetric: bool
-) -> tuple[np.ndarray, np.ndarray]:
+def scales(lo: np.ndarray, hi: np.ndarray, qmin: int, qmax: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
     """Scale (float32) and zero point (int32) per channel, as onnxruntime's compute_scale_zp."""
     lo = np.minimum(lo.astype(np.float64), 0.0)
     hi = np.maximum(hi.astype(np.float64), 0.0)
@@ -73,9 +71,7 @@ def scales(
     return scale, np.clip(zp, qmin, qmax).astype(np.int32)
 
 
-def quantize(
-    x3: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qmin: int, qmax: int
-) -> np.ndarray:
+def quantize(x3: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
     """ONNX QuantizeLinear: saturate(rint(x / scale) + zero_point), codes as raw uint8 bytes."""
     x3 = as_float32(x3)
     s = scale.reshape(1, -1, 1)

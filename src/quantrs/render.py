@@ -68,7 +68,12 @@ WRAP_MIN = 16  # cells a wrapping column keeps at least (unless all its text is 
 
 
 def _print_table(
-    console, columns: Sequence[Col], rows: Sequence[Sequence[Cell]], *, title: str | None = None, degrade: Sequence[tuple[str, str]] = ()
+    console,
+    columns: Sequence[Col],
+    rows: Sequence[Sequence[Cell]],
+    *,
+    title: str | None = None,
+    degrade: Sequence[tuple[str, str]] = (),
 ) -> None:
     """Print rows as a table in which names, paths and numbers are never split or cut: they are
     what users copy into --exclude, scripts and shells. When the table is wider than the
@@ -136,12 +141,12 @@ def _print_stacked(console, columns: Sequence[Col], rows: Sequence[Sequence[str]
 
 
 def _n(count: int, noun: str, plural: str = "") -> str:
-    """"1 tensor", "3 tensors"."""
+    """ "1 tensor", "3 tensors"."""
     return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 def _size_change(before: float, after: float) -> str:
-    """"5.23x smaller", or "1.50x larger" when the output is bigger (a small model gains more
+    """ "5.23x smaller", or "1.50x larger" when the output is bigger (a small model gains more
     scales and DequantizeLinear nodes than its codes save)."""
     if not before or not after or before == after:
         return "the same size" if before == after else "size unknown"
@@ -158,7 +163,9 @@ def human_bytes(n: float) -> str:
 
 def render_quantize(report: QuantizeReport) -> None:
     console = stdout_console()
-    granularity = f"blocks of {report.block_size}" if report.block_size else ("per-channel" if report.per_channel else "per-tensor")
+    granularity = (
+        f"blocks of {report.block_size}" if report.block_size else ("per-channel" if report.per_channel else "per-tensor")
+    )
     scheme = "symmetric" if report.symmetric else "asymmetric"
     console.print(f"[bold green]Quantized[/] {escape(report.input)} -> {escape(report.output)}")
     console.print(f"  {report.bits}-bit {granularity} {scheme}, stored as {report.storage}")
@@ -182,16 +189,34 @@ def render_quantize(report: QuantizeReport) -> None:
     quantized = [t for t in report.tensors if t.quantized]
     if quantized:
         searched = any(t.search_gain is not None for t in quantized)
-        columns = [Col("tensor", key=True), Col("shape"), Col("axis", right=True), Col("storage"), Col("MSE", right=True), Col("max abs err", right=True)]
+        columns = [
+            Col("tensor", key=True),
+            Col("shape"),
+            Col("axis", right=True),
+            Col("storage"),
+            Col("MSE", right=True),
+            Col("max abs err", right=True),
+        ]
         columns += [Col("MSE vs min/max", right=True)] if searched else []
         rows = []
         for t in quantized:
-            row: list[Cell] = [_located(t.name, t.kind, t.scope), "x".join(map(str, t.shape)), _axis(t.axis, t.block_size, report.block_size)]
+            row: list[Cell] = [
+                _located(t.name, t.kind, t.scope),
+                "x".join(map(str, t.shape)),
+                _axis(t.axis, t.block_size, report.block_size),
+            ]
             row += [t.storage or "", f"{t.mse:.3g}", f"{t.max_abs_error:.3g}"]
             if searched:
                 row.append("-" if t.search_gain is None else f"{1 / t.search_gain:.2f}x")
             rows.append(row)
-        steps = [("drop", "MSE vs min/max"), ("drop", "max abs err"), ("short", "axis"), ("drop", "storage"), ("drop", "MSE"), ("drop", "shape")]
+        steps = [
+            ("drop", "MSE vs min/max"),
+            ("drop", "max abs err"),
+            ("short", "axis"),
+            ("drop", "storage"),
+            ("drop", "MSE"),
+            ("drop", "shape"),
+        ]
         _print_table(console, columns, rows, title="quantized", degrade=steps)
     skipped = [t for t in report.tensors if not t.quantized and t.dtype in FLOAT_NAMES]
     if skipped:
@@ -220,7 +245,10 @@ def render_info(report: InfoReport) -> None:
     opsets = ", ".join(f"{d} {v}" for d, v in report.opsets.items())
     console.print(f"  IR {report.ir_version}, opsets: {opsets}" + (f", producer: {report.producer}" if report.producer else ""))
     for title, values in (("inputs", report.inputs), ("outputs", report.outputs)):
-        rows = [[escape(v.name), v.dtype, escape("[" + ", ".join("?" if d is None else str(d) for d in v.shape) + "]")] for v in values]
+        rows = [
+            [escape(v.name), v.dtype, escape("[" + ", ".join("?" if d is None else str(d) for d in v.shape) + "]")]
+            for v in values
+        ]
         _print_table(console, [Col("name", key=True), Col("type"), Col("shape")], rows, title=title)
     ops = [[escape(op), str(n)] for op, n in report.op_counts.items()]
     _print_table(console, [Col("op type", key=True), Col("count", right=True)], ops, title=_n(report.node_count, "node"))
@@ -275,8 +303,17 @@ def render_batch(report: BatchReport) -> None:
     for r in report.results:
         size = f"{human_bytes(r.input_bytes)} -> {human_bytes(r.output_bytes)}" if r.output_bytes else human_bytes(r.input_bytes)
         error = (r.error or "").removeprefix(f"{r.input}: ")  # the row names the model
-        rows.append([escape(r.input), escape(r.output), f"[{colours[r.status]}]{r.status}[/]", size, f"{r.seconds:.2f} s", escape(error)])
-    columns = [Col("model", key=True), Col("output", name=True), Col("status"), Col("size", right=True), Col("time", right=True), Col("error / note", wrap=True)]
+        rows.append(
+            [escape(r.input), escape(r.output), f"[{colours[r.status]}]{r.status}[/]", size, f"{r.seconds:.2f} s", escape(error)]
+        )
+    columns = [
+        Col("model", key=True),
+        Col("output", name=True),
+        Col("status"),
+        Col("size", right=True),
+        Col("time", right=True),
+        Col("error / note", wrap=True),
+    ]
     _print_table(console, columns, rows, degrade=[("drop", "time"), ("drop", "size")])  # the summary names every output
     counts = ", ".join(f"{report.count(s)} {s}" for s in ("ok", "failed", "skipped", "cancelled") if report.count(s))
     where = f"on {report.scheduler}" if report.scheduler else f"with {report.jobs} job(s)"
@@ -290,7 +327,9 @@ def _mark(passed: bool) -> str:
 def render_validation(report: ValidationReport) -> None:
     console = stdout_console()
     console.print(f"[bold]{escape(report.original)}[/] vs [bold]{escape(report.quantized)}[/]")
-    console.print(f"  {human_bytes(report.original_bytes)} -> {human_bytes(report.quantized_bytes)} ({_size_change(report.original_bytes, report.quantized_bytes)})")
+    console.print(
+        f"  {human_bytes(report.original_bytes)} -> {human_bytes(report.quantized_bytes)} ({_size_change(report.original_bytes, report.quantized_bytes)})"
+    )
     for c in report.checks:
         console.print(f"{_mark(c.passed)} {c.name}" + (f": {c.detail}" if c.detail else ""), highlight=False)
     if report.outputs:
@@ -298,7 +337,13 @@ def render_validation(report: ValidationReport) -> None:
         for o in report.outputs:
             top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.2%}"
             rows.append([escape(o.name), f"{o.cosine:.6f}", f"{o.max_abs_error:.4g}", f"{o.relative_l2:.4g}", top1])
-        columns = [Col("output", key=True), Col("cosine", right=True), Col("max abs error", right=True), Col("relative L2", right=True), Col("top-1", right=True)]
+        columns = [
+            Col("output", key=True),
+            Col("cosine", right=True),
+            Col("max abs error", right=True),
+            Col("relative L2", right=True),
+            Col("top-1", right=True),
+        ]
         title = f"output agreement over {report.samples} sample(s) ({report.samples_source})"
         _print_table(console, columns, rows, title=title, degrade=[("drop", "max abs error"), ("drop", "relative L2")])
     for t in report.thresholds:
@@ -306,14 +351,22 @@ def render_validation(report: ValidationReport) -> None:
         wanted_at_least = t.name.startswith("min")
         relation = (">=" if wanted_at_least else "<=") if t.passed else ("<" if wanted_at_least else ">")
         verdict = "" if t.passed else " [bold red]MISSED[/]"
-        console.print(f"{_mark(t.passed)} {t.name}: {escape(t.output)} {t.value:.6g} {relation} {t.limit}{verdict}", highlight=False)
+        console.print(
+            f"{_mark(t.passed)} {t.name}: {escape(t.output)} {t.value:.6g} {relation} {t.limit}{verdict}", highlight=False
+        )
     if report.layers is not None:
         rows = []
         for i, l in enumerate(report.layers, 1):
             local = "-" if l.local_sqnr_db is None else f"{l.local_sqnr_db:.2f}"
             rel = "-" if l.local_relative_l2 is None else f"{l.local_relative_l2:.4g}"
             rows.append([str(i), escape(l.name), escape(l.consumer), l.storage, f"{l.weight_sqnr_db:.2f}", local, rel])
-        columns = [Col("#", right=True), Col("weight", key=True), Col("consumer", name=True), Col("storage"), Col("weight SQNR dB", right=True)]
+        columns = [
+            Col("#", right=True),
+            Col("weight", key=True),
+            Col("consumer", name=True),
+            Col("storage"),
+            Col("weight SQNR dB", right=True),
+        ]
         columns += [Col("local SQNR dB", right=True), Col("local rel. L2", right=True)]
         steps = [("drop", "local rel. L2"), ("drop", "weight SQNR dB"), ("drop", "storage"), ("drop", "consumer")]
         _print_table(console, columns, rows, title="layers ranked by the error they inject (worst first)", degrade=steps)
@@ -322,7 +375,12 @@ def render_validation(report: ValidationReport) -> None:
             [str(i), escape(a.name), a.storage, f"{a.scale:.4g}", f"{a.sqnr_db:.2f}", f"{a.relative_l2:.4g}", f"{a.clipped:.2%}"]
             for i, a in enumerate(report.activations, 1)
         ]
-        columns = [Col("#", right=True), Col("activation", key=True), Col("storage"), *(Col(h, right=True) for h in ("scale", "SQNR dB", "rel. L2", "clipped"))]
+        columns = [
+            Col("#", right=True),
+            Col("activation", key=True),
+            Col("storage"),
+            *(Col(h, right=True) for h in ("scale", "SQNR dB", "rel. L2", "clipped")),
+        ]
         title = "activations (static model) ranked by the error of their 8-bit grid"
         _print_table(console, columns, rows, title=title, degrade=[("drop", "scale"), ("drop", "storage"), ("drop", "rel. L2")])
     if report.suggested_exclude:
@@ -340,10 +398,22 @@ def render_benchmark(report: BenchmarkReport) -> None:
     o, q = report.original, report.quantized
     rows = [["file", human_bytes(o.file_bytes), human_bytes(q.file_bytes)]]
     for dtype in sorted(set(o.weight_bytes_by_dtype) | set(q.weight_bytes_by_dtype)):
-        rows.append([f"  {dtype} weights", human_bytes(o.weight_bytes_by_dtype.get(dtype, 0)), human_bytes(q.weight_bytes_by_dtype.get(dtype, 0))])
+        rows.append(
+            [
+                f"  {dtype} weights",
+                human_bytes(o.weight_bytes_by_dtype.get(dtype, 0)),
+                human_bytes(q.weight_bytes_by_dtype.get(dtype, 0)),
+            ]
+        )
     rows.append(["load (median)", f"{o.load_seconds * 1e3:.1f} ms", f"{q.load_seconds * 1e3:.1f} ms"])
     rows.append(["latency median", f"{o.latency_ms_median:.3f} ms", f"{q.latency_ms_median:.3f} ms"])
-    rows.append(["latency p10-p90", f"{o.latency_ms_p10:.3f}-{o.latency_ms_p90:.3f} ms", f"{q.latency_ms_p10:.3f}-{q.latency_ms_p90:.3f} ms"])
+    rows.append(
+        [
+            "latency p10-p90",
+            f"{o.latency_ms_p10:.3f}-{o.latency_ms_p90:.3f} ms",
+            f"{q.latency_ms_p10:.3f}-{q.latency_ms_p90:.3f} ms",
+        ]
+    )
     _print_table(console, [Col("", key=True), Col("original", right=True), Col("quantized", right=True)], rows)
     if report.runtime_ops is not None:
         from quantrs.benchmarking import ACTIVATION_DQ
@@ -383,7 +453,8 @@ def render_calibration(report: CalibrationReport) -> None:
     if report.rounding == "gptq":
         rest = len(report.quantized_weights) - len(report.compensated)
         console.print(
-            f"  gptq: codes of {len(report.compensated)} weight(s) compensated on the samples" + (f"; {rest} rounded to nearest" if rest else ""),
+            f"  gptq: codes of {len(report.compensated)} weight(s) compensated on the samples"
+            + (f"; {rest} rounded to nearest" if rest else ""),
             highlight=False,
         )
     for o in report.fidelity:
@@ -436,11 +507,21 @@ def render_auto(report: AutoReport) -> None:
         )
     widths = ", ".join(f"{n} weight(s) at {w}" + ("" if w == "float" else " bits") for w, n in chosen.widths.items())
     if report.quant_format != "qdq" or report.rounding != "nearest":
-        widths += f" ({report.quant_format}" + (f", gptq codes for {report.compensated} of them" if report.rounding == "gptq" else "") + ")"
-    narrowest = f", uniform {report.choices[0]}-bit {human_bytes(report.narrowest_weight_bytes)}" if report.choices[0] != "8" else ""
+        widths += (
+            f" ({report.quant_format}"
+            + (f", gptq codes for {report.compensated} of them" if report.rounding == "gptq" else "")
+            + ")"
+        )
+    narrowest = (
+        f", uniform {report.choices[0]}-bit {human_bytes(report.narrowest_weight_bytes)}" if report.choices[0] != "8" else ""
+    )
     console.print(
         f"  {widths}; weights {human_bytes(report.weight_bytes)} (float {human_bytes(report.float_weight_bytes)}"
-        + (f", uniform 8-bit {human_bytes(report.uniform_int8_weight_bytes)}" if report.uniform_int8_weight_bytes is not None else "")
+        + (
+            f", uniform 8-bit {human_bytes(report.uniform_int8_weight_bytes)}"
+            if report.uniform_int8_weight_bytes is not None
+            else ""
+        )
         + f"{narrowest}); file {human_bytes(report.input_bytes)} -> {human_bytes(report.output_bytes)}",
         highlight=False,
     )
@@ -471,12 +552,24 @@ def render_auto(report: AutoReport) -> None:
             f"{max(o.relative_l2 for o in c.outputs):.4g}",
             "met" if c.met else "missed",
         ])  # fmt: skip
-    columns = [Col("#", right=True), Col("widths", key=True), *(Col(h, right=True) for h in ("weights", "predicted cosine", "measured cosine", "relative L2", "budget"))]
+    columns = [
+        Col("#", right=True),
+        Col("widths", key=True),
+        *(Col(h, right=True) for h in ("weights", "predicted cosine", "measured cosine", "relative L2", "budget")),
+    ]
     title = "candidates (predicted vs measured on held-out samples)"
     _print_table(console, columns, rows, title=title, degrade=[("drop", "predicted cosine"), ("drop", "relative L2")])
     errors = [f"error at {w}" for w in report.choices]
-    rows = [[escape(layer.name), escape(layer.consumer), layer.width, *[f"{layer.errors[w]:.3g}" for w in report.choices]] for layer in report.layers]
-    columns = [Col("weight", key=True), Col("consumer", name=True), Col("width", right=True), *(Col(h, right=True) for h in errors)]
+    rows = [
+        [escape(layer.name), escape(layer.consumer), layer.width, *[f"{layer.errors[w]:.3g}" for w in report.choices]]
+        for layer in report.layers
+    ]
+    columns = [
+        Col("weight", key=True),
+        Col("consumer", name=True),
+        Col("width", right=True),
+        *(Col(h, right=True) for h in errors),
+    ]
     title = "widths (local relative squared error at each width)"
     _print_table(console, columns, rows, title=title, degrade=[("drop", "consumer"), *(("drop", h) for h in errors[1:])])
     if report.fixed:

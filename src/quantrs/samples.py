@@ -162,12 +162,12 @@ def _labelled(source: SampleSource, specs: list[InputSpec], split_batch: bool = 
     if isinstance(source, Mapping):
         return iter([("sample 0", source)])
     if isinstance(source, np.ndarray):
-        raise ConfigError("samples: pass a dict {input name: array}, a list of them, or the path of a .npy file, not a bare array")
+        raise ConfigError(
+            "samples: pass a dict {input name: array}, a list of them, or the path of a .npy file, not a bare array"
+        )
     if isinstance(source, Iterable):
         return ((f"sample {i}", sample) for i, sample in enumerate(source))
-    raise ConfigError(
-        f"samples: expected a path, an iterable of dicts or an object with get_next(), not {type(source).__name__}"
-    )
+    raise ConfigError(f"samples: expected a path, an iterable of dicts or an object with get_next(), not {type(source).__name__}")
 
 
 def _reader_samples(get_next: Any) -> _Labelled:
@@ -282,7 +282,9 @@ def _read_npz(file: Path) -> dict[str, np.ndarray]:
         for member in members:
             where = f"{file}: {member.filename}"
             if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise ConfigError(f"{where}: compressed with zip method {member.compress_type}; numpy writes stored or deflated members")
+                raise ConfigError(
+                    f"{where}: compressed with zip method {member.compress_type}; numpy writes stored or deflated members"
+                )
             with archive.open(member) as data:
                 shape, fortran, dtype, nbytes = _npy_header(data, member.file_size, where)
                 payload = data.read(nbytes)

@@ -60,7 +60,9 @@ class Sensitivity:
     runs: int = field(default=0)  # single-node onnxruntime runs
 
 
-def width_configs(widths: Sequence[str], base: QuantizeConfig, block_size: int | None, *, static: bool = False) -> dict[str, QuantizeConfig]:
+def width_configs(
+    widths: Sequence[str], base: QuantizeConfig, block_size: int | None, *, static: bool = False
+) -> dict[str, QuantizeConfig]:
     """The QuantizeConfig each integer width is stored with, so that what is measured is what
     is built: 4 bits in blocks of `block_size` (quantrs' best 4-bit scheme), or per channel when
     None; 8 bits per channel (as `--layer-bits NAME=8` stores them in a blocked model), except
@@ -109,7 +111,9 @@ def measure(
         values = np.asarray(model.weights.array(name))
         compensation = _compensation(model, compensated.get(name), inputs, factors, uses)
         feeds = [{i: cached[i] for i in node.input if i and i not in stored} for cached in inputs]
-        runs += _measure_layer(model, layers[name], node, values, {w: plans[w][name] for w in configs}, configs, compensation, feeds)
+        runs += _measure_layer(
+            model, layers[name], node, values, {w: plans[w][name] for w in configs}, configs, compensation, feeds
+        )
         if with_float:
             layers[name].bytes[FLOAT] = values.nbytes
             layers[name].errors[FLOAT] = 0.0
@@ -120,7 +124,9 @@ def measure(
     return Sensitivity(list(layers.values()), fixed, len(inputs), time.perf_counter() - started, runs)
 
 
-def _width_plans(model: LoadedModel, configs: Mapping[str, QuantizeConfig], index: GraphIndex) -> dict[str, dict[str, TensorPlan]]:
+def _width_plans(
+    model: LoadedModel, configs: Mapping[str, QuantizeConfig], index: GraphIndex
+) -> dict[str, dict[str, TensorPlan]]:
     """The quantized weights' plans for each width, by name."""
     graph = model.proto.graph
     # Each width planned as auto builds it: the narrowest width's config with every weight set
@@ -146,7 +152,9 @@ def _measurable(plans: dict[str, dict[str, TensorPlan]], index: GraphIndex) -> t
     measured, fixed = [], []
     for name in (n for n in first_plans if n in common):
         plan = first_plans[name]
-        consumer = next((u.node for u in index.uses.get(name, []) if u.scope.path == () and next(subgraphs(u.node), None) is None), None)
+        consumer = next(
+            (u.node for u in index.uses.get(name, []) if u.scope.path == () and next(subgraphs(u.node), None) is None), None
+        )
         if plan.scope != MAIN or consumer is None:
             fixed.append(name)
         else:
@@ -192,7 +200,9 @@ def _measure_layer(
     return runs
 
 
-def _consumer_inputs(model: LoadedModel, names: list[str], samples: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+def _consumer_inputs(
+    model: LoadedModel, names: list[str], samples: Sequence[Mapping[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
     """The values the measured weights' consumers read, on as many samples as fit
     SENSITIVITY_BYTES (at least one): one float run per sample."""
     runner = ActivationRunner(model, names, samples[0])
@@ -202,14 +212,21 @@ def _consumer_inputs(model: LoadedModel, names: list[str], samples: Sequence[Map
         values = {n: np.asarray(v) for n, v in sample.values}
         size = sum(v.nbytes for v in values.values())
         if cached and total + size > SENSITIVITY_BYTES:
-            logger.info("sensitivity on the first %d of %d samples (%.0f MB of activations)", len(cached), len(samples), total / 2**20)
+            logger.info(
+                "sensitivity on the first %d of %d samples (%.0f MB of activations)", len(cached), len(samples), total / 2**20
+            )
             break
         cached.append(values)
         total += size
     return cached
 
 
-def _gptq_targets(graph: onnx.GraphProto, measured: list[tuple[str, onnx.NodeProto]], plans: Mapping[str, TensorPlan], configs: Mapping[str, QuantizeConfig]):
+def _gptq_targets(
+    graph: onnx.GraphProto,
+    measured: list[tuple[str, onnx.NodeProto]],
+    plans: Mapping[str, TensorPlan],
+    configs: Mapping[str, QuantizeConfig],
+):
     """With rounding gptq, the measured weights whose codes `quantize` compensates (and how)."""
     if not any(c.rounding == "gptq" for c in configs.values()):
         return {}
@@ -285,7 +302,9 @@ def _single_node(model: LoadedModel, node: onnx.NodeProto, weight: str, value: n
         elif name in stored or name not in feed:
             tensors.append(numpy_helper.from_array(np.ascontiguousarray(model.weights.array(name)), name))
         else:
-            inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.asarray(feed[name]).dtype), None))
+            inputs.append(
+                helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.asarray(feed[name]).dtype), None)
+            )
     graph = helper.make_graph([node], "layer", inputs, [helper.make_empty_tensor_value_info(node.output[0])], tensors)
     proto = helper.make_model(graph, opset_imports=model.proto.opset_import, ir_version=model.proto.ir_version)
     return session(proto.SerializeToString(), threads=1, lean=True)

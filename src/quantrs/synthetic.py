@@ -40,7 +40,7 @@ def matmul_stack(path: Path, layers: int, hidden: int = 4096, *, external_data: 
             def produce(shape=shape, i=i, is_bias=name == b):
                 rng = np.random.default_rng((seed, i, is_bias))
                 scale = 0.01 if is_bias else 1.0 / np.sqrt(hidden)
-                return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale))
+                return rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
 
             tensors.append(OutTensor(header, Payload(4 * int(np.prod(shape)), produce)))
     graph = helper.make_graph(

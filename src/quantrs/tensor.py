@@ -192,7 +192,9 @@ def quantize_tensor(
     With `compensation` (quantrs.gptq), the codes for those scales are error-compensated ones.
     """
     if compensation is not None:
-        qt = quantize_tensor(x, scheme, axis, name=name, n_threads=n_threads, half_scale=half_scale, block_size=block_size, range=range)
+        qt = quantize_tensor(
+            x, scheme, axis, name=name, n_threads=n_threads, half_scale=half_scale, block_size=block_size, range=range
+        )
         compensated, error, largest = compensation.codes(
             x, qt.scale, qt.zero_point, axis=axis, block_size=block_size, qmin=scheme.qmin, qmax=scheme.qmax
         )
@@ -203,7 +205,9 @@ def quantize_tensor(
         view = _block_view(x, axis, block_size)
         if view is not None:
             alphas = _alphas(range)
-            return _quantize_blocks(x, view, scheme, axis, name=name, n_threads=n_threads, scratch=scratch, half_scale=half_scale, alphas=alphas)
+            return _quantize_blocks(
+                x, view, scheme, axis, name=name, n_threads=n_threads, scratch=scratch, half_scale=half_scale, alphas=alphas
+            )
     rng = kernels.minmax(x, axis, n_threads=n_threads, name=name)
     scale, zero_point = kernels.scales(rng, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric)
     if half_scale:
@@ -257,7 +261,13 @@ def quantize_matmulnbits(
     sse, max_abs, sse_minmax = blocks.sse, blocks.max_abs_error, (blocks.sse_minmax if alphas else None)
     if compensation is not None:  # the same scales, error-compensated codes (quantrs.gptq)
         compensated, sse, max_abs = compensation.codes(  # which reads the parameters in the ONNX blocked order
-            x, blocks.scale.T.reshape(-1), blocks.zero_point.T.reshape(-1), axis=0, block_size=block_size, qmin=scheme.qmin, qmax=scheme.qmax
+            x,
+            blocks.scale.T.reshape(-1),
+            blocks.zero_point.T.reshape(-1),
+            axis=0,
+            block_size=block_size,
+            qmin=scheme.qmin,
+            qmax=scheme.qmax,
         )
         blocks = replace(blocks, codes=np.ascontiguousarray(compensated.T))
         sse_minmax = None

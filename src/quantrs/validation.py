@@ -107,7 +107,9 @@ def _signature(values) -> list[tuple]:
     out = []
     for v in values:
         t = v.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim) if t.HasField("shape") else None
+        dims = (
+            tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim) if t.HasField("shape") else None
+        )
         out.append((v.name, t.elem_type, dims))
     return out
 
@@ -143,7 +145,9 @@ def check_structure(orig: LoadedModel, quant: LoadedModel) -> list[Check]:
 def _compare(name: str, before, after) -> Check:
     if before == after:
         return Check(name, True, ", ".join(v[0] for v in after))
-    return Check(name, False, f"original {[v[0] for v in before]}, quantized {[v[0] for v in after]} (or their types/shapes differ)")
+    return Check(
+        name, False, f"original {[v[0] for v in before]}, quantized {[v[0] for v in after]} (or their types/shapes differ)"
+    )
 
 
 def _check_dequantize_nodes(quant: LoadedModel) -> Check:  # noqa: C901  split after the OpenVINO/fuzz changes land
@@ -173,7 +177,11 @@ def _check_dequantize_nodes(quant: LoadedModel) -> Check:  # noqa: C901  split a
         problems += _bad_scales(weights, node, scale_name)
     fused = 0
     for node in quant.proto.graph.node:
-        if node.domain == "com.microsoft" and node.op_type in ("MatMulNBits", "GatherBlockQuantized") and node.input[2] in weights:
+        if (
+            node.domain == "com.microsoft"
+            and node.op_type in ("MatMulNBits", "GatherBlockQuantized")
+            and node.input[2] in weights
+        ):
             fused += 1
             problems += _bad_scales(weights, node, node.input[2])
     if problems:
@@ -186,10 +194,22 @@ def _check_dequantize_nodes(quant: LoadedModel) -> Check:  # noqa: C901  split a
 
 def _bad_scales(weights, node: onnx.NodeProto, name: str) -> list[str]:
     scale = np.asarray(weights.array(name), dtype=np.float64)
-    return [] if np.isfinite(scale).all() and (scale > 0).all() else [f"{node.name}: scales hold NaN, infinity, zero or negative values"]
+    return (
+        []
+        if np.isfinite(scale).all() and (scale > 0).all()
+        else [f"{node.name}: scales hold NaN, infinity, zero or negative values"]
+    )
 
 
-_INTEGER_CODES = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4, TensorProto.INT16, TensorProto.UINT16, TensorProto.INT32}
+_INTEGER_CODES = {
+    TensorProto.INT8,
+    TensorProto.UINT8,
+    TensorProto.INT4,
+    TensorProto.UINT4,
+    TensorProto.INT16,
+    TensorProto.UINT16,
+    TensorProto.INT32,
+}
 
 
 # --- per layer -----------------------------------------------------------------------------
@@ -268,7 +288,13 @@ def rank_activations(orig: LoadedModel, quant: LoadedModel, feeds: Feeds) -> lis
             continue
         signed = zero_point.dtype == np.int8
         qmin, qmax = (-128, 127) if signed else (0, 255)
-        grids[node.input[0]] = (float(scale.reshape(-1)[0]), int(zero_point.reshape(-1)[0]), qmin, qmax, "INT8" if signed else "UINT8")
+        grids[node.input[0]] = (
+            float(scale.reshape(-1)[0]),
+            int(zero_point.reshape(-1)[0]),
+            qmin,
+            qmax,
+            "INT8" if signed else "UINT8",
+        )
     if not grids or not feeds:
         return []
     sums = {name: [0.0, 0.0, 0.0, 0.0] for name in grids}  # signal, noise, values, clipped
@@ -308,7 +334,9 @@ def _capture(orig: LoadedModel, feeds: Feeds, names: list[str]) -> dict[str, lis
     return captured
 
 
-def _local_error(orig: LoadedModel, node: onnx.NodeProto, weight: str, dequantized: np.ndarray, feeds: Feeds, captured) -> tuple[float, float]:
+def _local_error(
+    orig: LoadedModel, node: onnx.NodeProto, weight: str, dequantized: np.ndarray, feeds: Feeds, captured
+) -> tuple[float, float]:
     """Run `node` alone on the original activations with the float and the dequantized weight."""
     inits = {t.name for t in orig.proto.graph.initializer}
     outputs = {}
@@ -351,7 +379,11 @@ def suggest_exclude(
         got = run_model(hybrid.SerializeToString(), feeds)
         outputs = agreements(reference, got)
         if all(r.passed for r in thresholds.evaluate(outputs)):
-            return list(excluded), outputs, f"leaving {len(excluded)} layer(s) in float meets every threshold{_left_out(layers, partial)}"
+            return (
+                list(excluded),
+                outputs,
+                f"leaving {len(excluded)} layer(s) in float meets every threshold{_left_out(layers, partial)}",
+            )
     return None, None, f"even {len(excluded)} layer(s) left in float do not meet the thresholds{_left_out(layers, partial)}"
 
 
@@ -360,7 +392,9 @@ def _left_out(layers: list[LayerError], partial: set[str]) -> str:
     return f" ({len(names)} not tried: read where they cannot be put back in float, e.g. {names[0]})" if names else ""
 
 
-def _with_float_weights(quantized: onnx.ModelProto, orig: LoadedModel, names: list[str], replacements: dict[str, list[onnx.NodeProto]]) -> onnx.ModelProto:
+def _with_float_weights(
+    quantized: onnx.ModelProto, orig: LoadedModel, names: list[str], replacements: dict[str, list[onnx.NodeProto]]
+) -> onnx.ModelProto:
     """`quantized` with the weights `names` back in float: their DequantizeLinear dropped (the
     float initializer takes its output's name), or the node standing for their original
     MatMul or Gather (a MatMulNBits, a GatherBlockQuantized, a lookup's last node) replaced by
