@@ -35,8 +35,9 @@ def row(name: str, budget: float, report, seconds: float) -> str:
     int8 = report.uniform_int8_weight_bytes
     return (
         f"| {name} | {budget} | {'met' if report.met else 'missed'} | {measured:.4f} | {widths} | "
-        f"{report.weight_bytes / 1e6:.2f} MB | {int8 / 1e6 if int8 else float('nan'):.2f} MB | {report.narrowest_weight_bytes / 1e6:.2f} MB | "
-        f"{report.input_bytes / report.output_bytes:.2f}x | {report.evaluations} | {report.sensitivity_seconds:.1f} s | {seconds:.1f} s |"
+        f"{report.weight_bytes / 1e6:.2f} MB | {int8 / 1e6 if int8 else float('nan'):.2f} MB | "
+        f"{report.narrowest_weight_bytes / 1e6:.2f} MB | {report.input_bytes / report.output_bytes:.2f}x | "
+        f"{report.evaluations} | {report.sensitivity_seconds:.1f} s | {seconds:.1f} s |"
     )
 
 
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.folder.mkdir(parents=True, exist_ok=True)
     print(
-        "| model | min cosine | result | measured | widths | weights | uniform 8-bit | uniform 4-bit | file smaller | evaluations | sensitivity | total |"
+        "| model | min cosine | result | measured | widths | weights | uniform 8-bit | uniform 4-bit | file smaller "
+        "| evaluations | sensitivity | total |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     if "mlp100M" in args.cases:

@@ -119,7 +119,8 @@ def main() -> None:
             d, one = (statistics.median(times[(name, t, busy)]) for t in (0, 1))
             kd, k1 = (statistics.median(kernels[(name, t, busy)]) * 1e3 for t in (0, 1))
             print(
-                f"| {name} | {'busy (1 competing process)' if busy else 'idle'} | {d:.2f} s | {one:.2f} s | {d / one:.2f}x | {kd:.1f} ms | {k1:.1f} ms | {kd / k1:.2f}x |"
+                f"| {name} | {'busy (1 competing process)' if busy else 'idle'} | {d:.2f} s | {one:.2f} s | {d / one:.2f}x "
+                f"| {kd:.1f} ms | {k1:.1f} ms | {kd / k1:.2f}x |"
             )
 
 

@@ -9,9 +9,10 @@ same samples, in one run. Each side runs as its own process; peak RSS from the k
 Reports, per model: onnxruntime inference (time, peak RSS), quantrs calibrate (time, peak RSS,
 time inside onnxruntime, runs per sample), and the ratios: calibration peak over inference peak,
 the statistics' overhead (collecting them, sessions included, minus the time inside
-onnxruntime's runs) over inference time, and quantrs' own time (everything but float inference: loading, statistics, range picks, the
-rewrite and the streamed output; not the fidelity check, which runs the quantized model on the
-last samples and is reported on its own) over inference time.
+onnxruntime's runs) over inference time, and quantrs' own time (everything but float
+inference: loading, statistics, range picks, the rewrite and the streamed output; not the
+fidelity check, which runs the quantized model on the last samples and is reported on its
+own) over inference time.
 Prints a Markdown table for bench/RESULTS.md.
 """
 
@@ -40,7 +41,8 @@ loaded = time.perf_counter()
 for s in samples:
     session.run(None, {session.get_inputs()[0].name: np.array(s)})
 done = time.perf_counter()
-print(json.dumps({"seconds": done - began, "run_seconds": done - loaded, "peak_mb": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024}))
+peak_mb = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
+print(json.dumps({"seconds": done - began, "run_seconds": done - loaded, "peak_mb": peak_mb}))
 """
 
 CALIBRATE = """
@@ -49,9 +51,10 @@ import quantrs
 model, data, out = sys.argv[1:4]
 began = time.perf_counter()
 report = quantrs.calibrate(model, out, data)
+peak_mb = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
 print(json.dumps({"seconds": time.perf_counter() - began, "inference_seconds": report.inference_seconds,
                   "fidelity_seconds": report.fidelity_seconds, "collection_seconds": report.collection_seconds,
-                  "groups": report.inference_groups, "peak_mb": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024,
+                  "groups": report.inference_groups, "peak_mb": peak_mb,
                   "cosine": min(o.cosine for o in report.fidelity)}))
 """
 
@@ -110,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.folder.mkdir(parents=True, exist_ok=True)
     print(
-        "| model | samples | ort inference | ort peak | quantrs calibrate | in ort | runs/sample | quantrs peak | peak ratio | fidelity check | statistics overhead / inference | own time / inference | cosine |"
+        "| model | samples | ort inference | ort peak | quantrs calibrate | in ort | runs/sample | quantrs peak | peak ratio "
+        "| fidelity check | statistics overhead / inference | own time / inference | cosine |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models:
@@ -124,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {args.samples} | {infer['seconds']:.2f} s | {infer['peak_mb']:.0f} MB | {calib['seconds']:.2f} s | "
             f"{calib['inference_seconds']:.2f} s | {calib['groups']} | {calib['peak_mb']:.0f} MB | "
             f"{calib['peak_mb'] / infer['peak_mb']:.2f}x | {calib['fidelity_seconds']:.2f} s | "
-            f"{(calib['collection_seconds'] - calib['inference_seconds']) / infer['seconds']:.2f} | {own / infer['seconds']:.2f} | {calib['cosine']:.4f} |",
+            f"{(calib['collection_seconds'] - calib['inference_seconds']) / infer['seconds']:.2f} | "
+            f"{own / infer['seconds']:.2f} | {calib['cosine']:.4f} |",
             flush=True,
         )
     return 0

@@ -207,7 +207,8 @@ def print_table(spec: str, gb: float, rows: list[dict]) -> None:
         ours_now = r["tool"].startswith("quantrs") and "@" not in r["tool"]
         faster = "" if ours_now or r["tool"].startswith("lean") or mine is None else f"{r['seconds'] / mine:.2f}x"
         print(
-            f"| {r['tool']} | {r['seconds']:.2f} | {r['seconds'] / gb:.2f} | {rss} | {r['seconds'] / floor[bits]:.2f}x | {faster} |"
+            f"| {r['tool']} | {r['seconds']:.2f} | {r['seconds'] / gb:.2f} | {rss} | "
+            f"{r['seconds'] / floor[bits]:.2f}x | {faster} |"
         )
 
 

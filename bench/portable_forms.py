@@ -485,7 +485,8 @@ def main() -> None:
             for label, path, ms, ok in zip(forms, paths, times, compiles):  # type: ignore[call-overload]
                 rss = _child("--memory", path, feeds_path, str(args.runs))
                 print(
-                    f"| {name} | {what} | {label} | {ms:.3f} | {rss['session_mb']:.0f} / {rss['runs_mb']:.0f} / {rss['peak_mb']:.0f} | {ok} |",
+                    f"| {name} | {what} | {label} | {ms:.3f} | "
+                    f"{rss['session_mb']:.0f} / {rss['runs_mb']:.0f} / {rss['peak_mb']:.0f} | {ok} |",
                     flush=True,
                 )  # type: ignore[index]
 

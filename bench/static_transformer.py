@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             b1[name].append((clock() - began) / len(singles) * 1e3)
     med = statistics.median
     print(
-        f"calibrated on {report.samples} batches; fidelity {min(o.cosine for o in report.fidelity):.4f} (cosine, calibration batches)"
+        f"calibrated on {report.samples} batches; "
+        f"fidelity {min(o.cosine for o in report.fidelity):.4f} (cosine, calibration batches)"
     )
     print(f"threads {args.threads}, {'CPU' if args.cpu_time else 'wall'} time, {args.rounds} rounds\n")
     print("| model | batch 1 min | batch 1 median | ratio | batch 32 min | batch 32 median | ratio |")

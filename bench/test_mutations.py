@@ -93,7 +93,8 @@ MUTATIONS = [
     (
         "bodies filled after the static edit copies them",
         "pipeline.py",
-        "    try:  # before any edit: rebuilding a node list copies the bodies, and the codes go in theirs\n        stream.fill_bodies()",
+        "    try:  # before any edit: rebuilding a node list copies the bodies, and the codes go in theirs\n"
+        "        stream.fill_bodies()",
         "    try:\n        pass",
         ["test_static.py::test_weights_inside_if_bodies_calibrate"],
     ),

@@ -69,7 +69,8 @@ def main() -> None:
                 times[way].append(run(args.model, out, overlap=way != "serial", threads=args.threads))
     for way, seconds in times.items():
         print(
-            f"{way:14s} kernel threads {args.threads}: best {min(seconds):.3f} s, median {sorted(seconds)[len(seconds) // 2]:.3f} s"
+            f"{way:14s} kernel threads {args.threads}: "
+            f"best {min(seconds):.3f} s, median {sorted(seconds)[len(seconds) // 2]:.3f} s"
         )
 
 

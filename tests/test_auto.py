@@ -321,9 +321,9 @@ def test_the_greedy_is_near_the_smallest_assignment_meeting_the_prediction(seed)
     chosen = search.assign()
     assert search.predicted(chosen) <= budget
     feasible = [
-        dict(zip([l.name for l in layers], combo))
+        dict(zip([layer.name for layer in layers], combo))
         for combo in itertools.product(["4", "8", "float"], repeat=len(layers))
-        if search.predicted(dict(zip([l.name for l in layers], combo))) <= budget
+        if search.predicted(dict(zip([layer.name for layer in layers], combo))) <= budget
     ]
     optimum = min(search.bytes(a) for a in feasible)
     assert search.bytes(chosen) <= 1.1 * optimum, (search.bytes(chosen), optimum)
@@ -395,7 +395,7 @@ def test_the_verification_loop(tmp_path, seed, max_evaluations):
         return path
 
     def evaluate(path):
-        r = true_gain * search.local(dict(zip([l.name for l in layers], built[-1])))
+        r = true_gain * search.local(dict(zip([layer.name for layer in layers], built[-1])))
         return [OutputAgreement("y", 1 / np.sqrt(1 + r), 0.0, float(np.sqrt(r)), None)]
 
     outcome = _verify(search, config, build, evaluate)

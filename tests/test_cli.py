@@ -70,7 +70,8 @@ def _one_small_matmul():
     w = onnx.numpy_helper.from_array(np.arange(16, dtype=np.float32).reshape(4, 4) / 16, "w")
     graph = onnx.helper.make_graph(
         [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], [w],
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], [w],
     )  # fmt: skip
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
 
@@ -257,7 +258,8 @@ def test_usage_error_from_the_console_script_is_one_line(tmp_path):
     )  # fmt: skip
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
-        "error: Invalid value for '--block-size': must be one of 16, 32, 64, 128, 256, not 48 (see 'python -m quantrs quantize -h')"
+        "error: Invalid value for '--block-size': must be one of 16, 32, 64, 128, 256, not 48 "
+        "(see 'python -m quantrs quantize -h')"
     ]
 
 
@@ -301,7 +303,11 @@ def test_python_dash_m_and_console_script(save, tmp_path):
 
 
 def test_version_does_not_import_heavy_modules(tmp_path):
-    code = "import sys; sys.argv=['quantrs','--version']\nfrom quantrs.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\nprint(sorted(m for m in ('numpy','onnx','onnxruntime') if m in sys.modules))"
+    code = (
+        "import sys; sys.argv=['quantrs','--version']\nfrom quantrs.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('numpy','onnx','onnxruntime') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
@@ -312,7 +318,8 @@ def test_kernels_and_reference_are_reached_from_the_package_lazily(tmp_path):
     code = (
         "import sys, quantrs\nheavy = 'numpy' in sys.modules\n"
         "import numpy as np\nx = np.arange(6, dtype=np.float32).reshape(2, 3)\n"
-        "print(heavy, quantrs.kernels.minmax(x, axis=0).lo.tolist(), quantrs.reference.__name__, 'kernels' in dir(quantrs) or 'kernels' in quantrs.__all__)"
+        "print(heavy, quantrs.kernels.minmax(x, axis=0).lo.tolist(), quantrs.reference.__name__, "
+        "'kernels' in dir(quantrs) or 'kernels' in quantrs.__all__)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.split() == ["False", "[0.0,", "3.0]", "quantrs.reference", "True"], out.stdout
@@ -329,7 +336,10 @@ def test_report_without_matplotlib_fails_before_any_work(save, tmp_path, command
         if command == "validate"
         else [command, str(src), "-o", str(tmp_path / "q.onnx"), "--data", str(missing), "--min-cosine", "0.9"]
     )
-    code = "import sys\nsys.modules['matplotlib'] = None\nfrom quantrs.cli import main\nsys.argv = ['quantrs', *sys.argv[1:]]\nmain()"
+    code = (
+        "import sys\nsys.modules['matplotlib'] = None\nfrom quantrs.cli import main\n"
+        "sys.argv = ['quantrs', *sys.argv[1:]]\nmain()"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code, *args, "--report", str(tmp_path / "r.html")], capture_output=True, text=True, cwd=tmp_path
     )

@@ -79,7 +79,8 @@ def _half_mlp():
         helper.make_node("MatMul", ["r", "w2"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "half", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 32])],
+        nodes, "half", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["N", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["N", 32])],
         [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
     )  # fmt: skip
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {
@@ -120,7 +121,8 @@ def test_conv_weights_stay_weight_only_and_say_why(save, tmp_path):
         helper.make_node("MatMul", ["f", "w"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 10])],
+        nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 10])],
         [numpy_helper.from_array((rng.standard_normal((16, 3, 3, 3)) / 5).astype(np.float32), "cw"),
          numpy_helper.from_array((rng.standard_normal((1024, 10)) / 32).astype(np.float32), "w")],
     )  # fmt: skip

@@ -129,8 +129,8 @@ def output_error(x, w, w_hat):
 
 @pytest.mark.parametrize(
     "bits, block_size, symmetric, per_tensor",
-    [(4, 32, False, False), (4, 32, True, False), (4, None, False, False), (4, 128, True, False), (8, None, True, False), (8, 64, False, False),
-     (8, None, False, True), (4, None, True, True)],
+    [(4, 32, False, False), (4, 32, True, False), (4, None, False, False), (4, 128, True, False), (8, None, True, False),
+     (8, 64, False, False), (8, None, False, True), (4, None, True, True)],
 )  # fmt: skip
 def test_compensated_codes_keep_the_scales_and_lower_the_output_error(bits, block_size, symmetric, per_tensor):
     x, w, h = layer()
@@ -155,7 +155,8 @@ def test_compensated_codes_keep_the_scales_and_lower_the_output_error(bits, bloc
     assert comp.mse_minmax is None
     # A Gemm with transB=1 stores W^T: the same codes, transposed.
     transposed = quantize_tensor(
-        np.ascontiguousarray(w.T), scheme, None if axis is None else 1 - axis, block_size=block_size, range="refit" if block_size else "minmax",
+        np.ascontiguousarray(w.T), scheme, None if axis is None else 1 - axis, block_size=block_size,
+        range="refit" if block_size else "minmax",
         compensation=gptq.Compensation(f, True),
     )  # fmt: skip
     np.testing.assert_array_equal(dequantize(transposed, block_size), w_comp.T)
@@ -186,7 +187,8 @@ def two_layer_model(path, seed=0, k=64, n=48):
         helper.make_node("Gemm", ["r", "w2"], ["y"], name="fc2", transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 32])],
+        nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 32])],
         [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -285,7 +287,8 @@ def test_weights_gptq_cannot_reach_are_rounded_to_nearest_and_say_why(tmp_path):
         helper.make_node("If", ["cond"], ["y"], then_branch=branch("t", body_w), else_branch=branch("e", own)),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", k])],
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", k])],
         [shared, own, flipped, third, numpy_helper.from_array(np.zeros((), np.float32), "zero")],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -508,7 +511,8 @@ def test_conv_patches_are_the_rows_the_conv_multiplies(attrs):
     w = rng.standard_normal((5, 3, 3, 2)).astype(np.float32)
     node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 2], **attrs)
     graph = helper.make_graph(
-        [node], "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [node], "c", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(w, "w")],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -547,7 +551,8 @@ def test_conv_weights_get_compensated_codes(tmp_path, capsys):
         helper.make_node("Conv", ["r2", "dw"], ["y"], group=16, pads=[1, 1, 1, 1]),
     ]
     graph = helper.make_graph(
-        nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         [numpy_helper.from_array(v, k) for k, v in weights.items()],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

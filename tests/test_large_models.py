@@ -23,7 +23,8 @@ PEAK_RSS = """
 import json, sys
 import quantrs
 report = quantrs.quantize(sys.argv[1], sys.argv[2], quantrs.QuantizeConfig(bits=int(sys.argv[3]), per_channel=True))
-print(json.dumps({"peak_kb": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]), "quantized": report.quantized_count}))
+peak_kb = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
+print(json.dumps({"peak_kb": peak_kb, "quantized": report.quantized_count}))
 """
 
 

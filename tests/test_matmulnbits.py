@@ -95,7 +95,8 @@ def test_bfloat16_weights_stay_qdq(tmp_path):
     nodes = [helper.make_node("MatMul", ["xb", "wb"], ["yb"]), helper.make_node("MatMul", ["x", "w"], ["y"])]
     value = lambda name, t: helper.make_tensor_value_info(name, t, [2, 64])  # noqa: E731
     graph = helper.make_graph(
-        nodes, "g", [value("xb", TensorProto.BFLOAT16), value("x", TensorProto.FLOAT)], [value("yb", TensorProto.BFLOAT16), value("y", TensorProto.FLOAT)],
+        nodes, "g", [value("xb", TensorProto.BFLOAT16), value("x", TensorProto.FLOAT)],
+        [value("yb", TensorProto.BFLOAT16), value("y", TensorProto.FLOAT)],
         [wb, numpy_helper.from_array(a, "w")],
     )  # fmt: skip
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))

@@ -230,9 +230,13 @@ def test_the_library_never_imports_the_command_line_front_end():
     import sys
 
     modules = [
-        "quantrs", "quantrs.pipeline", "quantrs.calibration", "quantrs.auto", "quantrs.validation", "quantrs.compare",
-        "quantrs.dequantize", "quantrs.benchmarking", "quantrs.batch", "quantrs.configfile", "quantrs.dynamic", "quantrs.activations",
+        "quantrs", "quantrs.pipeline", "quantrs.calibration", "quantrs.auto", "quantrs.validation",
+        "quantrs.compare", "quantrs.dequantize", "quantrs.benchmarking", "quantrs.batch", "quantrs.configfile",
+        "quantrs.dynamic", "quantrs.activations",
     ]  # fmt: skip
-    code = f"import importlib, sys\nfor m in {modules!r}:\n    importlib.import_module(m)\nprint(sorted(m for m in ('typer', 'rich', 'click', 'quantrs.cli', 'quantrs.render') if m in sys.modules))"
+    code = (
+        f"import importlib, sys\nfor m in {modules!r}:\n    importlib.import_module(m)\n"
+        "print(sorted(m for m in ('typer', 'rich', 'click', 'quantrs.cli', 'quantrs.render') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

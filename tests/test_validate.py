@@ -65,7 +65,7 @@ def test_broken_layer_is_ranked_first_and_excluding_it_passes(broken_pair):
     report = quantrs.validate(src, dst, detailed=True, thresholds=Thresholds(min_cosine=0.999))
     assert all(c.passed for c in report.checks)
     assert not report.passed and not report.thresholds[0].passed
-    assert [l.name for l in report.layers][0] == "fc2"
+    assert [layer.name for layer in report.layers][0] == "fc2"
     assert report.layers[0].local_sqnr_db < report.layers[1].local_sqnr_db - 10
     assert report.suggested_exclude == ["fc2"]
     assert report.suggested_outputs[0].cosine >= 0.999
@@ -216,7 +216,9 @@ def test_real_model_validates_end_to_end(tmp_path):
         model, dst, data=tmp_path / "bytes.npy", detailed=True, thresholds=Thresholds(min_cosine=0.99, min_top1=0.9)
     )
     assert report.passed, report.thresholds
-    assert len(report.layers) == 3 and all(l.local_sqnr_db is not None and l.local_sqnr_db > 20 for l in report.layers)
+    assert len(report.layers) == 3 and all(
+        layer.local_sqnr_db is not None and layer.local_sqnr_db > 20 for layer in report.layers
+    )
 
 
 def test_benchmark_says_which_weights_onnxruntime_fuses(tmp_path, save):
@@ -282,7 +284,7 @@ def test_matmulnbits_and_gather_block_weights_are_ranked(tmp_path, save, bits, s
     report = quantrs.validate(
         src, tmp_path / "broken.onnx", data=tmp_path / "ids.npy", detailed=True, thresholds=Thresholds(min_cosine=0.999)
     )
-    assert [(l.name, l.storage) for l in report.layers][0] == ("w", f"UINT{bits} (MatMulNBits)")
+    assert [(layer.name, layer.storage) for layer in report.layers][0] == ("w", f"UINT{bits} (MatMulNBits)")
     assert report.layers[0].local_relative_l2 > 10 * report.layers[1].local_relative_l2
     assert report.layers[1].storage.endswith("(GatherBlockQuantized)")
     # Back in float: w, and at 4 bits the table too (the looked-up rows are an output, whose
@@ -323,7 +325,7 @@ def test_qdq_lookup_tables_are_ranked(tmp_path, save, options):
     report = quantrs.validate(
         src, tmp_path / "q.onnx", data=tmp_path / "ids.npy", detailed=True, thresholds=Thresholds(min_cosine=0.99999)
     )
-    assert sorted(l.name for l in report.layers) == ["emb", "w"]
+    assert sorted(layer.name for layer in report.layers) == ["emb", "w"]
     assert report.suggested_exclude is not None and "emb" in report.suggested_exclude, report.suggestion_note
     assert all(o.cosine >= 0.99999 for o in report.suggested_outputs)
 

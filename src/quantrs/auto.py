@@ -90,8 +90,8 @@ def auto(
     else:
         if len(samples) < 2:
             raise ConfigError(
-                f"auto needs at least 2 samples to hold some out, or --eval-data; {describe_source(data)} gives {len(samples)} (a "
-                "sample is a row of the inputs' dynamic first axis, or an array stacked on a new first axis)",
+                f"auto needs at least 2 samples to hold some out, or --eval-data; {describe_source(data)} gives "
+                f"{len(samples)} (a sample is a row of the inputs' dynamic first axis, or an array stacked on a new first axis)",
                 file=src,
             )
         cut = len(samples) - max(1, round(len(samples) * HELD_OUT_SHARE))
@@ -129,11 +129,18 @@ def auto(
             files = _build(src, target, outcome.chosen, config, configs, tuning, sensitivity.fixed, factors)
     chosen = outcome.chosen
     layers = [
-        AutoLayer(l.name, l.consumer, chosen[l.name], {w: l.errors[w] for w in widths}, {w: l.bytes[w] for w in widths}, l.note)
-        for l in sensitivity.layers
+        AutoLayer(
+            layer.name,
+            layer.consumer,
+            chosen[layer.name],
+            {w: layer.errors[w] for w in widths},
+            {w: layer.bytes[w] for w in widths},
+            layer.note,
+        )
+        for layer in sensitivity.layers
     ]
-    narrowest = {l.name: widths[0] for l in sensitivity.layers}
-    int8 = {l.name: "8" for l in sensitivity.layers} if "8" in widths else None
+    narrowest = {layer.name: widths[0] for layer in sensitivity.layers}
+    int8 = {layer.name: "8" for layer in sensitivity.layers} if "8" in widths else None
     return AutoReport(
         input=str(src),
         output=str(dst),
@@ -157,7 +164,7 @@ def auto(
         layers=layers,
         fixed=sensitivity.fixed,
         weight_bytes=search.bytes(chosen),
-        float_weight_bytes=sum(model.weights.info(l.name).nbytes for l in sensitivity.layers),
+        float_weight_bytes=sum(model.weights.info(layer.name).nbytes for layer in sensitivity.layers),
         uniform_int8_weight_bytes=search.bytes(int8) if int8 else None,
         narrowest_weight_bytes=search.bytes(narrowest),
         input_bytes=model.total_bytes,
@@ -262,16 +269,16 @@ class _Search:
         self._points: list[tuple[float, float]] = []  # (sum of local errors, measured output error)
 
     def key(self, assignment: Mapping[str, str]) -> tuple[str, ...]:
-        return tuple(assignment[l.name] for l in self.layers)
+        return tuple(assignment[layer.name] for layer in self.layers)
 
     def local(self, assignment: Mapping[str, str]) -> float:
-        return sum(l.errors[assignment[l.name]] for l in self.layers)
+        return sum(layer.errors[assignment[layer.name]] for layer in self.layers)
 
     def predicted(self, assignment: Mapping[str, str]) -> float:
         return self.floor + self.gain * self.local(assignment)
 
     def bytes(self, assignment: Mapping[str, str]) -> int:
-        return sum(l.bytes[assignment[l.name]] for l in self.layers)
+        return sum(layer.bytes[assignment[layer.name]] for layer in self.layers)
 
     def refit(self, assignment: Mapping[str, str], measured: float) -> None:
         """Fit r_out = floor + gain * sum r_w to every candidate measured so far: one point
@@ -294,7 +301,7 @@ class _Search:
     def assign(self) -> dict[str, str]:
         """The greedy: upgrades by error removed per byte added until the prediction meets the
         budget, then the upgrades it does not need taken back, largest first."""
-        current = {l.name: self.widths[0] for l in self.layers}
+        current = {layer.name: self.widths[0] for layer in self.layers}
         while self.predicted(current) > self.budget:
             best, best_ratio = None, -1.0
             for layer in self.layers:
@@ -307,7 +314,7 @@ class _Search:
             if best is None:
                 break  # nothing left to upgrade: the budget is out of reach of these widths
             current[best[0]] = best[1]
-        for layer in sorted(self.layers, key=lambda l: -l.bytes[current[l.name]]):
+        for layer in sorted(self.layers, key=lambda candidate: -candidate.bytes[current[candidate.name]]):
             for narrower in self.widths[: self.widths.index(current[layer.name])]:
                 trial = {**current, layer.name: narrower}
                 if self.predicted(trial) <= self.budget:
@@ -317,7 +324,7 @@ class _Search:
 
     def promote(self, assignment: Mapping[str, str]) -> dict[str, str] | None:
         """The assignment with the weight contributing most to the error one width wider."""
-        ranked = sorted(self.layers, key=lambda l: -l.errors[assignment[l.name]])
+        ranked = sorted(self.layers, key=lambda layer: -layer.errors[assignment[layer.name]])
         for layer in ranked:
             now = self.widths.index(assignment[layer.name])
             if now + 1 < len(self.widths) and layer.errors[assignment[layer.name]] > 0:
@@ -332,7 +339,7 @@ class _Search:
         if not self.layers or any(w != FLOAT for w in assignment.values()):
             return assignment
         widest = [w for w in self.widths if w != FLOAT][-1]
-        calmest = min(self.layers, key=lambda l: (l.errors[widest], -l.bytes[FLOAT]))
+        calmest = min(self.layers, key=lambda layer: (layer.errors[widest], -layer.bytes[FLOAT]))
         return {**assignment, calmest.name: widest}
 
 

@@ -76,7 +76,8 @@ def calibrate(
         nested = any(s.in_body for s in specs.values())
         where = " in the main graph (its weighted ops are inside If/Loop/Scan bodies)" if nested else ""
         raise UnsupportedModelError(
-            f"{src}: no activation of a quantized op ({config.target}) to calibrate{where}; `quantrs quantize` quantizes its weights"
+            f"{src}: no activation of a quantized op ({config.target}) to calibrate{where}; "
+            "`quantrs quantize` quantizes its weights"
         )
 
     gptq = options.rounding == "gptq"  # its Hessians and the statistics read the samples: held in memory once

@@ -188,7 +188,8 @@ Data = Annotated[
     Path,
     typer.Option(
         "--data",
-        help="Samples: .npy, .npz (by input name; N samples may be stacked on axis 0), a folder of them, or onnxruntime test_data_set_* folders.",
+        help="Samples: .npy, .npz (by input name; N samples may be stacked on axis 0), a folder of them, "
+        "or onnxruntime test_data_set_* folders.",
         show_default=False,
     ),
 ]
@@ -539,7 +540,8 @@ def auto(
         Optional[Path],
         typer.Option(
             "--eval-data",
-            help="Held-out samples for verification (default: the last quarter of --data; each row of a dynamic batch axis is one sample).",
+            help="Held-out samples for verification (default: the last quarter of --data; "
+            "each row of a dynamic batch axis is one sample).",
             show_default=False,
         ),
     ] = None,

@@ -45,7 +45,10 @@ GROUP_BYTES = 128 << 20  # activations held at once per inference run (quantrs.c
 WIDTHS = ("4", "8", "float")  # auto's width choices, narrowest first ("float": quantrs.sensitivity.FLOAT)
 # A cosine of 1 is no error at all (as a relative error of 0): every quantized weight adds some,
 # so only the float model meets it, and auto writes a quantized model: refused before any work.
-ONLY_FLOAT = "1 allows no error at all: only the float model meets it, and auto writes a quantized model; give a budget below 1 (e.g. 0.9999)"
+ONLY_FLOAT = (
+    "1 allows no error at all: only the float model meets it, and auto writes a quantized model; "
+    "give a budget below 1 (e.g. 0.9999)"
+)
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,8 @@ class QuantizeConfig:
         None,
         "--range",
         help=(
-            "How each channel's or block's scale is chosen: minmax; refit (the min/max codes, with their least-squares scale and zero point); "
+            "How each channel's or block's scale is chosen: minmax; "
+            "refit (the min/max codes, with their least-squares scale and zero point); "
             "search (also tries clipping the range, lowest weight error). Default: refit for 4-bit blocks, else minmax."
         ),
     )
@@ -137,24 +141,28 @@ class QuantizeConfig:
     accuracy_level: int | None = _option(
         None,
         "--accuracy-level",
-        help="For --quant-format matmulnbits: onnxruntime's compute type for MatMulNBits, 0-4 (4: int8 activations, the CPU default).",
+        help="For --quant-format matmulnbits: onnxruntime's compute type for MatMulNBits, 0-4 "
+        "(4: int8 activations, the CPU default).",
     )
     dynamic: bool = _option(
         False,
         "--dynamic",
         help="Dynamic INT8: MatMul weights as INT8 codes read by MatMulInteger, activations quantized at run time "
-        "(DynamicQuantizeLinear; onnxruntime's integer kernels, no samples needed). Other weights weight-only, each report line says why.",
+        "(DynamicQuantizeLinear; onnxruntime's integer kernels, no samples needed). "
+        "Other weights weight-only, each report line says why.",
     )
     rounding: str = _option(
         "nearest",
         "--rounding",
-        help="nearest (each value to its nearest code), or gptq: codes chosen to keep MatMul/Gemm/Conv outputs on the samples of --data "
+        help="nearest (each value to its nearest code), "
+        "or gptq: codes chosen to keep MatMul/Gemm/Conv outputs on the samples of --data "
         "(error-compensated rounding, GPTQ; the scales are unchanged).",
     )
     native_int4: bool = _option(
         True,
         "--native-int4/--int4-as-int8",
-        help="Store 4-bit codes as ONNX INT4/UINT4, two per byte (opset 21); --int4-as-int8 keeps one code per INT8/UINT8 byte (opset 13) for runtimes without opset 21.",
+        help="Store 4-bit codes as ONNX INT4/UINT4, two per byte (opset 21); "
+        "--int4-as-int8 keeps one code per INT8/UINT8 byte (opset 13) for runtimes without opset 21.",
     )
     min_elements: int = _option(1024, "--min-elements", help="Leave tensors with fewer values in float (default 1024).")
     exclude: tuple[str, ...] = _option(
@@ -256,8 +264,9 @@ class QuantizeConfig:
         """--dynamic reads INT8 weights through MatMulInteger: each refusal says what to use."""
         if self.bits != 8 or 4 in layer_bits.values():
             raise OptionError(
-                "dynamic", "takes INT8 weights: 4-bit weights with INT8 activations at run time are MatMulNBits at accuracy level 4 "
-                "(--quant-format matmulnbits --bits 4 --accuracy-level 4)"
+                "dynamic",
+                "takes INT8 weights: 4-bit weights with INT8 activations at run time are MatMulNBits at accuracy level 4 "
+                "(--quant-format matmulnbits --bits 4 --accuracy-level 4)",
             )  # fmt: skip
         if self.quant_format != "qdq":
             raise OptionError("dynamic", f"writes MatMulInteger, not {self.quant_format}: leave --quant-format at qdq")

@@ -80,15 +80,15 @@ def _png(fig) -> str:
 
 
 def _ranking_chart(plt, report: ValidationReport) -> str | None:
-    layers = [l for l in report.layers or [] if l.local_sqnr_db is not None or math.isfinite(l.weight_sqnr_db)]
+    layers = [layer for layer in report.layers or [] if layer.local_sqnr_db is not None or math.isfinite(layer.weight_sqnr_db)]
     if not layers:
         return None
     layers = layers[:30]
-    values = [l.local_sqnr_db if l.local_sqnr_db is not None else l.weight_sqnr_db for l in layers]
+    values = [layer.local_sqnr_db if layer.local_sqnr_db is not None else layer.weight_sqnr_db for layer in layers]
     values = [v if math.isfinite(v) else 99.0 for v in values]
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(layers) + 1.2))
     ax.barh(range(len(layers)), values, color="#c0392b")
-    ax.set_yticks(range(len(layers)), [l.name for l in layers], fontsize=8)
+    ax.set_yticks(range(len(layers)), [layer.name for layer in layers], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("SQNR at the layer's output, dB (lower hurts more)")
     ax.set_title("Layers ranked by the error they inject")
@@ -129,10 +129,12 @@ def write_html_report(report: ValidationReport, path: str | os.PathLike[str]) ->
     ]
     for c in report.checks:
         parts.append(
-            f"<tr><td>{esc(c.name)}</td><td class={'ok' if c.passed else 'bad'}>{'pass' if c.passed else 'FAIL'}</td><td>{esc(c.detail)}</td></tr>"
+            f"<tr><td>{esc(c.name)}</td><td class={'ok' if c.passed else 'bad'}>{'pass' if c.passed else 'FAIL'}</td>"
+            f"<td>{esc(c.detail)}</td></tr>"
         )
     parts.append(
-        "</table><h2>Output agreement</h2><table><tr><th>output</th><th>cosine</th><th>max abs error</th><th>relative L2</th><th>top-1</th></tr>"
+        "</table><h2>Output agreement</h2><table>"
+        "<tr><th>output</th><th>cosine</th><th>max abs error</th><th>relative L2</th><th>top-1</th></tr>"
     )
     for o in report.outputs:
         top1 = "" if o.top1_agreement is None else f"{o.top1_agreement:.2%}"
@@ -144,25 +146,29 @@ def write_html_report(report: ValidationReport, path: str | os.PathLike[str]) ->
         parts.append("<h2>Thresholds</h2><table><tr><th>threshold</th><th>output</th><th>value</th><th>result</th></tr>")
         for t in report.thresholds:
             parts.append(
-                f"<tr><td>{t.name} {t.limit}</td><td>{esc(t.output)}</td><td>{t.value:.6g}</td><td class={'ok' if t.passed else 'bad'}>{'pass' if t.passed else 'MISSED'}</td></tr>"
+                f"<tr><td>{t.name} {t.limit}</td><td>{esc(t.output)}</td><td>{t.value:.6g}</td>"
+                f"<td class={'ok' if t.passed else 'bad'}>{'pass' if t.passed else 'MISSED'}</td></tr>"
             )
         parts.append("</table>")
     if report.suggested_exclude is not None or report.suggestion_note:
         parts.append(
-            f"<p><b>Suggested exclude list:</b> {esc(', '.join(report.suggested_exclude or []) or '-')} ({esc(report.suggestion_note)})</p>"
+            f"<p><b>Suggested exclude list:</b> {esc(', '.join(report.suggested_exclude or []) or '-')} "
+            f"({esc(report.suggestion_note)})</p>"
         )
     if report.layers:
         chart = _ranking_chart(plt, report)
         if chart:
             parts.append(f"<h2>Per-layer error</h2><img alt='per-layer ranking' src='data:image/png;base64,{chart}'>")
         parts.append(
-            "<table><tr><th>#</th><th>weight</th><th>consumer</th><th>storage</th><th>weight SQNR dB</th><th>local SQNR dB</th><th>local rel. L2</th></tr>"
+            "<table><tr><th>#</th><th>weight</th><th>consumer</th><th>storage</th>"
+            "<th>weight SQNR dB</th><th>local SQNR dB</th><th>local rel. L2</th></tr>"
         )
-        for i, l in enumerate(report.layers, 1):
-            local = "" if l.local_sqnr_db is None else f"{l.local_sqnr_db:.2f}"
-            rel = "" if l.local_relative_l2 is None else f"{l.local_relative_l2:.4g}"
+        for i, layer in enumerate(report.layers, 1):
+            local = "" if layer.local_sqnr_db is None else f"{layer.local_sqnr_db:.2f}"
+            rel = "" if layer.local_relative_l2 is None else f"{layer.local_relative_l2:.4g}"
             parts.append(
-                f"<tr><td>{i}</td><td>{esc(l.name)}</td><td>{esc(l.consumer)}</td><td>{l.storage}</td><td>{l.weight_sqnr_db:.2f}</td><td>{local}</td><td>{rel}</td></tr>"
+                f"<tr><td>{i}</td><td>{esc(layer.name)}</td><td>{esc(layer.consumer)}</td><td>{layer.storage}</td>"
+                f"<td>{layer.weight_sqnr_db:.2f}</td><td>{local}</td><td>{rel}</td></tr>"
             )
         parts.append("</table><h2>Weight distributions of the worst layers</h2>")
         orig, quant = load_model(report.original), load_model(report.quantized)
@@ -204,7 +210,8 @@ def write_auto_html(report: AutoReport, path: str | os.PathLike[str]) -> Path:
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}"
         ".ok{color:#1a7f37}.bad{color:#c0392b;font-weight:bold}</style></head><body>",
         f"<h1>quantrs auto: {verdict}</h1>",
-        f"<p>{esc(report.input)} -> {esc(report.output if report.met else f'{report.closest} (the closest model; nothing at {report.output})')}; "
+        f"<p>{esc(report.input)} -> "
+        f"{esc(report.output if report.met else f'{report.closest} (the closest model; nothing at {report.output})')}; "
         f"budget {esc(str(report.budget))}; candidate {report.chosen + 1} "
         f"written ({report.output_bytes:,} bytes); {report.evaluations} evaluation(s), {report.seconds:.1f} s.</p>",
         f"<h2>Size and accuracy of the candidates</h2><img alt='trade-off' src='data:image/png;base64,{chart}'>",

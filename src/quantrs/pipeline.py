@@ -400,7 +400,9 @@ class WeightStream:
         """Kept float tensors first (headers from `graph`), then each weight's replacements
         (those of the main graph: a body's own are filled in by fill_bodies)."""
         out = [
-            OutTensor(_bare(header), self._kept_payload(header.name)) if header.name in self.model.weights else OutTensor(header, None)
+            OutTensor(_bare(header), self._kept_payload(header.name))
+            if header.name in self.model.weights
+            else OutTensor(header, None)
             for header in graph.initializer
         ]  # fmt: skip  # (tensors the rewrite made hold their values)
         for name, spec in self.specs.items():

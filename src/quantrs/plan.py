@@ -34,10 +34,11 @@ class TensorPlan:
     """One stored tensor's fate.
 
     `axis` is the per-channel axis of the stored tensor (None: per tensor), or with `block_size`
-    the reduction axis the blocks run along; `bits` the code width when quantized. `kind` and `scope` say where the tensor lives (an initializer or a Constant
-    node; the main graph or a body). `lookups` are the Gather nodes that read rows of it (an
-    embedding table: rewritten to gather the codes first) and `dense` says whether some other
-    use needs the whole dequantized tensor.
+    the reduction axis the blocks run along; `bits` the code width when quantized. `kind` and
+    `scope` say where the tensor lives (an initializer or a Constant node; the main graph or a
+    body). `lookups` are the Gather nodes that read rows of it (an embedding table: rewritten to
+    gather the codes first) and `dense` says whether some other use needs the whole dequantized
+    tensor.
     """
 
     name: str

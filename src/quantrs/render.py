@@ -177,8 +177,8 @@ def render_quantize(report: QuantizeReport) -> None:
         f"{human_bytes(report.quantized_weight_bytes)}"
     )
     console.print(
-        f"  {_n(report.quantized_count, 'tensor')} quantized, {report.skipped_count} left as {'it is' if report.skipped_count == 1 else 'they are'}, "
-        f"in {report.seconds:.2f} s"
+        f"  {_n(report.quantized_count, 'tensor')} quantized, {report.skipped_count} left as "
+        f"{'it is' if report.skipped_count == 1 else 'they are'}, in {report.seconds:.2f} s"
     )
     if report.already_quantized:
         console.print(f"  the input was already partly quantized ({report.already_quantized})", highlight=False)
@@ -328,7 +328,8 @@ def render_validation(report: ValidationReport) -> None:
     console = stdout_console()
     console.print(f"[bold]{escape(report.original)}[/] vs [bold]{escape(report.quantized)}[/]")
     console.print(
-        f"  {human_bytes(report.original_bytes)} -> {human_bytes(report.quantized_bytes)} ({_size_change(report.original_bytes, report.quantized_bytes)})"
+        f"  {human_bytes(report.original_bytes)} -> {human_bytes(report.quantized_bytes)} "
+        f"({_size_change(report.original_bytes, report.quantized_bytes)})"
     )
     for c in report.checks:
         console.print(f"{_mark(c.passed)} {c.name}" + (f": {c.detail}" if c.detail else ""), highlight=False)
@@ -356,10 +357,12 @@ def render_validation(report: ValidationReport) -> None:
         )
     if report.layers is not None:
         rows = []
-        for i, l in enumerate(report.layers, 1):
-            local = "-" if l.local_sqnr_db is None else f"{l.local_sqnr_db:.2f}"
-            rel = "-" if l.local_relative_l2 is None else f"{l.local_relative_l2:.4g}"
-            rows.append([str(i), escape(l.name), escape(l.consumer), l.storage, f"{l.weight_sqnr_db:.2f}", local, rel])
+        for i, layer in enumerate(report.layers, 1):
+            local = "-" if layer.local_sqnr_db is None else f"{layer.local_sqnr_db:.2f}"
+            rel = "-" if layer.local_relative_l2 is None else f"{layer.local_relative_l2:.4g}"
+            rows.append(
+                [str(i), escape(layer.name), escape(layer.consumer), layer.storage, f"{layer.weight_sqnr_db:.2f}", local, rel]
+            )
         columns = [
             Col("#", right=True),
             Col("weight", key=True),
@@ -430,8 +433,8 @@ def render_benchmark(report: BenchmarkReport) -> None:
         )
     threads = "the CPUs this process may use" if report.threads is None else str(report.threads)
     console.print(
-        f"{_size_change(report.original.file_bytes, report.quantized.file_bytes)}, {report.speedup:.2f}x the speed; {report.runs} runs after {report.warmup} "
-        f"warm-up, threads: {threads}, inputs {report.batch_inputs}",
+        f"{_size_change(report.original.file_bytes, report.quantized.file_bytes)}, {report.speedup:.2f}x the speed; "
+        f"{report.runs} runs after {report.warmup} warm-up, threads: {threads}, inputs {report.batch_inputs}",
         highlight=False,
     )
 
@@ -530,14 +533,15 @@ def render_auto(report: AutoReport) -> None:
     budget_error = error_budget(report.budget.get("min_cosine"), report.budget.get("max_relative_error"))
     if report.static and budget_error is not None and report.floor > budget_error / 2:
         console.print(
-            f"  [yellow]note:[/] the activations' own error (floor {report.floor:.3g}) takes {report.floor / budget_error:.0%} of the "
-            "budget, so the weights have little room: quantize activations less (calibrate --exclude...), or drop --static",
+            f"  [yellow]note:[/] the activations' own error (floor {report.floor:.3g}) takes "
+            f"{report.floor / budget_error:.0%} of the budget, so the weights have little room: "
+            "quantize activations less (calibrate --exclude...), or drop --static",
             highlight=False,
         )
     console.print(
         f"  {report.evaluations} evaluation(s) on {report.held_out_samples} held-out sample(s); sensitivity on "
-        f"{report.sensitivity_samples} of {report.tuning_samples} sample(s) in {report.sensitivity_seconds:.1f} s; {report.seconds:.1f} s in all; "
-        f"error model: gain {report.gain:.3g}, floor {report.floor:.3g}",
+        f"{report.sensitivity_samples} of {report.tuning_samples} sample(s) in {report.sensitivity_seconds:.1f} s; "
+        f"{report.seconds:.1f} s in all; error model: gain {report.gain:.3g}, floor {report.floor:.3g}",
         highlight=False,
     )
     rows = []

@@ -264,7 +264,8 @@ def _quantize(values: np.ndarray, plan: TensorPlan, config: QuantizeConfig, comp
     assert plan.bits is not None
     scheme = scheme_for(plan.bits, symmetric=config.symmetric, native_int4=False)  # one code per byte
     return quantize_tensor(
-        values, scheme, plan.axis, name=plan.name, block_size=plan.block_size, range=config.range_for(plan.bits, plan.block_size is not None),
+        values, scheme, plan.axis, name=plan.name, block_size=plan.block_size,
+        range=config.range_for(plan.bits, plan.block_size is not None),
         half_scale=values.dtype == np.float16, n_threads=config.n_threads, compensation=compensation,
     )  # fmt: skip
 

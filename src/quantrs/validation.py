@@ -76,7 +76,7 @@ def validate(
         activations = rank_activations(orig, quant, feeds) or None
         if any(not r.passed for r in results):
             suggestion, suggested_outputs, note = suggest_exclude(orig, quant, layers, feeds, reference, thresholds)
-            worst_layer = max((l.local_relative_l2 or 0.0 for l in layers), default=0.0)
+            worst_layer = max((layer.local_relative_l2 or 0.0 for layer in layers), default=0.0)
             if activations and activations[0].relative_l2 > worst_layer:
                 note += (
                     f"; the worst activation ({activations[0].name}, relative error {activations[0].relative_l2:.3g}) "
@@ -264,7 +264,9 @@ def rank_layers(orig: LoadedModel, quant: LoadedModel, feeds: Feeds) -> list[Lay
                 note=note,
             )
         )
-    layers.sort(key=lambda l: (-(l.local_relative_l2 if l.local_relative_l2 is not None else -1.0), l.weight_sqnr_db))
+    layers.sort(
+        key=lambda layer: (-(layer.local_relative_l2 if layer.local_relative_l2 is not None else -1.0), layer.weight_sqnr_db)
+    )
     return layers
 
 
@@ -373,7 +375,7 @@ def suggest_exclude(
     full = onnx.load(str(quant.path))
     replacements, partial = float_replacements(orig, quant)
     excluded: list[str] = []
-    for layer in [l for l in layers if l.name not in partial][:MAX_SUGGESTION_STEPS]:
+    for layer in [candidate for candidate in layers if candidate.name not in partial][:MAX_SUGGESTION_STEPS]:
         excluded.append(layer.name)
         hybrid = _with_float_weights(full, orig, excluded, replacements)
         got = run_model(hybrid.SerializeToString(), feeds)
@@ -388,7 +390,7 @@ def suggest_exclude(
 
 
 def _left_out(layers: list[LayerError], partial: set[str]) -> str:
-    names = [l.name for l in layers if l.name in partial]
+    names = [layer.name for layer in layers if layer.name in partial]
     return f" ({len(names)} not tried: read where they cannot be put back in float, e.g. {names[0]})" if names else ""
 
 
