@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress
 
 __all__ = ["stdout_console", "stderr_console", "progress_bar", "count_bar", "Bar"]
 
@@ -96,7 +97,7 @@ class Bar:
     Hessians sample by sample, its codes weight by weight). Each stage starts afresh, so the
     time left is of the stage shown."""
 
-    def __init__(self, progress, what: str) -> None:
+    def __init__(self, progress: Progress, what: str) -> None:
         self._progress, self._what = progress, what
         self._doing = "quantizing"
         self._task = progress.add_task(self._doing, total=None, detail="")

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from quantrs._cpus import available_cpus
+
+if TYPE_CHECKING:  # onnxruntime ships no type information: to mypy these are Any, named for the reader
+    from onnxruntime import InferenceSession, SessionOptions
 
 __all__ = ["options", "session"]
 
 
-def options(*, threads: int | None = None, optimize: bool = True, lean: bool = False) -> Any:
+def options(*, threads: int | None = None, optimize: bool = True, lean: bool = False) -> SessionOptions:
     """onnxruntime.SessionOptions with quantrs' policy. `optimize=False` keeps every tensor of
     the graph (no fusion). `lean`: for sessions that live side by side (calibration groups,
     single-node sensitivity runs): no arena and no memory pattern (each session would keep its
@@ -41,7 +44,7 @@ def session(
     optimized_path: str | os.PathLike[str] | None = None,
     lean: bool = False,
     config: Mapping[str, str] | None = None,
-) -> Any:
+) -> InferenceSession:
     """An onnxruntime.InferenceSession on the CPU (see options); `optimized_path` writes the
     optimized graph; `config` adds session configuration entries."""
     import onnxruntime as ort

@@ -38,7 +38,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from quantrs.config import TARGETS, QuantizeConfig  # TARGETS: declared with calibrate's options
-from quantrs.graph import GraphIndex, name_maker
+from quantrs.graph import FreshName, GraphIndex, name_maker
 from quantrs.edit import EditContext
 from quantrs.qdq import DQSpec, tensor_header
 from quantrs.writer import OutTensor, Payload
@@ -298,7 +298,7 @@ class StaticEdit:
             return False
         return self._readers is not None and _key(node) in self._readers
 
-    def _biases(self, graph: onnx.GraphProto, stream: EditContext, fresh) -> list[OutTensor]:
+    def _biases(self, graph: onnx.GraphProto, stream: EditContext, fresh: FreshName) -> list[OutTensor]:
         """Conv and Gemm biases as INT32 at scale = input scale x weight scale, zero point 0,
         read through a DequantizeLinear that keeps the bias's name."""
         stored = {t.name: t for t in graph.initializer}
@@ -377,7 +377,7 @@ class StaticEdit:
         for node in drop:
             graph.node.remove(node)
 
-    def _insert(self, graph: onnx.GraphProto, fresh) -> None:
+    def _insert(self, graph: onnx.GraphProto, fresh: FreshName) -> None:
         """QuantizeLinear -> DequantizeLinear after each activation; the quantized ops read the
         dequantized tensor (so onnxruntime can fuse them into integer kernels), the others keep
         reading the float one."""

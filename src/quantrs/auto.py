@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -52,6 +53,10 @@ from quantrs.report import AutoCandidate, AutoLayer, AutoReport, OutputAgreement
 from quantrs.samples import SampleSource, describe_source, input_specs, iter_samples
 from quantrs.sensitivity import FLOAT, Sensitivity, measure, width_configs
 from quantrs.compare import agreements, run_model
+
+if TYPE_CHECKING:
+    from quantrs.config import QuantizeConfig
+    from quantrs.model import LoadedModel
 
 __all__ = ["AutoConfig", "auto", "closest_path", "WIDTHS"]
 
@@ -344,7 +349,14 @@ class _Search:
 
 
 def _build(
-    src: Path, dst: Path, assignment: Mapping[str, str], config: AutoConfig, configs, tuning, fixed: list[str], factors: dict
+    src: Path,
+    dst: Path,
+    assignment: Mapping[str, str],
+    config: AutoConfig,
+    configs: Mapping[str, QuantizeConfig],
+    tuning: Sequence[Mapping[str, np.ndarray]],
+    fixed: list[str],
+    factors: dict,
 ) -> list[Path]:
     """Write `src` with the widths of `assignment` (weight-only, or calibrated static)."""
     base = configs[config.widths[0]] if config.widths[0] != FLOAT else configs["8"]
@@ -365,7 +377,7 @@ def _build(
     return [Path(p) for p in quantize(src, dst, options).files_written]
 
 
-def _gptq_reach(model, sensitivity: Sensitivity) -> int:
+def _gptq_reach(model: LoadedModel, sensitivity: Sensitivity) -> int:
     """How many of the weights auto chose widths for gptq compensates (the rest: nearest)."""
     from quantrs.gptq import find_targets
 

@@ -241,7 +241,9 @@ class _Tracker:
             self.progress(self.done, len(self.todo), self.done_bytes + sum(self.under_way.values()), self.total_bytes)
 
 
-def _run_here(jobs, todo, results, continue_on_error, tracker) -> None:
+def _run_here(
+    jobs: Sequence[Job], todo: list[int], results: dict[int, ModelResult], continue_on_error: bool, tracker: _Tracker
+) -> None:
     for i in todo:
         results[i] = run_job(jobs[i], functools.partial(tracker.advanced, i))
         tracker.finished(i, results[i])
@@ -295,7 +297,14 @@ def _run_job_sharing(job: Job, i: int) -> ModelResult:
     return run_job(job, functools.partial(_SHARES.__setitem__, i))
 
 
-def _run_on_processes(jobs, todo, results, n_jobs, continue_on_error, tracker) -> None:
+def _run_on_processes(
+    jobs: Sequence[Job],
+    todo: list[int],
+    results: dict[int, ModelResult],
+    n_jobs: int,
+    continue_on_error: bool,
+    tracker: _Tracker,
+) -> None:
     """Jobs on local worker processes, which write how far each model is into shared memory;
     the tracker reads it while waiting for the next model to finish."""
     context = _process_context()
@@ -325,7 +334,14 @@ def _run_on_processes(jobs, todo, results, n_jobs, continue_on_error, tracker) -
                         other.cancel()  # not started yet: cancelled; running: left to finish
 
 
-def _run_on_dask(jobs, todo, results, address, continue_on_error, tracker) -> None:
+def _run_on_dask(
+    jobs: Sequence[Job],
+    todo: list[int],
+    results: dict[int, ModelResult],
+    address: str,
+    continue_on_error: bool,
+    tracker: _Tracker,
+) -> None:
     try:
         from distributed import Client, as_completed
     except ImportError:

@@ -17,13 +17,22 @@ import typing
 from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Protocol, TypeVar
 
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from quantrs import __version__
 from quantrs.config import AutoConfig, BatchOptions, CalibrationConfig, QuantizeConfig, Thresholds  # light: the option tables
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from _typeshed import DataclassInstance
+
+    from quantrs._console import Bar
+    from quantrs.batch import Job
+    from quantrs.report import PlanReport
 
 
 class _Commands(TyperGroup):
@@ -168,7 +177,7 @@ def command(function: Callable) -> Callable:
     one line on stderr (exit 1); usage errors are _Commands' (exit 2)."""
 
     @functools.wraps(function)
-    def run(*args, **kwargs):
+    def run(*args: object, **kwargs: object) -> object:
         from quantrs.errors import QuantrsError
 
         try:
@@ -254,7 +263,7 @@ def with_options(cls: type, into: str, *, build: bool = True) -> Callable[[Calla
         ]
 
         @functools.wraps(command)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: object, **kwargs: object) -> object:
             given = _given(cls, {name: kwargs.pop(name) for name, _, _ in own})
             weight_fields = _given(QuantizeConfig, {name: kwargs.pop(name) for name, _, _ in weights})
             return command(*args, **{into: _build(cls, given, weight_fields) if build else given}, **kwargs)
@@ -265,7 +274,10 @@ def with_options(cls: type, into: str, *, build: bool = True) -> Callable[[Calla
     return decorate
 
 
-def _build(cls: type, given: dict, weight_fields: dict) -> Any:
+_Config = TypeVar("_Config", bound="DataclassInstance")  # a config class of quantrs.config
+
+
+def _build(cls: type[_Config], given: dict, weight_fields: dict) -> _Config:
     """cls(**given), its `weights` the class's default weights with `weight_fields` set; a bad
     value is a usage error naming its flag."""
     import dataclasses
@@ -288,7 +300,7 @@ def with_quantize_options(command: Callable) -> Callable:
     return with_options(QuantizeConfig, "options", build=False)(command)
 
 
-def quantize_config(options: dict):
+def quantize_config(options: dict) -> QuantizeConfig:
     """QuantizeConfig(**options), a bad value being a usage error (exit 2) naming its flag."""
     from quantrs.errors import OptionError
 
@@ -456,14 +468,23 @@ def _interrupted(doing: str, output: Path, before: tuple[int, int, int] | None) 
     return f"interrupted while {doing}: nothing written{left}"
 
 
-def _refuse_gptq(config) -> None:
+def _refuse_gptq(config: QuantizeConfig) -> None:
     """batch and config jobs quantize many models from one set of options: gptq's samples are
     each model's own, so it is a usage error there."""
     if config.rounding == "gptq":
         raise typer.BadParameter("gptq needs each model's own samples: use quantrs quantize --data", param_hint="'--rounding'")
 
 
-def _run_batch(work, fmt: OutputFormat, quiet: bool, **options) -> None:
+def _run_batch(
+    work: Sequence[Job],
+    fmt: OutputFormat,
+    quiet: bool,
+    *,
+    n_jobs: int,
+    skip_existing: bool,
+    continue_on_error: bool,
+    scheduler: str | None,
+) -> None:
     """Run the jobs with a progress bar, print the summary, then each failure's cause as one
     line on stderr (as every other command says its error: the summary's cell wraps it), and
     exit 1 if any model failed."""
@@ -478,7 +499,14 @@ def _run_batch(work, fmt: OutputFormat, quiet: bool, **options) -> None:
                 if bar is not None:
                     bar(done, total, nbytes, total_bytes)
 
-            report = run_batch(work, progress=progress, **options)
+            report = run_batch(
+                work,
+                n_jobs=n_jobs,
+                skip_existing=skip_existing,
+                continue_on_error=continue_on_error,
+                scheduler=scheduler,
+                progress=progress,
+            )
     except KeyboardInterrupt:
         # Outputs are written atomically: what exists is complete, so a rerun can skip it.
         left = len(work) - finished[0]
@@ -495,7 +523,13 @@ def _run_batch(work, fmt: OutputFormat, quiet: bool, **options) -> None:
         raise typer.Exit(code=1)
 
 
-def _emit(report, fmt: OutputFormat, renderer: str) -> None:
+class _Report(Protocol):
+    """What every command's report has (quantrs.report): its JSON form."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def _emit(report: _Report | list[PlanReport], fmt: OutputFormat, renderer: str) -> None:
     """JSON of the report on stdout (always one object: several plans go under "plans"), or the
     rich rendering for people."""
     if fmt is OutputFormat.json:
@@ -696,13 +730,13 @@ def _print_json(data: dict) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def _progress(quiet: bool, what: str = "tensors"):
+def _progress(quiet: bool, what: str = "tensors") -> AbstractContextManager[Bar | None]:
     from quantrs._console import progress_bar
 
     return progress_bar(what, disabled=quiet or _State.quiet)
 
 
-def _counting(quiet: bool, doing: str, what: str):
+def _counting(quiet: bool, doing: str, what: str) -> AbstractContextManager[Callable[[int, int], None] | None]:
     from quantrs._console import count_bar
 
     return count_bar(doing, what, disabled=quiet or _State.quiet)

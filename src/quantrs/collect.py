@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -36,6 +36,9 @@ from quantrs.errors import ConfigError, UnsupportedModelError, first_line
 from quantrs.graph import subgraphs
 from quantrs.model import LoadedModel
 from quantrs.ranges import HistogramCollector
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 __all__ = ["GROUP_BYTES", "ActivationRunner", "Sample", "Statistics", "collect_statistics"]
 
@@ -201,7 +204,7 @@ def _nbytes(values: Iterable[Mapping[str, np.ndarray]]) -> int:
     return sum(np.asarray(v).nbytes for d in values for v in d.values())
 
 
-def _add(collectors: dict[str, HistogramCollector], skipped: dict[str, str], name: str, value: Any) -> None:
+def _add(collectors: dict[str, HistogramCollector], skipped: dict[str, str], name: str, value: np.ndarray) -> None:
     if name in skipped:
         return
     value = np.asarray(value)
@@ -274,7 +277,7 @@ def _estimated_bytes(model: LoadedModel, names: list[str], sample: Mapping[str, 
     return {n: known.get(n, fallback) for n in names}
 
 
-def _session(model: LoadedModel, outputs: list[str], folder: Path):
+def _session(model: LoadedModel, outputs: list[str], folder: Path) -> InferenceSession:
     """A session computing `outputs` from the graph's inputs: the prefix of the main graph they
     need, its weights read by onnxruntime from where they lie on disk."""
     from quantrs._ort import session

@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from quantrs.report import OutputAgreement
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 __all__ = ["Feeds", "Steps", "run_model", "agreements"]
 
 Feeds = list[dict[str, np.ndarray]]
 
 
-def _session(model: str | bytes):
+def _session(model: str | bytes) -> InferenceSession:
     from quantrs._ort import session
 
     return session(model)

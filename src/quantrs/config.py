@@ -73,7 +73,9 @@ class OptionSpec:
         return self.flags[0].split("/")[0]
 
 
-def _option(default: Any, *flags: str, help: str, cli_type: Any = None, parse=None, file_type: Any = None) -> Any:
+def _option(
+    default: Any, *flags: str, help: str, cli_type: Any = None, parse: Callable[[Any], Any] | None = None, file_type: Any = None
+) -> Any:
     spec = OptionSpec(flags, help, cli_type, parse, file_type)
     return field(default=default, metadata={"option": spec})
 

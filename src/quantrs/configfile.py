@@ -39,7 +39,7 @@ __all__ = ["Options", "ModelEntry", "BatchSection", "ConfigFile", "load_config",
 _NO_MODEL = "the config names no model: add a `models` list or a `batch` section"
 
 
-def _set_fields(self) -> dict[str, Any]:
+def _set_fields(self: Options) -> dict[str, Any]:
     """The options this layer sets (None means "not set here")."""
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(Options) if getattr(self, f.name) is not None}
 

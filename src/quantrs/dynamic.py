@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from quantrs.edit import EditContext
-from quantrs.graph import GraphIndex, name_maker
+from quantrs.graph import FreshName, GraphIndex, name_maker
 from quantrs.qdq import DQSpec
 from quantrs.writer import OutTensor
 
@@ -57,7 +57,7 @@ class DynamicEdit:
         graph.node.extend(nodes)
         return []
 
-    def _matmul(self, node: onnx.NodeProto, dq: onnx.NodeProto, fresh) -> list[onnx.NodeProto]:
+    def _matmul(self, node: onnx.NodeProto, dq: onnx.NodeProto, fresh: FreshName) -> list[onnx.NodeProto]:
         spec = self.specs[node.input[1]]
         codes, scale = dq.input[0], dq.input[1]
         x, y = node.input[0], node.output[0]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +39,7 @@ import onnx
 from quantrs import kernels
 from quantrs.collect import ActivationRunner
 from quantrs.errors import ConfigError
-from quantrs.graph import GraphIndex
+from quantrs.graph import GraphIndex, Use
 from quantrs.model import LoadedModel
 
 __all__ = [
@@ -86,7 +86,7 @@ class ConvGeometry:
         n, c, ho, wo = windows.shape[:4]
         return np.ascontiguousarray(windows.transpose(0, 2, 3, 1, 4, 5)).reshape(n * ho * wo, c * kh * kw)
 
-    def _same(self, size) -> tuple[int, int, int, int]:
+    def _same(self, size: Sequence[int]) -> tuple[int, int, int, int]:
         total = [
             max(0, (-(-i // s) - 1) * s + (k - 1) * d + 1 - i)
             for i, s, k, d in zip(size, self.strides, self.kernel, self.dilations)
@@ -180,7 +180,7 @@ def _conv_geometry(node: onnx.NodeProto, shape: list[int]) -> ConvGeometry | str
     )
 
 
-def _not_a_product(uses, index: GraphIndex) -> str:
+def _not_a_product(uses: Sequence[Use], index: GraphIndex) -> str:
     """Why a weight's uses are not the single weight input of a main-graph MatMul, Gemm or Conv
     ("" if they are)."""
     if len(uses) != 1:
@@ -201,7 +201,7 @@ def collect_hessians(
     targets: Mapping[str, Target],
     samples: Sequence[Mapping[str, np.ndarray]],
     progress: Callable[[int, int], None] | None = None,
-):
+) -> Iterator[tuple[dict[Source, np.ndarray], list[Target]]]:
     """Yield ({source: H [K, K] float64, the mean of x^T x over its rows}, the targets reading
     them), a group of sources at a time (their Hessians within HESSIAN_BYTES, at least one),
     each group from one float run of the samples. `progress(sample runs done, sample runs in

@@ -23,10 +23,14 @@ __all__ = [
     "subgraphs",
     "constant_tensor",
     "name_maker",
+    "FreshName",
     "separate_sibling_names",
 ]
 
 MAIN = ""  # the main graph's scope name
+
+# What name_maker returns: fresh(base) is a name no other node or tensor of the model uses.
+FreshName = Callable[[str], str]
 
 
 @dataclass(frozen=True)
@@ -195,7 +199,7 @@ class GraphIndex:
         return names
 
 
-def name_maker(taken: set[str]) -> Callable[[str], str]:
+def name_maker(taken: set[str]) -> FreshName:
     """The name authority of a rewrite: fresh(base) gives base, or base_1, base_2, ... the first
     that is not in `taken` (every name the model uses: GraphIndex.all_names()) nor given before."""
 

@@ -12,18 +12,24 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from quantrs.errors import ConfigError, OutputError, QuantrsError
 from quantrs.report import AutoReport, ValidationReport
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = ["write_html_report", "write_auto_html", "require_matplotlib", "check_report_path"]
 
 WORST_LAYERS_PLOTTED = 4
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
+    """matplotlib.pyplot, drawing off screen (Agg)."""
     try:
         import matplotlib
 
@@ -73,13 +79,13 @@ def _write_page(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _png(fig) -> str:
+def _png(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _ranking_chart(plt, report: ValidationReport) -> str | None:
+def _ranking_chart(plt: ModuleType, report: ValidationReport) -> str | None:
     layers = [layer for layer in report.layers or [] if layer.local_sqnr_db is not None or math.isfinite(layer.weight_sqnr_db)]
     if not layers:
         return None
@@ -97,7 +103,7 @@ def _ranking_chart(plt, report: ValidationReport) -> str | None:
     return data
 
 
-def _distribution_chart(plt, name: str, original: np.ndarray, dequantized: np.ndarray) -> str:
+def _distribution_chart(plt: ModuleType, name: str, original: np.ndarray, dequantized: np.ndarray) -> str:
     fig, ax = plt.subplots(figsize=(6, 2.6))
     bins = np.linspace(float(original.min()), float(original.max()), 80) if original.size else 10
     ax.hist(original.ravel(), bins=bins, alpha=0.6, label="float32", color="#2c7fb8")

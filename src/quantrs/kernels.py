@@ -177,7 +177,10 @@ def _check_params(scale: np.ndarray, zero_point: np.ndarray, channels: int) -> t
     return scale, zero_point
 
 
-def _check_quantize_args(x, scale, zero_point, qmin: int, qmax: int, axis: int | None):
+def _check_quantize_args(
+    x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qmin: int, qmax: int, axis: int | None
+) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """(x's kernel view, its kind, the scales and zero points as the kernels take them)."""
     _check_qrange(qmin, qmax)
     x3, kind = _weight_view(x, axis, "x")
     scale, zero_point = _check_params(scale, zero_point, x3.shape[1])
@@ -433,7 +436,7 @@ def _search_grid(alphas: tuple[float, ...]) -> tuple[float, ...]:
     return (1.0,) + tuple(a for a in alphas if np.float32(a) != np.float32(1.0))
 
 
-def _flag(value, what: str) -> bool:
+def _flag(value: object, what: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise ConfigError(f"{what} must be True or False, not {value!r}")
     return bool(value)

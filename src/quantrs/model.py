@@ -413,6 +413,8 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
 
 
 _GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9  # ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
+# One field of scan_fields: (field number, wire type, tag start, value start, value end).
+_WireField = tuple[int, int, int, int, int]
 
 
 _PARSE_RUN = 16 << 20  # bytes of fields merged at once; their pages are handed back after
@@ -429,8 +431,9 @@ def _parse_skeleton(buf: np.ndarray, file_map: mmap.mmap | None = None) -> tuple
     """
     view = memoryview(buf)  # type: ignore[arg-type]  # ndarray is a buffer; numpy's stubs say so from Python 3.12
 
-    def merge(message, fields, skip: int) -> None:
-        run_start = run_end = None
+    def merge(message: onnx.ModelProto | onnx.GraphProto | onnx.TensorProto, fields: list[_WireField], skip: int) -> None:
+        run_start: int | None = None
+        run_end = 0  # read only while run_start is set
         for f in fields:
             if f[0] == skip or (run_start is not None and f[4] - run_start > _PARSE_RUN):
                 if run_start is not None:

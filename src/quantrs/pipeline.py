@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from pathlib import Path
@@ -44,7 +44,7 @@ from quantrs.tensor import QuantizedTensor, Scheme, Scratch, quantize_matmulnbit
 from quantrs.writer import OutTensor, Payload, folder_problem, write_model
 
 if TYPE_CHECKING:
-    from quantrs.gptq import Compensation, Factor, Source
+    from quantrs.gptq import Compensation, Factor, Source, Target
     from quantrs.samples import SampleSource
 
 __all__ = ["quantize", "dry_run", "open_model", "check_output", "plan_model", "rewrite_and_write", "WeightStream"]
@@ -539,7 +539,7 @@ def compensate_weights(
     ready: dict[str, QuantizedTensor] = {}
     compensated = [0]
 
-    def compensate(group, factors: Mapping[Source, Factor]) -> None:
+    def compensate(group: Sequence[Target], factors: Mapping[Source, Factor]) -> None:
         if group:
             say("compensating codes", "weights", compensated[0], len(targets))
         for target in group:

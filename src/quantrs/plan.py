@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import TypeVar
 
 import onnx
 from onnx import TensorProto, helper
@@ -61,7 +62,11 @@ class TensorPlan:
     dynamic: bool = False  # read through MatMulInteger, its activations quantized at run time (--dynamic)
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
+_Value = TypeVar("_Value")
+
+
+def _attr(node: onnx.NodeProto, name: str, default: _Value) -> _Value:
+    """The value of `node`'s attribute `name`, or `default` (of the type the attribute has)."""
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from quantrs.errors import UnsupportedModelError, first_line
-from quantrs.graph import GraphIndex, Use, constant_tensor, name_maker, walk_graphs
+from quantrs.graph import FreshName, GraphIndex, Use, constant_tensor, name_maker, walk_graphs
 from quantrs.model import default_opset
 from quantrs.tensor import Scheme
 
@@ -250,7 +250,7 @@ def required_opset(specs: Iterable[DQSpec]) -> int:
 
 
 @contextmanager
-def initializers_as_inputs(model: onnx.ModelProto):
+def initializers_as_inputs(model: onnx.ModelProto) -> Iterator[onnx.ModelProto]:
     """Temporarily replace the initializers by graph inputs of the same type and shape.
 
     Lets onnx's C++ tools (checker, version converter), which serialize the whole model, run on
@@ -449,7 +449,7 @@ def _params(tensors: DQTensors) -> list[str]:
 
 
 def _dequantize(
-    spec: DQSpec, tensors: DQTensors, name: str, fresh, *, padded: str | None = None, whole: bool = True
+    spec: DQSpec, tensors: DQTensors, name: str, fresh: FreshName, *, padded: str | None = None, whole: bool = True
 ) -> list[onnx.NodeProto]:
     """DequantizeLinear of the whole weight (and the Cast back to its type, for bfloat16). Codes
     padded to whole blocks dequantize to `padded`, and when `whole` a Slice cuts the weight
@@ -466,7 +466,7 @@ def _dequantize(
     return nodes
 
 
-def _constant(name: str, values: list[int], fresh, base: str) -> onnx.NodeProto:
+def _constant(name: str, values: list[int], fresh: FreshName, base: str) -> onnx.NodeProto:
     """A Constant node holding an INT64 vector (a shape, axes, pads)."""
     return helper.make_node(
         "Constant",
@@ -477,7 +477,7 @@ def _constant(name: str, values: list[int], fresh, base: str) -> onnx.NodeProto:
     )
 
 
-def _cut(value: str, result: str, axis: int, length: int, fresh, base: str) -> list[onnx.NodeProto]:
+def _cut(value: str, result: str, axis: int, length: int, fresh: FreshName, base: str) -> list[onnx.NodeProto]:
     """Slice `value` to its first `length` entries along `axis`: padded values back to the weight's."""
     starts, ends, axes = (fresh(f"{base}_slice_{part}") for part in ("starts", "ends", "axes"))
     return [
@@ -505,7 +505,7 @@ def _reads_padded(spec: DQSpec, use: Use) -> bool:
     return False
 
 
-def _padded_read(spec: DQSpec, padded: str, node: onnx.NodeProto, fresh) -> list[onnx.NodeProto]:
+def _padded_read(spec: DQSpec, padded: str, node: onnx.NodeProto, fresh: FreshName) -> list[onnx.NodeProto]:
     """MatMul(A, W) or Gemm(A, W, ...) as the same node reading W padded to whole blocks along
     its reduction axis, and A padded with zeros along its own to match: the padded codes
     dequantize to 0, so the products are the same. onnxruntime fuses DequantizeLinear ->
@@ -525,7 +525,7 @@ def _padded_read(spec: DQSpec, padded: str, node: onnx.NodeProto, fresh) -> list
     ]
 
 
-def _matmulnbits(spec: DQSpec, tensors: DQTensors, matmul: onnx.NodeProto, fresh) -> onnx.NodeProto:
+def _matmulnbits(spec: DQSpec, tensors: DQTensors, matmul: onnx.NodeProto, fresh: FreshName) -> onnx.NodeProto:
     """MatMul(A, W) as com.microsoft.MatMulNBits(A, packed codes, scales[, zero points])."""
     k, n, _, _ = spec.nbits_layout
     inputs = [matmul.input[0], tensors.codes.name, tensors.scale.name] + (
@@ -545,7 +545,7 @@ def _matmulnbits(spec: DQSpec, tensors: DQTensors, matmul: onnx.NodeProto, fresh
     )
 
 
-def _gather_block(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fresh) -> list[onnx.NodeProto]:
+def _gather_block(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fresh: FreshName) -> list[onnx.NodeProto]:
     """Gather(table, ids) as com.microsoft.GatherBlockQuantized(codes, ids, scales[, zero
     points]): the rows looked up are dequantized, in blocks along the row (the last axis), by
     one node. The codes are the ones a DequantizeLinear of the whole table reads (INT4/UINT4, or
@@ -572,7 +572,7 @@ def _gather_block(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fres
     return nodes
 
 
-def _lookup(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fresh) -> list[onnx.NodeProto]:
+def _lookup(spec: DQSpec, tensors: DQTensors, gather: onnx.NodeProto, fresh: FreshName) -> list[onnx.NodeProto]:
     """Gather rows of the codes (and of their scales and zero points), then dequantize only
     those rows. Per row, the ids are flattened so that the gathered scales are 1-D (what
     DequantizeLinear's axis needs) and the rows are put back in the ids' shape afterwards; in

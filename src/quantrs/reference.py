@@ -178,7 +178,7 @@ def half_up(scale: np.ndarray) -> np.ndarray:
     return np.maximum(half, _HALF_TINY).astype(np.float32)
 
 
-def _lane_sum(v: np.ndarray, dtype) -> np.ndarray:
+def _lane_sum(v: np.ndarray, dtype: type[np.floating]) -> np.ndarray:
     """Per-block sums of v (outer, nb, B, inner), zeros past each block's end: value r to lane
     r % 4, each lane summed in order, then (l0 + l1) + (l2 + l3); in `dtype`."""
     outer, nb, b, inner = v.shape
@@ -208,7 +208,20 @@ def search_grid(alphas: tuple[float, ...]) -> tuple[float, ...]:
     return (1.0,) + tuple(float(np.float32(a)) for a in alphas if np.float32(a) != np.float32(1.0))
 
 
-def fit_codes(st, stt, sr, srt, srr, count, gs, gz, qmin: int, qmax: int, symmetric: bool, half_scale: bool):
+def fit_codes(
+    st: np.ndarray,
+    stt: np.ndarray,
+    sr: np.ndarray,
+    srt: np.ndarray,
+    srr: np.ndarray,
+    count: np.ndarray,
+    gs: np.ndarray,
+    gz: np.ndarray,
+    qmin: int,
+    qmax: int,
+    symmetric: bool,
+    half_scale: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The stored scale and zero point for a grid point's codes, and their squared error.
 
     The codes stay what the grid point's own (gs, gz) gave them: t = code - gz, and r = x - gs t
@@ -228,13 +241,13 @@ def fit_codes(st, stt, sr, srt, srr, count, gs, gz, qmin: int, qmax: int, symmet
     n = np.asarray(count, dtype=f32).astype(f64)
     g = gs.astype(f64)
 
-    def error(s, d):
+    def error(s: np.ndarray, d: np.ndarray) -> np.ndarray:
         with np.errstate(all="ignore"):  # an infinite float16 scale: NaN, never chosen (the front refuses it)
             a = g - s.astype(f64)
             b = -(s.astype(f64) * d)
             return ((((srr + (a * a) * stt) + (n * b) * b) + (2.0 * a) * srt) + (2.0 * b) * sr) + ((2.0 * a) * b) * st
 
-    def scale_for(d):
+    def scale_for(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with np.errstate(all="ignore"):
             qq = (stt + (2.0 * d) * st) + (n * d) * d
             num = (srt + d * sr) - g * ((d * st) + (n * d) * d)
@@ -311,7 +324,7 @@ def quantize_blocks(
     shape = lo.shape
     f64 = np.float64
 
-    def params(alpha):
+    def params(alpha: float) -> tuple[np.ndarray, np.ndarray]:
         a = np.float32(alpha)
         lo_a, hi_a = a * lo, a * hi
         s, z = scales(lo_a.reshape(-1), hi_a.reshape(-1), qmin, qmax, symmetric)
@@ -323,7 +336,9 @@ def quantize_blocks(
                     z = np.clip(np.rint(qmin - np.minimum(lo_a.astype(f64), 0.0) / s.astype(f64)), qmin, qmax).astype(np.int32)
         return s, z
 
-    def codes_of(s, z, ds=None, dz=None):
+    def codes_of(
+        s: np.ndarray, z: np.ndarray, ds: np.ndarray | None = None, dz: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """code - z (float32, 0 past the ends) for codes of (s, z), and the error d = x - (code -
         dz) * ds (float32) of the stored (ds, dz), by default (s, z)."""
         ds = s if ds is None else ds
@@ -336,7 +351,7 @@ def quantize_blocks(
             d = np.where(valid, xp - q * ds[:, :, None, :], np.float32(0))
         return t, d
 
-    def error_of(d):
+    def error_of(d: np.ndarray) -> np.ndarray:
         return _lane_sum(d.astype(f64) ** 2, f64)
 
     s0, z0 = params(1.0)

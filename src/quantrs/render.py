@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich.cells import cell_len
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
@@ -68,7 +69,7 @@ WRAP_MIN = 16  # cells a wrapping column keeps at least (unless all its text is 
 
 
 def _print_table(
-    console,
+    console: Console,
     columns: Sequence[Col],
     rows: Sequence[Sequence[Cell]],
     *,
@@ -127,7 +128,7 @@ def _plain(markup: str) -> str:
     return Text.from_markup(markup).plain if "[" in markup else markup
 
 
-def _print_stacked(console, columns: Sequence[Col], rows: Sequence[Sequence[str]], title: str | None) -> None:
+def _print_stacked(console: Console, columns: Sequence[Col], rows: Sequence[Sequence[str]], title: str | None) -> None:
     """Rows without a table: the name (after what precedes it, such as a rank) on a line of its
     own, never wrapped by rich, then the other cells as "header value" on an indented line."""
     if title:
@@ -476,7 +477,7 @@ def render_calibration(report: CalibrationReport) -> None:
     _print_table(console, columns, rows, title="activation ranges", degrade=[("drop", "min"), ("drop", "max")])
 
 
-def _render_gptq(console, report: QuantizeReport) -> None:
+def _render_gptq(console: Console, report: QuantizeReport) -> None:
     """Which weights got compensated codes (their MSE is higher by design: they keep the layer's
     output, not the weight), and why the others did not."""
     quantized = [t for t in report.tensors if t.quantized and t.gptq is not None]

@@ -47,7 +47,7 @@ import os
 import re
 import struct
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeAlias
@@ -170,7 +170,7 @@ def _labelled(source: SampleSource, specs: list[InputSpec], split_batch: bool = 
     raise ConfigError(f"samples: expected a path, an iterable of dicts or an object with get_next(), not {type(source).__name__}")
 
 
-def _reader_samples(get_next: Any) -> _Labelled:
+def _reader_samples(get_next: Callable[[], Mapping[str, Any] | None]) -> _Labelled:
     index = 0
     while True:
         sample = get_next()
@@ -327,7 +327,7 @@ class _NpyRows:
             return self._rows(start, max(start, stop))
         return self._rows(key, key + 1)[0]
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
         whole = self._rows(0, self.shape[0])
         return whole if dtype is None else whole.astype(dtype)
 

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -30,6 +31,11 @@ from quantrs.graph import MAIN, GraphIndex, subgraphs
 from quantrs.model import LoadedModel
 from quantrs.plan import TensorPlan, plan_weights
 from quantrs.tensor import QuantizedTensor, quantize_tensor, scheme_for
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
+    from quantrs.gptq import Compensation, Factor, Source, Target
 
 __all__ = ["FLOAT", "LayerSensitivity", "Sensitivity", "measure", "width_configs", "dequantize"]
 
@@ -169,7 +175,7 @@ def _measure_layer(
     values: np.ndarray,
     plans: Mapping[str, TensorPlan],
     configs: Mapping[str, QuantizeConfig],
-    compensation,
+    compensation: Compensation | None,
     feeds: list[dict[str, np.ndarray]],
 ) -> int:
     """One weight's stored bytes and its consumer's relative output error at each width (its
@@ -226,7 +232,7 @@ def _gptq_targets(
     measured: list[tuple[str, onnx.NodeProto]],
     plans: Mapping[str, TensorPlan],
     configs: Mapping[str, QuantizeConfig],
-):
+) -> dict[str, Target]:
     """With rounding gptq, the measured weights whose codes `quantize` compensates (and how)."""
     if not any(c.rounding == "gptq" for c in configs.values()):
         return {}
@@ -236,7 +242,13 @@ def _gptq_targets(
     return find_targets(graph, names, {n: plans[n].shape for n in names})[0]
 
 
-def _compensation(model: LoadedModel, target, inputs: Sequence[Mapping[str, np.ndarray]], factors: dict, uses: dict):
+def _compensation(
+    model: LoadedModel,
+    target: Target | None,
+    inputs: Sequence[Mapping[str, np.ndarray]],
+    factors: dict[Source, Factor],
+    uses: dict[Source, int],
+) -> Compensation | None:
     """The weight's compensation from the Hessian of the cached consumer inputs (the samples the
     sensitivity pass holds; `quantize` takes all of them), or None: rounded to nearest. A
     factor is kept in `factors` until the last weight reading its source (`uses`)."""
@@ -260,7 +272,9 @@ def _compensation(model: LoadedModel, target, inputs: Sequence[Mapping[str, np.n
     return Compensation(f, target.transposed) if f.active else None
 
 
-def _quantize(values: np.ndarray, plan: TensorPlan, config: QuantizeConfig, compensation=None) -> QuantizedTensor:
+def _quantize(
+    values: np.ndarray, plan: TensorPlan, config: QuantizeConfig, compensation: Compensation | None = None
+) -> QuantizedTensor:
     assert plan.bits is not None
     scheme = scheme_for(plan.bits, symmetric=config.symmetric, native_int4=False)  # one code per byte
     return quantize_tensor(
@@ -290,7 +304,9 @@ def _stored_bytes(plan: TensorPlan, config: QuantizeConfig) -> int:
     return dq_spec(plan, config).stored_bytes
 
 
-def _single_node(model: LoadedModel, node: onnx.NodeProto, weight: str, value: np.ndarray, feed: Mapping[str, np.ndarray]):
+def _single_node(
+    model: LoadedModel, node: onnx.NodeProto, weight: str, value: np.ndarray, feed: Mapping[str, np.ndarray]
+) -> InferenceSession:
     """A session running `node` alone, `weight` bound to `value`, its other stored inputs to
     theirs, its activations fed."""
     from quantrs._ort import session

@@ -37,7 +37,7 @@ def matmul_stack(path: Path, layers: int, hidden: int = 4096, *, external_data: 
         for name, shape in ((w, (hidden, hidden)), (b, (hidden,))):
             header = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=shape)
 
-            def produce(shape=shape, i=i, is_bias=name == b):
+            def produce(shape: tuple[int, ...] = shape, i: int = i, is_bias: bool = name == b) -> np.ndarray:
                 rng = np.random.default_rng((seed, i, is_bias))
                 scale = 0.01 if is_bias else 1.0 / np.sqrt(hidden)
                 return rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)

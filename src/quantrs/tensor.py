@@ -131,7 +131,19 @@ def _block_view(x: np.ndarray, axis: int | None, block_size: int | None) -> tupl
     return None
 
 
-def _quantize_blocks(x, view, scheme: Scheme, axis, *, name, n_threads, scratch, half_scale, alphas) -> QuantizedTensor:
+def _quantize_blocks(
+    x: np.ndarray,
+    view: tuple[np.ndarray, int, int],
+    scheme: Scheme,
+    axis: int | None,
+    *,
+    name: str,
+    n_threads: int | None,
+    scratch: Scratch | None,
+    half_scale: bool,
+    alphas: tuple[float, ...],
+) -> QuantizedTensor:
+    """quantize_tensor through the block kernel: `view` is _block_view's."""
     values, block_axis, block_size = view
     out = scratch.get(0, x.size) if scratch is not None else None
     blocks = kernels.quantize_blocks(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantrs.config import Thresholds  # declared with every command's options
 from quantrs.errors import first_line
-from quantrs.model import LoadedModel, load_model
+from quantrs.model import LoadedModel, WeightStore, load_model
 from quantrs.report import ActivationError, Check, LayerError, OutputAgreement, ValidationReport
 from quantrs.compare import Feeds, Steps, agreements, run_model
 from quantrs.dequantize import dequantized_weights, float_replacements
@@ -103,7 +103,11 @@ def validate(
 # --- structure -----------------------------------------------------------------------------
 
 
-def _signature(values) -> list[tuple]:
+# A graph input's or output's (name, element type, dims: a number or a symbol each; None unknown).
+_ValueSignature = tuple[str, int, tuple[int | str, ...] | None]
+
+
+def _signature(values: Iterable[onnx.ValueInfoProto]) -> list[_ValueSignature]:
     out = []
     for v in values:
         t = v.type.tensor_type
@@ -142,7 +146,7 @@ def check_structure(orig: LoadedModel, quant: LoadedModel) -> list[Check]:
     return checks
 
 
-def _compare(name: str, before, after) -> Check:
+def _compare(name: str, before: list[_ValueSignature], after: list[_ValueSignature]) -> Check:
     if before == after:
         return Check(name, True, ", ".join(v[0] for v in after))
     return Check(
@@ -192,7 +196,7 @@ def _check_dequantize_nodes(quant: LoadedModel) -> Check:  # noqa: C901  split a
     return Check("DequantizeLinear nodes well-formed", not problems, detail)
 
 
-def _bad_scales(weights, node: onnx.NodeProto, name: str) -> list[str]:
+def _bad_scales(weights: WeightStore, node: onnx.NodeProto, name: str) -> list[str]:
     scale = np.asarray(weights.array(name), dtype=np.float64)
     return (
         []
@@ -337,7 +341,12 @@ def _capture(orig: LoadedModel, feeds: Feeds, names: list[str]) -> dict[str, lis
 
 
 def _local_error(
-    orig: LoadedModel, node: onnx.NodeProto, weight: str, dequantized: np.ndarray, feeds: Feeds, captured
+    orig: LoadedModel,
+    node: onnx.NodeProto,
+    weight: str,
+    dequantized: np.ndarray,
+    feeds: Feeds,
+    captured: dict[str, list[np.ndarray]],
 ) -> tuple[float, float]:
     """Run `node` alone on the original activations with the float and the dequantized weight."""
     inits = {t.name for t in orig.proto.graph.initializer}
@@ -367,7 +376,12 @@ def _local_error(
 
 
 def suggest_exclude(
-    orig: LoadedModel, quant: LoadedModel, layers: list[LayerError], feeds: Feeds, reference, thresholds: Thresholds
+    orig: LoadedModel,
+    quant: LoadedModel,
+    layers: list[LayerError],
+    feeds: Feeds,
+    reference: dict[str, list[np.ndarray]],
+    thresholds: Thresholds,
 ) -> tuple[list[str] | None, list[OutputAgreement] | None, str]:
     """Put the worst layers back in float, one more at a time, until every threshold passes."""
     if quant.file_size > 1 << 30:

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -157,7 +158,7 @@ def _model_prefix(model: onnx.ModelProto) -> tuple[bytes, bytes]:
     return rest.SerializeToString(), model.graph.SerializeToString()
 
 
-def _emit(out, payload: Payload) -> None:
+def _emit(out: BinaryIO, payload: Payload) -> None:
     data = payload.produce()
     view = memoryview(data).cast("B")  # type: ignore[arg-type]  # ndarray is a buffer; numpy's stubs say so from Python 3.12
     if view.nbytes != payload.size:
