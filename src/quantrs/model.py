@@ -420,7 +420,7 @@ _WireField = tuple[int, int, int, int, int]
 _PARSE_RUN = 16 << 20  # bytes of fields merged at once; their pages are handed back after
 
 
-def _parse_skeleton(buf: np.ndarray, file_map: mmap.mmap | None = None) -> tuple[onnx.ModelProto, dict[str, tuple[int, int]]]:  # noqa: C901  split after the OpenVINO/fuzz changes land
+def _parse_skeleton(buf: np.ndarray, file_map: mmap.mmap | None = None) -> tuple[onnx.ModelProto, dict[str, tuple[int, int]]]:
     """The model without its initializers' raw_data, and where each raw_data lies in `buf`.
 
     A protobuf message parsed from several pieces is the merge of the pieces, so each level is
@@ -430,42 +430,63 @@ def _parse_skeleton(buf: np.ndarray, file_map: mmap.mmap | None = None) -> tuple
     graph full of Constant nodes is not resident twice (mapped and parsed) while it is read.
     """
     view = memoryview(buf)  # type: ignore[arg-type]  # ndarray is a buffer; numpy's stubs say so from Python 3.12
-
-    def merge(message: onnx.ModelProto | onnx.GraphProto | onnx.TensorProto, fields: list[_WireField], skip: int) -> None:
-        run_start: int | None = None
-        run_end = 0  # read only while run_start is set
-        for f in fields:
-            if f[0] == skip or (run_start is not None and f[4] - run_start > _PARSE_RUN):
-                if run_start is not None:
-                    message.MergeFromString(view[run_start:run_end])
-                    if file_map is not None:
-                        _drop_pages(file_map, run_start, run_end - run_start)
-                run_start = None
-                if f[0] == skip:
-                    continue
-            if run_start is None:
-                run_start = f[2]
-            run_end = f[4]
-        if run_start is not None:
-            message.MergeFromString(view[run_start:run_end])
-
     top = scan_fields(buf, 0, buf.size)
     model = onnx.ModelProto()
-    merge(model, top, _GRAPH)
+    _merge_runs(model, top, _GRAPH, view, file_map)
     graphs = [f for f in top if f[0] == _GRAPH and f[1] == 2]
     if len(graphs) != 1:  # absent, or split in parts that protobuf would merge: parse it all
         model.ParseFromString(view)
         return model, {}
     graph_fields = scan_fields(buf, graphs[0][3], graphs[0][4])
-    merge(model.graph, graph_fields, _INITIALIZER)
+    _merge_runs(model.graph, graph_fields, _INITIALIZER, view, file_map)
+    return model, _parse_initializers(buf, view, file_map, model.graph, graph_fields)
+
+
+def _merge_runs(
+    message: onnx.ModelProto | onnx.GraphProto | onnx.TensorProto,
+    fields: list[_WireField],
+    skip: int,
+    view: memoryview,
+    file_map: mmap.mmap | None,
+) -> None:
+    """Merge into `message` its `fields` (of `view`) but those numbered `skip`, a run of
+    consecutive fields at a time (at most _PARSE_RUN bytes past its start), each run's pages
+    of `file_map` handed back once merged (the last run's stay: the caller hands back all)."""
+    run_start: int | None = None
+    run_end = 0  # read only while run_start is set
+    for f in fields:
+        if f[0] == skip or (run_start is not None and f[4] - run_start > _PARSE_RUN):
+            if run_start is not None:
+                message.MergeFromString(view[run_start:run_end])
+                if file_map is not None:
+                    _drop_pages(file_map, run_start, run_end - run_start)
+            run_start = None
+            if f[0] == skip:
+                continue
+        if run_start is None:
+            run_start = f[2]
+        run_end = f[4]
+    if run_start is not None:
+        message.MergeFromString(view[run_start:run_end])
+
+
+def _parse_initializers(
+    buf: np.ndarray,
+    view: memoryview,
+    file_map: mmap.mmap | None,
+    graph: onnx.GraphProto,
+    graph_fields: list[_WireField],
+) -> dict[str, tuple[int, int]]:
+    """Add each initializer of `graph_fields` to `graph` without its raw_data, and return where
+    each raw_data lies in `buf` (offset, length), by tensor name."""
     embedded: dict[str, tuple[int, int]] = {}
     for field in graph_fields:
         if field[0] != _INITIALIZER or field[1] != 2:
             continue
         tensor_fields = scan_fields(buf, field[3], field[4])
-        tensor = model.graph.initializer.add()
-        merge(tensor, tensor_fields, _RAW_DATA)
+        tensor = graph.initializer.add()
+        _merge_runs(tensor, tensor_fields, _RAW_DATA, view, file_map)
         raw = [f for f in tensor_fields if f[0] == _RAW_DATA and f[1] == 2]
         if raw:
             embedded[tensor.name] = (raw[-1][3], raw[-1][4] - raw[-1][3])
-    return model, embedded
+    return embedded
