@@ -347,7 +347,7 @@ def detach_nested_weights(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -
             g.node.extend(nodes)
 
 
-def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dict[str, DQTensors]:  # noqa: C901  split after the OpenVINO/fuzz changes land
+def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dict[str, DQTensors]:
     """Add, for each spec, a DequantizeLinear whose output keeps the weight's name (consumers are
     untouched), and return the headers of its codes, scale and zero point.
 
@@ -416,6 +416,27 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
             elif id(use) in padded_reads:
                 assert padded is not None
                 rewrites[place[id(use.node)]] = _padded_read(spec, padded, use.node, fresh)
+    _splice_nodes(graph, specs, tensors, top, replacements, rewrites, fused)
+    missing = sorted(replacements)
+    if missing:  # a placeholder the opset conversion dropped: a bug, not bad input
+        raise RuntimeError(f"the Constant placeholders of {missing} were not found after the opset conversion")
+    return tensors
+
+
+def _splice_nodes(
+    graph: onnx.GraphProto,
+    specs: Mapping[str, DQSpec],
+    tensors: dict[str, DQTensors],
+    top: list[onnx.NodeProto],
+    replacements: dict[str, list[onnx.NodeProto]],
+    rewrites: dict[tuple[int, int], list[onnx.NodeProto]],
+    fused: dict[tuple[int, int], onnx.NodeProto],
+) -> None:
+    """insert_weight_dq's second step: put the nodes it made in every scope of `graph`, in
+    place of what they replace (found by place, (scope, node) in the walk, and taken from the
+    dicts as they are used): a nested weight's placeholder (its codes, scale and zero point go
+    into that body's initializers, `tensors` then holds the body's own messages), a rewritten
+    Gather or padded read, a MatMul fused as MatMulNBits; `top` goes first in the main graph."""
     for k, scope in enumerate(walk_graphs(graph)):
         g = scope.graph
         nodes = []
@@ -438,10 +459,6 @@ def insert_weight_dq(graph: onnx.GraphProto, specs: Mapping[str, DQSpec]) -> dic
             nodes = top + nodes
         del g.node[:]
         g.node.extend(nodes)
-    missing = sorted(replacements)
-    if missing:  # a placeholder the opset conversion dropped: a bug, not bad input
-        raise RuntimeError(f"the Constant placeholders of {missing} were not found after the opset conversion")
-    return tensors
 
 
 def _params(tensors: DQTensors) -> list[str]:
