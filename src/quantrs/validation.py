@@ -154,31 +154,14 @@ def _compare(name: str, before: list[_ValueSignature], after: list[_ValueSignatu
     )
 
 
-def _check_dequantize_nodes(quant: LoadedModel) -> Check:  # noqa: C901  split after the OpenVINO/fuzz changes land
+def _check_dequantize_nodes(quant: LoadedModel) -> Check:
     weights = quant.weights
     problems, count = [], 0
     for node in quant.proto.graph.node:
         if node.op_type != "DequantizeLinear":
             continue
         count += 1
-        x, scale_name = node.input[0], node.input[1]
-        zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        if x not in weights or scale_name not in weights:
-            continue  # activation Q/DQ pairs: their tensors are computed, not stored
-        info, scale_info = weights.info(x), weights.info(scale_name)
-        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
-        if info.data_type not in _INTEGER_CODES:
-            problems.append(f"{node.name}: codes are {info.dtype_name}")
-        if scale_info.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16):
-            problems.append(f"{node.name}: scale is {scale_info.dtype_name}")
-        elif len(scale_info.shape) == 1 and scale_info.shape[0] != 1:
-            if not -len(info.shape) <= axis < len(info.shape) or info.shape[axis] != scale_info.shape[0]:
-                problems.append(f"{node.name}: {scale_info.shape[0]} scales for axis {axis} of shape {list(info.shape)}")
-        elif len(scale_info.shape) > 1 and "block_size" not in [a.name for a in node.attribute]:
-            problems.append(f"{node.name}: scale of rank {len(scale_info.shape)} without block_size")
-        if zp_name and zp_name in weights and weights.info(zp_name).data_type != info.data_type:
-            problems.append(f"{node.name}: zero point is {weights.info(zp_name).dtype_name}, codes are {info.dtype_name}")
-        problems += _bad_scales(weights, node, scale_name)
+        problems += _dequantize_node_problems(weights, node)
     fused = 0
     for node in quant.proto.graph.node:
         if (
@@ -194,6 +177,31 @@ def _check_dequantize_nodes(quant: LoadedModel) -> Check:  # noqa: C901  split a
         also = f" and {fused} MatMulNBits/GatherBlockQuantized node(s)" if fused else ""
         detail = f"{count} DequantizeLinear node(s){also}, scales finite and positive"
     return Check("DequantizeLinear nodes well-formed", not problems, detail)
+
+
+def _dequantize_node_problems(weights: WeightStore, node: onnx.NodeProto) -> list[str]:
+    """What is wrong with a DequantizeLinear of stored tensors: its codes' type, its scales'
+    type, count for the axis or rank without block_size, its zero point's type, its scales'
+    values. Nothing for an activation's (its tensors are computed, not stored)."""
+    x, scale_name = node.input[0], node.input[1]
+    zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+    if x not in weights or scale_name not in weights:
+        return []  # activation Q/DQ pairs: their tensors are computed, not stored
+    problems = []
+    info, scale_info = weights.info(x), weights.info(scale_name)
+    axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 1)
+    if info.data_type not in _INTEGER_CODES:
+        problems.append(f"{node.name}: codes are {info.dtype_name}")
+    if scale_info.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16):
+        problems.append(f"{node.name}: scale is {scale_info.dtype_name}")
+    elif len(scale_info.shape) == 1 and scale_info.shape[0] != 1:
+        if not -len(info.shape) <= axis < len(info.shape) or info.shape[axis] != scale_info.shape[0]:
+            problems.append(f"{node.name}: {scale_info.shape[0]} scales for axis {axis} of shape {list(info.shape)}")
+    elif len(scale_info.shape) > 1 and "block_size" not in [a.name for a in node.attribute]:
+        problems.append(f"{node.name}: scale of rank {len(scale_info.shape)} without block_size")
+    if zp_name and zp_name in weights and weights.info(zp_name).data_type != info.data_type:
+        problems.append(f"{node.name}: zero point is {weights.info(zp_name).dtype_name}, codes are {info.dtype_name}")
+    return problems + _bad_scales(weights, node, scale_name)
 
 
 def _bad_scales(weights: WeightStore, node: onnx.NodeProto, name: str) -> list[str]:
