@@ -522,7 +522,7 @@ def compensate_weights(
     group, unless `cache` keeps them by source for the next call); for every quantized weight
     "" (compensated) or why it is rounded to nearest; how many samples. `stage` hears of each
     step (see quantize)."""
-    from quantrs.gptq import HESSIAN_BYTES, Compensation, collect_hessians, factor, find_targets
+    from quantrs.gptq import Compensation, collect_hessians, factor, find_targets
     from quantrs.samples import input_specs, load_samples
 
     def say(doing: str, unit: str, done: int, total: int) -> None:
@@ -571,12 +571,8 @@ def compensate_weights(
             factors[name] = factor(hessians.pop(name))  # each H freed once factored
             factored[0] += 1
         compensate(group, factors)
-        if cache is not None:  # kept while they fit the Hessians' budget; the rest are recomputed
-            held = sum(f.u.nbytes for f in cache.values())
-            for name, f in factors.items():
-                if held + f.u.nbytes <= HESSIAN_BYTES:
-                    cache[name] = f
-                    held += f.u.nbytes
+        if cache is not None:
+            _keep_factors(cache, factors)
     logger.info(
         "gptq: %d weights compensated on %d sample(s) in %.2f s; %d rounded to nearest",
         len(ready),
@@ -587,6 +583,18 @@ def compensate_weights(
     notes = dict.fromkeys(ready, "") | {n: why for n, why in skipped.items()}  # "" compensated, else why not
     notes |= {n: "inside a body" for n, s in specs.items() if s.in_body}
     return ready, notes, len(samples)
+
+
+def _keep_factors(cache: dict[Source, Factor], factors: Mapping[Source, Factor]) -> None:
+    """Add `factors` to `cache` while the cache fits the Hessians' budget (gptq.HESSIAN_BYTES);
+    the factors left out are recomputed by the next compensate_weights that needs them."""
+    from quantrs.gptq import HESSIAN_BYTES
+
+    held = sum(f.u.nbytes for f in cache.values())
+    for name, f in factors.items():
+        if held + f.u.nbytes <= HESSIAN_BYTES:
+            cache[name] = f
+            held += f.u.nbytes
 
 
 def _offset_codes(qt: QuantizedTensor, offset: int) -> QuantizedTensor:
