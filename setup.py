@@ -4,12 +4,16 @@ Everything but the extension list lives in pyproject.toml. Switches (environment
 
 - QUANTRS_NO_OPENMP=1       build the serial version even where the compiler has OpenMP;
 - QUANTRS_FAIL_NO_OPENMP=1  fail instead of falling back to the serial build;
-- QUANTRS_CYTHON_DEBUG=1    turn boundscheck/initializedcheck back on to hunt memory bugs.
+- QUANTRS_CYTHON_DEBUG=1    turn boundscheck/initializedcheck back on to hunt memory bugs;
+- QUANTRS_NO_SIMD=1         skip the AVX2 builds of the weight kernels (x86-64).
 
-No host-CPU flags (-march=native) ever: a wheel must run on any x86-64 / aarch64 machine.
+No host-CPU flags (-march=native) ever: a wheel must run on any x86-64 / aarch64 machine. On
+x86-64 the weight kernels are built a second time with AVX2 + F16C (SIMD_MODULES), and
+quantrs/_simd.py runs those where the CPU has them.
 """
 
 import os
+import platform
 import sys
 import tempfile
 import textwrap
@@ -84,6 +88,16 @@ directives = {
 # not fuse a multiply and an add into one FMA (baseline on aarch64), e.g. in x - code * scale.
 COMPILE_ARGS = ["-O3", "-ffp-contract=off"] if os.name != "nt" else []
 extensions = [Extension(f"quantrs.{name}", [f"csrc/{name}.pyx"], extra_compile_args=list(COMPILE_ARGS)) for name in KERNEL_MODULES]
+
+# The modules that read weights, again for AVX2 + F16C (csrc/NAME_avx2.pyx includes NAME.pyx):
+# 256-bit vectors, and float16 widened by vcvtph2ps. Without FMA (-ffp-contract=off holds), so
+# both builds give the same bits (tests/test_simd.py).
+SIMD_MODULES = ("_reduce", "_quant", "_block")
+if os.name != "nt" and platform.machine().lower() in ("x86_64", "amd64") and not _flag("QUANTRS_NO_SIMD"):
+    extensions += [
+        Extension(f"quantrs.{name}_avx2", [f"csrc/{name}_avx2.pyx"], extra_compile_args=[*COMPILE_ARGS, "-mavx2", "-mf16c"])
+        for name in SIMD_MODULES
+    ]
 
 setup(
     ext_modules=cythonize(extensions, include_path=["csrc"], compiler_directives=directives, quiet=True),

@@ -1001,11 +1001,10 @@ cdef void _search(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, 
 
 cdef void _s_span(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, float* rowbuf,
                   Py_ssize_t n, Py_ssize_t w, const float* lo, const float* hi, const Job* j,
-                  unsigned char* out, unsigned char* tbytes, Py_ssize_t pidx, Py_ssize_t pstep,
+                  unsigned char* out, unsigned char* tbytes, Py_ssize_t pidx,
                   double* sse, double* sse_minmax, float* task_max) noexcept nogil:
     # One sub-span of w <= SUB columns of a block row: parameters, [search], codes and sums.
-    # pidx: the first column's index into the scale and zero-point arrays, pstep the next one's
-    # distance (1; the number of blocks when transposed: those arrays are then [inner, nb]).
+    # pidx: the first column's index into the scale and zero-point arrays.
     cdef float ps[SUB]
     cdef float pl[SUB]
     cdef float ph[SUB]
@@ -1058,8 +1057,8 @@ cdef void _s_span(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, 
         sse[0] = sse[0] + e[c]
         sse_minmax[0] = sse_minmax[0] + e0[c]
         m = mx[c] if mx[c] > m else m
-        j.scale[pidx + c * pstep] = bs[c]
-        j.zero_point[pidx + c * pstep] = bz[c]
+        j.scale[pidx + c] = bs[c]
+        j.zero_point[pidx + c] = bz[c]
     task_max[0] = m
 
 
@@ -1110,14 +1109,15 @@ cdef void _strided_task(weight_p src, const Job* j, Py_ssize_t t, float* scratch
         task_bad = task_bad + bad[c]
     while cc < W:
         w = W - cc if W - cc < SUB else SUB
-        if j.transpose:  # codes [inner, L] and parameters [inner, nb] (outer is 1)
+        # Codes [inner, L] when transposed (outer is 1), else x's order. The parameters are
+        # (outer, nb, inner) either way: a block row's go to consecutive addresses, where
+        # [inner, nb] would put each column's on its own cache line (the caller transposes).
+        if j.transpose:
             out = j.out + (c0 + cc) * j.L + r0
-            _s_span(x + cc, rs, cache + cc if cache != NULL else NULL, W, rowbuf, n, w, lo + cc, hi + cc,
-                    j, out, tbytes, (c0 + cc) * j.nb + b, j.nb, &sse, &sse_minmax, &task_max)
         else:
             out = j.out + (o * j.L + r0) * j.inner + c0 + cc
-            _s_span(x + cc, rs, cache + cc if cache != NULL else NULL, W, rowbuf, n, w, lo + cc, hi + cc,
-                    j, out, tbytes, row * j.inner + c0 + cc, 1, &sse, &sse_minmax, &task_max)
+        _s_span(x + cc, rs, cache + cc if cache != NULL else NULL, W, rowbuf, n, w, lo + cc, hi + cc,
+                j, out, tbytes, row * j.inner + c0 + cc, &sse, &sse_minmax, &task_max)
         cc += w
     j.part_sse[t] = sse
     j.part_minmax[t] = sse_minmax
@@ -1143,7 +1143,7 @@ def quantize_blocks(x, int kind, Py_ssize_t block_size, int qmin, int qmax, bint
 
     alphas: the search grid, 1.0 first (empty: no search). out: x.size code bytes, in x's order, or
     [inner, L] when transpose (outer must be 1). scale, zero_point: (outer, ceil(L / block_size),
-    inner) in C order, or [inner, ceil(L / block_size)] when transposed. totals: sse, sse of plain min/max, max abs error. Returns True when x holds
+    inner) in C order, also when transposed. totals: sse, sse of plain min/max, max abs error. Returns True when x holds
     a NaN or an infinity (the results are then meaningless).
     """
     cdef Weights w

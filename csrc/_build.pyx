@@ -1,5 +1,27 @@
-"""What the compiled kernels were built with (reported by `quantrs info`)."""
+"""What the compiled kernels were built with (reported by `quantrs info`), and what this CPU has."""
 from _openmp cimport QUANTRS_OPENMP, omp_get_max_threads
+
+cdef extern from *:
+    """
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    #include <cpuid.h>
+    /* AVX2 and F16C, and an OS that saves the YMM registers (XCR0 bits 1-2, read only when
+       CPUID says OSXSAVE): what the _avx2 builds of the weight kernels need. */
+    static int quantrs_cpu_avx2_f16c(void) {
+        unsigned a, b, c, d, xcr0, high;
+        if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+        if (!((c >> 27) & 1) || !((c >> 28) & 1) || !((c >> 29) & 1)) return 0;  /* OSXSAVE, AVX, F16C */
+        __asm__ volatile("xgetbv" : "=a"(xcr0), "=d"(high) : "c"(0));
+        if ((xcr0 & 6u) != 6u) return 0;
+        if (__get_cpuid_max(0, 0) < 7) return 0;
+        __cpuid_count(7, 0, a, b, c, d);
+        return (b >> 5) & 1;  /* AVX2 */
+    }
+    #else
+    static int quantrs_cpu_avx2_f16c(void) { return 0; }
+    #endif
+    """
+    int quantrs_cpu_avx2_f16c() noexcept nogil
 
 
 def openmp_enabled() -> bool:
@@ -10,3 +32,8 @@ def openmp_enabled() -> bool:
 def max_threads() -> int:
     """OpenMP's default thread count (honours OMP_NUM_THREADS); 1 in the serial build."""
     return omp_get_max_threads()
+
+
+def cpu_has_avx2_f16c() -> bool:
+    """True when this CPU (and its OS) can run the _avx2 builds of the weight kernels."""
+    return bool(quantrs_cpu_avx2_f16c())

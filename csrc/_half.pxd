@@ -54,6 +54,31 @@ cdef extern from *:
         u = (renormalised & small) | (u & ~small);
         return quantrs_bits_f32(u | ((uint32_t)(h & 0x8000u) << 16));
     }
+
+    /* n float16 values (their bit patterns, at any byte alignment) -> float32. */
+    #if defined(__F16C__)
+    #include <immintrin.h>
+    static inline void quantrs_widen_f16(const void* src, Py_ssize_t n, float* out) {
+        const unsigned char* p = (const unsigned char*)src;
+        Py_ssize_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + 2 * i))));
+        for (; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            out[i] = quantrs_f16_to_f32(h);
+        }
+    }
+    #else
+    static inline void quantrs_widen_f16(const void* src, Py_ssize_t n, float* out) {
+        const unsigned char* p = (const unsigned char*)src;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            out[i] = quantrs_f16_to_f32(h);
+        }
+    }
+    #endif
     """
     ctypedef struct f16_u "quantrs_f16_u":
         unsigned short bits
@@ -63,6 +88,7 @@ cdef extern from *:
     ctypedef const bf16_u* const_bf16_up "const quantrs_bf16_u * __restrict__"
     float f16_to_f32 "quantrs_f16_to_f32"(unsigned short h) noexcept nogil
     float bf16_to_f32 "quantrs_bf16_to_f32"(unsigned short h) noexcept nogil
+    void widen_f16 "quantrs_widen_f16"(const void* src, Py_ssize_t n, float* out) noexcept nogil
 
 # What the Python level hands over: float32 values, or the raw 16-bit patterns (a uint16 view)
 # of float16 or bfloat16 values.
@@ -93,8 +119,11 @@ cdef inline float ld(weight_p x, Py_ssize_t i) noexcept nogil:
 
 cdef inline void widen(weight_p x, Py_ssize_t n, float_rp out) noexcept nogil:
     cdef Py_ssize_t i
-    for i in range(n):
-        out[i] = ld(x, i)
+    if weight_p is const_f16_up:
+        widen_f16(<const void*>x, n, out)
+    else:
+        for i in range(n):
+            out[i] = ld(x, i)
 
 
 cdef inline const_float_up widened(weight_p x, Py_ssize_t n, float* buf) noexcept nogil:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECK = """
 import numpy as np
 from quantrs import kernels as K, reference as R
-assert not K.openmp_enabled() and K.default_threads() == 1
+assert not K.openmp_enabled() and K.default_threads() == 1 and K.simd_build() == "baseline"
 x = np.random.default_rng(0).standard_normal((300, 700)).astype(np.float32)
 for axis in (None, 0, 1):
     x3 = K.channel_view(x, axis)
@@ -45,7 +45,8 @@ def test_serial_build_without_openmp(tmp_path):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "csrc", tmp_path / "csrc", ignore=shutil.ignore_patterns("*.c", "*.html"))
     shutil.copytree(ROOT / "src", tmp_path / "src", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    env = {**os.environ, "QUANTRS_NO_OPENMP": "1"}
+    # QUANTRS_NO_SIMD: the portable modules only, so CHECK holds them (not the AVX2 ones) to the twins.
+    env = {**os.environ, "QUANTRS_NO_OPENMP": "1", "QUANTRS_NO_SIMD": "1"}
     build = subprocess.run(
         [sys.executable, "setup.py", "build_ext", "--inplace", "-j", "2"],
         cwd=tmp_path,

@@ -31,6 +31,7 @@ def build_info() -> BuildInfo:
         quantrs=__version__,
         openmp=kernels.openmp_enabled(),
         threads=kernels.default_threads(),
+        simd=kernels.simd_build(),
         numpy=numpy.__version__,
         onnx=onnx.__version__,
         onnxruntime=ver("onnxruntime"),

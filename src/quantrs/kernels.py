@@ -19,13 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantrs import _block, _build, _calib, _gptq, _pack, _quant, _reduce
+from quantrs import _build, _calib, _gptq, _pack, _simd
+from quantrs._simd import _block, _quant, _reduce
 from quantrs._cpus import available_cpus
 from quantrs.errors import ConfigError, NonFiniteWeightError
 
 __all__ = [
     "PARALLEL_MIN_ELEMENTS",
     "openmp_enabled",
+    "simd_build",
     "default_threads",
     "channel_view",
     "minmax",
@@ -57,6 +59,11 @@ PARALLEL_MIN_ELEMENTS = 1 << 16
 def openmp_enabled() -> bool:
     """True when the kernels were built with OpenMP."""
     return _build.openmp_enabled()
+
+
+def simd_build() -> str:
+    """The build of the weight kernels in use: "avx2" (AVX2 + F16C) or "baseline" (quantrs._simd)."""
+    return _simd.build()
 
 
 def default_threads() -> int:
@@ -531,8 +538,6 @@ def quantize_blocks(
     codes = _flat_codes(out, x.size)
     blocked = list(x.shape)
     blocked[axis] = nblocks
-    if transpose:  # MatMulNBits' layout: [N, blocks], as the codes
-        blocked = [x.shape[1], nblocks]
     scale = np.empty(blocked, dtype=np.float32)
     zero_point = np.empty(blocked, dtype=np.int32)
     totals = np.empty(3, dtype=np.float64)
@@ -557,7 +562,10 @@ def quantize_blocks(
         raise NonFiniteWeightError("holds NaN or infinite values", tensor=name)
     if half_scale and not np.isfinite(scale).all():
         raise ValueError(f"{name}: a block's scale is above float16's largest value (65504)")
-    shape = (x.shape[1], x.shape[0]) if transpose else x.shape
+    shape = x.shape
+    if transpose:  # MatMulNBits' layout: codes [N, K], parameters [N, blocks] (the kernel writes them [blocks, N])
+        shape = (x.shape[1], x.shape[0])
+        scale, zero_point = np.ascontiguousarray(scale.T), np.ascontiguousarray(zero_point.T)
     return Blocks(
         codes=codes.reshape(shape),
         scale=scale,

@@ -496,7 +496,7 @@ def quantize_weight(
             assert spec.block_size is not None
             return quantize_matmulnbits(
                 array, spec.scheme, spec.block_size, range=spec.range, name=spec.name, n_threads=config.n_threads,
-                half_scale=spec.scale_type == onnx.TensorProto.FLOAT16, compensation=compensation,
+                half_scale=spec.scale_type == onnx.TensorProto.FLOAT16, compensation=compensation, scratch=scratch,
             )  # fmt: skip
         return quantize_tensor(
             array, spec.scheme, spec.axis, name=spec.name, n_threads=config.n_threads, scratch=scratch,

@@ -268,7 +268,8 @@ def render_info(report: InfoReport) -> None:
         console.print(f"  already quantized: {listed}", highlight=False)
     b = report.build
     console.print(
-        f"  quantrs {b.quantrs}: OpenMP {'on' if b.openmp else 'off (serial build)'}, {b.threads} thread(s); "
+        f"  quantrs {b.quantrs}: OpenMP {'on' if b.openmp else 'off (serial build)'}, {b.threads} thread(s), "
+        f"{'AVX2' if b.simd == 'avx2' else 'portable'} kernels; "
         f"numpy {b.numpy}, onnx {b.onnx}, onnxruntime {b.onnxruntime}"
     )
 

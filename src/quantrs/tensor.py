@@ -255,6 +255,7 @@ def quantize_matmulnbits(
     name: str = "tensor",
     n_threads: int | None = None,
     compensation: Compensation | None = None,
+    scratch: Scratch | None = None,
 ) -> QuantizedTensor:
     """A MatMul weight [K, N] in onnxruntime's com.microsoft.MatMulNBits layout.
 
@@ -263,12 +264,14 @@ def quantize_matmulnbits(
     column padded to whole blocks and packed low nibble first for 4 bits: `data` is
     [N, blocks, block_size * bits / 8] bytes. `scale` is [N, blocks]; `zero_point` holds the
     packed zero points ([N, ceil(blocks * bits / 8)] bytes) for asymmetric codes, else nothing.
+    With `scratch`, `data` lives in its buffers until the next call (as quantize_tensor's).
     """
     k, n = x.shape
     alphas = _alphas(range)
     blocks = kernels.quantize_blocks(
         x, 0, block_size, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric, alphas=alphas,
         half_scale=half_scale, transpose=True, n_threads=n_threads, name=name,
+        out=scratch.get(0, x.size) if scratch is not None else None,
     )  # fmt: skip
     sse, max_abs, sse_minmax = blocks.sse, blocks.max_abs_error, (blocks.sse_minmax if alphas else None)
     if compensation is not None:  # the same scales, error-compensated codes (quantrs.gptq)
@@ -294,7 +297,8 @@ def quantize_matmulnbits(
         codes[:, :k] = blocks.codes + offset
     zero_points = blocks.zero_point.astype(np.uint8)  # [N, blocks], as the kernel writes them
     if scheme.bits == 4:
-        codes = kernels.pack4(codes, n_threads=n_threads)  # rows of whole blocks: a byte never spans two columns
+        packed = scratch.get(1, (codes.size + 1) // 2) if scratch is not None else None
+        codes = kernels.pack4(codes, n_threads=n_threads, out=packed)  # rows of whole blocks: a byte never spans two columns
         if count % 2:
             zero_points = np.concatenate([zero_points, np.zeros((n, 1), np.uint8)], axis=1)
         zero_points = kernels.pack4(zero_points, n_threads=n_threads)  # rows of even length: packed per column

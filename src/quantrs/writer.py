@@ -10,8 +10,8 @@ they are written. The result parses as an ordinary ONNX file.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,11 +98,14 @@ def write_model(
     if external_data is None:
         single = _single_file_size(model, tensors)
         external_data = single > limit
+    # The folder is made inside the try, by one system call: a Ctrl-C arriving after it exists
+    # runs the clean-up (tempfile.mkdtemp leaves a window between its mkdir and its return).
+    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder))
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write to {folder} ({exc.strerror})") from None
-    try:
+        try:
+            os.mkdir(tmp, 0o700)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot write to {folder} ({exc.strerror})") from None
         if external_data:
             data_name = path.name + ".data"
             _write_external(model, tensors, tmp / path.name, tmp / data_name, data_name, limit)
