@@ -249,3 +249,31 @@ def test_smooth_from_the_cli_the_config_file_and_python(save, tmp_path):
     assert result.exit_code == 1 and "smooth needs the model's samples: use quantrs quantize --data" in result.stderr
     result = runner.invoke(app, ["batch", str(src), "-o", str(tmp_path / "b"), "--dynamic", "--smooth", "auto"])
     assert result.exit_code == 2 and "'--smooth'" in result.stderr
+
+
+def test_a_weight_two_inputs_share_is_not_smoothed(save, tmp_path):
+    """One weight read by MatMuls of two inputs (tied weights): each input would want its own s
+    and the weight has one set of rows, so neither is smoothed, and the report says why."""
+    rng = np.random.default_rng(0)
+    gains = np.ones(D, np.float32)
+    gains[OUTLIERS] = 20
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "g"], ["a"]),
+            helper.make_node("MatMul", ["a", "w"], ["y1"], name="first"),
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("MatMul", ["r", "w"], ["y2"], name="second"),
+            helper.make_node("Add", ["y1", "y2"], ["y"]),
+        ],
+        "tied",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, TOKENS, D])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, TOKENS, D])],
+        [numpy_helper.from_array(gains, "g"), numpy_helper.from_array(rng.standard_normal((D, D)).astype(np.float32), "w")],
+    )
+    src = save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    config = QuantizeConfig(dynamic=True, min_elements=0, smooth="auto")
+    report = quantrs.quantize(src, tmp_path / "q.onnx", config, data=_samples(2, 1))
+    assert "not smoothed: its weight 'w' is also read by a MatMul of another input" in report.tensors[-1].reason
+    out = onnx.load(str(tmp_path / "q.onnx"))
+    assert {t.name for t in out.graph.initializer} >= {"g"} and not [n for n in out.graph.node if n.name.endswith("_smooth")]
+    assert report.notes[-1].startswith("smoothing: 0 of 2 MatMul inputs smoothed")

@@ -463,8 +463,8 @@ def _interrupted(doing: str, output: Path, before: tuple[int, int, int] | None) 
 
 
 def _refuse_gptq(config) -> None:
-    """batch and config jobs quantize many models from one set of options: gptq's samples are
-    each model's own, so it is a usage error there."""
+    """batch and config jobs quantize many models from one set of options: gptq's and
+    --smooth's samples are each model's own, so they are usage errors there."""
     if config.rounding == "gptq":
         raise typer.BadParameter("gptq needs each model's own samples: use quantrs quantize --data", param_hint="'--rounding'")
     if config.smooth is not None:
