@@ -146,6 +146,9 @@ def test_1_over_s_folds_into_the_norm_only_when_its_matmuls_alone_read_it(save, 
     assert "folded into Mul 'norm.weight'" in reasons["gate.weight"] and "folded into Mul 'norm.weight'" in reasons["up.weight"]
     # the second LayerNormalization feeds only the tail MatMul: scale and bias take 1/s.
     assert "folded into LayerNormalization 'ln2.weight' and 'ln2.bias'" in reasons["tail.weight"]
+    for kept in ("norm.weight", "ln2.weight", "ln2.bias"):  # the float tensors' lines say what became of them
+        assert f"its node reads a copy with 1/s folded in ({kept}_smoothed)" in reasons[kept]
+    assert "smooth" not in reasons["ln.weight"]
     # the SwiGLU product is made by a Mul of two activations; the first LayerNormalization's
     # output is also the residual: both get a Mul by 1/s before their MatMul.
     assert "a Mul by 1/s (made by Mul" in reasons["down.weight"]

@@ -770,7 +770,8 @@ def _tensor_report(
     """`gptq`: with rounding gptq, "" for compensated codes, else why they are nearest;
     `smoothed`: with --smooth, what the migration did to the weight's input."""
     if summary is None:
-        return TensorReport(plan.name, list(plan.shape), plan.dtype, False, plan.reason, kind=plan.kind, scope=plan.scope)
+        reason = plan.reason + ("" if smoothed is None else f"; {smoothed}")
+        return TensorReport(plan.name, list(plan.shape), plan.dtype, False, reason, kind=plan.kind, scope=plan.scope)
     return TensorReport(
         kind=plan.kind,
         scope=plan.scope,

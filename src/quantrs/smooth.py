@@ -28,7 +28,8 @@ to COLUMNS output columns of each weight, and the one with the least squared err
 group's outputs, INT8 x INT8 as the dynamic form computes them (the activation per tensor, UINT8
 asymmetric, over each sample's range; the weights per column, symmetric), against float, is
 kept. A group that no strength improves is left as it is (no Mul added). `--smooth 0.5`: that
-strength for every group, no search.
+strength for every group, no search. The report's weight errors are those of diag(s) W, the
+weight as quantized.
 
 Measured (bench/RESULTS.md, 2026-12-06): cosine to float 0.9906 -> 0.9963 on all-MiniLM-L6-v2
 (24 Muls, no measurable latency), 0.9819 -> 0.9951 on the 2-layer bench decoder, 0.890 -> 0.994
@@ -140,8 +141,16 @@ class Smoothing:
 
     @property
     def notes(self) -> dict[str, str]:
-        """Each grouped weight's note for the report."""
-        return {w: c.note for c in self.choices for w in c.group.weights}
+        """Each grouped weight's note for the report, and each folded gain's or bias's."""
+        notes = {w: c.note for c in self.choices for w in c.group.weights}
+        for c in self.choices:
+            fold = c.group.fold
+            if c.scales is not None and fold is not None:
+                for name in (fold.scale[0], *(fold.bias[:1] if fold.bias else ())):
+                    notes[name] = (
+                        f"--smooth: its node reads a copy with 1/s folded in ({name}_smoothed), for {', '.join(c.group.weights)}"
+                    )
+        return notes
 
     def summary(self) -> str:
         done = [c for c in self.choices if c.scales is not None]
