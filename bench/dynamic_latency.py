@@ -1,9 +1,16 @@
-"""Which quantized model runs fastest: float, quantrs' weight-only INT8, quantrs `--dynamic`,
-onnxruntime's `quantize_dynamic`, and 4-bit MatMulNBits, on all-MiniLM-L6-v2 (built from its
-packaged checkpoint, tests/minilm.py) and a Llama-shaped decoder's prefill (bench/llama.py,
-TinyLlama widths, --layers of them), one thread, batch 8 x 32 tokens, in one run.
+"""Which quantized model runs fastest: float, quantrs' weight-only INT8, quantrs `--dynamic`
+(plain, and with `--smooth auto`), onnxruntime's `quantize_dynamic`, and 4-bit MatMulNBits, on
+all-MiniLM-L6-v2 (built from its packaged checkpoint, tests/minilm.py) and a Llama-shaped
+decoder's prefill (bench/llama.py, TinyLlama widths, --layers of them), one thread, batch 8 x 32
+tokens, in one run.
 
     python bench/dynamic_latency.py WORKDIR [--layers 2] [--repeat 30] [--threads 1] [--busy]
+        [--norm-outliers G] [--dtype float32|float16] [--decoder-only]
+
+`--smooth auto` calibrates on SMOOTH_SAMPLES other random sequences of 32 tokens (batch 1).
+`--norm-outliers G`: the decoder's RMSNorm gains are G on a few channels (bench/llama.py), so
+that its MatMul inputs have outlier channels as trained LLMs' do; 0 (the default) is the model
+of the earlier measurements.
 
 Each model is run once per round, rounds interleaved (these machines are noisy), and the median
 of each is reported with its ratio to float and its cosine to float's outputs (MiniLM's last
@@ -31,21 +38,26 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import minilm  # noqa: E402
 from busy_threads import competing_process  # noqa: E402
-from llama import SIZES, Widths, build_decoder  # noqa: E402
+from llama import NORM_OUTLIERS, SIZES, Widths, build_decoder  # noqa: E402
 
 import quantrs  # noqa: E402
 
 BATCH, TOKENS = 8, 32
+SMOOTH_SAMPLES = 16  # calibration sequences for --smooth auto
 
 
-def variants(src: Path, folder: Path) -> dict[str, tuple[Path, float]]:
-    """Each quantized form of `src`: its path and the seconds it took to make."""
+def variants(src: Path, folder: Path, calibration: list[dict[str, np.ndarray]]) -> dict[str, tuple[Path, float]]:
+    """Each quantized form of `src`: its path and the seconds it took to make (`calibration`:
+    the samples of --smooth)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     made: dict[str, tuple[Path, float]] = {"float": (src, 0.0)}
     steps = {
         "quantrs INT8 weight-only": lambda dst: quantrs.quantize(src, dst),
         "quantrs --dynamic": lambda dst: quantrs.quantize(src, dst, quantrs.QuantizeConfig(dynamic=True)),
+        "quantrs --dynamic --smooth auto": lambda dst: quantrs.quantize(
+            src, dst, quantrs.QuantizeConfig(dynamic=True, smooth="auto"), data=calibration
+        ),
         "ort quantize_dynamic": lambda dst: quantize_dynamic(
             src,
             dst,
@@ -72,9 +84,12 @@ def measure(models: dict[str, tuple[Path, float]], feeds: dict[str, np.ndarray],
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    sessions = {
-        name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for name, (path, _) in models.items()
-    }
+    sessions, failed = {}, {}
+    for name, (path, _) in models.items():
+        try:
+            sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # quantize_dynamic's output of a float16 model does not load (onnxruntime 1.32)
+            failed[name] = str(exc).split(":")[-1].strip()[:120]
     outputs = {name: s.run(None, feeds)[0].astype(np.float64).ravel() for name, s in sessions.items()}
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(repeat):
@@ -95,7 +110,7 @@ def measure(models: dict[str, tuple[Path, float]], feeds: dict[str, np.ndarray],
             if name != "float"
             else f"| float | {ms:.1f} ms | 1.00x | 1 | |"
         )
-    return rows
+    return rows + [f"| {name} | does not load: {why} | | | {models[name][1]:.2f} s |" for name, why in failed.items()]
 
 
 def main() -> None:
@@ -105,27 +120,46 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--busy", action="store_true", help="also time every model beside a competing process")
+    parser.add_argument("--norm-outliers", type=float, default=0.0, help="the decoder's outlier RMSNorm gain (0: none)")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="the decoder's weights")
+    parser.add_argument("--decoder-only", action="store_true", help="skip MiniLM")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    calibration = np.random.default_rng(1)  # other sequences than the timed ones
     header = "| model | latency | vs float | cosine to float | quantizing |\n|---|---|---|---|---|"
 
-    folder = args.workdir / "minilm"
-    folder.mkdir(parents=True, exist_ok=True)
-    src = folder / "minilm.onnx"
-    onnx.save(minilm.build_encoder(minilm.weights_dir(), last_hidden_state=True), str(src))
-    ids = rng.integers(1000, 30000, (BATCH, TOKENS)).astype(np.int64)
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    print(f"all-MiniLM-L6-v2, batch {BATCH} x {TOKENS} tokens, {args.threads} thread(s), median of {args.repeat}")
-    report(variants(src, folder), feeds, args, header)
+    if not args.decoder_only:
+        folder = args.workdir / "minilm"
+        folder.mkdir(parents=True, exist_ok=True)
+        src = folder / "minilm.onnx"
+        onnx.save(minilm.build_encoder(minilm.weights_dir(), last_hidden_state=True), str(src))
+        ids = rng.integers(1000, 30000, (BATCH, TOKENS)).astype(np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        samples = []
+        for _ in range(SMOOTH_SAMPLES):
+            sample = calibration.integers(1000, 30000, (1, TOKENS)).astype(np.int64)
+            samples.append({"input_ids": sample, "attention_mask": np.ones_like(sample)})
+        print(f"all-MiniLM-L6-v2, batch {BATCH} x {TOKENS} tokens, {args.threads} thread(s), median of {args.repeat}")
+        report(variants(src, folder, samples), feeds, args, header)
+    else:
+        rng.integers(1000, 30000, (BATCH, TOKENS))  # the decoder's tokens as in a full run
+        calibration.integers(1000, 30000, (SMOOTH_SAMPLES, TOKENS))
 
     size = SIZES["1.1B"]
     widths = Widths(size.hidden, size.intermediate, args.layers, size.heads, size.kv_heads, size.vocab)
-    folder = args.workdir / f"decoder{args.layers}"
+    name = (
+        f"decoder{args.layers}"
+        + ("_fp16" if args.dtype == "float16" else "")
+        + (f"_g{args.norm_outliers:g}" if args.norm_outliers else "")
+    )
+    folder = args.workdir / name
     folder.mkdir(parents=True, exist_ok=True)
-    src = build_decoder(folder / "decoder.onnx", widths, "float32")
+    src = build_decoder(folder / "decoder.onnx", widths, args.dtype, norm_outliers=args.norm_outliers)
     feeds = {"input_ids": rng.integers(0, widths.vocab, (BATCH, TOKENS)).astype(np.int64)}
-    print(f"\nLlama-shaped decoder, TinyLlama widths, {args.layers} layers, float32, prefill {BATCH} x {TOKENS}")
-    report(variants(src, folder), feeds, args, header)
+    samples = [{"input_ids": calibration.integers(0, widths.vocab, (1, TOKENS)).astype(np.int64)} for _ in range(SMOOTH_SAMPLES)]
+    outliers = f", RMSNorm gains {args.norm_outliers:g} on {NORM_OUTLIERS} channels" if args.norm_outliers else ""
+    print(f"\nLlama-shaped decoder, TinyLlama widths, {args.layers} layers, {args.dtype}{outliers}, prefill {BATCH} x {TOKENS}")
+    report(variants(src, folder, samples), feeds, args, header)
 
 
 def report(models: dict[str, tuple[Path, float]], feeds: dict[str, np.ndarray], args: argparse.Namespace, header: str) -> None:

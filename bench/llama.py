@@ -9,7 +9,10 @@ logits. Input `input_ids` [batch, sequence] (int64), output `logits` [batch, seq
 Positions are 0..sequence-1 (no cache): the shape quantizing and prefill latency care about.
 
 Weights are N(0, 1/fan_in) with a few input rows (the same hidden channels in every layer, as
-trained LLMs have) scaled by 20; each tensor is generated when the writer reaches it
+trained LLMs have) scaled by 20. With `--norm-outliers G` the RMSNorm gains of a few hidden
+channels (the same in every norm) are G instead of 1, so that the norms' outputs, the inputs of
+Q/K/V, gate/up and the head, have outlier channels as trained LLMs' activations do (default: all
+gains 1, the model every earlier measurement used). Each tensor is generated when the writer reaches it
 (quantrs.writer), so a 13.5 GB 7B model is written in about one tensor's memory. RMSNorm runs in
 float32 in a float16 model (Cast around it), as exporters write it.
 """
@@ -28,6 +31,7 @@ from quantrs.writer import OutTensor, Payload, write_model
 
 OUTLIER_ROWS = 4  # input rows per weight scaled by OUTLIER_SCALE
 OUTLIER_SCALE = 20.0
+NORM_OUTLIERS = 4  # hidden channels whose RMSNorm gains are --norm-outliers (the others 1)
 MAX_POSITIONS = 1024
 
 
@@ -58,10 +62,19 @@ SIZES = {
 _TYPES = {"float32": (TensorProto.FLOAT, np.float32), "float16": (TensorProto.FLOAT16, np.float16)}
 
 
-def build_decoder(path: Path, widths: Widths, dtype: str = "float16", *, external_data: bool = True, seed: int = 0) -> Path:
-    """Write the decoder to `path` (external data in `<path>.data` when asked or over 2 GB)."""
+def build_decoder(
+    path: Path,
+    widths: Widths,
+    dtype: str = "float16",
+    *,
+    external_data: bool = True,
+    seed: int = 0,
+    norm_outliers: float = 0.0,
+) -> Path:
+    """Write the decoder to `path` (external data in `<path>.data` when asked or over 2 GB).
+    `norm_outliers`: the RMSNorm gain of NORM_OUTLIERS hidden channels (0: every gain 1)."""
     elem, np_type = _TYPES[dtype]
-    g = _Graph(elem, np_type, seed)
+    g = _Graph(elem, np_type, seed, norm_outliers)
     h, hd, nh, nkv = widths.hidden, widths.head_dim, widths.heads, widths.kv_heads
     x = g.node("Gather", [g.weight("model.embed_tokens.weight", (widths.vocab, h), fan_in=None), "input_ids"], "embed")
     # Positions 0..S-1, their rotary angles, and the causal mask, from the sequence length.
@@ -148,8 +161,8 @@ def build_decoder(path: Path, widths: Widths, dtype: str = "float16", *, externa
 class _Graph:
     """Nodes and streamed initializers of the model being built."""
 
-    def __init__(self, elem: int, np_type: type, seed: int) -> None:
-        self.elem, self.np_type, self.seed = elem, np_type, seed
+    def __init__(self, elem: int, np_type: type, seed: int, norm_outliers: float = 0.0) -> None:
+        self.elem, self.np_type, self.seed, self.norm_outliers = elem, np_type, seed, norm_outliers
         self.nodes: list = []
         self.tensors: list[OutTensor] = []
         self._names: set[str] = set()
@@ -190,7 +203,10 @@ class _Graph:
         return self.node("MatMul", [x, self.weight(f"{name}.weight", (rows, cols), fan_in=rows)], output or f"{name}.out")
 
     def rms_norm(self, x: str, name: str, width: int) -> str:
-        gain = self.const(f"{name}.weight", np.ones(width, self.np_type))
+        gains = np.ones(width, self.np_type)
+        if self.norm_outliers:
+            gains[_outlier_channels(width)] = self.norm_outliers
+        gain = self.const(f"{name}.weight", gains)
         wide = x if self.elem == TensorProto.FLOAT else self.node("Cast", [x], f"{name}.f32", to=TensorProto.FLOAT)
         mean = self.node("ReduceMean", [self.node("Mul", [wide, wide], f"{name}.sq")], f"{name}.ms", axes=[-1], keepdims=1)
         root = self.node(
@@ -206,6 +222,10 @@ def _outlier_rows(rows: int) -> np.ndarray:
     return np.random.default_rng(rows).choice(rows, size=min(OUTLIER_ROWS, rows), replace=False)
 
 
+def _outlier_channels(width: int) -> np.ndarray:
+    return np.random.default_rng(width + 1).choice(width, size=min(NORM_OUTLIERS, width), replace=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output", type=Path)
@@ -213,11 +233,14 @@ def main() -> None:
     parser.add_argument("--dtype", choices=sorted(_TYPES), default="float16")
     parser.add_argument("--layers", type=int, help="fewer layers than the size has (same widths)")
     parser.add_argument("--single-file", action="store_true", help="no external data (models under 2 GB only)")
+    parser.add_argument(
+        "--norm-outliers", type=float, default=0.0, help="RMSNorm gain of a few hidden channels (activation outliers); 0: all 1"
+    )
     args = parser.parse_args()
     widths = SIZES[args.size]
     if args.layers:
         widths = Widths(widths.hidden, widths.intermediate, args.layers, widths.heads, widths.kv_heads, widths.vocab)
-    build_decoder(args.output, widths, args.dtype, external_data=not args.single_file)
+    build_decoder(args.output, widths, args.dtype, external_data=not args.single_file, norm_outliers=args.norm_outliers)
     print(f"{args.output}: {widths.params / 1e9:.2f}B parameters, {args.dtype}, {widths.layers} layers")
 
 

@@ -2,6 +2,7 @@
 
     python bench/llm_scale.py WORKDIR [--models 1.1B-fp16 1.1B-fp32 7B-fp16] [--repeat 1]
                                       [--ort-memory-gb 20] [--skip-ort 7B-fp16] [--busy]
+                                      [--baseline OLD_TREE/src]
 
 Models are built once into WORKDIR by bench/llama.py (external data; 1.1B float16 is 2.2 GB,
 float32 4.4 GB, 7B float16 13.5 GB: about 40 GB of disk with the outputs). Each tool runs as its
@@ -13,7 +14,10 @@ instead of bringing the machine down.
 
 Prints a Markdown table (for bench/RESULTS.md): seconds, seconds per GB of input, peak RSS, and
 onnxruntime's time over quantrs' for the same model. --busy runs every tool beside one
-competing CPU-bound process the script starts and stops (bench/busy_threads.py).
+competing CPU-bound process the script starts and stops (bench/busy_threads.py). --baseline
+adds each quantrs row again for another quantrs (a source tree with its kernels built in place:
+`git worktree add OLD COMMIT && cd OLD && python setup.py build_ext --inplace`), before and after
+in one run.
 """
 
 from __future__ import annotations
@@ -103,7 +107,13 @@ def main() -> None:
     parser.add_argument("--ort-memory-gb", type=float, default=20.0)
     parser.add_argument("--skip-ort", nargs="*", default=[], help="models on which onnxruntime's tool is not run")
     parser.add_argument("--busy", action="store_true", help="beside one competing CPU-bound process")
+    parser.add_argument("--baseline", type=Path, help="the src folder of another quantrs tree, run as 'before'")
     args = parser.parse_args()
+    if args.baseline is not None:
+        before = ["env", f"PYTHONPATH={args.baseline.resolve()}", sys.executable, "-m", "quantrs"]
+        for tool in [t for t in args.tools if t.startswith("quantrs")]:
+            TOOLS[f"{tool} (before)"] = [*before, *TOOLS[tool][1:]]
+            args.tools.insert(args.tools.index(tool), f"{tool} (before)")
     rows = []
     for spec in args.models:
         src = model_path(args.workdir, spec)

@@ -191,6 +191,7 @@ REACH = {
             "accuracy_level": (["--quant-format", "matmulnbits", "--accuracy-level", "2"], 2),
             "dynamic": (["--dynamic"], True),
             "rounding": (["--rounding", "gptq", "--data", "d.npy"], "gptq"),
+            "smooth": (["--dynamic", "--smooth", "0.6", "--data", "d.npy"], 0.6),
             "native_int4": (["--int4-as-int8"], False),
             "min_elements": (["--min-elements", "7"], 7),
             "exclude": (["--exclude", "w", "--exclude", "v"], ("w", "v")),

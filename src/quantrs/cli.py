@@ -332,7 +332,9 @@ def quantize(
     data: Annotated[
         Optional[Path],
         typer.Option(
-            "--data", help="Samples for --rounding gptq (as for calibrate): .npy, .npz or a folder.", show_default=False
+            "--data",
+            help="Samples for --rounding gptq or --smooth (as for calibrate): .npy, .npz or a folder.",
+            show_default=False,
         ),
     ] = None,
     *,
@@ -348,8 +350,10 @@ def quantize(
     config = quantize_config(options)
     if config.rounding == "gptq" and data is None and not dry_run:
         raise typer.BadParameter("is required by --rounding gptq (its calibration samples)", param_hint="'--data'")
-    if data is not None and config.rounding != "gptq":
-        raise typer.BadParameter("is read only by --rounding gptq", param_hint="'--data'")
+    if config.smooth is not None and data is None and not dry_run:
+        raise typer.BadParameter("is required by --smooth (the activations' maxima per channel)", param_hint="'--data'")
+    if data is not None and config.rounding != "gptq" and config.smooth is None:
+        raise typer.BadParameter("is read only by --rounding gptq and --smooth", param_hint="'--data'")
     try:
         if dry_run:
             _emit(plan_only(model, config, output_path=output), fmt, "render_plan")
@@ -424,6 +428,9 @@ def config(
     gptq = next((j for j in work if j.config.rounding == "gptq"), None)
     if gptq is not None:  # a config file names no samples (a dry run would plan what cannot run)
         raise _fail(f"{gptq.origin}: rounding: gptq needs the model's samples: use quantrs quantize --data ({gptq.input})")
+    smooth = next((j for j in work if j.config.smooth is not None), None)
+    if smooth is not None:
+        raise _fail(f"{smooth.origin}: smooth needs the model's samples: use quantrs quantize --data ({smooth.input})")
     if dry_run:
         plans = []
         for j in work:
@@ -469,10 +476,12 @@ def _interrupted(doing: str, output: Path, before: tuple[int, int, int] | None) 
 
 
 def _refuse_gptq(config: QuantizeConfig) -> None:
-    """batch and config jobs quantize many models from one set of options: gptq's samples are
-    each model's own, so it is a usage error there."""
+    """batch and config jobs quantize many models from one set of options: gptq's and
+    --smooth's samples are each model's own, so they are usage errors there."""
     if config.rounding == "gptq":
         raise typer.BadParameter("gptq needs each model's own samples: use quantrs quantize --data", param_hint="'--rounding'")
+    if config.smooth is not None:
+        raise typer.BadParameter("needs each model's own samples: use quantrs quantize --data", param_hint="'--smooth'")
 
 
 def _run_batch(

@@ -38,6 +38,7 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)
 RANGES = ("minmax", "refit", "search")
 QUANT_FORMATS = ("qdq", "matmulnbits")
 ROUNDINGS = ("nearest", "gptq")
+SMOOTH_AUTO = "auto"  # --smooth auto: each input's strength chosen on the samples (quantrs.smooth)
 MATMULNBITS_BLOCK = 32  # --quant-format matmulnbits without --block-size
 METHODS = ("minmax", "percentile", "entropy", "mse")  # calibration range pickers (quantrs.ranges)
 TARGETS = ("ort-cpu", "tensorrt")  # runtimes static models are laid out for (quantrs.activations)
@@ -86,6 +87,15 @@ def _is_int(value: object) -> bool:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _smooth(value: str) -> float | str:
+    if value == SMOOTH_AUTO:
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise OptionError("smooth", f"{value!r} is not a strength in [0, 1] or {SMOOTH_AUTO}") from None
 
 
 def _layer_bits(values: list[str]) -> dict[str, int]:
@@ -160,6 +170,15 @@ class QuantizeConfig:
         "or gptq: codes chosen to keep MatMul/Gemm/Conv outputs on the samples of --data "
         "(error-compensated rounding, GPTQ; the scales are unchanged).",
     )
+    smooth: float | str | None = _option(
+        None,
+        "--smooth",
+        help="With --dynamic and --data: SmoothQuant, each MatMul input's scale per channel migrated into its weight's rows "
+        "(folded into the norm before it, else a Mul), at this strength in [0, 1], or auto: chosen per input on the samples.",
+        cli_type=str,
+        parse=_smooth,
+        file_type=float | Literal["auto"],
+    )
     native_int4: bool = _option(
         True,
         "--native-int4/--int4-as-int8",
@@ -209,6 +228,8 @@ class QuantizeConfig:
         layer_bits = self._check_layer_bits()
         if self.dynamic:
             self._check_dynamic(layer_bits)
+        if self.smooth is not None:
+            self._check_smooth()
         if self.n_threads is not None and (
             not isinstance(self.n_threads, int) or isinstance(self.n_threads, bool) or self.n_threads < 1
         ):
@@ -274,6 +295,16 @@ class QuantizeConfig:
             raise OptionError("dynamic", f"writes MatMulInteger, not {self.quant_format}: leave --quant-format at qdq")
         if self.block_size is not None:
             raise OptionError("dynamic", "reads INT8 weights per channel (or per tensor): --block-size has no integer kernel")
+
+    def _check_smooth(self) -> None:
+        """--smooth: a strength in [0, 1] or auto, for dynamic INT8 only (static activations
+        have their own ranges; weight-only has no activation to smooth)."""
+        if self.smooth != SMOOTH_AUTO and (not _is_number(self.smooth) or not 0 <= self.smooth <= 1):  # type: ignore[operator]
+            raise OptionError("smooth", f"must be a strength in [0, 1] or {SMOOTH_AUTO}, not {self.smooth!r}")
+        if not self.dynamic:
+            raise OptionError("smooth", "migrates the activations' scale into MatMulInteger's weights: it needs --dynamic")
+        if self.rounding != "nearest":
+            raise OptionError("smooth", f"does not combine with --rounding {self.rounding} (the codes are rounded to nearest)")
 
     @property
     def blocks(self) -> int | None:

@@ -46,6 +46,7 @@ from quantrs.writer import OutTensor, Payload, folder_problem, write_model
 if TYPE_CHECKING:
     from quantrs.gptq import Compensation, Factor, Source, Target
     from quantrs.samples import SampleSource
+    from quantrs.smooth import Smoothing
 
 __all__ = ["quantize", "dry_run", "open_model", "check_output", "plan_model", "rewrite_and_write", "WeightStream"]
 
@@ -74,9 +75,10 @@ def quantize(
     Inputs with external data, outputs over 2 GiB, or `config.external_data` give an output with
     external data (`<output>.data`); otherwise the output is a single file.
 
-    `data`: the samples `config.rounding == "gptq"` computes its codes from (the forms
-    quantrs.samples reads). `factors`: with gptq, a dict in which the Hessians' factors are
-    kept by source (gptq.Target.source; as many as gptq.HESSIAN_BYTES holds) and taken from on the next call;
+    `data`: the samples `config.rounding == "gptq"` computes its codes from, or `config.smooth`
+    its activations' maxima per channel (the forms quantrs.samples reads). `factors`: with
+    gptq, a dict in which the Hessians' factors are kept by source (gptq.Target.source; as
+    many as gptq.HESSIAN_BYTES holds) and taken from on the next call;
     only for the same model and samples (auto builds several candidates); None: each factor
     is dropped once its weights are quantized.
 
@@ -95,13 +97,24 @@ def quantize(
     src, dst = Path(input_path), Path(output_path)
     if config.rounding == "gptq" and data is None:
         raise OptionError("rounding", "gptq needs calibration samples (data=, --data)")
-    if data is not None and config.rounding != "gptq":
-        raise OptionError("rounding", f"{config.rounding}: samples (data=, --data) are read only by rounding gptq")
+    if config.smooth is not None and data is None:
+        raise OptionError("smooth", "needs calibration samples (data=, --data): the activations' maxima per channel")
+    if data is not None and config.rounding != "gptq" and config.smooth is None:
+        raise OptionError("rounding", f"{config.rounding}: samples (data=, --data) are read only by rounding gptq and --smooth")
     model = open_model(src, dst)
     plans, specs, already = plan_model(model, config)
     ready: dict[str, QuantizedTensor] = {}
     notes: dict[str, str] = {}
     samples = 0
+    smoothing: Smoothing | None = None
+    if config.smooth is not None:
+        assert data is not None
+        try:
+            smoothing = smooth_weights(model, specs, config, data, stage=stage)
+        except QuantrsError as exc:
+            exc.about(file=src)
+            raise
+        samples = smoothing.samples
     if config.rounding == "gptq":
         assert data is not None
         try:
@@ -117,11 +130,16 @@ def quantize(
         "quantrs.storage": _storage_names(specs),
         **({"quantrs.mode": "dynamic"} if config.dynamic else {}),
         **({"quantrs.rounding": f"gptq ({len(ready)} weights)"} if config.rounding == "gptq" else {}),
+        **({"quantrs.smooth": smoothing.summary()} if smoothing is not None else {}),
     }
     edit = DynamicEdit({n: s for n, s in specs.items() if s.dynamic}) if config.dynamic else None
-    done = rewrite_and_write(model, dst, specs, config, metadata=metadata, edit=edit, progress=progress, ready=ready)
+    scaled = smoothing.row_scales if smoothing is not None else {}
+    done = rewrite_and_write(
+        model, dst, specs, config, metadata=metadata, edit=edit, progress=progress, ready=ready, scaled=scaled
+    )
     stream = done.stream
-    reports = [_tensor_report(p, stream.results.get(p.name), notes.get(p.name)) for p in plans]
+    smoothed = smoothing.notes if smoothing is not None else {}
+    reports = [_tensor_report(p, stream.results.get(p.name), notes.get(p.name), smoothed.get(p.name)) for p in plans]
     return QuantizeReport(
         input=str(src),
         output=str(dst),
@@ -145,7 +163,7 @@ def quantize(
         already_quantized=already,
         rounding=config.rounding,
         samples=samples,
-        notes=_format_notes(config, plans),
+        notes=_format_notes(config, plans) + ([smoothing.summary()] if smoothing is not None else []),
     )
 
 
@@ -237,9 +255,11 @@ def rewrite_and_write(
     edit: GraphEdit | None = None,
     progress: ProgressCallback | None = None,
     ready: Mapping[str, QuantizedTensor] | None = None,
+    scaled: Mapping[str, np.ndarray] | None = None,
 ) -> Written:
     """Rewrite the graph for `specs` (and `edit`), then stream the output to `dst`, quantizing
-    each weight when the writer reaches it (or taking it from `ready`, quantized beforehand).
+    each weight when the writer reaches it (or taking it from `ready`, quantized beforehand;
+    a weight in `scaled` has its rows multiplied by those factors first: --smooth).
     `model.proto` is edited in place."""
     src = model.path
     proto = model.proto
@@ -271,7 +291,7 @@ def rewrite_and_write(
         e.domain == MICROSOFT_DOMAIN for e in proto.opset_import
     ):
         proto.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
-    stream = WeightStream(model, specs, dq, config, progress, ready=dict(ready or {}))
+    stream = WeightStream(model, specs, dq, config, progress, ready=dict(ready or {}), scaled=dict(scaled or {}))
     try:  # before any edit: rebuilding a node list copies the bodies, and the codes go in theirs
         stream.fill_bodies()
     except QuantrsError as exc:
@@ -388,6 +408,7 @@ class WeightStream:
     keep_scales: set[str] = field(default_factory=set)  # weights whose scales are kept once written
     scales: dict[str, np.ndarray] = field(default_factory=dict)
     ready: dict[str, QuantizedTensor] = field(default_factory=dict)  # quantized beforehand (gptq)
+    scaled: dict[str, np.ndarray] = field(default_factory=dict)  # row factors applied before quantizing (--smooth)
 
     def __post_init__(self) -> None:
         self._total_bytes = sum(self.model.weights.info(n).nbytes for n in self.specs)
@@ -449,7 +470,10 @@ class WeightStream:
             began = time.perf_counter()
             qt = self.ready.pop(name, None)
             if qt is None:
-                qt = quantize_weight(self.model.weights.array(name), spec, self.config, scratch=self._scratch)
+                array = self.model.weights.array(name)
+                if name in self.scaled:  # W' = diag(s) W, in float32, back to the weight's type
+                    array = (array.astype(np.float32) * self.scaled[name][:, None]).astype(array.dtype)
+                qt = quantize_weight(array, spec, self.config, scratch=self._scratch)
             if spec.code_offset:
                 qt = _offset_codes(qt, spec.code_offset)
             if spec.padding:
@@ -597,6 +621,31 @@ def _keep_factors(cache: dict[Source, Factor], factors: Mapping[Source, Factor])
             held += f.u.nbytes
 
 
+def smooth_weights(
+    model: LoadedModel,
+    specs: Mapping[str, DQSpec],
+    config: QuantizeConfig,
+    data: SampleSource,
+    *,
+    stage: StageCallback | None = None,
+) -> Smoothing:
+    """--smooth: the migration chosen on the samples (quantrs.smooth), its graph edit applied to
+    `model.proto` (norm gains folded, Muls inserted); the weights' row factors are applied when
+    the writer reaches them (rewrite_and_write's `scaled`)."""
+    from quantrs.samples import input_specs, load_samples
+    from quantrs.smooth import plan_smoothing
+
+    if stage is not None:
+        stage("loading samples", "", 0, 0)
+    samples = load_samples(data, input_specs(model.proto))
+    if not samples:
+        raise ConfigError("smooth: no calibration samples", file=model.path)
+    assert config.smooth is not None
+    smoothing = plan_smoothing(model, specs, config.smooth, config.per_channel, samples, stage=stage)
+    smoothing.apply(model.proto.graph, model.weights.array)
+    return smoothing
+
+
 def _offset_codes(qt: QuantizedTensor, offset: int) -> QuantizedTensor:
     """Signed 8-bit codes stored as UINT8: each code byte + `offset` (mod 256: two's complement
     q becomes q + offset) and the zero points moved with them, so the values are unchanged. The
@@ -726,10 +775,14 @@ def _nothing_to_quantize(plans: list[TensorPlan]) -> str:
     return f"none of the {len(floats)} float tensors can be quantized ({examples})"
 
 
-def _tensor_report(plan: TensorPlan, summary: _Summary | None, gptq: str | None = None) -> TensorReport:
-    """`gptq`: with rounding gptq, "" for compensated codes, else why they are nearest."""
+def _tensor_report(
+    plan: TensorPlan, summary: _Summary | None, gptq: str | None = None, smoothed: str | None = None
+) -> TensorReport:
+    """`gptq`: with rounding gptq, "" for compensated codes, else why they are nearest;
+    `smoothed`: with --smooth, what the migration did to the weight's input."""
     if summary is None:
-        return TensorReport(plan.name, list(plan.shape), plan.dtype, False, plan.reason, kind=plan.kind, scope=plan.scope)
+        reason = plan.reason + ("" if smoothed is None else f"; {smoothed}")
+        return TensorReport(plan.name, list(plan.shape), plan.dtype, False, reason, kind=plan.kind, scope=plan.scope)
     return TensorReport(
         kind=plan.kind,
         scope=plan.scope,
@@ -737,7 +790,9 @@ def _tensor_report(plan: TensorPlan, summary: _Summary | None, gptq: str | None 
         shape=list(plan.shape),
         dtype=plan.dtype,
         quantized=True,
-        reason=plan.reason + ("" if gptq is None else "; codes by gptq" if not gptq else f"; rounded to nearest (gptq: {gptq})"),
+        reason=plan.reason
+        + ("" if gptq is None else "; codes by gptq" if not gptq else f"; rounded to nearest (gptq: {gptq})")
+        + ("" if smoothed is None else f"; {smoothed}"),
         axis=summary.axis,
         storage=summary.storage,
         mse=summary.mse,
