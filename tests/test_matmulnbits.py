@@ -43,8 +43,8 @@ def test_matmulnbits_equals_the_qdq_form(save, tmp_path, bits, symmetric):
 
 
 def test_default_accuracy_level_and_mixed_formats(save, tmp_path):
-    """The CPU default accuracy level 4 (int8 activations) runs; weights MatMulNBits cannot
-    take (a Gemm's) are written as QDQ blocks in the same model."""
+    """The default accuracy level is 0 (float compute: the faster where measured); weights
+    MatMulNBits cannot take (a Gemm's) are written as QDQ blocks in the same model."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((128, 64)).astype(np.float32) / 11, n) for n in ("w_mm", "w_gemm")]
     nodes = [
@@ -66,10 +66,19 @@ def test_default_accuracy_level_and_mixed_formats(save, tmp_path):
     storage = {t.name: t.storage for t in report.tensors if t.quantized}
     assert storage == {"w_mm": "UINT4 (MatMulNBits)", "w_gemm": "UINT4"}  # B is bytes, the codes 4-bit
     assert report.storage == "UINT4 (1 of 2 as MatMulNBits)"  # the type once
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
-    assert "MatMulNBits" in ops and "DequantizeLinear" in ops
+    nodes = onnx.load(str(tmp_path / "q.onnx")).graph.node
+    assert {n.op_type for n in nodes} >= {"MatMulNBits", "DequantizeLinear"}
+    levels = [a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"]
+    assert levels == [0]
     feeds = {"x": rng.standard_normal((4, 128)).astype(np.float32)}
     assert rel_l2(run(tmp_path / "q.onnx", feeds), run(src, feeds)) < 0.25
+    # Level 4 (int8 activations), asked for, is written and runs.
+    quantrs.quantize(
+        src, tmp_path / "q4.onnx", QuantizeConfig(bits=4, quant_format="matmulnbits", min_elements=0, accuracy_level=4)
+    )
+    nodes = onnx.load(str(tmp_path / "q4.onnx")).graph.node
+    assert [a.i for n in nodes if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"] == [4]
+    assert rel_l2(run(tmp_path / "q4.onnx", feeds), run(src, feeds)) < 0.25
 
 
 def test_bad_format_options_are_usage_errors(save, tmp_path):

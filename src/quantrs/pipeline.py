@@ -347,7 +347,9 @@ def dq_spec(plan: TensorPlan, config: QuantizeConfig) -> DQSpec:
         nbits=plan.nbits,
         gather_block=plan.gather_block,
         dynamic=plan.dynamic,
-        accuracy_level=4 if config.accuracy_level is None else config.accuracy_level,
+        # Unset: 0 (float compute). Level 4 (int8 activations) was slower or no faster on MiniLM
+        # and on 2- and 22-layer decoders, at the same accuracy (bench/RESULTS.md, issue 21.6).
+        accuracy_level=0 if config.accuracy_level is None else config.accuracy_level,
     )
 
 

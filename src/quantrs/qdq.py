@@ -75,7 +75,7 @@ class DQSpec:
     block_size: int | None = None  # blocks along `axis` (opset 21), one scale per block
     range: str = "minmax"  # minmax, refit or search (see QuantizeConfig.range)
     nbits: bool = False  # com.microsoft.MatMulNBits instead of DequantizeLinear (MatMul weights [K, N])
-    accuracy_level: int = 4  # MatMulNBits' compute type
+    accuracy_level: int = 0  # MatMulNBits' compute type (0: float; 4: int8 activations)
     gather_block: bool = False  # lookups as com.microsoft.GatherBlockQuantized (tables [V, D], blocks along axis 1)
     dynamic: bool = False  # read by MatMulInteger, activations quantized at run time (quantrs.dynamic)
     pad_inputs: bool = True  # padded codes: direct MatMul/Gemm readers get their data input padded (else a Slice)
