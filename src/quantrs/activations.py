@@ -127,8 +127,10 @@ def ort_cpu_selection(graph: onnx.GraphProto, excluded: set[str], stored: set[st
     nodes that read them dequantized). `stored`: the weights and constants (not activations).
 
     1. Conv, MatMul, Gemm: their data inputs (both of an activation x activation MatMul such as
-       Q @ K^T); a Conv's output too (QLinearConv needs it; MatMulIntegerToFloat and QGemm give
-       float outputs, so MatMul/Gemm outputs stay float).
+       Q @ K^T); a Conv's output too, whatever reads it (QLinearConv needs it: onnxruntime fuses
+       a Conv only when a QuantizeLinear is its one reader; an op read in float, PRelu say,
+       reads the dequantized copy, see StaticEdit). MatMulIntegerToFloat and QGemm give float
+       outputs, so MatMul/Gemm outputs stay float.
     2. The other QUANTIZED_OPS (Relu, Add, pools, Concat, Reshape...) join when every activation
        they read is quantized, in graph order: a CNN stays integer from Conv to Conv; a residual
        Add reading one float branch stays float.
@@ -148,6 +150,7 @@ def ort_cpu_selection(graph: onnx.GraphProto, excluded: set[str], stored: set[st
     positions = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
     chosen: set[str] = set()
     readers: set[str] = set()
+    conv_outputs: set[str] = set()
 
     def eligible(node: onnx.NodeProto) -> bool:
         return node.domain in ("", "ai.onnx") and _key(node) not in excluded
@@ -165,6 +168,7 @@ def ort_cpu_selection(graph: onnx.GraphProto, excluded: set[str], stored: set[st
         chosen.update(data)
         if node.op_type == "Conv" and node.output:
             chosen.add(node.output[0])
+            conv_outputs.add(node.output[0])
     for node in graph.node:
         if node.op_type in COMPUTE_OPS or node.op_type not in QUANTIZED_OPS or not eligible(node) or not node.output:
             continue
@@ -174,9 +178,10 @@ def ort_cpu_selection(graph: onnx.GraphProto, excluded: set[str], stored: set[st
         if data and all(n in chosen for n in data):
             readers.add(_key(node))
             chosen.add(node.output[0])
-    # A value no reader takes dequantized (a Conv or Relu output read only by float ops, a graph
-    # output) would get a QuantizeLinear/DequantizeLinear pair nothing reads.
-    read = {name for node in graph.node if _key(node) in readers for name in node.input}
+    # A value no reader takes dequantized (a Relu output read only by float ops, a graph output)
+    # would get a QuantizeLinear/DequantizeLinear pair nothing reads; a Conv's output is read
+    # dequantized by every reader.
+    read = {name for node in graph.node if _key(node) in readers for name in node.input} | conv_outputs
     inputs = {v.name: i for i, v in enumerate(graph.input)}
     order = sorted(chosen & read, key=lambda n: (positions.get(n, -1), inputs.get(n, 0), n))
     return order, readers
@@ -380,17 +385,28 @@ class StaticEdit:
     def _insert(self, graph: onnx.GraphProto, fresh) -> None:
         """QuantizeLinear -> DequantizeLinear after each activation; the quantized ops read the
         dequantized tensor (so onnxruntime can fuse them into integer kernels), the others keep
-        reading the float one."""
+        reading the float one, but for a Conv's output, which every reader reads dequantized
+        (`_read_whole`). A graph output among those keeps its name on the DequantizeLinear."""
         zp_type = TensorProto.INT8 if self.signed else TensorProto.UINT8
+        whole = self._read_whole(graph)
+        read = {name for node in graph.node for k, name in enumerate(node.input) if self._reads_dequantized(node, k, whole)}
+        for name in [n for n in self.params if n not in read]:  # nothing would read its pair
+            del self.params[name]
+        outputs = {o.name for o in graph.output}
         pairs: dict[str, list[onnx.NodeProto]] = {}
         dequantized: dict[str, str] = {}
+        raw: dict[str, str] = {}  # graph outputs read whole: the producer's output renamed
         for name, p in self.params.items():
             scale, zero_point = fresh(f"{name}_scale"), fresh(f"{name}_zero_point")
             graph.initializer.append(helper.make_tensor(scale, TensorProto.FLOAT, [], [p.scale]))
             graph.initializer.append(helper.make_tensor(zero_point, zp_type, [], [p.zero_point]))
             q_out, dq_out = fresh(f"{name}_QuantizeLinear_Output"), fresh(f"{name}_DequantizeLinear_Output")
-            pairs[name] = [
-                helper.make_node("QuantizeLinear", [name, scale, zero_point], [q_out], name=fresh(f"{name}_QuantizeLinear")),
+            source = name
+            if name in whole and name in outputs:
+                source = raw[name] = fresh(f"{name}_QuantizeLinear_Input")
+                dq_out = name
+            pairs[source] = [
+                helper.make_node("QuantizeLinear", [source, scale, zero_point], [q_out], name=fresh(f"{name}_QuantizeLinear")),
                 helper.make_node(
                     "DequantizeLinear", [q_out, scale, zero_point], [dq_out], name=fresh(f"{name}_DequantizeLinear")
                 ),
@@ -399,14 +415,44 @@ class StaticEdit:
         produced = {out for node in graph.node for out in node.output}
         nodes = [n for name in self.params if name not in produced for n in pairs[name]]  # graph inputs
         for node in list(graph.node):
-            if self._quantizes(node) and node.op_type != "DequantizeLinear":
-                for k, name in enumerate(node.input):
-                    if name in dequantized and (self.target != "tensorrt" or k in _reads(node)):
-                        node.input[k] = dequantized[name]
+            for k, name in enumerate(node.input):
+                if name in dequantized and name not in raw and self._reads_dequantized(node, k, whole):
+                    node.input[k] = dequantized[name]
+            node.output[:] = [raw.get(out, out) for out in node.output]
             nodes.append(node)
             nodes += [n for out in node.output if out in pairs for n in pairs[out]]
         del graph.node[:]
         graph.node.extend(nodes)
+
+    def _reads_dequantized(self, node: onnx.NodeProto, k: int, whole: set[str]) -> bool:
+        """Whether `node` reads its input `k` through the DequantizeLinear (when it is quantized):
+        the quantized ops (for tensorrt, at the positions its rules name), and every reader of a
+        value in `whole`."""
+        if node.op_type == "DequantizeLinear":
+            return False
+        if node.input[k] in whole:
+            return True
+        return self._quantizes(node) and (self.target != "tensorrt" or k in _reads(node))
+
+    def _read_whole(self, graph: onnx.GraphProto) -> set[str]:
+        """The quantized outputs every reader reads dequantized (ort-cpu): those of the Convs that
+        read a quantized input and weight. onnxruntime makes QLinearConv of DQ -> Conv -> Q only
+        when the QuantizeLinear is the Conv's one reader and the output is no graph output;
+        with a float op reading the Conv's float output (PRelu in MTCNN, a Sigmoid head, a
+        graph output) the Conv ran in float, on weights dequantized at every run (MTCNN's O-Net:
+        0.33-0.44x float's speed). The float op now reads the dequantized copy, as in
+        onnxruntime's quantize_static."""
+        if self.target == "tensorrt":
+            return set()
+        return {
+            node.output[0]
+            for node in graph.node
+            if node.op_type == "Conv"
+            and self._quantizes(node)
+            and len(node.input) > 1
+            and node.input[1] in self.weight_specs
+            and node.output[0] in self.params
+        }
 
 
 def _reads(node: onnx.NodeProto) -> Iterable[int]:
