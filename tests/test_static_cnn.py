@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 import builders
 import quantrs
@@ -94,6 +95,21 @@ def test_a_conv_read_by_prelu_is_a_qlinearconv(tmp_path):
         assert relative_l2(ref, got) < 0.05
 
 
+def test_a_dense_layers_bias_add_is_int32_so_the_fused_gemm_runs_as_qgemm(tmp_path):
+    """keras2onnx writes a dense layer as MatMul + Add(bias); onnxruntime fuses that pair into a
+    Gemm before it looks for integer kernels, and a Gemm with a float bias stays float. The
+    bias is now INT32 at input scale x weight scale, as a Gemm's is: the fused Gemm is a
+    QGemm. quantrs.activations.StaticEdit._biases."""
+    model, feeds = builders.prelu_cnn()
+    src, dst, report = calibrate(model, feeds, tmp_path)
+    assert "d.b" in report.quantized_biases
+    bias_dq = next(n for n in onnx.load(str(dst)).graph.node if n.output[0] == "d.b")
+    assert bias_dq.op_type == "DequantizeLinear"
+    ops = optimized_ops(dst, tmp_path)
+    assert ops["QGemm"] == 2 and ops["Gemm"] == 0 and ops["MatMul"] == 0, ops
+    assert relative_l2(run(src, feeds)[0], run(dst, feeds)[0]) < 0.05
+
+
 def test_a_conv_output_that_is_a_graph_output_keeps_its_name_and_fuses(tmp_path):
     """onnxruntime does not fuse a Conv whose output is a graph output: the Conv writes a new
     name, and the DequantizeLinear after its QuantizeLinear the graph output's."""
@@ -123,3 +139,34 @@ def test_a_conv_whose_weight_stays_float_gets_no_output_pair(tmp_path):
     dq_outputs = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
     read = {i for n in quantized.graph.node for i in n.input} | {o.name for o in quantized.graph.output}
     assert dq_outputs <= read
+
+
+def test_an_nhwc_model_with_a_leading_transpose(tmp_path):
+    """keras2onnx's form: NHWC input, Transpose, then the Convs; the Transpose's output is the
+    quantized input and onnxruntime folds the pair into its NHWC integer kernels."""
+    model, feeds = builders.prelu_cnn()
+    graph = model.graph
+    graph.node.insert(0, helper.make_node("Transpose", ["x_nhwc"], ["x"], perm=[0, 3, 1, 2], name="to_nchw"))
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info("x_nhwc", TensorProto.FLOAT, ["N", 24, 24, 3]))
+    nhwc = {"x_nhwc": feeds["x"].transpose(0, 2, 3, 1).copy()}
+    src, dst, _ = calibrate(model, nhwc, tmp_path)
+    ops = optimized_ops(dst, tmp_path)
+    assert ops["QLinearConv"] == 2 and ops["QGemm"] == 2 and ops["Conv"] == 0 and ops["Gemm"] == 0, ops
+    assert relative_l2(run(src, nhwc)[0], run(dst, nhwc)[0]) < 0.05
+
+
+def test_a_3d_matmul_keeps_a_float_bias(tmp_path):
+    """A transformer's MatMul (inputs [batch, tokens, width]) stays a MatMulIntegerToFloat with a
+    float Add: onnxruntime makes no Gemm of it, and an INT32 bias would only add a
+    DequantizeLinear at every run."""
+    model, _ = builders.mlp()
+    graph = model.graph
+    for value in (*graph.input, *graph.output):
+        value.type.tensor_type.shape.dim.insert(1, onnx.TensorShapeProto.Dimension(dim_param="T"))
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 5, 64)).astype(np.float32)}
+    src, dst, report = calibrate(model, feeds, tmp_path)
+    assert report.quantized_biases == []
+    ops = optimized_ops(dst, tmp_path)
+    assert ops["MatMulIntegerToFloat"] == 2 and ops["DequantizeLinear"] == 0, ops
+    assert relative_l2(run(src, feeds)[0], run(dst, feeds)[0]) < 0.05

@@ -271,6 +271,7 @@ class StaticEdit:
     excluded: set[str]
     weight_specs: dict[str, DQSpec]
     min_opset: int = QDQ_OPSET
+    ranks: dict[str, int] = field(default_factory=dict)  # the activations' ranks on the samples (Statistics.ranks)
     biases: dict[str, tuple[str, str]] = field(default_factory=dict)  # bias -> (weight, input) once applied
     folded: list[str] = field(default_factory=list)  # Relu outputs folded into their producer
     _readers: set[str] | None = field(default=None, init=False, repr=False)  # set by apply
@@ -304,8 +305,15 @@ class StaticEdit:
         return self._readers is not None and _key(node) in self._readers
 
     def _biases(self, graph: onnx.GraphProto, stream: EditContext, fresh) -> list[OutTensor]:
-        """Conv and Gemm biases as INT32 at scale = input scale x weight scale, zero point 0,
-        read through a DequantizeLinear that keeps the bias's name."""
+        """Conv and Gemm biases, and the bias Add after a MatMul (a 1-D [N] tensor added to
+        x @ W), as INT32 at scale = input scale x weight scale, zero point 0, read through a
+        DequantizeLinear that keeps the bias's name. onnxruntime fuses MatMul -> Add into a Gemm
+        (MatMulAddFusion, on 2-D inputs: a CNN's dense layers after Flatten) before it looks
+        for integer kernels, and makes a QGemm of that Gemm only when all three of its inputs
+        are dequantized: with a float bias the Gemm ran in float (MTCNN's O-Net as keras2onnx
+        exports it). Only a MatMul whose input was 2-D on the samples: on others (a
+        transformer's [batch, tokens, width]) onnxruntime keeps MatMulIntegerToFloat and a float
+        Add, which an INT32 bias would only slow."""
         stored = {t.name: t for t in graph.initializer}
         uses: dict[str, int] = {}
         for node in graph.node:
@@ -313,10 +321,17 @@ class StaticEdit:
                 uses[name] = uses.get(name, 0) + 1
         chosen: dict[str, tuple[str, str]] = {}
         graph_inputs = {v.name for v in graph.input}
+        dense = _DenseLayers(graph, uses)
         for node in graph.node:
-            if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not self._quantizes(node):
+            if node.op_type == "Add":
+                found = self._dense_bias(node, dense)
+                if found is None:
+                    continue
+                x, w, b = found
+            elif node.op_type in ("Conv", "Gemm") and len(node.input) >= 3 and self._quantizes(node):
+                x, w, b = node.input[0], node.input[1], node.input[2]
+            else:
                 continue
-            x, w, b = node.input[0], node.input[1], node.input[2]
             spec = self.weight_specs.get(w)
             bias = stored.get(b)
             if spec is None or spec.nested or spec.block_size is not None or bias is None or x not in self.params:
@@ -347,6 +362,26 @@ class StaticEdit:
         del graph.node[:]
         graph.node.extend(nodes + rest)
         return out
+
+    def _dense_bias(self, add: onnx.NodeProto, dense: _DenseLayers) -> tuple[str, str, str] | None:
+        """(input, weight, bias) of MatMul(x, W) -> Add(bias [N]) when onnxruntime fuses the pair
+        into a Gemm: the MatMul quantized, its output read by this Add alone, its input 2-D on
+        the samples (a transformer's 3-D MatMul stays a MatMul: its bias stays float)."""
+        if len(add.input) != 2 or add.domain not in ("", "ai.onnx"):
+            return None
+        matmul = next((dense.producers[n] for n in add.input if n in dense.producers), None)
+        if matmul is None or matmul.op_type != "MatMul" or not self._quantizes(matmul):
+            return None
+        x, w, y = matmul.input[0], matmul.input[1], matmul.output[0]
+        spec = self.weight_specs.get(w)
+        if spec is None or dense.uses.get(y) != 1 or y in dense.outputs or self.ranks.get(x) != 2:
+            return None
+        if len(spec.shape) != 2 or spec.axis not in (None, 1):
+            return None
+        b = add.input[1] if add.input[0] == y else add.input[0]
+        if b not in dense.stored or list(dense.stored[b].dims) != [spec.shape[1]]:
+            return None  # a bias of the Gemm's shape [N] only
+        return x, w, b
 
     def _fold_relus(self, graph: onnx.GraphProto) -> None:
         """Conv/MatMul/Gemm/Add -> Relu becomes Conv -> QuantizeLinear when the Relu's output is UINT8
@@ -453,6 +488,16 @@ class StaticEdit:
             and node.input[1] in self.weight_specs
             and node.output[0] in self.params
         }
+
+
+class _DenseLayers:
+    """What `_dense_bias` looks up in the graph."""
+
+    def __init__(self, graph: onnx.GraphProto, uses: dict[str, int]) -> None:
+        self.uses = uses
+        self.stored = {t.name: t for t in graph.initializer}
+        self.outputs = {o.name for o in graph.output}
+        self.producers = {out: node for node in graph.node for out in node.output if out}
 
 
 def _reads(node: onnx.NodeProto) -> Iterable[int]:

@@ -108,7 +108,7 @@ def calibrate(
         except QuantrsError as exc:
             exc.about(file=src)
             raise
-    edit = StaticEdit(params, signed, config.target, excluded, specs)
+    edit = StaticEdit(params, signed, config.target, excluded, specs, ranks=stats.ranks)
     metadata = {
         "quantrs.mode": "static",
         "quantrs.target": config.target,
