@@ -125,6 +125,21 @@ def test_a_conv_output_that_is_a_graph_output_keeps_its_name_and_fuses(tmp_path)
     assert relative_l2(ref[1], got[1]) < 0.05 and relative_l2(ref[0], got[0]) < 0.05
 
 
+def test_a_last_conv_read_by_nothing_but_the_graph_output_fuses(tmp_path):
+    """A fully convolutional model's last Conv: its output is the graph's, read by no node."""
+    model, feeds = builders.conv_net()
+    graph = model.graph
+    del graph.node[4:]  # ... -> conv2 -> Relu: the Relu's output is the graph's
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("c2", TensorProto.FLOAT, ["N", 64, 16, 16]))
+    del graph.node[3]
+    src, dst, report = calibrate(model, feeds, tmp_path)
+    assert "c2" in {a.name for a in report.activations}
+    ops = optimized_ops(dst, tmp_path)
+    assert ops["QLinearConv"] == 2 and ops["Conv"] == 0, ops
+    assert relative_l2(run(src, feeds)[0], run(dst, feeds)[0]) < 0.05
+
+
 def test_a_conv_whose_weight_stays_float_gets_no_output_pair(tmp_path):
     """An excluded Conv reads float input and weight: nothing would fuse, and its output keeps
     no quantizer nothing reads."""

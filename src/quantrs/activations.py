@@ -424,7 +424,9 @@ class StaticEdit:
         (`_read_whole`). A graph output among those keeps its name on the DequantizeLinear."""
         zp_type = TensorProto.INT8 if self.signed else TensorProto.UINT8
         whole = self._read_whole(graph)
-        read = {name for node in graph.node for k, name in enumerate(node.input) if self._reads_dequantized(node, k, whole)}
+        read = whole | {
+            name for node in graph.node for k, name in enumerate(node.input) if self._reads_dequantized(node, k, whole)
+        }
         for name in [n for n in self.params if n not in read]:  # nothing would read its pair
             del self.params[name]
         outputs = {o.name for o in graph.output}
