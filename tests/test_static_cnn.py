@@ -110,6 +110,21 @@ def test_a_dense_layers_bias_add_is_int32_so_the_fused_gemm_runs_as_qgemm(tmp_pa
     assert relative_l2(run(src, feeds)[0], run(dst, feeds)[0]) < 0.05
 
 
+def test_a_dense_bias_of_shape_1_n_is_int32_too(tmp_path):
+    """tf2onnx writes a dense layer's bias as [1, N] (Magika's last layer): Gemm takes that
+    shape too, so it gets the INT32 form (dequantized along its axis 1)."""
+    model, feeds = builders.prelu_cnn()
+    bias = next(t for t in model.graph.initializer if t.name == "d.b")
+    bias.dims[:] = [1, 32]
+    src, dst, report = calibrate(model, feeds, tmp_path)
+    assert "d.b" in report.quantized_biases
+    bias_dq = next(n for n in onnx.load(str(dst)).graph.node if n.output[0] == "d.b")
+    assert [a.i for a in bias_dq.attribute if a.name == "axis"] == [1]
+    ops = optimized_ops(dst, tmp_path)
+    assert ops["QGemm"] == 2 and ops["Gemm"] == 0, ops
+    assert relative_l2(run(src, feeds)[0], run(dst, feeds)[0]) < 0.05
+
+
 def test_a_conv_output_that_is_a_graph_output_keeps_its_name_and_fuses(tmp_path):
     """onnxruntime does not fuse a Conv whose output is a graph output: the Conv writes a new
     name, and the DequantizeLinear after its QuantizeLinear the graph output's."""

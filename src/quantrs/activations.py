@@ -336,9 +336,9 @@ class StaticEdit:
             bias = stored.get(b)
             if spec is None or spec.nested or spec.block_size is not None or bias is None or x not in self.params:
                 continue
-            if uses.get(b) != 1 or bias.data_type != TensorProto.FLOAT or len(bias.dims) != 1 or b in graph_inputs:
+            if uses.get(b) != 1 or bias.data_type != TensorProto.FLOAT or not _bias_shape(bias.dims) or b in graph_inputs:
                 continue  # (a bias that is also a graph input may be overridden at run time: kept float)
-            if spec.axis is not None and spec.channels != bias.dims[0]:
+            if spec.axis is not None and spec.channels != bias.dims[-1]:
                 continue
             chosen[b] = (w, x)
         if not chosen:
@@ -348,13 +348,16 @@ class StaticEdit:
         graph.initializer.extend(kept)
         nodes, out = [], []
         for b, (w, x) in chosen.items():
-            length = int(stored[b].dims[0])
+            dims = list(stored[b].dims)
+            length = int(dims[-1])
             codes, scale = fresh(f"{b}_quantized"), fresh(f"{b}_scale")
-            nodes.append(helper.make_node("DequantizeLinear", [codes, scale], [b], name=fresh(f"{b}_DequantizeLinear"), axis=0))
+            nodes.append(
+                helper.make_node("DequantizeLinear", [codes, scale], [b], name=fresh(f"{b}_DequantizeLinear"), axis=len(dims) - 1)
+            )
             stream.keep_scales.add(w)
             bias_values = _BiasValues(stream, b, w, self.params[x].scale, length)
             out += [
-                OutTensor(tensor_header(codes, TensorProto.INT32, [length]), Payload(4 * length, bias_values.codes)),
+                OutTensor(tensor_header(codes, TensorProto.INT32, dims), Payload(4 * length, bias_values.codes)),
                 OutTensor(tensor_header(scale, TensorProto.FLOAT, [length]), Payload(4 * length, bias_values.scale)),
             ]
         self.biases = chosen
@@ -364,9 +367,9 @@ class StaticEdit:
         return out
 
     def _dense_bias(self, add: onnx.NodeProto, dense: _DenseLayers) -> tuple[str, str, str] | None:
-        """(input, weight, bias) of MatMul(x, W) -> Add(bias [N]) when onnxruntime fuses the pair
-        into a Gemm: the MatMul quantized, its output read by this Add alone, its input 2-D on
-        the samples (a transformer's 3-D MatMul stays a MatMul: its bias stays float)."""
+        """(input, weight, bias) of MatMul(x, W) -> Add(bias [N] or [1, N]) when onnxruntime fuses
+        the pair into a Gemm: the MatMul quantized, its output read by this Add alone, its input
+        2-D on the samples (a transformer's 3-D MatMul stays a MatMul: its bias stays float)."""
         if len(add.input) != 2 or add.domain not in ("", "ai.onnx"):
             return None
         matmul = next((dense.producers[n] for n in add.input if n in dense.producers), None)
@@ -379,8 +382,8 @@ class StaticEdit:
         if len(spec.shape) != 2 or spec.axis not in (None, 1):
             return None
         b = add.input[1] if add.input[0] == y else add.input[0]
-        if b not in dense.stored or list(dense.stored[b].dims) != [spec.shape[1]]:
-            return None  # a bias of the Gemm's shape [N] only
+        if b not in dense.stored or not _bias_shape(dense.stored[b].dims) or dense.stored[b].dims[-1] != spec.shape[1]:
+            return None  # a bias Gemm takes: [N] or [1, N]
         return x, w, b
 
     def _fold_relus(self, graph: onnx.GraphProto) -> None:
@@ -490,6 +493,12 @@ class StaticEdit:
             and node.input[1] in self.weight_specs
             and node.output[0] in self.params
         }
+
+
+def _bias_shape(dims: Iterable[int]) -> bool:
+    """A bias's shape: [N], or [1, N] (as tf2onnx writes dense biases: Magika's)."""
+    dims = list(dims)
+    return len(dims) == 1 or (len(dims) == 2 and dims[0] == 1)
 
 
 class _DenseLayers:
