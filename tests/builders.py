@@ -169,6 +169,34 @@ def prelu_cnn(seed: int = 0, *, conv_output: bool = False):
     return _model(nodes, [x], outputs, inits), feeds
 
 
+def relu6_cnn(seed: int = 0, *, low: float = 0.0, high: float = 6.0):
+    """MobileNet's block: Conv -> Clip(low, high) -> depthwise Conv -> Clip -> 1x1 Conv. The first
+    Clip's bounds are initializers, the second's Constant nodes."""
+    rng = np.random.default_rng(seed)
+    inits = {
+        "expand.w": _weight(rng, (32, 8, 1, 1), 0),
+        "expand.b": rng.standard_normal(32).astype(np.float32) * 0.1,
+        "dw.w": _weight(rng, (32, 1, 3, 3), 0),
+        "dw.b": rng.standard_normal(32).astype(np.float32) * 0.1,
+        "project.w": _weight(rng, (8, 32, 1, 1), 0),
+        "low": np.array(low, np.float32),
+        "high": np.array(high, np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "expand.w", "expand.b"], ["e"], name="expand"),
+        helper.make_node("Clip", ["e", "low", "high"], ["e6"], name="clip1"),
+        helper.make_node("Conv", ["e6", "dw.w", "dw.b"], ["d"], group=32, pads=[1, 1, 1, 1], name="dw"),
+        helper.make_node("Constant", [], ["low2"], value=helper.make_tensor("low2", TensorProto.FLOAT, [], [low])),
+        helper.make_node("Constant", [], ["high2"], value=helper.make_tensor("high2", TensorProto.FLOAT, [], [high])),
+        helper.make_node("Clip", ["d", "low2", "high2"], ["d6"], name="clip2"),
+        helper.make_node("Conv", ["d6", "project.w"], ["y"], name="project"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16, 16])
+    feeds = {"x": rng.standard_normal((4, 8, 16, 16)).astype(np.float32)}
+    return _model(nodes, [x], [y], inits), feeds
+
+
 BUILDERS = {
     "conv_net": conv_net,
     "mlp": mlp,
