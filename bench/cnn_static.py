@@ -4,6 +4,7 @@ weight-only QDQ against ConvInteger, one thread, batch 1 and 8, in one interleav
 
     python bench/cnn_static.py WORKDIR [--models digits onet-size ...] [--repeat 200]
                                [--batches 1 8] [--samples 32] [--threads 1] [--busy]
+                               [--baseline SRC_TREE]
 
 Models: two CNNs built here with seeded random weights, at the sizes issue 21 names (`digits`:
 Keras' MNIST CNN, 28x28x1, two convs, dense 128; `onet-size`: MTCNN's O-Net as facenet-pytorch
@@ -25,8 +26,11 @@ weights as quantrs' weight-only QDQ or as onnxruntime `quantize_dynamic`'s ConvI
 round, rounds interleaved, medians; ratios are float's median over the variant's, measured in
 the same block. Cosine: the lowest over the model's outputs, on 8 held-out samples. With
 --busy, every model is timed again beside one competing CPU-bound process the script starts and
-stops (bench/busy_threads.py). Prints Markdown tables (for bench/RESULTS.md), and which kernels
-onnxruntime runs each static model with after its graph optimizations.
+stops (bench/busy_threads.py). --baseline adds `calibrate` as built in another source tree (a
+`git archive` of an earlier commit, kernels built in place with `python setup.py build_ext
+--inplace`), run in its own process on the same samples: before/after in one run. Prints
+Markdown tables (for bench/RESULTS.md), and which kernels onnxruntime runs each static model
+with after its graph optimizations.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -281,8 +286,11 @@ MODELS = ("digits", "onet-size", "relu6", "small-cnn", "mtcnn-onet", "mtcnn-rnet
 # --- the variants -------------------------------------------------------------------------------
 
 
-def variants(model: Model, folder: Path, samples: int) -> tuple[dict[str, Path | str], list[dict[str, np.ndarray]]]:
-    """Each variant's path (or why it is missing), and the held-out feeds."""
+def variants(
+    model: Model, folder: Path, samples: int, baseline: Path | None = None
+) -> tuple[dict[str, Path | str], list[dict[str, np.ndarray]]]:
+    """Each variant's path (or why it is missing), and the held-out feeds. `baseline`: a quantrs
+    source tree whose `calibrate` also runs (in its own process, on the same samples)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     rng = np.random.default_rng(1)
@@ -316,6 +324,13 @@ def variants(model: Model, folder: Path, samples: int) -> tuple[dict[str, Path |
             weight_type=QuantType.QInt8,
         ),
     )  # fmt: skip
+    if baseline is not None:
+        stacked = folder / "calibration.npz"  # the same samples, stacked on axis 0
+        np.savez(stacked, **{k: np.concatenate([c[k] for c in calibration]) for k in calibration[0]})
+        attempt(
+            "baseline static",
+            lambda dst: subprocess.run([*FROM_TREE, str(baseline), str(src), str(dst), str(stacked)], check=True),
+        )
     attempt("quantrs --dynamic", lambda dst: quantrs.quantize(src, dst, quantrs.QuantizeConfig(dynamic=True)))
     ops = {n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
     if "Conv" in ops:
@@ -377,6 +392,12 @@ def measure(made: dict[str, Path | str], held_out, batch: int, repeat: int, thre
 COLUMNS = (
     "quantrs static", "ort static", "quantrs --dynamic", "Conv weight-only", "Conv ConvInteger u8", "Conv ConvInteger s8",
 )  # fmt: skip
+# python -c "<calibrate with quantrs from this tree>" TREE SRC DST SAMPLES: the tree's src first on sys.path.
+FROM_TREE = [
+    sys.executable,
+    "-c",
+    "import sys; sys.path.insert(0, sys.argv[1] + '/src'); import quantrs; quantrs.calibrate(*sys.argv[2:5])",
+]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -389,29 +410,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--busy", action="store_true", help="also time every model beside a competing process")
     parser.add_argument("--busy-limit", type=float, default=900.0, help="seconds the competing process may run, at most")
+    parser.add_argument("--baseline", type=Path, help="a quantrs source tree (kernels built in place): its calibrate too")
     args = parser.parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)  # quantize_static's advice to pre-process, on every call
 
+    columns = COLUMNS if args.baseline is None else ("baseline static", *COLUMNS)
     prepared = []
     for name in args.models:
         model = locate(name, args.workdir / name)
         if model is None:
             continue
-        made, held_out = variants(model, args.workdir / name, args.samples)
+        made, held_out = variants(model, args.workdir / name, args.samples, args.baseline)
         prepared.append((model, made, held_out, {c: accuracy(model, made[c], held_out) for c in STATIC}))
 
     print(f"{args.threads} thread(s), median of {args.repeat} interleaved runs; x = float's time / the variant's.")
     print(f"Accuracy on {HELD_OUT} held-out samples: the lowest cosine to float's outputs, and top-1 agreement.\n")
     print(
-        "| model | batch | machine | float | " + " | ".join(COLUMNS) + " | " + " | ".join(f"{c} accuracy" for c in STATIC) + " |"
+        "| model | batch | machine | float | " + " | ".join(columns) + " | " + " | ".join(f"{c} accuracy" for c in STATIC) + " |"
     )
-    print("|---|---|---|---|" + "---|" * (len(COLUMNS) + len(STATIC)))
+    print("|---|---|---|---|" + "---|" * (len(columns) + len(STATIC)))
     for busy in (False, True) if args.busy else (False,):
         with competing_process(busy, args.busy_limit):
             for model, made, held_out, scores in prepared:
                 for batch in args.batches:
                     ms = measure(made, held_out, batch, args.repeat, args.threads)
-                    cells = [f"{ms['float'] / ms[c]:.2f}x" if c in ms else _missing(made.get(c)) for c in COLUMNS]
+                    cells = [f"{ms['float'] / ms[c]:.2f}x" if c in ms else _missing(made.get(c)) for c in columns]
                     condition = "busy" if busy else "idle"
                     row = [model.name, str(batch), condition, f"{ms['float']:.3f} ms", *cells, *(scores[c] for c in STATIC)]
                     print("| " + " | ".join(row) + " |")
@@ -420,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| model | variant | integer kernels | float Conv/Gemm/MatMul | DequantizeLinear | QuantizeLinear |")
     print("|---|---|---|---|---|---|")
     for model, made, _, _ in prepared:
-        for label in STATIC:
+        for label in [c for c in ("baseline static", *STATIC) if c in made]:
             path = made[label]
             if isinstance(path, Path):
                 counts = kernels(path, args.threads)
