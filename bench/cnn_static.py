@@ -17,7 +17,9 @@ Magika (tests/requirements-models.txt). Models below opset 13 are converted to 1
 float baseline. Images are random (uniform in [-1, 1], MTCNN's input range; [0, 1] for digits;
 standard normal for the example); Magika reads the first 2048 bytes of real files.
 
-Variants: quantrs `calibrate` (its defaults: minmax, per channel, UINT8 activations) and
+Variants: the float model with its PRelus written as `calibrate` writes them (elementwise ops,
+the same values: what that rewrite alone buys), quantrs `calibrate` (its defaults: minmax, per
+channel, UINT8 activations) and
 onnxruntime `quantize_static` (QDQ, per_channel=True, QUInt8 activations, QInt8 weights,
 MinMax) calibrated on the same `--samples`; quantrs `quantize --dynamic` where the model has a
 MatMul weight (it refuses models without one); and, the rest of the model left float, the Conv
@@ -333,6 +335,8 @@ def variants(
         )
     attempt("quantrs --dynamic", lambda dst: quantrs.quantize(src, dst, quantrs.QuantizeConfig(dynamic=True)))
     ops = {n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
+    if "PRelu" in ops:  # what quantrs' PRelu rewrite alone buys, on the float model
+        attempt("float, PRelu rewritten", lambda dst: prelu_rewritten(src, dst))
     if "Conv" in ops:
         rest = tuple(sorted(ops & {"Gemm", "MatMul"}))
         config = quantrs.QuantizeConfig(min_elements=0, exclude_op_types=rest)  # Conv weights only, all of them
@@ -343,6 +347,27 @@ def variants(
                 lambda dst, w=weights: quantize_dynamic(src, dst, op_types_to_quantize=["Conv"], per_channel=True, weight_type=w),
             )
     return made, held_out
+
+
+def prelu_rewritten(src: Path, dst: Path) -> None:
+    """`src` with every PRelu written as calibrate writes it (quantrs.activations.prelu_nodes)."""
+    from quantrs.activations import prelu_nodes
+    from quantrs.graph import GraphIndex, name_maker
+
+    model = onnx.load(str(src))
+    slopes = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    fresh = name_maker(GraphIndex(model.graph).all_names())
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if node.op_type != "PRelu" or node.input[1] not in slopes:
+            nodes.append(node)
+            continue
+        slope = slopes[node.input[1]]
+        unit = bool(((slope >= 0) & (slope <= 1)).all())
+        nodes += prelu_nodes(node.input[0], node.input[1], node.output[0], unit, fresh, node.name or node.output[0])
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(dst))
 
 
 def session(path: Path, threads: int, optimized: Path | None = None) -> ort.InferenceSession:
@@ -390,7 +415,7 @@ def measure(made: dict[str, Path | str], held_out, batch: int, repeat: int, thre
 
 
 COLUMNS = (
-    "quantrs static", "ort static", "quantrs --dynamic", "Conv weight-only", "Conv ConvInteger u8", "Conv ConvInteger s8",
+    "float, PRelu rewritten", "quantrs static", "ort static", "quantrs --dynamic", "Conv weight-only", "Conv ConvInteger u8", "Conv ConvInteger s8",
 )  # fmt: skip
 # python -c "<calibrate with quantrs from this tree>" TREE SRC DST SAMPLES: the tree's src first on sys.path.
 FROM_TREE = [

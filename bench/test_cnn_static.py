@@ -21,8 +21,9 @@ def test_cnn_static_prints_its_tables(tmp_path, capsys):
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith(("| digits |", "| onet-size |"))]
     timed = [r for r in rows if r[2] == "idle"]
     assert [(r[0], r[1]) for r in timed] == [("| digits", "1"), ("| digits", "2"), ("| onet-size", "1"), ("| onet-size", "2")]
-    assert all(r[6] == "refused: no MatMul" for r in timed)  # --dynamic: no MatMul weight in either
-    assert all(cell.endswith("x") for r in timed for cell in (r[4], r[5], r[7], r[8], r[9]))
+    assert [r[4].endswith("x") for r in timed] == [False, False, True, True]  # PRelu rewritten: O-Net only
+    assert all(r[7] == "refused: no MatMul" for r in timed)  # --dynamic: no MatMul weight in either
+    assert all(cell.endswith("x") for r in timed for cell in (r[5], r[6], r[8], r[9], r[10]))
     kernels = {(r[0].strip("| "), r[1]): r for r in rows if r[1] in ("quantrs static", "ort static")}
     for model in ("digits", "onet-size"):
         row = kernels[(model, "quantrs static")]
