@@ -402,13 +402,14 @@ def _choose_layout(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, 
 # Why --dynamic leaves Conv weights weight-only (issue 21.1), measured by bench/cnn_static.py
 # (bench/RESULTS.md, 2026-12-06): onnxruntime's dynamic Conv, DynamicQuantizeLinear + ConvInteger
 # as quantize_dynamic writes it, against weight-only QDQ, the rest of each model float, on eight
-# CNNs at batch 1 and 8, one thread. ConvInteger with UINT8 weights ran at 0.32-0.89x float's
-# speed, never faster than weight-only beyond noise (0.46-0.90x; MTCNN's P-Net ties at 0.84-0.89x);
-# with signed INT8 weights, the codes quantrs writes, 0.11-0.43x. Both are slower than float on
-# every CNN: `calibrate` gives QLinearConv.
+# CNNs at batch 1 and 8, one thread. ConvInteger with UINT8 weights ran at 0.31-0.88x float's
+# speed, never faster than weight-only (0.45-0.89x) beyond noise (MTCNN's P-Net at batch 1:
+# 0.88x against 0.85x, and 0.89x against 0.87x in an earlier run); with signed INT8 weights, the
+# codes quantrs writes, 0.11-0.43x. Both are slower than float on every CNN: `calibrate` gives
+# QLinearConv.
 CONV_NOT_DYNAMIC = (
-    "; ConvInteger (onnxruntime's dynamic Conv) ran slower than weight-only on every CNN measured "
-    "(0.11-0.89x float's speed against 0.46-0.90x, bench/cnn_static.py); `calibrate` gives QLinearConv"
+    "; ConvInteger (onnxruntime's dynamic Conv) ran no faster than weight-only on eight CNNs, both slower than "
+    "float (0.11-0.88x float's speed against 0.45-0.89x, bench/cnn_static.py); `calibrate` gives QLinearConv"
 )
 
 
