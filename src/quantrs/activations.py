@@ -488,10 +488,16 @@ class StaticEdit:
         activations, NCHW or NHWC, 1 thread): it took half of O-Net's time, so that static INT8
         ran no faster than float (nor did quantize_static's output)."""
         constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output}
+        inputs = {v.name for v in graph.input}  # (an initializer that is also an input may be overridden)
         nodes: list[onnx.NodeProto] = []
         for node in graph.node:
             slope = None
-            if node.op_type == "PRelu" and node.domain in ("", "ai.onnx") and len(node.input) == 2:
+            if (
+                node.op_type == "PRelu"
+                and node.domain in ("", "ai.onnx")
+                and len(node.input) == 2
+                and node.input[1] not in inputs
+            ):
                 slope = _constant_value(node.input[1], constants, stream)
             if slope is None or slope.dtype.kind != "f" or not np.isfinite(slope).all():
                 nodes.append(node)
