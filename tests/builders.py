@@ -130,6 +130,73 @@ def conv_transpose(seed: int = 0):
     return _model(nodes, [x], [y], inits), feeds
 
 
+def prelu_cnn(seed: int = 0, *, conv_output: bool = False):
+    """MTCNN's layout in small: Conv -> PRelu -> MaxPool -> Conv -> PRelu -> Flatten -> MatMul +
+    bias Add (as keras2onnx writes a dense layer) -> PRelu -> Gemm head. PRelu has no integer
+    kernel: it reads the Convs' outputs in float. `conv_output`: the second Conv's output is
+    a graph output too."""
+    rng = np.random.default_rng(seed)
+    inits = {
+        "c1.w": _weight(rng, (8, 3, 3, 3), 0),
+        "c1.b": rng.standard_normal(8).astype(np.float32) * 0.1,
+        "c1.slope": rng.uniform(0.1, 0.4, (8, 1, 1)).astype(np.float32),
+        "c2.w": _weight(rng, (16, 8, 3, 3), 0),
+        "c2.b": rng.standard_normal(16).astype(np.float32) * 0.1,
+        "c2.slope": rng.uniform(0.1, 0.4, (16, 1, 1)).astype(np.float32),
+        "d.w": _weight(rng, (16 * 9 * 9, 32), 1),
+        "d.b": rng.standard_normal(32).astype(np.float32) * 0.1,
+        "d.slope": rng.uniform(0.1, 0.4, 32).astype(np.float32),
+        "head.w": _weight(rng, (4, 32), 0),
+        "head.b": rng.standard_normal(4).astype(np.float32) * 0.1,
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "c1.w", "c1.b"], ["c1"], name="conv1"),
+        helper.make_node("PRelu", ["c1", "c1.slope"], ["a1"], name="prelu1"),
+        helper.make_node("MaxPool", ["a1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="pool1"),
+        helper.make_node("Conv", ["p1", "c2.w", "c2.b"], ["c2"], name="conv2"),
+        helper.make_node("PRelu", ["c2", "c2.slope"], ["a2"], name="prelu2"),
+        helper.make_node("Flatten", ["a2"], ["f"], name="flatten"),
+        helper.make_node("MatMul", ["f", "d.w"], ["d"], name="dense"),
+        helper.make_node("Add", ["d", "d.b"], ["db"], name="dense_bias"),
+        helper.make_node("PRelu", ["db", "d.slope"], ["da"], name="prelu3"),
+        helper.make_node("Gemm", ["da", "head.w", "head.b"], ["y"], transB=1, name="head"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 24, 24])
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]
+    if conv_output:
+        outputs.append(helper.make_tensor_value_info("c2", TensorProto.FLOAT, ["N", 16, 9, 9]))
+    feeds = {"x": rng.standard_normal((4, 3, 24, 24)).astype(np.float32)}
+    return _model(nodes, [x], outputs, inits), feeds
+
+
+def relu6_cnn(seed: int = 0, *, low: float = 0.0, high: float = 6.0):
+    """MobileNet's block: Conv -> Clip(low, high) -> depthwise Conv -> Clip -> 1x1 Conv. The first
+    Clip's bounds are initializers, the second's Constant nodes."""
+    rng = np.random.default_rng(seed)
+    inits = {
+        "expand.w": _weight(rng, (32, 8, 1, 1), 0),
+        "expand.b": rng.standard_normal(32).astype(np.float32) * 0.1,
+        "dw.w": _weight(rng, (32, 1, 3, 3), 0),
+        "dw.b": rng.standard_normal(32).astype(np.float32) * 0.1,
+        "project.w": _weight(rng, (8, 32, 1, 1), 0),
+        "low": np.array(low, np.float32),
+        "high": np.array(high, np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "expand.w", "expand.b"], ["e"], name="expand"),
+        helper.make_node("Clip", ["e", "low", "high"], ["e6"], name="clip1"),
+        helper.make_node("Conv", ["e6", "dw.w", "dw.b"], ["d"], group=32, pads=[1, 1, 1, 1], name="dw"),
+        helper.make_node("Constant", [], ["low2"], value=helper.make_tensor("low2", TensorProto.FLOAT, [], [low])),
+        helper.make_node("Constant", [], ["high2"], value=helper.make_tensor("high2", TensorProto.FLOAT, [], [high])),
+        helper.make_node("Clip", ["d", "low2", "high2"], ["d6"], name="clip2"),
+        helper.make_node("Conv", ["d6", "project.w"], ["y"], name="project"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 16, 16])
+    feeds = {"x": rng.standard_normal((4, 8, 16, 16)).astype(np.float32)}
+    return _model(nodes, [x], [y], inits), feeds
+
+
 BUILDERS = {
     "conv_net": conv_net,
     "mlp": mlp,

@@ -638,10 +638,13 @@ def test_benchmark_tells_weight_and_activation_dequantizers_apart(tmp_path):
     quantrs.calibrate(src, tmp_path / "q.onnx", [{"x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(4)])
     ops = _runtime_ops(tmp_path / "q.onnx", threads=1)
     assert ops == {"MatMulIntegerToFloat": 2}, ops  # both weights fused: none computed in float
-    samples = [{"image": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
-    quantrs.calibrate(EXAMPLE, tmp_path / "c.onnx", samples)
+    # The last Relu is read by a float ReduceMean: it reads the last QLinearConv's output through
+    # a DequantizeLinear. (The bundled example now runs integer throughout: its Gemm is a QGemm.)
+    src = save(conv_stack(3, 8, 16), tmp_path / "stack.onnx")
+    quantrs.calibrate(src, tmp_path / "c.onnx", [{"x": rng.standard_normal((1, 8, 16, 16)).astype(np.float32)} for _ in range(4)])
     ops = _runtime_ops(tmp_path / "c.onnx", threads=1)
-    assert ops is not None and ops.get(ACTIVATION_DQ, 0) >= 1 and ops.get("QLinearConv", 0) >= 1, ops
+    assert ops is not None and ops.get(ACTIVATION_DQ, 0) >= 1 and ops.get("QLinearConv", 0) == 3, ops
+    assert "DequantizeLinear" not in ops, ops  # no weight dequantized at run time
 
 
 # --- degenerate samples -------------------------------------------------------------------------

@@ -63,6 +63,7 @@ class Statistics:
     groups: int
     inference_seconds: float  # inside onnxruntime's run()
     seconds: float  # the whole collection, sessions included
+    ranks: dict[str, int] = field(default_factory=dict)  # each activation's rank on the samples (-1: it varied)
 
 
 @dataclass
@@ -148,6 +149,7 @@ def collect_statistics(
     held_out: deque[dict[str, np.ndarray]] = deque(maxlen=HELD_OUT)
     reference: deque[dict[str, np.ndarray]] = deque(maxlen=HELD_OUT)
     wanted, kept_outputs = set(names), set(outputs)
+    ranks: dict[str, int] = {}
     count = 0
     float_inputs = [n for n, v in first.items() if np.asarray(v).dtype.kind == "f"]
     constant = {n: _single_value(first[n]) for n in float_inputs}  # the float inputs with one value in every sample so far
@@ -157,6 +159,8 @@ def collect_statistics(
         for name, value in sample.values:
             if name in wanted:
                 _add(collectors, skipped, name, value)
+                rank = np.ndim(value)
+                ranks[name] = rank if ranks.get(name, rank) == rank else -1
             if name in kept_outputs:
                 result[name] = np.asarray(value)
         held_out.append(sample.feed)
@@ -188,6 +192,7 @@ def collect_statistics(
         len(runner.groups),
         runner.inference_seconds,
         time.perf_counter() - started,
+        ranks={n: r for n, r in ranks.items() if n in kept},
     )
 
 

@@ -398,10 +398,25 @@ def _choose_layout(info: WeightInfo, index: GraphIndex, config: QuantizeConfig, 
         why = _why_not_fused(info, consumers, "MatMulNBits")
         plan = replace(plan, reason=f"{plan.reason}; QDQ, not MatMulNBits: {why}", not_nbits=why)
     elif config.dynamic:
-        plan = replace(
-            plan, reason=f"{plan.reason}; weight-only, not dynamic: {_why_not_fused(info, consumers, 'MatMulInteger')}"
-        )
+        why = _why_not_fused(info, consumers, "MatMulInteger")
+        if {c.use.op for c in consumers} == {"Conv"}:
+            why += CONV_NOT_DYNAMIC
+        plan = replace(plan, reason=f"{plan.reason}; weight-only, not dynamic: {why}")
     return plan
+
+
+# Why --dynamic leaves Conv weights weight-only (issue 21.1), measured by bench/cnn_static.py
+# (bench/RESULTS.md, 2026-12-06): onnxruntime's dynamic Conv, DynamicQuantizeLinear + ConvInteger
+# as quantize_dynamic writes it, against weight-only QDQ, the rest of each model float, on eight
+# CNNs at batch 1 and 8, one thread. ConvInteger with UINT8 weights ran at 0.31-0.88x float's
+# speed, never faster than weight-only (0.45-0.89x) beyond noise (MTCNN's P-Net at batch 1:
+# 0.88x against 0.85x, and 0.89x against 0.87x in an earlier run); with signed INT8 weights, the
+# codes quantrs writes, 0.11-0.43x. Both are slower than float on every CNN: `calibrate` gives
+# QLinearConv.
+CONV_NOT_DYNAMIC = (
+    "; ConvInteger (onnxruntime's dynamic Conv) ran no faster than weight-only on eight CNNs, both slower than "
+    "float (0.11-0.88x float's speed against 0.45-0.89x, bench/cnn_static.py); `calibrate` gives QLinearConv"
+)
 
 
 def _as_matmulnbits(info: WeightInfo, config: QuantizeConfig, roles: _Roles) -> TensorPlan | None:

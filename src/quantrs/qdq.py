@@ -51,7 +51,9 @@ class DQSpec:
     their codes in that body; `lookups` Gather nodes read rows of the weight gather-first, and
     `dense` says whether any other use needs the whole tensor. `gather_block`: those lookups are
     com.microsoft.GatherBlockQuantized nodes (a main-graph table [V, D] in blocks along axis 1),
-    its dense uses a DequantizeLinear of the same codes.
+    its dense uses a DequantizeLinear of the same codes. `zero_point`: the zero points are stored
+    even when they are DequantizeLinear's default 0 (static INT8: onnxruntime fuses a Gemm into
+    its integer QGemm only when its weight's DequantizeLinear has a zero point input).
 
     Blocked codes are stored padded to whole blocks along their axis (`padding` codes, each its
     block's zero point: value 0), a form every runtime takes (ONNX allows a short last block;
@@ -79,6 +81,7 @@ class DQSpec:
     gather_block: bool = False  # lookups as com.microsoft.GatherBlockQuantized (tables [V, D], blocks along axis 1)
     dynamic: bool = False  # read by MatMulInteger, activations quantized at run time (quantrs.dynamic)
     pad_inputs: bool = True  # padded codes: direct MatMul/Gemm readers get their data input padded (else a Slice)
+    zero_point: bool = False  # store the zero points even when they are the default 0 (static Gemm weights: QGemm)
 
     @property
     def padding(self) -> int:
@@ -176,8 +179,9 @@ class DQSpec:
     @property
     def has_zero_point(self) -> bool:
         # symmetric codes have zero point 0, the default; offset codes have 128, GatherBlockQuantized's
-        # default, but DequantizeLinear's is 0: a table also read densely stores its zero points
-        return not self.scheme.symmetric or (self.code_offset != 0 and self.dense)
+        # default, but DequantizeLinear's is 0: a table also read densely stores its zero points;
+        # `zero_point` asks for them stored anyway
+        return not self.scheme.symmetric or self.zero_point or (self.code_offset != 0 and self.dense)
 
     @property
     def param_dims(self) -> list[int]:

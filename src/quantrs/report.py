@@ -358,7 +358,7 @@ class CalibrationReport:
     samples: int
     activations: list[ActivationRange]
     left_float: list[LeftFloat]  # activations calibrated but kept in float, with the reason
-    folded_relus: list[str]  # Relu outputs quantized by their producer's QuantizeLinear
+    folded_relus: list[str]  # Relu (and Clip) outputs quantized by their producer's QuantizeLinear
     quantized_weights: list[str]
     quantized_biases: list[str]
     input_bytes: int
