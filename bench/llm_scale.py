@@ -36,42 +36,12 @@ from llama import SIZES, build_decoder  # noqa: E402
 
 _SCRIPT = Path(sys.executable).with_name("quantrs")
 QUANTRS = str(_SCRIPT) if _SCRIPT.exists() else (shutil.which("quantrs") or "quantrs")
+_NBITS = [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--bits", "4", "--block-size", "32", "--quant-format", "matmulnbits"]
+_QUIET = ["-q", "--format", "json"]
 TOOLS = {
-    "quantrs 4-bit MatMulNBits (block 32)": [
-        QUANTRS,
-        "quantize",
-        "{src}",
-        "-o",
-        "{dst}",
-        "--bits",
-        "4",
-        "--block-size",
-        "32",
-        "--quant-format",
-        "matmulnbits",
-        "-q",
-        "--format",
-        "json",
-    ],
+    "quantrs 4-bit MatMulNBits (block 32)": [*_NBITS, *_QUIET],
     # onnxruntime's default algorithm is round-to-nearest on each block's min/max: the same work.
-    "quantrs 4-bit MatMulNBits (block 32), --range minmax": [
-        QUANTRS,
-        "quantize",
-        "{src}",
-        "-o",
-        "{dst}",
-        "--bits",
-        "4",
-        "--block-size",
-        "32",
-        "--quant-format",
-        "matmulnbits",
-        "--range",
-        "minmax",
-        "-q",
-        "--format",
-        "json",
-    ],
+    "quantrs 4-bit MatMulNBits (block 32), --range minmax": [*_NBITS, "--range", "minmax", *_QUIET],
     "quantrs INT8 per channel": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "-q", "--format", "json"],
     "quantrs INT8 --dynamic": [QUANTRS, "quantize", "{src}", "-o", "{dst}", "--dynamic", "-q", "--format", "json"],
     "ort MatMulNBitsQuantizer (block 32)": [

@@ -95,7 +95,7 @@ class ActivationRunner:
         self.names = list(dict.fromkeys(names))
         computed = [n for n in self.names if n not in self.inputs]
         sizes = _estimated_bytes(model, computed, first)
-        plans = _groups(computed, sizes, budget, _positions(graph))
+        plans = budget_groups(computed, sizes, budget, _positions(graph))
         logger.info("%d values to compute in %d group(s) of at most %.0f MB", len(self.names), len(plans), budget / 2**20)
         folder = data_folder(model)  # one for every group: their locations are relative to it
         self.groups = [_Group(plan, _session(model, plan, folder)) for plan in plans]
@@ -228,7 +228,7 @@ def _positions(graph: onnx.GraphProto) -> dict[str, int]:
     return {out: i for i, node in enumerate(graph.node) for out in node.output if out}
 
 
-def _groups(names: list[str], sizes: Mapping[str, int], budget: int, positions: Mapping[str, int]) -> list[list[str]]:
+def budget_groups(names: list[str], sizes: Mapping[str, int], budget: int, positions: Mapping[str, int]) -> list[list[str]]:
     """Consecutive runs of activations, in graph order, whose sizes add up to at most `budget`
     (a tensor larger than the budget is a group of its own)."""
     ordered = sorted(names, key=lambda n: positions.get(n, -1))

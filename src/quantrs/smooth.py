@@ -48,7 +48,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from quantrs.collect import ActivationRunner
+from quantrs.collect import ActivationRunner, budget_groups
 from quantrs.errors import ConfigError
 from quantrs.graph import FreshName, GraphIndex, name_maker
 from quantrs.model import LoadedModel
@@ -379,14 +379,7 @@ def _collect(
     per_sample = max(1, -(-ROWS // len(samples)))
     names = [g.activation for g in groups]
     sizes = {g.activation: 4 * g.channels * (ROWS + 2 * len(samples) + 1) for g in groups}
-    batches: list[list[str]] = []
-    held = 0
-    for name in names:
-        if not batches or held + sizes[name] > COLLECT_BYTES:
-            batches.append([])
-            held = 0
-        batches[-1].append(name)
-        held += sizes[name]
+    batches = budget_groups(names, sizes, COLLECT_BYTES, {name: i for i, name in enumerate(names)})
     channels = {g.activation: g.channels for g in groups}
     out: dict[str, _Stats] = {}
     for batch in batches:
