@@ -235,3 +235,50 @@ def test_external_data_output_on_request(tmp_path, save):
     report = quantrs.quantize(save(model), tmp_path / "ext.onnx", QuantizeConfig(min_elements=0, external_data=True))
     assert [p.rsplit("/", 1)[-1] for p in report.files_written] == ["ext.onnx", "ext.onnx.data"]
     ort.InferenceSession(str(tmp_path / "ext.onnx")).run(None, feeds)
+
+
+def _shapeless_output_model(path) -> str:
+    """A MatMul model whose graph output has a type but no shape: onnx.checker refuses it,
+    onnxruntime runs it (exporters write such outputs)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "shapeless",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def test_a_checker_problem_the_input_has_is_not_refused(tmp_path, caplog):
+    """onnx.checker's complaint about the model as given is the model's: quantrs writes the
+    output (it runs in onnxruntime, as the input does) and warns; validate says the same."""
+    src = _shapeless_output_model(tmp_path / "m.onnx")
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(onnx.load(src))
+    with caplog.at_level("WARNING", logger="quantrs.qdq"):
+        quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(min_elements=0))
+    assert "fails onnx.checker as it was given" in caplog.text
+    x = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
+    want, got = (ort.InferenceSession(str(p)).run(None, {"x": x})[0] for p in (src, tmp_path / "q.onnx"))
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    checks = {c.name: c for c in quantrs.validate(src, tmp_path / "q.onnx").checks}
+    assert checks["onnx.checker"].passed and "as the float model does" in checks["onnx.checker"].detail
+
+
+def test_a_checker_problem_of_quantrs_own_is_refused(tmp_path):
+    """Only the input's own problem is tolerated: another one in the output is an error."""
+    from quantrs.qdq import check_model, checker_problem
+
+    bad = onnx.load(_shapeless_output_model(tmp_path / "m.onnx"))
+    problem = checker_problem(bad)
+    assert problem is not None
+    check_model(bad, "m.onnx", as_given=problem)  # the input's: kept
+    with pytest.raises(UnsupportedModelError, match="the quantized model fails onnx.checker"):
+        check_model(bad, "m.onnx", as_given=None)
+    with pytest.raises(UnsupportedModelError):
+        check_model(bad, "m.onnx", as_given="another problem")

@@ -33,8 +33,9 @@ from quantrs.qdq import (
     DQSpec,
     DQTensors,
     convert_opset,
-    detach_nested_weights,
     check_model,
+    checker_problem,
+    detach_nested_weights,
     insert_weight_dq,
     merge_metadata,
     required_opset,
@@ -263,6 +264,7 @@ def rewrite_and_write(
     `model.proto` is edited in place."""
     src = model.path
     proto = model.proto
+    as_given = checker_problem(proto) if config.check_output else None  # before any edit
     detach_nested_weights(proto.graph, specs)
     embedded = model.weights.embed_nested_external(proto.graph)  # what stays float, out of the input's data file
     if embedded:
@@ -299,7 +301,7 @@ def rewrite_and_write(
         raise
     extra = edit.apply(proto.graph, stream) if edit is not None else []
     if config.check_output:
-        _check(proto, dq, [t.header for t in extra], src)
+        _check(proto, dq, [t.header for t in extra], src, as_given)
 
     external = True if (config.external_data or _has_external_data(model)) else None
     out_tensors = stream.out_tensors(proto.graph) + extra
@@ -754,16 +756,18 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _check(model: onnx.ModelProto, dq: dict[str, DQTensors], extra: list[onnx.TensorProto], src: Path) -> None:
+def _check(
+    model: onnx.ModelProto, dq: dict[str, DQTensors], extra: list[onnx.TensorProto], src: Path, as_given: str | None
+) -> None:
     """onnx.checker on the rewritten graph, with initializers stood in for by inputs (their
-    bytes are not in memory yet)."""
+    bytes are not in memory yet); `as_given` the input's own checker problem (qdq.check_model)."""
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(model)
     for tensors in dq.values():
         if not tensors.in_body:
             skeleton.graph.initializer.extend(tensors.all())
     skeleton.graph.initializer.extend(extra)
-    check_model(skeleton, src)
+    check_model(skeleton, src, as_given=as_given)
 
 
 _FLOAT_NAMES = {onnx.TensorProto.DataType.Name(t) for t in FLOAT_TYPES}

@@ -277,15 +277,30 @@ def initializers_as_inputs(model: onnx.ModelProto) -> Iterator[onnx.ModelProto]:
         graph.initializer.extend(saved)
 
 
-def check_model(model: onnx.ModelProto, file: object = None) -> None:
-    """onnx.checker on `model` (bodies included), its initializers stood in for by inputs so
-    that no weight is serialized; UnsupportedModelError with the checker's first line (and
-    `file`) when it fails. The one checker call of quantrs."""
+def checker_problem(model: onnx.ModelProto) -> str | None:
+    """The first line of what onnx.checker finds wrong with `model` (bodies included), or None.
+    Its initializers are stood in for by inputs, so that no weight is serialized. The one
+    checker call of quantrs."""
     try:
         with initializers_as_inputs(model) as skeleton:
             onnx.checker.check_model(skeleton)
     except onnx.checker.ValidationError as exc:
-        raise UnsupportedModelError(f"the quantized model fails onnx.checker: {first_line(exc)}", file=file) from None
+        return first_line(exc)
+    return None
+
+
+def check_model(model: onnx.ModelProto, file: object = None, *, as_given: str | None = None) -> None:
+    """UnsupportedModelError (naming `file`) when onnx.checker fails on the quantized `model`.
+    `as_given`: checker_problem() of the input model. The same problem is the input's, not
+    quantrs': onnxruntime runs models the checker refuses (a graph output without a shape,
+    say), so the output is kept, with a warning."""
+    problem = checker_problem(model)
+    if problem is None:
+        return
+    if problem == as_given:
+        logger.warning("%s fails onnx.checker as it was given, and so does its output: %s", file, problem)
+        return
+    raise UnsupportedModelError(f"the quantized model fails onnx.checker: {problem}", file=file)
 
 
 def convert_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
