@@ -209,3 +209,68 @@ def test_validate_detailed_ranks_dynamic_weights(save, tmp_path, half):
     for layer in layers.values():
         assert layer.storage == "INT8 (MatMulInteger)" and 35 < layer.weight_sqnr_db < 60
         assert layer.local_sqnr_db is not None and layer.local_sqnr_db > 20
+
+
+def _lstm(direction: str = "forward", layout: int = 0, hidden: int = 48, inputs: int = 24):
+    """One LSTM (W, R, B initializers) over [T, batch, inputs] (or batch first, layout 1)."""
+    rng = np.random.default_rng(0)
+    d = 2 if direction == "bidirectional" else 1
+    w = (rng.standard_normal((d, 4 * hidden, inputs)) / np.sqrt(inputs)).astype(np.float32)
+    r = (rng.standard_normal((d, 4 * hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    b = (rng.standard_normal((d, 8 * hidden)) * 0.1).astype(np.float32)
+    x_shape = [3, 10, inputs] if layout else [10, 3, inputs]
+    node = helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "y_h"], hidden_size=hidden, direction=direction, layout=layout)
+    graph = helper.make_graph(
+        [node], "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("y", "y_h")],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(r, "R"), numpy_helper.from_array(b, "B")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model, {"x": rng.standard_normal(x_shape).astype(np.float32)}
+
+
+def cosine(a, b) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_lstms_become_dynamic_quantize_lstm(save, tmp_path, direction):
+    """W and R as INT8 per gate row, read by com.microsoft.DynamicQuantizeLSTM (the form
+    quantize_dynamic writes: 2.4-3.7x faster than float, where weight-only is slower); the
+    outputs as close to float as quantize_dynamic's."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model, feeds = _lstm(direction)
+    src = save(model)
+    report = quantrs.quantize(src, tmp_path / "q.onnx", DYNAMIC)
+    reasons = {t.name: t.reason for t in report.tensors}
+    assert "DynamicQuantizeLSTM" in reasons["W"] and "DynamicQuantizeLSTM" in reasons["R"]
+    out = onnx.load(str(tmp_path / "q.onnx"))
+    ops = [n.op_type for n in out.graph.node]
+    assert "LSTM" not in ops and ops.count("DynamicQuantizeLSTM") == 1 and "DequantizeLinear" not in ops
+    assert any(o.domain == "com.microsoft" for o in out.opset_import)
+    quantize_dynamic(str(src), str(tmp_path / "ort.onnx"), weight_type=QuantType.QInt8, per_channel=True)
+    want = ort.InferenceSession(str(src)).run(None, feeds)
+    got = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, feeds)
+    theirs = ort.InferenceSession(str(tmp_path / "ort.onnx")).run(None, feeds)
+    for g, w, t in zip(got, want, theirs):
+        assert g.shape == w.shape and cosine(g, w) > 0.999 and cosine(g, w) >= cosine(t, w) - 1e-4
+
+
+def test_an_lstm_dynamic_quantize_lstm_cannot_take_stays_weight_only(save, tmp_path):
+    """Batch-first (layout 1): DynamicQuantizeLSTM has no layout, so a model with only that LSTM
+    has nothing for --dynamic (a usage error); an LSTM with R left float (too small) keeps
+    reading W's DequantizeLinear."""
+    src = save(_lstm(layout=1)[0])
+    with pytest.raises(OptionError, match="DynamicQuantizeLSTM"):
+        quantrs.quantize(src, tmp_path / "q.onnx", DYNAMIC)
+    report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(min_elements=0))  # weight-only takes it
+    assert {t.name for t in report.tensors if t.quantized} == {"W", "R"}
+
+    model, feeds = _lstm(hidden=8, inputs=64)  # W 32 x 64 quantized, R 32 x 8 below min_elements
+    src = save(model, "small_r.onnx")
+    quantrs.quantize(src, tmp_path / "r.onnx", QuantizeConfig(dynamic=True, min_elements=1024))
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "r.onnx")).graph.node]
+    assert ops == ["DequantizeLinear", "LSTM"]
+    assert rel_l2(run(tmp_path / "r.onnx", feeds), run(src, feeds)) < 0.02

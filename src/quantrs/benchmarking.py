@@ -82,6 +82,7 @@ def _runtime_ops(path: Path, threads: int | None) -> dict[str, int] | None:
             "MatMulNBits",
             "MatMulIntegerToFloat",
             "DynamicQuantizeMatMul",
+            "DynamicQuantizeLSTM",
             "QGemm",
             "GatherBlockQuantized",
         ) or node.op_type.startswith("QLinear"):

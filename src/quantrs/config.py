@@ -160,7 +160,7 @@ class QuantizeConfig:
         False,
         "--dynamic",
         help="Dynamic INT8: MatMul weights as INT8 codes read by MatMulInteger, activations quantized at run time "
-        "(DynamicQuantizeLinear; onnxruntime's integer kernels, no samples needed). "
+        "(DynamicQuantizeLinear; onnxruntime's integer kernels, no samples needed), LSTMs as DynamicQuantizeLSTM. "
         "Other weights weight-only, each report line says why.",
     )
     rounding: str = _option(

@@ -12,18 +12,26 @@ onnxruntime fuses it (graph optimizations, the default level) into DynamicQuanti
 MatMulIntegerToFloat, its integer GEMM: the form `quantize_dynamic` writes. The codes and scales
 are the weight's per-channel INT8 ones (axis 1: one scale per output column), streamed like any
 other weight's; the edit only replaces the DequantizeLinear -> MatMul pair the rewrite made.
+
+An LSTM whose W and R are both `dynamic` becomes com.microsoft.DynamicQuantizeLSTM (as
+`quantize_dynamic` writes it). That op takes W and R as [directions, inputs, 4 * hidden] codes and
+their scales and zero points as [directions, 4 * hidden] (per channel) or [directions]: the codes
+are stored as the LSTM reads them ([directions, 4 * hidden, inputs], per channel along the gate
+rows) and a Transpose and Expand nodes on constants make that layout, which onnxruntime folds
+when the session starts (the kernel then packs W and R once, as for quantize_dynamic's output).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from quantrs.edit import EditContext
 from quantrs.graph import FreshName, GraphIndex, name_maker
-from quantrs.qdq import DQSpec
+from quantrs.qdq import MICROSOFT_DOMAIN, DQSpec
 from quantrs.writer import OutTensor
 
 __all__ = ["DynamicEdit", "DYNAMIC_OPSET"]
@@ -45,17 +53,79 @@ class DynamicEdit:
         dq_of = {
             node.output[0]: node for node in graph.node if node.op_type == "DequantizeLinear" and node.output[0] in self.specs
         }
+
+        def form(node: onnx.NodeProto) -> str | None:
+            if node.domain not in ("", "ai.onnx"):
+                return None
+            if node.op_type == "MatMul" and node.input[1] in dq_of:
+                return "matmul"
+            if node.op_type == "LSTM" and len(node.input) > 2 and node.input[1] in dq_of and node.input[2] in dq_of:
+                return "lstm"  # an LSTM with one of W, R left float keeps reading the DequantizeLinear
+            return None
+
+        still_read = {name for node in graph.node if form(node) is None for name in node.input}
+        still_read |= {v.name for v in graph.output}
         nodes: list[onnx.NodeProto] = []
         for node in graph.node:
-            if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and node.input[1] in dq_of:
+            kind = form(node)
+            if kind == "matmul":
                 nodes.extend(self._matmul(node, dq_of[node.input[1]], fresh))
-            elif node.op_type == "DequantizeLinear" and node.output[0] in dq_of:
-                continue  # every reader of the weight is a MatMul replaced here (the plan's rule)
+            elif kind == "lstm":
+                nodes.extend(self._lstm(node, dq_of[node.input[1]], dq_of[node.input[2]], fresh))
+            elif node.op_type == "DequantizeLinear" and node.output[0] in dq_of and node.output[0] not in still_read:
+                continue  # every reader of the weight is replaced here
             else:
                 nodes.append(node)
         del graph.node[:]
         graph.node.extend(nodes)
         return []
+
+    def _lstm(self, node: onnx.NodeProto, w: onnx.NodeProto, r: onnx.NodeProto, fresh: FreshName) -> list[onnx.NodeProto]:
+        base = node.name or node.output[0] or "lstm"
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "layout"}
+        directions = 2 if attrs.get("direction", b"forward") in (b"bidirectional", "bidirectional") else 1
+        out: list[onnx.NodeProto] = []
+
+        def operand(dq: onnx.NodeProto) -> list[str]:
+            """dq's codes as [directions, inputs, 4 * hidden], its scale and zero point as
+            [directions, 4 * hidden] (per channel) or [directions] (per tensor)."""
+            codes, scale = dq.input[0], dq.input[1]
+            zero = dq.input[2] if len(dq.input) > 2 and dq.input[2] else ""
+            spec = self.specs[dq.output[0]]
+            rows = [directions, spec.shape[1]] if spec.axis is not None else [directions]
+            names = [fresh(f"{codes}_transposed"), fresh(f"{scale}_{directions}d"), fresh(f"{codes}_zero_point_{directions}d")]
+            shape = fresh(f"{base}_{dq.output[0]}_parameter_shape")
+            out.append(helper.make_node("Transpose", [codes], [names[0]], name=fresh(f"{base}_transpose"), perm=[0, 2, 1]))
+            out.append(
+                helper.make_node(
+                    "Constant",
+                    [],
+                    [shape],
+                    name=fresh(f"{base}_shape"),
+                    value=helper.make_tensor(shape, TensorProto.INT64, [len(rows)], rows),
+                )
+            )
+            out.append(helper.make_node("Expand", [scale, shape], [names[1]], name=fresh(f"{base}_expand_scale")))
+            if zero:
+                out.append(helper.make_node("Expand", [zero, shape], [names[2]], name=fresh(f"{base}_expand_zero_point")))
+            else:  # symmetric INT8 without a stored zero point: zeros of the codes' type
+                zeros = helper.make_tensor(names[2], TensorProto.INT8, rows, [0] * int(np.prod(rows)))
+                out.append(helper.make_node("Constant", [], [names[2]], name=fresh(f"{base}_zero_point"), value=zeros))
+            return names
+
+        (wq, ws, wz), (rq, rs, rz) = operand(w), operand(r)
+        rest = [*node.input[3:8], *[""] * (8 - max(3, len(node.input)))]  # B, sequence_lens, initial_h, initial_c, P
+        out.append(
+            helper.make_node(
+                "DynamicQuantizeLSTM",
+                [node.input[0], wq, rq, *rest, ws, wz, rs, rz],
+                list(node.output),
+                name=fresh(f"{base}_dynamic"),
+                domain=MICROSOFT_DOMAIN,
+                **attrs,
+            )
+        )
+        return out
 
     def _matmul(self, node: onnx.NodeProto, dq: onnx.NodeProto, fresh: FreshName) -> list[onnx.NodeProto]:
         spec = self.specs[node.input[1]]

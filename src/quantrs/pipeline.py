@@ -226,7 +226,8 @@ def plan_model(model: LoadedModel, config: QuantizeConfig) -> tuple[list[TensorP
     already = _describe_quantized(quantized_ops(index))
     if config.dynamic and specs and not any(s.dynamic for s in specs.values()):
         raise OptionError(
-            "dynamic", f"{src} has no 2-D float32/float16 MatMul weight for MatMulInteger: quantize it without --dynamic "
+            "dynamic", f"{src} has no 2-D float32/float16 MatMul weight for MatMulInteger (nor LSTM weights for "
+            "DynamicQuantizeLSTM): quantize it without --dynamic "
             "(weight-only), or calibrate it (static INT8, with samples) for Conv models"
         )  # fmt: skip
     if not specs:
@@ -300,6 +301,10 @@ def rewrite_and_write(
         exc.about(file=src)
         raise
     extra = edit.apply(proto.graph, stream) if edit is not None else []
+    if not any(e.domain == MICROSOFT_DOMAIN for e in proto.opset_import) and any(
+        n.domain == MICROSOFT_DOMAIN for n in proto.graph.node
+    ):  # the edit wrote a com.microsoft op (--dynamic: DynamicQuantizeLSTM)
+        proto.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
     if config.check_output:
         _check(proto, dq, [t.header for t in extra], src, as_given)
 
