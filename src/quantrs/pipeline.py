@@ -265,7 +265,6 @@ def rewrite_and_write(
     `model.proto` is edited in place."""
     src = model.path
     proto = model.proto
-    as_given = checker_problem(proto) if config.check_output else None  # before any edit
     detach_nested_weights(proto.graph, specs)
     embedded = model.weights.embed_nested_external(proto.graph)  # what stays float, out of the input's data file
     if embedded:
@@ -306,7 +305,7 @@ def rewrite_and_write(
     ):  # the edit wrote a com.microsoft op (--dynamic: DynamicQuantizeLSTM)
         proto.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
     if config.check_output:
-        _check(proto, dq, [t.header for t in extra], src, as_given)
+        _check(proto, dq, [t.header for t in extra], src)
 
     external = True if (config.external_data or _has_external_data(model)) else None
     out_tensors = stream.out_tensors(proto.graph) + extra
@@ -761,18 +760,17 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _check(
-    model: onnx.ModelProto, dq: dict[str, DQTensors], extra: list[onnx.TensorProto], src: Path, as_given: str | None
-) -> None:
+def _check(model: onnx.ModelProto, dq: dict[str, DQTensors], extra: list[onnx.TensorProto], src: Path) -> None:
     """onnx.checker on the rewritten graph, with initializers stood in for by inputs (their
-    bytes are not in memory yet); `as_given` the input's own checker problem (qdq.check_model)."""
+    bytes are not in memory yet). A problem the input file has too is its own (qdq.check_model:
+    the input is read again for that, only when the output fails)."""
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(model)
     for tensors in dq.values():
         if not tensors.in_body:
             skeleton.graph.initializer.extend(tensors.all())
     skeleton.graph.initializer.extend(extra)
-    check_model(skeleton, src, as_given=as_given)
+    check_model(skeleton, src, as_given=lambda: checker_problem(load_model(src).proto))
 
 
 _FLOAT_NAMES = {onnx.TensorProto.DataType.Name(t) for t in FLOAT_TYPES}
