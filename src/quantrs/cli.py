@@ -394,15 +394,7 @@ def batch(
     config = quantize_config(options)
     _refuse_gptq(config)
     work = make_jobs(expand_inputs(models), output, config)
-    _run_batch(
-        work,
-        fmt,
-        quiet,
-        n_jobs=run.jobs,
-        skip_existing=run.skip_existing,
-        continue_on_error=run.continue_on_error,
-        scheduler=run.scheduler,
-    )
+    _run_batch(work, fmt, quiet, run)
 
 
 @command
@@ -447,15 +439,7 @@ def config(
         else {"jobs": section.jobs, "skip_existing": section.skip_existing, "continue_on_error": section.continue_on_error}
     )
     settings = _build(BatchOptions, {**file_fields, **run}, {})
-    _run_batch(
-        work,
-        fmt,
-        quiet,
-        n_jobs=settings.jobs,
-        skip_existing=settings.skip_existing,
-        continue_on_error=settings.continue_on_error,
-        scheduler=settings.scheduler,
-    )
+    _run_batch(work, fmt, quiet, settings)
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -484,16 +468,7 @@ def _refuse_gptq(config: QuantizeConfig) -> None:
         raise typer.BadParameter("needs each model's own samples: use quantrs quantize --data", param_hint="'--smooth'")
 
 
-def _run_batch(
-    work: Sequence[Job],
-    fmt: OutputFormat,
-    quiet: bool,
-    *,
-    n_jobs: int,
-    skip_existing: bool,
-    continue_on_error: bool,
-    scheduler: str | None,
-) -> None:
+def _run_batch(work: Sequence[Job], fmt: OutputFormat, quiet: bool, settings: BatchOptions) -> None:
     """Run the jobs with a progress bar, print the summary, then each failure's cause as one
     line on stderr (as every other command says its error: the summary's cell wraps it), and
     exit 1 if any model failed."""
@@ -510,10 +485,10 @@ def _run_batch(
 
             report = run_batch(
                 work,
-                n_jobs=n_jobs,
-                skip_existing=skip_existing,
-                continue_on_error=continue_on_error,
-                scheduler=scheduler,
+                n_jobs=settings.jobs,
+                skip_existing=settings.skip_existing,
+                continue_on_error=settings.continue_on_error,
+                scheduler=settings.scheduler,
                 progress=progress,
             )
     except KeyboardInterrupt:
