@@ -268,9 +268,21 @@ def test_an_lstm_dynamic_quantize_lstm_cannot_take_stays_weight_only(save, tmp_p
     report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(min_elements=0))  # weight-only takes it
     assert {t.name for t in report.tensors if t.quantized} == {"W", "R"}
 
-    model, feeds = _lstm(hidden=8, inputs=64)  # W 32 x 64 quantized, R 32 x 8 below min_elements
+    # W 32 x 64 quantized, R 32 x 8 below min_elements, and a MatMul after the LSTM (its weight
+    # 8 x 256 dynamic): W stays weight-only (DynamicQuantizeLSTM takes both), the report says so.
+    model, feeds = _lstm(hidden=8, inputs=64)
+    head = numpy_helper.from_array(np.random.default_rng(1).standard_normal((8, 256)).astype(np.float32), "head")
+    model.graph.initializer.append(head)
+    model.graph.node.append(helper.make_node("MatMul", ["y_h", "head"], ["z"]))
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
     src = save(model, "small_r.onnx")
-    quantrs.quantize(src, tmp_path / "r.onnx", QuantizeConfig(dynamic=True, min_elements=1024))
+    report = quantrs.quantize(src, tmp_path / "r.onnx", QuantizeConfig(dynamic=True, min_elements=1024))
+    w = next(t for t in report.tensors if t.name == "W")
+    assert w.quantized and "DynamicQuantizeLSTM takes W and R both" in w.reason and ": DynamicQuantizeLSTM)" not in w.reason
     ops = [n.op_type for n in onnx.load(str(tmp_path / "r.onnx")).graph.node]
-    assert ops == ["DequantizeLinear", "LSTM"]
+    assert "LSTM" in ops and "DequantizeLinear" in ops and "MatMulInteger" in ops
     assert rel_l2(run(tmp_path / "r.onnx", feeds), run(src, feeds)) < 0.02
+
+    src = save(_lstm(hidden=8, inputs=64)[0], "lstm_only.onnx")  # the LSTM alone: nothing for --dynamic
+    with pytest.raises(OptionError, match="DynamicQuantizeLSTM"):
+        quantrs.quantize(src, tmp_path / "l.onnx", QuantizeConfig(dynamic=True, min_elements=1024))

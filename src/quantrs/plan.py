@@ -191,7 +191,32 @@ def plan_weights(
         original = weights.aliases.get(info.name, info.name)  # what the user sees in the file
         plan = _plan_one(info, index, config, excluded_nodes, original)
         plans.append(_apply_overrides(plan, config, patterns, original))
-    return plans
+    return _pair_lstm_weights(plans, index) if config.dynamic else plans
+
+
+_DYNAMIC_LSTM = ", dynamic INT8 (activations quantized at run time: DynamicQuantizeLSTM)"
+
+
+def _pair_lstm_weights(plans: list[TensorPlan], index: GraphIndex) -> list[TensorPlan]:
+    """DynamicQuantizeLSTM takes W and R both: an LSTM weight planned for it whose partner is
+    not (too small, excluded, shared) stays weight-only, and its reason says so."""
+    by_name = {p.name: p for p in plans}
+    lstms = [n for n in index.main.graph.node if n.op_type == "LSTM" and n.domain in ("", "ai.onnx") and len(n.input) > 2]
+    changed = True
+    while changed:  # a weight made weight-only here can leave another LSTM's partner alone
+        changed = False
+        for node in lstms:
+            pair = [by_name.get(node.input[1]), by_name.get(node.input[2])]
+            if all(p is not None and p.dynamic for p in pair):
+                continue
+            for p in pair:
+                if p is not None and p.dynamic:
+                    why = (
+                        "weight-only, not dynamic: DynamicQuantizeLSTM takes W and R both, and the other is not quantized for it"
+                    )
+                    by_name[p.name] = replace(p, dynamic=False, reason=f"{p.reason.replace(_DYNAMIC_LSTM, '')}; {why}")
+                    changed = True
+    return [by_name[p.name] for p in plans]
 
 
 def _excluded_node_names(index: GraphIndex, config: QuantizeConfig) -> set[str]:
@@ -451,8 +476,7 @@ def _as_dynamic(info: WeightInfo, config: QuantizeConfig, roles: _Roles) -> Tens
         why = ", dynamic INT8 (activations quantized at run time: MatMulInteger)"
         return _quantized(info, roles, 1 if config.per_channel else None, why=why, dynamic=True)
     if _lstm_weight(info, list(roles.consumers)):
-        why = ", dynamic INT8 (activations quantized at run time: DynamicQuantizeLSTM)"
-        return _quantized(info, roles, 1 if config.per_channel else None, why=why, dynamic=True)
+        return _quantized(info, roles, 1 if config.per_channel else None, why=_DYNAMIC_LSTM, dynamic=True)
     return None
 
 
