@@ -25,7 +25,7 @@ from quantrs.config import QuantizeConfig
 from quantrs.dynamic import DynamicEdit
 from quantrs.edit import GraphEdit
 from quantrs.errors import AlreadyQuantizedError, ConfigError, OptionError, OutputError, QuantrsError, UnsupportedModelError
-from quantrs.graph import MAIN, GraphIndex
+from quantrs.graph import MAIN, GraphIndex, walk_graphs
 from quantrs.model import LoadedModel, load_model
 from quantrs.plan import FLOAT_TYPES, TensorPlan, plan_weights, quantized_ops
 from quantrs.qdq import (
@@ -289,10 +289,6 @@ def rewrite_and_write(
         },
     )
     dq = insert_weight_dq(proto.graph, specs)
-    if any(s.nbits or s.gather_block for s in specs.values()) and not any(
-        e.domain == MICROSOFT_DOMAIN for e in proto.opset_import
-    ):
-        proto.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
     stream = WeightStream(model, specs, dq, config, progress, ready=dict(ready or {}), scaled=dict(scaled or {}))
     try:  # before any edit: rebuilding a node list copies the bodies, and the codes go in theirs
         stream.fill_bodies()
@@ -300,10 +296,7 @@ def rewrite_and_write(
         exc.about(file=src)
         raise
     extra = edit.apply(proto.graph, stream) if edit is not None else []
-    if not any(e.domain == MICROSOFT_DOMAIN for e in proto.opset_import) and any(
-        n.domain == MICROSOFT_DOMAIN for n in proto.graph.node
-    ):  # the edit wrote a com.microsoft op (--dynamic: DynamicQuantizeLSTM)
-        proto.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
+    _import_microsoft_domain(proto)
     if config.check_output:
         _check(proto, dq, [t.header for t in extra], src)
 
@@ -758,6 +751,15 @@ def same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (or cannot be read): not the same file
         return False
+
+
+def _import_microsoft_domain(proto: onnx.ModelProto) -> None:
+    """The com.microsoft opset import, once the rewrite or the edit wrote one of its ops in any
+    scope (MatMulNBits, GatherBlockQuantized, DynamicQuantizeLSTM)."""
+    if any(e.domain == MICROSOFT_DOMAIN for e in proto.opset_import):
+        return
+    if any(n.domain == MICROSOFT_DOMAIN for scope in walk_graphs(proto.graph) for n in scope.graph.node):
+        proto.opset_import.append(onnx.helper.make_opsetid(MICROSOFT_DOMAIN, 1))
 
 
 def _check(model: onnx.ModelProto, dq: dict[str, DQTensors], extra: list[onnx.TensorProto], src: Path) -> None:
