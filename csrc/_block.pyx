@@ -12,10 +12,11 @@ b * B .. b * B + n - 1 (n <= B) of column i. Each block is read from memory once
   loops vectorised along the block. The search transposes the batch into a tile (block k =
   column k) and runs the strided layout's loops on it, across blocks.
 - strided layout (inner > 1: MatMul weights [K, N] along axis 0, Conv [O, I, kh, kw] along 1): a
-  block row is n rows x `inner` columns, one block per column. A task is one block row times a
-  span of columns: the first pass walks its rows (long runs through memory) for per-column
-  min/max; the other passes take SUB columns at a time from cache, four rows per iteration,
-  vectorised along the columns.
+  block row is n rows x `inner` columns, one block per column. A chunk is one block row times a
+  span of columns (a task is one chunk, or with transposed codes several block rows' chunks of
+  one narrower span: see _run): the first pass walks its rows (long runs through memory) for
+  per-column min/max; the other passes take SUB columns at a time from cache, four rows per
+  iteration, vectorised along the columns.
 
 Parameters follow _quant.scales exactly, codes are ONNX QuantizeLinear (saturated to [qmin,
 qmax], see _quant._quantize_run) and the error of one value is taken as _quant.channel_error does
@@ -69,6 +70,52 @@ cdef extern from *:
     float ibits_f32 "quantrs_block_ibits_f32"(int u) noexcept nogil
     float bits_f32 "quantrs_block_bits_f32"(unsigned int u) noexcept nogil
 
+cdef extern from *:
+    # Byte transposition of the transposed codes: dst[c * ds + r] = src[r * ss + c]. A byte at a
+    # time it took a third of the strided write pass (the compiler does not vectorise it); with
+    # SSE2 (every x86-64) it goes 16 x 16 bytes at a time in registers: four rounds of
+    # interleaving row i with row i + 8 transpose a 16 x 16 tile. Cython has no vector types,
+    # hence C. A permutation of bytes: both paths give the same output.
+    """
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    static inline void quantrs_block_t16(const unsigned char* s, Py_ssize_t ss, unsigned char* d,
+                                         Py_ssize_t ds) {
+        __m128i a[16], b[16];
+        int i, k;
+        for (i = 0; i < 16; i++) a[i] = _mm_loadu_si128((const __m128i*)(s + i * ss));
+        for (k = 0; k < 4; k++) {
+            for (i = 0; i < 8; i++) {
+                b[2 * i] = _mm_unpacklo_epi8(a[i], a[i + 8]);
+                b[2 * i + 1] = _mm_unpackhi_epi8(a[i], a[i + 8]);
+            }
+            for (i = 0; i < 16; i++) a[i] = b[i];
+        }
+        for (i = 0; i < 16; i++) _mm_storeu_si128((__m128i*)(d + i * ds), a[i]);
+    }
+    #endif
+    static void quantrs_block_transpose(const unsigned char* s, Py_ssize_t ss, unsigned char* d,
+                                        Py_ssize_t ds, Py_ssize_t rows, Py_ssize_t cols) {
+        Py_ssize_t r = 0, c, c16 = 0, r16 = 0;
+    #if defined(__SSE2__)
+        r16 = rows - rows % 16;
+        c16 = cols - cols % 16;
+        for (c = 0; c < c16; c += 16)      /* a column's bytes one after the other */
+            for (r = 0; r < r16; r += 16)
+                quantrs_block_t16(s + r * ss + c, ss, d + c * ds + r, ds);
+    #endif
+        for (c = c16; c < cols; c++)  /* the columns right of the tiles */
+            for (r = 0; r < r16; r++)
+                d[c * ds + r] = s[r * ss + c];
+        for (c = 0; c < cols; c++)    /* the rows below them */
+            for (r = r16; r < rows; r++)
+                d[c * ds + r] = s[r * ss + c];
+    }
+    """
+    void transpose_bytes "quantrs_block_transpose"(const unsigned char* src, Py_ssize_t ss,
+                                                    unsigned char* dst, Py_ssize_t ds,
+                                                    Py_ssize_t rows, Py_ssize_t cols) noexcept nogil
+
 cdef enum:
     CHUNK_VALUES = 131072  # about this many values per task and per partial sum of the totals
     MIN_SPAN = 64          # strided layout: fewest columns per task
@@ -78,12 +125,15 @@ cdef enum:
     TILE_MIN_BLOCKS = 8    # contiguous layout: fewest blocks in a batch to search them as a tile
     SUB = 128              # strided layout: columns per sub-span of the passes from cache
     TROWS = 256            # strided layout, transposed codes: rows per transposing copy
+    TRANSPOSED_SPAN = 256  # strided layout, transposed codes: most columns per task (see _run)
+    TASK_ROWS = 256        # strided layout, transposed codes: about this many rows per task
 
 # The summation order's constants, for tests to check quantrs.reference against.
 LANES = 4
 CHUNK_VALUES_COUNT = CHUNK_VALUES
 MIN_SPAN_COLUMNS = MIN_SPAN
 MAX_SPAN_COLUMNS = MAX_SPAN
+TRANSPOSED_SPAN_COLUMNS = TRANSPOSED_SPAN
 
 cdef float MAGIC = 12582912.0             # 1.5 * 2**23: float rint (see _quant.pyx)
 cdef double MAGIC64 = 6755399441055744.0  # 1.5 * 2**52: double rint
@@ -97,7 +147,8 @@ cdef float TWO_M24 = 5.9604644775390625e-08
 cdef struct Job:
     Py_ssize_t outer, L, inner, B, nb
     Py_ssize_t chunk       # blocks (contiguous) or columns (strided) per task
-    Py_ssize_t spans       # strided: tasks per block row
+    Py_ssize_t spans       # strided: chunks (spans of columns) per block row
+    Py_ssize_t rows        # strided: block rows per task (a chunk each; see _run)
     int qmin, qmax
     bint symmetric, half, transpose
     int ngrid
@@ -915,8 +966,7 @@ cdef void _s_write(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs,
     # Codes of (s, z) for a sub-span (out: its first code), error lanes and per-column max
     # |error| of the stored (ds, z - off). Codes go to rows of `inner` bytes, or (transposed)
     # through tbytes to columns of L bytes.
-    cdef Py_ssize_t r, c, rp = 0, rq
-    cdef unsigned char* dst
+    cdef Py_ssize_t rp = 0, rq
     _zero64(lanes, 4 * SUB)
     _zero32(mx, w)
     if not j.transpose:
@@ -927,10 +977,7 @@ cdef void _s_write(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs,
         rq = rp + TROWS if rp + TROWS < n else n
         _s_pass(x, rs, cache, cs, rowbuf, rp, rq, w, PASS_WRITE, s, z, lob, hib, ds, off, tbytes, SUB,
                 NULL, lanes, mx)
-        for c in range(w):
-            dst = out + c * j.L
-            for r in range(rp, rq):
-                dst[r] = tbytes[(r - rp) * SUB + c]
+        transpose_bytes(tbytes, SUB, out + rp, j.L, rq - rp, w)
         rp = rq
 
 
@@ -1125,13 +1172,25 @@ cdef void _strided_task(weight_p src, const Job* j, Py_ssize_t t, float* scratch
     j.part_bad[t] = task_bad
 
 
-cdef void _run(weight_p src, Job* j, Py_ssize_t ntasks, int n_threads):
-    cdef Py_ssize_t t
-    for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
-        if j.inner == 1:
+cdef void _run(weight_p src, Job* j, Py_ssize_t nchunks, int n_threads):
+    # Strided, a task is j.rows consecutive block rows of one span of columns. Transposed codes
+    # go to columns L bytes apart (2 KiB for K = 2048: every column's bytes on the same few
+    # cache sets), a block row's B bytes at a time: with spans of up to 4096 columns, half
+    # lines written by one block row had left the cache before the next block row filled them
+    # (1.3x the pass's time on a [2048, 5632] weight). Narrow spans (TRANSPOSED_SPAN) and
+    # several block rows per task write each line whole while it is in cache. Every chunk keeps
+    # its own partial sums, so the totals do not depend on the grouping.
+    cdef Py_ssize_t t, k, chunk, ntasks
+    if j.inner == 1:
+        for t in prange(nchunks, nogil=True, schedule="static", num_threads=n_threads):
             _contiguous_task(src, j, t, j.scratch + omp_get_thread_num() * j.scratch_len)
-        else:
-            _strided_task(src, j, t, j.scratch + omp_get_thread_num() * j.scratch_len)
+        return
+    ntasks = (nchunks // j.spans + j.rows - 1) // j.rows * j.spans
+    for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
+        for k in range(j.rows):
+            chunk = ((t // j.spans) * j.rows + k) * j.spans + t % j.spans
+            if chunk < nchunks:
+                _strided_task(src, j, chunk, j.scratch + omp_get_thread_num() * j.scratch_len)
 
 
 def quantize_blocks(x, int kind, Py_ssize_t block_size, int qmin, int qmax, bint symmetric,
@@ -1174,13 +1233,17 @@ def quantize_blocks(x, int kind, Py_ssize_t block_size, int qmin, int qmax, bint
     if w.inner == 1:
         j.chunk = CHUNK_VALUES // block_size if CHUNK_VALUES // block_size > 1 else 1
         j.spans = 0
+        j.rows = 1
         ntasks = (j.outer * j.nb + j.chunk - 1) // j.chunk
         per_thread = 3 * BATCH_VALUES
     else:
         j.chunk = CHUNK_VALUES // block_size
         j.chunk = j.chunk if j.chunk > MIN_SPAN else MIN_SPAN
         j.chunk = j.chunk if j.chunk < MAX_SPAN else MAX_SPAN
+        if j.transpose and j.chunk > TRANSPOSED_SPAN:
+            j.chunk = TRANSPOSED_SPAN
         j.spans = (j.inner + j.chunk - 1) // j.chunk
+        j.rows = TASK_ROWS // block_size if j.transpose and TASK_ROWS // block_size > 1 else 1
         ntasks = j.outer * j.nb * j.spans
         per_thread = 7 * MAX_SPAN + TROWS * SUB // 4 + (CHUNK_VALUES if kind != 0 else 0)
     part_sse = clone(array("d"), ntasks, False)

@@ -402,6 +402,7 @@ def test_reference_mirrors_the_kernels_constants():
     assert R.BLOCK_LANES == _block.LANES
     assert R.BLOCK_CHUNK_VALUES == _block.CHUNK_VALUES_COUNT
     assert (R.BLOCK_MIN_SPAN, R.BLOCK_MAX_SPAN) == (_block.MIN_SPAN_COLUMNS, _block.MAX_SPAN_COLUMNS)
+    assert R.BLOCK_TRANSPOSED_SPAN == _block.TRANSPOSED_SPAN_COLUMNS
     assert R.SEARCH_ALPHAS == K.SEARCH_ALPHAS
     assert len(K.SEARCH_ALPHAS) == 3 and K.SEARCH_ALPHAS[0] == 1.0 and K.SEARCH_ALPHAS[-1] == np.float32(0.9)
     assert all(np.float32(a) == a for a in K.SEARCH_ALPHAS)

@@ -4,6 +4,7 @@ LANES: int
 CHUNK_VALUES_COUNT: int
 MIN_SPAN_COLUMNS: int
 MAX_SPAN_COLUMNS: int
+TRANSPOSED_SPAN_COLUMNS: int
 
 # x and kind as _reduce.minmax; x viewed as (outer, L, inner). Returns True on NaN/Inf in x.
 def quantize_blocks(

@@ -155,18 +155,21 @@ BLOCK_LANES = 4  # value r of a block (r along the axis) goes to lane r % 4 of i
 BLOCK_CHUNK_VALUES = 1 << 17  # about this many values per partial sum of the totals
 BLOCK_MIN_SPAN = 64  # fewest columns per partial sum in the strided layout (inner > 1)
 BLOCK_MAX_SPAN = 4096  # most columns per partial sum in the strided layout
+BLOCK_TRANSPOSED_SPAN = 256  # most columns per partial sum in the strided layout, codes transposed
 # The range search's shrink factors of the min/max range, as float32: 1.0, 0.95, ..., 0.5.
 SEARCH_ALPHAS = tuple(float(np.float32(1.0 - 0.05 * k)) for k in range(3))  # as kernels.SEARCH_ALPHAS
 _TINY32 = np.float32(np.finfo(np.float32).tiny)
 _HALF_TINY = np.float16(2.0**-24)
 
 
-def block_chunk(block_size: int, inner: int) -> int:
+def block_chunk(block_size: int, inner: int, transpose: bool = False) -> int:
     """Blocks per partial sum of the totals: consecutive blocks in the contiguous layout (inner
-    == 1), columns of one row of blocks in the strided layout (inner > 1)."""
+    == 1), columns of one row of blocks in the strided layout (inner > 1; narrower when the
+    codes are written transposed)."""
     if inner == 1:
         return max(1, BLOCK_CHUNK_VALUES // block_size)
-    return min(max(BLOCK_MIN_SPAN, BLOCK_CHUNK_VALUES // block_size), BLOCK_MAX_SPAN)
+    widest = BLOCK_TRANSPOSED_SPAN if transpose else BLOCK_MAX_SPAN
+    return min(max(BLOCK_MIN_SPAN, BLOCK_CHUNK_VALUES // block_size), widest)
 
 
 def half_up(scale: np.ndarray) -> np.ndarray:
@@ -378,7 +381,7 @@ def quantize_blocks(
     codes = q.astype(np.int32).astype(np.uint8).reshape(x32.shape)
     if transpose:
         codes = np.ascontiguousarray(codes.T)
-    chunk = block_chunk(b, inner)
+    chunk = block_chunk(b, inner, transpose)
     blocked = list(x32.shape)
     blocked[axis] = nb
     sse = _fold_chunks(error_of(d), chunk)
