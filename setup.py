@@ -86,7 +86,11 @@ directives = {
 
 # -ffp-contract=off: the kernels must round exactly as their numpy twins do, so the compiler may
 # not fuse a multiply and an add into one FMA (baseline on aarch64), e.g. in x - code * scale.
-COMPILE_ARGS = ["-O3", "-ffp-contract=off"] if os.name != "nt" else []
+# -fno-trapping-math: nothing here reads the floating-point exception flags, so the compiler may
+# compute both sides of a select (a division or a conversion that might raise a flag) and
+# vectorise loops of them, such as the block kernel's per-block parameter fits. It changes no
+# value: rounding, contraction and reassociation stay IEEE's.
+COMPILE_ARGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math"] if os.name != "nt" else []
 extensions = [Extension(f"quantrs.{name}", [f"csrc/{name}.pyx"], extra_compile_args=list(COMPILE_ARGS)) for name in KERNEL_MODULES]
 
 # The modules that read weights, again for AVX2 + F16C (csrc/NAME_avx2.pyx includes NAME.pyx):

@@ -47,7 +47,7 @@ quantrs.reference.quantize_blocks is the numpy twin.
 """
 from cython.parallel cimport prange
 from cpython.array cimport array, clone
-from libc.math cimport ceilf, fabsf
+from libc.math cimport INFINITY, ceilf, fabsf
 
 from _half cimport (KIND_BFLOAT16, KIND_FLOAT16, Weights, const_bf16_up, const_f16_up, weight_p,
                    weight_view, widen)
@@ -71,17 +71,18 @@ cdef extern from *:
     float bits_f32 "quantrs_block_bits_f32"(unsigned int u) noexcept nogil
 
 cdef extern from *:
-    # Byte transposition of the transposed codes: dst[c * ds + r] = src[r * ss + c]. A byte at a
-    # time it took a third of the strided write pass (the compiler does not vectorise it); with
-    # SSE2 (every x86-64) it goes 16 x 16 bytes at a time in registers: four rounds of
-    # interleaving row i with row i + 8 transpose a 16 x 16 tile. Cython has no vector types,
-    # hence C. A permutation of bytes: both paths give the same output.
+    # Byte transposition of the transposed codes: dst[c * ds + r] = src[r * ss + c], or with
+    # pack two rows per byte, low nibble first: dst[c * ds + r / 2] = src[r] | src[r + 1] << 4
+    # (codes < 16, rows even). A byte at a time it took a third of the strided write pass (the
+    # compiler does not vectorise it); with SSE2 (every x86-64) it goes 16 x 16 bytes at a time
+    # in registers: four rounds of interleaving row i with row i + 8 transpose a 16 x 16 tile.
+    # Cython has no vector types, hence C. A permutation (and packing) of bytes: both paths give
+    # the same output.
     """
     #if defined(__SSE2__)
     #include <emmintrin.h>
-    static inline void quantrs_block_t16(const unsigned char* s, Py_ssize_t ss, unsigned char* d,
-                                         Py_ssize_t ds) {
-        __m128i a[16], b[16];
+    static inline void quantrs_block_t16(const unsigned char* s, Py_ssize_t ss, __m128i* a) {
+        __m128i b[16];
         int i, k;
         for (i = 0; i < 16; i++) a[i] = _mm_loadu_si128((const __m128i*)(s + i * ss));
         for (k = 0; k < 4; k++) {
@@ -91,30 +92,52 @@ cdef extern from *:
             }
             for (i = 0; i < 16; i++) a[i] = b[i];
         }
-        for (i = 0; i < 16; i++) _mm_storeu_si128((__m128i*)(d + i * ds), a[i]);
+    }
+    static inline void quantrs_block_tile(const unsigned char* s, Py_ssize_t ss, unsigned char* d,
+                                          Py_ssize_t ds, int pack) {
+        __m128i a[16], p;
+        const __m128i even = _mm_set1_epi16(0x00FF);
+        int i;
+        quantrs_block_t16(s, ss, a);
+        if (!pack) {
+            for (i = 0; i < 16; i++) _mm_storeu_si128((__m128i*)(d + i * ds), a[i]);
+            return;
+        }
+        for (i = 0; i < 16; i++) {  /* 16-bit lanes: even row | odd row << 4, then to bytes */
+            p = _mm_or_si128(_mm_and_si128(a[i], even), _mm_slli_epi16(_mm_srli_epi16(a[i], 8), 4));
+            _mm_storel_epi64((__m128i*)(d + i * ds), _mm_packus_epi16(p, p));
+        }
     }
     #endif
+    static inline void quantrs_block_cell(const unsigned char* s, Py_ssize_t ss, unsigned char* d,
+                                          Py_ssize_t ds, Py_ssize_t r, Py_ssize_t c, int pack) {
+        if (!pack)
+            d[c * ds + r] = s[r * ss + c];
+        else if (r % 2 == 0)
+            d[c * ds + r / 2] = (unsigned char)(s[r * ss + c] | (s[(r + 1) * ss + c] << 4));
+    }
     static void quantrs_block_transpose(const unsigned char* s, Py_ssize_t ss, unsigned char* d,
-                                        Py_ssize_t ds, Py_ssize_t rows, Py_ssize_t cols) {
+                                        Py_ssize_t ds, Py_ssize_t rows, Py_ssize_t cols, int pack) {
         Py_ssize_t r = 0, c, c16 = 0, r16 = 0;
     #if defined(__SSE2__)
         r16 = rows - rows % 16;
         c16 = cols - cols % 16;
         for (c = 0; c < c16; c += 16)      /* a column's bytes one after the other */
             for (r = 0; r < r16; r += 16)
-                quantrs_block_t16(s + r * ss + c, ss, d + c * ds + r, ds);
+                quantrs_block_tile(s + r * ss + c, ss, d + c * ds + (pack ? r / 2 : r), ds, pack);
     #endif
         for (c = c16; c < cols; c++)  /* the columns right of the tiles */
             for (r = 0; r < r16; r++)
-                d[c * ds + r] = s[r * ss + c];
+                quantrs_block_cell(s, ss, d, ds, r, c, pack);
         for (c = 0; c < cols; c++)    /* the rows below them */
             for (r = r16; r < rows; r++)
-                d[c * ds + r] = s[r * ss + c];
+                quantrs_block_cell(s, ss, d, ds, r, c, pack);
     }
     """
     void transpose_bytes "quantrs_block_transpose"(const unsigned char* src, Py_ssize_t ss,
                                                     unsigned char* dst, Py_ssize_t ds,
-                                                    Py_ssize_t rows, Py_ssize_t cols) noexcept nogil
+                                                    Py_ssize_t rows, Py_ssize_t cols,
+                                                    bint pack) noexcept nogil
 
 cdef enum:
     CHUNK_VALUES = 131072  # about this many values per task and per partial sum of the totals
@@ -151,6 +174,8 @@ cdef struct Job:
     Py_ssize_t rows        # strided: block rows per task (a chunk each; see _run)
     int qmin, qmax
     bint symmetric, half, transpose
+    bint pack              # transposed 4-bit codes, two per byte (low nibble first)
+    Py_ssize_t tstride     # transposed: bytes per column of codes (L, or L / 2 packed)
     int ngrid
     const float* alphas
     unsigned char* out
@@ -166,80 +191,60 @@ cdef struct Job:
 
 # ----------------------------------------------------------------------------------------------
 # Parameters: plain min/max, grid points, least-squares refinement, float16 rounding.
+#
+# These run once per block (and grid point), across a sub-span's columns. Each is written as
+# selects, without branches or early exits, so that the compiler vectorises the loops over
+# columns (per value they had cost as much as a pass over the block); a candidate that does not
+# apply is computed anyway and not chosen. Same operations in the same order as before: the
+# same bits.
 
 cdef inline double _rint64(double v) noexcept nogil:
     return (v + MAGIC64) - MAGIC64
 
 
-cdef inline int _clamp_int(double z, int qmin, int qmax) noexcept nogil:
+cdef inline double _clamp64(double z, double qmin, double qmax) noexcept nogil:
     # z already integral; NaN (non-finite input, refused afterwards) lands on qmin.
-    if not (z >= qmin):
-        return qmin
-    if z > qmax:
-        return qmax
-    return <int>z
+    z = z if z >= qmin else qmin
+    return z if z <= qmax else qmax
 
 
 cdef inline float _half_up(float s) noexcept nogil:
     # The smallest float16 value >= s > 0 (float16 subnormals are the multiples of 2**-24), as
     # float32; inf above float16's largest value (quantrs.tensor.half_scales' rule).
-    cdef unsigned int u
-    cdef float r
-    if s < HALF_MIN_NORMAL:
-        return ceilf(s * TWO_24) * TWO_M24
-    u = f32_bits(s)
-    if u & 0x1FFF:
-        u = (u | 0x1FFF) + 1
-    r = bits_f32(u)
-    if r > HALF_MAX:
-        return bits_f32(0x7F800000)  # inf: no float16 value is that large
-    return r
-
-
-cdef inline void _to_half(double low, const Job* j, float* s, int* z) noexcept nogil:
-    # Round the scale up to float16; an asymmetric zero point is recomputed so that `low` (<= 0,
-    # the candidate's lowest value) still maps to qmin: rint(qmin - low / scale), clamped.
-    s[0] = _half_up(s[0])
-    if not j.symmetric:
-        z[0] = _clamp_int(_rint64(j.qmin - low / <double>s[0]), j.qmin, j.qmax)
-
-
-cdef void _half_n(const float* lo, float alpha, Py_ssize_t n, const Job* j, float* s, int* z,
-                  float* lob, float* hib) noexcept nogil:
-    # half_scale for n grid points' parameters: the range's lowest value is alpha * lo (<= 0).
-    cdef Py_ssize_t c
-    cdef float lf
-    for c in range(n):
-        lf = alpha * lo[c]
-        _to_half(lf if lf < 0 else 0.0, j, &s[c], &z[c])
-        lob[c] = j.qmin - z[c]
-        hib[c] = j.qmax - z[c]
+    cdef unsigned int u = f32_bits(s)
+    cdef unsigned int up = (u | 0x1FFF) + 1
+    cdef float r = bits_f32(up if (u & 0x1FFF) != 0 else u)
+    cdef float sub = ceilf(s * TWO_24) * TWO_M24
+    r = r if r <= HALF_MAX else bits_f32(0x7F800000)  # inf: no float16 value is that large
+    return sub if s < HALF_MIN_NORMAL else r
 
 
 cdef void _params_n(const float* lo, const float* hi, float alpha, Py_ssize_t n, const Job* j,
                     float_rp s, int_rp z, float_rp lob, float_rp hib) noexcept nogil:
     # _quant.scales for n ranges shrunk by alpha (alpha * lo, alpha * hi in float32; 1.0 leaves
-    # them as they are), plus the clamp bounds qmin - z, qmax - z of _q; with half_scale, as
-    # _half_n rounds them.
+    # them as they are), plus the clamp bounds qmin - z, qmax - z of _q. With half_scale each
+    # scale is rounded up to float16 and an asymmetric zero point computed for it, so that the
+    # range's lowest value still maps to qmin: rint(qmin - low / scale), clamped.
     cdef Py_ssize_t c
     cdef double r = j.qmax - j.qmin, qmin = j.qmin, qmax = j.qmax, l, h, a, zz
-    cdef float lf, hf, sf
+    cdef float lf, hf, sf, centred
     cdef int zc
+    cdef bint half = j.half
     if j.symmetric:
-        zc = _clamp_int(_rint64((j.qmin + j.qmax) / 2.0), j.qmin, j.qmax)
+        zc = <int>_clamp64(_rint64((j.qmin + j.qmax) / 2.0), qmin, qmax)
         for c in range(n):
             lf = alpha * lo[c]
             hf = alpha * hi[c]
             l = lf if lf < 0 else 0.0
             h = hf if hf > 0 else 0.0
-            if zc == 0:  # centred: the smallest scale that fits both sides (_quant.scales)
-                a = l / qmin
-                sf = <float>(a if a > h / qmax else h / qmax)
-            else:
-                a = -l if -l > h else h
-                sf = <float>((a + a) / r)
+            # centred (zc == 0): the smallest scale that fits both sides (_quant.scales)
+            a = l / qmin
+            centred = <float>(a if a > h / qmax else h / qmax)
+            a = -l if -l > h else h
+            sf = centred if zc == 0 else <float>((a + a) / r)
             sf = sf if sf >= FLT_MIN_NORMAL else <float>1.0
-            s[c] = sf
+            hf = _half_up(sf)
+            s[c] = hf if half else sf
             z[c] = zc
             lob[c] = j.qmin - zc
             hib[c] = j.qmax - zc
@@ -251,16 +256,13 @@ cdef void _params_n(const float* lo, const float* hi, float alpha, Py_ssize_t n,
             h = hf if hf > 0 else 0.0
             sf = <float>((h - l) / r)
             sf = sf if sf >= FLT_MIN_NORMAL else <float>1.0
-            zz = qmin - l / <double>sf
-            zz = (zz + MAGIC64) - MAGIC64
-            zz = zz if zz >= qmin else qmin
-            zz = zz if zz <= qmax else qmax
+            hf = _half_up(sf)
+            sf = hf if half else sf
+            zz = _clamp64(_rint64(qmin - l / <double>sf), qmin, qmax)
             s[c] = sf
             z[c] = <int>zz
             lob[c] = <float>(qmin - zz)
             hib[c] = <float>(qmax - zz)
-    if j.half:  # the scales as stored: float16, rounded up (the zero points recomputed for them)
-        _half_n(lo, alpha, n, j, s, z, lob, hib)
 
 
 cdef inline double _fit_error(double srr, double srt, double sr, double stt, double st, double n,
@@ -273,38 +275,41 @@ cdef inline double _fit_error(double srr, double srt, double sr, double stt, dou
     return ((((srr + (a * a) * stt) + (n * b) * b) + (2.0 * a) * srt) + (2.0 * b) * sr) + ((2.0 * a) * b) * st
 
 
-cdef inline bint _fit_scale(double srt, double sr, double stt, double st, double n, double g,
-                            double d, const Job* j, float* s) noexcept nogil:
+cdef inline float _fit_scale(double srt, double sr, double stt, double st, double n, double g,
+                             double d, bint half) noexcept nogil:
     # The least-squares scale for the codes t + d, as stored (float32, float16 with half):
-    # g + (sum r (t + d) - g sum d (t + d)) / sum (t + d)^2. False when it is not a finite
-    # normal float32.
+    # g + (sum r (t + d) - g sum d (t + d)) / sum (t + d)^2. 0 when it is not a finite normal
+    # float32 (or has no float16 value).
     cdef double qq = (stt + (2.0 * d) * st) + (n * d) * d
     cdef double num = (srt + d * sr) - g * ((d * st) + (n * d) * d)
-    cdef float f
-    if not (qq > 0):
-        return False
-    f = <float>(g + num / qq)
-    if not (f >= FLT_MIN_NORMAL and f - f == 0):
-        return False
-    if j.half:
-        f = _half_up(f)
-        if not (f - f == 0):
-            return False
-    s[0] = f
-    return True
+    cdef float f = <float>(g + num / qq)
+    cdef float hf
+    f = f if f >= FLT_MIN_NORMAL else <float>0.0
+    f = f if f - f == 0 else <float>0.0
+    hf = _half_up(f)  # 0 stays 0
+    f = hf if half else f
+    f = f if f - f == 0 else <float>0.0
+    return f if qq > 0 else <float>0.0
 
 
 cdef void _fit_n(const float* st, const float* stt, const float* sr, const float* srt,
                  const double* srr, const float* cnt, const float* gs, const int* gz, Py_ssize_t n,
-                 const Job* j, float_rp fs, int_rp fz, double* fe) noexcept nogil:
+                 const Job* j, float_rp fs, int_rp fz, double_rp fe) noexcept nogil:
     # reference.fit_codes for n grid points' codes (t = code - gz; float32 lane sums of t, t*t,
     # and of the residuals r = x - gs t: r, r*t; srr the sum of r*r; float64 arithmetic): the
     # stored scale and zero point of least error for those codes, and that error in closed
-    # form. Candidates: (gs, gz), the least-squares scale with gz, and (asymmetric) the integer
-    # zero point nearest the least-squares line's with its scale.
+    # form. Candidates, in order (a later one must be strictly better): (gs, gz), the
+    # least-squares scale with gz, and (asymmetric) the integer zero point nearest the
+    # least-squares line's with its least-squares scale. A candidate that does not apply gets
+    # an infinite error, which is never less than the best so far.
     cdef Py_ssize_t c
-    cdef double t1, t2, r1, rt, rr, m, g, e, den, delta, slope, zf, d
-    cdef float sc
+    cdef double t1, t2, r1, rt, rr, m, g, e, den, delta, slope, zf, d, be
+    cdef double qmin = j.qmin, qmax = j.qmax
+    cdef double inf = INFINITY
+    cdef double line_fit = 0.0 if j.symmetric else 1.0  # a double: selects on it vectorise
+    cdef float sc, bs
+    cdef int bz, zc
+    cdef bint half = j.half
     for c in range(n):
         t1 = st[c]
         t2 = stt[c]
@@ -313,33 +318,38 @@ cdef void _fit_n(const float* st, const float* stt, const float* sr, const float
         rr = srr[c]
         m = cnt[c]
         g = gs[c]
-        fs[c] = gs[c]
-        fz[c] = gz[c]
-        fe[c] = rr
-        if _fit_scale(rt, r1, t2, t1, m, g, 0.0, j, &sc):
-            e = _fit_error(rr, rt, r1, t2, t1, m, g, 0.0, sc)
-            if e < fe[c]:
-                fs[c] = sc
-                fe[c] = e
-        if j.symmetric:
-            continue
+        bs = gs[c]
+        bz = gz[c]
+        be = rr
+        # the least-squares scale, zero point kept
+        sc = _fit_scale(rt, r1, t2, t1, m, g, 0.0, half)
+        e = _fit_error(rr, rt, r1, t2, t1, m, g, 0.0, sc)
+        e = e if sc > 0 else inf
+        bs = sc if e < be else bs
+        be = e if e < be else be
+        # the zero point of the least-squares line (rounded), with its least-squares scale
         den = m * t2 - t1 * t1
-        if not (den > 0):
-            continue
         delta = (m * rt - t1 * r1) / den
         slope = g + delta
-        if not (slope >= FLT_MIN_NORMAL and slope - slope == 0):
-            continue
         zf = <double>gz[c] - ((r1 - delta * t1) / m) / slope
-        zf = zf if zf > j.qmin else j.qmin
-        zf = zf if zf < j.qmax else j.qmax
+        zf = zf if zf > qmin else qmin
+        zf = zf if zf < qmax else qmax
         d = <double>gz[c] - _rint64(zf)
-        if d != 0 and _fit_scale(rt, r1, t2, t1, m, g, d, j, &sc):
-            e = _fit_error(rr, rt, r1, t2, t1, m, g, d, sc)
-            if e < fe[c]:
-                fs[c] = sc
-                fz[c] = gz[c] - <int>d
-                fe[c] = e
+        sc = _fit_scale(rt, r1, t2, t1, m, g, d, half)
+        e = _fit_error(rr, rt, r1, t2, t1, m, g, d, sc)
+        e = e if sc > 0 else inf
+        e = e if d != 0 else inf
+        e = e if den > 0 else inf
+        e = e if slope >= FLT_MIN_NORMAL else inf
+        e = e if slope - slope == 0 else inf
+        e = e if line_fit != 0 else inf  # symmetric: the zero point is fixed
+        zc = gz[c] - <int>d
+        bs = sc if e < be else bs
+        bz = zc if e < be else bz
+        be = e if e < be else be
+        fs[c] = bs
+        fz[c] = bz
+        fe[c] = be
 
 
 cdef inline float _q(float v, float s, float lob, float hib) noexcept nogil:
@@ -977,7 +987,7 @@ cdef void _s_write(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs,
         rq = rp + TROWS if rp + TROWS < n else n
         _s_pass(x, rs, cache, cs, rowbuf, rp, rq, w, PASS_WRITE, s, z, lob, hib, ds, off, tbytes, SUB,
                 NULL, lanes, mx)
-        transpose_bytes(tbytes, SUB, out + rp, j.L, rq - rp, w)
+        transpose_bytes(tbytes, SUB, out + (rp // 2 if j.pack else rp), j.tstride, rq - rp, w, j.pack)
         rp = rq
 
 
@@ -1097,7 +1107,7 @@ cdef void _s_span(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, 
             bs[c] = ps[c]
             bz[c] = pz[c]
             _s_write(x + c, rs, cache + c if cache != NULL else NULL, cs, rowbuf, n, 1, &ps[c], &pz[c],
-                     &pl[c], &ph[c], &ps[c], &zero, j, out + (c * j.L if j.transpose else c), tbytes,
+                     &pl[c], &ph[c], &ps[c], &zero, j, out + (c * j.tstride if j.transpose else c), tbytes,
                      one, &mx[c])
             e[c] = _col64(one, 0)
     for c in range(w):
@@ -1160,7 +1170,7 @@ cdef void _strided_task(weight_p src, const Job* j, Py_ssize_t t, float* scratch
         # (outer, nb, inner) either way: a block row's go to consecutive addresses, where
         # [inner, nb] would put each column's on its own cache line (the caller transposes).
         if j.transpose:
-            out = j.out + (c0 + cc) * j.L + r0
+            out = j.out + (c0 + cc) * j.tstride + (r0 // 2 if j.pack else r0)
         else:
             out = j.out + (o * j.L + r0) * j.inner + c0 + cc
         _s_span(x + cc, rs, cache + cc if cache != NULL else NULL, W, rowbuf, n, w, lo + cc, hi + cc,
@@ -1194,14 +1204,16 @@ cdef void _run(weight_p src, Job* j, Py_ssize_t nchunks, int n_threads):
 
 
 def quantize_blocks(x, int kind, Py_ssize_t block_size, int qmin, int qmax, bint symmetric,
-                    const float[::1] alphas, bint half_scale, bint transpose,
+                    const float[::1] alphas, bint half_scale, bint transpose, bint pack,
                     unsigned char[::1] out, float[::1] scale, int[::1] zero_point,
                     double[::1] totals, int n_threads):
     """Block-wise codes, scales and zero points of x (viewed as (outer, L, inner), blocks of
     block_size along L), see the module docstring. x and kind as in _reduce.minmax.
 
     alphas: the search grid, 1.0 first (empty: no search). out: x.size code bytes, in x's order, or
-    [inner, L] when transpose (outer must be 1). scale, zero_point: (outer, ceil(L / block_size),
+    [inner, L] when transpose (outer must be 1); pack (with transpose, inner > 1, codes in
+    [0, 15], L and block_size even) writes them two per byte, low nibble first: [inner, L / 2]
+    bytes, onnxruntime's MatMulNBits layout. scale, zero_point: (outer, ceil(L / block_size),
     inner) in C order, also when transposed. totals: sse, sse of plain min/max, max abs error. Returns True when x holds
     a NaN or an infinity (the results are then meaningless).
     """
@@ -1223,6 +1235,13 @@ def quantize_blocks(x, int kind, Py_ssize_t block_size, int qmin, int qmax, bint
     j.symmetric = symmetric
     j.half = half_scale
     j.transpose = transpose and w.inner > 1
+    j.pack = pack
+    if pack and not (j.transpose and 0 <= qmin and qmax <= 15 and w.C % 2 == 0 and block_size % 2 == 0):
+        raise ValueError("pack needs transposed codes of a 2-D tensor (inner > 1) in [0, 15], "
+                         "an even length and an even block size")
+    j.tstride = w.C // 2 if pack else w.C
+    if out.shape[0] < (w.outer * w.C * w.inner) // (2 if pack else 1):
+        raise ValueError("out is too small for the codes")
     j.ngrid = alphas.shape[0]
     if j.ngrid > 0 and alphas[0] != 1.0:
         raise ValueError("the search grid starts with 1.0 (plain min/max)")
