@@ -163,6 +163,51 @@ def test_transposed_codes_equal_twin(case, qrange, search, half):
         assert got.scale.shape == got.zero_point.shape == plain.scale.T.shape  # [N, blocks]
         assert got.scale.tobytes() == np.ascontiguousarray(plain.scale.T).tobytes()
         np.testing.assert_array_equal(got.zero_point, plain.zero_point.T)
+        if qrange[0] >= 0 and qrange[1] <= 15 and x.shape[0] % 2 == 0 and block_size % 2 == 0:
+            packed = K.quantize_blocks(
+                x, 0, block_size, qrange[0], qrange[1], symmetric=qrange[2], search=search, half_scale=half,
+                transpose=True, pack=True, n_threads=threads,
+            )  # fmt: skip
+            assert packed.codes.tobytes() == R.pack4(got.codes.reshape(-1)).tobytes()
+            assert packed.codes.shape == (x.shape[1], x.shape[0] // 2)
+            assert (packed.sse, packed.max_abs_error, packed.sse_minmax) == (got.sse, got.max_abs_error, got.sse_minmax)
+
+
+@pytest.mark.parametrize(
+    "shape, block_size",
+    [
+        ((2048, 300), 32),  # 16 x 16 tiles, and 12 columns right of them
+        ((64, 5_000), 16),  # many spans and tasks of several block rows
+        ((5_000, 64), 5_000),  # a block row longer than the transposing buffer
+        ((70, 33), 70),  # rows below the tiles: 64 in tiles, 6 packed one pair at a time
+        ((4096, 1), 32),  # one column: the kernel's contiguous layout, packed afterwards
+    ],
+)
+@pytest.mark.parametrize("alphas", [(), (1.0,), K.SEARCH_ALPHAS], ids=["minmax", "refit", "search"])
+def test_packed_transposed_codes_are_pack4_of_the_codes(shape, block_size, alphas):
+    """MatMulNBits' codes packed in the kernel's pass equal pack4 of its byte codes, including
+    the columns a worse written error sends back to plain min/max (search on wide values)."""
+    x = (np.random.default_rng(13).standard_normal(shape) * 3).astype(np.float16)
+    for threads in (1, 2):
+        got = K.quantize_blocks(x, 0, block_size, 0, 15, symmetric=False, alphas=alphas, transpose=True, n_threads=threads)
+        out = np.full(x.size // 2, 0xAA, np.uint8)
+        packed = K.quantize_blocks(
+            x, 0, block_size, 0, 15, symmetric=False, alphas=alphas, transpose=True, pack=True, n_threads=threads, out=out
+        )
+        assert np.shares_memory(packed.codes, out)
+        assert out.tobytes() == R.pack4(got.codes.reshape(-1)).tobytes()
+        assert packed.scale.tobytes() == got.scale.tobytes() and packed.sse == got.sse
+
+
+@pytest.mark.parametrize(
+    "shape, qrange, block_size, transpose",
+    [((64, 8), (-8, 7), 32, True), ((64, 8), (0, 255), 32, True), ((63, 8), (0, 15), 32, True), ((64, 8), (0, 15), 32, False)],
+    ids=["signed", "8-bit", "odd K", "not transposed"],
+)
+def test_pack_is_refused_where_a_byte_would_not_hold_two_codes_of_one_column(shape, qrange, block_size, transpose):
+    x = np.ones(shape, np.float32)
+    with pytest.raises(ConfigError, match="pack needs"):
+        K.quantize_blocks(x, 0, block_size, *qrange, symmetric=qrange[0] < 0, transpose=transpose, pack=True)
 
 
 @pytest.mark.parametrize(

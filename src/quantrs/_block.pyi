@@ -17,6 +17,7 @@ def quantize_blocks(
     alphas: np.ndarray,
     half_scale: bool,
     transpose: bool,
+    pack: bool,
     out: np.ndarray,
     scale: np.ndarray,
     zero_point: np.ndarray,

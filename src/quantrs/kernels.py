@@ -475,7 +475,7 @@ def _flat_codes(out: np.ndarray | None, size: int) -> np.ndarray:
         or not out.flags.c_contiguous
         or not out.flags.writeable
     ):
-        raise ValueError("out must be a writable C-contiguous uint8 array of x's size")
+        raise ValueError(f"out must be a writable C-contiguous uint8 array of {size} bytes")
     return out.reshape(-1)
 
 
@@ -499,6 +499,7 @@ def quantize_blocks(
     search: bool = False,
     half_scale: bool = False,
     transpose: bool = False,
+    pack: bool = False,
     n_threads: int | None = None,
     out: np.ndarray | None = None,
     name: str = "tensor",
@@ -519,8 +520,10 @@ def quantize_blocks(
     to a float16 value (asymmetric zero points recomputed) before the codes are computed.
     `transpose` (2-D x, axis 0: a MatMul weight [K, N]) writes the codes as [N, K] and scale and
     zero_point as [N, blocks], the layout of onnxruntime's MatMulNBits (the ONNX blocked shape
-    transposed). `out`: a writable C-contiguous uint8 buffer of x.size bytes to write the
-    codes into. Results are identical for any thread count. Raises NonFiniteWeightError (naming
+    transposed); `pack` (with transpose, codes in [0, 15], K and block_size even) then writes
+    them two per byte, low nibble first ([N, K / 2]: pack4 of the codes, in the same pass).
+    `out`: a writable C-contiguous uint8 buffer of x.size bytes (x.size / 2 packed) to write
+    the codes into. Results are identical for any thread count. Raises NonFiniteWeightError (naming
     `name`) on NaN/Inf.
     """
     axis = _block_axis(x, axis, block_size, name)
@@ -531,11 +534,18 @@ def quantize_blocks(
     transpose = _flag(transpose, "transpose")
     if transpose and (x.ndim != 2 or axis != 0):
         raise ConfigError(f"transpose needs a 2-D tensor blocked along axis 0, not shape {x.shape} axis {axis}")
+    pack = _flag(pack, "pack")
+    if pack and not (transpose and 0 <= qmin and qmax <= 15 and x.shape[0] % 2 == 0 and block_size % 2 == 0):
+        raise ConfigError("pack needs transposed codes in [0, 15], an even K and an even block size")
     x3, kind = _weight_view(x, axis, name)
     length = x.shape[axis]
     nblocks = -(-length // int(block_size))
     block_size = min(int(block_size), length)  # one block per column either way; keeps the kernel's counts small
-    codes = _flat_codes(out, x.size)
+    codes = _flat_codes(out, x.size // 2 if pack else x.size)
+    # A [K, 1] weight's codes are already in the transposed order (the kernel's contiguous
+    # layout): they are packed afterwards.
+    pack_after = pack and x3.shape[2] == 1
+    kernel_codes = np.empty(x.size, np.uint8) if pack_after else codes
     blocked = list(x.shape)
     blocked[axis] = nblocks
     scale = np.empty(blocked, dtype=np.float32)
@@ -552,7 +562,8 @@ def quantize_blocks(
         grid,
         half_scale,
         transpose,
-        codes,
+        pack and not pack_after,
+        kernel_codes,
         scale.reshape(-1),
         zero_point.reshape(-1),
         totals,
@@ -562,9 +573,11 @@ def quantize_blocks(
         raise NonFiniteWeightError("holds NaN or infinite values", tensor=name)
     if half_scale and not np.isfinite(scale).all():
         raise ValueError(f"{name}: a block's scale is above float16's largest value (65504)")
+    if pack_after:
+        _pack.pack4(kernel_codes, codes, 1)
     shape = x.shape
     if transpose:  # MatMulNBits' layout: codes [N, K], parameters [N, blocks] (the kernel writes them [blocks, N])
-        shape = (x.shape[1], x.shape[0])
+        shape = (x.shape[1], x.shape[0] // 2 if pack else x.shape[0])
         scale, zero_point = np.ascontiguousarray(scale.T), np.ascontiguousarray(zero_point.T)
     return Blocks(
         codes=codes.reshape(shape),

@@ -268,10 +268,15 @@ def quantize_matmulnbits(
     """
     k, n = x.shape
     alphas = _alphas(range)
+    count = -(-k // block_size)
+    # The usual case, unsigned 4-bit codes of whole blocks with nothing to redo afterwards: the
+    # kernel packs them in its own pass, straight into MatMulNBits' bytes.
+    fused = scheme.bits == 4 and not scheme.signed and count * block_size == k and block_size % 2 == 0 and compensation is None
+    code_bytes = x.size // 2 if fused else x.size
     blocks = kernels.quantize_blocks(
         x, 0, block_size, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric, alphas=alphas,
-        half_scale=half_scale, transpose=True, n_threads=n_threads, name=name,
-        out=scratch.get(0, x.size) if scratch is not None else None,
+        half_scale=half_scale, transpose=True, pack=fused, n_threads=n_threads, name=name,
+        out=scratch.get(1 if fused else 0, code_bytes) if scratch is not None else None,
     )  # fmt: skip
     sse, max_abs, sse_minmax = blocks.sse, blocks.max_abs_error, (blocks.sse_minmax if alphas else None)
     if compensation is not None:  # the same scales, error-compensated codes (quantrs.gptq)
@@ -286,9 +291,10 @@ def quantize_matmulnbits(
         )
         blocks = replace(blocks, codes=np.ascontiguousarray(compensated.T))
         sse_minmax = None
-    count = -(-k // block_size)
     offset = np.uint8(1 << (scheme.bits - 1) if scheme.signed else 0)
-    if count * block_size == k:  # the usual case: the kernel's [N, K] codes are already whole blocks
+    if fused:
+        codes = blocks.codes
+    elif count * block_size == k:  # the kernel's [N, K] codes are already whole blocks
         codes = blocks.codes  # a fresh array (the kernel's or the compensation's), ours to shift
         if offset:
             np.add(codes, offset, out=codes)  # a signed code's byte + 2**(bits-1) wraps to the unsigned code
@@ -297,8 +303,9 @@ def quantize_matmulnbits(
         codes[:, :k] = blocks.codes + offset
     zero_points = blocks.zero_point.astype(np.uint8)  # [N, blocks], as the kernel writes them
     if scheme.bits == 4:
-        packed = scratch.get(1, (codes.size + 1) // 2) if scratch is not None else None
-        codes = kernels.pack4(codes, n_threads=n_threads, out=packed)  # rows of whole blocks: a byte never spans two columns
+        if not fused:
+            packed = scratch.get(1, (codes.size + 1) // 2) if scratch is not None else None
+            codes = kernels.pack4(codes, n_threads=n_threads, out=packed)  # rows of whole blocks: a byte never spans two columns
         if count % 2:
             zero_points = np.concatenate([zero_points, np.zeros((n, 1), np.uint8)], axis=1)
         zero_points = kernels.pack4(zero_points, n_threads=n_threads)  # rows of even length: packed per column
