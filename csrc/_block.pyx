@@ -1189,14 +1189,16 @@ cdef void _run(weight_p src, Job* j, Py_ssize_t nchunks, int n_threads):
     # lines written by one block row had left the cache before the next block row filled them
     # (1.3x the pass's time on a [2048, 5632] weight). Narrow spans (TRANSPOSED_SPAN) and
     # several block rows per task write each line whole while it is in cache. Every chunk keeps
-    # its own partial sums, so the totals do not depend on the grouping.
+    # its own partial sums, so the totals do not depend on the grouping, nor on which thread
+    # runs a task: tasks are handed out as threads come free (dynamic), so that a thread the
+    # system deschedules (another process on the core) holds up only its current task.
     cdef Py_ssize_t t, k, chunk, ntasks
     if j.inner == 1:
-        for t in prange(nchunks, nogil=True, schedule="static", num_threads=n_threads):
+        for t in prange(nchunks, nogil=True, schedule="dynamic", num_threads=n_threads):
             _contiguous_task(src, j, t, j.scratch + omp_get_thread_num() * j.scratch_len)
         return
     ntasks = (nchunks // j.spans + j.rows - 1) // j.rows * j.spans
-    for t in prange(ntasks, nogil=True, schedule="static", num_threads=n_threads):
+    for t in prange(ntasks, nogil=True, schedule="dynamic", num_threads=n_threads):
         for k in range(j.rows):
             chunk = ((t // j.spans) * j.rows + k) * j.spans + t % j.spans
             if chunk < nchunks:
