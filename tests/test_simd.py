@@ -58,6 +58,11 @@ def results(x: np.ndarray, axis: int, block_size: int, transpose: bool, qrange: 
             b.zero_point.tobytes(),
             repr((b.sse, b.max_abs_error, b.sse_minmax)).encode(),
         ]
+        if transpose and qmin >= 0 and qmax <= 15 and x.shape[axis] % 2 == 0 and block_size % 2 == 0:
+            packed = K.quantize_blocks(
+                x, axis, block_size, qmin, qmax, symmetric=symmetric, alphas=alphas, transpose=True, pack=True, n_threads=2
+            )
+            out.append(packed.codes.tobytes())
     return out
 
 
