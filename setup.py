@@ -5,11 +5,11 @@ Everything but the extension list lives in pyproject.toml. Switches (environment
 - QUANTRS_NO_OPENMP=1       build the serial version even where the compiler has OpenMP;
 - QUANTRS_FAIL_NO_OPENMP=1  fail instead of falling back to the serial build;
 - QUANTRS_CYTHON_DEBUG=1    turn boundscheck/initializedcheck back on to hunt memory bugs;
-- QUANTRS_NO_SIMD=1         skip the AVX2 builds of the weight kernels (x86-64).
+- QUANTRS_NO_SIMD=1         skip the AVX2 and AVX-512 builds of the weight kernels (x86-64).
 
 No host-CPU flags (-march=native) ever: a wheel must run on any x86-64 / aarch64 machine. On
-x86-64 the weight kernels are built a second time with AVX2 + F16C (SIMD_MODULES), and
-quantrs/_simd.py runs those where the CPU has them.
+x86-64 the weight kernels are built twice more, with AVX2 + F16C and with AVX-512
+(SIMD_MODULES), and quantrs/_simd.py runs the widest the CPU has.
 """
 
 import os
@@ -94,12 +94,18 @@ COMPILE_ARGS = ["-O3", "-ffp-contract=off", "-fno-trapping-math"] if os.name != 
 extensions = [Extension(f"quantrs.{name}", [f"csrc/{name}.pyx"], extra_compile_args=list(COMPILE_ARGS)) for name in KERNEL_MODULES]
 
 # The modules that read weights, again for AVX2 + F16C (csrc/NAME_avx2.pyx includes NAME.pyx):
-# 256-bit vectors, and float16 widened by vcvtph2ps. Without FMA (-ffp-contract=off holds), so
-# both builds give the same bits (tests/test_simd.py).
+# 256-bit vectors, and float16 widened by vcvtph2ps; and for AVX-512 (NAME_avx512.pyx), 512-bit
+# vectors (GCC keeps to 256 unless told: -mprefer-vector-width=512). Without FMA
+# (-ffp-contract=off holds), so every build gives the same bits (tests/test_simd.py).
 SIMD_MODULES = ("_reduce", "_quant", "_block")
+SIMD_BUILDS = {
+    "avx2": ["-mavx2", "-mf16c"],
+    "avx512": ["-mavx2", "-mf16c", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mprefer-vector-width=512"],
+}
 if os.name != "nt" and platform.machine().lower() in ("x86_64", "amd64") and not _flag("QUANTRS_NO_SIMD"):
     extensions += [
-        Extension(f"quantrs.{name}_avx2", [f"csrc/{name}_avx2.pyx"], extra_compile_args=[*COMPILE_ARGS, "-mavx2", "-mf16c"])
+        Extension(f"quantrs.{name}_{build}", [f"csrc/{name}_{build}.pyx"], extra_compile_args=[*COMPILE_ARGS, *flags])
+        for build, flags in SIMD_BUILDS.items()
         for name in SIMD_MODULES
     ]
 

@@ -17,11 +17,23 @@ cdef extern from *:
         __cpuid_count(7, 0, a, b, c, d);
         return (b >> 5) & 1;  /* AVX2 */
     }
+    /* AVX-512 F, DQ, BW and VL, and an OS that saves the opmask and ZMM registers (XCR0 bits
+       5-7): what the _avx512 builds need, on top of the above. */
+    static int quantrs_cpu_avx512(void) {
+        unsigned a, b, c, d, xcr0, high;
+        if (!quantrs_cpu_avx2_f16c()) return 0;
+        __asm__ volatile("xgetbv" : "=a"(xcr0), "=d"(high) : "c"(0));
+        if ((xcr0 & 0xE6u) != 0xE6u) return 0;
+        __cpuid_count(7, 0, a, b, c, d);
+        return ((b >> 16) & 1) && ((b >> 17) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1);
+    }
     #else
     static int quantrs_cpu_avx2_f16c(void) { return 0; }
+    static int quantrs_cpu_avx512(void) { return 0; }
     #endif
     """
     int quantrs_cpu_avx2_f16c() noexcept nogil
+    int quantrs_cpu_avx512() noexcept nogil
 
 
 def openmp_enabled() -> bool:
@@ -37,3 +49,8 @@ def max_threads() -> int:
 def cpu_has_avx2_f16c() -> bool:
     """True when this CPU (and its OS) can run the _avx2 builds of the weight kernels."""
     return bool(quantrs_cpu_avx2_f16c())
+
+
+def cpu_has_avx512() -> bool:
+    """True when this CPU (and its OS) can run the _avx512 builds of the weight kernels."""
+    return bool(quantrs_cpu_avx512())

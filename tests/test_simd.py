@@ -1,5 +1,5 @@
-"""The two builds of the weight kernels (quantrs._simd: portable and AVX2 + F16C) give the same
-bytes. The twins' tests hold the build in use to numpy; this holds the other one to it."""
+"""The builds of the weight kernels (quantrs._simd: portable, AVX2 + F16C, AVX-512) give the same
+bytes. The twins' tests hold the build in use to numpy; this holds the others to it."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ pytestmark = pytest.mark.skipif(
 
 
 def builds() -> dict[str, dict[str, object]]:
-    return {
-        "baseline": {name: importlib.import_module(f"quantrs.{name}") for name in MODULES},
-        "avx2": {name: importlib.import_module(f"quantrs.{name}_avx2") for name in MODULES},
-    }
+    """Every build this CPU runs, by name: the portable one, AVX2, and AVX-512 where it has it."""
+    found = {"baseline": {name: importlib.import_module(f"quantrs.{name}") for name in MODULES}}
+    for build in _simd.supported():
+        if build != "baseline":
+            found[build] = {name: importlib.import_module(f"quantrs.{name}_{build}") for name in MODULES}
+    return found
 
 
 def run_on(build: dict[str, object], work):
@@ -85,9 +87,27 @@ def test_avx2_build_gives_the_portable_builds_bytes(rows, cols, dtype, scale, bl
     x = x.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
     for axis, transpose in ((0, cols > 1), (1, False)):
         got = {name: run_on(build, lambda: results(x, axis, block_size, transpose, qrange)) for name, build in builds().items()}
-        assert got["avx2"] == got["baseline"]
+        assert len(got) >= 2
+        for name in got:
+            assert got[name] == got["baseline"], name
 
 
-def test_the_avx2_build_is_chosen_here_unless_opted_out():
-    assert K.simd_build() == "avx2"
-    assert _simd.wanted()
+def test_the_widest_build_the_cpu_has_is_chosen_unless_capped(monkeypatch):
+    assert K.simd_build() == _simd.supported()[0] == _simd.wanted()
+    for cap in _simd.BUILDS:
+        monkeypatch.setenv("QUANTRS_SIMD", cap)
+        assert _simd.wanted() == cap if cap in _simd.supported() else _simd.wanted() in _simd.supported()
+    monkeypatch.setenv("QUANTRS_SIMD", "baseline")
+    assert _simd.wanted() == "baseline"
+
+
+@pytest.mark.parametrize("cap", ["avx2", "baseline"])
+def test_quantrs_simd_caps_the_build_a_process_loads(cap):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, QUANTRS_SIMD=cap)
+    code = "import quantrs.kernels as k, quantrs._simd as s; print(k.simd_build(), s._block.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == [cap, "quantrs._block" + ("" if cap == "baseline" else f"_{cap}")]

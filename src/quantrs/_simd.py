@@ -1,10 +1,12 @@
 """The build of the weight kernels this process runs: _reduce, _quant and _block are compiled
-twice on x86-64 (setup.py), for any x86-64 CPU and with AVX2 + F16C (every Intel CPU since
-2013, AMD since 2015). The second is 1.2-2x faster (float16 weights widen 8 values per
-instruction instead of in integer arithmetic) and gives the same bits: the twins' tests run on
-whichever is chosen, and tests/test_simd.py checks the two builds against each other.
+three times on x86-64 (setup.py): for any x86-64 CPU, with AVX2 + F16C (every Intel CPU since
+2013, AMD since 2015), and with AVX-512 (Intel server CPUs since 2017, AMD since Zen 4). Each
+wider build is faster (float16 weights widen 8 or 16 values per instruction instead of in
+integer arithmetic, the block kernel's passes run on 16 floats) and all give the same bits: the
+twins' tests run on whichever is chosen, and tests/test_simd.py checks the builds against each
+other.
 
-QUANTRS_SIMD=baseline runs the portable build on any CPU (to compare, or to rule it out).
+QUANTRS_SIMD=baseline or avx2 caps the build (to compare, or to rule one out).
 """
 
 from __future__ import annotations
@@ -16,16 +18,28 @@ from typing import TYPE_CHECKING
 
 from quantrs import _build
 
+BUILDS = ("avx512", "avx2", "baseline")  # widest first
 
-def wanted() -> bool:
-    """True when this process should run the AVX2 builds (CPU support, no opt-out)."""
-    return os.environ.get("QUANTRS_SIMD", "").strip().lower() != "baseline" and _build.cpu_has_avx2_f16c()
+
+def supported() -> tuple[str, ...]:
+    """The builds this CPU can run, widest first ("baseline" always)."""
+    return tuple(
+        b for b in BUILDS if b == "baseline" or (_build.cpu_has_avx512() if b == "avx512" else _build.cpu_has_avx2_f16c())
+    )
+
+
+def wanted() -> str:
+    """The widest build this process should run: what the CPU supports, capped by QUANTRS_SIMD."""
+    cap = os.environ.get("QUANTRS_SIMD", "").strip().lower()
+    allowed = BUILDS[BUILDS.index(cap) :] if cap in BUILDS else BUILDS
+    return next(b for b in supported() if b in allowed)
 
 
 def _fastest(name: str) -> ModuleType:
-    if wanted():
+    first = wanted()
+    for build in BUILDS[BUILDS.index(first) : -1]:
         try:
-            return importlib.import_module(f"quantrs.{name}_avx2")
+            return importlib.import_module(f"quantrs.{name}_{build}")
         except ModuleNotFoundError:  # not built: not x86-64, or QUANTRS_NO_SIMD at install
             pass
     return importlib.import_module(f"quantrs.{name}")
@@ -38,5 +52,6 @@ else:
 
 
 def build() -> str:
-    """The build in use: "avx2" or "baseline"."""
-    return "avx2" if _block.__name__.endswith("_avx2") else "baseline"
+    """The build in use: "avx512", "avx2" or "baseline"."""
+    suffix = _block.__name__.rsplit("_", 1)[-1]
+    return suffix if suffix in BUILDS else "baseline"

@@ -62,7 +62,7 @@ def openmp_enabled() -> bool:
 
 
 def simd_build() -> str:
-    """The build of the weight kernels in use: "avx2" (AVX2 + F16C) or "baseline" (quantrs._simd)."""
+    """The build of the weight kernels in use: "avx512", "avx2" (AVX2 + F16C) or "baseline" (quantrs._simd)."""
     return _simd.build()
 
 

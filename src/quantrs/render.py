@@ -267,9 +267,10 @@ def render_info(report: InfoReport) -> None:
         listed = ", ".join(f"{n} {op}" for op, n in report.quantized_ops.items())
         console.print(f"  already quantized: {listed}", highlight=False)
     b = report.build
+    kernels = {"avx512": "AVX-512", "avx2": "AVX2"}.get(b.simd, "portable")
     console.print(
         f"  quantrs {b.quantrs}: OpenMP {'on' if b.openmp else 'off (serial build)'}, {b.threads} thread(s), "
-        f"{'AVX2' if b.simd == 'avx2' else 'portable'} kernels; "
+        f"{kernels} kernels; "
         f"numpy {b.numpy}, onnx {b.onnx}, onnxruntime {b.onnxruntime}"
     )
 

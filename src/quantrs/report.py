@@ -65,7 +65,7 @@ class BuildInfo:
     quantrs: str
     openmp: bool
     threads: int
-    simd: str  # the weight kernels' build: "avx2" or "baseline" (quantrs._simd)
+    simd: str  # the weight kernels' build: "avx512", "avx2" or "baseline" (quantrs._simd)
     numpy: str
     onnx: str
     onnxruntime: str | None

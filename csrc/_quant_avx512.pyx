@@ -1,0 +1,3 @@
+# The kernels of _quant.pyx, compiled a third time with AVX-512 (F, BW, DQ, VL; 512-bit vectors) for
+# the CPUs that have it (setup.py); quantrs/_simd.py chooses among the builds at import.
+include "_quant.pyx"
