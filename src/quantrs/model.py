@@ -108,6 +108,7 @@ class WeightStore:
         self._file_map = file_map
         self._embedded = embedded or {}  # name -> (offset, length) of raw_data in the model file
         self._external_maps: dict[Path, mmap.mmap] = {}
+        self._external_paths: dict[str, Path] = {}  # location -> resolve_external_path's answer
 
     def _add(self, name: str, tensor: TensorProto, kind: str, path: tuple[str, ...], model_path: Path | None) -> None:
         scope = " > ".join(path)
@@ -226,7 +227,7 @@ class WeightStore:
         fields = _external_fields(t)
         if self._base_dir is None or self._model_path is None:
             raise ModelLoadError(f"{self._model_path}: initializer {t.name!r} has external data but no folder")
-        path = resolve_external_path(self._base_dir, fields.get("location", ""), self._model_path)
+        path = self._external_path(fields.get("location", ""))
         dtype = _values_dtype(t, self._model_path)
         count = int(np.prod(t.dims, dtype=np.int64))
         needed = (count + 1) // 2 if t.data_type in _SUB_BYTE else count * dtype.itemsize
@@ -239,6 +240,17 @@ class WeightStore:
                 f"length {length}) does not fit its shape {list(t.dims)} or the file ({file_size} bytes)"
             )
         return path, offset, length
+
+    def _external_path(self, location: str) -> Path:
+        """resolve_external_path, once per location: its checks walk the file system (a resolve
+        and stat per call), and every read and release of a tensor asks again, hundreds of times
+        for one data file. A location that fails is not cached: each ask raises again."""
+        path = self._external_paths.get(location)
+        if path is None:
+            assert self._base_dir is not None and self._model_path is not None  # _external_range checked
+            path = resolve_external_path(self._base_dir, location, self._model_path)
+            self._external_paths[location] = path
+        return path
 
     def _map_external(self, path: Path) -> mmap.mmap | bytes:
         if path not in self._external_maps:
