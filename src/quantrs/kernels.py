@@ -503,6 +503,7 @@ def quantize_blocks(
     out: np.ndarray | None = None,
     name: str = "tensor",
     alphas: tuple[float, ...] | None = None,
+    transpose_params: bool = True,
 ) -> Blocks:
     """Block-wise quantization (ONNX opset-21 QuantizeLinear with `axis` and `block_size`).
 
@@ -519,9 +520,12 @@ def quantize_blocks(
     to a float16 value (asymmetric zero points recomputed) before the codes are computed.
     `transpose` (2-D x, axis 0: a MatMul weight [K, N]) writes the codes as [N, K] and scale and
     zero_point as [N, blocks], the layout of onnxruntime's MatMulNBits (the ONNX blocked shape
-    transposed). `out`: a writable C-contiguous uint8 buffer of x.size bytes to write the
-    codes into. Results are identical for any thread count. Raises NonFiniteWeightError (naming
-    `name`) on NaN/Inf.
+    transposed); with `transpose_params=False` only the codes are, scale and zero_point staying
+    in the ONNX blocked shape [blocks, N] the kernel writes them in (for a caller that copies
+    them into another type anyway: transposing them here would be one more strided copy each).
+    `out`: a writable C-contiguous uint8 buffer of x.size bytes to write the codes into.
+    Results are identical for any thread count. Raises NonFiniteWeightError (naming `name`) on
+    NaN/Inf.
     """
     axis = _block_axis(x, axis, block_size, name)
     _check_qrange(qmin, qmax)
@@ -529,6 +533,7 @@ def quantize_blocks(
     search = _flag(search, "search")
     half_scale = _flag(half_scale, "half_scale")
     transpose = _flag(transpose, "transpose")
+    transpose_params = _flag(transpose_params, "transpose_params")
     if transpose and (x.ndim != 2 or axis != 0):
         raise ConfigError(f"transpose needs a 2-D tensor blocked along axis 0, not shape {x.shape} axis {axis}")
     x3, kind = _weight_view(x, axis, name)
@@ -565,7 +570,8 @@ def quantize_blocks(
     shape = x.shape
     if transpose:  # MatMulNBits' layout: codes [N, K], parameters [N, blocks] (the kernel writes them [blocks, N])
         shape = (x.shape[1], x.shape[0])
-        scale, zero_point = np.ascontiguousarray(scale.T), np.ascontiguousarray(zero_point.T)
+        if transpose_params:
+            scale, zero_point = np.ascontiguousarray(scale.T), np.ascontiguousarray(zero_point.T)
     return Blocks(
         codes=codes.reshape(shape),
         scale=scale,

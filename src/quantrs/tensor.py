@@ -270,15 +270,16 @@ def quantize_matmulnbits(
     alphas = _alphas(range)
     blocks = kernels.quantize_blocks(
         x, 0, block_size, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric, alphas=alphas,
-        half_scale=half_scale, transpose=True, n_threads=n_threads, name=name,
+        half_scale=half_scale, transpose=True, transpose_params=False, n_threads=n_threads, name=name,
         out=scratch.get(0, x.size) if scratch is not None else None,
     )  # fmt: skip
+    # blocks.scale and blocks.zero_point: [blocks, N], the ONNX blocked order (transposed below)
     sse, max_abs, sse_minmax = blocks.sse, blocks.max_abs_error, (blocks.sse_minmax if alphas else None)
     if compensation is not None:  # the same scales, error-compensated codes (quantrs.gptq)
         compensated, sse, max_abs = compensation.codes(  # which reads the parameters in the ONNX blocked order
             x,
-            blocks.scale.T.reshape(-1),
-            blocks.zero_point.T.reshape(-1),
+            blocks.scale.reshape(-1),
+            blocks.zero_point.reshape(-1),
             axis=0,
             block_size=block_size,
             qmin=scheme.qmin,
@@ -295,22 +296,34 @@ def quantize_matmulnbits(
     else:
         codes = np.full((n, count * block_size), offset, dtype=np.uint8)
         codes[:, :k] = blocks.codes + offset
-    zero_points = blocks.zero_point.astype(np.uint8)  # [N, blocks], as the kernel writes them
+    zero_points = _nbits_zero_points(blocks.zero_point, scheme.bits, n_threads)
     if scheme.bits == 4:
         packed = scratch.get(1, (codes.size + 1) // 2) if scratch is not None else None
         codes = kernels.pack4(codes, n_threads=n_threads, out=packed)  # rows of whole blocks: a byte never spans two columns
-        if count % 2:
-            zero_points = np.concatenate([zero_points, np.zeros((n, 1), np.uint8)], axis=1)
-        zero_points = kernels.pack4(zero_points, n_threads=n_threads)  # rows of even length: packed per column
     size = max(x.size, 1)
     return QuantizedTensor(
         shape=tuple(x.shape),
         scheme=scheme,
         axis=0,
         data=np.ascontiguousarray(codes).reshape(-1),
-        scale=blocks.scale.reshape(-1),
-        zero_point=np.ascontiguousarray(zero_points).reshape(-1).astype(np.int32),
+        scale=np.ascontiguousarray(blocks.scale.T).reshape(-1),
+        zero_point=zero_points.reshape(-1).astype(np.int32),
         mse=sse / size,
         max_abs_error=max_abs,
         mse_minmax=sse_minmax / size if sse_minmax is not None else None,
     )
+
+
+def _nbits_zero_points(zero_point: np.ndarray, bits: int, n_threads: int | None) -> np.ndarray:
+    """MatMulNBits' zero points from the kernel's ([blocks, N] int32): bytes [N, blocks], or
+    for 4 bits packed two per byte along each column, a column of odd length padded with a 0.
+
+    Cast to bytes first, then transposed: a strided copy of bytes is a quarter of one of int32.
+    """
+    as_bytes = zero_point.astype(np.uint8)  # [blocks, N]
+    count, n = as_bytes.shape
+    if bits != 4:
+        return np.ascontiguousarray(as_bytes.T)
+    even = np.zeros((n, count + count % 2), np.uint8)  # rows of even length: packed per column
+    even[:, :count] = as_bytes.T
+    return kernels.pack4(even, n_threads=n_threads)
