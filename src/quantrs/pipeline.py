@@ -41,7 +41,7 @@ from quantrs.qdq import (
     required_opset,
 )
 from quantrs.report import PlanEntry, PlanReport, QuantizeReport, TensorReport
-from quantrs.tensor import QuantizedTensor, Scheme, Scratch, quantize_matmulnbits, quantize_tensor, scheme_for
+from quantrs.tensor import QuantizedTensor, Scheme, Scratch, as_float16, quantize_matmulnbits, quantize_tensor, scheme_for
 from quantrs.writer import OutTensor, Payload, folder_problem, write_model
 
 if TYPE_CHECKING:
@@ -446,10 +446,9 @@ class WeightStream:
     def _replacements(self, name: str, spec: DQSpec, tensors: DQTensors) -> list[OutTensor]:
         """Codes, scale (and zero point) of one weight. The weight is quantized when the writer
         asks for its codes, and finished (reported, pages released) after the last piece."""
-        scale_type = np.float16 if spec.scale_type == onnx.TensorProto.FLOAT16 else np.float32
         out = [
             OutTensor(tensors.codes, Payload(spec.code_bytes, lambda: self._quantized(name).data)),
-            OutTensor(tensors.scale, Payload(spec.scale_bytes, lambda: self._quantized(name).scale.astype(scale_type))),
+            OutTensor(tensors.scale, Payload(spec.scale_bytes, lambda: self._scales(name, spec))),
         ]
         if tensors.zero_point is not None:
             out.append(OutTensor(tensors.zero_point, Payload(spec.zero_point_bytes, lambda: self._zero_points(name))))
@@ -484,6 +483,10 @@ class WeightStream:
             logger.debug("  quantized %s %s in %.4f s: MSE %.3g", name, list(spec.shape), took, qt.mse)
             self._current = (name, qt)
         return self._current[1]
+
+    def _scales(self, name: str, spec: DQSpec) -> np.ndarray:
+        scale = self._quantized(name).scale
+        return as_float16(scale) if spec.scale_type == onnx.TensorProto.FLOAT16 else scale.astype(np.float32)
 
     def _zero_points(self, name: str) -> np.ndarray:
         qt = self._quantized(name)
