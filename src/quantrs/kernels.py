@@ -488,6 +488,12 @@ def _block_grid(alphas: tuple[float, ...] | None, search: bool) -> np.ndarray:
     return np.asarray(_search_grid(SEARCH_ALPHAS) if search else (), dtype=np.float32)
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    """np.isfinite(a).all() without its boolean array: NaN carries through min and max, and an
+    infinity is one of them (a block's scales: a copy of their size per weight)."""
+    return not a.size or bool(np.isfinite(a.min()) and np.isfinite(a.max()))
+
+
 def quantize_blocks(
     x: np.ndarray,
     axis: int,
@@ -565,7 +571,7 @@ def quantize_blocks(
     )
     if bad:
         raise NonFiniteWeightError("holds NaN or infinite values", tensor=name)
-    if half_scale and not np.isfinite(scale).all():
+    if half_scale and not _all_finite(scale):
         raise ValueError(f"{name}: a block's scale is above float16's largest value (65504)")
     shape = x.shape
     if transpose:  # MatMulNBits' layout: codes [N, K], parameters [N, blocks] (the kernel writes them [blocks, N])
