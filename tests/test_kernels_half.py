@@ -158,7 +158,7 @@ def test_every_bit_pattern_widens_exactly_like_numpy(dtype):
 
 def test_scales_narrow_to_float16_exactly_like_numpy():
     """as_float16 (the scales written as float16) moves bits where no value needs rounding and
-    leaves the rest to numpy: the bytes are numpy's either way."""
+    leaves the rest to numpy: the bytes are numpy's either way, in C order whatever the input's."""
     every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
     normal = every[(every >= 2.0**-14) & np.isfinite(every)]  # every positive normal float16: the fast path
     assert normal.size == 30 * 1024 and normal.max() == 65504
@@ -170,6 +170,7 @@ def test_scales_narrow_to_float16_exactly_like_numpy():
         normal[::-1].copy(),
         normal.reshape(-1, 1024),  # a MatMulNBits scale [N, blocks]
         normal[::3],  # not contiguous
+        normal.reshape(30, 1024).T,  # a MatMulNBits scale: [N, blocks], a view of the kernel's [blocks, N]
         needs_rounding,
         every,  # zeros, subnormals, negatives, infinities, NaNs
         normal * np.float32(2.0**-12),  # subnormal float16 values
@@ -184,7 +185,7 @@ def test_scales_narrow_to_float16_exactly_like_numpy():
     for scale in cases:
         with np.errstate(over="ignore"):  # 65536 and float32 values past 65504: inf, as numpy warns
             got, numpys = as_float16(scale), scale.astype(np.float16)
-        assert got.dtype == np.float16 and got.shape == scale.shape
+        assert got.dtype == np.float16 and got.shape == scale.shape and got.flags.c_contiguous  # the writer's bytes
         assert got.tobytes() == numpys.tobytes()
 
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import quantrs
 from quantrs import QuantizeConfig, kernels
 from quantrs.cli import app
-from quantrs.tensor import _nbits_zero_points
+from quantrs.tensor import _nbits_zero_points, as_float16, quantize_matmulnbits, scheme_for
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -55,6 +55,18 @@ def test_zero_points_are_packed_per_column_low_nibble_first():
         four = _nbits_zero_points(zero_point, 4)
         assert four.shape == (5, (count + 1) // 2) and four.tobytes() == kernels.pack4(padded).tobytes()
         assert _nbits_zero_points(zero_point, 8).tobytes() == np.ascontiguousarray(as_bytes).tobytes()
+
+
+def test_matmulnbits_scales_are_the_kernels_seen_as_n_by_blocks():
+    """quantize_matmulnbits' scale is [N, blocks] (a view of the kernel's [blocks, N], which
+    the writer copies into C order), the values of the ONNX blocked form transposed."""
+    w = np.random.default_rng(1).standard_normal((200, 24)).astype(np.float16)
+    scheme = scheme_for(4, symmetric=False, native_int4=False)
+    got = quantize_matmulnbits(w, scheme, 32, range="minmax", half_scale=True)
+    blocked = kernels.quantize_blocks(w, 0, 32, 0, 15, symmetric=False, half_scale=True)  # [7, 24]
+    assert got.scale.dtype == np.float32 and got.scale.shape == (24, 7)
+    assert got.scale.tobytes() == np.ascontiguousarray(blocked.scale.T).tobytes()
+    assert as_float16(got.scale).tobytes() == blocked.scale.T.astype(np.float16).tobytes()
 
 
 def test_default_accuracy_level_and_mixed_formats(save, tmp_path):

@@ -485,8 +485,9 @@ class WeightStream:
         return self._current[1]
 
     def _scales(self, name: str, spec: DQSpec) -> np.ndarray:
+        # C order: MatMulNBits' scale is a transposed view (quantize_matmulnbits)
         scale = self._quantized(name).scale
-        return as_float16(scale) if spec.scale_type == onnx.TensorProto.FLOAT16 else scale.astype(np.float32)
+        return as_float16(scale) if spec.scale_type == onnx.TensorProto.FLOAT16 else scale.astype(np.float32, order="C")
 
     def _zero_points(self, name: str) -> np.ndarray:
         qt = self._quantized(name)

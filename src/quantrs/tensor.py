@@ -69,7 +69,7 @@ class QuantizedTensor:
     scheme: Scheme
     axis: int | None
     data: np.ndarray  # uint8 bytes: one code per byte, or two per byte when scheme.packed
-    scale: np.ndarray  # float32, shape (C,), (1,) per tensor, or the blocked shape
+    scale: np.ndarray  # float32, shape (C,), (1,) per tensor, or the blocked shape (MatMulNBits: [N, blocks], a view)
     zero_point: np.ndarray  # int32, same shape as scale
     mse: float
     max_abs_error: float
@@ -117,20 +117,22 @@ _BELOW_HALF_BITS = 0x1FFF  # the 13 low mantissa bits float32 has over float16
 
 
 def as_float16(scale: np.ndarray) -> np.ndarray:
-    """scale (float32) as float16: numpy's astype, bit for bit, in half its time when every value
-    is a positive normal float16 value already (half_scale's scales: see half_scales).
+    """scale (float32, any strides) as a C-contiguous float16 array: numpy's
+    astype(np.float16, order="C"), bit for bit, in half its time when every value is a positive
+    normal float16 value already (half_scale's scales: see half_scales).
 
     numpy converts float32 to float16 one value at a time in integer code that rounds; a value
     that needs no rounding is its float32 bits shifted, the exponent rebased. Three reductions
-    (min, max and OR of the bit patterns) tell whether every value is one; otherwise, or for a
-    non-contiguous array, numpy converts.
+    (min, max and OR of the bit patterns) tell whether every value is one; otherwise numpy
+    converts. The shift reads `scale` in any order and writes C order: a transposed view (a
+    MatMulNBits scale) is copied into place by the same pass.
     """
-    if scale.dtype != np.float32 or not scale.size or not scale.flags.c_contiguous:
-        return scale.astype(np.float16)
+    if scale.dtype != np.float32 or not scale.size:
+        return scale.astype(np.float16, order="C")
     bits = scale.view(np.uint32)
     lowest, highest = _HALF_NORMAL_BITS
     if bits.min() < lowest or bits.max() > highest or np.bitwise_or.reduce(bits, axis=None) & _BELOW_HALF_BITS:
-        return scale.astype(np.float16)
+        return scale.astype(np.float16, order="C")
     half = np.empty(scale.shape, np.uint16)  # written in place: fresh pages are most of the cost
     np.right_shift(bits, 13, out=half, casting="unsafe")
     half -= _HALF_REBIAS
@@ -291,8 +293,10 @@ def quantize_matmulnbits(
     The codes are the block kernel's along K, written transposed ([N, K]), made unsigned (a
     signed code q is stored as q + 2**(bits-1), which is MatMulNBits' default zero point), each
     column padded to whole blocks and packed low nibble first for 4 bits: `data` is
-    [N, blocks, block_size * bits / 8] bytes. `scale` is [N, blocks]; `zero_point` holds the
-    packed zero points ([N, ceil(blocks * bits / 8)] bytes) for asymmetric codes, else nothing.
+    [N, blocks, block_size * bits / 8] bytes. `scale` is [N, blocks]: a transposed view of the
+    kernel's [blocks, N] scales, not a copy (the writer converts it to the stored type and order
+    in one pass, see as_float16); `zero_point` holds the packed zero points
+    ([N, ceil(blocks * bits / 8)] bytes, as int32) for asymmetric codes, else nothing.
     With `scratch`, `data` lives in its buffers until the next call (as quantize_tensor's).
     """
     k, n = x.shape
@@ -302,7 +306,7 @@ def quantize_matmulnbits(
         half_scale=half_scale, transpose=True, transpose_params=False, n_threads=n_threads, name=name,
         out=scratch.get(0, x.size) if scratch is not None else None,
     )  # fmt: skip
-    # blocks.scale and blocks.zero_point: [blocks, N], the ONNX blocked order (transposed below)
+    # blocks.scale and blocks.zero_point: [blocks, N], the ONNX blocked order (seen transposed below)
     sse, max_abs, sse_minmax = blocks.sse, blocks.max_abs_error, (blocks.sse_minmax if alphas else None)
     if compensation is not None:  # the same scales, error-compensated codes (quantrs.gptq)
         compensated, sse, max_abs = compensation.codes(  # which reads the parameters in the ONNX blocked order
@@ -335,7 +339,7 @@ def quantize_matmulnbits(
         scheme=scheme,
         axis=0,
         data=np.ascontiguousarray(codes).reshape(-1),
-        scale=np.ascontiguousarray(blocks.scale.T).reshape(-1),
+        scale=blocks.scale.T,
         zero_point=zero_points.reshape(-1).astype(np.int32),
         mse=sse / size,
         max_abs_error=max_abs,
