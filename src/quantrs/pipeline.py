@@ -22,8 +22,6 @@ import onnx
 
 from quantrs import __version__, kernels
 from quantrs.config import QuantizeConfig
-from quantrs.dynamic import DynamicEdit
-from quantrs.edit import GraphEdit
 from quantrs.errors import AlreadyQuantizedError, ConfigError, OptionError, OutputError, QuantrsError, UnsupportedModelError
 from quantrs.graph import MAIN, GraphIndex, walk_graphs
 from quantrs.model import LoadedModel, load_model
@@ -45,6 +43,7 @@ from quantrs.tensor import QuantizedTensor, Scheme, Scratch, as_float16, quantiz
 from quantrs.writer import OutTensor, Payload, folder_problem, write_model
 
 if TYPE_CHECKING:
+    from quantrs.edit import GraphEdit
     from quantrs.gptq import Compensation, Factor, Source, Target
     from quantrs.samples import SampleSource
     from quantrs.smooth import Smoothing
@@ -133,7 +132,7 @@ def quantize(
         **({"quantrs.rounding": f"gptq ({len(ready)} weights)"} if config.rounding == "gptq" else {}),
         **({"quantrs.smooth": smoothing.summary()} if smoothing is not None else {}),
     }
-    edit = DynamicEdit({n: s for n, s in specs.items() if s.dynamic}) if config.dynamic else None
+    edit = _dynamic_edit(specs) if config.dynamic else None
     scaled = smoothing.row_scales if smoothing is not None else {}
     done = rewrite_and_write(
         model, dst, specs, config, metadata=metadata, edit=edit, progress=progress, ready=ready, scaled=scaled
@@ -166,6 +165,15 @@ def quantize(
         samples=samples,
         notes=_format_notes(config, plans) + ([smoothing.summary()] if smoothing is not None else []),
     )
+
+
+def _dynamic_edit(specs: dict[str, DQSpec]) -> GraphEdit:
+    """--dynamic's graph edit (MatMulInteger), imported only then: every other run of the
+    command would compile and import quantrs.dynamic for nothing (start-up is a share of
+    quantizing a small model)."""
+    from quantrs.dynamic import DynamicEdit
+
+    return DynamicEdit({n: s for n, s in specs.items() if s.dynamic})
 
 
 def _format_notes(config: QuantizeConfig, plans: list[TensorPlan]) -> list[str]:
