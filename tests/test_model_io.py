@@ -235,6 +235,20 @@ def test_a_bad_location_is_refused_beside_a_good_one(tmp_path):
         store.array("w1")
 
 
+def test_a_data_file_cut_after_a_read_is_still_refused(tmp_path):
+    """A tensor's range is worked out once, but its fit in the file is checked on every ask."""
+    folder, src = _mlp_with_external_data(tmp_path)
+    store = load_model(src).weights
+    ranges = {info.name: store.file_range(info.name) for info in store}
+    last = max(ranges, key=lambda n: ranges[n][1])  # the tensor at the end of weights.bin
+    store.array(last)
+    data = (folder / "weights.bin").read_bytes()
+    (folder / "weights.bin").write_bytes(data[: ranges[last][1]])  # cut where it starts
+    for ask in (store.array, store.payload, store.file_range, store.release):
+        with pytest.raises(ModelLoadError, match="does not fit"):
+            ask(last)
+
+
 def test_output_data_file_may_not_overwrite_the_inputs(tmp_path):
     model, _ = BUILDERS["mlp"]()
     src = tmp_path / "model.onnx"
