@@ -57,9 +57,10 @@ def test_zero_points_are_packed_per_column_low_nibble_first():
         assert _nbits_zero_points(zero_point, 8).tobytes() == np.ascontiguousarray(as_bytes).tobytes()
 
 
-def test_matmulnbits_scales_are_the_kernels_seen_as_n_by_blocks():
+def test_matmulnbits_parameters_are_n_by_blocks_as_stored():
     """quantize_matmulnbits' scale is [N, blocks] (a view of the kernel's [blocks, N], which
-    the writer copies into C order), the values of the ONNX blocked form transposed."""
+    the writer copies into C order), the values of the ONNX blocked form transposed; its zero
+    points are the bytes MatMulNBits stores, packed per column."""
     w = np.random.default_rng(1).standard_normal((200, 24)).astype(np.float16)
     scheme = scheme_for(4, symmetric=False, native_int4=False)
     got = quantize_matmulnbits(w, scheme, 32, range="minmax", half_scale=True)
@@ -67,6 +68,8 @@ def test_matmulnbits_scales_are_the_kernels_seen_as_n_by_blocks():
     assert got.scale.dtype == np.float32 and got.scale.shape == (24, 7)
     assert got.scale.tobytes() == np.ascontiguousarray(blocked.scale.T).tobytes()
     assert as_float16(got.scale).tobytes() == blocked.scale.T.astype(np.float16).tobytes()
+    assert got.zero_point.dtype == np.uint8 and got.zero_point.shape == (24, 4)  # 7 blocks: 4 bytes a column
+    assert got.zero_point.tobytes() == _nbits_zero_points(blocked.zero_point, 4).tobytes()
 
 
 def test_default_accuracy_level_and_mixed_formats(save, tmp_path):

@@ -500,7 +500,7 @@ class WeightStream:
     def _zero_points(self, name: str) -> np.ndarray:
         qt = self._quantized(name)
         # codes as bytes, like the weights (MatMulNBits' are packed already; its scheme is not)
-        zero_points = qt.zero_point.astype(np.uint8)
+        zero_points = qt.zero_point.astype(np.uint8, copy=False)
         return kernels.pack4(zero_points) if qt.scheme.packed else zero_points
 
     def _finish(self, name: str) -> None:

@@ -70,7 +70,7 @@ class QuantizedTensor:
     axis: int | None
     data: np.ndarray  # uint8 bytes: one code per byte, or two per byte when scheme.packed
     scale: np.ndarray  # float32, shape (C,), (1,) per tensor, or the blocked shape (MatMulNBits: [N, blocks], a view)
-    zero_point: np.ndarray  # int32, same shape as scale
+    zero_point: np.ndarray  # int32, same shape as scale (MatMulNBits: the stored bytes, uint8)
     mse: float
     max_abs_error: float
     mse_minmax: float | None = None  # with a range search: the MSE plain min/max ranges gave
@@ -295,8 +295,8 @@ def quantize_matmulnbits(
     column padded to whole blocks and packed low nibble first for 4 bits: `data` is
     [N, blocks, block_size * bits / 8] bytes. `scale` is [N, blocks]: a transposed view of the
     kernel's [blocks, N] scales, not a copy (the writer converts it to the stored type and order
-    in one pass, see as_float16); `zero_point` holds the packed zero points
-    ([N, ceil(blocks * bits / 8)] bytes, as int32) for asymmetric codes, else nothing.
+    in one pass, see as_float16); `zero_point` holds the zero points as stored, packed for 4 bits
+    ([N, ceil(blocks * bits / 8)] bytes, uint8; written only for asymmetric codes).
     With `scratch`, `data` lives in its buffers until the next call (as quantize_tensor's).
     """
     k, n = x.shape
@@ -340,7 +340,7 @@ def quantize_matmulnbits(
         axis=0,
         data=np.ascontiguousarray(codes).reshape(-1),
         scale=blocks.scale.T,
-        zero_point=zero_points.reshape(-1).astype(np.int32),
+        zero_point=zero_points,
         mse=sse / size,
         max_abs_error=max_abs,
         mse_minmax=sse_minmax / size if sse_minmax is not None else None,
