@@ -163,6 +163,14 @@ def test_transposed_codes_equal_twin(case, qrange, search, half):
         assert got.scale.shape == got.zero_point.shape == plain.scale.T.shape  # [N, blocks]
         assert got.scale.tobytes() == np.ascontiguousarray(plain.scale.T).tobytes()
         np.testing.assert_array_equal(got.zero_point, plain.zero_point.T)
+        codes_only = K.quantize_blocks(
+            x, 0, block_size, qrange[0], qrange[1], symmetric=qrange[2], search=search, half_scale=half, transpose=True,
+            transpose_params=False,
+        )  # fmt: skip
+        np.testing.assert_array_equal(codes_only.codes, got.codes)
+        assert codes_only.scale.shape == codes_only.zero_point.shape == plain.scale.shape  # [blocks, N]
+        assert codes_only.scale.tobytes() == plain.scale.tobytes()
+        assert codes_only.zero_point.tobytes() == plain.zero_point.tobytes()
         if qrange[0] >= 0 and qrange[1] <= 15 and x.shape[0] % 2 == 0 and block_size % 2 == 0:
             packed = K.quantize_blocks(
                 x, 0, block_size, qrange[0], qrange[1], symmetric=qrange[2], search=search, half_scale=half,
@@ -431,6 +439,8 @@ def test_front_refuses_bad_arguments():
         K.quantize_blocks(np.ones((2, 4, 4), np.float32), 0, 4, 0, 15, symmetric=False, transpose=True)
     with pytest.raises(ConfigError, match="search"):
         K.quantize_blocks(x, 0, 4, 0, 15, symmetric=False, search="yes")
+    with pytest.raises(ConfigError, match="transpose_params"):
+        K.quantize_blocks(x, 0, 4, 0, 15, symmetric=False, transpose=True, transpose_params=0)
     with pytest.raises(ConfigError, match="n_threads"):
         K.quantize_blocks(x, 0, 4, 0, 15, symmetric=False, n_threads=0)
 

@@ -16,6 +16,7 @@ from hypothesis.extra import numpy as hnp
 from quantrs import kernels as K
 from quantrs import reference as R
 from quantrs.errors import NonFiniteWeightError
+from quantrs.tensor import as_float16
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
@@ -153,6 +154,39 @@ def test_every_bit_pattern_widens_exactly_like_numpy(dtype):
     kept = ((bits & 0x8000) << 16 | 0x7F800000 | payload)[nan]
     np.testing.assert_array_equal(widened[nan] | 0x00400000, kept | 0x00400000)
     np.testing.assert_array_equal(widened[nan] | 0x00400000, expected[nan] | 0x00400000)
+
+
+def test_scales_narrow_to_float16_exactly_like_numpy():
+    """as_float16 (the scales written as float16) moves bits where no value needs rounding and
+    leaves the rest to numpy: the bytes are numpy's either way, in C order whatever the input's."""
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    normal = every[(every >= 2.0**-14) & np.isfinite(every)]  # every positive normal float16: the fast path
+    assert normal.size == 30 * 1024 and normal.max() == 65504
+    needs_rounding = normal.copy()
+    needs_rounding[7] = np.float32(1 + 0.75 * 2.0**-10)  # numpy rounds it up; dropping bits would round it down
+    rng = np.random.default_rng(5)
+    cases = [
+        normal,
+        normal[::-1].copy(),
+        normal.reshape(-1, 1024),  # a MatMulNBits scale [N, blocks]
+        normal[::3],  # not contiguous
+        normal.reshape(30, 1024).T,  # a MatMulNBits scale: [N, blocks], a view of the kernel's [blocks, N]
+        needs_rounding,
+        every,  # zeros, subnormals, negatives, infinities, NaNs
+        normal * np.float32(2.0**-12),  # subnormal float16 values
+        np.append(normal, np.float32(2.0**-15)),  # one subnormal
+        np.append(normal, np.float32(65536)),  # one past float16's range (numpy: inf)
+        np.append(normal, np.float32(np.inf)),
+        np.append(normal, -normal[:3]),
+        rng.random(5000, dtype=np.float32),
+        np.zeros(0, np.float32),
+        normal.astype(np.float64),
+    ]
+    for scale in cases:
+        with np.errstate(over="ignore"):  # 65536 and float32 values past 65504: inf, as numpy warns
+            got, numpys = as_float16(scale), scale.astype(np.float16)
+        assert got.dtype == np.float16 and got.shape == scale.shape and got.flags.c_contiguous  # the writer's bytes
+        assert got.tobytes() == numpys.tobytes()
 
 
 @half_dtypes

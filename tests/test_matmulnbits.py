@@ -14,8 +14,9 @@ from test_blocks import outlier_mlp, rel_l2, run
 from typer.testing import CliRunner
 
 import quantrs
-from quantrs import QuantizeConfig
+from quantrs import QuantizeConfig, kernels
 from quantrs.cli import app
+from quantrs.tensor import _nbits_zero_points, as_float16, quantize_matmulnbits, scheme_for
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -40,6 +41,35 @@ def test_matmulnbits_equals_the_qdq_form(save, tmp_path, bits, symmetric):
     assert rel_l2(run(tmp_path / "nb.onnx", feeds), run(tmp_path / "qdq.onnx", feeds, exact=True)) < 1e-5
     if bits == 4:
         assert report.compression > 5.5
+
+
+def test_zero_points_are_packed_per_column_low_nibble_first():
+    """The kernel's [blocks, N] int32 zero points as MatMulNBits stores them: bytes [N, blocks]
+    (8 bits), or each column's packed by kernels.pack4, padded to even length (4 bits)."""
+    rng = np.random.default_rng(0)
+    for count in (1, 2, 7, 64):
+        zero_point = rng.integers(-300, 300, (count, 5), dtype=np.int32)  # any int32: its low byte, nibble
+        as_bytes = zero_point.astype(np.uint8).T  # [N, blocks]
+        padded = np.zeros((5, count + count % 2), np.uint8)
+        padded[:, :count] = as_bytes
+        four = _nbits_zero_points(zero_point, 4)
+        assert four.shape == (5, (count + 1) // 2) and four.tobytes() == kernels.pack4(padded).tobytes()
+        assert _nbits_zero_points(zero_point, 8).tobytes() == np.ascontiguousarray(as_bytes).tobytes()
+
+
+def test_matmulnbits_parameters_are_n_by_blocks_as_stored():
+    """quantize_matmulnbits' scale is [N, blocks] (a view of the kernel's [blocks, N], which
+    the writer copies into C order), the values of the ONNX blocked form transposed; its zero
+    points are the bytes MatMulNBits stores, packed per column."""
+    w = np.random.default_rng(1).standard_normal((200, 24)).astype(np.float16)
+    scheme = scheme_for(4, symmetric=False, native_int4=False)
+    got = quantize_matmulnbits(w, scheme, 32, range="minmax", half_scale=True)
+    blocked = kernels.quantize_blocks(w, 0, 32, 0, 15, symmetric=False, half_scale=True)  # [7, 24]
+    assert got.scale.dtype == np.float32 and got.scale.shape == (24, 7)
+    assert got.scale.tobytes() == np.ascontiguousarray(blocked.scale.T).tobytes()
+    assert as_float16(got.scale).tobytes() == blocked.scale.T.astype(np.float16).tobytes()
+    assert got.zero_point.dtype == np.uint8 and got.zero_point.shape == (24, 4)  # 7 blocks: 4 bytes a column
+    assert got.zero_point.tobytes() == _nbits_zero_points(blocked.zero_point, 4).tobytes()
 
 
 def test_default_accuracy_level_and_mixed_formats(save, tmp_path):

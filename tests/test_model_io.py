@@ -185,6 +185,70 @@ def test_external_data_in_one_file_per_tensor(tmp_path):
     assert np.abs(out - ref).max() < 0.35 * np.abs(ref).max()
 
 
+def _two_data_files(folder):
+    """A model whose two weights of one shape lie in two data files at the same offset: a path
+    taken for the wrong file reads the other weight's bytes, which fit."""
+    rng = np.random.default_rng(3)
+    w1, w2 = (rng.standard_normal((16, 8)).astype(np.float32) for _ in range(2))
+    for name, w in (("w1", w1), ("w2", w2)):
+        (folder / f"{name}.bin").write_bytes(w.tobytes())
+    inits = [onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(w2, "w2")]
+    for t in inits:
+        t.ClearField("raw_data")
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", f"{t.name}.bin"), ("offset", "0"), ("length", str(w1.nbytes))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["x", "w1"], ["h"]), onnx.helper.make_node("MatMul", ["x", "w2"], ["y"])],
+        "two_files",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 16])],
+        [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 8]) for n in ("h", "y")],
+        inits,
+    )
+    src = folder / "model.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(src))
+    return src, {"w1": w1, "w2": w2}
+
+
+def test_each_tensor_reads_its_own_data_file(tmp_path):
+    src, weights = _two_data_files(tmp_path)
+    store = load_model(src).weights
+    for _ in range(2):  # the files' paths are resolved once: asked again, each is still its own
+        for name, w in weights.items():
+            np.testing.assert_array_equal(store.array(name), w)
+            assert store.file_range(name) == (tmp_path.resolve() / f"{name}.bin", 0, w.nbytes)
+            store.release(name)
+    report = quantrs.quantize(src, tmp_path / "q.onnx", QuantizeConfig(min_elements=0, per_channel=True))
+    assert report.quantized_count == 2
+    out = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, {"x": np.eye(16, dtype=np.float32)[:1]})
+    for got, w in zip(out, weights.values()):
+        assert np.abs(got - w[:1]).max() < 0.02 * np.abs(w).max()
+
+
+def test_a_bad_location_is_refused_beside_a_good_one(tmp_path):
+    src, _ = _two_data_files(tmp_path)
+    (tmp_path / "w1.bin").unlink()  # w2 reads first and resolves its file; w1's is still checked
+    store = load_model(src).weights
+    store.array("w2")
+    with pytest.raises(ModelLoadError, match="w1.bin' is missing"):
+        store.array("w1")
+
+
+def test_a_data_file_cut_after_a_read_is_still_refused(tmp_path):
+    """A tensor's range is worked out once, but its fit in the file is checked on every ask."""
+    folder, src = _mlp_with_external_data(tmp_path)
+    store = load_model(src).weights
+    ranges = {info.name: store.file_range(info.name) for info in store}
+    last = max(ranges, key=lambda n: ranges[n][1])  # the tensor at the end of weights.bin
+    store.array(last)
+    data = (folder / "weights.bin").read_bytes()
+    (folder / "weights.bin").write_bytes(data[: ranges[last][1]])  # cut where it starts
+    for ask in (store.array, store.payload, store.file_range, store.release):
+        with pytest.raises(ModelLoadError, match="does not fit"):
+            ask(last)
+
+
 def test_output_data_file_may_not_overwrite_the_inputs(tmp_path):
     model, _ = BUILDERS["mlp"]()
     src = tmp_path / "model.onnx"

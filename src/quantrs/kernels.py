@@ -488,6 +488,12 @@ def _block_grid(alphas: tuple[float, ...] | None, search: bool) -> np.ndarray:
     return np.asarray(_search_grid(SEARCH_ALPHAS) if search else (), dtype=np.float32)
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    """np.isfinite(a).all() without its boolean array: NaN carries through min and max, and an
+    infinity is one of them (a block's scales: a copy of their size per weight)."""
+    return not a.size or bool(np.isfinite(a.min()) and np.isfinite(a.max()))
+
+
 def quantize_blocks(
     x: np.ndarray,
     axis: int,
@@ -504,6 +510,7 @@ def quantize_blocks(
     out: np.ndarray | None = None,
     name: str = "tensor",
     alphas: tuple[float, ...] | None = None,
+    transpose_params: bool = True,
 ) -> Blocks:
     """Block-wise quantization (ONNX opset-21 QuantizeLinear with `axis` and `block_size`).
 
@@ -522,9 +529,12 @@ def quantize_blocks(
     zero_point as [N, blocks], the layout of onnxruntime's MatMulNBits (the ONNX blocked shape
     transposed); `pack` (with transpose, codes in [0, 15], K and block_size even) then writes
     them two per byte, low nibble first ([N, K / 2]: pack4 of the codes, in the same pass).
+    With `transpose_params=False` only the codes are transposed, scale and zero_point staying
+    in the ONNX blocked shape [blocks, N] the kernel writes them in (for a caller that copies
+    them into another type anyway: transposing them here would be one more strided copy each).
     `out`: a writable C-contiguous uint8 buffer of x.size bytes (x.size / 2 packed) to write
-    the codes into. Results are identical for any thread count. Raises NonFiniteWeightError (naming
-    `name`) on NaN/Inf.
+    the codes into. Results are identical for any thread count. Raises NonFiniteWeightError
+    (naming `name`) on NaN/Inf.
     """
     axis = _block_axis(x, axis, block_size, name)
     _check_qrange(qmin, qmax)
@@ -532,6 +542,7 @@ def quantize_blocks(
     search = _flag(search, "search")
     half_scale = _flag(half_scale, "half_scale")
     transpose = _flag(transpose, "transpose")
+    transpose_params = _flag(transpose_params, "transpose_params")
     if transpose and (x.ndim != 2 or axis != 0):
         raise ConfigError(f"transpose needs a 2-D tensor blocked along axis 0, not shape {x.shape} axis {axis}")
     pack = _flag(pack, "pack")
@@ -571,14 +582,15 @@ def quantize_blocks(
     )
     if bad:
         raise NonFiniteWeightError("holds NaN or infinite values", tensor=name)
-    if half_scale and not np.isfinite(scale).all():
+    if half_scale and not _all_finite(scale):
         raise ValueError(f"{name}: a block's scale is above float16's largest value (65504)")
     if pack_after:
         _pack.pack4(kernel_codes, codes, 1)
     shape = x.shape
     if transpose:  # MatMulNBits' layout: codes [N, K], parameters [N, blocks] (the kernel writes them [blocks, N])
         shape = (x.shape[1], x.shape[0] // 2 if pack else x.shape[0])
-        scale, zero_point = np.ascontiguousarray(scale.T), np.ascontiguousarray(zero_point.T)
+        if transpose_params:
+            scale, zero_point = np.ascontiguousarray(scale.T), np.ascontiguousarray(zero_point.T)
     return Blocks(
         codes=codes.reshape(shape),
         scale=scale,

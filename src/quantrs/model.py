@@ -108,6 +108,8 @@ class WeightStore:
         self._file_map = file_map
         self._embedded = embedded or {}  # name -> (offset, length) of raw_data in the model file
         self._external_maps: dict[Path, mmap.mmap] = {}
+        self._external_paths: dict[str, Path] = {}  # location -> resolve_external_path's answer
+        self._stored_ranges: dict[str, tuple[Path, int, int]] = {}  # value name -> _external_range's answer
 
     def _add(self, name: str, tensor: TensorProto, kind: str, path: tuple[str, ...], model_path: Path | None) -> None:
         scope = " > ".join(path)
@@ -171,7 +173,7 @@ class WeightStore:
         in the parsed TensorProto itself (typed fields such as float_data)."""
         t = self._tensors[name]
         if t.data_location == TensorProto.EXTERNAL:
-            path, offset, length = self._external_range(t)
+            path, offset, length = self._stored_range(name)
             return np.frombuffer(self._map_external(path), dtype=np.uint8, count=length, offset=offset)
         if name in self._embedded and self._file_map is not None:
             offset, length = self._embedded[name]
@@ -207,7 +209,7 @@ class WeightStore:
         raw_data, or its external data file), or None when they live in the parsed graph."""
         t = self._tensors[name]
         if t.data_location == TensorProto.EXTERNAL:
-            return self._external_range(t)
+            return self._stored_range(name)
         if name in self._embedded and self._model_path is not None:
             offset, length = self._embedded[name]
             return self._model_path, offset, length
@@ -217,7 +219,7 @@ class WeightStore:
         """Drop the tensor's mapped pages from this process (they stay in the page cache)."""
         t = self._tensors[name]
         if t.data_location == TensorProto.EXTERNAL:
-            path, offset, length = self._external_range(t)
+            path, offset, length = self._stored_range(name)
             _drop_pages(self._map_external(path), offset, length)
         elif name in self._embedded and self._file_map is not None:
             _drop_pages(self._file_map, *self._embedded[name])
@@ -226,19 +228,45 @@ class WeightStore:
         fields = _external_fields(t)
         if self._base_dir is None or self._model_path is None:
             raise ModelLoadError(f"{self._model_path}: initializer {t.name!r} has external data but no folder")
-        path = resolve_external_path(self._base_dir, fields.get("location", ""), self._model_path)
+        path = self._external_path(fields.get("location", ""))
         dtype = _values_dtype(t, self._model_path)
         count = int(np.prod(t.dims, dtype=np.int64))
         needed = (count + 1) // 2 if t.data_type in _SUB_BYTE else count * dtype.itemsize
         offset = int(fields.get("offset", 0))
         length = int(fields.get("length", needed))
+        self._check_fits(t, path, offset, length, needed)
+        return path, offset, length
+
+    def _check_fits(self, t: TensorProto, path: Path, offset: int, length: int, needed: int) -> None:
         file_size = path.stat().st_size
         if length != needed or offset < 0 or offset + length > file_size:
             raise ModelLoadError(
                 f"{self._model_path}: external data of {t.name!r} ({path.name}, offset {offset}, "
                 f"length {length}) does not fit its shape {list(t.dims)} or the file ({file_size} bytes)"
             )
-        return path, offset, length
+
+    def _stored_range(self, name: str) -> tuple[Path, int, int]:
+        """_external_range of a stored tensor, its entries parsed and checked once: a weight's
+        bytes are asked for by its read, by the writer and by its release. The file's size is
+        still checked on every call, as _external_range does."""
+        known = self._stored_ranges.get(name)
+        if known is None:
+            known = self._stored_ranges[name] = self._external_range(self._tensors[name])
+        else:
+            path, offset, length = known
+            self._check_fits(self._tensors[name], path, offset, length, length)
+        return known
+
+    def _external_path(self, location: str) -> Path:
+        """resolve_external_path, once per location: its checks walk the file system (a resolve
+        and stat per call), and every read and release of a tensor asks again, hundreds of times
+        for one data file. A location that fails is not cached: each ask raises again."""
+        path = self._external_paths.get(location)
+        if path is None:
+            assert self._base_dir is not None and self._model_path is not None  # _external_range checked
+            path = resolve_external_path(self._base_dir, location, self._model_path)
+            self._external_paths[location] = path
+        return path
 
     def _map_external(self, path: Path) -> mmap.mmap | bytes:
         if path not in self._external_maps:

@@ -22,8 +22,6 @@ import onnx
 
 from quantrs import __version__, kernels
 from quantrs.config import QuantizeConfig
-from quantrs.dynamic import DynamicEdit
-from quantrs.edit import GraphEdit
 from quantrs.errors import AlreadyQuantizedError, ConfigError, OptionError, OutputError, QuantrsError, UnsupportedModelError
 from quantrs.graph import MAIN, GraphIndex, walk_graphs
 from quantrs.model import LoadedModel, load_model
@@ -41,10 +39,11 @@ from quantrs.qdq import (
     required_opset,
 )
 from quantrs.report import PlanEntry, PlanReport, QuantizeReport, TensorReport
-from quantrs.tensor import QuantizedTensor, Scheme, Scratch, quantize_matmulnbits, quantize_tensor, scheme_for
+from quantrs.tensor import QuantizedTensor, Scheme, Scratch, as_float16, quantize_matmulnbits, quantize_tensor, scheme_for
 from quantrs.writer import OutTensor, Payload, folder_problem, write_model
 
 if TYPE_CHECKING:
+    from quantrs.edit import GraphEdit
     from quantrs.gptq import Compensation, Factor, Source, Target
     from quantrs.samples import SampleSource
     from quantrs.smooth import Smoothing
@@ -133,7 +132,7 @@ def quantize(
         **({"quantrs.rounding": f"gptq ({len(ready)} weights)"} if config.rounding == "gptq" else {}),
         **({"quantrs.smooth": smoothing.summary()} if smoothing is not None else {}),
     }
-    edit = DynamicEdit({n: s for n, s in specs.items() if s.dynamic}) if config.dynamic else None
+    edit = _dynamic_edit(specs) if config.dynamic else None
     scaled = smoothing.row_scales if smoothing is not None else {}
     done = rewrite_and_write(
         model, dst, specs, config, metadata=metadata, edit=edit, progress=progress, ready=ready, scaled=scaled
@@ -166,6 +165,15 @@ def quantize(
         samples=samples,
         notes=_format_notes(config, plans) + ([smoothing.summary()] if smoothing is not None else []),
     )
+
+
+def _dynamic_edit(specs: dict[str, DQSpec]) -> GraphEdit:
+    """--dynamic's graph edit (MatMulInteger), imported only then: every other run of the
+    command would compile and import quantrs.dynamic for nothing (start-up is a share of
+    quantizing a small model)."""
+    from quantrs.dynamic import DynamicEdit
+
+    return DynamicEdit({n: s for n, s in specs.items() if s.dynamic})
 
 
 def _format_notes(config: QuantizeConfig, plans: list[TensorPlan]) -> list[str]:
@@ -446,10 +454,9 @@ class WeightStream:
     def _replacements(self, name: str, spec: DQSpec, tensors: DQTensors) -> list[OutTensor]:
         """Codes, scale (and zero point) of one weight. The weight is quantized when the writer
         asks for its codes, and finished (reported, pages released) after the last piece."""
-        scale_type = np.float16 if spec.scale_type == onnx.TensorProto.FLOAT16 else np.float32
         out = [
             OutTensor(tensors.codes, Payload(spec.code_bytes, lambda: self._quantized(name).data)),
-            OutTensor(tensors.scale, Payload(spec.scale_bytes, lambda: self._quantized(name).scale.astype(scale_type))),
+            OutTensor(tensors.scale, Payload(spec.scale_bytes, lambda: self._scales(name, spec))),
         ]
         if tensors.zero_point is not None:
             out.append(OutTensor(tensors.zero_point, Payload(spec.zero_point_bytes, lambda: self._zero_points(name))))
@@ -485,10 +492,15 @@ class WeightStream:
             self._current = (name, qt)
         return self._current[1]
 
+    def _scales(self, name: str, spec: DQSpec) -> np.ndarray:
+        # C order: MatMulNBits' scale is a transposed view (quantize_matmulnbits)
+        scale = self._quantized(name).scale
+        return as_float16(scale) if spec.scale_type == onnx.TensorProto.FLOAT16 else scale.astype(np.float32, order="C")
+
     def _zero_points(self, name: str) -> np.ndarray:
         qt = self._quantized(name)
         # codes as bytes, like the weights (MatMulNBits' are packed already; its scheme is not)
-        zero_points = qt.zero_point.astype(np.uint8)
+        zero_points = qt.zero_point.astype(np.uint8, copy=False)
         return kernels.pack4(zero_points) if qt.scheme.packed else zero_points
 
     def _finish(self, name: str) -> None:

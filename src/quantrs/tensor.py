@@ -18,7 +18,7 @@ from quantrs import kernels
 if TYPE_CHECKING:
     from quantrs.gptq import Compensation
 
-__all__ = ["Scheme", "QuantizedTensor", "Scratch", "scheme_for", "quantize_tensor", "half_scales"]
+__all__ = ["Scheme", "QuantizedTensor", "Scratch", "scheme_for", "quantize_tensor", "half_scales", "as_float16"]
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class QuantizedTensor:
     scheme: Scheme
     axis: int | None
     data: np.ndarray  # uint8 bytes: one code per byte, or two per byte when scheme.packed
-    scale: np.ndarray  # float32, shape (C,), (1,) per tensor, or the blocked shape
-    zero_point: np.ndarray  # int32, same shape as scale
+    scale: np.ndarray  # float32, shape (C,), (1,) per tensor, or the blocked shape (MatMulNBits: [N, blocks], a view)
+    zero_point: np.ndarray  # int32, same shape as scale (MatMulNBits: the stored bytes, uint8)
     mse: float
     max_abs_error: float
     mse_minmax: float | None = None  # with a range search: the MSE plain min/max ranges gave
@@ -106,6 +106,37 @@ def half_scales(scale: np.ndarray, zero_point: np.ndarray, lo: np.ndarray, schem
         low = np.minimum(lo.astype(np.float64), 0.0)
         zero_point = np.clip(np.rint(scheme.qmin - low / half.astype(np.float64)), scheme.qmin, scheme.qmax).astype(np.int32)
     return half, zero_point
+
+
+# float32 bit patterns of float16's smallest normal value (2**-14) and its largest (65504)
+_HALF_NORMAL_BITS = (0x38800000, 0x477FE000)
+# The exponent bias float32 has over float16, at float16's exponent bits, mod 2**16: the shifted
+# bits are subtracted from in 16 bits (the 17th bit they may have goes with the rebias).
+_HALF_REBIAS = np.uint16(((127 - 15) << 10) & 0xFFFF)
+_BELOW_HALF_BITS = 0x1FFF  # the 13 low mantissa bits float32 has over float16
+
+
+def as_float16(scale: np.ndarray) -> np.ndarray:
+    """scale (float32, any strides) as a C-contiguous float16 array: numpy's
+    astype(np.float16, order="C"), bit for bit, in half its time when every value is a positive
+    normal float16 value already (half_scale's scales: see half_scales).
+
+    numpy converts float32 to float16 one value at a time in integer code that rounds; a value
+    that needs no rounding is its float32 bits shifted, the exponent rebased. Three reductions
+    (min, max and OR of the bit patterns) tell whether every value is one; otherwise numpy
+    converts. The shift reads `scale` in any order and writes C order: a transposed view (a
+    MatMulNBits scale) is copied into place by the same pass.
+    """
+    if scale.dtype != np.float32 or not scale.size:
+        return scale.astype(np.float16, order="C")
+    bits = scale.view(np.uint32)
+    lowest, highest = _HALF_NORMAL_BITS
+    if bits.min() < lowest or bits.max() > highest or np.bitwise_or.reduce(bits, axis=None) & _BELOW_HALF_BITS:
+        return scale.astype(np.float16, order="C")
+    half = np.empty(scale.shape, np.uint16)  # written in place: fresh pages are most of the cost
+    np.right_shift(bits, 13, out=half, casting="unsafe")
+    half -= _HALF_REBIAS
+    return half.view(np.float16)
 
 
 def _alphas(range: str) -> tuple[float, ...]:
@@ -262,8 +293,10 @@ def quantize_matmulnbits(
     The codes are the block kernel's along K, written transposed ([N, K]), made unsigned (a
     signed code q is stored as q + 2**(bits-1), which is MatMulNBits' default zero point), each
     column padded to whole blocks and packed low nibble first for 4 bits: `data` is
-    [N, blocks, block_size * bits / 8] bytes. `scale` is [N, blocks]; `zero_point` holds the
-    packed zero points ([N, ceil(blocks * bits / 8)] bytes) for asymmetric codes, else nothing.
+    [N, blocks, block_size * bits / 8] bytes. `scale` is [N, blocks]: a transposed view of the
+    kernel's [blocks, N] scales, not a copy (the writer converts it to the stored type and order
+    in one pass, see as_float16); `zero_point` holds the zero points as stored, packed for 4 bits
+    ([N, ceil(blocks * bits / 8)] bytes, uint8; written only for asymmetric codes).
     With `scratch`, `data` lives in its buffers until the next call (as quantize_tensor's).
     """
     k, n = x.shape
@@ -275,15 +308,16 @@ def quantize_matmulnbits(
     code_bytes = x.size // 2 if fused else x.size
     blocks = kernels.quantize_blocks(
         x, 0, block_size, scheme.qmin, scheme.qmax, symmetric=scheme.symmetric, alphas=alphas,
-        half_scale=half_scale, transpose=True, pack=fused, n_threads=n_threads, name=name,
+        half_scale=half_scale, transpose=True, pack=fused, transpose_params=False, n_threads=n_threads, name=name,
         out=scratch.get(1 if fused else 0, code_bytes) if scratch is not None else None,
     )  # fmt: skip
+    # blocks.scale and blocks.zero_point: [blocks, N], the ONNX blocked order (seen transposed below)
     sse, max_abs, sse_minmax = blocks.sse, blocks.max_abs_error, (blocks.sse_minmax if alphas else None)
     if compensation is not None:  # the same scales, error-compensated codes (quantrs.gptq)
         compensated, sse, max_abs = compensation.codes(  # which reads the parameters in the ONNX blocked order
             x,
-            blocks.scale.T.reshape(-1),
-            blocks.zero_point.T.reshape(-1),
+            blocks.scale.reshape(-1),
+            blocks.zero_point.reshape(-1),
             axis=0,
             block_size=block_size,
             qmin=scheme.qmin,
@@ -301,23 +335,41 @@ def quantize_matmulnbits(
     else:
         codes = np.full((n, count * block_size), offset, dtype=np.uint8)
         codes[:, :k] = blocks.codes + offset
-    zero_points = blocks.zero_point.astype(np.uint8)  # [N, blocks], as the kernel writes them
+    zero_points = _nbits_zero_points(blocks.zero_point, scheme.bits)
     if scheme.bits == 4:
         if not fused:
             packed = scratch.get(1, (codes.size + 1) // 2) if scratch is not None else None
             codes = kernels.pack4(codes, n_threads=n_threads, out=packed)  # rows of whole blocks: a byte never spans two columns
-        if count % 2:
-            zero_points = np.concatenate([zero_points, np.zeros((n, 1), np.uint8)], axis=1)
-        zero_points = kernels.pack4(zero_points, n_threads=n_threads)  # rows of even length: packed per column
     size = max(x.size, 1)
     return QuantizedTensor(
         shape=tuple(x.shape),
         scheme=scheme,
         axis=0,
         data=np.ascontiguousarray(codes).reshape(-1),
-        scale=blocks.scale.reshape(-1),
-        zero_point=np.ascontiguousarray(zero_points).reshape(-1).astype(np.int32),
+        scale=blocks.scale.T,
+        zero_point=zero_points,
         mse=sse / size,
         max_abs_error=max_abs,
         mse_minmax=sse_minmax / size if sse_minmax is not None else None,
     )
+
+
+def _nbits_zero_points(zero_point: np.ndarray, bits: int) -> np.ndarray:
+    """MatMulNBits' zero points from the kernel's ([blocks, N] int32): bytes [N, blocks], or
+    for 4 bits packed two per byte along each column, low nibble first (kernels.pack4's order), a
+    column of odd length padded with a 0.
+
+    Cast to bytes and, for 4 bits, packed while still [blocks, N] (block 2j's and 2j+1's rows
+    are contiguous: whole-row operations), then transposed: the one strided copy is of the
+    packed bytes, an eighth of the int32 zero points' size.
+    """
+    as_bytes = zero_point.astype(np.uint8)  # [blocks, N]
+    if bits != 4:
+        return np.ascontiguousarray(as_bytes.T)
+    count, n = as_bytes.shape
+    if count % 2:
+        as_bytes = np.concatenate([as_bytes, np.zeros((1, n), np.uint8)])
+    as_bytes &= 0x0F  # the low nibble of each byte, as pack4 takes it
+    packed = np.left_shift(as_bytes[1::2], 4)  # block 2j + 1's zero points: the high nibbles
+    packed |= as_bytes[0::2]
+    return np.ascontiguousarray(packed.T)

@@ -10,7 +10,6 @@ they are written. The result parses as an ordinary ONNX file.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -100,7 +99,8 @@ def write_model(
         external_data = single > limit
     # The folder is made inside the try, by one system call: a Ctrl-C arriving after it exists
     # runs the clean-up (tempfile.mkdtemp leaves a window between its mkdir and its return).
-    tmp = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    # os.urandom, as secrets.token_hex does: importing secrets (hmac, _hashlib) costs ~3 ms a run
+    tmp = folder / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
         try:
             os.mkdir(tmp, 0o700)
