@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper
@@ -327,15 +327,19 @@ def ort_entropy(hist, edges, lo, hi, nq):
     return collector.get_entropy_threshold((hist, edges, np.float32(lo), np.float32(hi)), nq)
 
 
-def window_of(pick, hist, threshold, lo, hi, nq) -> int:
-    """The index of the candidate window whose range is `pick`."""
+def windows_of(pick, hist, threshold, lo, hi, nq) -> list[int]:
+    """The indices of the candidate windows whose range is `pick`: more than one when windows
+    reach past the data's min or max and clip to the same range (the picks cannot tell them
+    apart: the pick is the range)."""
     n = hist.size
     edges = np.linspace(-np.float32(threshold), np.float32(threshold), n + 1, dtype=np.float32)
+    found = []
     for k in range(n // 2 - nq // 2 + 1):
         i = nq // 2 + k
         if (max(float(edges[n // 2 - i]), lo), min(float(edges[min(n // 2 + i + 1, n)]), hi)) == pick:
-            return k
-    raise AssertionError(f"{pick} is no candidate window")
+            found.append(k)
+    assert found, f"{pick} is no candidate window"
+    return found
 
 
 @settings(max_examples=30, deadline=None)
@@ -345,6 +349,7 @@ def window_of(pick, hist, threshold, lo, hi, nq) -> int:
     nq=st.sampled_from([2, 16, 64, 128]),
     dist=st.sampled_from(["t1.5", "t3", "normal", "relu", "skewed"]),
 )
+@example(seed=7589, n=400, nq=64, dist="normal")  # windows 167 and 168 clip to the same range
 def test_entropy_pick_is_onnxruntimes_on_the_same_histogram(seed, n, nq, dist):
     rng = np.random.default_rng(seed)
     size = int(rng.integers(50, 20_000))
@@ -366,10 +371,10 @@ def test_entropy_pick_is_onnxruntimes_on_the_same_histogram(seed, n, nq, dist):
         # 5e-4 summed from larger terms of both signs is ~1e-3 relative (a t1.5 draw measured
         # 3.7e-4).
         divergences = entropy_divergences_twin(hist, nq)
-        k_ours, k_theirs = (window_of(p, hist, threshold, lo, hi, nq) for p in (ours, theirs))
+        d_ours, d_theirs = (min(divergences[k] for k in windows_of(p, hist, threshold, lo, hi, nq)) for p in (ours, theirs))
         best = divergences.min()
-        assert divergences[k_ours] <= best * (1 + 1e-9) + 1e-12  # ours is the minimum (see the twin test)
-        assert divergences[k_theirs] <= best * (1 + 1e-3) + 1e-9
+        assert d_ours <= best * (1 + 1e-9) + 1e-12  # ours is the minimum (see the twin test)
+        assert d_theirs <= best * (1 + 1e-3) + 1e-9
 
 
 def ort_collect(method: str, x: np.ndarray, **options):
