@@ -40,7 +40,7 @@ for _ in range(calls):
 print(best / x.size * 1e9, K.simd_build())
 """
 
-ALPHAS = {"refit": "(1.0,)", "minmax": "()", "search": "None"}
+ALPHAS = {"refit": "(1.0,)", "minmax": "()", "search": "K.SEARCH_ALPHAS"}
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=10)
     args = parser.parse_args()
-    alphas = ALPHAS[args.range] if args.range != "search" else "K.SEARCH_ALPHAS"
+    alphas = ALPHAS[args.range]
     runs: dict[str, list[float]] = {tree: [] for tree in args.trees}
     builds: dict[str, str] = {}
     for _ in range(args.rounds):

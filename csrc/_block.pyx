@@ -140,16 +140,17 @@ cdef extern from *:
                                                     bint pack) noexcept nogil
 
 cdef enum:
-    CHUNK_VALUES = 131072  # about this many values per task and per partial sum of the totals
-    MIN_SPAN = 64          # strided layout: fewest columns per task
-    MAX_SPAN = 4096        # strided layout: most columns per task
+    CHUNK_VALUES = 131072  # about this many values per chunk (a partial sum of the totals)
+    MIN_SPAN = 64          # strided layout: fewest columns per chunk
+    MAX_SPAN = 4096        # strided layout: most columns per chunk
     BATCH_VALUES = 4096    # contiguous layout: values per batch of blocks (a multiple of 4)
     BATCH_BLOCKS = 128     # contiguous layout: most blocks per batch (<= SUB)
     TILE_MIN_BLOCKS = 8    # contiguous layout: fewest blocks in a batch to search them as a tile
     SUB = 128              # strided layout: columns per sub-span of the passes from cache
     TROWS = 256            # strided layout, transposed codes: rows per transposing copy
-    TRANSPOSED_SPAN = 256  # strided layout, transposed codes: most columns per task (see _run)
-    TASK_ROWS = 256        # strided layout, transposed codes: about this many rows per task
+    TRANSPOSED_SPAN = 256  # strided layout, transposed codes: most columns per chunk (see _run)
+    TASK_ROWS = 256        # strided layout, transposed codes: about this many rows of values per task
+    MIN_TASKS_PER_THREAD = 4  # grouping block rows into tasks stops short of fewer tasks than this
 
 # The summation order's constants, for tests to check quantrs.reference against.
 LANES = 4
@@ -169,9 +170,9 @@ cdef float TWO_M24 = 5.9604644775390625e-08
 
 cdef struct Job:
     Py_ssize_t outer, L, inner, B, nb
-    Py_ssize_t chunk       # blocks (contiguous) or columns (strided) per task
+    Py_ssize_t chunk       # blocks (contiguous) or columns (strided) per chunk
     Py_ssize_t spans       # strided: chunks (spans of columns) per block row
-    Py_ssize_t rows        # strided: block rows per task (a chunk each; see _run)
+    Py_ssize_t block_rows  # strided: block rows per task (a chunk each; see _run)
     int qmin, qmax
     bint symmetric, half, transpose
     bint pack              # transposed 4-bit codes, two per byte (low nibble first)
@@ -975,7 +976,7 @@ cdef void _s_write(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs,
                    float* mx) noexcept nogil:
     # Codes of (s, z) for a sub-span (out: its first code), error lanes and per-column max
     # |error| of the stored (ds, z - off). Codes go to rows of `inner` bytes, or (transposed)
-    # through tbytes to columns of L bytes.
+    # through tbytes to columns of L bytes (L / 2 packed).
     cdef Py_ssize_t rp = 0, rq
     _zero64(lanes, 4 * SUB)
     _zero32(mx, w)
@@ -1119,8 +1120,8 @@ cdef void _s_span(weight_p x, Py_ssize_t rs, const float* cache, Py_ssize_t cs, 
     task_max[0] = m
 
 
-cdef void _strided_task(weight_p src, const Job* j, Py_ssize_t t, float* scratch) noexcept nogil:
-    # Task t: block row t // spans (block b of outer index o), columns [c0, c0 + W).
+cdef void _strided_chunk(weight_p src, const Job* j, Py_ssize_t t, float* scratch) noexcept nogil:
+    # Chunk t: block row t // spans (block b of outer index o), columns [c0, c0 + W).
     cdef Py_ssize_t row = t // j.spans
     cdef Py_ssize_t o = row // j.nb
     cdef Py_ssize_t b = row - o * j.nb
@@ -1183,11 +1184,11 @@ cdef void _strided_task(weight_p src, const Job* j, Py_ssize_t t, float* scratch
 
 
 cdef void _run(weight_p src, Job* j, Py_ssize_t nchunks, int n_threads):
-    # Strided, a task is j.rows consecutive block rows of one span of columns. Transposed codes
-    # go to columns L bytes apart (2 KiB for K = 2048: every column's bytes on the same few
-    # cache sets), a block row's B bytes at a time: with spans of up to 4096 columns, half
-    # lines written by one block row had left the cache before the next block row filled them
-    # (1.3x the pass's time on a [2048, 5632] weight). Narrow spans (TRANSPOSED_SPAN) and
+    # Strided, a task is j.block_rows consecutive block rows of one span of columns. Transposed
+    # codes go to columns L bytes apart (L / 2 packed; 2 KiB for K = 2048: every column's bytes
+    # on the same few cache sets), a block row's at a time: with spans of up to 4096 columns,
+    # half lines written by one block row had left the cache before the next block row filled
+    # them (1.3x the pass's time on a [2048, 5632] weight). Narrow spans (TRANSPOSED_SPAN) and
     # several block rows per task write each line whole while it is in cache. Every chunk keeps
     # its own partial sums, so the totals do not depend on the grouping, nor on which thread
     # runs a task: tasks are handed out as threads come free (dynamic), so that a thread the
@@ -1197,12 +1198,12 @@ cdef void _run(weight_p src, Job* j, Py_ssize_t nchunks, int n_threads):
         for t in prange(nchunks, nogil=True, schedule="dynamic", num_threads=n_threads):
             _contiguous_task(src, j, t, j.scratch + omp_get_thread_num() * j.scratch_len)
         return
-    ntasks = (nchunks // j.spans + j.rows - 1) // j.rows * j.spans
+    ntasks = (nchunks // j.spans + j.block_rows - 1) // j.block_rows * j.spans
     for t in prange(ntasks, nogil=True, schedule="dynamic", num_threads=n_threads):
-        for k in range(j.rows):
-            chunk = ((t // j.spans) * j.rows + k) * j.spans + t % j.spans
+        for k in range(j.block_rows):
+            chunk = ((t // j.spans) * j.block_rows + k) * j.spans + t % j.spans
             if chunk < nchunks:
-                _strided_task(src, j, chunk, j.scratch + omp_get_thread_num() * j.scratch_len)
+                _strided_chunk(src, j, chunk, j.scratch + omp_get_thread_num() * j.scratch_len)
 
 
 def quantize_blocks(x, int kind, Py_ssize_t block_size, int qmin, int qmax, bint symmetric,
@@ -1221,7 +1222,7 @@ def quantize_blocks(x, int kind, Py_ssize_t block_size, int qmin, int qmax, bint
     """
     cdef Weights w
     cdef Job j
-    cdef Py_ssize_t ntasks, t, per_thread = 0
+    cdef Py_ssize_t nchunks, t, per_thread = 0
     cdef double[::1] part_sse, part_minmax
     cdef float[::1] part_max, part_bad, scratch
     cdef double sse = 0, sse_minmax = 0
@@ -1254,8 +1255,8 @@ def quantize_blocks(x, int kind, Py_ssize_t block_size, int qmin, int qmax, bint
     if w.inner == 1:
         j.chunk = CHUNK_VALUES // block_size if CHUNK_VALUES // block_size > 1 else 1
         j.spans = 0
-        j.rows = 1
-        ntasks = (j.outer * j.nb + j.chunk - 1) // j.chunk
+        j.block_rows = 1
+        nchunks = (j.outer * j.nb + j.chunk - 1) // j.chunk
         per_thread = 3 * BATCH_VALUES
     else:
         j.chunk = CHUNK_VALUES // block_size
@@ -1264,13 +1265,18 @@ def quantize_blocks(x, int kind, Py_ssize_t block_size, int qmin, int qmax, bint
         if j.transpose and j.chunk > TRANSPOSED_SPAN:
             j.chunk = TRANSPOSED_SPAN
         j.spans = (j.inner + j.chunk - 1) // j.chunk
-        j.rows = TASK_ROWS // block_size if j.transpose and TASK_ROWS // block_size > 1 else 1
-        ntasks = j.outer * j.nb * j.spans
+        nchunks = j.outer * j.nb * j.spans
+        # Transposed: TASK_ROWS rows of values per task, but not so few tasks that threads wait
+        # (a [2048, 256] weight has 64 block rows of 32: 8 tasks of 8 would idle 16 threads).
+        j.block_rows = TASK_ROWS // block_size if j.transpose else 1
+        if j.block_rows > j.nb * j.spans // (MIN_TASKS_PER_THREAD * n_threads):
+            j.block_rows = j.nb * j.spans // (MIN_TASKS_PER_THREAD * n_threads)
+        j.block_rows = j.block_rows if j.block_rows > 1 else 1
         per_thread = 7 * MAX_SPAN + TROWS * SUB // 4 + (CHUNK_VALUES if kind != 0 else 0)
-    part_sse = clone(array("d"), ntasks, False)
-    part_minmax = clone(array("d"), ntasks, False)
-    part_max = clone(array("f"), ntasks, False)
-    part_bad = clone(array("f"), ntasks, False)
+    part_sse = clone(array("d"), nchunks, False)
+    part_minmax = clone(array("d"), nchunks, False)
+    part_max = clone(array("f"), nchunks, False)
+    part_bad = clone(array("f"), nchunks, False)
     scratch = clone(array("f"), per_thread * n_threads + 1, False)
     j.part_sse = &part_sse[0]
     j.part_minmax = &part_minmax[0]
@@ -1279,13 +1285,13 @@ def quantize_blocks(x, int kind, Py_ssize_t block_size, int qmin, int qmax, bint
     j.scratch = &scratch[0]
     j.scratch_len = per_thread
     if w.kind == KIND_FLOAT16:
-        _run(<const_f16_up>w.data, &j, ntasks, n_threads)
+        _run(<const_f16_up>w.data, &j, nchunks, n_threads)
     elif w.kind == KIND_BFLOAT16:
-        _run(<const_bf16_up>w.data, &j, ntasks, n_threads)
+        _run(<const_bf16_up>w.data, &j, nchunks, n_threads)
     else:
-        _run(<const_float_up>w.data, &j, ntasks, n_threads)
-    # The tasks' sums in task order (the order the totals are defined in).
-    for t in range(ntasks):
+        _run(<const_float_up>w.data, &j, nchunks, n_threads)
+    # The chunks' sums in chunk order (the order the totals are defined in).
+    for t in range(nchunks):
         sse += part_sse[t]
         sse_minmax += part_minmax[t]
         mx = part_max[t] if part_max[t] > mx else mx

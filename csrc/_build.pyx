@@ -17,15 +17,20 @@ cdef extern from *:
         __cpuid_count(7, 0, a, b, c, d);
         return (b >> 5) & 1;  /* AVX2 */
     }
-    /* AVX-512 F, DQ, BW and VL, and an OS that saves the opmask and ZMM registers (XCR0 bits
-       5-7): what the _avx512 builds need, on top of the above. */
+    #endif
+    /* AVX-512 F, DQ, BW and VL (CPUID leaf 7 EBX bits 16, 17, 30, 31), and an OS that saves the
+       YMM, opmask and ZMM registers (XCR0 bits 1-2 and 5-7): what the _avx512 builds need. */
+    static int quantrs_avx512_usable(unsigned ebx7, unsigned xcr0) {
+        if ((xcr0 & 0xE6u) != 0xE6u) return 0;
+        return ((ebx7 >> 16) & 1) && ((ebx7 >> 17) & 1) && ((ebx7 >> 30) & 1) && ((ebx7 >> 31) & 1);
+    }
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
     static int quantrs_cpu_avx512(void) {
         unsigned a, b, c, d, xcr0, high;
-        if (!quantrs_cpu_avx2_f16c()) return 0;
+        if (!quantrs_cpu_avx2_f16c()) return 0;  /* also: OSXSAVE (xgetbv may run), leaf 7 exists */
         __asm__ volatile("xgetbv" : "=a"(xcr0), "=d"(high) : "c"(0));
-        if ((xcr0 & 0xE6u) != 0xE6u) return 0;
         __cpuid_count(7, 0, a, b, c, d);
-        return ((b >> 16) & 1) && ((b >> 17) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1);
+        return quantrs_avx512_usable(b, xcr0);
     }
     #else
     static int quantrs_cpu_avx2_f16c(void) { return 0; }
@@ -34,6 +39,7 @@ cdef extern from *:
     """
     int quantrs_cpu_avx2_f16c() noexcept nogil
     int quantrs_cpu_avx512() noexcept nogil
+    int quantrs_avx512_usable(unsigned int ebx7, unsigned int xcr0) noexcept nogil
 
 
 def openmp_enabled() -> bool:
@@ -54,3 +60,8 @@ def cpu_has_avx2_f16c() -> bool:
 def cpu_has_avx512() -> bool:
     """True when this CPU (and its OS) can run the _avx512 builds of the weight kernels."""
     return bool(quantrs_cpu_avx512())
+
+
+def avx512_usable(ebx7: int, xcr0: int) -> bool:
+    """The AVX-512 decision on given CPUID leaf 7 EBX and XCR0 values (for tests)."""
+    return bool(quantrs_avx512_usable(ebx7, xcr0))

@@ -193,11 +193,12 @@ def test_transposed_codes_equal_twin(case, qrange, search, half):
 )
 @pytest.mark.parametrize("alphas", [(), (1.0,), K.SEARCH_ALPHAS], ids=["minmax", "refit", "search"])
 def test_packed_transposed_codes_are_pack4_of_the_codes(shape, block_size, alphas):
-    """MatMulNBits' codes packed in the kernel's pass equal pack4 of its byte codes, including
-    the columns a worse written error sends back to plain min/max (search on wide values)."""
+    """MatMulNBits' codes packed in the kernel's pass equal pack4 of its byte codes (one
+    thread's), including the columns a worse written error sends back to plain min/max (search
+    on wide values), for any thread count and so any grouping of block rows into tasks."""
     x = (np.random.default_rng(13).standard_normal(shape) * 3).astype(np.float16)
-    for threads in (1, 2):
-        got = K.quantize_blocks(x, 0, block_size, 0, 15, symmetric=False, alphas=alphas, transpose=True, n_threads=threads)
+    got = K.quantize_blocks(x, 0, block_size, 0, 15, symmetric=False, alphas=alphas, transpose=True, n_threads=1)
+    for threads in (1, 2, 7):  # 7: fewer block rows per task (the kernel keeps 4 tasks a thread)
         out = np.full(x.size // 2, 0xAA, np.uint8)
         packed = K.quantize_blocks(
             x, 0, block_size, 0, 15, symmetric=False, alphas=alphas, transpose=True, pack=True, n_threads=threads, out=out

@@ -249,6 +249,18 @@ def test_a_data_file_cut_after_a_read_is_still_refused(tmp_path):
             ask(last)
 
 
+def test_a_data_file_removed_after_a_read_is_refused_by_name(tmp_path):
+    """Its path is resolved once; a file gone since is a load error naming it, not a traceback."""
+    src, _ = _two_data_files(tmp_path)
+    store = load_model(src).weights
+    store.array("w1")
+    (tmp_path / "w1.bin").unlink()
+    for ask in (store.array, store.file_range, store.release):
+        with pytest.raises(ModelLoadError, match="external data file 'w1.bin' of 'w1'"):
+            ask("w1")
+    store.array("w2")
+
+
 def test_output_data_file_may_not_overwrite_the_inputs(tmp_path):
     model, _ = BUILDERS["mlp"]()
     src = tmp_path / "model.onnx"

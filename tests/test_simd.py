@@ -93,12 +93,33 @@ def test_avx2_build_gives_the_portable_builds_bytes(rows, cols, dtype, scale, bl
 
 
 def test_the_widest_build_the_cpu_has_is_chosen_unless_capped(monkeypatch):
-    assert K.simd_build() == _simd.supported()[0] == _simd.wanted()
+    import os
+
+    assert K.simd_build() == _simd.wanted()  # what this process loaded (QUANTRS_SIMD as the run set it)
+    if not os.environ.get("QUANTRS_SIMD"):
+        assert K.simd_build() == _simd.supported()[0]
     for cap in _simd.BUILDS:
         monkeypatch.setenv("QUANTRS_SIMD", cap)
-        assert _simd.wanted() == cap if cap in _simd.supported() else _simd.wanted() in _simd.supported()
-    monkeypatch.setenv("QUANTRS_SIMD", "baseline")
-    assert _simd.wanted() == "baseline"
+        # the widest build the CPU runs that is no wider than the cap
+        assert _simd.wanted() == next(b for b in _simd.supported() if _simd.BUILDS.index(b) >= _simd.BUILDS.index(cap))
+    monkeypatch.setenv("QUANTRS_SIMD", "AVX-512")
+    with pytest.warns(RuntimeWarning, match="QUANTRS_SIMD='avx-512' is none of avx512, avx2, baseline: ignored"):
+        assert _simd.wanted() == _simd.supported()[0]
+
+
+@pytest.mark.parametrize(
+    "ebx7, xcr0, usable",
+    [
+        (1 << 16 | 1 << 17 | 1 << 30 | 1 << 31, 0xE7, True),
+        (1 << 16 | 1 << 17 | 1 << 30 | 1 << 31, 0x07, False),  # the OS does not save the ZMM state
+        (1 << 16 | 1 << 17 | 1 << 30 | 1 << 31, 0x67, False),  # nor the upper 16 ZMM registers
+        (1 << 16 | 1 << 17 | 1 << 30, 0xE7, False),  # no AVX-512 VL
+        (1 << 16 | 1 << 30 | 1 << 31, 0xE7, False),  # no AVX-512 DQ
+        (1 << 17 | 1 << 30 | 1 << 31, 0xE7, False),  # no AVX-512 F
+    ],
+)
+def test_avx512_needs_the_instructions_and_the_os_saved_registers(ebx7, xcr0, usable):
+    assert _build.avx512_usable(ebx7, xcr0) is usable
 
 
 @pytest.mark.parametrize("cap", ["avx2", "baseline"])

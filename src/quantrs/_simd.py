@@ -1,18 +1,21 @@
 """The build of the weight kernels this process runs: _reduce, _quant and _block are compiled
 three times on x86-64 (setup.py): for any x86-64 CPU, with AVX2 + F16C (every Intel CPU since
-2013, AMD since 2015), and with AVX-512 (Intel server CPUs since 2017, AMD since Zen 4). Each
-wider build is faster (float16 weights widen 8 or 16 values per instruction instead of in
-integer arithmetic, the block kernel's passes run on 16 floats) and all give the same bits: the
-twins' tests run on whichever is chosen, and tests/test_simd.py checks the builds against each
-other.
+2013, AMD since 2015), and with AVX-512 (Intel server CPUs since 2017, AMD since Zen 4). AVX2
+is 1.2-2x the portable build (float16 weights widen 8 values per instruction instead of in
+integer arithmetic); AVX-512 took the block kernel a further 0.84-0.89x on the one Xeon
+measured and left min/max and per-channel codes about level (bench/RESULTS.md). All give the
+same bits: the twins' tests run on whichever is chosen, and tests/test_simd.py checks the builds
+against each other.
 
-QUANTRS_SIMD=baseline or avx2 caps the build (to compare, or to rule one out).
+QUANTRS_SIMD=avx2 or baseline caps the build (to compare, or to rule one out); another value is
+ignored with a warning.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -31,6 +34,8 @@ def supported() -> tuple[str, ...]:
 def wanted() -> str:
     """The widest build this process should run: what the CPU supports, capped by QUANTRS_SIMD."""
     cap = os.environ.get("QUANTRS_SIMD", "").strip().lower()
+    if cap and cap not in BUILDS:
+        warnings.warn(f"QUANTRS_SIMD={cap!r} is none of {', '.join(BUILDS)}: ignored", RuntimeWarning, stacklevel=2)
     allowed = BUILDS[BUILDS.index(cap) :] if cap in BUILDS else BUILDS
     return next(b for b in supported() if b in allowed)
 

@@ -430,7 +430,7 @@ SEARCH_ALPHAS: tuple[float, ...] = tuple(float(np.float32(1.0 - 0.05 * k)) for k
 class Blocks:
     """Block-wise codes and parameters of one tensor (see quantize_blocks)."""
 
-    codes: np.ndarray  # uint8 bytes (two's complement for signed), shape of x, or x.T's when transposed
+    codes: np.ndarray  # uint8 bytes (two's complement for signed), shape of x, or x.T's when transposed ([N, K / 2] packed)
     scale: np.ndarray  # float32, ONNX blocked shape: x.shape with shape[axis] -> ceil(L / block_size)
     zero_point: np.ndarray  # int32, same shape as scale
     sse: float  # sum of squared error of the dequantized codes vs x (float64 sums, fixed order)
@@ -528,7 +528,8 @@ def quantize_blocks(
     `transpose` (2-D x, axis 0: a MatMul weight [K, N]) writes the codes as [N, K] and scale and
     zero_point as [N, blocks], the layout of onnxruntime's MatMulNBits (the ONNX blocked shape
     transposed); `pack` (with transpose, codes in [0, 15], K and block_size even) then writes
-    them two per byte, low nibble first ([N, K / 2]: pack4 of the codes, in the same pass).
+    them two per byte, low nibble first ([N, K / 2]: pack4 of the codes, in the same pass; for
+    N = 1, the kernel's contiguous layout, packed after it).
     With `transpose_params=False` only the codes are transposed, scale and zero_point staying
     in the ONNX blocked shape [blocks, N] the kernel writes them in (for a caller that copies
     them into another type anyway: transposing them here would be one more strided copy each).

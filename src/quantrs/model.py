@@ -234,12 +234,17 @@ class WeightStore:
         needed = (count + 1) // 2 if t.data_type in _SUB_BYTE else count * dtype.itemsize
         offset = int(fields.get("offset", 0))
         length = int(fields.get("length", needed))
-        self._check_fits(t, path, offset, length, needed)
+        self._check_in_file(t, path, offset, length, fits_shape=length == needed)
         return path, offset, length
 
-    def _check_fits(self, t: TensorProto, path: Path, offset: int, length: int, needed: int) -> None:
-        file_size = path.stat().st_size
-        if length != needed or offset < 0 or offset + length > file_size:
+    def _check_in_file(self, t: TensorProto, path: Path, offset: int, length: int, *, fits_shape: bool = True) -> None:
+        """The tensor's bytes lie inside its data file as the file is now (it may have been cut,
+        or removed, since the path was resolved)."""
+        try:
+            file_size = path.stat().st_size
+        except OSError as exc:
+            raise ModelLoadError(f"{self._model_path}: external data file {path.name!r} of {t.name!r}: {exc.strerror}") from None
+        if not fits_shape or offset < 0 or offset + length > file_size:
             raise ModelLoadError(
                 f"{self._model_path}: external data of {t.name!r} ({path.name}, offset {offset}, "
                 f"length {length}) does not fit its shape {list(t.dims)} or the file ({file_size} bytes)"
@@ -254,7 +259,7 @@ class WeightStore:
             known = self._stored_ranges[name] = self._external_range(self._tensors[name])
         else:
             path, offset, length = known
-            self._check_fits(self._tensors[name], path, offset, length, length)
+            self._check_in_file(self._tensors[name], path, offset, length)
         return known
 
     def _external_path(self, location: str) -> Path:
