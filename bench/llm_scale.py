@@ -12,8 +12,10 @@ process, save with external data) runs under an address-space limit (--ort-memor
 model it cannot quantize in this machine's memory ends with MemoryError, reported as such,
 instead of bringing the machine down.
 
-Prints a Markdown table (for bench/RESULTS.md): seconds, seconds per GB of input, peak RSS, and
-onnxruntime's time over quantrs' for the same model. --busy runs every tool beside one
+Each model's files are read once before its tools run, so every tool starts with them in the
+page cache (a 13.5 GB model evicts the others'). Prints a Markdown table (for bench/RESULTS.md):
+seconds, seconds per GB of input, peak RSS, and onnxruntime's time over quantrs' for the same
+model. --busy runs every tool beside one
 competing CPU-bound process the script starts and stops (bench/busy_threads.py). --baseline
 adds each quantrs row again for another quantrs (a source tree with its kernels built in place:
 `git worktree add OLD COMMIT && cd OLD && python setup.py build_ext --inplace`), before and after
@@ -70,6 +72,15 @@ def input_bytes(src: Path) -> int:
     return sum(p.stat().st_size for p in src.parent.glob(src.name + "*"))
 
 
+def warm(src: Path) -> None:
+    """Read the model's files once, so that every tool starts with them in the page cache (the
+    first tool timed would otherwise pay for reading them from disk alone)."""
+    for path in src.parent.glob(src.name + "*"):
+        with open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
 def clean(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -107,6 +118,7 @@ def main() -> None:
     for spec in args.models:
         src = model_path(args.workdir, spec)
         gb = input_bytes(src) / 1e9
+        warm(src)
         results: dict[str, tuple[float | None, float | None, str]] = {}
         for tool in args.tools:
             if tool.startswith("ort") and spec in args.skip_ort:
