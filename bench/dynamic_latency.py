@@ -80,6 +80,21 @@ def variants(src: Path, folder: Path, calibration: list[dict[str, np.ndarray]]) 
     return made
 
 
+def run_interleaved(
+    sessions: dict[str, ort.InferenceSession], feeds: dict[str, np.ndarray], repeat: int
+) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
+    """Each session's first output (float64, flat) and `repeat` timed runs, the sessions in turn
+    each round (so a slow spell of the machine falls on all of them alike)."""
+    outputs = {name: s.run(None, feeds)[0].astype(np.float64).ravel() for name, s in sessions.items()}
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(repeat):
+        for name, s in sessions.items():
+            began = time.perf_counter()
+            s.run(None, feeds)
+            times[name].append(time.perf_counter() - began)
+    return outputs, times
+
+
 def measure(models: dict[str, tuple[Path, float]], feeds: dict[str, np.ndarray], repeat: int, threads: int) -> list[str]:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -90,13 +105,7 @@ def measure(models: dict[str, tuple[Path, float]], feeds: dict[str, np.ndarray],
             sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # quantize_dynamic's output of a float16 model does not load (onnxruntime 1.32)
             failed[name] = str(exc).split(":")[-1].strip()[:120]
-    outputs = {name: s.run(None, feeds)[0].astype(np.float64).ravel() for name, s in sessions.items()}
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(repeat):
-        for name, s in sessions.items():
-            began = time.perf_counter()
-            s.run(None, feeds)
-            times[name].append(time.perf_counter() - began)
+    outputs, times = run_interleaved(sessions, feeds, repeat)
     ref = outputs["float"]
     base = statistics.median(times["float"])
     rows = []

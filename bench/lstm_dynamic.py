@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from busy_threads import competing_process  # noqa: E402
+from dynamic_latency import run_interleaved  # noqa: E402
 
 import quantrs  # noqa: E402
 
@@ -66,13 +66,7 @@ def measure(models: dict[str, Path], feeds: dict[str, np.ndarray], repeat: int) 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in models.items()}
-    outputs = {k: s.run(None, feeds)[0].astype(np.float64).ravel() for k, s in sessions.items()}
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(repeat):
-        for k, s in sessions.items():
-            began = time.perf_counter()
-            s.run(None, feeds)
-            times[k].append(time.perf_counter() - began)
+    outputs, times = run_interleaved(sessions, feeds, repeat)
     ref = outputs["float"]
     return [
         (k, statistics.median(times[k]) * 1e3, float(ref @ outputs[k] / np.linalg.norm(ref) / np.linalg.norm(outputs[k])))

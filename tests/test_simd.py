@@ -4,6 +4,9 @@ bytes. The twins' tests hold the build in use to numpy; this holds the others to
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -93,8 +96,6 @@ def test_avx2_build_gives_the_portable_builds_bytes(rows, cols, dtype, scale, bl
 
 
 def test_the_widest_build_the_cpu_has_is_chosen_unless_capped(monkeypatch):
-    import os
-
     assert K.simd_build() == _simd.wanted()  # what this process loaded (QUANTRS_SIMD as the run set it)
     if not os.environ.get("QUANTRS_SIMD"):
         assert K.simd_build() == _simd.supported()[0]
@@ -124,10 +125,6 @@ def test_avx512_needs_the_instructions_and_the_os_saved_registers(ebx7, xcr0, us
 
 @pytest.mark.parametrize("cap", ["avx2", "baseline"])
 def test_quantrs_simd_caps_the_build_a_process_loads(cap):
-    import os
-    import subprocess
-    import sys
-
     env = dict(os.environ, QUANTRS_SIMD=cap)
     code = "import quantrs.kernels as k, quantrs._simd as s; print(k.simd_build(), s._block.__name__)"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.split()

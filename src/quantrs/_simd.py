@@ -26,9 +26,8 @@ BUILDS = ("avx512", "avx2", "baseline")  # widest first
 
 def supported() -> tuple[str, ...]:
     """The builds this CPU can run, widest first ("baseline" always)."""
-    return tuple(
-        b for b in BUILDS if b == "baseline" or (_build.cpu_has_avx512() if b == "avx512" else _build.cpu_has_avx2_f16c())
-    )
+    runs = {"avx512": _build.cpu_has_avx512, "avx2": _build.cpu_has_avx2_f16c, "baseline": lambda: True}
+    return tuple(b for b in BUILDS if runs[b]())
 
 
 def wanted() -> str:

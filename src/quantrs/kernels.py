@@ -586,7 +586,7 @@ def quantize_blocks(
     if half_scale and not _all_finite(scale):
         raise ValueError(f"{name}: a block's scale is above float16's largest value (65504)")
     if pack_after:
-        _pack.pack4(kernel_codes, codes, 1)
+        pack4(kernel_codes, out=codes, n_threads=1)
     shape = x.shape
     if transpose:  # MatMulNBits' layout: codes [N, K], parameters [N, blocks] (the kernel writes them [blocks, N])
         shape = (x.shape[1], x.shape[0] // 2 if pack else x.shape[0])
